@@ -1,0 +1,51 @@
+"""ssp: training-free few-shot image classification with CLIP.
+
+Data flows one way, one module per stage::
+
+    ssp.data        images, CoOp splits, few-shot sampling        -> Sample lists
+    ssp.backbone    open_clip model -> global [B, D] + local [B, L, D] features, text classifier
+    ssp.cache       feature extraction and the safetensors feature store
+    ssp.tip_cache   reading Tip-Adapter / APE feature-cache folders
+    ssp.projector   SSPProjector (vision / language subspaces)
+    ssp.classifiers ZeroShotCLIP, TipAdapter, APE (logits)
+    ssp.search      validation-only hyper-parameter search
+    ssp.report      per-run JSON, tables and plots
+    ssp.cli         the ``ssp-fewshot`` command
+
+Attributes are imported lazily so ``import ssp`` stays cheap (no open_clip import).
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "SSPProjector": "ssp.projector",
+    "ZeroShotCLIP": "ssp.classifiers",
+    "TipAdapter": "ssp.classifiers",
+    "APE": "ssp.classifiers",
+    "validation_search": "ssp.search",
+    "SearchResult": "ssp.search",
+    "load_feature_cache": "ssp.tip_cache",
+    "FeatureCache": "ssp.tip_cache",
+    "load_backbone": "ssp.backbone",
+    "Backbone": "ssp.backbone",
+    "get_dataset": "ssp.data",
+    "list_datasets": "ssp.data",
+    "FeatureStore": "ssp.cache",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ssp' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

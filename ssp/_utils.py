@@ -1,0 +1,101 @@
+"""Small shared helpers: array conversion, devices, input validation.
+
+Every public estimator accepts numpy arrays or torch tensors and returns the kind it was given.
+Internally everything is a torch tensor on ``self.device_``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # np.ndarray | torch.Tensor
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"`` -> first CUDA device if available, else CPU; anything else as given."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} was requested but CUDA is not available on this machine; "
+            "pass device='cpu' or device='auto'."
+        )
+    return device
+
+
+def to_tensor(
+    x: ArrayLike,
+    name: str,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | None = None,
+    ndim: int | None = None,
+    allow_nonfinite: bool = False,
+) -> torch.Tensor:
+    """Convert ``x`` to a tensor, checking dimensionality and finiteness.
+
+    Floating inputs keep float64 when given float64 and ``dtype`` is None; everything else
+    floating becomes float32 (half-precision caches are promoted: SVDs need float32 or better).
+    """
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
+        t = torch.as_tensor(np.asarray(x))
+    else:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if ndim is not None and t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtype is None and t.is_floating_point() and t.dtype != torch.float64:
+        dtype = torch.float32
+    t = t.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else t
+    if t.is_floating_point() and not allow_nonfinite and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the features first")
+    return t
+
+
+def check_labels(labels: ArrayLike, n_samples: int, n_classes: int | None = None,
+                 *, name: str = "labels", device: torch.device | None = None) -> torch.Tensor:
+    """Integer labels ``[N]`` in ``0..n_classes-1`` as an int64 tensor."""
+    y = to_tensor(labels, name, device=device, ndim=1)
+    if y.is_floating_point():
+        if not bool((y == y.round()).all()):
+            raise ValueError(f"{name} must be integers, got non-integral floats")
+    elif y.dtype == torch.bool:
+        raise ValueError(f"{name} must be integer class indices, got booleans")
+    y = y.long()
+    if y.shape[0] != n_samples:
+        raise ValueError(f"{name} has {y.shape[0]} entries but there are {n_samples} samples")
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"{name} must be >= 0, found {int(y.min())}")
+    if n_classes is not None and y.numel() and int(y.max()) >= n_classes:
+        raise ValueError(
+            f"{name} contains class {int(y.max())} but only {n_classes} classes are defined "
+            f"(text_features has {n_classes} rows)"
+        )
+    return y
+
+
+def like_input(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:
+    """Return ``t`` as the same kind (numpy or torch) as ``reference``."""
+    if isinstance(reference, torch.Tensor):
+        return t
+    return t.detach().cpu().numpy()
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+    """Unit L2 norm along ``dim`` (zero vectors stay zero)."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
+def check_is_fitted(estimator: Any, attribute: str) -> None:
+    """Raise sklearn's NotFittedError when ``attribute`` is missing."""
+    from sklearn.exceptions import NotFittedError
+
+    if not hasattr(estimator, attribute):
+        raise NotFittedError(
+            f"This {type(estimator).__name__} instance is not fitted yet; call 'fit' first."
+        )

@@ -1,0 +1,32 @@
+"""Shared fixtures. Real data lives outside the repo (``$SSP_DATA_ROOT``, default ``../shared/data``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path | None:
+    env = os.environ.get("SSP_DATA_ROOT")
+    root = Path(env) if env else REPO.parent / "shared" / "data"
+    return root if root.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared real-data folder; tests using it skip when it is absent."""
+    root = _data_root()
+    if root is None:
+        pytest.skip("real data not found: set SSP_DATA_ROOT or place it at ../shared/data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tip_cache_root(data_root: Path) -> Path:
+    root = data_root / "features" / "clip_vit_b32_tip_cache"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    return root
