@@ -1,0 +1,134 @@
+"""``ssp-fewshot``: the few-shot protocol on one dataset, from images to a results table.
+
+Example::
+
+    ssp-fewshot --dataset dtd --root DATA_ROOT --shots 1 2 4 8 16 --seeds 1 2 3 \\
+        --backbone RN50 --pretrained openai --output runs/
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import METHODS, builtin_config_names, load_config
+
+
+def _rank_rule(text: str):
+    """``none`` -> numerical rank, ``0.95`` -> energy fraction, ``400`` -> cap."""
+    if text.lower() in ("none", "null", "full"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
+    if 0 < value < 1:
+        return value
+    if value >= 1 and value.is_integer():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssp-fewshot",
+        description="Training-free few-shot CLIP (zero-shot, Tip-Adapter, APE, each with and without SSP) "
+                    "under the CoOp protocol: hyper-parameters chosen on validation, test scored once, "
+                    "mean ± std over seeds. Values default to configs/defaults.yaml and configs/<dataset>.yaml.")
+    p.add_argument("--dataset", help="dataset name (see --list-datasets)")
+    p.add_argument("--root", default=os.environ.get("SSP_DATA_ROOT"),
+                   help="folder holding the dataset folder (or the dataset folder itself); default $SSP_DATA_ROOT")
+    p.add_argument("--split-file", help="read the split JSON from this file instead of the dataset folder")
+    p.add_argument("--config", help="a YAML file applied on top of the shipped dataset config")
+    p.add_argument("--shots", type=int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
+    p.add_argument("--seeds", type=int, nargs="+", help="few-shot draws, e.g. 1 2 3")
+    p.add_argument("--methods", nargs="+", choices=METHODS, help="methods to run (default: all)")
+    p.add_argument("--backbone", help="open_clip model name (RN50, ViT-B-32, ...), hf-hub:org/repo, "
+                                      "or a model-config JSON")
+    p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
+                                        "(random weights: smoke tests only, accuracies are meaningless)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="backbone precision")
+    p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--views", type=int, help="augmented views averaged into each support feature (default 10)")
+    p.add_argument("--val-policy", help="coop (min(K,4) per class), full, or an integer per class")
+    p.add_argument("--ssp-rank", type=_rank_rule, nargs="+", metavar="RULE",
+                   help="SSP rank rules searched on validation: none (numerical rank), an int cap, a fraction")
+    p.add_argument("--ssp-routing", nargs="+", choices=["paper", "vision", "reference"],
+                   help="SSP routings searched on validation")
+    p.add_argument("--batch-size", type=int, help="feature-extraction batch size")
+    p.add_argument("--num-workers", type=int, help="data-loader workers")
+    p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default $SSP_CACHE_DIR, else ~/.cache/ssp)")
+    p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--list-datasets", action="store_true", help="print the known datasets and exit")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild results.md / results.png / summary.json from the JSONs in --output and exit")
+    return p
+
+
+def _val_policy(text: str | None):
+    if text is None or text in ("coop", "full"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise SystemExit(f"ssp-fewshot: --val-policy must be coop, full or an integer, got {text!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
+    if args.list_datasets:
+        from .data import list_datasets
+
+        print("\n".join(list_datasets()))
+        return 0
+    if args.report_only:
+        from .report import write_report
+
+        table, paths = write_report(Path(args.output))
+        print(table)
+        print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+        return 0
+    if not args.dataset:
+        raise SystemExit(f"ssp-fewshot: --dataset is required (configs ship for: {', '.join(builtin_config_names())})")
+    if not args.root:
+        raise SystemExit("ssp-fewshot: --root is required (or set $SSP_DATA_ROOT): the folder that holds the "
+                         "dataset, see datasets/README.md for the expected layouts")
+    overrides = {"shots": args.shots, "seeds": args.seeds, "methods": args.methods, "backbone": args.backbone,
+                 "pretrained": args.pretrained, "precision": args.precision, "views": args.views,
+                 "val_policy": _val_policy(args.val_policy), "batch_size": args.batch_size,
+                 "num_workers": args.num_workers,
+                 "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing)) if v}}
+    try:
+        cfg = load_config(args.dataset, args.config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"ssp-fewshot: {err}")
+    if str(cfg["pretrained"]).lower() == "none":
+        banner = "!" * 78
+        print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are MEANINGLESS;\n"
+              f"  use this only to smoke-test the pipeline.\n{banner}", file=sys.stderr)
+    from .experiment import run_fewshot
+
+    try:
+        records, table = run_fewshot(cfg, root=args.root, output_dir=args.output, cache_dir=args.cache_dir,
+                                     device=args.device, recompute=args.recompute, split_file=args.split_file,
+                                     progress=not args.no_progress)
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+        if args.debug:
+            raise
+        raise SystemExit(f"ssp-fewshot: error: {err}\n(run with --debug for the full traceback)")
+    print()
+    print(table)
+    print(f"\n{len(records)} runs written under {Path(args.output).resolve()} "
+          f"(results.md, results.png, summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Experiment configuration: ``defaults.yaml`` < ``<dataset>.yaml`` < a user file < command line.
+
+The YAML files live in the repository's top-level ``configs/``; ``ssp/configs`` links to it so they
+ship inside the package.
+"""
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("zero-shot", "zero-shot+ssp", "tip-adapter", "tip-adapter+ssp", "ape", "ape+ssp")
+
+
+def _read_yaml(path: Path | Any) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read config file {path}: {err}") from err
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; ``override`` wins, ``None`` values in ``override`` are kept."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def builtin_config_names() -> list[str]:
+    """Dataset names that have a shipped YAML config."""
+    root = resources.files("ssp") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml") and p.name != "defaults.yaml")
+
+
+def load_config(dataset: str, config_file: str | Path | None = None,
+                overrides: dict | None = None) -> dict:
+    """The merged configuration for ``dataset``.
+
+    ``config_file`` (a user's YAML) is applied on top of the shipped dataset config, then
+    ``overrides`` (e.g. from the command line, keys with value ``None`` ignored).
+    """
+    root = resources.files("ssp") / "configs"
+    cfg = _read_yaml(root / "defaults.yaml")
+    shipped = root / f"{dataset}.yaml"
+    if shipped.is_file():
+        cfg = merge(cfg, _read_yaml(shipped))
+    if config_file is not None:
+        cfg = merge(cfg, _read_yaml(Path(config_file)))
+    cfg["dataset"] = dataset
+    if overrides:
+        cfg = merge(cfg, {k: v for k, v in overrides.items() if v is not None})
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: dict) -> None:
+    """Raise ``ValueError`` naming the offending key for values the pipeline cannot use."""
+    unknown = [m for m in cfg.get("methods", []) if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    for key in ("shots", "seeds"):
+        values = cfg.get(key)
+        if not isinstance(values, list) or not values or not all(isinstance(v, int) for v in values):
+            raise ValueError(f"config '{key}' must be a non-empty list of integers, got {values!r}")
+    if any(k < 1 for k in cfg["shots"]):
+        raise ValueError(f"shots must be >= 1, got {cfg['shots']}")
+    if not isinstance(cfg.get("views"), int) or cfg["views"] < 1:
+        raise ValueError(f"config 'views' must be an integer >= 1, got {cfg.get('views')!r}")
+    policy = cfg.get("val_policy")
+    if not (policy in ("coop", "full") or (isinstance(policy, int) and policy >= 1)):
+        raise ValueError(f"config 'val_policy' must be 'coop', 'full' or an integer >= 1, got {policy!r}")
+    for section, n in (("tip_adapter", 2), ("ape", 3)):
+        sec = cfg.get(section, {})
+        for key in ("search_scale", "search_step"):
+            if len(sec.get(key, [])) != n:
+                raise ValueError(f"config '{section}.{key}' must have {n} entries, got {sec.get(key)!r}")
+    ssp_cfg = cfg.get("ssp", {})
+    for key in ("rank", "routing"):
+        if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:
+            raise ValueError(f"config 'ssp.{key}' must be a non-empty list (candidates searched on validation)")
+    bad = [r for r in ssp_cfg["routing"] if r not in ("paper", "vision", "reference")]
+    if bad:
+        raise ValueError(f"config 'ssp.routing' has unknown routing(s) {bad}; use paper, vision, reference")

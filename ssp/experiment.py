@@ -1,0 +1,226 @@
+"""The few-shot protocol end to end: dataset -> backbone -> feature cache -> methods -> runs -> report.
+
+Hyper-parameters (Tip-Adapter / APE grids, SSP routing and rank rule) are chosen on the
+validation split only; the test split is scored once per run with the chosen values.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .report import write_report, write_run
+
+log = logging.getLogger("ssp")
+
+
+@dataclass
+class Features:
+    """Global features ``[N, D]`` (L2-normalised), labels ``[N]``, optional local features ``[N, L, D]``."""
+
+    global_: torch.Tensor
+    labels: torch.Tensor
+    local: torch.Tensor | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> "Features":
+        return cls(d["global"], d["labels"].long(), d.get("local"))
+
+    def subset(self, index: torch.Tensor) -> "Features":
+        return Features(self.global_[index], self.labels[index],
+                        None if self.local is None else self.local[index])
+
+
+@dataclass
+class MethodResult:
+    method: str
+    hyperparameters: dict
+    val_accuracy: float
+    test_accuracy: float
+    timings: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+
+
+def accuracy(model, features: Features) -> float:
+    """Top-1 accuracy in percent."""
+    pred = torch.as_tensor(model.predict(features.global_))
+    return float((pred.cpu() == features.labels.cpu()).double().mean() * 100)
+
+
+def _grid(cfg: dict, base: str, routings: list[str] | None) -> dict | None:
+    from .search import make_grid
+
+    if base == "zero-shot":
+        return None
+    section = cfg["tip_adapter"] if base == "tip-adapter" else cfg["ape"]
+    grid = dict(make_grid(base, section["search_scale"], section["search_step"]))
+    if routings:
+        grid["routing"] = list(routings)
+    return grid
+
+
+def _make_model(cfg: dict, base: str, embed_dim: int, projector=None, device=None):
+    from .classifiers import APE, TipAdapter, ZeroShotCLIP
+
+    if base == "zero-shot":
+        return ZeroShotCLIP(projector=projector, device=device)
+    if base == "tip-adapter":
+        return TipAdapter(**cfg["tip_adapter"]["init"], projector=projector, device=device)
+    ape = cfg["ape"]
+    return APE(**ape["init"], n_channels=min(int(ape["n_channels"]), embed_dim),
+               criterion_weights=tuple(ape["criterion_weights"]), projector=projector, device=device)
+
+
+def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
+               text_features: torch.Tensor, device=None) -> MethodResult:
+    """Fit ``method`` on the support set, choose its hyper-parameters on ``val``, score ``test`` once."""
+    from .projector import SSPProjector
+    from .search import validation_search
+
+    base, _, variant = method.partition("+")
+    use_ssp = variant == "ssp"
+    embed_dim = support.global_.shape[1]
+    timings: dict[str, float] = {}
+    candidates = []  # (val score, model, params, details)
+    rank_rules = cfg["ssp"]["rank"] if use_ssp else [None]
+    for rank in rank_rules:
+        projector = None
+        if use_ssp:
+            s = cfg["ssp"]
+            projector = SSPProjector(patch_top_k=s["patch_top_k"], class_top_k=s["class_top_k"],
+                                     global_weight=s["global_weight"], rank=rank, device=device)
+        model = _make_model(cfg, base, embed_dim, projector, device)
+        t0 = time.perf_counter()
+        model.fit(support.global_, support.labels, text_features=text_features,
+                  patch_features=support.local if use_ssp else None)
+        timings["fit_s"] = timings.get("fit_s", 0.0) + time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # The zero-shot term of "vision"/"reference" routing is plain CLIP, so zero-shot+ssp is "paper" only.
+        routings = (cfg["ssp"]["routing"] if base != "zero-shot" else ["paper"]) if use_ssp else None
+        grid = _grid(cfg, base, routings)
+        details: dict = {}
+        if grid is None:
+            score, params = accuracy(model, val), ({"routing": "paper"} if use_ssp else {})
+            if use_ssp:
+                model.set_params(routing="paper")
+        else:
+            result = validation_search(model, val.global_, val.labels, grid=grid)
+            score, params = float(result.best_score_), dict(result.best_params_)
+        timings["search_s"] = timings.get("search_s", 0.0) + time.perf_counter() - t0
+        if use_ssp:
+            params["rank"] = rank
+            proj = model.projector_
+            ranks = torch.as_tensor(proj.class_ranks_)
+            details = {"vision_rank": int(proj.vision_rank_),
+                       "class_rank_min": int(ranks.min()), "class_rank_max": int(ranks.max()),
+                       "class_rank_mean": float(ranks.double().mean())}
+        candidates.append((score, model, params, details))
+    # first maximum over rank rules wins (ties -> earlier candidate in the config's list)
+    best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
+    score, model, params, details = candidates[best]
+    if use_ssp and len(candidates) > 1:
+        details["val_accuracy_per_rank_rule"] = {str(c[2]["rank"]): c[0] for c in candidates}
+    t0 = time.perf_counter()
+    test_acc = accuracy(model, test)
+    timings["test_s"] = time.perf_counter() - t0
+    return MethodResult(method, params, score, test_acc, timings, details)
+
+
+def _index_by_path(samples) -> dict[str, int]:
+    return {s.path: i for i, s in enumerate(samples)}
+
+
+def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_dir: str | Path | None = None,
+                device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
+                progress: bool = True, echo: Callable[[str], None] = print) -> tuple[list[dict], str]:
+    """Run every (shots, seed, method) of ``cfg``; write one JSON per run and the report.
+
+    Returns ``(records, table)``.
+    """
+    from .backbone import load_backbone
+    from .cache import FeatureStore, cached_features
+    from .data import get_dataset, make_fewshot_splits
+
+    output_dir = Path(output_dir)
+    dataset = get_dataset(cfg["dataset"], root, split_file=split_file)
+    backbone = load_backbone(cfg["backbone"], None if str(cfg["pretrained"]).lower() == "none" else cfg["pretrained"],
+                             device=device, precision=cfg["precision"])
+    store = FeatureStore(cache_dir)
+    extract_kw = {k: cfg[k] for k in ("batch_size", "num_workers") if cfg.get(k) is not None}
+    extract_kw["progress"] = progress
+    needs_local = any(m.endswith("+ssp") for m in cfg["methods"])
+    echo(f"[ssp] {dataset.name}: {len(dataset.classnames)} classes, train/val/test = "
+         f"{len(dataset.train)}/{len(dataset.val) if dataset.val is not None else '-'}/{len(dataset.test)}; "
+         f"backbone {cfg['backbone']} ({cfg['pretrained']}) on {backbone.device}; cache {store.root}")
+
+    t0 = time.perf_counter()
+    text_key = {"kind": "text_classifier", "backbone": backbone.identity,
+                "classnames": dataset.classnames, "templates": dataset.templates}
+    text = store.get_or_compute(
+        text_key, lambda: {"text": backbone.text_classifier(dataset.classnames, dataset.templates)},
+        recompute=recompute)["text"]
+    test = Features.from_dict(cached_features(store, backbone, dataset.test, dataset=dataset.name, split="test",
+                                              recompute=recompute, desc="test", **extract_kw))
+    full_val = None
+    if dataset.val is not None:
+        full_val = Features.from_dict(cached_features(store, backbone, dataset.val, dataset=dataset.name,
+                                                      split="val", recompute=recompute, desc="val", **extract_kw))
+        val_index = _index_by_path(dataset.val)
+    shared_extract_s = time.perf_counter() - t0
+
+    records = []
+    for shots in cfg["shots"]:
+        for seed in cfg["seeds"]:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                splits = make_fewshot_splits(dataset, shots, seed, val_policy=cfg["val_policy"])
+            sampling_warnings = [str(w.message) for w in caught]
+            for msg in sampling_warnings:
+                echo(f"[ssp] warning: {msg}")
+            t0 = time.perf_counter()
+            support = Features.from_dict(cached_features(
+                store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
+                with_local=needs_local, seed=seed, recompute=recompute, desc=f"support {shots}-shot seed {seed}",
+                **extract_kw))
+            if full_val is not None:
+                val = full_val.subset(torch.tensor([val_index[s.path] for s in splits.val], dtype=torch.long))
+            else:  # ImageNet: validation carved from train images not used as shots
+                val = Features.from_dict(cached_features(
+                    store, backbone, splits.val, dataset=dataset.name, split="train-as-val", recompute=recompute,
+                    desc=f"val {shots}-shot seed {seed}", **extract_kw))
+            extract_s = time.perf_counter() - t0
+            for method in cfg["methods"]:
+                res = run_method(method, cfg, support, val, test, text, device=backbone.device)
+                record = {
+                    "ssp_version": __version__,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "dataset": dataset.name,
+                    "backbone": {"name": cfg["backbone"], "pretrained": cfg["pretrained"],
+                                 "identity": backbone.identity},
+                    "method": method, "shots": shots, "seed": seed,
+                    "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"],
+                                 "hyperparameters_chosen_on": "validation split",
+                                 "n_support": len(splits.support), "n_val": len(splits.val),
+                                 "n_test": len(splits.test), "n_classes": len(dataset.classnames)},
+                    "hyperparameters": res.hyperparameters,
+                    "val_accuracy": res.val_accuracy,
+                    "test_accuracy": res.test_accuracy,
+                    "details": res.details,
+                    "timings": {"shared_features_s": shared_extract_s, "support_val_features_s": extract_s,
+                                **res.timings},
+                    "warnings": sampling_warnings,
+                    "config": cfg,
+                }
+                write_run(output_dir, record)
+                records.append(record)
+                echo(f"[ssp] {dataset.name} {shots}-shot seed {seed} {method:<16} val {res.val_accuracy:6.2f}  "
+                     f"test {res.test_accuracy:6.2f}  {res.hyperparameters}")
+    table, _ = write_report(output_dir)
+    return records, table

@@ -1,0 +1,158 @@
+"""Results: one JSON per run, aggregation over seeds, a text table and a plot.
+
+A *run* is one (dataset, backbone, method, shots, seed). Tables are always rebuilt from the
+JSON files, so a results folder is the single source of truth (as in CLIP_benchmark).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+RUN_SUFFIX = ".run.json"
+
+
+def run_filename(record: dict) -> str:
+    """``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json`` (filesystem-safe)."""
+    backbone = str(record["backbone"]["name"]).replace("/", "_").replace(":", "_")
+    method = record["method"].replace("+", "_plus_")
+    return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
+
+
+def write_json_atomic(path: Path, payload: dict) -> Path:
+    """Write ``payload`` to ``path`` through a temp file + rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_run(output_dir: Path, record: dict) -> Path:
+    return write_json_atomic(Path(output_dir) / run_filename(record), record)
+
+
+def load_runs(output_dir: Path) -> list[dict]:
+    """Every run record under ``output_dir`` (recursively), sorted by (dataset, backbone, method, shots, seed)."""
+    records = []
+    for path in sorted(Path(output_dir).rglob(f"*{RUN_SUFFIX}")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"results file {path} is unreadable ({err}); delete it or re-run that run") from err
+    records.sort(key=lambda r: (r["dataset"], r["backbone"]["name"], r["method"], r["shots"], r["seed"]))
+    return records
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # sample std, as papers report
+    return mean, math.sqrt(var)
+
+
+def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[dict]:
+    """Mean and sample std of ``metric`` over seeds for each (dataset, backbone, method, shots)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["backbone"]["name"], r["method"], r["shots"])].append(r)
+    rows = []
+    for (dataset, backbone, method, shots), runs in sorted(groups.items()):
+        mean, std = _mean_std([float(r[metric]) for r in runs])
+        rows.append({"dataset": dataset, "backbone": backbone, "method": method, "shots": shots,
+                     "mean": mean, "std": std, "seeds": sorted(r["seed"] for r in runs),
+                     "metric": metric})
+    return rows
+
+
+def _method_order(methods: Iterable[str]) -> list[str]:
+    from .config import METHODS
+
+    known = [m for m in METHODS if m in methods]
+    return known + sorted(set(methods) - set(known))
+
+
+def format_table(summary: list[dict]) -> str:
+    """One block per (dataset, backbone): methods as rows, shot counts as columns, ``mean ± std``."""
+    blocks = []
+    keys = sorted({(r["dataset"], r["backbone"]) for r in summary})
+    for dataset, backbone in keys:
+        rows = [r for r in summary if (r["dataset"], r["backbone"]) == (dataset, backbone)]
+        shots = sorted({r["shots"] for r in rows})
+        seeds = sorted({s for r in rows for s in r["seeds"]})
+        cell = {(r["method"], r["shots"]): f"{r['mean']:.2f} ± {r['std']:.2f}" for r in rows}
+        header = ["method"] + [f"{k}-shot" for k in shots]
+        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in _method_order({r["method"] for r in rows})]
+        widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
+        fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(row, widths)))
+        metric = rows[0]["metric"].replace("_", " ")
+        title = f"{dataset} | {backbone} | {metric} (%), mean ± std over seeds {seeds}"
+        lines = [title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def plot_summary(summary: list[dict], path: Path) -> Path:
+    """Accuracy against shots, one line per method (error bars = std), one panel per dataset/backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["dataset"], r["backbone"]) for r in summary})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, (dataset, backbone) in zip(axes[0], keys):
+        rows = [r for r in summary if (r["dataset"], r["backbone"]) == (dataset, backbone)]
+        for method in _method_order({r["method"] for r in rows}):
+            pts = sorted((r["shots"], r["mean"], r["std"]) for r in rows if r["method"] == method)
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method,
+                        linestyle="--" if method.startswith("zero-shot") else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["shots"] for r in rows}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset} ({backbone})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
+    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``."""
+    output_dir = Path(output_dir)
+    records = load_runs(output_dir)
+    if not records:
+        raise FileNotFoundError(f"no run results (*{RUN_SUFFIX}) under {output_dir}")
+    summary = summarize(records)
+    table = format_table(summary)
+    val_table = format_table(summarize(records, "val_accuracy"))
+    paths = {
+        "summary": write_json_atomic(output_dir / "summary.json", {"test": summary,
+                                                                   "val": summarize(records, "val_accuracy")}),
+        "table": output_dir / "results.md",
+        "plot": plot_summary(summary, output_dir / "results.png"),
+    }
+    paths["table"].write_text(f"```\n{table}\n```\n\nValidation accuracy of the chosen "
+                              f"hyper-parameters:\n\n```\n{val_table}\n```\n")
+    return table, paths
