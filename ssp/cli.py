@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="backbone precision")
+    p.add_argument("--quick-gelu", choices=["auto", "on", "off"],
+                   help="QuickGELU activations: auto (default) decides from the weights (OpenAI weights need it)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--views", type=int, help="augmented views averaged into each support feature (default 10)")
     p.add_argument("--val-policy", help="coop (min(K,4) per class), full, or an integer per class")
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("ssp-fewshot: --root is required (or set $SSP_DATA_ROOT): the folder that holds the "
                          "dataset, see datasets/README.md for the expected layouts")
     overrides = {"shots": args.shots, "seeds": args.seeds, "methods": args.methods, "backbone": args.backbone,
-                 "pretrained": args.pretrained, "precision": args.precision, "views": args.views,
+                 "pretrained": args.pretrained, "precision": args.precision,
+                 "quick_gelu": {None: None, "on": True, "off": False}.get(args.quick_gelu), "views": args.views,
                  "val_policy": _val_policy(args.val_policy), "batch_size": args.batch_size,
                  "num_workers": args.num_workers,
                  "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing)) if v}}

@@ -80,6 +80,8 @@ def validate_config(cfg: dict) -> None:
         raise ValueError(f"shots must be >= 1, got {cfg['shots']}")
     if not isinstance(cfg.get("views"), int) or cfg["views"] < 1:
         raise ValueError(f"config 'views' must be an integer >= 1, got {cfg.get('views')!r}")
+    if cfg.get("quick_gelu") not in (None, True, False):
+        raise ValueError(f"config 'quick_gelu' must be null (auto), true or false, got {cfg['quick_gelu']!r}")
     policy = cfg.get("val_policy")
     if not (policy in ("coop", "full") or (isinstance(policy, int) and policy >= 1)):
         raise ValueError(f"config 'val_policy' must be 'coop', 'full' or an integer >= 1, got {policy!r}")

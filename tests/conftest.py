@@ -30,3 +30,14 @@ def tip_cache_root(data_root: Path) -> Path:
     if not root.is_dir():
         pytest.skip(f"{root} not found")
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Small tensors: intra-op threads only add contention (and oversubscribe shared CI runners)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

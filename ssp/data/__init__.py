@@ -1,0 +1,48 @@
+"""Data stage: the 11 CoOp benchmarks, a generic image folder, and the few-shot protocol.
+
+>>> ds = get_dataset("dtd", "/data")                  # /data/dtd/{images, split_zhou_...json}
+>>> fs = make_fewshot_splits(ds, shots=16, seed=1)    # support: 16 per class, class-major
+>>> loader = torch.utils.data.DataLoader(ImageDataset(fs.support, preprocess), batch_size=64)
+
+Layouts and download notes: ``datasets/README.md`` and ``datasets/<name>.md`` in the repository.
+"""
+from .base import (
+    IMG_EXTENSIONS,
+    DatasetNotFoundError,
+    DatasetSplits,
+    Sample,
+    clean_classname,
+    list_images,
+    read_split_file,
+)
+from .benchmarks import (
+    EUROSAT_CLASSNAMES,
+    IMAGENET_TEMPLATES,
+    benchmark_templates,
+    get_dataset,
+    list_datasets,
+    read_imagenet_classnames,
+)
+from .fewshot import FewShotSplits, make_fewshot_splits
+from .images import ImageDataset, ImageLoadError, load_image
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "DatasetNotFoundError",
+    "DatasetSplits",
+    "Sample",
+    "clean_classname",
+    "list_images",
+    "read_split_file",
+    "EUROSAT_CLASSNAMES",
+    "IMAGENET_TEMPLATES",
+    "benchmark_templates",
+    "get_dataset",
+    "list_datasets",
+    "read_imagenet_classnames",
+    "FewShotSplits",
+    "make_fewshot_splits",
+    "ImageDataset",
+    "ImageLoadError",
+    "load_image",
+]

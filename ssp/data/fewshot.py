@@ -1,0 +1,181 @@
+"""The few-shot protocol: K support images per class, a (sub-sampled) validation split, the test split.
+
+Sampling scheme (reproducible across runs, machines and Python versions, and independent of the
+order in which the split lists its samples):
+
+* the candidates of class ``c`` are sorted by path;
+* class ``c`` draws from its own stream ``numpy.random.default_rng([seed, shots, stage, c])``
+  (``stage`` 0 = support, 1 = validation), so one class's draw never depends on another's;
+* support: the first K entries of a permutation of the candidates. When a class has fewer than K
+  candidates (a warning names it), permutations are concatenated until K are drawn, so every
+  candidate is used and none more than ceil(K / n) times;
+* validation: ``"coop"`` keeps min(K, 4) per class (CoOp), an int keeps that many, drawn without
+  replacement (all of them when a class has fewer); ``"full"`` keeps the split as it is;
+* without a validation split (ImageNet), validation is carved from the train images of each class
+  that are not in the support set, with the same policy (``"full"`` = all remaining train images);
+* test: the full test split, in file order.
+
+Support and sub-sampled validation are class-major (label 0's samples, then label 1's, ...).
+"""
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .base import DatasetSplits, Sample
+
+VAL_POLICIES = ("coop", "full")
+_STAGE_SUPPORT, _STAGE_VAL = 0, 1
+
+
+@dataclass(repr=False)
+class FewShotSplits:
+    """One few-shot draw: ``support`` (exactly ``shots`` per class, class-major), ``val``, ``test``."""
+
+    dataset: DatasetSplits
+    shots: int
+    seed: int
+    support: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    val_policy: str | int
+
+    @property
+    def classnames(self) -> list[str]:
+        return self.dataset.classnames
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def __repr__(self) -> str:
+        return (
+            f"FewShotSplits(dataset={self.dataset.name!r}, shots={self.shots}, seed={self.seed}, "
+            f"support={len(self.support)}, val={len(self.val)} ({self.val_policy!r}), "
+            f"test={len(self.test)})"
+        )
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _per_class(samples: Sequence[Sample], num_classes: int) -> list[list[Sample]]:
+    """Samples grouped by label, each group sorted by path (order-independent candidates)."""
+    groups: dict[int, list[Sample]] = defaultdict(list)
+    for s in samples:
+        if not 0 <= s.label < num_classes:
+            raise ValueError(f"sample {s.path} has label {s.label}, outside 0..{num_classes - 1}")
+        groups[s.label].append(s)
+    return [sorted(groups.get(c, []), key=lambda s: s.path) for c in range(num_classes)]
+
+
+def _rng(seed: int, shots: int, stage: int, label: int) -> np.random.Generator:
+    return np.random.default_rng([seed, shots, stage, label])
+
+
+def _draw(candidates: list[Sample], k: int, rng: np.random.Generator) -> list[Sample]:
+    """k of the candidates without replacement, cycling through fresh permutations if k > n."""
+    n = len(candidates)
+    order: list[int] = []
+    while len(order) < k:
+        order.extend(rng.permutation(n).tolist())
+    return [candidates[i] for i in order[:k]]
+
+
+def _val_count(policy: str | int, shots: int) -> int | None:
+    """Samples per class kept by a policy; None = keep everything."""
+    if policy == "coop":
+        return min(shots, 4)
+    if policy == "full":
+        return None
+    return int(policy)
+
+
+def make_fewshot_splits(
+    dataset: DatasetSplits, shots: int, seed: int, *, val_policy: str | int = "coop"
+) -> FewShotSplits:
+    """Draw the few-shot support set and the validation set of one (shots, seed) run.
+
+    Args:
+        dataset: the full splits from :func:`ssp.data.get_dataset`.
+        shots: K >= 1 support images per class.
+        seed: a non-negative integer (the protocol uses 1, 2, 3).
+        val_policy: ``"coop"`` (min(K, 4) per class), ``"full"`` (the whole validation split), or
+            an int (that many per class).
+
+    Returns:
+        FewShotSplits with ``support`` of length C*K, class-major; ``val`` disjoint from ``support``;
+        ``test`` the dataset's full test split.
+    """
+    shots = _check_int(shots, "shots", 1)
+    seed = _check_int(seed, "seed", 0)
+    if isinstance(val_policy, str):
+        if val_policy not in VAL_POLICIES:
+            raise ValueError(f"val_policy must be 'coop', 'full' or a positive int, got {val_policy!r}")
+    else:
+        val_policy = _check_int(val_policy, "val_policy", 1)
+    num_classes = dataset.num_classes
+    names = dataset.classnames
+
+    train_groups = _per_class(dataset.train, num_classes)
+    support: list[Sample] = []
+    for c, candidates in enumerate(train_groups):
+        if not candidates:
+            raise ValueError(
+                f"class {c} ({names[c]!r}) of dataset {dataset.name!r} has no training images; "
+                "a few-shot support set needs at least one per class"
+            )
+        if len(candidates) < shots:
+            warnings.warn(
+                f"class {c} ({names[c]!r}) of dataset {dataset.name!r} has only {len(candidates)} "
+                f"training image(s) for {shots} shots; sampling with replacement",
+                stacklevel=2,
+            )
+        support.extend(_draw(candidates, shots, _rng(seed, shots, _STAGE_SUPPORT, c)))
+
+    per_class = _val_count(val_policy, shots)
+    if dataset.val is not None:
+        if per_class is None:
+            val = list(dataset.val)
+        else:
+            val = []
+            for c, candidates in enumerate(_per_class(dataset.val, num_classes)):
+                val.extend(_draw(candidates, min(per_class, len(candidates)),
+                                 _rng(seed, shots, _STAGE_VAL, c)))
+    else:
+        # no validation split (ImageNet): carve it from train images that are not shots
+        used = {s.path for s in support}
+        if per_class is None:
+            warnings.warn(
+                f"val_policy='full' on {dataset.name!r}, which has no validation split: validation "
+                "= every train image that is not a shot; this can be very large",
+                stacklevel=2,
+            )
+        val = []
+        empty = []
+        for c, candidates in enumerate(train_groups):
+            remaining = [s for s in candidates if s.path not in used]
+            if not remaining:
+                empty.append(names[c])
+            if per_class is None:
+                val.extend(remaining)
+            else:
+                val.extend(_draw(remaining, min(per_class, len(remaining)),
+                                 _rng(seed, shots, _STAGE_VAL, c)))
+        if empty:
+            warnings.warn(
+                f"{len(empty)} class(es) of {dataset.name!r} have no train images left for the carved "
+                f"validation set (e.g. {empty[:5]})",
+                stacklevel=2,
+            )
+    return FewShotSplits(
+        dataset=dataset, shots=shots, seed=seed, support=support, val=val,
+        test=list(dataset.test), val_policy=val_policy,
+    )

@@ -1,0 +1,589 @@
+"""SSPProjector: the vision subspace and the per-class language subspaces of SSP (SPEC Part 0).
+
+Fit on the support set (patch features, labels, global image features, text classifier):
+
+1. Selection. For support image ``n`` keep the ``k = min(patch_top_k, L)`` local features with
+   the largest vision scores ``<z_nj, g_n>`` and, separately, the ``k`` with the largest
+   language scores ``<z_nj, w_{y_n}>``.
+2. Vision subspace (one, shared): ``m_c`` = mean over class ``c``'s images of the rows
+   ``s^V_nj z_nj`` (kept ``j``) and ``lambda g_n``; economy SVD of ``M_V = [m_1..m_C]``; keep
+   ``r_V`` right singular vectors ``B_V`` (``[r_V, D]``).
+3. Language subspaces (one per class): ``T_c`` = rows ``s^L_nj z_nj`` (``n`` in class ``c``,
+   kept ``j``) plus ``lambda w_c``; keep ``r_c`` right singular vectors ``B_c``.
+4. Transforms. Vision: ``norm(B_V^T B_V x)``. Language: score every class by ``||B_c x||``, take
+   the top ``kappa = min(class_top_k, C)`` classes, ``norm(mean_c B_c^T B_c x)``. Text:
+   ``norm(B_c^T B_c w_c)``.
+
+How it scales (never a ``D x D`` projector per class, never a ``C x D x T`` tensor):
+
+* Class subspaces come from a batched ``eigh`` of the small Gram matrices ``T_c T_c^T``
+  (``[C, R, R]``, ``R = k * n_c + 1``) when ``R < D`` (``T_c^T T_c`` otherwise), in class chunks
+  of bounded memory; right singular vectors are recovered as ``V = T^T U / sigma``. The Gram
+  squares the condition number, so it is formed and decomposed in float64 (exact products of
+  the float32 data); float64 data, where no wider type exists, gets a batched economy SVD.
+* The language view works on query chunks: one GEMM gives the coefficients of every query in
+  every class subspace (``[chunk, C, r]``, chunk shrunk to a memory budget), their norms pick the
+  top-``kappa`` classes, and only those are reconstructed, with a few padded batched matmuls over
+  classes grouped by how many queries picked them.
+* When the subspaces are larger than half the space (``r > D / 2``, e.g. 512-d backbones at 16
+  shots), each class is stored by its orthogonal complement ``B_perp`` instead and
+  ``||P x||^2 = ||x||^2 - ||B_perp x||^2``, ``P x = x - B_perp^T B_perp x``.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from ssp._utils import (
+    ArrayLike,
+    check_is_fitted,
+    check_labels,
+    l2_normalize,
+    like_input,
+    resolve_device,
+    to_tensor,
+)
+
+__all__ = ["SSPProjector"]
+
+# Memory budget (bytes) for the largest temporary block of one step: a class chunk at fit time,
+# the [chunk, C, r] coefficient block and the gathered bases of the language transform.
+_BLOCK_BUDGET_BYTES = 512 * 2**20
+
+_VIEWS = ("vision", "language")
+_LANGUAGE_PATHS = ("auto", "basis", "complement")
+
+
+class SSPProjector(TransformerMixin, BaseEstimator):
+    """Selective vision and language subspace projection (SSP) of CLIP features.
+
+    Parameters
+    ----------
+    patch_top_k : int, default 30
+        Local features kept per support image for each subspace (at most ``L``).
+    class_top_k : int, default 10
+        Number of class subspaces averaged by the language view (at most ``C``).
+    global_weight : float, default 10.0
+        Weight ``lambda`` of the global image row (vision) and of the text row (language).
+    rank : None, int or float, default None
+        Rank of every subspace. ``None``: the numerical rank (singular values above
+        ``rank_tol * sigma_max``). An int caps it. A float in (0, 1): the smallest rank whose
+        cumulative ``sigma^2`` reaches that fraction of the total, also capped by the numerical
+        rank.
+    rank_tol : float or None, default None
+        Relative tolerance of the numerical rank; ``None`` is numpy's ``matrix_rank`` rule,
+        ``max(rows, D) * eps(dtype)``.
+    chunk_size : int, default 4096
+        Queries per chunk in :meth:`transform` (lowered automatically so the language view's
+        ``[chunk, C, r]`` coefficient block stays within about 512 MB).
+    device : str, torch.device or None
+        ``None``/``"auto"``: CUDA when available, else CPU.
+
+    Attributes
+    ----------
+    vision_basis_ : ``[r_V, D]`` orthonormal rows spanning the vision subspace.
+    vision_rank_ : int
+    class_ranks_ : ``[C]`` int64 numpy array, rank ``r_c`` of each language subspace.
+    text_features_ : ``[C, D]`` language-projected, L2-normalised text classifier.
+    language_path_ : ``"basis"`` or ``"complement"``, how the class subspaces are stored.
+    n_patches_kept_ : int, ``k = min(patch_top_k, L)``.
+    n_classes_, n_features_in_ (``D``), device_
+
+    Array attributes are numpy when ``image_features`` was numpy, torch tensors otherwise.
+    Computation is float64 when any input is float64, float32 otherwise.
+    """
+
+    # Private switch for tests and benchmarks: force the basis or the complement representation.
+    _language_path: str = "auto"
+
+    def __init__(
+        self,
+        patch_top_k: int = 30,
+        class_top_k: int = 10,
+        global_weight: float = 10.0,
+        rank: int | float | None = None,
+        rank_tol: float | None = None,
+        chunk_size: int = 4096,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.patch_top_k = patch_top_k
+        self.class_top_k = class_top_k
+        self.global_weight = global_weight
+        self.rank = rank
+        self.rank_tol = rank_tol
+        self.chunk_size = chunk_size
+        self.device = device
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        patch_features: ArrayLike,
+        labels: ArrayLike,
+        *,
+        image_features: ArrayLike,
+        text_features: ArrayLike,
+    ) -> "SSPProjector":
+        """Fit both subspaces on the support set.
+
+        Parameters
+        ----------
+        patch_features : ``[N, L, D]`` local features of the support images.
+        labels : ``[N]`` integer classes in ``0..C-1``, any order, any number of shots per class.
+        image_features : ``[N, D]`` global features of the same images.
+        text_features : ``[C, D]`` text classifier, one row per class.
+        """
+        self._validate_params()
+        device = resolve_device(self.device)
+        patches = _raw_tensor(patch_features, "patch_features", ndim=3)
+        n_images, n_patches, dim = patches.shape
+        if n_images == 0 or n_patches == 0 or dim == 0:
+            raise ValueError(f"patch_features must be non-empty [N, L, D], got {tuple(patches.shape)}")
+        dtype = _working_dtype(patches, image_features, text_features)
+        image = to_tensor(image_features, "image_features", dtype=dtype, device=device, ndim=2)
+        text = to_tensor(text_features, "text_features", dtype=dtype, device=device, ndim=2)
+        if image.shape != (n_images, dim):
+            raise ValueError(
+                f"image_features has shape {tuple(image.shape)} but patch_features has shape "
+                f"{tuple(patches.shape)}: expected [N, D] = [{n_images}, {dim}]"
+            )
+        if text.shape[1] != dim or text.shape[0] == 0:
+            raise ValueError(
+                f"text_features has shape {tuple(text.shape)}; expected [C, D] with D = {dim} "
+                "(the width of patch_features and image_features)"
+            )
+        n_classes = text.shape[0]
+        zero_rows = (text.norm(dim=1) == 0).nonzero().flatten().tolist()
+        if zero_rows:
+            raise ValueError(f"text_features rows {zero_rows[:10]} are all zero; every class needs a text embedding")
+        y = check_labels(labels, n_images, n_classes, device=device)
+        counts = torch.bincount(y, minlength=n_classes)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"class(es) {empty[:10]}{' ...' if len(empty) > 10 else ''} have no support sample; "
+                f"every class 0..{n_classes - 1} of text_features needs at least one labelled image"
+            )
+
+        image = l2_normalize(image)
+        text = l2_normalize(text)
+        k = min(int(self.patch_top_k), n_patches)
+        lam = float(self.global_weight)
+
+        class_means, factors, class_ranks = self._fit_language_and_vision_sums(
+            patches, y, counts, image, text, k, lam, device, dtype
+        )
+        vision_basis, vision_rank = self._fit_vision(class_means, dtype)
+
+        # Language-projected text classifier: norm(B_c^T B_c w_c).
+        coef = torch.bmm(factors, text[:, :, None])
+        text_projected = l2_normalize(torch.bmm(factors.mT, coef)[:, :, 0])
+
+        path = self._choose_language_path(class_ranks, dim)
+        if path == "complement":
+            factors = _orthogonal_complements(factors, class_ranks)
+
+        # Set the fitted state only now that everything succeeded.
+        self.device_ = device
+        self.n_classes_ = n_classes
+        self.n_features_in_ = dim
+        self.n_patches_kept_ = k
+        self._dtype = dtype
+        self._vision_basis = vision_basis
+        self._language_factors = factors
+        self.language_path_ = path
+        self.vision_rank_ = int(vision_rank)
+        self.class_ranks_ = class_ranks.cpu().numpy().astype(np.int64)
+        self.vision_basis_ = like_input(vision_basis, image_features)
+        self.text_features_ = like_input(text_projected, image_features)
+        return self
+
+    def _fit_language_and_vision_sums(
+        self,
+        patches: torch.Tensor,
+        y: torch.Tensor,
+        counts: torch.Tensor,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        k: int,
+        lam: float,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass over class chunks: vision class means ``[C, D]``, padded class bases
+        ``[C, r_max, D]`` (zero rows beyond ``r_c``) and the ranks ``[C]``."""
+        n_classes, dim = text.shape
+        n_patches = patches.shape[1]
+        itemsize = torch.finfo(dtype).bits // 8
+        order = torch.argsort(y, stable=True)  # support images grouped by class, order kept
+        starts = torch.cumsum(counts, 0) - counts
+        counts_list = counts.tolist()
+        starts_list = starts.tolist()
+        max_shots = max(counts_list)
+        max_rows = max_shots * k + 1
+        gram_size = min(max_rows, dim)
+        rank_cap = self.rank if _is_int_rank(self.rank) else None
+        rank_bound = min(gram_size, rank_cap) if rank_cap is not None else gram_size
+
+        per_class = itemsize * (max_shots * (2 * n_patches + k) * dim + (max_rows + gram_size) * dim)
+        per_class += 8 * (max_rows * dim + gram_size * dim + 3 * gram_size * gram_size)
+        classes_per_chunk = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
+
+        class_sums = torch.zeros(n_classes, dim, dtype=dtype, device=device)
+        factors = torch.zeros(n_classes, rank_bound, dim, dtype=dtype, device=device)
+        class_ranks = torch.zeros(n_classes, dtype=torch.long, device=device)
+        eps = torch.finfo(dtype).eps
+
+        for c0 in range(0, n_classes, classes_per_chunk):
+            c1 = min(n_classes, c0 + classes_per_chunk)
+            n_cls = c1 - c0
+            first, last = starts_list[c0], starts_list[c1 - 1] + counts_list[c1 - 1]
+            idx = order[first:last]
+            z = _take_rows(patches, idx).to(device=device, dtype=dtype)
+            if not bool(torch.isfinite(z).all()):
+                raise ValueError("patch_features contains NaN or infinite values; clean the features first")
+            z = l2_normalize(z)  # [n, L, D]
+            g = image[idx]
+            lab = y[idx]
+
+            # Vision: per image sum_j s^V_nj z_nj over the kept j, plus lambda * g_n.
+            score_v = torch.einsum("nld,nd->nl", z, g)
+            top_v = score_v.topk(k, dim=1)
+            weights = torch.zeros_like(score_v).scatter_(1, top_v.indices, top_v.values)
+            image_rows = torch.einsum("nl,nld->nd", weights, z) + lam * g
+            class_sums.index_add_(0, lab, image_rows)
+
+            # Language: T_c = [lambda w_c; s^L_nj z_nj for n in c, kept j], zero-padded rows.
+            score_l = torch.einsum("nld,nd->nl", z, text[lab])
+            top_l = score_l.topk(k, dim=1)
+            kept = torch.gather(z, 1, top_l.indices[:, :, None].expand(-1, -1, dim))
+            rows = top_l.values[:, :, None] * kept  # [n, k, D]
+            del z, kept, score_v, score_l
+            local_class = lab - c0
+            slot = torch.arange(idx.numel(), device=device) - (starts[lab] - first)
+            shots = max(counts_list[c0:c1])
+            n_rows = shots * k + 1
+            stacked = torch.zeros(n_cls, n_rows, dim, dtype=dtype, device=device)
+            stacked[:, 0] = lam * text[c0:c1]
+            stacked[:, 1:].view(n_cls, shots, k, dim)[local_class, slot] = rows
+            del rows
+            rows_per_class = counts[c0:c1] * k + 1
+
+            basis, ranks = self._class_bases(stacked, rows_per_class, eps)
+            factors[c0:c1, : basis.shape[1]] = basis
+            class_ranks[c0:c1] = ranks
+            del stacked, basis
+
+        r_max = int(class_ranks.max())
+        if r_max < factors.shape[1]:
+            factors = factors[:, :r_max].clone()
+        class_means = class_sums / (counts * (k + 1)).to(dtype)[:, None]
+        return class_means, factors, class_ranks
+
+    def _class_bases(
+        self, stacked: torch.Tensor, rows_per_class: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right singular vectors of a chunk of ``T_c`` (``[c, R, D]``, zero-padded rows).
+
+        Returns the bases ``[c, r, D]`` (rows beyond ``r_c`` are zero) and the ranks ``[c]``.
+
+        float32 data: eigh of the Gram matrix formed in float64 (products of float32 numbers
+        are exact there), so singular values are resolved down to ~1e-8 * sigma_max, far below
+        the float32 rank tolerance. float64 data: a Gram cannot resolve its own tolerance
+        (``sqrt(eps)`` ~ 1e-8 > ``D * eps``), so it gets a batched economy SVD instead.
+        """
+        n_cls, n_rows, dim = stacked.shape
+        dtype = stacked.dtype
+        device = stacked.device
+        if dtype == torch.float64:
+            with _lapack_threads(device):
+                _, sigma, vh = torch.linalg.svd(stacked, full_matrices=False)
+            ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
+            r = int(ranks.max())
+            keep = torch.arange(r, device=device)[None, :] < ranks[:, None]  # [c, r]
+            return vh[:, :r] * keep[:, :, None], ranks
+        wide = stacked.double()
+        if n_rows < dim:  # small Gram T T^T: [c, R, R]
+            gram = torch.bmm(wide, wide.mT)
+            with _lapack_threads(device):
+                eigval, eigvec = torch.linalg.eigh(gram)
+            sigma = eigval.flip(-1).clamp_min(0).sqrt()
+            ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
+            r = int(ranks.max())
+            keep = torch.arange(r, device=device)[None, :] < ranks[:, None]
+            u = eigvec.flip(-1)[:, :, :r] / torch.where(keep, sigma[:, :r], 1.0)[:, None, :]
+            basis = torch.bmm((u * keep[:, None, :]).mT, wide)  # (T^T U / sigma)^T: [c, r, D]
+        else:  # Gram T^T T: [c, D, D], its eigenvectors are the right singular vectors
+            gram = torch.bmm(wide.mT, wide)
+            with _lapack_threads(device):
+                eigval, eigvec = torch.linalg.eigh(gram)
+            sigma = eigval.flip(-1).clamp_min(0).sqrt()
+            ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
+            r = int(ranks.max())
+            keep = torch.arange(r, device=device)[None, :] < ranks[:, None]
+            basis = (eigvec.flip(-1)[:, :, :r] * keep[:, None, :]).mT
+        return basis.to(dtype).contiguous(), ranks
+
+    def _fit_vision(self, class_means: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+        """Economy SVD of ``M_V`` ``[C, D]`` -> orthonormal basis ``[r_V, D]`` and ``r_V``."""
+        n_classes, dim = class_means.shape
+        with _lapack_threads(class_means.device):
+            _, sigma, vh = torch.linalg.svd(class_means, full_matrices=False)
+        rows = torch.tensor([n_classes], device=class_means.device)
+        r = int(self._select_ranks(sigma[None].double(), rows, dim, torch.finfo(dtype).eps)[0])
+        return vh[:r].contiguous(), r
+
+    def _select_ranks(
+        self, sigma: torch.Tensor, rows: torch.Tensor, dim: int, eps: float
+    ) -> torch.Tensor:
+        """Rank rule on descending singular values ``sigma`` ``[c, n]`` of ``[rows_c, dim]``
+        matrices -> ranks ``[c]``."""
+        sigma_max = sigma[:, 0]
+        if self.rank_tol is None:
+            rel_tol = rows.clamp_min(dim).to(sigma.dtype) * eps
+        else:
+            rel_tol = torch.full_like(sigma_max, float(self.rank_tol))
+        numerical = (sigma > (rel_tol * sigma_max)[:, None]).sum(1)
+        if self.rank is None:
+            return numerical
+        if _is_int_rank(self.rank):
+            return numerical.clamp_max(int(self.rank))
+        energy = torch.cumsum(sigma**2, dim=1)
+        reached = energy >= float(self.rank) * energy[:, -1:]
+        by_energy = (~reached).sum(1) + 1
+        return torch.minimum(by_energy, numerical)
+
+    def _choose_language_path(self, class_ranks: torch.Tensor, dim: int) -> str:
+        """Store bases ``[C, r_max, D]`` or complements ``[C, D - r_min, D]``, whichever is smaller."""
+        forced = self._language_path
+        if forced not in _LANGUAGE_PATHS:
+            raise ValueError(f"_language_path must be one of {_LANGUAGE_PATHS}, got {forced!r}")
+        if forced != "auto":
+            return forced
+        r_max, r_min = int(class_ranks.max()), int(class_ranks.min())
+        return "complement" if dim - r_min < r_max else "basis"
+
+    # ------------------------------------------------------------------------------ transform
+    def transform(self, X: ArrayLike, view: str = "vision") -> ArrayLike:
+        """Project features ``X`` ``[M, D]`` -> ``[M, D]`` L2-normalised, same kind as ``X``.
+
+        ``view="vision"``: ``norm(B_V^T B_V x)``. ``view="language"``: mean projection onto the
+        ``class_top_k`` class subspaces that keep most of ``x``'s energy.
+        """
+        if view not in _VIEWS:
+            raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+        check_is_fitted(self, "vision_basis_")
+        x = to_tensor(X, "X", dtype=self._dtype, device=self.device_, ndim=2)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {x.shape[1]} features per row but the projector was fitted with "
+                f"D = {self.n_features_in_}"
+            )
+        out = torch.empty_like(x)
+        if view == "vision":
+            chunk = max(1, int(self.chunk_size))
+            basis = self._vision_basis
+            for t0 in range(0, x.shape[0], chunk):
+                xs = l2_normalize(x[t0 : t0 + chunk])
+                out[t0 : t0 + chunk] = l2_normalize((xs @ basis.T) @ basis)
+        else:
+            n_classes, width, _ = self._language_factors.shape
+            itemsize = x.element_size()
+            budget_rows = _BLOCK_BUDGET_BYTES // max(1, n_classes * width * itemsize)
+            chunk = int(max(1, min(int(self.chunk_size), budget_rows)))
+            for t0 in range(0, x.shape[0], chunk):
+                out[t0 : t0 + chunk] = self._language_chunk(l2_normalize(x[t0 : t0 + chunk]))
+        return like_input(out, X)
+
+    def _language_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Language view of one chunk of unit queries ``[t, D]``."""
+        factors = self._language_factors  # [C, w, D]: bases or complements
+        n_classes, width, dim = factors.shape
+        t = x.shape[0]
+        kappa = min(int(self.class_top_k), n_classes)
+        coef = (x @ factors.reshape(n_classes * width, dim).T).view(t, n_classes, width)
+        energy = torch.linalg.vector_norm(coef, dim=2) ** 2  # ||B_c x||^2 or ||B_perp x||^2
+        complement = self.language_path_ == "complement"
+        scores = (x * x).sum(1, keepdim=True) - energy if complement else energy
+        top = scores.topk(kappa, dim=1).indices  # [t, kappa]
+        picked = coef[torch.arange(t, device=x.device)[:, None], top]  # [t, kappa, w]
+        del coef, energy, scores
+        summed = _grouped_reconstruct(picked, top, factors)  # sum_c F_c^T a_c
+        return l2_normalize(kappa * x - summed if complement else summed)
+
+    def fit_transform(
+        self,
+        patch_features: ArrayLike,
+        labels: ArrayLike,
+        *,
+        image_features: ArrayLike,
+        text_features: ArrayLike,
+        view: str = "vision",
+    ) -> ArrayLike:
+        """``fit(...)`` then ``transform(image_features, view=view)``."""
+        if view not in _VIEWS:
+            raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+        self.fit(patch_features, labels, image_features=image_features, text_features=text_features)
+        return self.transform(image_features, view=view)
+
+    # ------------------------------------------------------------------------------ checks
+    def _validate_params(self) -> None:
+        for name in ("patch_top_k", "class_top_k", "chunk_size"):
+            value = getattr(self, name)
+            if not _is_int_rank(value):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        lam = self.global_weight
+        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
+            raise ValueError(f"global_weight must be a finite float >= 0, got {lam!r}")
+        rank = self.rank
+        if not (rank is None or _is_int_rank(rank) or _is_fraction(rank)):
+            raise ValueError(
+                f"rank must be None (numerical rank), a positive int (cap) or a float in (0, 1) "
+                f"(fraction of spectral energy); got {rank!r}"
+            )
+        tol = self.rank_tol
+        if tol is not None and (
+            isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not np.isfinite(tol) or tol < 0
+        ):
+            raise ValueError(f"rank_tol must be None or a finite float >= 0, got {tol!r}")
+
+
+# -------------------------------------------------------------------------------- helpers
+def _is_int_rank(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
+
+
+def _is_fraction(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, numbers.Integral))
+        and 0.0 < float(value) < 1.0
+    )
+
+
+def _take_rows(patches: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``patches[idx]``; a view when ``idx`` is a contiguous range (class-major input)."""
+    start = int(idx[0])
+    if bool((idx == torch.arange(start, start + idx.numel(), device=idx.device)).all()):
+        return patches[start : start + idx.numel()]
+    return patches[idx.to(patches.device)]  # advanced indexing: much faster than index_select on 3-D
+
+
+@contextlib.contextmanager
+def _lapack_threads(device: torch.device) -> Iterator[None]:
+    """Run CPU LAPACK decompositions single-threaded.
+
+    Batched eigh/svd/qr loop over small matrices; their multi-threaded BLAS gains little on an
+    idle machine and collapses (10-50x slower, measured) when the cores are shared with other
+    processes. The previous thread count is restored afterwards.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _raw_tensor(x: ArrayLike, name: str, *, ndim: int) -> torch.Tensor:
+    """A floating tensor view of ``x`` without copying (big inputs are converted chunk-wise)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        t = torch.as_tensor(x)
+    else:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions [N, L, D], got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
+    return t
+
+
+def _working_dtype(*inputs: Any) -> torch.dtype:
+    """float64 when any input is float64, else float32."""
+    for x in inputs:
+        dt = getattr(x, "dtype", None)
+        if dt in (torch.float64, np.float64):
+            return torch.float64
+    return torch.float32
+
+
+def _orthogonal_complements(bases: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Orthonormal complements of padded bases ``[C, r_max, D]`` -> ``[C, D - r_min, D]``.
+
+    Householder QR of ``B_c^T`` (complete mode): columns ``r_c..D-1`` of ``Q`` span the
+    complement of the first ``r_c`` columns; zero rows beyond ``r_c`` do not disturb them.
+    """
+    n_classes, r_max, dim = bases.shape
+    width = dim - int(ranks.min())
+    itemsize = bases.element_size()
+    per_class = 3 * dim * dim * itemsize
+    step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
+    out = torch.zeros(n_classes, width, dim, dtype=bases.dtype, device=bases.device)
+    cols = torch.arange(width, device=bases.device)
+    for c0 in range(0, n_classes, step):
+        c1 = min(n_classes, c0 + step)
+        with _lapack_threads(bases.device):
+            q, _ = torch.linalg.qr(bases[c0:c1].mT, mode="complete")  # [c, D, D]
+        r = ranks[c0:c1, None]
+        index = (r + cols[None, :]).clamp_max(dim - 1)  # [c, width]
+        valid = (cols[None, :] < dim - r).to(bases.dtype)
+        comp = torch.gather(q, 2, index[:, None, :].expand(-1, dim, -1)) * valid[:, None, :]
+        out[c0:c1] = comp.mT
+    return out
+
+
+def _grouped_reconstruct(coef: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``out[t] = sum_j factors[classes[t, j]]^T coef[t, j]`` without touching unpicked classes.
+
+    ``coef`` ``[t, kappa, w]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
+    (query, class) pairs are grouped by class; classes picked a similar number of times (within
+    a factor 2) share one padded batched matmul, so the work is at most twice the pairs' own.
+    """
+    t, kappa, width = coef.shape
+    n_classes, _, dim = factors.shape
+    device = coef.device
+    n_pairs = t * kappa
+    pair_class = classes.reshape(n_pairs)
+    order = torch.argsort(pair_class, stable=True)
+    pair_class = pair_class[order]
+    pair_coef = coef.reshape(n_pairs, width)[order]
+    pair_query = order // kappa
+    counts = torch.bincount(pair_class, minlength=n_classes)
+    slot = torch.arange(n_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[pair_class]
+    present = counts.nonzero().flatten()
+    present_counts, perm = counts[present].sort(descending=True)
+    present = present[perm]
+    counts_list = present_counts.tolist()
+
+    out = torch.zeros(t, dim, dtype=coef.dtype, device=device)
+    local = torch.full((n_classes,), -1, dtype=torch.long, device=device)
+    itemsize = coef.element_size()
+    i = 0
+    while i < len(counts_list):
+        most = counts_list[i]
+        per_class = (width * dim + most * (width + dim)) * itemsize
+        limit = max(1, _BLOCK_BUDGET_BYTES // per_class)
+        j = i + 1
+        while j < len(counts_list) and j - i < limit and 2 * counts_list[j] > most:
+            j += 1
+        group = present[i:j]
+        local[group] = torch.arange(j - i, device=device)
+        pair_local = local[pair_class]
+        sel = (pair_local >= 0).nonzero().flatten()
+        rows, slots = pair_local[sel], slot[sel]
+        padded = torch.zeros(j - i, most, width, dtype=coef.dtype, device=device)
+        padded[rows, slots] = pair_coef[sel]
+        recon = torch.bmm(padded, factors[group])  # [g, most, D]
+        out.index_add_(0, pair_query[sel], recon[rows, slots])
+        local[group] = -1
+        i = j
+    return out

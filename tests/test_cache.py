@@ -1,0 +1,638 @@
+"""Tests for ssp.cache: the feature store, extraction and cached extraction."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from ssp._utils import l2_normalize
+from ssp.cache import (
+    CacheWarning,
+    FeatureStore,
+    _view_seed,
+    cached_features,
+    extract_features,
+    feature_key,
+    sample_digest,
+)
+from ssp.data import Sample
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Test doubles
+# --------------------------------------------------------------------------------------------
+
+class RandomScale:
+    """Multiply the image by a random factor: view-dependent raw feature norms."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x * (0.2 + 1.8 * torch.rand(()))
+
+
+class FakeBackbone:
+    """Tiny deterministic stand-in for ssp.backbone.Backbone (D=8, L=4 patches of 16x16)."""
+
+    embed_dim = 8
+    num_local_features = 4
+
+    def __init__(self, tag: str = "fake-a", crop: int = 32) -> None:
+        g = torch.Generator().manual_seed(0 if tag == "fake-a" else 1)
+        self.patch_proj = torch.randn(3 * 16 * 16, self.embed_dim, generator=g) / 20
+        self.patch_bias = torch.randn(self.embed_dim, generator=g)
+        self.global_proj = torch.randn(self.embed_dim, self.embed_dim, generator=g)
+        self.device = torch.device("cpu")
+        self.identity = {"name": tag, "kind": "fake"}
+        self.crop = crop
+        self.preprocess = T.Compose([T.Resize(crop), T.CenterCrop(crop), T.ToTensor()])
+        self.augment = T.Compose([
+            T.RandomResizedCrop(crop, scale=(0.5, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
+            RandomScale(),
+        ])
+        self.calls = 0
+
+    def transform_identity(self, train: bool) -> str:
+        return f"{'train-rrc' if train else 'eval-center'}{self.crop}"
+
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls += 1
+        b = images.shape[0]
+        if images.shape[-1] != 32:
+            images = torch.nn.functional.adaptive_avg_pool2d(images, 32)
+        patches = images.unfold(2, 16, 16).unfold(3, 16, 16)           # B,3,2,2,16,16
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, 4, -1)  # B,4,768
+        local = torch.tanh(patches @ self.patch_proj) + self.patch_bias
+        global_ = local.mean(1) @ self.global_proj
+        return global_, local
+
+
+def _write_images(folder: Path, n: int = 6, classes: int = 3, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(n):
+        label = i % classes
+        d = folder / f"class{label}"
+        d.mkdir(parents=True, exist_ok=True)
+        h, w = int(rng.integers(36, 60)), int(rng.integers(36, 60))
+        arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        path = d / f"img{i}.jpg"
+        Image.fromarray(arr).save(path, quality=90)
+        samples.append(Sample(str(path), label, f"class{label}"))
+    return samples
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> list[Sample]:
+    return _write_images(tmp_path / "images")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FeatureStore:
+    return FeatureStore(tmp_path / "cache")
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+QUIET = dict(progress=False, num_workers=0)
+
+
+# --------------------------------------------------------------------------------------------
+# FeatureStore
+# --------------------------------------------------------------------------------------------
+
+def test_default_root_honours_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSP_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert FeatureStore.default_root() == tmp_path / "a"
+    assert FeatureStore().root == tmp_path / "a"
+    monkeypatch.delenv("SSP_CACHE_DIR")
+    assert FeatureStore.default_root() == tmp_path / "xdg" / "ssp"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert FeatureStore.default_root() == tmp_path / "home" / ".cache" / "ssp"
+    assert FeatureStore(tmp_path / "b").root == tmp_path / "b"
+
+
+def test_path_for_is_canonical(store):
+    import hashlib
+
+    key = {"kind": "features", "b": [1, 2], "a": {"y": 1, "x": 2}}
+    same = {"a": {"x": 2, "y": 1}, "b": [1, 2], "kind": "features"}
+    path = store.path_for(key)
+    assert path == store.path_for(same)
+    assert path.parent == store.root / "features"
+    canon = json.dumps(key, sort_keys=True, separators=(",", ":"))
+    assert path.name == hashlib.sha256(canon.encode()).hexdigest() + ".safetensors"
+    assert store.path_for({**key, "b": [2, 1]}) != path
+    assert store.path_for({"namespace": "features/dtd", "x": 1}).parent == store.root / "features" / "dtd"
+    assert store.path_for({"namespace": "../../etc", "x": 1}).resolve().is_relative_to(store.root.resolve())
+    with pytest.raises(TypeError, match="JSON"):
+        store.path_for({"kind": "x", "bad": object()})
+
+
+def test_save_load_roundtrip(store):
+    key = {"kind": "t", "v": 1}
+    assert store.load(key) is None
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2, 2).half()}
+    path = store.save(key, tensors)
+    assert path == store.path_for(key) and path.is_file()
+    got = store.load(key)
+    assert set(got) == set(tensors)
+    for name in tensors:
+        assert got[name].dtype == tensors[name].dtype
+        assert torch.equal(got[name], tensors[name])
+    assert [p.name for p in _files(store.root)] == [path.name]  # no temp file left
+
+
+def test_save_tensors_sharing_memory(store):
+    base = torch.randn(4, 3)
+    store.save({"kind": "t"}, {"all": base, "head": base[:2], "row": base[1]})
+    got = store.load({"kind": "t"})
+    assert torch.equal(got["head"], base[:2]) and torch.equal(got["row"], base[1])
+
+
+def test_get_or_compute_hit_miss_and_recompute(store):
+    key = {"kind": "t"}
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"x": torch.full((2,), float(len(calls)))}
+
+    first = store.get_or_compute(key, compute)
+    second = store.get_or_compute(key, compute)
+    assert len(calls) == 1 and torch.equal(first["x"], second["x"])
+    third = store.get_or_compute(key, compute, recompute=True)
+    assert len(calls) == 2 and torch.equal(third["x"], torch.full((2,), 2.0))
+    assert torch.equal(store.load(key)["x"], third["x"])
+
+
+@pytest.mark.parametrize("cut", ["header", "data", "empty"])
+def test_truncated_file_warns_and_returns_none(store, cut):
+    key = {"kind": "t"}
+    path = store.save(key, {"x": torch.randn(100, 10)})
+    data = path.read_bytes()
+    keep = {"header": 20, "data": len(data) - 7, "empty": 0}[cut]
+    path.write_bytes(data[:keep])
+    with pytest.warns(CacheWarning, match=re.escape(str(path))):
+        assert store.load(key) is None
+
+
+def test_garbage_file_warns(store):
+    key = {"kind": "t"}
+    path = store.path_for(key)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x00" * 64 + b"not a safetensors file")
+    with pytest.warns(CacheWarning, match="unreadable"):
+        assert store.load(key) is None
+    # get_or_compute rebuilds it
+    with pytest.warns(CacheWarning):
+        out = store.get_or_compute(key, lambda: {"x": torch.ones(3)})
+    assert torch.equal(out["x"], torch.ones(3))
+    assert torch.equal(store.load(key)["x"], torch.ones(3))
+
+
+def test_wrong_key_under_right_name_is_rejected(store):
+    key_a, key_b = {"kind": "t", "v": "a"}, {"kind": "t", "v": "b"}
+    path_a = store.save(key_a, {"x": torch.zeros(2)})
+    shutil.copy(path_a, store.path_for(key_b))
+    with pytest.warns(CacheWarning, match="stored key differs"):
+        assert store.load(key_b) is None
+    assert store.load(key_a) is not None
+
+
+def test_foreign_safetensors_file_is_rejected(store):
+    from safetensors.torch import save_file
+
+    key = {"kind": "t"}
+    path = store.path_for(key)
+    path.parent.mkdir(parents=True)
+    save_file({"x": torch.zeros(2)}, str(path))  # no ssp metadata
+    with pytest.warns(CacheWarning, match="not an ssp feature-store file"):
+        assert store.load(key) is None
+
+
+def test_failing_compute_leaves_nothing(store):
+    def compute():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        store.get_or_compute({"kind": "t"}, compute)
+    assert not store.root.exists() or _files(store.root) == []
+
+
+def test_exception_during_write_leaves_no_file(store, monkeypatch):
+    import ssp.cache as cache_mod
+
+    real_save_file = cache_mod.save_file
+
+    def half_write(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache_mod, "save_file", half_write)
+    key = {"kind": "t"}
+    with pytest.raises(OSError, match="disk full"):
+        store.save(key, {"x": torch.randn(50, 50)})
+    assert not store.path_for(key).exists()
+    assert _files(store.root) == []  # the temp file is gone too
+
+    # A failing rename (the last step) also leaves nothing, not even the complete temp file.
+    monkeypatch.setattr(cache_mod, "save_file", real_save_file)
+
+    def bad_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(cache_mod.os, "replace", bad_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        store.save(key, {"x": torch.randn(50, 50)})
+    assert _files(store.root) == []
+
+
+def test_existing_file_survives_failed_overwrite(store, monkeypatch):
+    import ssp.cache as cache_mod
+
+    key = {"kind": "t"}
+    store.save(key, {"x": torch.ones(4)})
+
+    def failing(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError("interrupted")
+
+    monkeypatch.setattr(cache_mod, "save_file", failing)
+    with pytest.raises(OSError):
+        store.save(key, {"x": torch.zeros(4)})
+    assert torch.equal(store.load(key)["x"], torch.ones(4))
+    assert len(_files(store.root)) == 1
+
+
+def test_crash_leftover_temp_is_ignored_and_cleaned(store):
+    key = {"kind": "t"}
+    path = store.path_for(key)
+    path.parent.mkdir(parents=True)
+    old = path.parent / f".{path.stem}.999.deadbeef.tmp"
+    fresh = path.parent / f".{path.stem}.998.cafebabe.tmp"
+    old.write_bytes(b"half written")
+    fresh.write_bytes(b"being written by another process")
+    an_hour_ago = time.time() - 2 * 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.load(key) is None  # temp files are invisible
+    store.save(key, {"x": torch.ones(1)})
+    assert not old.exists()      # stale leftover removed
+    assert fresh.exists()        # a recent one may belong to a concurrent writer
+
+
+def test_save_rejects_bad_input(store):
+    with pytest.raises(ValueError, match="empty"):
+        store.save({"kind": "t"}, {})
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        store.save({"kind": "t"}, {"x": np.zeros(3)})
+
+
+def test_get_or_compute_validates_fresh_results(store):
+    def validate(t):
+        return None if t["x"].shape == (3,) else f"wrong shape {tuple(t['x'].shape)}"
+
+    with pytest.raises(ValueError, match="wrong shape"):
+        store.get_or_compute({"kind": "t"}, lambda: {"x": torch.zeros(2)}, validate=validate)
+    assert not store.path_for({"kind": "t"}).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# extract_features
+# --------------------------------------------------------------------------------------------
+
+def test_extract_shapes_dtypes_and_norms(samples):
+    bb = FakeBackbone()
+    out = extract_features(bb, samples, with_local=True, batch_size=4, **QUIET)
+    n = len(samples)
+    assert set(out) == {"global", "labels", "local"}
+    assert out["global"].shape == (n, 8) and out["global"].dtype == torch.float32
+    assert out["local"].shape == (n, 4, 8) and out["local"].dtype == torch.float32
+    assert out["labels"].dtype == torch.int64
+    assert out["labels"].tolist() == [s.label for s in samples]
+    torch.testing.assert_close(out["global"].norm(dim=-1), torch.ones(n))
+    torch.testing.assert_close(out["local"].norm(dim=-1), torch.ones(n, 4))
+    assert bb.calls == 2  # 6 images, batch 4
+    without = extract_features(bb, samples, batch_size=4, **QUIET)
+    assert set(without) == {"global", "labels"}
+    assert torch.equal(without["global"], out["global"])
+
+
+def test_single_view_matches_manual_eval_transform(samples):
+    bb = FakeBackbone()
+    out = extract_features(bb, samples, with_local=True, batch_size=5, **QUIET)
+    images = torch.stack([bb.preprocess(Image.open(s.path).convert("RGB")) for s in samples])
+    g, loc = bb.encode_images(images)
+    torch.testing.assert_close(out["global"], l2_normalize(g))
+    torch.testing.assert_close(out["local"], l2_normalize(loc))
+
+
+def test_views_average_raw_then_normalise(samples):
+    """views > 1: mean of raw features over augmented passes, then L2 normalisation."""
+    bb = FakeBackbone()
+    views, seed = 3, 7
+    out = extract_features(bb, samples, views=views, with_local=True, seed=seed, batch_size=4,
+                           **QUIET)
+    raw_g, raw_l = [], []
+    for v in range(views):
+        imgs = []
+        for i, s in enumerate(samples):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_view_seed(seed, v, i))
+                imgs.append(bb.augment(Image.open(s.path).convert("RGB")))
+        g, loc = bb.encode_images(torch.stack(imgs))
+        raw_g.append(g)
+        raw_l.append(loc)
+    raw_g, raw_l = torch.stack(raw_g), torch.stack(raw_l)  # views, N, ...
+    expected_g = l2_normalize(raw_g.mean(0))
+    expected_l = l2_normalize(raw_l.mean(0))
+    torch.testing.assert_close(out["global"], expected_g)
+    torch.testing.assert_close(out["local"], expected_l)
+    # The other order (normalise each view, then average) is measurably different here,
+    # so the assertion above does discriminate the two semantics.
+    other = l2_normalize(l2_normalize(raw_g).mean(0))
+    assert (other - expected_g).abs().max() > 1e-3
+    # Views really differ from each other (the augmentation is applied per pass).
+    assert (raw_g[0] - raw_g[1]).abs().max() > 1e-3
+
+
+def test_views_deterministic_across_workers_and_batches(samples):
+    bb = FakeBackbone()
+    kw = dict(views=3, with_local=True, seed=3, progress=False)
+    ref = extract_features(bb, samples, num_workers=0, batch_size=4, **kw)
+    again = extract_features(bb, samples, num_workers=0, batch_size=4, **kw)
+    workers = extract_features(bb, samples, num_workers=2, batch_size=4, **kw)
+    for name in ref:
+        assert torch.equal(ref[name], again[name]), name
+        assert torch.equal(ref[name], workers[name]), name
+    # another batch layout sees the same augmented images (up to matmul rounding)
+    rebatched = extract_features(bb, samples, num_workers=2, batch_size=5, **kw)
+    for name in ref:
+        torch.testing.assert_close(rebatched[name], ref[name], atol=1e-6, rtol=1e-5)
+    other_seed = extract_features(bb, samples, num_workers=0, batch_size=4,
+                                  **{**kw, "seed": 4})
+    assert not torch.allclose(other_seed["global"], ref["global"])
+
+
+def test_extraction_leaves_global_rng_alone(samples):
+    bb = FakeBackbone()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    extract_features(bb, samples, views=2, batch_size=4, **QUIET)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_unreadable_image_error_names_path(samples, num_workers):
+    bad = Path(samples[3].path)
+    bad.write_bytes(b"this is not a jpeg")
+    with pytest.raises(Exception, match=re.escape(str(bad))):
+        extract_features(FakeBackbone(), samples, batch_size=2, num_workers=num_workers,
+                         progress=False)
+
+
+def test_extract_rejects_bad_arguments(samples):
+    bb = FakeBackbone()
+    with pytest.raises(ValueError, match="views"):
+        extract_features(bb, samples, views=0, **QUIET)
+    with pytest.raises(ValueError, match="empty"):
+        extract_features(bb, [], **QUIET)
+
+
+def test_backbone_shape_mismatch_is_reported(samples):
+    bb = FakeBackbone()
+    bb.num_local_features = 5  # lies about L
+    with pytest.raises(RuntimeError, match="local features of shape"):
+        extract_features(bb, samples, with_local=True, **QUIET)
+
+
+# --------------------------------------------------------------------------------------------
+# sample_digest / cached_features
+# --------------------------------------------------------------------------------------------
+
+def test_sample_digest(tmp_path, samples):
+    d = sample_digest(samples)
+    assert d == sample_digest(list(samples))
+    # relocating the whole image folder keeps the digest
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "images", moved)
+    relocated = [Sample(s.path.replace(str(tmp_path / "images"), str(moved)), s.label, s.classname)
+                 for s in samples]
+    assert sample_digest(relocated) == d
+    # order, labels, membership and file contents (size) all change it
+    assert sample_digest(samples[::-1]) != d
+    assert sample_digest([Sample(samples[0].path, 2, "x")] + samples[1:]) != d
+    assert sample_digest(samples[:-1]) != d
+    with open(moved / Path(samples[0].path).relative_to(tmp_path / "images"), "ab") as f:
+        f.write(b"\x00" * 10)
+    assert sample_digest(relocated) != d
+    missing = Sample(str(tmp_path / "nope.jpg"), 0, "x")
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        sample_digest(samples + [missing])
+
+
+def test_cache_hit_skips_backbone_and_is_identical(store, samples):
+    bb = FakeBackbone()
+    first = cached_features(store, bb, samples, dataset="toy", split="train", with_local=True,
+                            batch_size=4, **QUIET)
+    calls = bb.calls
+    assert calls > 0
+    second = cached_features(store, bb, samples, dataset="toy", split="train", with_local=True,
+                             batch_size=4, **QUIET)
+    assert bb.calls == calls
+    assert set(first) == set(second) == {"global", "labels", "local"}
+    for name in first:
+        assert first[name].dtype == second[name].dtype
+        assert torch.equal(first[name], second[name]), name
+    assert first["global"].dtype == torch.float32 and first["local"].dtype == torch.float32
+    assert first["labels"].dtype == torch.int64
+    # local features are stored as float16 and differ from full precision only by rounding
+    full = extract_features(bb, samples, with_local=True, **QUIET)
+    torch.testing.assert_close(first["global"], full["global"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(first["local"], full["local"], atol=1e-3, rtol=0)
+    from safetensors import safe_open
+
+    files = _files(store.root)
+    assert len(files) == 1 and files[0].parent == store.root / "features" / "toy"
+    with safe_open(str(files[0]), framework="pt") as f:
+        assert f.get_slice("local").get_dtype() == "F16"
+        assert f.get_slice("global").get_dtype() == "F32"
+
+
+def test_cache_invalidation(store, samples, tmp_path):
+    bb = FakeBackbone()
+    kw = dict(dataset="toy", split="train", batch_size=8, **QUIET)
+
+    def run(backbone=bb, s=samples, **extra):
+        before = backbone.calls
+        cached_features(store, backbone, s, **{**kw, **extra})
+        return backbone.calls > before  # True: recomputed
+
+    assert run()
+    assert not run()
+    assert not run(seed=5)                 # seed is irrelevant for the eval transform
+    assert run(views=2)                    # views
+    assert not run(views=2)
+    assert run(views=2, seed=1)            # seed matters with augmentation
+    assert run(with_local=True)            # local features requested
+    assert run(s=samples[:-1])             # samples removed
+    assert run(s=samples[::-1])            # order
+    relabelled = [Sample(samples[0].path, 1, "class1")] + samples[1:]
+    assert run(s=relabelled)               # labels
+    assert run(split="val")                # split
+    assert run(dataset="other")            # dataset
+    other = FakeBackbone(tag="fake-b")
+    assert run(backbone=other)             # backbone identity
+    bigger = FakeBackbone(crop=48)
+    assert run(backbone=bigger)            # transform identity
+    Path(samples[2].path).write_bytes(Path(samples[2].path).read_bytes() + b"\x00" * 16)
+    assert run()                           # an image file replaced
+    assert not run()
+    assert run(recompute=True)             # forced
+    # each distinct key has its own file
+    assert len(_files(store.root)) == 12
+
+
+def test_feature_key_contents(samples):
+    bb = FakeBackbone()
+    key = feature_key(bb, samples, dataset="toy", split="train", views=10, seed=2,
+                      with_local=True)
+    assert key["backbone"] == bb.identity
+    assert key["transform"] == bb.transform_identity(train=True)
+    assert key["samples"] == sample_digest(samples) and key["num_samples"] == len(samples)
+    assert (key["views"], key["seed"], key["with_local"]) == (10, 2, True)
+    assert "format" in key
+    eval_key = feature_key(bb, samples, dataset="toy", split="test", seed=2)
+    assert eval_key["seed"] == 0 and eval_key["transform"] == bb.transform_identity(train=False)
+
+
+def test_truncated_cache_file_is_rebuilt(store, samples):
+    bb = FakeBackbone()
+    kw = dict(dataset="toy", split="train", with_local=True, batch_size=8, **QUIET)
+    first = cached_features(store, bb, samples, **kw)
+    (path,) = _files(store.root)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    calls = bb.calls
+    with pytest.warns(CacheWarning, match=re.escape(str(path))):
+        rebuilt = cached_features(store, bb, samples, **kw)
+    assert bb.calls > calls
+    for name in first:
+        assert torch.equal(first[name], rebuilt[name])
+    calls = bb.calls
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached_features(store, bb, samples, **kw)  # the rebuilt file is good
+    assert bb.calls == calls
+
+
+@pytest.mark.parametrize("damage", ["shape", "labels", "missing", "dtype", "nan"])
+def test_inconsistent_cache_content_is_rebuilt(store, samples, damage):
+    """A file with the right key but wrong content (e.g. written by a buggy version)."""
+    bb = FakeBackbone()
+    kw = dict(dataset="toy", split="train", with_local=True)
+    key = feature_key(bb, samples, **kw)
+    n = len(samples)
+    good = {"global": l2_normalize(torch.randn(n, 8)), "labels": torch.tensor([s.label for s in samples]),
+            "local": l2_normalize(torch.randn(n, 4, 8)).half()}
+    bad = dict(good)
+    if damage == "shape":
+        bad["local"] = good["local"][:, :3]
+    elif damage == "labels":
+        bad["labels"] = good["labels"].roll(1)
+    elif damage == "missing":
+        del bad["local"]
+    elif damage == "dtype":
+        bad["global"] = good["global"].double()
+    else:
+        bad["global"] = good["global"].clone()
+        bad["global"][0, 0] = float("nan")
+    store.save(key, bad)
+    with pytest.warns(CacheWarning, match=re.escape(str(store.path_for(key)))):
+        out = cached_features(store, bb, samples, batch_size=8, **QUIET, **kw)
+    assert bb.calls > 0
+    assert out["local"].shape == (n, 4, 8) and bool(torch.isfinite(out["global"]).all())
+
+
+def test_cached_features_rejects_key_changing_kwargs(store, samples):
+    with pytest.raises(TypeError, match="local_dtype"):
+        cached_features(store, FakeBackbone(), samples, dataset="toy", split="train",
+                        local_dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Integration: real images, real open_clip backbone
+# --------------------------------------------------------------------------------------------
+
+def _dtd_samples(data_root: Path, per_class: int = 2, classes: int = 3) -> list[Sample]:
+    split = data_root / "coop" / "dtd" / "split_zhou_DescribableTextures.json"
+    if not split.is_file():
+        pytest.skip(f"{split} not found")
+    items = json.loads(split.read_text())["train"]
+    out, counts = [], {}
+    for rel, label, name in items:
+        if label < classes and counts.get(label, 0) < per_class:
+            counts[label] = counts.get(label, 0) + 1
+            out.append(Sample(str(data_root / "coop" / "dtd" / "images" / rel), label, name))
+    return out
+
+
+def test_real_dtd_images_with_fake_backbone(data_root, store):
+    samples = _dtd_samples(data_root)
+    bb = FakeBackbone()
+    out = cached_features(store, bb, samples, dataset="dtd", split="train", views=2,
+                          with_local=True, progress=False, num_workers=2, batch_size=4)
+    assert out["global"].shape == (len(samples), 8)
+    assert out["labels"].tolist() == [s.label for s in samples]
+    calls = bb.calls
+    again = cached_features(store, bb, samples, dataset="dtd", split="train", views=2,
+                            with_local=True, progress=False)
+    assert bb.calls == calls and torch.equal(again["local"], out["local"])
+
+
+@pytest.mark.parametrize("config", ["tiny-rn.json", "tiny-vit.json"])
+def test_real_open_clip_backbone(tmp_path, store, config):
+    backbone_mod = pytest.importorskip("ssp.backbone")
+    cfg = REPO / "tests" / "assets" / config
+    if not cfg.is_file():
+        pytest.skip(f"{cfg} not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the loud "randomly initialised" warning is expected
+        bb = backbone_mod.load_backbone(str(cfg), pretrained=None, device="cpu")
+    samples = _write_images(tmp_path / "imgs", n=4, classes=2)
+    kw = dict(dataset="toy", split="train", views=2, with_local=True, seed=1, batch_size=3,
+              progress=False, num_workers=0)
+    out = cached_features(store, bb, samples, **kw)
+    n, d, L = len(samples), bb.embed_dim, bb.num_local_features
+    assert out["global"].shape == (n, d) and out["local"].shape == (n, L, d)
+    torch.testing.assert_close(out["global"].norm(dim=-1), torch.ones(n))
+    torch.testing.assert_close(out["local"].norm(dim=-1), torch.ones(n, L), atol=2e-3, rtol=0)
+    again = cached_features(store, bb, samples, **{**kw, "num_workers": 2})
+    assert torch.equal(again["global"], out["global"])
+    # the same numbers with workers when recomputed (seeded augmentation)
+    fresh = cached_features(store, bb, samples, **{**kw, "num_workers": 2}, recompute=True)
+    assert torch.equal(fresh["global"], out["global"])
+    assert torch.equal(fresh["local"], out["local"])
+    # eval features match a manual forward pass of the eval transform
+    ev = extract_features(bb, samples, progress=False, num_workers=0)
+    imgs = torch.stack([bb.preprocess(Image.open(s.path).convert("RGB")) for s in samples])
+    g, _ = bb.encode_images(imgs.to(bb.device))
+    torch.testing.assert_close(ev["global"], l2_normalize(g.float()), atol=1e-5, rtol=1e-4)
