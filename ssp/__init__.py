@@ -27,6 +27,7 @@ _LAZY = {
     "APE": "ssp.classifiers",
     "validation_search": "ssp.search",
     "SearchResult": "ssp.search",
+    "make_grid": "ssp.search",
     "load_feature_cache": "ssp.tip_cache",
     "FeatureCache": "ssp.tip_cache",
     "load_backbone": "ssp.backbone",

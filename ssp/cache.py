@@ -102,6 +102,8 @@ class FeatureStore:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else self.default_root()
+        self.hits = 0  # get_or_compute calls served from disk
+        self.misses = 0  # get_or_compute calls that computed (and saved) their tensors
 
     def __repr__(self) -> str:
         return f"FeatureStore(root={str(self.root)!r})"
@@ -209,7 +211,9 @@ class FeatureStore:
         if not recompute:
             found = self.load(key, validate=validate)
             if found is not None:
+                self.hits += 1
                 return found
+        self.misses += 1
         tensors = dict(compute())
         if validate is not None:
             reason = validate(tensors)

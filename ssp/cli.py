@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .config import METHODS, builtin_config_names, load_config
@@ -84,7 +85,8 @@ def _val_policy(text: str | None):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
+    logging.getLogger("ssp").setLevel(logging.INFO)
     if args.list_datasets:
         from .data import list_datasets
 
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"ssp-fewshot: {err}")
     if str(cfg["pretrained"]).lower() == "none":
         banner = "!" * 78
+        warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")  # the banner says it once
         print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are MEANINGLESS;\n"
               f"  use this only to smoke-test the pipeline.\n{banner}", file=sys.stderr)
     from .experiment import run_fewshot

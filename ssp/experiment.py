@@ -133,6 +133,20 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     return MethodResult(method, params, score, test_acc, timings, details)
 
 
+def backbone_label(backbone) -> str:
+    """``RN50@openai``, ``tiny-rn@none`` (random), ``ViT-B-32@my_ckpt.pt``, ``hf-hub:org/repo``:
+    runs with different weights never share a results folder or a table row."""
+    weights = backbone.identity["weights"]
+    source = weights["source"]
+    if source == "hf-hub":
+        return backbone.model_name
+    if source == "random":
+        return f"{backbone.model_name}@none"
+    if source == "file":
+        return f"{backbone.model_name}@{Path(str(backbone.pretrained)).name}"
+    return f"{backbone.model_name}@{weights['tag']}"
+
+
 def _index_by_path(samples) -> dict[str, int]:
     return {s.path: i for i, s in enumerate(samples)}
 
@@ -202,7 +216,8 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                     "ssp_version": __version__,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "dataset": dataset.name,
-                    "backbone": {"name": cfg["backbone"], "pretrained": cfg["pretrained"],
+                    "backbone": {"name": backbone_label(backbone),
+                                 "model": cfg["backbone"], "pretrained": cfg["pretrained"],
                                  "identity": backbone.identity},
                     "method": method, "shots": shots, "seed": seed,
                     "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"],
@@ -222,5 +237,6 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                 records.append(record)
                 echo(f"[ssp] {dataset.name} {shots}-shot seed {seed} {method:<16} val {res.val_accuracy:6.2f}  "
                      f"test {res.test_accuracy:6.2f}  {res.hyperparameters}")
+    echo(f"[ssp] feature cache {store.root}: {store.hits} file(s) reused, {store.misses} extracted")
     table, _ = write_report(output_dir)
     return records, table

@@ -23,21 +23,24 @@ def run_filename(record: dict) -> str:
     return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
 
 
-def write_json_atomic(path: Path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` through a temp file + rename: never a half-written file."""
+def _write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file + rename: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_json_atomic(path: Path, payload: dict) -> Path:
+    return _write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def write_run(output_dir: Path, record: dict) -> Path:
@@ -56,10 +59,11 @@ def load_runs(output_dir: Path) -> list[dict]:
     return records
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
     mean = sum(values) / len(values)
     if len(values) < 2:
-        return mean, 0.0
+        return mean, None
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # sample std, as papers report
     return mean, math.sqrt(var)
 
@@ -93,14 +97,16 @@ def format_table(summary: list[dict]) -> str:
         rows = [r for r in summary if (r["dataset"], r["backbone"]) == (dataset, backbone)]
         shots = sorted({r["shots"] for r in rows})
         seeds = sorted({s for r in rows for s in r["seeds"]})
-        cell = {(r["method"], r["shots"]): f"{r['mean']:.2f} ± {r['std']:.2f}" for r in rows}
+        cell = {(r["method"], r["shots"]): f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
+                for r in rows}
         header = ["method"] + [f"{k}-shot" for k in shots]
         body = [[m] + [cell.get((m, k), "-") for k in shots] for m in _method_order({r["method"] for r in rows})]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))
         metric = rows[0]["metric"].replace("_", " ")
-        title = f"{dataset} | {backbone} | {metric} (%), mean ± std over seeds {seeds}"
+        spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed (no std):"
+        title = f"{dataset} | {backbone} | {metric} (%), {spread} {seeds}"
         lines = [title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -118,7 +124,7 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
     for ax, (dataset, backbone) in zip(axes[0], keys):
         rows = [r for r in summary if (r["dataset"], r["backbone"]) == (dataset, backbone)]
         for method in _method_order({r["method"] for r in rows}):
-            pts = sorted((r["shots"], r["mean"], r["std"]) for r in rows if r["method"] == method)
+            pts = sorted((r["shots"], r["mean"], r["std"] or 0.0) for r in rows if r["method"] == method)
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method,
                         linestyle="--" if method.startswith("zero-shot") else "-")
@@ -153,6 +159,6 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
         "table": output_dir / "results.md",
         "plot": plot_summary(summary, output_dir / "results.png"),
     }
-    paths["table"].write_text(f"```\n{table}\n```\n\nValidation accuracy of the chosen "
+    _write_text_atomic(paths["table"], f"```\n{table}\n```\n\nValidation accuracy of the chosen "
                               f"hyper-parameters:\n\n```\n{val_table}\n```\n")
     return table, paths

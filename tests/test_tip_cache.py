@@ -189,3 +189,31 @@ def test_stanford_cars_tip_and_ape_beat_zero_shot(tip_cache_root):
     assert 0.55 < zero_shot < 0.63  # 58.96 % on the whole val split (data README)
     assert tip_acc > zero_shot + 0.05
     assert ape_acc > zero_shot + 0.05
+
+
+def test_stanford_cars_ssp_on_real_features(tip_cache_root):
+    """SSP on real CLIP features. Real local features are not published, so each support image's
+    global feature stands in for its local features (L = 1, as in SPEC Part 0's measurement).
+    At the numerical rank every text row lies in its own class subspace (P_c w_c = w_c), and the
+    routing chosen on validation must not lose to plain Tip-Adapter on held-out data."""
+    from ssp.projector import SSPProjector
+
+    cache = load_feature_cache(tip_cache_root / "stanford_cars", 4)
+    search_idx, held_idx = _half_split(cache.val_labels.shape[0])
+    x_search, y_search = cache.val_features[search_idx], cache.val_labels[search_idx]
+    x_held, y_held = cache.val_features[held_idx], cache.val_labels[held_idx]
+    support, labels, text = cache.support_features.float(), cache.support_labels, cache.text_features.float()
+
+    proj = SSPProjector().fit(support[:, None], labels, image_features=support, text_features=text)
+    assert proj.class_ranks_.tolist() == [5] * 196  # 4 shots x 1 local feature + the text row
+    unit_text = text / text.norm(dim=1, keepdim=True)
+    assert torch.allclose(proj.text_features_, unit_text, atol=1e-4)
+
+    grid = make_grid("tip", (20, 10), (50, 10))
+    tip = TipAdapter().fit(support, labels, text_features=text)
+    validation_search(tip, x_search, y_search, grid)
+    ssp = TipAdapter(projector=proj).fit(support, labels, text_features=text)
+    result = validation_search(ssp, x_search, y_search, {"routing": ["paper", "vision", "reference"], **grid})
+    assert result.scores_.shape == (3, 50, 10)
+    assert result.best_params_["routing"] == "vision"  # SPEC Part 0: "paper" collapses at L = 1
+    assert ssp.score(x_held, y_held) >= tip.score(x_held, y_held) - 0.01
