@@ -21,10 +21,11 @@ How it scales (never a ``D x D`` projector per class, never a ``C x D x T`` tens
   of bounded memory; right singular vectors are recovered as ``V = T^T U / sigma``. The Gram
   squares the condition number, so it is formed and decomposed in float64 (exact products of
   the float32 data); float64 data, where no wider type exists, gets a batched economy SVD.
-* The language view works on query chunks: one GEMM gives the coefficients of every query in
-  every class subspace (``[chunk, C, r]``, chunk shrunk to a memory budget), their norms pick the
-  top-``kappa`` classes, and only those are reconstructed, with a few padded batched matmuls over
-  classes grouped by how many queries picked them.
+* The language view works on query chunks: GEMMs over blocks of classes give each query's
+  energy in every class subspace (a ``[chunk, C]`` score matrix; the ``[chunk, classes, r]``
+  coefficients exist one cache-sized block at a time), the scores pick the top-``kappa``
+  classes, and only those are projected onto, with a few padded batched matmuls over classes
+  grouped by how many queries picked them.
 * When the subspaces are larger than half the space (``r > D / 2``, e.g. 512-d backbones at 16
   shots), each class is stored by its orthogonal complement ``B_perp`` instead and
   ``||P x||^2 = ||x||^2 - ||B_perp x||^2``, ``P x = x - B_perp^T B_perp x``.
@@ -52,8 +53,11 @@ from ssp._utils import (
 __all__ = ["SSPProjector"]
 
 # Memory budget (bytes) for the largest temporary block of one step: a class chunk at fit time,
-# the [chunk, C, r] coefficient block and the gathered bases of the language transform.
+# the [chunk, C] score block and the gathered bases of the language transform.
 _BLOCK_BUDGET_BYTES = 512 * 2**20
+# Budget for one [chunk, classes, r] coefficient block while scoring the language view: small
+# enough to stay cache-friendly and to never hold all C classes' coefficients at once.
+_SCORE_BLOCK_BYTES = 64 * 2**20
 
 _VIEWS = ("vision", "language")
 _LANGUAGE_PATHS = ("auto", "basis", "complement")
@@ -80,7 +84,8 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         ``max(rows, D) * eps(dtype)``.
     chunk_size : int, default 4096
         Queries per chunk in :meth:`transform` (lowered automatically so the language view's
-        ``[chunk, C, r]`` coefficient block stays within about 512 MB).
+        ``[chunk, C]`` score block stays within about 256 MB; its ``[chunk, classes, r]``
+        coefficients are computed 64 MB at a time).
     device : str, torch.device or None
         ``None``/``"auto"``: CUDA when available, else CPU.
 
@@ -307,25 +312,19 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             keep = torch.arange(r, device=device)[None, :] < ranks[:, None]  # [c, r]
             return vh[:, :r] * keep[:, :, None], ranks
         wide = stacked.double()
-        if n_rows < dim:  # small Gram T T^T: [c, R, R]
-            gram = torch.bmm(wide, wide.mT)
-            with _lapack_threads(device):
-                eigval, eigvec = torch.linalg.eigh(gram)
-            sigma = eigval.flip(-1).clamp_min(0).sqrt()
-            ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
-            r = int(ranks.max())
-            keep = torch.arange(r, device=device)[None, :] < ranks[:, None]
-            u = eigvec.flip(-1)[:, :, :r] / torch.where(keep, sigma[:, :r], 1.0)[:, None, :]
-            basis = torch.bmm((u * keep[:, None, :]).mT, wide)  # (T^T U / sigma)^T: [c, r, D]
-        else:  # Gram T^T T: [c, D, D], its eigenvectors are the right singular vectors
-            gram = torch.bmm(wide.mT, wide)
-            with _lapack_threads(device):
-                eigval, eigvec = torch.linalg.eigh(gram)
-            sigma = eigval.flip(-1).clamp_min(0).sqrt()
-            ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
-            r = int(ranks.max())
-            keep = torch.arange(r, device=device)[None, :] < ranks[:, None]
-            basis = (eigvec.flip(-1)[:, :, :r] * keep[:, None, :]).mT
+        small = n_rows < dim  # Gram T T^T [c, R, R], else T^T T [c, D, D]
+        gram = torch.bmm(wide, wide.mT) if small else torch.bmm(wide.mT, wide)
+        with _lapack_threads(device):
+            eigval, eigvec = torch.linalg.eigh(gram)
+        sigma = eigval.flip(-1).clamp_min(0).sqrt()  # descending singular values
+        ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
+        r = int(ranks.max())
+        keep = torch.arange(r, device=device)[None, :] < ranks[:, None]  # [c, r]
+        vectors = eigvec.flip(-1)[:, :, :r] * keep[:, None, :]
+        if small:  # right singular vectors V = T^T U / sigma: [c, r, D]
+            basis = torch.bmm((vectors / torch.where(keep, sigma[:, :r], 1.0)[:, None, :]).mT, wide)
+        else:  # the eigenvectors of T^T T are the right singular vectors
+            basis = vectors.mT
         return basis.to(dtype).contiguous(), ranks
 
     def _fit_vision(self, class_means: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
@@ -391,28 +390,39 @@ class SSPProjector(TransformerMixin, BaseEstimator):
                 xs = l2_normalize(x[t0 : t0 + chunk])
                 out[t0 : t0 + chunk] = l2_normalize((xs @ basis.T) @ basis)
         else:
-            n_classes, width, _ = self._language_factors.shape
-            itemsize = x.element_size()
-            budget_rows = _BLOCK_BUDGET_BYTES // max(1, n_classes * width * itemsize)
+            n_classes = self._language_factors.shape[0]
+            budget_rows = _BLOCK_BUDGET_BYTES // max(1, 2 * n_classes * x.element_size())
             chunk = int(max(1, min(int(self.chunk_size), budget_rows)))
             for t0 in range(0, x.shape[0], chunk):
                 out[t0 : t0 + chunk] = self._language_chunk(l2_normalize(x[t0 : t0 + chunk]))
         return like_input(out, X)
 
     def _language_chunk(self, x: torch.Tensor) -> torch.Tensor:
-        """Language view of one chunk of unit queries ``[t, D]``."""
+        """Language view of one chunk of unit queries ``[t, D]``.
+
+        Scores every class (``||B_c x||^2``, or ``||x||^2 - ||B_perp x||^2``) in blocks of
+        classes, so no ``[t, C, r]`` tensor is held; then projects onto the ``class_top_k`` best
+        classes only (:func:`_grouped_project`).
+        """
         factors = self._language_factors  # [C, w, D]: bases or complements
         n_classes, width, dim = factors.shape
         t = x.shape[0]
         kappa = min(int(self.class_top_k), n_classes)
-        coef = (x @ factors.reshape(n_classes * width, dim).T).view(t, n_classes, width)
-        energy = torch.linalg.vector_norm(coef, dim=2) ** 2  # ||B_c x||^2 or ||B_perp x||^2
+        flat = factors.reshape(n_classes * width, dim)
+        energy = torch.empty(t, n_classes, dtype=x.dtype, device=x.device)
+        step = int(max(1, min(n_classes, _SCORE_BLOCK_BYTES // max(1, t * width * x.element_size()))))
+        buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
+        for c0 in range(0, n_classes, step):
+            c1 = min(n_classes, c0 + step)
+            coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
+            torch.matmul(x, flat[c0 * width : c1 * width].T, out=coef)
+            norms = torch.linalg.vector_norm(coef.view(t, c1 - c0, width), dim=2)
+            energy[:, c0:c1] = norms.square_()  # ||B_c x||^2 or ||B_perp x||^2
         complement = self.language_path_ == "complement"
         scores = (x * x).sum(1, keepdim=True) - energy if complement else energy
         top = scores.topk(kappa, dim=1).indices  # [t, kappa]
-        picked = coef[torch.arange(t, device=x.device)[:, None], top]  # [t, kappa, w]
-        del coef, energy, scores
-        summed = _grouped_reconstruct(picked, top, factors)  # sum_c F_c^T a_c
+        del energy, scores
+        summed = _grouped_project(x, top, factors)  # sum_c F_c^T F_c x
         return l2_normalize(kappa * x - summed if complement else summed)
 
     def fit_transform(
@@ -541,21 +551,21 @@ def _orthogonal_complements(bases: torch.Tensor, ranks: torch.Tensor) -> torch.T
     return out
 
 
-def _grouped_reconstruct(coef: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """``out[t] = sum_j factors[classes[t, j]]^T coef[t, j]`` without touching unpicked classes.
+def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
 
-    ``coef`` ``[t, kappa, w]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
+    ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
     (query, class) pairs are grouped by class; classes picked a similar number of times (within
-    a factor 2) share one padded batched matmul, so the work is at most twice the pairs' own.
+    a factor 2) share one padded batched matmul, so the work is at most twice the pairs' own
+    (``4 * pairs * w * D`` multiply-adds, ``2 kappa / C`` of the scoring cost).
     """
-    t, kappa, width = coef.shape
-    n_classes, _, dim = factors.shape
-    device = coef.device
+    t, kappa = classes.shape
+    n_classes, width, dim = factors.shape
+    device = x.device
     n_pairs = t * kappa
     pair_class = classes.reshape(n_pairs)
     order = torch.argsort(pair_class, stable=True)
     pair_class = pair_class[order]
-    pair_coef = coef.reshape(n_pairs, width)[order]
     pair_query = order // kappa
     counts = torch.bincount(pair_class, minlength=n_classes)
     slot = torch.arange(n_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[pair_class]
@@ -564,13 +574,13 @@ def _grouped_reconstruct(coef: torch.Tensor, classes: torch.Tensor, factors: tor
     present = present[perm]
     counts_list = present_counts.tolist()
 
-    out = torch.zeros(t, dim, dtype=coef.dtype, device=device)
+    out = torch.zeros(t, dim, dtype=x.dtype, device=device)
     local = torch.full((n_classes,), -1, dtype=torch.long, device=device)
-    itemsize = coef.element_size()
+    itemsize = x.element_size()
     i = 0
     while i < len(counts_list):
         most = counts_list[i]
-        per_class = (width * dim + most * (width + dim)) * itemsize
+        per_class = (width * dim + most * (width + 2 * dim)) * itemsize
         limit = max(1, _BLOCK_BUDGET_BYTES // per_class)
         j = i + 1
         while j < len(counts_list) and j - i < limit and 2 * counts_list[j] > most:
@@ -579,11 +589,13 @@ def _grouped_reconstruct(coef: torch.Tensor, classes: torch.Tensor, factors: tor
         local[group] = torch.arange(j - i, device=device)
         pair_local = local[pair_class]
         sel = (pair_local >= 0).nonzero().flatten()
-        rows, slots = pair_local[sel], slot[sel]
-        padded = torch.zeros(j - i, most, width, dtype=coef.dtype, device=device)
-        padded[rows, slots] = pair_coef[sel]
-        recon = torch.bmm(padded, factors[group])  # [g, most, D]
-        out.index_add_(0, pair_query[sel], recon[rows, slots])
+        rows, slots, queries = pair_local[sel], slot[sel], pair_query[sel]
+        padded = torch.zeros(j - i, most, dim, dtype=x.dtype, device=device)
+        padded[rows, slots] = x[queries]
+        group_factors = factors[group]  # [g, w, D]
+        coef = torch.bmm(padded, group_factors.mT)  # [g, most, w]
+        recon = torch.bmm(coef, group_factors)  # [g, most, D]
+        out.index_add_(0, queries, recon[rows, slots])
         local[group] = -1
         i = j
     return out
