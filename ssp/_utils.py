@@ -1,11 +1,15 @@
-"""Small shared helpers: array conversion, devices, input validation.
+"""Small shared helpers: array conversion, devices, input validation, atomic file writes.
 
 Every public estimator accepts numpy arrays or torch tensors and returns the kind it was given.
 Internally everything is a torch tensor on ``self.device_``.
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -80,9 +84,9 @@ def check_labels(labels: ArrayLike, n_samples: int, n_classes: int | None = None
 
 
 def like_input(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:
-    """Return ``t`` as the same kind (numpy or torch) as ``reference``."""
+    """Return ``t`` as the same kind as ``reference``: numpy, or a tensor on its device."""
     if isinstance(reference, torch.Tensor):
-        return t
+        return t.to(reference.device)
     return t.detach().cpu().numpy()
 
 
@@ -99,3 +103,38 @@ def check_is_fitted(estimator: Any, attribute: str) -> None:
         raise NotFittedError(
             f"This {type(estimator).__name__} instance is not fitted yet; call 'fit' first."
         )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; when the block succeeds, fsync it and rename it over
+    ``path``, so ``path`` only ever holds a complete file. On failure the temp file is removed
+    and the exception propagates. Temp names: ``.<stem>.<pid>.<random>.tmp``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported on this platform
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

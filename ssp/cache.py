@@ -27,7 +27,6 @@ import os
 import random
 import re
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from ssp._utils import l2_normalize
+from ssp._utils import atomic_path, l2_normalize
 
 __all__ = [
     "FORMAT_VERSION",
@@ -180,19 +179,8 @@ class FeatureStore:
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_temps(path)
-        tmp = path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
+        with atomic_path(path) as tmp:
             save_file(data, str(tmp), metadata=meta)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
         return path
 
     def get_or_compute(
@@ -235,7 +223,8 @@ def _check_metadata(meta: Mapping[str, str], wanted_key: str) -> str | None:
 
 
 def _remove_stale_temps(path: Path) -> None:
-    """Delete leftovers of crashed writes for ``path`` (temp files older than an hour)."""
+    """Delete leftovers of crashed writes for ``path`` (:func:`ssp._utils.atomic_path` temp
+    files older than an hour)."""
     now = time.time()
     for tmp in path.parent.glob(f".{path.stem}.*.tmp"):
         try:
@@ -243,19 +232,6 @@ def _remove_stale_temps(path: Path) -> None:
                 tmp.unlink()
         except OSError:
             pass  # another process removed or replaced it
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------

@@ -435,13 +435,13 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         out, on the input's device)."""
         self._check_fitted()
         logits = self._logits(self._queries(X))
-        return _like(logits, X)
+        return like_input(logits, X)
 
     def predict(self, X: ArrayLike) -> ArrayLike:
         """Predicted class indices ``[M]`` (int64)."""
         self._check_fitted()
         pred = self._logits(self._queries(X)).argmax(dim=1)
-        return _like(pred, X)
+        return like_input(pred, X)
 
     def score(self, X: ArrayLike, y: ArrayLike, sample_weight=None) -> float:
         """Top-1 accuracy as a fraction in [0, 1] (scikit-learn convention)."""
@@ -454,13 +454,6 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-
-def _like(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:
-    out = like_input(t, reference)
-    if isinstance(reference, torch.Tensor):
-        out = out.to(reference.device)
-    return out
 
 
 class _CacheModel(_CLIPFeatureClassifier):

@@ -231,7 +231,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         max_shots = max(counts_list)
         max_rows = max_shots * k + 1
         gram_size = min(max_rows, dim)
-        rank_cap = self.rank if _is_int_rank(self.rank) else None
+        rank_cap = self.rank if _is_positive_int(self.rank) else None
         rank_bound = min(gram_size, rank_cap) if rank_cap is not None else gram_size
 
         per_class = itemsize * (max_shots * (2 * n_patches + k) * dim + (max_rows + gram_size) * dim)
@@ -349,7 +349,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         numerical = (sigma > (rel_tol * sigma_max)[:, None]).sum(1)
         if self.rank is None:
             return numerical
-        if _is_int_rank(self.rank):
+        if _is_positive_int(self.rank):
             return numerical.clamp_max(int(self.rank))
         energy = torch.cumsum(sigma**2, dim=1)
         reached = energy >= float(self.rank) * energy[:, -1:]
@@ -444,13 +444,13 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     def _validate_params(self) -> None:
         for name in ("patch_top_k", "class_top_k", "chunk_size"):
             value = getattr(self, name)
-            if not _is_int_rank(value):
+            if not _is_positive_int(value):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         lam = self.global_weight
         if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
             raise ValueError(f"global_weight must be a finite float >= 0, got {lam!r}")
         rank = self.rank
-        if not (rank is None or _is_int_rank(rank) or _is_fraction(rank)):
+        if not (rank is None or _is_positive_int(rank) or _is_fraction(rank)):
             raise ValueError(
                 f"rank must be None (numerical rank), a positive int (cap) or a float in (0, 1) "
                 f"(fraction of spectral energy); got {rank!r}"
@@ -463,7 +463,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
 
 # -------------------------------------------------------------------------------- helpers
-def _is_int_rank(value: Any) -> bool:
+def _is_positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
+
+from ._utils import atomic_path
 
 RUN_SUFFIX = ".run.json"
 
@@ -24,19 +24,10 @@ def run_filename(record: dict) -> str:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file + rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically: never a half-written file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def write_json_atomic(path: Path, payload: dict) -> Path:
@@ -138,8 +129,8 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
 
@@ -151,14 +142,14 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
     if not records:
         raise FileNotFoundError(f"no run results (*{RUN_SUFFIX}) under {output_dir}")
     summary = summarize(records)
+    val_summary = summarize(records, "val_accuracy")
     table = format_table(summary)
-    val_table = format_table(summarize(records, "val_accuracy"))
+    val_table = format_table(val_summary)
     paths = {
-        "summary": write_json_atomic(output_dir / "summary.json", {"test": summary,
-                                                                   "val": summarize(records, "val_accuracy")}),
+        "summary": write_json_atomic(output_dir / "summary.json", {"test": summary, "val": val_summary}),
         "table": output_dir / "results.md",
         "plot": plot_summary(summary, output_dir / "results.png"),
     }
     _write_text_atomic(paths["table"], f"```\n{table}\n```\n\nValidation accuracy of the chosen "
-                              f"hyper-parameters:\n\n```\n{val_table}\n```\n")
+                                       f"hyper-parameters:\n\n```\n{val_table}\n```\n")
     return table, paths

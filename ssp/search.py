@@ -33,8 +33,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ssp._utils import ArrayLike, check_labels, to_tensor
-from ssp.classifiers import ROUTINGS, ZeroShotCLIP, cache_kernel
+from ssp._utils import ArrayLike, check_is_fitted, check_labels, to_tensor
+from ssp.classifiers import _AUTO_CHUNK_ELEMENTS, ROUTINGS, ZeroShotCLIP, cache_kernel
 
 __all__ = ["SearchResult", "validation_search", "make_grid", "DEFAULT_SEARCH"]
 
@@ -189,8 +189,6 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     Returns:
         :class:`SearchResult`.
     """
-    from ssp._utils import check_is_fitted
-
     check_is_fitted(model, "text_features_")
     axes = _normalise_grid(model, grid)
     dtype, device = model.dtype_, model.device_
@@ -218,7 +216,7 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     correct = torch.zeros(len(routings), n_b, n_a, n_g, dtype=torch.int64, device=device)
     rows = max(1, _BLOCK_ELEMENTS // (n_g * n_classes))
     if has_cache:
-        rows = min(rows, max(1, (1 << 24) // max(model.keys_.shape[0], 1)))
+        rows = min(rows, max(1, _AUTO_CHUNK_ELEMENTS // max(model.keys_.shape[0], 1)))
         alpha_t = torch.as_tensor(alphas, dtype=dtype, device=device)
     with torch.no_grad():
         for start in range(0, n_val, rows):
