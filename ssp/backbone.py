@@ -256,6 +256,12 @@ def resolve_quick_gelu(
     """
     oc_name, schema, cfg = _resolve_architecture(name)
     kind, info = _classify_weights(oc_name, schema, pretrained)
+    return _decide_quick_gelu(oc_name, cfg, kind, info, pretrained, quick_gelu)
+
+
+def _decide_quick_gelu(oc_name: str, cfg: dict | None, kind: str, info: Any, pretrained: str | None,
+                       quick_gelu: bool | None) -> tuple[bool | None, str | None]:
+    """:func:`resolve_quick_gelu` on an already resolved architecture and weights."""
     config_qg = None if cfg is None else bool(cfg.get("quick_gelu", False))
     evidence, source = _weights_quick_gelu(kind, info, pretrained)
     act = {True: "QuickGELU", False: "GELU"}
@@ -300,15 +306,10 @@ def _grid_of(size: int, vision_cfg: dict) -> int:
 def num_local_features(model_cfg: dict, image_size: int | None = None) -> int:
     """L, the number of local features per image, from an open_clip model config (no model
     needed): RN50 / ViT-B-32 at 224 px -> 49, ViT-B-16 -> 196."""
+    _check_supported_config("model config", model_cfg)
     vision_cfg = model_cfg["vision_cfg"]
-    if vision_cfg.get("timm_model_name"):
-        raise NotImplementedError("local features of timm vision towers are not supported")
     size = image_size if image_size is not None else vision_cfg.get("image_size", 224)
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            raise NotImplementedError(f"non-square image size {size} is not supported")
-        size = size[0]
-    return _grid_of(int(size), vision_cfg) ** 2
+    return _grid_of(_square(size, "model config"), vision_cfg) ** 2
 
 
 def _check_supported_config(oc_name: str, cfg: dict | None) -> None:
@@ -473,7 +474,7 @@ def load_backbone(
     _check_supported_config(oc_name, cfg)
     kind, info = _classify_weights(oc_name, schema, pretrained)
 
-    decision, qg_warning = resolve_quick_gelu(name, pretrained, quick_gelu)
+    decision, qg_warning = _decide_quick_gelu(oc_name, cfg, kind, info, pretrained, quick_gelu)
     if qg_warning:
         warnings.warn(qg_warning, UserWarning, stacklevel=2)
         logger.warning(qg_warning)

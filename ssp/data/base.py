@@ -85,7 +85,7 @@ def check_templates(templates: Sequence[str], source: str) -> list[str]:
     """Validate prompt templates: a non-empty list of strings, each with one ``"{}"``."""
     if isinstance(templates, str):
         templates = [templates]
-    templates = [t for t in templates]
+    templates = list(templates)
     if not templates:
         raise ValueError(f"no prompt templates given ({source}); give at least one, e.g. 'a photo of a {{}}.'")
     for t in templates:

@@ -60,9 +60,11 @@ class _Benchmark:
     image_dir: str  # relative to the dataset folder; "" = the folder itself
     split_name: str | None  # split JSON file name (kind "json")
     templates: tuple[str, ...]
-    num_classes: int  # of the complete dataset (documentation / messages only)
     layout: str
     rename: dict[str, str] | None = None
+    # entries that identify the dataset folder itself when root is that folder;
+    # None = the split file and the image folder
+    markers: tuple[str, ...] | None = None
 
 
 def _json_layout(folder: str, image_dir: str, split_name: str, images: str) -> str:
@@ -77,66 +79,69 @@ _BENCHMARKS: dict[str, _Benchmark] = {
     b.name: b
     for b in [
         _Benchmark(
-            "imagenet", ("imagenet",), "imagenet", "images", None, IMAGENET_TEMPLATES, 1000,
+            "imagenet", ("imagenet",), "imagenet", "images", None, IMAGENET_TEMPLATES,
             "imagenet/   (any folder name; give its parent folder or this folder as root)\n"
             "    classnames.txt               '<wnid> <class name>' per line, defines the class order\n"
             "    images/train/<wnid>/*.JPEG   train images (shots, carved validation)\n"
             "    images/val/<wnid>/*.JPEG     the official 50k validation images in class folders "
             "(used as test)",
+            markers=("classnames.txt", "images/train"),
         ),
         _Benchmark(
             "caltech101", ("caltech-101", "caltech101"), "json", "101_ObjectCategories",
-            "split_zhou_Caltech101.json", ("a photo of a {}.",), 100,
+            "split_zhou_Caltech101.json", ("a photo of a {}.",),
             _json_layout("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
                          "<category>/image_XXXX.jpg"),
         ),
         _Benchmark(
             "oxford_pets", ("oxford_pets",), "json", "images", "split_zhou_OxfordPets.json",
-            ("a photo of a {}, a type of pet.",), 37,
+            ("a photo of a {}, a type of pet.",),
             _json_layout("oxford_pets", "images", "split_zhou_OxfordPets.json", "<Breed>_<n>.jpg"),
         ),
         _Benchmark(
             "stanford_cars", ("stanford_cars",), "json", "", "split_zhou_StanfordCars.json",
-            ("a photo of a {}.",), 196,
+            ("a photo of a {}.",),
             "stanford_cars/   (give its parent folder or this folder as root)\n"
             "    cars_train/*.jpg\n    cars_test/*.jpg\n    split_zhou_StanfordCars.json",
+            markers=("split_zhou_StanfordCars.json", "cars_train"),
         ),
         _Benchmark(
             "oxford_flowers", ("oxford_flowers",), "json", "jpg", "split_zhou_OxfordFlowers.json",
-            ("a photo of a {}, a type of flower.",), 102,
+            ("a photo of a {}, a type of flower.",),
             _json_layout("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "image_XXXXX.jpg"),
         ),
         _Benchmark(
             "food101", ("food-101", "food101"), "json", "images", "split_zhou_Food101.json",
-            ("a photo of {}, a type of food.",), 101,
+            ("a photo of {}, a type of food.",),
             _json_layout("food-101", "images", "split_zhou_Food101.json", "<class>/<id>.jpg"),
         ),
         _Benchmark(
             "fgvc_aircraft", ("fgvc_aircraft",), "fgvc", "images", None,
-            ("a photo of a {}, a type of aircraft.",), 100,
+            ("a photo of a {}, a type of aircraft.",),
             "fgvc_aircraft/   (the data/ folder of fgvc-aircraft-2013b, renamed)\n"
             "    images/<id>.jpg\n    variants.txt\n"
             "    images_variant_train.txt\n    images_variant_val.txt\n    images_variant_test.txt",
+            markers=("variants.txt", "images_variant_train.txt"),
         ),
         _Benchmark(
             "sun397", ("sun397",), "json", "SUN397", "split_zhou_SUN397.json",
-            ("a photo of a {}.",), 397,
+            ("a photo of a {}.",),
             _json_layout("sun397", "SUN397", "split_zhou_SUN397.json", "<letter>/<category>/.../*.jpg"),
         ),
         _Benchmark(
             "dtd", ("dtd",), "json", "images", "split_zhou_DescribableTextures.json",
-            ("{} texture.",), 47,
+            ("{} texture.",),
             _json_layout("dtd", "images", "split_zhou_DescribableTextures.json", "<class>/<class>_XXXX.jpg"),
         ),
         _Benchmark(
             "eurosat", ("eurosat",), "json", "2750", "split_zhou_EuroSAT.json",
-            ("a centered satellite photo of {}.",), 10,
+            ("a centered satellite photo of {}.",),
             _json_layout("eurosat", "2750", "split_zhou_EuroSAT.json", "<Class>/<Class>_<n>.jpg"),
             rename=EUROSAT_CLASSNAMES,
         ),
         _Benchmark(
             "ucf101", ("ucf101",), "json", "UCF-101-midframes", "split_zhou_UCF101.json",
-            ("a photo of a person doing {}.",), 101,
+            ("a photo of a person doing {}.",),
             _json_layout("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
                          "<Action_Name>/v_<Action>_gXX_cXX.jpg"),
         ),
@@ -195,12 +200,10 @@ def _missing(what: str, path: Path | str, name: str, layout: str, hint: str = ""
 # ---------------------------------------------------------------------------------------------
 # Folder resolution
 # ---------------------------------------------------------------------------------------------
-def _markers(b: _Benchmark) -> list[str]:
-    if b.kind == "imagenet":
-        return ["classnames.txt", "images/train"]
-    if b.kind == "fgvc":
-        return ["variants.txt", "images_variant_train.txt"]
-    return [m for m in (b.split_name, b.image_dir or "cars_train") if m]
+def _markers(b: _Benchmark) -> tuple[str, ...]:
+    if b.markers is not None:
+        return b.markers
+    return tuple(m for m in (b.split_name, b.image_dir) if m)
 
 
 def _resolve_dataset_dir(b: _Benchmark, root: Path) -> Path:
@@ -366,7 +369,7 @@ _READERS: dict[str, Callable[[_Benchmark, Path, Path | None], DatasetSplits]] = 
 }
 
 
-def _read_imagefolder(root: Path, templates: Sequence[str] | None) -> DatasetSplits:
+def _read_imagefolder(root: Path) -> DatasetSplits:
     """``root/{train,val,test}/<class>/*``; class order = sorted class folder names."""
     name = "imagefolder"
     if not root.is_dir():
@@ -405,17 +408,13 @@ def _read_imagefolder(root: Path, templates: Sequence[str] | None) -> DatasetSpl
                 )
             samples.extend(Sample(p, label, classnames[label]) for p in paths)
         splits[split] = samples
-    if templates is None:
-        tpl_file = root / "templates.txt"
-        if tpl_file.is_file():
-            with open(tpl_file, encoding="utf-8") as f:
-                templates = [line.strip() for line in f if line.strip()]
-            templates = check_templates(templates, str(tpl_file))
-        else:
-            templates = ["a photo of a {}."]
+    tpl_file = root / "templates.txt"
+    templates = ["a photo of a {}."]
+    if tpl_file.is_file():
+        with open(tpl_file, encoding="utf-8") as f:
+            templates = check_templates([line.strip() for line in f if line.strip()], str(tpl_file))
     return DatasetSplits(
-        name=name, root=root, classnames=classnames,
-        templates=check_templates(templates, "dataset 'imagefolder'"),
+        name=name, root=root, classnames=classnames, templates=templates,
         train=splits["train"], val=splits.get("val"), test=splits["test"],
     )
 
@@ -447,10 +446,11 @@ def get_dataset(
     if key == "imagefolder":
         if split_file is not None:
             raise ValueError("imagefolder takes its splits from the train/val/test folders; drop split_file")
-        return _read_imagefolder(root, templates)
-    b = _BENCHMARKS[key]
-    folder = _resolve_dataset_dir(b, root)
-    ds = _READERS[b.kind](b, folder, Path(split_file).expanduser() if split_file is not None else None)
+        ds = _read_imagefolder(root)
+    else:
+        b = _BENCHMARKS[key]
+        folder = _resolve_dataset_dir(b, root)
+        ds = _READERS[b.kind](b, folder, Path(split_file).expanduser() if split_file is not None else None)
     if templates is not None:
         ds.templates = check_templates(templates, "templates argument")
     return ds

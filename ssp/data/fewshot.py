@@ -141,40 +141,34 @@ def make_fewshot_splits(
         support.extend(_draw(candidates, shots, _rng(seed, shots, _STAGE_SUPPORT, c)))
 
     per_class = _val_count(val_policy, shots)
-    if dataset.val is not None:
-        if per_class is None:
-            val = list(dataset.val)
-        else:
-            val = []
-            for c, candidates in enumerate(_per_class(dataset.val, num_classes)):
-                val.extend(_draw(candidates, min(per_class, len(candidates)),
-                                 _rng(seed, shots, _STAGE_VAL, c)))
+    if dataset.val is not None and per_class is None:
+        val = list(dataset.val)  # the whole validation split, in file order
     else:
-        # no validation split (ImageNet): carve it from train images that are not shots
-        used = {s.path for s in support}
-        if per_class is None:
-            warnings.warn(
-                f"val_policy='full' on {dataset.name!r}, which has no validation split: validation "
-                "= every train image that is not a shot; this can be very large",
-                stacklevel=2,
-            )
-        val = []
-        empty = []
-        for c, candidates in enumerate(train_groups):
-            remaining = [s for s in candidates if s.path not in used]
-            if not remaining:
-                empty.append(names[c])
+        if dataset.val is not None:
+            groups = _per_class(dataset.val, num_classes)
+        else:
+            # no validation split (ImageNet): carve it from train images that are not shots
+            used = {s.path for s in support}
+            groups = [[s for s in candidates if s.path not in used] for candidates in train_groups]
             if per_class is None:
-                val.extend(remaining)
+                warnings.warn(
+                    f"val_policy='full' on {dataset.name!r}, which has no validation split: validation "
+                    "= every train image that is not a shot; this can be very large",
+                    stacklevel=2,
+                )
+            empty = [names[c] for c, group in enumerate(groups) if not group]
+            if empty:
+                warnings.warn(
+                    f"{len(empty)} class(es) of {dataset.name!r} have no train images left for the "
+                    f"carved validation set (e.g. {empty[:5]})",
+                    stacklevel=2,
+                )
+        val = []
+        for c, candidates in enumerate(groups):
+            if per_class is None:
+                val.extend(candidates)
             else:
-                val.extend(_draw(remaining, min(per_class, len(remaining)),
-                                 _rng(seed, shots, _STAGE_VAL, c)))
-        if empty:
-            warnings.warn(
-                f"{len(empty)} class(es) of {dataset.name!r} have no train images left for the carved "
-                f"validation set (e.g. {empty[:5]})",
-                stacklevel=2,
-            )
+                val.extend(_draw(candidates, min(per_class, len(candidates)), _rng(seed, shots, _STAGE_VAL, c)))
     return FewShotSplits(
         dataset=dataset, shots=shots, seed=seed, support=support, val=val,
         test=list(dataset.test), val_policy=val_policy,
