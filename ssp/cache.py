@@ -358,9 +358,10 @@ def extract_features(
 
     bar = tqdm(total=total, desc=desc or "extracting features", unit="img",
                disable=None if progress else True)
+    batches = iter(loader)
     try:
         with torch.inference_mode():
-            for images, batch_labels, index in loader:
+            for images, batch_labels, index in batches:
                 images = images.to(device, non_blocking=True)
                 g, loc = backbone.encode_images(images)
                 _check_batch(g, loc if with_local else None, len(index), dim, num_local)
@@ -381,6 +382,11 @@ def extract_features(
                 bar.update(len(index))
     finally:
         bar.close()
+        # Stop the workers now: on an error the traceback keeps the iterator (and its worker
+        # processes) alive until it is collected, which stalls the caller for seconds.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
     if not bool((seen == views).all()):
         raise RuntimeError("internal error: some images were not encoded exactly once per view")
 
