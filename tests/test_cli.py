@@ -85,11 +85,13 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
     assert "nowhere" in message and "ssp-fewshot" in message
 
 
-def test_bad_values_are_rejected_before_any_work(tmp_path):
+def test_bad_values_are_rejected_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit, match="shots"):
         main(["--dataset", "dtd", "--root", str(tmp_path), "--shots", "0", *_common(tmp_path)])
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as err:
         main(["--dataset", "dtd", "--root", str(tmp_path), "--ssp-rank", "1.5", *_common(tmp_path)])
+    assert err.value.code == 2 and "--ssp-rank" in capsys.readouterr().err  # argparse usage error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
     with pytest.raises(SystemExit, match="--dataset is required"):
         main(["--root", str(tmp_path)])
 

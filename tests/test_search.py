@@ -215,7 +215,7 @@ def test_search_errors():
 
 
 def test_routing_search_with_the_real_ssp_projector():
-    projector_module = pytest.importorskip("ssp.projector")
+    import ssp.projector as projector_module
     text, support, labels, val, val_labels = make_data(seed=7, dim=12)
     rng = np.random.default_rng(0)
     patches = support[:, None, :] + 0.5 * rng.normal(size=(len(labels), 5, text.shape[1]))
