@@ -6,9 +6,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from sklearn.base import BaseEstimator, clone
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from _doubles import LinearProjectorDouble, _unit
 from ssp.classifiers import (
     APE,
     ROUTINGS,
@@ -23,10 +24,6 @@ from ssp.classifiers import (
 # ----------------------------------------------------------------------------- test data
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-
 def make_data(n_classes=5, dim=12, shots=(3, 1, 4, 2, 3), n_query=40, seed=0, dtype=np.float64):
     """Text [C, D], support [N, D] in a shuffled order with unequal shots, queries [M, D]."""
     rng = np.random.default_rng(seed)
@@ -38,40 +35,6 @@ def make_data(n_classes=5, dim=12, shots=(3, 1, 4, 2, 3), n_query=40, seed=0, dt
     queries = text[query_labels] + 1.2 * rng.normal(size=(n_query, dim))
     return (text.astype(dtype), support[order].astype(dtype), labels[order],
             queries.astype(dtype), query_labels)
-
-
-class LinearProjectorDouble(BaseEstimator):
-    """Stands in for SSPProjector: fixed, known linear maps (then L2 normalisation).
-
-    vision view: ``norm(x A_Vᵀ)``; language view: ``norm(x A_Lᵀ)``; text_features_:
-    ``norm(W A_Lᵀ)``. The maps depend only on ``seed`` and D, so a dense reference can rebuild them.
-    """
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-
-    @staticmethod
-    def maps(seed: int, dim: int):
-        rng = np.random.default_rng(1000 + seed)
-        a_v = np.eye(dim) + 0.5 * rng.normal(size=(dim, dim))
-        a_l = np.eye(dim) + 0.5 * rng.normal(size=(dim, dim))
-        return a_v, a_l
-
-    def fit(self, patch_features, labels, *, image_features, text_features):
-        text = np.asarray(torch.as_tensor(text_features).cpu(), dtype=np.float64)
-        self.patch_shape_ = tuple(patch_features.shape)
-        self.n_fit_labels_ = len(labels)
-        self.a_v_, self.a_l_ = self.maps(self.seed, text.shape[1])
-        self.text_features_ = torch.as_tensor(_unit(_unit(text) @ self.a_l_.T))
-        return self
-
-    def transform(self, X, view="vision"):
-        if view not in ("vision", "language"):
-            raise ValueError(view)
-        x = torch.as_tensor(X)
-        a = self.a_v_ if view == "vision" else self.a_l_
-        out = _unit(np.asarray(x.cpu(), dtype=np.float64) @ a.T)
-        return torch.as_tensor(out, dtype=x.dtype) if isinstance(X, torch.Tensor) else out
 
 
 # ----------------------------------------------------------------------------- dense references

@@ -4,15 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
+from _doubles import LinearProjectorDouble
 from ssp.classifiers import APE, ROUTINGS, TipAdapter, ZeroShotCLIP
 from ssp.search import DEFAULT_SEARCH, make_grid, validation_search
-
-
-def _unit(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
 def make_data(n_classes=6, dim=10, shots=(3, 1, 4, 2, 3, 2), n_val=150, seed=0,
@@ -29,27 +25,6 @@ def make_data(n_classes=6, dim=10, shots=(3, 1, 4, 2, 3, 2), n_val=150, seed=0,
     val = text[val_labels] + offsets[val_labels] + noise * rng.normal(size=(n_val, dim))
     return (text.astype(dtype), support[order].astype(dtype), labels[order], val.astype(dtype),
             val_labels)
-
-
-class LinearProjectorDouble(BaseEstimator):
-    """Fixed linear maps standing in for SSPProjector (see test_classifiers.py)."""
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-
-    def fit(self, patch_features, labels, *, image_features, text_features):
-        dim = text_features.shape[1]
-        rng = np.random.default_rng(1000 + self.seed)
-        self.a_v_ = np.eye(dim) + 0.6 * rng.normal(size=(dim, dim))
-        self.a_l_ = np.eye(dim) + 0.6 * rng.normal(size=(dim, dim))
-        text = np.asarray(torch.as_tensor(text_features), dtype=np.float64)
-        self.text_features_ = torch.as_tensor(_unit(_unit(text) @ self.a_l_.T))
-        return self
-
-    def transform(self, X, view="vision"):
-        a = self.a_v_ if view == "vision" else self.a_l_
-        x = torch.as_tensor(X)
-        return torch.as_tensor(_unit(x.numpy() @ a.T), dtype=x.dtype)
 
 
 def brute_force(model, grid, names, val, val_labels):
@@ -153,7 +128,7 @@ def test_ties_go_to_the_first_grid_point():
 def test_routing_axis_with_a_projector():
     text, support, labels, val, val_labels = make_data(seed=4)
     patches = np.zeros((len(labels), 2, text.shape[1]))
-    model = APE(logit_scale=20.0, projector=LinearProjectorDouble(seed=2)).fit(
+    model = APE(logit_scale=20.0, projector=LinearProjectorDouble(seed=2, scale=0.6)).fit(
         support, labels, text_features=text, patch_features=patches)
     grid = {"routing": list(ROUTINGS), "beta": [1.0, 4.0], "alpha": [0.5, 2.0],
             "gamma": [0.0, 0.5]}
@@ -173,7 +148,7 @@ def test_zero_shot_search():
     assert result.scores_.shape == () and result.best_params_ == {}
     assert result.best_score_ == pytest.approx(100 * plain.score(val, val_labels))
     patches = np.zeros((len(labels), 2, text.shape[1]))
-    projected = ZeroShotCLIP(projector=LinearProjectorDouble()).fit(
+    projected = ZeroShotCLIP(projector=LinearProjectorDouble(scale=0.6)).fit(
         support, labels, text_features=text, patch_features=patches)
     result = validation_search(projected, val, val_labels, {"routing": ["paper", "vision"]})
     expected = brute_force(projected, result.grid_, ("routing",), val, val_labels)
