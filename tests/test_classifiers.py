@@ -372,14 +372,20 @@ def test_with_the_real_ssp_projector():
                                    rtol=1e-10, atol=1e-10)
         zs_q, zs_w = (x_l, w_hat) if routing == "paper" else (x, _unit(text))
         cache_q = x_l if routing == "reference" else x_v
-        chans = model.channels_.numpy()
-        aff = _unit(cache_q[:, chans]) @ model.selected_keys_.numpy().T
-        weights = np.exp(0.3 * model.key_divergence_.numpy())
-        onehot = np.eye(4)[model.support_labels_.numpy()]
-        expected = 100 * zs_q @ zs_w.T + np.exp(-2.0 * (1 - aff)) @ (onehot * weights[:, None])
+        # channels and divergence rebuilt from (keys, w_hat) with the literal loops, input order
+        crit = loop_criterion(w_hat, keys, labels, (0.5, 0.5))[2]
+        chans = np.sort(np.argsort(-crit, kind="stable")[:12])
+        np.testing.assert_array_equal(model.channels_.numpy(), chans)
+        keys_o, w_o = _unit(keys[:, chans]), _unit(w_hat[:, chans])
+        p = np.exp(keys_o @ w_o.T) / np.exp(keys_o @ w_o.T).sum(1, keepdims=True)
+        onehot = np.eye(4)[labels]
+        divergence = np.sum(onehot * np.log2((onehot + 1e-6) / (p + 1e-6)), axis=1)
+        aff = _unit(cache_q[:, chans]) @ keys_o.T
+        values = onehot * np.exp(0.3 * divergence)[:, None]
+        expected = 100 * zs_q @ zs_w.T + np.exp(-2.0 * (1 - aff)) @ values
         np.testing.assert_allclose(model.decision_function(queries), expected, rtol=1e-9,
                                    atol=1e-9)
-        assert 0.0 <= model.score(queries, qy) <= 1.0
+        assert model.score(queries, qy) == np.mean(expected.argmax(1) == qy)
 
 
 # ----------------------------------------------------------------------------- errors
