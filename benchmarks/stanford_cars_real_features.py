@@ -20,16 +20,11 @@ from pathlib import Path
 import torch
 
 from ssp.classifiers import APE, TipAdapter, ZeroShotCLIP
+from ssp.config import load_config
 from ssp.search import make_grid, validation_search
 from ssp.tip_cache import load_feature_cache
 
 REPO = Path(__file__).resolve().parents[1]
-
-# SPEC A.2 / A.4, stanford_cars rows
-TIP_GRID = ((20, 10), (200, 20))
-APE_GRID = ((10, 7, 1), (200, 20, 20))
-APE_CHANNELS = 500
-APE_WEIGHTS = (0.6, 0.4)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{folder} not found; set SSP_DATA_ROOT", file=sys.stderr)
         return 1
 
+    cfg = load_config("stanford_cars")  # the shipped grids (SPEC A.2 / A.4, stanford_cars rows)
+    tip_cfg, ape_cfg = cfg["tip_adapter"], cfg["ape"]
+    tip_grid = make_grid("tip", tip_cfg["search_scale"], tip_cfg["search_step"])
+    ape_grid = make_grid("ape", ape_cfg["search_scale"], ape_cfg["search_step"])
     rows = []
     for shots in args.shots:
         cache = load_feature_cache(folder, shots)
@@ -63,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         zero_shot = ZeroShotCLIP(device=args.device).fit(text_features=text)
         tip = TipAdapter(device=args.device).fit(support, labels, text_features=text)
         t0 = time.perf_counter()
-        tip_result = validation_search(tip, x_search, y_search, make_grid("tip", *TIP_GRID))
+        tip_result = validation_search(tip, x_search, y_search, tip_grid)
         tip_time = time.perf_counter() - t0
-        ape = APE(n_channels=APE_CHANNELS, criterion_weights=APE_WEIGHTS, device=args.device)
+        ape = APE(n_channels=ape_cfg["n_channels"], criterion_weights=tuple(ape_cfg["criterion_weights"]),
+                  device=args.device)
         ape.fit(support, labels, text_features=text)
         t0 = time.perf_counter()
-        ape_result = validation_search(ape, x_search, y_search, make_grid("ape", *APE_GRID))
+        ape_result = validation_search(ape, x_search, y_search, ape_grid)
         ape_time = time.perf_counter() - t0
         row = {
             "shots": shots,
