@@ -258,7 +258,6 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     """Common fit / routing / prediction code. Subclasses define ``__init__`` and the terms."""
 
     _fit_time_params: tuple[str, ...] = ("projector",)
-    _search_axes: tuple[str, ...] = ()
     _needs_support = True
 
     # ---- fitting ------------------------------------------------------------------------
@@ -569,7 +568,6 @@ class TipAdapter(_CacheModel):
     ``projected_text_features_``, ``n_features_in_``, ``device_``, ``dtype_``.
     """
 
-    _search_axes = ("beta", "alpha")
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, projector: Any = None,
                  routing: str = "paper", logit_scale: float = 100.0,
@@ -620,7 +618,6 @@ class APE(_CacheModel):
     """
 
     _fit_time_params = ("projector", "n_channels", "criterion_weights")
-    _search_axes = ("beta", "alpha", "gamma")
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
                  n_channels: int | None = None,

@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a YAML file applied on top of the shipped dataset config")
     p.add_argument("--shots", type=int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=int, nargs="+", help="few-shot draws, e.g. 1 2 3")
-    p.add_argument("--methods", nargs="+", choices=METHODS, help="methods to run (default: all)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
+                   help=f"methods to run (default: the config's list); choose from {', '.join(METHODS)}")
     p.add_argument("--backbone", help="open_clip model name (RN50, ViT-B-32, ...), hf-hub:org/repo, "
                                       "or a model-config JSON")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "

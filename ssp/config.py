@@ -12,7 +12,10 @@ from typing import Any
 
 import yaml
 
-METHODS = ("zero-shot", "zero-shot+ssp", "tip-adapter", "tip-adapter+ssp", "ape", "ape+ssp")
+from .registry import method_names, parse_method
+
+# every runnable method name (each with its "+ssp" variant), from the method registry
+METHODS = method_names()
 
 
 def _read_yaml(path: Path | Any) -> dict:
@@ -69,7 +72,10 @@ def load_config(dataset: str, config_file: str | Path | None = None,
 
 def validate_config(cfg: dict) -> None:
     """Raise ``ValueError`` naming the offending key for values the pipeline cannot use."""
-    unknown = [m for m in cfg.get("methods", []) if m not in METHODS]
+    methods = cfg.get("methods")
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"config 'methods' must be a non-empty list, got {methods!r}")
+    unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     for key in ("shots", "seeds"):
@@ -85,11 +91,16 @@ def validate_config(cfg: dict) -> None:
     policy = cfg.get("val_policy")
     if not (policy in ("coop", "full") or (isinstance(policy, int) and policy >= 1)):
         raise ValueError(f"config 'val_policy' must be 'coop', 'full' or an integer >= 1, got {policy!r}")
-    for section, n in (("tip_adapter", 2), ("ape", 3)):
-        sec = cfg.get(section, {})
-        for key in ("search_scale", "search_step"):
-            if len(sec.get(key, [])) != n:
-                raise ValueError(f"config '{section}.{key}' must have {n} entries, got {sec.get(key)!r}")
+    for spec in dict.fromkeys(parse_method(m)[0] for m in methods):
+        if spec.config_section is not None and not isinstance(cfg.get(spec.config_section), dict):
+            raise ValueError(f"method {spec.name!r} needs the config section '{spec.config_section}'")
+        if spec.search_axes:
+            sec = cfg.get(spec.search_section, {})
+            n = len(spec.search_axes)
+            for key in ("search_scale", "search_step"):
+                if not isinstance(sec.get(key), list) or len(sec[key]) != n:
+                    raise ValueError(f"config '{spec.search_section}.{key}' must have {n} entries "
+                                     f"({', '.join(spec.search_axes)}), got {sec.get(key)!r}")
     ssp_cfg = cfg.get("ssp", {})
     for key in ("rank", "routing"):
         if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:

@@ -5,7 +5,6 @@ validation split only; the test split is scored once per run with the chosen val
 """
 from __future__ import annotations
 
-import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ import torch
 from . import __version__
 from .report import write_report, write_run
 
-log = logging.getLogger("ssp")
 
 
 @dataclass
@@ -54,57 +52,56 @@ def accuracy(model, features: Features) -> float:
     return float((pred.cpu() == features.labels.cpu()).double().mean() * 100)
 
 
-def _grid(cfg: dict, base: str, routings: list[str] | None) -> dict | None:
-    from .search import make_grid
-
-    if base == "zero-shot":
-        return None
-    section = cfg["tip_adapter"] if base == "tip-adapter" else cfg["ape"]
-    grid = dict(make_grid(base, section["search_scale"], section["search_step"]))
-    if routings:
-        grid["routing"] = list(routings)
-    return grid
-
-
-def _make_model(cfg: dict, base: str, embed_dim: int, projector=None, device=None):
-    from .classifiers import APE, TipAdapter, ZeroShotCLIP
-
-    if base == "zero-shot":
-        return ZeroShotCLIP(projector=projector, device=device)
-    if base == "tip-adapter":
-        return TipAdapter(**cfg["tip_adapter"]["init"], projector=projector, device=device)
-    ape = cfg["ape"]
-    return APE(**ape["init"], n_channels=min(int(ape["n_channels"]), embed_dim),
-               criterion_weights=tuple(ape["criterion_weights"]), projector=projector, device=device)
+def _ssp_details(model) -> dict:
+    proj = model.projector_
+    ranks = torch.as_tensor(proj.class_ranks_)
+    return {"vision_rank": int(proj.vision_rank_), "class_rank_min": int(ranks.min()),
+            "class_rank_max": int(ranks.max()), "class_rank_mean": float(ranks.double().mean())}
 
 
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
-               text_features: torch.Tensor, device=None) -> MethodResult:
-    """Fit ``method`` on the support set, choose its hyper-parameters on ``val``, score ``test`` once."""
+               text_features: torch.Tensor, device=None, seed: int | None = None) -> MethodResult:
+    """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
+    choose its hyper-parameters on ``val``, score ``test`` once.
+
+    ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``).
+    Warnings raised while fitting (e.g. a clamped ``n_channels``) are returned in
+    ``details["warnings"]``.
+    """
     from .projector import SSPProjector
+    from .registry import parse_method
     from .search import validation_search
 
-    base, _, variant = method.partition("+")
-    use_ssp = variant == "ssp"
+    spec, use_ssp = parse_method(method)
     embed_dim = support.global_.shape[1]
     timings: dict[str, float] = {}
     candidates = []  # (val score, model, params, details)
     rank_rules = cfg["ssp"]["rank"] if use_ssp else [None]
+    fit_kw: dict = {"patch_features": support.local if use_ssp else None}
+    extra: dict = {}
+    if spec.fine_tuned:
+        fit_kw.update(val_features=val.global_, val_labels=val.labels,
+                      view_features=getattr(support, "views", None))
+        if seed is not None:
+            extra["seed"] = seed
     for rank in rank_rules:
         projector = None
         if use_ssp:
             s = cfg["ssp"]
             projector = SSPProjector(patch_top_k=s["patch_top_k"], class_top_k=s["class_top_k"],
                                      global_weight=s["global_weight"], rank=rank, device=device)
-        model = _make_model(cfg, base, embed_dim, projector, device)
+        model = spec.build(cfg, n_features=embed_dim, projector=projector, device=device, **extra)
         t0 = time.perf_counter()
-        model.fit(support.global_, support.labels, text_features=text_features,
-                  patch_features=support.local if use_ssp else None)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(support.global_, support.labels, text_features=text_features, **fit_kw)
         timings["fit_s"] = timings.get("fit_s", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
         # The zero-shot term of "vision"/"reference" routing is plain CLIP, so zero-shot+ssp is "paper" only.
-        routings = (cfg["ssp"]["routing"] if base != "zero-shot" else ["paper"]) if use_ssp else None
-        grid = _grid(cfg, base, routings)
+        routings = (cfg["ssp"]["routing"] if spec.search_axes else ["paper"]) if use_ssp else None
+        grid = spec.grid(cfg)
+        if grid is not None and routings:
+            grid["routing"] = list(routings)
         details: dict = {}
         if grid is None:
             score, params = accuracy(model, val), ({"routing": "paper"} if use_ssp else {})
@@ -116,11 +113,12 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
         timings["search_s"] = timings.get("search_s", 0.0) + time.perf_counter() - t0
         if use_ssp:
             params["rank"] = rank
-            proj = model.projector_
-            ranks = torch.as_tensor(proj.class_ranks_)
-            details = {"vision_rank": int(proj.vision_rank_),
-                       "class_rank_min": int(ranks.min()), "class_rank_max": int(ranks.max()),
-                       "class_rank_mean": float(ranks.double().mean())}
+            details = _ssp_details(model)
+        if hasattr(model, "channels_"):
+            details["n_channels"] = int(model.channels_.numel())
+        fit_warnings = list(dict.fromkeys(str(w.message) for w in caught))
+        if fit_warnings:
+            details["warnings"] = fit_warnings
         candidates.append((score, model, params, details))
     # first maximum over rank rules wins (ties -> earlier candidate in the config's list)
     best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
@@ -211,7 +209,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                     desc=f"val {shots}-shot seed {seed}", **extract_kw))
             extract_s = time.perf_counter() - t0
             for method in cfg["methods"]:
-                res = run_method(method, cfg, support, val, test, text, device=backbone.device)
+                res = run_method(method, cfg, support, val, test, text, device=backbone.device, seed=seed)
                 record = {
                     "ssp_version": __version__,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -235,6 +233,8 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                 }
                 write_run(output_dir, record)
                 records.append(record)
+                for msg in res.details.get("warnings", []):
+                    echo(f"[ssp] warning ({method}): {msg}")
                 echo(f"[ssp] {dataset.name} {shots}-shot seed {seed} {method:<16} val {res.val_accuracy:6.2f}  "
                      f"test {res.test_accuracy:6.2f}  {res.hyperparameters}")
     echo(f"[ssp] feature cache {store.root}: {store.hits} file(s) reused, {store.misses} extracted")

@@ -74,9 +74,9 @@ def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[di
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
-    from .config import METHODS
+    from .registry import method_names
 
-    known = [m for m in METHODS if m in methods]
+    known = [m for m in method_names() if m in methods]
     return known + sorted(set(methods) - set(known))
 
 

@@ -35,18 +35,11 @@ import numpy as np
 import torch
 
 from ssp._utils import ArrayLike, check_is_fitted, check_labels, to_tensor
-from ssp.classifiers import _AUTO_CHUNK_ELEMENTS, ROUTINGS, ZeroShotCLIP, cache_kernel
+from ssp.classifiers import _AUTO_CHUNK_ELEMENTS, ROUTINGS, cache_kernel
+from ssp.registry import MethodSpec, get_method, spec_for_estimator
 
-__all__ = ["SearchResult", "validation_search", "make_grid", "DEFAULT_SEARCH"]
+__all__ = ["SearchResult", "validation_search", "make_grid"]
 
-# Defaults when grid=None (the ImageNet / OxfordPets configs of Tip-Adapter and the common
-# APE config, SPEC A.2 / A.4): method -> (search_scale, search_step).
-DEFAULT_SEARCH: dict[str, tuple[tuple[float, ...], tuple[int, ...]]] = {
-    "tip": ((7.0, 3.0), (200, 20)),
-    "ape": ((7.0, 7.0, 1.0), (200, 20, 20)),
-}
-_AXES = {"tip": ("beta", "alpha"), "ape": ("beta", "alpha", "gamma")}
-_METHOD_ALIASES = {"tip": "tip", "tip_adapter": "tip", "tipadapter": "tip", "ape": "ape"}
 _AXIS_ORDER = ("routing", "beta", "alpha", "gamma")
 
 # Elements of the [queries, gamma, classes] cache block evaluated at once.
@@ -79,37 +72,33 @@ class SearchResult:
     fixed_params_: dict[str, Any] = field(default_factory=dict)
 
 
-def _method_of(method: str) -> str:
-    key = str(method).lower().replace("-", "_")
-    if key not in _METHOD_ALIASES:
-        raise ValueError(f"unknown method {method!r}; use 'tip' (Tip-Adapter) or 'ape'")
-    return _METHOD_ALIASES[key]
-
-
 def make_grid(method: str, search_scale: Sequence[float] | None = None,
               search_step: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """The reference search grids (SPEC A.2 / A.4).
+    """The reference search grids of a method of :mod:`ssp.registry` (SPEC A.2 / A.4).
 
     ``β_i = 0.1 + i (s_β − 0.1) / n_β`` and ``α_i = 0.1 + i (s_α − 0.1) / n_α`` for
     ``i = 0 .. n − 1`` and, for APE, ``γ_i = i s_γ / n_γ``: the upper bound ``s`` is never
     reached and γ starts at 0. Values are computed with the reference's float expression.
 
     Args:
-        method: "tip" (Tip-Adapter) or "ape".
-        search_scale: ``(s_β, s_α)`` or ``(s_β, s_α, s_γ)``; default :data:`DEFAULT_SEARCH`.
-        search_step: ``(n_β, n_α)`` or ``(n_β, n_α, n_γ)``; default :data:`DEFAULT_SEARCH`.
+        method: a registered method with searched axes or an alias ("tip-adapter" / "tip",
+            "ape", ...).
+        search_scale: ``(s_β, s_α)`` or ``(s_β, s_α, s_γ)``; default: the method's
+            ``default_scale`` in the registry.
+        search_step: ``(n_β, n_α)`` or ``(n_β, n_α, n_γ)``; default: its ``default_step``.
 
     Returns:
         ``{"beta": [n_β], "alpha": [n_α](, "gamma": [n_γ])}`` float64 arrays.
     """
-    method = _method_of(method)
-    axes = _AXES[method]
-    default_scale, default_step = DEFAULT_SEARCH[method]
-    scale = tuple(default_scale if search_scale is None else search_scale)
-    step = tuple(default_step if search_step is None else search_step)
+    spec = get_method(method)
+    axes = spec.search_axes
+    if not axes:
+        raise ValueError(f"method {spec.name!r} has no hyper-parameters to search")
+    scale = tuple(spec.default_scale if search_scale is None else search_scale)
+    step = tuple(spec.default_step if search_step is None else search_step)
     if len(scale) != len(axes) or len(step) != len(axes):
         raise ValueError(
-            f"{method} needs {len(axes)} values ({', '.join(axes)}) in search_scale and "
+            f"{spec.name} needs {len(axes)} values ({', '.join(axes)}) in search_scale and "
             f"search_step, got {scale!r} and {step!r}"
         )
     grid = {}
@@ -124,16 +113,22 @@ def make_grid(method: str, search_scale: Sequence[float] | None = None,
     return grid
 
 
+def _model_spec(model: Any) -> MethodSpec:
+    spec = spec_for_estimator(model)
+    if spec is None:
+        raise TypeError(f"{type(model).__name__} is not a registered method; register it with "
+                        "ssp.registry.register_method to search its hyper-parameters")
+    return spec
+
+
 def _model_axes(model: Any) -> tuple[str, ...]:
-    return tuple(getattr(model, "_search_axes", ()))
+    return _model_spec(model).search_axes
 
 
 def _normalise_grid(model: Any, grid: Mapping[str, Any] | None) -> dict[str, Any]:
     axes = _model_axes(model)
     if grid is None:
-        if isinstance(model, ZeroShotCLIP) or not axes:
-            return {}
-        return make_grid("ape" if "gamma" in axes else "tip")
+        return make_grid(_model_spec(model).name) if axes else {}
     if not isinstance(grid, Mapping):
         raise TypeError(f"grid must be a dict of axis -> values, got {type(grid).__name__}")
     allowed = ("routing",) + axes
@@ -177,14 +172,16 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     """Pick hyper-parameters of a fitted classifier on validation data and set them on it.
 
     Args:
-        model: a fitted ``TipAdapter`` / ``APE`` / ``ZeroShotCLIP``. Its fitted state is kept;
-            only the searched parameters are changed (``set_params``).
+        model: a fitted estimator of a registered method (:mod:`ssp.registry`), e.g.
+            ``TipAdapter`` / ``APE`` / ``ZeroShotCLIP``. Its fitted state is kept; only the
+            searched parameters are changed (``set_params``).
         val_features: ``[M, D]`` validation image features (never test features).
         val_labels: ``[M]`` validation labels.
-        grid: axis -> values. Axes: "beta", "alpha" (Tip-Adapter, APE), "gamma" (APE) and
-            "routing" (a list of routings, only for models with a projector). Axes left out stay
-            at the model's current value. ``None``: :func:`make_grid` with the defaults of
-            :data:`DEFAULT_SEARCH`; for ``ZeroShotCLIP`` (no hyper-parameters) ``None`` just
+        grid: axis -> values. Axes: the method's ``search_axes`` in the registry ("beta",
+            "alpha" for Tip-Adapter; also "gamma" for APE) and "routing" (a list of routings,
+            only for models with a projector). Axes left out stay at the model's current value.
+            ``None``: :func:`make_grid` with the method's default grid; for ``ZeroShotCLIP``
+            (no hyper-parameters) ``None`` just
             scores the model (``scores_`` is 0-d), and ``{"routing": [...]}`` picks a routing.
 
     Returns:
@@ -201,7 +198,7 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     y = check_labels(val_labels, n_val, n_classes, name="val_labels", device=device)
 
     routings = axes.get("routing", [model.routing])
-    has_cache = bool(_model_axes(model)) and not isinstance(model, ZeroShotCLIP)
+    has_cache = bool(_model_axes(model))
     fixed = {k: getattr(model, k) for k in _model_axes(model) if k not in axes}
     if "routing" not in axes:
         fixed["routing"] = model.routing

@@ -1,9 +1,33 @@
-"""Test doubles shared by the classifier and search tests."""
+"""Test data and doubles shared by the classifier, search and registry tests."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
+
+
+def make_data(n_classes=6, dim=10, shots=(3, 1, 4, 2, 3, 2), n_query=150, seed=0,
+              dtype=np.float64, noise=1.3, offset=0.8):
+    """Toy CLIP-like features: text ``[C, D]``, support ``[N, D]`` in a shuffled order with unequal
+    shots, support labels ``[N]``, queries ``[M, D]`` and their labels ``[M]``.
+
+    With ``offset > 0`` support and queries share a class-specific offset that the text lacks,
+    so the cache term of Tip-Adapter / APE helps (the search tests need that).
+    """
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=(n_classes, dim))
+    labels = np.concatenate([np.full(k, c) for c, k in enumerate(shots)])
+    support = text[labels] + 0.9 * rng.normal(size=(len(labels), dim))
+    order = rng.permutation(len(labels))
+    query_labels = rng.integers(0, n_classes, size=n_query)
+    queries = text[query_labels]
+    if offset:
+        offsets = offset * rng.normal(size=(n_classes, dim))
+        support = support + offsets[labels]
+        queries = queries + offsets[query_labels]
+    queries = queries + noise * rng.normal(size=(n_query, dim))
+    return (text.astype(dtype), support[order].astype(dtype), labels[order],
+            queries.astype(dtype), query_labels)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from _doubles import LinearProjectorDouble, _unit
+from _doubles import make_data as _make_data
 from ssp.classifiers import (
     APE,
     ROUTINGS,
@@ -26,15 +27,7 @@ from ssp.classifiers import (
 
 def make_data(n_classes=5, dim=12, shots=(3, 1, 4, 2, 3), n_query=40, seed=0, dtype=np.float64):
     """Text [C, D], support [N, D] in a shuffled order with unequal shots, queries [M, D]."""
-    rng = np.random.default_rng(seed)
-    text = rng.normal(size=(n_classes, dim))
-    labels = np.concatenate([np.full(k, c) for c, k in enumerate(shots)])
-    support = text[labels] + 0.9 * rng.normal(size=(len(labels), dim))
-    order = rng.permutation(len(labels))
-    query_labels = rng.integers(0, n_classes, size=n_query)
-    queries = text[query_labels] + 1.2 * rng.normal(size=(n_query, dim))
-    return (text.astype(dtype), support[order].astype(dtype), labels[order],
-            queries.astype(dtype), query_labels)
+    return _make_data(n_classes, dim, shots, n_query, seed, dtype, noise=1.2, offset=0.0)
 
 
 # ----------------------------------------------------------------------------- dense references

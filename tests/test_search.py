@@ -7,24 +7,15 @@ import torch
 from sklearn.exceptions import NotFittedError
 
 from _doubles import LinearProjectorDouble
+from _doubles import make_data as _make_data
 from ssp.classifiers import APE, ROUTINGS, TipAdapter, ZeroShotCLIP
-from ssp.search import DEFAULT_SEARCH, make_grid, validation_search
+from ssp.registry import get_method
+from ssp.search import make_grid, validation_search
 
 
 def make_data(n_classes=6, dim=10, shots=(3, 1, 4, 2, 3, 2), n_val=150, seed=0,
               dtype=np.float64, noise=1.3):
-    rng = np.random.default_rng(seed)
-    text = rng.normal(size=(n_classes, dim))
-    labels = np.concatenate([np.full(k, c) for c, k in enumerate(shots)])
-    support = text[labels] + 0.9 * rng.normal(size=(len(labels), dim))
-    order = rng.permutation(len(labels))
-    val_labels = rng.integers(0, n_classes, size=n_val)
-    # queries share a class-specific offset with the support set, so the cache term helps
-    offsets = 0.8 * rng.normal(size=(n_classes, dim))
-    support = support + offsets[labels]
-    val = text[val_labels] + offsets[val_labels] + noise * rng.normal(size=(n_val, dim))
-    return (text.astype(dtype), support[order].astype(dtype), labels[order], val.astype(dtype),
-            val_labels)
+    return _make_data(n_classes, dim, shots, n_val, seed, dtype, noise=noise, offset=0.8)
 
 
 def brute_force(model, grid, names, val, val_labels):
@@ -55,12 +46,15 @@ def test_make_grid_reproduces_the_reference_lists():
     tip = make_grid("tip_adapter", (20, 10), (200, 20))
     assert list(tip) == ["beta", "alpha"] and tip["alpha"][0] == pytest.approx(0.1)
     default = make_grid("tip")
-    assert len(default["beta"]) == DEFAULT_SEARCH["tip"][1][0]
+    assert len(default["beta"]) == get_method("tip-adapter").default_step[0]
+    assert make_grid("Tip-Adapter")["beta"].tolist() == default["beta"].tolist()  # one table, many spellings
 
 
 def test_make_grid_errors():
     with pytest.raises(ValueError, match="unknown method"):
         make_grid("coop")
+    with pytest.raises(ValueError, match="no hyper-parameters"):
+        make_grid("zero-shot")
     with pytest.raises(ValueError, match="needs 3 values"):
         make_grid("ape", (7, 7), (200, 20))
     with pytest.raises(ValueError, match="positive int"):
