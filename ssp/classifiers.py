@@ -58,6 +58,7 @@ from ssp._utils import (
     ArrayLike,
     check_is_fitted,
     check_labels,
+    check_text_features,
     l2_normalize,
     like_input,
     resolve_device,
@@ -199,7 +200,7 @@ def ape_channel_criterion(
     Returns:
         ``(S, V, J)``, each ``[D]``, computed in float64.
     """
-    text = to_tensor(text_features, "text_features", ndim=2).to(torch.float64)
+    text = check_text_features(text_features).to(torch.float64)
     keys = to_tensor(support_features, "support_features", ndim=2, device=text.device)
     keys = keys.to(torch.float64)
     n_classes, dim = text.shape
@@ -286,7 +287,7 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         _check_routing(self.routing)
         _check_finite_param(self.logit_scale, "logit_scale")
         device = resolve_device(self.device)
-        text = to_tensor(text_features, "text_features", ndim=2, device=device)
+        text = check_text_features(text_features, device=device)
         images = None
         if image_features is not None:
             images = to_tensor(image_features, "image_features", ndim=2, device=device)
@@ -294,8 +295,6 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         if images is not None:
             dtype = torch.promote_types(dtype, images.dtype)
         n_classes, dim = text.shape
-        if n_classes < 1 or dim < 1:
-            raise ValueError(f"text_features must be [C, D] with C, D >= 1, got {tuple(text.shape)}")
         text = l2_normalize(text.to(dtype))
 
         y = None
