@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -121,6 +123,18 @@ def like_input(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:
     if isinstance(reference, torch.Tensor):
         return t.to(reference.device)
     return t.detach().cpu().numpy()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside the ``ssp`` package, so the
+    warning names the user's line however deep inside the library it was raised."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:

@@ -47,7 +47,6 @@ that depends only on the support set is computed once in ``fit`` (this is what
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -63,6 +62,7 @@ from ssp._utils import (
     like_input,
     resolve_device,
     to_tensor,
+    warn,
 )
 
 __all__ = [
@@ -683,9 +683,8 @@ class APE(_CacheModel):
         if n_channels < 1:
             raise ValueError(f"n_channels must be >= 1, got {n_channels}")
         if n_channels > dim:
-            warnings.warn(
-                f"n_channels={n_channels} exceeds the feature width D={dim}; using all {dim} "
-                "channels", UserWarning, stacklevel=3)
+            warn(f"n_channels={n_channels} exceeds the feature width D={dim}; using all {dim} "
+                 "channels")
             n_channels = dim
         return n_channels
 

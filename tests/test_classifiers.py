@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 import pytest
@@ -277,8 +278,12 @@ def test_clone_and_params():
 
 def test_n_channels_above_width_is_clamped_with_a_warning():
     text, support, labels, queries, _ = make_data()
-    with pytest.warns(UserWarning, match="exceeds the feature width"):
+    with pytest.warns(UserWarning, match="exceeds the feature width") as caught:
         big = APE(n_channels=500).fit(support, labels, text_features=text)
+    # attributed to this line, not to a line inside the library
+    assert [w.filename for w in caught] == [__file__]
+    assert caught[0].lineno == sys._getframe().f_lineno - 3
+    assert big.channels_.shape[0] == text.shape[1]
     full = APE().fit(support, labels, text_features=text)
     np.testing.assert_array_equal(big.decision_function(queries), full.decision_function(queries))
 
