@@ -41,14 +41,15 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from ssp._checks import PRECISIONS, check_int, is_random_weights
 from ssp._utils import l2_normalize, resolve_device, to_tensor
+from ssp.data.base import check_templates, clean_classname
 
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
 """Seed of the random initialisation used when no pretrained weights are given."""
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HF_HUB_PREFIX = "hf-hub:"
 
@@ -130,23 +131,19 @@ def _register_config_file(path: Path) -> tuple[str, None, dict]:
     return stem, None, cfg
 
 
-def _is_random(pretrained: str | None) -> bool:
-    return pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() == "none")
-
-
 def _classify_weights(oc_name: str, schema: str | None, pretrained: str | None) -> tuple[str, Any]:
     """-> ("random", None) | ("tag", pretrained cfg dict) | ("file", Path) | ("hf-hub", None)."""
     open_clip = _open_clip()
     if schema == "hf-hub":
         if pretrained is None:
             return "hf-hub", None
-        if _is_random(pretrained):
+        if is_random_weights(pretrained):
             return "random", None
         raise ValueError(
             f"pretrained={pretrained!r} cannot be combined with {oc_name!r}: an 'hf-hub:' model "
             "brings its own weights. Pass pretrained=None (hub weights) or 'none' (random init)."
         )
-    if _is_random(pretrained):
+    if is_random_weights(pretrained):
         return "random", None
     if not isinstance(pretrained, str):
         raise TypeError(f"pretrained must be a string or None, got {type(pretrained).__name__}")
@@ -807,8 +804,7 @@ class Backbone:
         than the context length are truncated by the tokenizer."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings (wrap a single string in a list)")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_int(batch_size, "batch_size")
         texts = list(texts)
         if not texts:
             return torch.empty(0, self.embed_dim, device=self.device)
@@ -834,18 +830,13 @@ class Backbone:
         prompts averaged together with that class's template prompts (APE's text weights)."""
         if isinstance(classnames, str) or not classnames:
             raise ValueError("classnames must be a non-empty list of strings")
-        if isinstance(templates, str):
-            raise TypeError("templates must be a list of strings, e.g. ['a photo of a {}.']")
-        templates = list(templates)
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates need a '{{}}' placeholder for the class name; these have none: {bad}")
+        templates = check_templates(templates, "templates argument", allow_empty=class_prompts is not None)
         if class_prompts is not None and len(class_prompts) != len(classnames):
             raise ValueError(f"class_prompts has {len(class_prompts)} lists but there are {len(classnames)} classes")
         prompts: list[str] = []
         owner: list[int] = []
         for index, classname in enumerate(classnames):
-            label = str(classname).replace("_", " ")
+            label = clean_classname(str(classname))
             extra = [] if class_prompts is None else list(class_prompts[index])
             class_texts = [t.replace("{}", label) for t in templates] + extra
             if not class_texts:

@@ -53,8 +53,10 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
+from ssp._checks import ROUTINGS
 from ssp._utils import (
     ArrayLike,
+    check_int,
     check_is_fitted,
     check_labels,
     check_text_features,
@@ -73,8 +75,6 @@ __all__ = [
     "ape_channel_criterion",
     "ape_key_divergence",
 ]
-
-ROUTINGS = ("paper", "reference", "vision")
 
 # routing -> (zero-shot query view, zero-shot text, cache query view); used with a projector.
 _ROUTES = {
@@ -286,6 +286,8 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     def _fit_common(self, image_features, labels, text_features, patch_features) -> None:
         _check_routing(self.routing)
         _check_finite_param(self.logit_scale, "logit_scale")
+        if hasattr(self, "chunk_size"):
+            check_int(self.chunk_size, "chunk_size", allow_none=True)
         device = resolve_device(self.device)
         text = check_text_features(text_features, device=device)
         images = None
@@ -410,9 +412,7 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _chunk_rows(self, n_keys: int) -> int:
         if self.chunk_size is not None:
-            if int(self.chunk_size) < 1:
-                raise ValueError(f"chunk_size must be a positive int or None, got {self.chunk_size}")
-            return int(self.chunk_size)
+            return check_int(self.chunk_size, "chunk_size", allow_none=True)
         return max(1, _AUTO_CHUNK_ELEMENTS // max(n_keys, 1))
 
     def _terms(self, x: torch.Tensor, routing: str | None = None):
@@ -677,11 +677,7 @@ class APE(_CacheModel):
     def _resolve_channels(self, dim: int) -> int:
         if self.n_channels is None:
             return dim
-        if isinstance(self.n_channels, bool) or not float(self.n_channels).is_integer():
-            raise ValueError(f"n_channels must be a positive int or None, got {self.n_channels!r}")
-        n_channels = int(self.n_channels)
-        if n_channels < 1:
-            raise ValueError(f"n_channels must be >= 1, got {n_channels}")
+        n_channels = check_int(self.n_channels, "n_channels", allow_none=True)
         if n_channels > dim:
             warn(f"n_channels={n_channels} exceeds the feature width D={dim}; using all {dim} "
                  "channels")

@@ -473,7 +473,14 @@ def test_text_classifier_matches_manual_ensemble(tiny_vit):
     extra = tiny_vit.text_classifier(classnames, templates, class_prompts=[["a dog."], [], ["an animal.", "a seal."]])
     torch.testing.assert_close(extra[1], weights[1])
     assert not torch.allclose(extra[0], weights[0])
-    with pytest.raises(ValueError, match="placeholder"):
-        tiny_vit.text_classifier(classnames, ["a photo."])
+    # one template rule (ssp.data.check_templates): exactly one "{}", a lone string is one template
+    for bad in (["a photo."], ["a {} photo of a {}."], []):
+        with pytest.raises(ValueError, match=r"exactly one '\{\}'|no prompt templates"):
+            tiny_vit.text_classifier(classnames, bad)
+    torch.testing.assert_close(tiny_vit.text_classifier(classnames, "a photo of a {}."),
+                               tiny_vit.text_classifier(classnames, ["a photo of a {}."]))
+    # one class-name clean-up (ssp.data.clean_classname): outer spaces go too
+    torch.testing.assert_close(tiny_vit.text_classifier([" sea_lion "], templates),
+                               tiny_vit.text_classifier(["sea lion"], templates))
     with pytest.raises(ValueError, match="class_prompts has 1 lists"):
         tiny_vit.text_classifier(classnames, templates, class_prompts=[["x"]])

@@ -428,7 +428,7 @@ def test_ape_needs_every_class_and_refit_after_fit_time_changes():
     model.set_params(n_channels=4)
     with pytest.raises(ValueError, match="n_channels changed after fit"):
         model.predict(queries)
-    with pytest.raises(ValueError, match="n_channels must be >= 1"):
+    with pytest.raises(ValueError, match="n_channels must be a positive integer"):
         APE(n_channels=0).fit(support, labels, text_features=text)
     with pytest.raises(ValueError, match="criterion_weights must be"):
         APE(criterion_weights=(1.0,)).fit(support, labels, text_features=text)
