@@ -1,7 +1,8 @@
 """Small shared helpers: array conversion, devices, input validation, atomic file writes.
 
-Every public estimator accepts numpy arrays or torch tensors and returns the kind it was given.
-Internally everything is a torch tensor on ``self.device_``.
+Every public estimator accepts numpy arrays or torch tensors and returns the kind it was given
+(predictions, transforms and fitted array attributes; see :mod:`ssp.classifiers`). Internally
+everything is a torch tensor on ``self.device_``.
 """
 from __future__ import annotations
 

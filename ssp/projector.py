@@ -108,6 +108,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
+        *,
         patch_top_k: int = 30,
         class_top_k: int = 10,
         global_weight: float = 10.0,

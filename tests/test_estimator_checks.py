@@ -112,3 +112,88 @@ def test_option_vocabularies_have_one_home():
         assert _checks.is_random_weights(value)
     for value in ("openai", "", "nonee", 0):
         assert not _checks.is_random_weights(value)
+
+
+# ------------------------------------------------------------------ scikit-learn's estimator API
+
+
+@pytest.mark.parametrize("check", ["check_parameters_default_constructible",
+                                   "check_no_attributes_set_in_init",
+                                   "check_get_params_invariance", "check_set_params"])
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_sklearn_estimator_checks(name, check):
+    from sklearn.utils import estimator_checks
+
+    cls = _class(name)
+    getattr(estimator_checks, check)(cls.__name__, cls())
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_constructor_parameters_are_keyword_only(name):
+    import inspect
+
+    params = list(inspect.signature(_class(name).__init__).parameters.values())[1:]
+    assert params and all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+    with pytest.raises(TypeError):
+        _class(name)(1.0)
+
+
+_BAD_PARAMS = [("alpha", "abc"), ("alpha", float("nan")), ("beta", None), ("beta", True),
+               ("gamma", "0.1"), ("logit_scale", float("inf")), ("routing", "fancy"),
+               ("chunk_size", 0), ("chunk_size", 2.0), ("n_channels", True), ("n_channels", -3),
+               ("criterion_weights", (1.0,)), ("criterion_weights", "ab"),
+               ("criterion_weights", (0.5, "x")), ("device", "tpu"),
+               ("patch_top_k", 0), ("class_top_k", np.bool_(True)), ("global_weight", -1.0),
+               ("rank", 1.5), ("rank_tol", "x")]
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_hyper_parameters_are_validated_at_fit(name):
+    data = _data()
+    cls = _class(name)
+    checked = 0
+    for param, value in _BAD_PARAMS:
+        if param not in cls().get_params():
+            continue
+        estimator = cls(**{param: value})  # stored as given, never validated in __init__
+        assert estimator.get_params()[param] is value
+        with pytest.raises((ValueError, RuntimeError), match=param if param != "device" else "device"):
+            _fit(name, estimator, data)
+        assert not [k for k in vars(estimator) if k.endswith("_")]  # nothing half-fitted
+        checked += 1
+    assert checked >= 3
+
+
+# ------------------------------------------------------------------ one array kind
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_fitted_arrays_and_outputs_follow_the_input_kind(name, kind):
+    """numpy in -> numpy fitted arrays and outputs; torch in -> torch on the input's device.
+    ``classes_`` and SSPProjector's ``class_ranks_`` are numpy always (scikit-learn's ``classes_``)."""
+    data = _data()
+    if kind == "torch":
+        data = {k: torch.as_tensor(v) for k, v in data.items()}
+    array_type = np.ndarray if kind == "numpy" else torch.Tensor
+    estimator = _fit(name, _class(name)(device="cpu"), data)
+    fitted = {k: v for k, v in vars(estimator).items()
+              if k.endswith("_") and not k.startswith("_") and isinstance(v, (np.ndarray, torch.Tensor))}
+    assert fitted
+    for attr, value in fitted.items():
+        expected = np.ndarray if attr in ("classes_", "class_ranks_") else array_type
+        assert isinstance(value, expected), (attr, type(value))
+    outputs = ([estimator.transform(data["queries"], view=v) for v in ("vision", "language")]
+               if name == "ssp-projector" else
+               [estimator.predict(data["queries"]), estimator.decision_function(data["queries"])])
+    for out in outputs:
+        assert isinstance(out, array_type)
+
+
+@pytest.mark.parametrize("name", [n for n in SPECS if not SPECS[n].fine_tuned])
+def test_score_is_a_fraction(name):
+    data = _data()
+    estimator = _fit(name, _class(name)(), data)
+    score = estimator.score(data["queries"], data["query_labels"])
+    accuracy = float(np.mean(estimator.predict(data["queries"]) == data["query_labels"]))
+    assert 0.0 <= score <= 1.0 and score == pytest.approx(accuracy)
