@@ -197,3 +197,32 @@ def test_score_is_a_fraction(name):
     score = estimator.score(data["queries"], data["query_labels"])
     accuracy = float(np.mean(estimator.predict(data["queries"]) == data["query_labels"]))
     assert 0.0 <= score <= 1.0 and score == pytest.approx(accuracy)
+
+
+# ------------------------------------------------------------------ fit signatures say what they take
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_fit_takes_features_then_labels_then_named_side_inputs(name):
+    import inspect
+
+    params = list(inspect.signature(_class(name).fit).parameters.values())[1:]
+    positional = [p.name for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    named = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if name == "ssp-projector":
+        assert positional == ["patch_features", "labels"]
+        assert {"image_features", "text_features"} <= named
+    else:
+        assert positional == ["image_features", "labels"]
+        assert {"text_features", "patch_features"} <= named
+
+
+def test_projector_fit_transform_returns_the_projected_support_features():
+    data = _data()
+    kwargs = dict(image_features=data["support"], text_features=data["text"])
+    for view in ("vision", "language"):
+        out = SSPProjector(device="cpu").fit_transform(data["patches"], data["labels"], view=view,
+                                                       **kwargs)
+        fitted = SSPProjector(device="cpu").fit(data["patches"], data["labels"], **kwargs)
+        assert out.shape == data["support"].shape
+        np.testing.assert_allclose(out, fitted.transform(data["support"], view=view), atol=1e-12)
