@@ -5,12 +5,15 @@ Kept free of torch so ``ssp-fewshot --help`` and config validation import nothin
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import numbers
-from typing import Any
+import sys
+from typing import Any, Iterator
 
 __all__ = ["ROUTINGS", "PRECISIONS", "VAL_POLICIES", "RANDOM_WEIGHTS", "is_random_weights",
-           "check_int", "check_real"]
+           "check_int", "check_real", "option", "cli_messages"]
 
 #: How an SSP projector's views enter a classifier's terms (see :mod:`ssp.classifiers`).
 ROUTINGS = ("paper", "reference", "vision")
@@ -50,6 +53,40 @@ def check_real(value: Any, name: str, *, minimum: float | None = None) -> float:
             return out
     bound = "" if minimum is None else f" >= {minimum:g}"
     raise ValueError(f"{name} must be a finite real number{bound}, got {value!r}")
+
+
+# ------------------------------------------------------------------ naming options in messages
+
+_CLI = contextvars.ContextVar("ssp_cli_messages", default=None)
+
+
+@contextlib.contextmanager
+def cli_messages(active: bool = True) -> Iterator[None]:
+    """Inside this block :func:`option` names command-line flags (``--quick-gelu on``) instead of
+    Python arguments (``quick_gelu=True``)."""
+    token = _CLI.set(active)
+    try:
+        yield
+    finally:
+        _CLI.reset(token)
+
+
+def _in_cli() -> bool:
+    explicit = _CLI.get()
+    if explicit is not None:
+        return explicit
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "ssp.cli":  # python -m ssp.cli
+        return True
+    cli = sys.modules.get("ssp.cli")  # the ssp-fewshot console script: `from ssp.cli import main`
+    return cli is not None and getattr(main, "main", None) is getattr(cli, "main", object())
+
+
+def option(python: str, cli: str) -> str:
+    """How a message names a setting: ``cli`` (e.g. ``"--quick-gelu on"``) when the process runs
+    ssp's command line, ``python`` (e.g. ``"quick_gelu=True"``) otherwise."""
+    return cli if _in_cli() else python
 
 
 def _is_bool(value: Any) -> bool:

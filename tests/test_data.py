@@ -274,6 +274,23 @@ def test_missing_split_file_and_missing_images(tmp_path):
         get_dataset("dtd", dtd, split_file=tmp_path / "other.json")
 
 
+def test_messages_name_python_arguments_or_cli_flags(tmp_path):
+    """The same missing split names ``split_file=`` to a Python caller, ``--split-file`` on the
+    command line (``ssp.cli`` runs inside ``cli_messages``-equivalent detection)."""
+    from ssp._checks import cli_messages
+
+    dtd = tmp_path / "dtd"
+    (dtd / "images").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError) as err:
+        get_dataset("dtd", dtd)
+    assert "split_file=PATH" in str(err.value) and "--split-file" not in str(err.value)
+    with cli_messages(), pytest.raises(DatasetNotFoundError) as err:
+        get_dataset("dtd", dtd)
+    assert "--split-file PATH" in str(err.value) and "split_file=" not in str(err.value)
+    with cli_messages(), pytest.raises(ValueError, match="drop --split-file"):
+        get_dataset("imagefolder", tmp_path, split_file=tmp_path / "x.json")
+
+
 def test_bad_split_files(tmp_path):
     path = tmp_path / "split.json"
     path.write_text(json.dumps({"train": [], "test": []}))
