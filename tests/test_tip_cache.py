@@ -196,7 +196,7 @@ def test_stanford_cars_ssp_on_real_features(tip_cache_root):
     support, labels, text = cache.support_features.float(), cache.support_labels, cache.text_features.float()
 
     proj = SSPProjector().fit(support[:, None], labels, image_features=support, text_features=text)
-    assert proj.class_ranks_.tolist() == [5] * 196  # 4 shots x 1 local feature + the text row
+    assert proj.class_ranks_.tolist() == [5] * cache.n_classes  # 4 shots x 1 local feature + the text row
     unit_text = text / text.norm(dim=1, keepdim=True)
     assert torch.allclose(proj.text_features_, unit_text, atol=1e-4)
 
