@@ -589,7 +589,9 @@ def load_backbone(
     if kind == "random":
         weights = {"source": "random", "seed": RANDOM_INIT_SEED}
     elif kind == "hf-hub":
-        weights = {"source": "hf-hub", "id": oc_name[len(HF_HUB_PREFIX):], "sha256": _hub_sha256(oc_name, cache_dir)}
+        with _hub_offline_mode(hub_offline is not None):  # the file is cached by now
+            sha256 = _hub_sha256(oc_name, cache_dir)
+        weights = {"source": "hf-hub", "id": oc_name[len(HF_HUB_PREFIX):], "sha256": sha256}
     else:
         fmt = _load_weights(model, checkpoint, oc_name)
         if kind == "tag":

@@ -305,7 +305,11 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     def _publish(self, reference: ArrayLike) -> None:
         """Expose the fitted tensors (kept as torch on ``device_`` in ``self._torch`` for the
         computations) as public attributes of ``reference``'s kind: numpy for numpy input,
-        torch on the input's device for torch input."""
+        torch on the input's device for torch input. A fitted tensor a subclass set directly as a
+        public attribute during ``_fit`` is taken over (it replaces the private copy)."""
+        for name, value in list(vars(self).items()):
+            if name.endswith("_") and not name.startswith("_") and isinstance(value, torch.Tensor):
+                setattr(self._torch, name, value)
         for name, value in vars(self._torch).items():
             setattr(self, name, None if value is None else like_input(value, reference))
 

@@ -226,3 +226,22 @@ def test_projector_fit_transform_returns_the_projected_support_features():
         fitted = SSPProjector(device="cpu").fit(data["patches"], data["labels"], **kwargs)
         assert out.shape == data["support"].shape
         np.testing.assert_allclose(out, fitted.transform(data["support"], view=view), atol=1e-12)
+
+
+def test_a_subclass_setting_a_public_fitted_tensor_is_used_and_published():
+    """Subclasses (e.g. fine-tuned caches) may assign fitted tensors directly in ``_fit``: the
+    computations then use them, and they are published in the input's kind like the others."""
+    from ssp.classifiers import TipAdapter
+
+    class ShiftedKeys(TipAdapter):
+        def _fit(self, *args):
+            super()._fit(*args)
+            self.keys_ = -self._torch.keys_  # flipped keys: a different cache term
+
+    data = _data()
+    plain = TipAdapter(alpha=3.0).fit(data["support"], data["labels"], text_features=data["text"])
+    flipped = ShiftedKeys(alpha=3.0).fit(data["support"], data["labels"], text_features=data["text"])
+    assert isinstance(flipped.keys_, np.ndarray)
+    np.testing.assert_allclose(flipped.keys_, -plain.keys_)
+    assert not np.allclose(flipped.decision_function(data["queries"]),
+                           plain.decision_function(data["queries"]))
