@@ -1,18 +1,23 @@
 """Small shared helpers: array conversion, devices, input validation, atomic file writes.
 
-Every public estimator accepts numpy arrays or torch tensors and returns the kind it was given.
-Internally everything is a torch tensor on ``self.device_``.
+Every public estimator accepts numpy arrays or torch tensors and returns the kind it was given
+(predictions, transforms and fitted array attributes; see :mod:`ssp.classifiers`). Internally
+everything is a torch tensor on ``self.device_``.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from ssp._checks import check_int, check_real  # noqa: F401  (re-exported: one home for both)
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
 
@@ -62,25 +67,56 @@ def to_tensor(
 
 
 def check_labels(labels: ArrayLike, n_samples: int, n_classes: int | None = None,
-                 *, name: str = "labels", device: torch.device | None = None) -> torch.Tensor:
-    """Integer labels ``[N]`` in ``0..n_classes-1`` as an int64 tensor."""
+                 *, name: str = "labels", device: torch.device | None = None,
+                 samples_from: str = "", classes_from: str = "text_features") -> torch.Tensor:
+    """Integer labels ``[N]`` in ``0..n_classes-1`` as an int64 tensor.
+
+    ``samples_from`` / ``classes_from`` name where ``n_samples`` and ``n_classes`` come from, for
+    the error messages (e.g. a features file and a values file).
+    """
     y = to_tensor(labels, name, device=device, ndim=1)
     if y.is_floating_point():
         if not bool((y == y.round()).all()):
-            raise ValueError(f"{name} must be integers, got non-integral floats")
+            raise ValueError(f"{name} must be integer class indices, got non-integral floats")
     elif y.dtype == torch.bool:
         raise ValueError(f"{name} must be integer class indices, got booleans")
     y = y.long()
     if y.shape[0] != n_samples:
-        raise ValueError(f"{name} has {y.shape[0]} entries but there are {n_samples} samples")
+        where = f" in {samples_from}" if samples_from else ""
+        raise ValueError(f"{name} has {y.shape[0]} entries but there are {n_samples} samples{where}")
     if y.numel() and int(y.min()) < 0:
         raise ValueError(f"{name} must be >= 0, found {int(y.min())}")
     if n_classes is not None and y.numel() and int(y.max()) >= n_classes:
         raise ValueError(
-            f"{name} contains class {int(y.max())} but only {n_classes} classes are defined "
-            f"(text_features has {n_classes} rows)"
+            f"{name} contains class {int(y.max())} but only {n_classes} classes (0..{n_classes - 1}) "
+            f"are defined ({classes_from} has {n_classes} rows)"
         )
     return y
+
+
+def check_text_features(text_features: ArrayLike, *, name: str = "text_features",
+                        device: torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The text classifier ``[C, D]`` as a tensor, the one rule every estimator applies:
+    ``C, D >= 1``, every row finite and non-zero (a zero or NaN row would silently make
+    every prediction the same class)."""
+    text = to_tensor(text_features, name, ndim=2, device=device, dtype=dtype, allow_nonfinite=True)
+    if text.shape[0] < 1 or text.shape[1] < 1:
+        raise ValueError(f"{name} must be [C, D] with C, D >= 1, got shape {tuple(text.shape)}")
+    if text.is_floating_point():
+        bad = (~torch.isfinite(text)).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise ValueError(f"{name} rows {_first(bad)} contain NaN or infinite values; every class "
+                             "needs a finite text embedding (re-encode the class prompts)")
+    zero = (text == 0).all(dim=1).nonzero().flatten().tolist()
+    if zero:
+        raise ValueError(f"{name} rows {_first(zero)} are all zero; every class needs a text "
+                         "embedding (re-encode the class prompts)")
+    return text
+
+
+def _first(items: list, limit: int = 10) -> str:
+    return f"{items[:limit]}{' ...' if len(items) > limit else ''} ({len(items)} rows)"
 
 
 def like_input(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:
@@ -88,6 +124,18 @@ def like_input(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:
     if isinstance(reference, torch.Tensor):
         return t.to(reference.device)
     return t.detach().cpu().numpy()
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside the ``ssp`` package, so the
+    warning names the user's line however deep inside the library it was raised."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:

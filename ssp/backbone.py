@@ -31,6 +31,9 @@ import json
 import logging
 import math
 import os
+import socket
+import urllib.parse
+import urllib.request
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -41,14 +44,15 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ssp._utils import l2_normalize, resolve_device, to_tensor
+from ssp._checks import PRECISIONS, check_int, is_random_weights, option
+from ssp._utils import l2_normalize, resolve_device, to_tensor, warn
+from ssp.data.base import check_templates, clean_classname
 
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
 """Seed of the random initialisation used when no pretrained weights are given."""
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HF_HUB_PREFIX = "hf-hub:"
 
@@ -130,23 +134,20 @@ def _register_config_file(path: Path) -> tuple[str, None, dict]:
     return stem, None, cfg
 
 
-def _is_random(pretrained: str | None) -> bool:
-    return pretrained is None or (isinstance(pretrained, str) and pretrained.strip().lower() == "none")
-
-
 def _classify_weights(oc_name: str, schema: str | None, pretrained: str | None) -> tuple[str, Any]:
     """-> ("random", None) | ("tag", pretrained cfg dict) | ("file", Path) | ("hf-hub", None)."""
     open_clip = _open_clip()
     if schema == "hf-hub":
         if pretrained is None:
             return "hf-hub", None
-        if _is_random(pretrained):
+        if is_random_weights(pretrained):
             return "random", None
         raise ValueError(
             f"pretrained={pretrained!r} cannot be combined with {oc_name!r}: an 'hf-hub:' model "
-            "brings its own weights. Pass pretrained=None (hub weights) or 'none' (random init)."
+            f"brings its own weights. {option('Pass pretrained=None (hub weights) or', 'Omit --pretrained (hub weights) or pass')} "
+            f"{option(repr('none'), '--pretrained none')} (random init)."
         )
-    if _is_random(pretrained):
+    if is_random_weights(pretrained):
         return "random", None
     if not isinstance(pretrained, str):
         raise TypeError(f"pretrained must be a string or None, got {type(pretrained).__name__}")
@@ -269,8 +270,9 @@ def _decide_quick_gelu(oc_name: str, cfg: dict | None, kind: str, info: Any, pre
         quick_gelu = bool(quick_gelu)
         if evidence is not None and evidence != quick_gelu:
             return quick_gelu, (
-                f"quick_gelu={quick_gelu} but the weights {source} were trained with "
-                f"{act[evidence]}: features will be degraded. Leave quick_gelu=None to follow the weights."
+                f"{option(f'quick_gelu={quick_gelu}', '--quick-gelu ' + ('on' if quick_gelu else 'off'))} but the weights {source} were trained with "
+                f"{act[evidence]}: features will be degraded. {option('Leave quick_gelu=None', 'Use --quick-gelu auto')} "
+                "to follow the weights."
             )
         return quick_gelu, None
     if evidence is not None:
@@ -279,7 +281,8 @@ def _decide_quick_gelu(oc_name: str, cfg: dict | None, kind: str, info: Any, pre
         return False, (
             f"cannot tell whether checkpoint {str(info)!r} was trained with QuickGELU; using the "
             f"{oc_name!r} config's GELU. OpenAI CLIP weights (and other QuickGELU-trained ones) need "
-            "quick_gelu=True (or the '-quickgelu' model name); pass quick_gelu explicitly to silence this."
+            f"{option('quick_gelu=True', '--quick-gelu on')} (or the '-quickgelu' model name); "
+            f"{option('pass quick_gelu explicitly', 'pass --quick-gelu on or off')} to silence this."
         )
     return config_qg, None
 
@@ -352,20 +355,72 @@ def _quiet_random_init_log(active: bool) -> Iterator[None]:
             root.removeFilter(log_filter)
 
 
+_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached right now, or None when it can.
+
+    ``HF_HUB_OFFLINE=1`` answers at once; otherwise one TCP connection to the hub endpoint (or to
+    the HTTPS proxy, when one is configured) with a short timeout. Offline, this replaces
+    huggingface_hub's retries (about a minute of repeated warnings) by an immediate answer.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return None  # open_clip then downloads by URL (urllib fails fast on its own)
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    target = urllib.request.getproxies().get("https") or constants.ENDPOINT
+    url = urllib.parse.urlsplit(target if "://" in target else f"http://{target}")
+    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    if not host:
+        return None
+    try:
+        socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        return f"cannot connect to {host}:{port}: {err.strerror or err}"
+    return None
+
+
+@contextmanager
+def _hub_offline_mode(active: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode while active: files already in the cache are still found,
+    nothing is requested (so nothing is retried)."""
+    if not active:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _download_tag(oc_name: str, tag: str, tag_cfg: dict, cache_dir: str | None) -> Path:
     open_clip = _open_clip()
+    uses_hub = bool(tag_cfg.get("hf_hub")) and open_clip.pretrained.has_hf_hub()
+    offline = _hub_unreachable() if uses_hub else None
     try:
-        path = open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
+        with _hub_offline_mode(offline is not None):
+            path = open_clip.pretrained.download_pretrained(tag_cfg, cache_dir=cache_dir)
     except Exception as err:  # network, hub and file-system errors all end here
         source = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "unknown"
+        why = (f"the Hugging Face hub is unreachable ({offline}) and the weights are not in the "
+               f"local cache" if offline else f"{type(err).__name__}: {err}")
+        quick = bool(tag_cfg.get("quick_gelu", False))  # the local file cannot tell (OpenAI weights)
+        local = option(f"load_backbone({oc_name!r}, pretrained='/path/to/checkpoint.pt'"
+                       f"{', quick_gelu=True' if quick else ''})",
+                       f"--pretrained /path/to/checkpoint.pt{' --quick-gelu on' if quick else ''}")
+        cache = option("cache_dir= (or HF_HOME / HF_HUB_CACHE)", "HF_HOME (or HF_HUB_CACHE)")
         raise RuntimeError(
             f"could not download the pretrained weights of model {oc_name!r}, tag {tag!r} "
-            f"(source: {source}); underlying error: {type(err).__name__}: {err}. "
-            f"Without network, download the checkpoint elsewhere and pass the local file instead "
-            f"of the tag: load_backbone({oc_name!r}, pretrained='/path/to/checkpoint.pt') or "
-            f"`--pretrained /path/to/checkpoint.pt` (with quick_gelu=True for OpenAI weights), "
-            f"or set cache_dir (or HF_HOME / HF_HUB_CACHE) to a folder that already holds it. "
-            f"HF_HUB_OFFLINE=1 makes offline failures immediate."
+            f"(source: {source}): {why}. Without network, download the checkpoint elsewhere and "
+            f"pass the local file instead of the tag: {local}, or point {cache} at a folder that "
+            f"already holds it."
         ) from err
     if not path:
         raise RuntimeError(f"open_clip has no download source for model {oc_name!r}, tag {tag!r}")
@@ -476,8 +531,7 @@ def load_backbone(
 
     decision, qg_warning = _decide_quick_gelu(oc_name, cfg, kind, info, pretrained, quick_gelu)
     if qg_warning:
-        warnings.warn(qg_warning, UserWarning, stacklevel=2)
-        logger.warning(qg_warning)
+        warn(qg_warning)  # one channel (the warnings module): printed once, filterable, recordable
 
     checkpoint: Path | None = None
     preprocess_override: dict = {}
@@ -488,13 +542,14 @@ def load_backbone(
     elif kind == "file":
         checkpoint = info
     elif kind == "random":
+        real = option("pretrained='openai'", "--pretrained openai")
         message = (
             f"backbone {oc_name!r} is RANDOMLY INITIALISED (seed {RANDOM_INIT_SEED}): no pretrained "
-            "weights were given, so features are meaningless and accuracies mean nothing. Pass "
-            "pretrained='openai' (or another tag) or a local checkpoint file for real results."
+            f"weights were given, so features are meaningless and accuracies mean nothing. Pass "
+            f"{real} (or another tag) "
+            f"or a local checkpoint file for real results."
         )
-        warnings.warn(message, UserWarning, stacklevel=2)
-        logger.warning(message)
+        warn(message)
 
     create_kwargs: dict[str, Any] = {}
     if decision is True:
@@ -504,7 +559,9 @@ def load_backbone(
     if preprocess_override:
         create_kwargs["force_preprocess_cfg"] = preprocess_override
 
-    with torch.random.fork_rng(devices=[]), _quiet_random_init_log(checkpoint is not None):
+    hub_offline = _hub_unreachable() if kind == "hf-hub" else None
+    with torch.random.fork_rng(devices=[]), _quiet_random_init_log(checkpoint is not None), \
+            _hub_offline_mode(hub_offline is not None):
         torch.manual_seed(RANDOM_INIT_SEED)
         try:
             model = open_clip.create_model(
@@ -519,19 +576,22 @@ def load_backbone(
         except Exception as err:
             if schema != "hf-hub":
                 raise
+            why = (f"the hub is unreachable ({hub_offline}) and the repo is not in the local cache"
+                   if hub_offline else f"{type(err).__name__}: {err}")
             raise RuntimeError(
-                f"could not load {oc_name!r} from the Hugging Face hub; underlying error: "
-                f"{type(err).__name__}: {err}. Without network, build the architecture from a local "
-                "open_clip model-config .json and pass the weights as a local file "
-                "(`--pretrained /path/to/checkpoint.pt`), or set cache_dir / HF_HOME to a cache that "
-                "holds the repo. HF_HUB_OFFLINE=1 makes offline failures immediate."
+                f"could not load {oc_name!r} from the Hugging Face hub: {why}. Without network, "
+                f"build the architecture from a local open_clip model-config .json and pass the weights "
+                f"as a local file ({option('pretrained=' + repr('/path/to/checkpoint.pt'), '--pretrained /path/to/checkpoint.pt')}), "
+                f"or set {option('cache_dir= or HF_HOME', 'HF_HOME')} to a cache that holds the repo."
             ) from err
 
     weights: dict[str, Any]
     if kind == "random":
         weights = {"source": "random", "seed": RANDOM_INIT_SEED}
     elif kind == "hf-hub":
-        weights = {"source": "hf-hub", "id": oc_name[len(HF_HUB_PREFIX):], "sha256": _hub_sha256(oc_name, cache_dir)}
+        with _hub_offline_mode(hub_offline is not None):  # the file is cached by now
+            sha256 = _hub_sha256(oc_name, cache_dir)
+        weights = {"source": "hf-hub", "id": oc_name[len(HF_HUB_PREFIX):], "sha256": sha256}
     else:
         fmt = _load_weights(model, checkpoint, oc_name)
         if kind == "tag":
@@ -807,8 +867,7 @@ class Backbone:
         than the context length are truncated by the tokenizer."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise TypeError("texts must be a list of strings (wrap a single string in a list)")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        check_int(batch_size, "batch_size")
         texts = list(texts)
         if not texts:
             return torch.empty(0, self.embed_dim, device=self.device)
@@ -834,18 +893,13 @@ class Backbone:
         prompts averaged together with that class's template prompts (APE's text weights)."""
         if isinstance(classnames, str) or not classnames:
             raise ValueError("classnames must be a non-empty list of strings")
-        if isinstance(templates, str):
-            raise TypeError("templates must be a list of strings, e.g. ['a photo of a {}.']")
-        templates = list(templates)
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates need a '{{}}' placeholder for the class name; these have none: {bad}")
+        templates = check_templates(templates, "templates argument", allow_empty=class_prompts is not None)
         if class_prompts is not None and len(class_prompts) != len(classnames):
             raise ValueError(f"class_prompts has {len(class_prompts)} lists but there are {len(classnames)} classes")
         prompts: list[str] = []
         owner: list[int] = []
         for index, classname in enumerate(classnames):
-            label = str(classname).replace("_", " ")
+            label = clean_classname(str(classname))
             extra = [] if class_prompts is None else list(class_prompts[index])
             class_texts = [t.replace("{}", label) for t in templates] + extra
             if not class_texts:

@@ -38,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from ssp._utils import atomic_path, l2_normalize
+from ssp._utils import atomic_path, check_int, l2_normalize
 
 __all__ = [
     "FORMAT_VERSION",
@@ -322,16 +322,14 @@ def extract_features(
 
     from ssp.data import ImageDataset
 
-    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-        raise ValueError(f"views must be a positive integer, got {views!r}")
+    views = check_int(views, "views")
     n = len(samples)
     if n == 0:
         raise ValueError("no samples to extract features from (the sample list is empty)")
     device = torch.device(backbone.device)
     if batch_size is None:
         batch_size = 256 if device.type == "cuda" else 64
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = check_int(batch_size, "batch_size")
     total = n * views
     if num_workers is None:
         num_workers = _default_num_workers(math.ceil(total / batch_size))
@@ -496,8 +494,7 @@ def cached_features(
     Returns ``{"global": [N, D] float32, "labels": [N] int64}`` plus ``"local": [N, L, D]``
     float32 (stored as float16) when ``with_local``.
     """
-    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
-        raise ValueError(f"views must be a positive integer, got {views!r}")
+    views = check_int(views, "views")
     for bad in ("local_dtype", "views", "with_local", "seed"):
         if bad in extract_kwargs:
             raise TypeError(f"cached_features() got an unexpected keyword argument {bad!r}")

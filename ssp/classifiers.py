@@ -38,6 +38,24 @@ routing        zero-shot term              cache term
 With a projector, APE computes its channel criterion and divergence on the projected pair
 ``(F̂, Ŵ)`` in every routing. Without a projector ``routing`` is validated but has no effect.
 
+**Estimator conventions** (shared with :class:`ssp.projector.SSPProjector`):
+
+* Constructor parameters are keyword-only and stored as given; ``fit`` validates every one of
+  them (``TipAdapter(alpha="abc").fit(...)`` raises) and leaves the model unfitted on failure.
+* ``fit(features, labels, *, side inputs)``: the first argument is the features the estimator
+  learns from, the second their labels, everything else is passed by name. Here that is
+  ``fit(image_features [N, D], labels [N], *, text_features [C, D], patch_features=None)``;
+  the projector's is ``fit(patch_features [N, L, D], labels [N], *, image_features,
+  text_features)``.
+* Array kinds: numpy in, numpy out; torch in, torch out on the input's device. This holds for
+  predictions and for the fitted array attributes, which follow the kind of the support features
+  given to ``fit`` (``text_features`` for a zero-shot model fitted without support). The one
+  exception is ``classes_``, numpy always as scikit-learn expects. Computations run in torch on
+  ``device_`` (the fitted tensors are kept there privately).
+* :meth:`score` returns the top-1 accuracy as a fraction in [0, 1] (scikit-learn's convention);
+  :func:`ssp.search.validation_search`'s ``best_score_`` and the result tables report accuracy in
+  percent (100 x the fraction).
+
 Hyper-parameters read at prediction time (``alpha``, ``beta``, ``gamma``, ``routing``,
 ``logit_scale``, ``chunk_size``) may be changed with ``set_params`` without refitting; everything
 that depends only on the support set is computed once in ``fit`` (this is what
@@ -46,22 +64,25 @@ that depends only on the support set is computed once in ``fit`` (this is what
 """
 from __future__ import annotations
 
-import math
-import warnings
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
+from ssp._checks import ROUTINGS, check_real
 from ssp._utils import (
     ArrayLike,
+    check_int,
     check_is_fitted,
     check_labels,
+    check_text_features,
     l2_normalize,
     like_input,
     resolve_device,
     to_tensor,
+    warn,
 )
 
 __all__ = [
@@ -72,8 +93,6 @@ __all__ = [
     "ape_channel_criterion",
     "ape_key_divergence",
 ]
-
-ROUTINGS = ("paper", "reference", "vision")
 
 # routing -> (zero-shot query view, zero-shot text, cache query view); used with a projector.
 _ROUTES = {
@@ -101,13 +120,7 @@ def _check_routing(routing: str) -> str:
 
 
 def _check_finite_param(value: Any, name: str) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return out
+    return check_real(value, name)
 
 
 def cache_kernel(affinity: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
@@ -199,7 +212,7 @@ def ape_channel_criterion(
     Returns:
         ``(S, V, J)``, each ``[D]``, computed in float64.
     """
-    text = to_tensor(text_features, "text_features", ndim=2).to(torch.float64)
+    text = check_text_features(text_features).to(torch.float64)
     keys = to_tensor(support_features, "support_features", ndim=2, device=text.device)
     keys = keys.to(torch.float64)
     n_classes, dim = text.shape
@@ -258,6 +271,9 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     """Common fit / routing / prediction code. Subclasses define ``__init__`` and the terms."""
 
     _fit_time_params: tuple[str, ...] = ("projector",)
+    # hyper-parameters that must be finite real numbers (checked by fit and again by prediction,
+    # since set_params may change them after fit)
+    _real_params: tuple[str, ...] = ("logit_scale",)
     _needs_support = True
 
     # ---- fitting ------------------------------------------------------------------------
@@ -268,11 +284,34 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         (see the subclass docstrings). A failed fit leaves the model unfitted, never half-fitted."""
         self._reset_fitted()
         try:
+            self._validate_params()
+            self._torch = SimpleNamespace()
             self._fit(image_features, labels, text_features, patch_features)
+            self._publish(image_features if image_features is not None else text_features)
         except BaseException:
             self._reset_fitted()
             raise
         return self
+
+    def _validate_params(self) -> None:
+        """Check every constructor parameter; ``fit`` calls it before touching the data."""
+        _check_routing(self.routing)
+        for name in self._real_params:
+            check_real(getattr(self, name), name)
+        if hasattr(self, "chunk_size"):
+            check_int(self.chunk_size, "chunk_size", allow_none=True)
+        resolve_device(self.device)
+
+    def _publish(self, reference: ArrayLike) -> None:
+        """Expose the fitted tensors (kept as torch on ``device_`` in ``self._torch`` for the
+        computations) as public attributes of ``reference``'s kind: numpy for numpy input,
+        torch on the input's device for torch input. A fitted tensor a subclass set directly as a
+        public attribute during ``_fit`` is taken over (it replaces the private copy)."""
+        for name, value in list(vars(self).items()):
+            if name.endswith("_") and not name.startswith("_") and isinstance(value, torch.Tensor):
+                setattr(self._torch, name, value)
+        for name, value in vars(self._torch).items():
+            setattr(self, name, None if value is None else like_input(value, reference))
 
     def _fit(self, image_features, labels, text_features, patch_features) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
@@ -281,12 +320,11 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
             delattr(self, name)
         self.__dict__.pop("_fit_snapshot", None)
+        self.__dict__.pop("_torch", None)
 
     def _fit_common(self, image_features, labels, text_features, patch_features) -> None:
-        _check_routing(self.routing)
-        _check_finite_param(self.logit_scale, "logit_scale")
         device = resolve_device(self.device)
-        text = to_tensor(text_features, "text_features", ndim=2, device=device)
+        text = check_text_features(text_features, device=device)
         images = None
         if image_features is not None:
             images = to_tensor(image_features, "image_features", ndim=2, device=device)
@@ -294,8 +332,6 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         if images is not None:
             dtype = torch.promote_types(dtype, images.dtype)
         n_classes, dim = text.shape
-        if n_classes < 1 or dim < 1:
-            raise ValueError(f"text_features must be [C, D] with C, D >= 1, got {tuple(text.shape)}")
         text = l2_normalize(text.to(dtype))
 
         y = None
@@ -320,9 +356,9 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         self.dtype_ = dtype
         self.n_features_in_ = dim
         self.classes_ = np.arange(n_classes)
-        self.text_features_ = text
+        self._torch.text_features_ = text
         self.projector_ = self._fit_projector(patch_features, images, y, text, device)
-        self.projected_text_features_ = None
+        self._torch.projected_text_features_ = None
         if self.projector_ is not None:
             projected = self.projector_.text_features_
             projected = to_tensor(projected, "projector.text_features_", ndim=2,
@@ -333,15 +369,15 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
                     f"model has C={n_classes} classes and D={dim}; fit the projector on the same "
                     "text_features"
                 )
-            self.projected_text_features_ = l2_normalize(projected)
+            self._torch.projected_text_features_ = l2_normalize(projected)
 
         if images is not None:
             order = _group_by_label(y)
-            self.support_order_ = order
-            self.support_labels_ = y[order]
-            self.support_features_ = images[order]
-            self.class_counts_ = torch.bincount(self.support_labels_, minlength=n_classes)
-            self.segments_ = ClassSegments(self.support_labels_, n_classes)
+            self._torch.support_order_ = order
+            self._torch.support_labels_ = y[order]
+            self._torch.support_features_ = images[order]
+            self._torch.class_counts_ = torch.bincount(self._torch.support_labels_, minlength=n_classes)
+            self.segments_ = ClassSegments(self._torch.support_labels_, n_classes)
         self._fit_snapshot = {name: _freeze(getattr(self, name)) for name in self._fit_time_params}
 
     def _fit_projector(self, patch_features, images, labels, text, device):
@@ -406,14 +442,12 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _zero_shot_logits(self, views: dict[str, torch.Tensor], routing: str | None = None):
         query_view, text_kind, _ = self._route(routing)
-        text = self.projected_text_features_ if text_kind == "projected" else self.text_features_
+        text = self._torch.projected_text_features_ if text_kind == "projected" else self._torch.text_features_
         return float(self.logit_scale) * (views[query_view] @ text.T)
 
     def _chunk_rows(self, n_keys: int) -> int:
         if self.chunk_size is not None:
-            if int(self.chunk_size) < 1:
-                raise ValueError(f"chunk_size must be a positive int or None, got {self.chunk_size}")
-            return int(self.chunk_size)
+            return check_int(self.chunk_size, "chunk_size", allow_none=True)
         return max(1, _AUTO_CHUNK_ELEMENTS // max(n_keys, 1))
 
     def _terms(self, x: torch.Tensor, routing: str | None = None):
@@ -443,7 +477,9 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         return like_input(pred, X)
 
     def score(self, X: ArrayLike, y: ArrayLike, sample_weight=None) -> float:
-        """Top-1 accuracy as a fraction in [0, 1] (scikit-learn convention)."""
+        """Top-1 accuracy on ``X`` ``[M, D]`` with true labels ``y`` ``[M]``, as a **fraction** in
+        [0, 1] (scikit-learn's convention, so ``GridSearchCV`` & co. work unchanged). Note that
+        ``validation_search(...).best_score_`` and the result tables are in **percent**."""
         from sklearn.metrics import accuracy_score
 
         pred = self.predict(X)
@@ -471,7 +507,7 @@ class _CacheModel(_CLIPFeatureClassifier):
         return self._views(keys, {"vision"})["vision"]
 
     def _affinity(self, query: torch.Tensor) -> torch.Tensor:
-        return query @ self.keys_.T
+        return query @ self._torch.keys_.T
 
     def _needed_views(self, routing: str | None) -> set[str]:
         zs_view, _, cache_view = self._route(routing)
@@ -493,7 +529,7 @@ class _CacheModel(_CLIPFeatureClassifier):
         views = self._views(x, self._needed_views(None))
         logits = self._zero_shot_logits(views)
         query = self._cache_query(views, None)
-        rows = self._chunk_rows(self.keys_.shape[0])
+        rows = self._chunk_rows(self._torch.keys_.shape[0])
         for start in range(0, query.shape[0], rows):
             stop = start + rows
             activation = cache_kernel(self._affinity(query[start:stop]), beta)
@@ -525,7 +561,7 @@ class ZeroShotCLIP(_CLIPFeatureClassifier):
 
     _needs_support = False
 
-    def __init__(self, logit_scale: float = 100.0, projector: Any = None,
+    def __init__(self, *, logit_scale: float = 100.0, projector: Any = None,
                  routing: str = "paper", device: str | torch.device | None = None) -> None:
         self.logit_scale = logit_scale
         self.projector = projector
@@ -569,7 +605,9 @@ class TipAdapter(_CacheModel):
     """
 
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0, projector: Any = None,
+    _real_params = ("alpha", "beta", "logit_scale")
+
+    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, projector: Any = None,
                  routing: str = "paper", logit_scale: float = 100.0,
                  chunk_size: int | None = None, device: str | torch.device | None = None) -> None:
         self.alpha = alpha
@@ -590,7 +628,7 @@ class TipAdapter(_CacheModel):
 
     def _fit(self, image_features, labels, text_features, patch_features) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
-        self.keys_ = self._project_keys(self.support_features_)
+        self._torch.keys_ = self._project_keys(self._torch.support_features_)
 
 
 class APE(_CacheModel):
@@ -618,8 +656,9 @@ class APE(_CacheModel):
     """
 
     _fit_time_params = ("projector", "n_channels", "criterion_weights")
+    _real_params = ("alpha", "beta", "gamma", "logit_scale")
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
+    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
                  n_channels: int | None = None,
                  criterion_weights: Sequence[float] = (0.5, 0.5), projector: Any = None,
                  routing: str = "paper", logit_scale: float = 100.0,
@@ -641,15 +680,23 @@ class APE(_CacheModel):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_int(self.n_channels, "n_channels", allow_none=True)
+        self._criterion_weights()
+
+    def _criterion_weights(self) -> tuple[float, float]:
+        weights = self.criterion_weights
+        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__") or len(weights) != 2:
+            raise ValueError(f"criterion_weights must be a pair (w0, w1), got {weights!r}")
+        w0, w1 = (check_real(w, "criterion_weights") for w in weights)
+        return w0, w1
+
     def _fit(self, image_features, labels, text_features, patch_features) -> None:
-        weights = tuple(self.criterion_weights)
-        if len(weights) != 2:
-            raise ValueError(f"criterion_weights must be (w0, w1), got {self.criterion_weights!r}")
-        for w in weights:
-            _check_finite_param(w, "criterion_weights")
+        weights = self._criterion_weights()
         self._fit_common(image_features, labels, text_features, patch_features)
-        n_classes, dim = self.text_features_.shape
-        missing = torch.nonzero(self.class_counts_ == 0)[:, 0]
+        n_classes, dim = self._torch.text_features_.shape
+        missing = torch.nonzero(self._torch.class_counts_ == 0)[:, 0]
         if missing.numel():
             raise ValueError(
                 f"APE needs at least one support sample per class; classes "
@@ -658,41 +705,36 @@ class APE(_CacheModel):
             )
         n_channels = self._resolve_channels(dim)
 
-        keys = self._project_keys(self.support_features_)
-        text = (self.projected_text_features_ if self.projector_ is not None
-                else self.text_features_)
+        keys = self._project_keys(self._torch.support_features_)
+        text = (self._torch.projected_text_features_ if self.projector_ is not None
+                else self._torch.text_features_)
         similarity, variance, criterion = ape_channel_criterion(
-            text, keys, self.support_labels_, weights)
+            text, keys, self._torch.support_labels_, weights)
         order = torch.sort(criterion, descending=True, stable=True).indices
         channels = torch.sort(order[:n_channels]).values
 
-        self.keys_ = keys
-        self.inter_class_similarity_ = similarity
-        self.class_variance_ = variance
-        self.criterion_ = criterion
-        self.channels_ = channels
-        self.selected_keys_ = l2_normalize(keys[:, channels])
-        self.key_divergence_ = ape_key_divergence(
-            self.selected_keys_, l2_normalize(text[:, channels]), self.support_labels_)
+        self._torch.keys_ = keys
+        self._torch.inter_class_similarity_ = similarity
+        self._torch.class_variance_ = variance
+        self._torch.criterion_ = criterion
+        self._torch.channels_ = channels
+        self._torch.selected_keys_ = l2_normalize(keys[:, channels])
+        self._torch.key_divergence_ = ape_key_divergence(
+            self._torch.selected_keys_, l2_normalize(text[:, channels]), self._torch.support_labels_)
 
     def _resolve_channels(self, dim: int) -> int:
         if self.n_channels is None:
             return dim
-        if isinstance(self.n_channels, bool) or not float(self.n_channels).is_integer():
-            raise ValueError(f"n_channels must be a positive int or None, got {self.n_channels!r}")
-        n_channels = int(self.n_channels)
-        if n_channels < 1:
-            raise ValueError(f"n_channels must be >= 1, got {n_channels}")
+        n_channels = check_int(self.n_channels, "n_channels", allow_none=True)
         if n_channels > dim:
-            warnings.warn(
-                f"n_channels={n_channels} exceeds the feature width D={dim}; using all {dim} "
-                "channels", UserWarning, stacklevel=3)
+            warn(f"n_channels={n_channels} exceeds the feature width D={dim}; using all {dim} "
+                 "channels")
             n_channels = dim
         return n_channels
 
     def _key_log_weights(self) -> torch.Tensor:
-        return self.key_divergence_
+        return self._torch.key_divergence_
 
     def _affinity(self, query: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(query[:, self.channels_]) @ self.selected_keys_.T
+        return l2_normalize(query[:, self._torch.channels_]) @ self._torch.selected_keys_.T
 

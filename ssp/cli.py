@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ._checks import PRECISIONS, ROUTINGS, VAL_POLICIES, is_random_weights
 from .config import METHODS, builtin_config_names, load_config
 
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or a model-config JSON")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="backbone precision")
+    p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
     p.add_argument("--quick-gelu", choices=["auto", "on", "off"],
                    help="QuickGELU activations: auto (default) decides from the weights (OpenAI weights need it)")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-policy", help="coop (min(K,4) per class), full, or an integer per class")
     p.add_argument("--ssp-rank", type=_rank_rule, nargs="+", metavar="RULE",
                    help="SSP rank rules searched on validation: none (numerical rank), an int cap, a fraction")
-    p.add_argument("--ssp-routing", nargs="+", choices=["paper", "vision", "reference"],
+    p.add_argument("--ssp-routing", nargs="+", choices=ROUTINGS,
                    help="SSP routings searched on validation")
     p.add_argument("--batch-size", type=int, help="feature-extraction batch size")
     p.add_argument("--num-workers", type=int, help="data-loader workers")
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _val_policy(text: str | None):
-    if text is None or text in ("coop", "full"):
+    if text is None or text in VAL_POLICIES:
         return text
     try:
         return int(text)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.dataset, args.config, overrides)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"ssp-fewshot: {err}")
-    if str(cfg["pretrained"]).lower() == "none":
+    if is_random_weights(cfg["pretrained"]):
         banner = "!" * 78
         warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")  # the banner says it once
         print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are MEANINGLESS;\n"

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from ._checks import ROUTINGS, VAL_POLICIES, check_int
 from .registry import method_names, parse_method
 
 # every runnable method name (each with its "+ssp" variant), from the method registry
@@ -84,12 +85,11 @@ def validate_config(cfg: dict) -> None:
             raise ValueError(f"config '{key}' must be a non-empty list of integers, got {values!r}")
     if any(k < 1 for k in cfg["shots"]):
         raise ValueError(f"shots must be >= 1, got {cfg['shots']}")
-    if not isinstance(cfg.get("views"), int) or cfg["views"] < 1:
-        raise ValueError(f"config 'views' must be an integer >= 1, got {cfg.get('views')!r}")
+    check_int(cfg.get("views"), "config 'views'")
     if cfg.get("quick_gelu") not in (None, True, False):
         raise ValueError(f"config 'quick_gelu' must be null (auto), true or false, got {cfg['quick_gelu']!r}")
     policy = cfg.get("val_policy")
-    if not (policy in ("coop", "full") or (isinstance(policy, int) and policy >= 1)):
+    if not (policy in VAL_POLICIES or (isinstance(policy, int) and policy >= 1)):
         raise ValueError(f"config 'val_policy' must be 'coop', 'full' or an integer >= 1, got {policy!r}")
     for spec in dict.fromkeys(parse_method(m)[0] for m in methods):
         if spec.config_section is not None and not isinstance(cfg.get(spec.config_section), dict):
@@ -105,6 +105,6 @@ def validate_config(cfg: dict) -> None:
     for key in ("rank", "routing"):
         if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:
             raise ValueError(f"config 'ssp.{key}' must be a non-empty list (candidates searched on validation)")
-    bad = [r for r in ssp_cfg["routing"] if r not in ("paper", "vision", "reference")]
+    bad = [r for r in ssp_cfg["routing"] if r not in ROUTINGS]
     if bad:
         raise ValueError(f"config 'ssp.routing' has unknown routing(s) {bad}; use paper, vision, reference")

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from . import __version__
+from ._checks import is_random_weights
 from .report import write_report, write_run
 
 
@@ -162,7 +163,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
 
     output_dir = Path(output_dir)
     dataset = get_dataset(cfg["dataset"], root, split_file=split_file)
-    backbone = load_backbone(cfg["backbone"], None if str(cfg["pretrained"]).lower() == "none" else cfg["pretrained"],
+    backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
                              device=device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
     store = FeatureStore(cache_dir)
     extract_kw = {k: cfg[k] for k in ("batch_size", "num_workers") if cfg.get(k) is not None}

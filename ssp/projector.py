@@ -108,6 +108,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
+        *,
         patch_top_k: int = 30,
         class_top_k: int = 10,
         global_weight: float = 10.0,
@@ -434,7 +435,13 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         text_features: ArrayLike,
         view: str = "vision",
     ) -> ArrayLike:
-        """``fit(...)`` then ``transform(image_features, view=view)``."""
+        """Fit on the support set, then project its global features.
+
+        Takes exactly :meth:`fit`'s arguments plus ``view`` and returns
+        ``transform(image_features, view=view)``: the projected support features ``[N, D]``.
+        ``patch_features`` ``[N, L, D]`` only shape the subspaces and are not returned projected
+        (the projector maps global ``[M, D]`` features).
+        """
         if view not in _VIEWS:
             raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
         self.fit(patch_features, labels, image_features=image_features, text_features=text_features)

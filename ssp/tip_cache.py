@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from ssp._utils import check_int, check_labels
+
 __all__ = ["FeatureCache", "load_feature_cache", "available_shots"]
 
 _KEYS_PATTERN = re.compile(r"^keys_(\d+)shots\.pt$")
@@ -110,22 +112,8 @@ def _load_features(path: Path, dim: int) -> torch.Tensor:
 
 
 def _load_labels(path: Path, n_samples: int, n_classes: int, features_path: Path) -> torch.Tensor:
-    t = _load_tensor(path)
-    if t.ndim != 1 or t.shape[0] != n_samples:
-        raise ValueError(
-            f"{path} has shape {tuple(t.shape)} but {features_path.name} has {n_samples} rows; "
-            "the labels must be [samples] and match the features"
-        )
-    if t.is_floating_point():
-        if not bool((t == t.round()).all()):
-            raise ValueError(f"{path} holds non-integer labels")
-    t = t.to(torch.int64)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n_classes):
-        raise ValueError(
-            f"{path} has labels in [{int(t.min())}, {int(t.max())}] but the values file defines "
-            f"{n_classes} classes (0..{n_classes - 1})"
-        )
-    return t
+    return check_labels(_load_tensor(path), n_samples, n_classes, name=str(path),
+                        samples_from=features_path.name, classes_from="the values file")
 
 
 def _split(folder: Path, name: str, dim: int, n_classes: int):
@@ -185,9 +173,7 @@ def load_feature_cache(folder: str | Path, shots: int, *,
             f"feature-cache folder {folder} does not exist; pass the folder holding "
             "keys_<K>shots.pt, values_<K>shots.pt, val_f.pt, ... for one dataset"
         )
-    if isinstance(shots, bool) or int(shots) != shots or int(shots) < 1:
-        raise ValueError(f"shots must be a positive int, got {shots!r}")
-    shots = int(shots)
+    shots = check_int(shots, "shots")
     keys_path = folder / f"keys_{shots}shots.pt"
     values_path = folder / f"values_{shots}shots.pt"
     for path in (keys_path, values_path):

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 import types
 import urllib.request
@@ -218,9 +221,11 @@ def test_preprocess_and_augment(tiny_rn):
 
 def test_random_init_is_reproducible_and_loud(tiny_rn, caplog):
     torch.manual_seed(999)  # the init must not depend on the global RNG state
-    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED") as caught:
         again = load_backbone(TINY_RN, device="cpu", pretrained="none")
-    assert "RANDOMLY INITIALISED" in caplog.text
+    # said once (a warning, not also a log record), attributed to the caller's line
+    assert len([w for w in caught if "RANDOMLY" in str(w.message)]) == 1
+    assert "RANDOMLY INITIALISED" not in caplog.text and caught[0].filename == __file__
     x = _images(2, 96, seed=5)
     for a, b in zip(tiny_rn.encode_images(x), again.encode_images(x)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -315,13 +320,92 @@ def _offline(monkeypatch):
 
 def test_download_failure_is_fast_and_explains_the_fix(monkeypatch, tmp_path):
     _offline(monkeypatch)
+    monkeypatch.setattr(bb, "_hub_unreachable", lambda: None)  # the hub answers, the download fails
     start = time.perf_counter()
     with pytest.raises(RuntimeError) as info:
         load_backbone("RN50", pretrained="openai", cache_dir=str(tmp_path), device="cpu")
     assert time.perf_counter() - start < 10
     message = str(info.value)
-    for part in ("'RN50'", "'openai'", "simulated: no network", "--pretrained /path/to/checkpoint.pt", "cache_dir"):
+    # a Python caller is told Python arguments, not command-line flags
+    for part in ("'RN50'", "'openai'", "simulated: no network",
+                 "pretrained='/path/to/checkpoint.pt', quick_gelu=True", "cache_dir"):
         assert part in message, part
+    assert "--" not in message
+
+
+def test_unreachable_hub_fails_at_once_with_the_cache_only(monkeypatch, tmp_path):
+    """No request (so no retry) once the hub is known unreachable; the cache is still searched."""
+    seen = []
+
+    def cache_only(*args, **kwargs):
+        from huggingface_hub import constants
+
+        seen.append(constants.HF_HUB_OFFLINE)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(open_clip.pretrained, "hf_hub_download", cache_only)
+    monkeypatch.setattr(bb, "_hub_unreachable", lambda: "simulated: DNS failure")
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"hub is unreachable \(simulated: DNS failure\) and the "
+                                           r"weights are not in the local cache"):
+        load_backbone("RN50", pretrained="openai", cache_dir=str(tmp_path), device="cpu")
+    assert time.perf_counter() - start < 5
+    assert seen and all(seen)  # every lookup ran in huggingface_hub's offline mode
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE is False or os.environ.get("HF_HUB_OFFLINE")  # restored
+
+
+def test_hub_probe_honours_offline_env_and_reports_refused_connections(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert bb._hub_unreachable() == "HF_HUB_OFFLINE is set"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: refused
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {})
+    assert "127.0.0.1:9" in bb._hub_unreachable()
+
+
+def _tiny_dtd(root: Path) -> Path:
+    folder = root / "dtd"
+    (folder / "images").mkdir(parents=True)
+    items = [[f"c{c}/c{c}_{i}.jpg", c, f"c{c}"] for c in range(2) for i in range(3)]
+    for item in items:
+        (folder / "images" / item[0]).parent.mkdir(exist_ok=True)
+        (folder / "images" / item[0]).touch()  # never opened: the backbone fails first
+    (folder / "split_zhou_DescribableTextures.json").write_text(
+        json.dumps({"train": items, "val": items, "test": items}))
+    return root
+
+
+@pytest.mark.slow
+def test_cli_offline_pretrained_tag_is_one_clean_error(tmp_path):
+    """``ssp-fewshot --pretrained openai`` without network: one ``error:`` line naming the CLI
+    flags, no retry chatter, a non-zero exit, nothing written."""
+    root = _tiny_dtd(tmp_path / "data")
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_CACHE": str(tmp_path / "hf" / "hub"), "NO_PROXY": "*", "no_proxy": "*"}
+    env.pop("HF_HUB_OFFLINE", None)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env.pop(proxy, None)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "ssp.cli", "--dataset", "dtd", "--root", str(root), "--backbone", "RN50",
+         "--pretrained", "openai", "--device", "cpu", "--output", str(out), "--cache-dir", str(cache),
+         "--no-progress"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+        env=env, timeout=300)
+    elapsed = time.perf_counter() - start
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Retry" not in done.stderr, done.stderr
+    assert "hub is unreachable" in errors[0] and "127.0.0.1:9" in errors[0]
+    assert "--pretrained /path/to/checkpoint.pt --quick-gelu on" in errors[0]
+    assert "quick_gelu=" not in errors[0] and "cache_dir=" not in errors[0]
+    assert not out.exists() and not cache.exists()
+    assert elapsed < 120  # interpreter start-up and imports included; was > 55 s of retries alone
 
 
 def test_pretrained_tag_pipeline(monkeypatch, tmp_path):
@@ -350,13 +434,27 @@ def test_pretrained_tag_pipeline(monkeypatch, tmp_path):
 
 def test_hf_hub_failure_explains_the_fix(monkeypatch, tmp_path):
     _offline(monkeypatch)
-    with pytest.raises(RuntimeError, match=r"hf-hub:org/missing.*simulated: no network.*--pretrained"):
+    monkeypatch.setattr(bb, "_hub_unreachable", lambda: None)
+    with pytest.raises(RuntimeError, match=r"hf-hub:org/missing.*simulated: no network.*pretrained='/path"):
+        load_backbone("hf-hub:org/missing", cache_dir=str(tmp_path), device="cpu")
+    monkeypatch.setattr(bb, "_hub_unreachable", lambda: "simulated: offline")
+    with pytest.raises(RuntimeError, match=r"hub is unreachable \(simulated: offline\) and the repo is not"):
         load_backbone("hf-hub:org/missing", cache_dir=str(tmp_path), device="cpu")
     with pytest.raises(ValueError, match="brings its own weights"):
         load_backbone("hf-hub:org/missing", pretrained="openai")
 
 
 # ---- QuickGELU ---------------------------------------------------------------------------
+
+def test_quick_gelu_messages_name_python_arguments_or_cli_flags():
+    from ssp._checks import cli_messages
+
+    _, python = resolve_quick_gelu("RN50", "openai", quick_gelu=False)
+    with cli_messages():
+        _, cli = resolve_quick_gelu("RN50", "openai", quick_gelu=False)
+    assert "quick_gelu=False" in python and "quick_gelu=None" in python and "--" not in python
+    assert "--quick-gelu off" in cli and "--quick-gelu auto" in cli and "quick_gelu=" not in cli
+
 
 def test_quick_gelu_decision_from_tags_and_names():
     assert resolve_quick_gelu("RN50", "openai") == (True, None)  # open_clip 3.3.0 alone would use GELU
@@ -473,7 +571,14 @@ def test_text_classifier_matches_manual_ensemble(tiny_vit):
     extra = tiny_vit.text_classifier(classnames, templates, class_prompts=[["a dog."], [], ["an animal.", "a seal."]])
     torch.testing.assert_close(extra[1], weights[1])
     assert not torch.allclose(extra[0], weights[0])
-    with pytest.raises(ValueError, match="placeholder"):
-        tiny_vit.text_classifier(classnames, ["a photo."])
+    # one template rule (ssp.data.check_templates): exactly one "{}", a lone string is one template
+    for bad in (["a photo."], ["a {} photo of a {}."], []):
+        with pytest.raises(ValueError, match=r"exactly one '\{\}'|no prompt templates"):
+            tiny_vit.text_classifier(classnames, bad)
+    torch.testing.assert_close(tiny_vit.text_classifier(classnames, "a photo of a {}."),
+                               tiny_vit.text_classifier(classnames, ["a photo of a {}."]))
+    # one class-name clean-up (ssp.data.clean_classname): outer spaces go too
+    torch.testing.assert_close(tiny_vit.text_classifier([" sea_lion "], templates),
+                               tiny_vit.text_classifier(["sea lion"], templates))
     with pytest.raises(ValueError, match="class_prompts has 1 lists"):
         tiny_vit.text_classifier(classnames, templates, class_prompts=[["x"]])

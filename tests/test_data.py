@@ -65,16 +65,38 @@ def test_registry_lists_the_eleven_benchmarks_and_imagefolder():
         get_dataset("mnist", "/nowhere")
 
 
+@pytest.mark.parametrize("name", list_datasets())
+def test_every_dataset_names_path_layout_and_card_when_missing(name, tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        get_dataset(name, tmp_path / "nope")
+    msg = str(err.value)
+    assert str(tmp_path / "nope") in msg and f"datasets/{name}.md" in msg
+    assert (Path(__file__).resolve().parents[1] / "datasets" / f"{name}.md").is_file()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match=rf"(?s)datasets/{name}\.md"):
+        get_dataset(name, tmp_path / "empty")  # exists, but holds none of the dataset's files
+
+
 # --------------------------------------------------------------------------------------------- real data
+# Expected counts come from the split files and folders themselves, so SSP_DATA_ROOT may point at
+# the shared subsets or at the full datasets.
+def _split_counts(split_json: Path) -> tuple[dict[str, int], list[str]]:
+    """Sizes of train/val/test and the class names in label order (CoOp's clean-up applied)."""
+    raw = json.loads(split_json.read_text())
+    names = {label: name for split in raw.values() for _, label, name in split}
+    return ({k: len(v) for k, v in raw.items()},
+            [names[c].replace("_", " ").strip() for c in range(len(names))])
+
+
 def test_dtd_subset_parses_from_parent_and_from_dataset_folder(data_root):
     ds = get_dataset("dtd", data_root / "coop")
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (600, 240, 360)
-    assert ds.classnames == ["banded", "blotchy", "braided", "bubbly", "bumpy", "chequered",
-                             "cobwebbed", "cracked", "crosshatched", "crystalline"]
+    counts, classnames = _split_counts(data_root / "coop" / "dtd" / "split_zhou_DescribableTextures.json")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (counts["train"], counts["val"], counts["test"])
+    assert ds.classnames == classnames and ds.classnames[:2] == ["banded", "blotchy"]
     assert ds.templates == ["{} texture."]
     assert ds.root == data_root / "coop" / "dtd"
     for split in (ds.train, ds.val, ds.test):
-        assert {s.label for s in split} == set(range(10))
+        assert {s.label for s in split} == set(range(len(classnames)))
         for s in split:
             assert os.path.isabs(s.path) and os.path.isfile(s.path)
             assert s.classname == ds.classnames[s.label]
@@ -89,11 +111,12 @@ def test_dtd_subset_parses_from_parent_and_from_dataset_folder(data_root):
 
 def test_oxford_pets_subset(data_root):
     ds = get_dataset("oxford_pets", data_root / "coop")
-    assert (len(ds.train), len(ds.val), len(ds.test)) == (240, 60, 298)
-    assert ds.classnames == ["abyssinian", "american bulldog", "bengal"]  # underscores -> spaces
+    counts, classnames = _split_counts(data_root / "coop" / "oxford_pets" / "split_zhou_OxfordPets.json")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (counts["train"], counts["val"], counts["test"])
+    assert ds.classnames == classnames and "american bulldog" in ds.classnames  # underscores -> spaces
     assert ds.templates == ["a photo of a {}, a type of pet."]
     for split in (ds.train, ds.val, ds.test):
-        assert sorted({s.label for s in split}) == [0, 1, 2]
+        assert sorted({s.label for s in split}) == list(range(len(classnames)))
         assert all(os.path.isfile(s.path) for s in split)
     assert {Path(s.path).parent for s in ds.test} == {data_root / "coop" / "oxford_pets" / "images"}
 
@@ -103,11 +126,13 @@ def test_imagenet_layout(data_root):
     ds = get_dataset("imagenet", root)
     pairs = [line.split(maxsplit=1) for line in (root / "classnames.txt").read_text().splitlines()]
     assert ds.classnames == [name for _, name in pairs]
-    assert len(ds.classnames) == 200 and ds.val is None
+    assert ds.val is None
     assert len(ds.templates) == 7 and "itap of a {}." in ds.templates
-    assert Counter(s.label for s in ds.train) == {c: 16 for c in range(200)}
-    assert Counter(s.label for s in ds.test) == {c: 25 for c in range(200)}
     wnid_of = [w for w, _ in pairs]
+    for split, folder in ((ds.train, "train"), (ds.test, "val")):  # counts from the folders
+        on_disk = [len([f for f in os.listdir(root / "images" / folder / w) if not f.startswith(".")])
+                   for w in wnid_of]
+        assert Counter(s.label for s in split) == {c: n for c, n in enumerate(on_disk)}
     for s in ds.train[:50] + ds.test[-50:]:
         assert os.path.isfile(s.path) and Path(s.path).parent.name == wnid_of[s.label]
     assert all("/images/val/" in s.path for s in ds.test)
@@ -145,13 +170,14 @@ def test_real_fewshot_splits_are_disjoint_and_reproducible(data_root):
     for seed in (1, 2, 3):
         fs = make_fewshot_splits(ds, 4, seed)
         _check_class_major(fs)
-        assert Counter(s.label for s in fs.val) == {c: 4 for c in range(10)}
+        assert Counter(s.label for s in fs.val) == {c: 4 for c in range(ds.num_classes)}
         sup, val, test = ({s.path for s in x} for x in (fs.support, fs.val, fs.test))
         assert not (sup & val) and not (sup & test) and not (val & test)
         assert fs.test == ds.test
     imagenet = get_dataset("imagenet", data_root / "imagenet_tiny")
     fs = make_fewshot_splits(imagenet, 8, 1)
-    assert len(fs.support) == 1600 and Counter(s.label for s in fs.val) == {c: 4 for c in range(200)}
+    assert len(fs.support) == 8 * imagenet.num_classes
+    assert Counter(s.label for s in fs.val) == {c: 4 for c in range(imagenet.num_classes)}
     assert not {s.path for s in fs.support} & {s.path for s in fs.val}
 
 
@@ -247,14 +273,9 @@ def test_class_without_train_images_is_an_error():
 
 
 # --------------------------------------------------------------------------------------------- errors
-def test_missing_dataset_folder_names_path_layout_and_card(tmp_path):
-    with pytest.raises(DatasetNotFoundError) as err:
+def test_missing_dataset_folder_names_the_split_file(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="split_zhou_DescribableTextures.json"):
         get_dataset("dtd", tmp_path / "nope")
-    msg = str(err.value)
-    assert str(tmp_path / "nope") in msg and "split_zhou_DescribableTextures.json" in msg
-    assert "datasets/dtd.md" in msg
-    with pytest.raises(DatasetNotFoundError, match=r"(?s)dtd.*datasets/dtd\.md"):
-        get_dataset("dtd", tmp_path)  # exists, but holds no dtd folder
 
 
 def test_missing_split_file_and_missing_images(tmp_path):
@@ -272,6 +293,23 @@ def test_missing_split_file_and_missing_images(tmp_path):
     assert str(dtd / "images" / "banded" / "b.jpg") in str(err.value)
     with pytest.raises(DatasetNotFoundError, match="split file not found"):
         get_dataset("dtd", dtd, split_file=tmp_path / "other.json")
+
+
+def test_messages_name_python_arguments_or_cli_flags(tmp_path):
+    """The same missing split names ``split_file=`` to a Python caller, ``--split-file`` on the
+    command line (``ssp.cli`` runs inside ``cli_messages``-equivalent detection)."""
+    from ssp._checks import cli_messages
+
+    dtd = tmp_path / "dtd"
+    (dtd / "images").mkdir(parents=True)
+    with pytest.raises(DatasetNotFoundError) as err:
+        get_dataset("dtd", dtd)
+    assert "split_file=PATH" in str(err.value) and "--split-file" not in str(err.value)
+    with cli_messages(), pytest.raises(DatasetNotFoundError) as err:
+        get_dataset("dtd", dtd)
+    assert "--split-file PATH" in str(err.value) and "split_file=" not in str(err.value)
+    with cli_messages(), pytest.raises(ValueError, match="drop --split-file"):
+        get_dataset("imagefolder", tmp_path, split_file=tmp_path / "x.json")
 
 
 def test_bad_split_files(tmp_path):

@@ -72,51 +72,42 @@ def test_missing_folder_and_shots(tmp_path):
         load_feature_cache(tmp_path / "ds", 0)
 
 
-def test_corrupt_and_inconsistent_files(tmp_path):
+def _write_bytes(name, data):
+    return lambda folder: (folder / name).write_bytes(data)
+
+
+def _save(name, value):
+    return lambda folder: torch.save(value, folder / name)
+
+
+def _unlink(name):
+    return lambda folder: (folder / name).unlink()
+
+
+@pytest.mark.parametrize("damage,error,match", [
+    (_write_bytes("val_f.pt", b"not a pickle"), ValueError, r"could not read .*val_f.pt"),
+    (_save("val_f.pt", torch.randn(10, 5)), ValueError,
+     r"val_f.pt has shape \(10, 5\); expected \[samples, D\] with D = 8"),
+    (_save("val_l.pt", torch.zeros(4, dtype=torch.int64)), ValueError,
+     r"val_l.pt has 4 entries but there are 10 samples in val_f.pt"),
+    (_save("val_l.pt", torch.zeros(10, 2, dtype=torch.int64)), ValueError, r"val_l.pt must have 1 dim"),
+    (_save("val_l.pt", torch.full((10,), 9)), ValueError,
+     r"val_l.pt contains class 9 but only 4 classes .* \(the values file has 4 rows\)"),
+    (_save("val_l.pt", torch.full((10,), 1.5)), ValueError, r"val_l.pt must be integer class indices"),
+    (_unlink("test_l.pt"), FileNotFoundError, "test split needs both"),
+    (_save("values_2shots.pt", torch.ones(8, 4)), ValueError, "not one-hot"),  # right shape
+    (_save("values_2shots.pt", torch.eye(4)), ValueError,
+     r"values_2shots.pt has shape \(4, 4\) but keys_2shots.pt holds 8"),
+    (_save("text_weights.pt", torch.randn(8, 3)), ValueError, r"expected \[D, C\] = \[8, 4\]"),
+    (_save("test_f.pt", {"not": "a tensor"}), ValueError, "holds a dict"),
+], ids=["unreadable", "feature-width", "label-count", "label-shape", "label-range", "label-float",
+        "half-split", "not-one-hot", "values-rows", "text-shape", "not-a-tensor"])
+def test_corrupt_and_inconsistent_files(tmp_path, damage, error, match):
     folder = tmp_path / "ds"
     write_cache(folder)
-    (folder / "val_f.pt").write_bytes(b"not a pickle")
-    with pytest.raises(ValueError, match=r"could not read .*val_f.pt"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    torch.save(torch.randn(10, 5), folder / "val_f.pt")
-    with pytest.raises(ValueError, match=r"val_f.pt has shape \(10, 5\); expected \[samples, D\] with D = 8"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    torch.save(torch.zeros(4, dtype=torch.int64), folder / "val_l.pt")
-    with pytest.raises(ValueError, match="val_f.pt has 10 rows"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    torch.save(torch.full((10,), 9), folder / "val_l.pt")
-    with pytest.raises(ValueError, match="defines 4 classes"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    (folder / "test_l.pt").unlink()
-    with pytest.raises(FileNotFoundError, match="test split needs both"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    torch.save(torch.ones(8, 4), folder / "values_2shots.pt")  # right shape, not one-hot
-    with pytest.raises(ValueError, match="not one-hot"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    torch.save(torch.eye(4), folder / "values_2shots.pt")
-    with pytest.raises(ValueError, match=r"values_2shots.pt has shape \(4, 4\) but keys_2shots.pt holds 8"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    torch.save(torch.randn(8, 3), folder / "text_weights.pt")
-    with pytest.raises(ValueError, match=r"expected \[D, C\] = \[8, 4\]"):
-        load_feature_cache(folder, 2)
-
-    write_cache(folder)
-    torch.save({"not": "a tensor"}, folder / "test_f.pt")
-    with pytest.raises(ValueError, match="holds a dict"):
+    load_feature_cache(folder, 2)  # intact, it loads
+    damage(folder)
+    with pytest.raises(error, match=match):
         load_feature_cache(folder, 2)
 
     write_cache(folder)
@@ -205,7 +196,7 @@ def test_stanford_cars_ssp_on_real_features(tip_cache_root):
     support, labels, text = cache.support_features.float(), cache.support_labels, cache.text_features.float()
 
     proj = SSPProjector().fit(support[:, None], labels, image_features=support, text_features=text)
-    assert proj.class_ranks_.tolist() == [5] * 196  # 4 shots x 1 local feature + the text row
+    assert proj.class_ranks_.tolist() == [5] * cache.n_classes  # 4 shots x 1 local feature + the text row
     unit_text = text / text.norm(dim=1, keepdim=True)
     assert torch.allclose(proj.text_features_, unit_text, atol=1e-4)
 

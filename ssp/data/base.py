@@ -81,12 +81,15 @@ def list_images(folder: str | Path) -> list[str]:
     return [os.path.join(folder, n) for n in names]
 
 
-def check_templates(templates: Sequence[str], source: str) -> list[str]:
-    """Validate prompt templates: a non-empty list of strings, each with one ``"{}"``."""
+def check_templates(templates: Sequence[str] | str, source: str, *,
+                    allow_empty: bool = False) -> list[str]:
+    """Validate prompt templates: a list of strings (a single string is one template), each with
+    exactly one ``"{}"`` where the class name goes; empty only with ``allow_empty`` (e.g. when
+    full per-class prompts are given instead)."""
     if isinstance(templates, str):
         templates = [templates]
     templates = list(templates)
-    if not templates:
+    if not templates and not allow_empty:
         raise ValueError(f"no prompt templates given ({source}); give at least one, e.g. 'a photo of a {{}}.'")
     for t in templates:
         if not isinstance(t, str) or t.count("{}") != 1:

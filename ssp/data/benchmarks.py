@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .._checks import option
 from .base import (
     DatasetNotFoundError,
     DatasetSplits,
@@ -243,7 +244,8 @@ def _read_json_benchmark(b: _Benchmark, folder: Path, split_file: Path | None) -
     split_path = Path(split_file) if split_file is not None else folder / b.split_name
     if not split_path.is_file():
         hint = "" if split_file is not None else (
-            f"Download {b.split_name} (CoOp's split) and put it in {folder}, or pass split_file=..."
+            f"Download {b.split_name} (CoOp's split) and put it in {folder}, or pass "
+            f"{option('split_file=PATH', '--split-file PATH')} to read it from elsewhere"
         )
         raise _missing("split file", split_path, b.name, b.layout, hint)
     if not image_dir.is_dir():
@@ -324,7 +326,7 @@ def _read_fgvc(b: _Benchmark, folder: Path, split_file: Path | None) -> DatasetS
     meta = Path(split_file) if split_file is not None else folder
     if not meta.is_dir():
         raise ValueError(
-            f"for fgvc_aircraft, split_file must be a folder holding variants.txt and "
+            f"for fgvc_aircraft, {option('split_file', '--split-file')} must be a folder holding variants.txt and "
             f"images_variant_{{train,val,test}}.txt; got {meta}"
         )
     variants_path = meta / "variants.txt"
@@ -445,7 +447,8 @@ def get_dataset(
     root = Path(root).expanduser()
     if key == "imagefolder":
         if split_file is not None:
-            raise ValueError("imagefolder takes its splits from the train/val/test folders; drop split_file")
+            raise ValueError("imagefolder takes its splits from the train/val/test folders; drop "
+                             f"{option('split_file', '--split-file')}")
         ds = _read_imagefolder(root)
     else:
         b = _BENCHMARKS[key]

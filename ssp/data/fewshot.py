@@ -26,9 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
+from .._checks import VAL_POLICIES, check_int
 from .base import DatasetSplits, Sample
 
-VAL_POLICIES = ("coop", "full")
 _STAGE_SUPPORT, _STAGE_VAL = 0, 1
 
 
@@ -58,12 +58,6 @@ class FewShotSplits:
             f"support={len(self.support)}, val={len(self.val)} ({self.val_policy!r}), "
             f"test={len(self.test)})"
         )
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _per_class(samples: Sequence[Sample], num_classes: int) -> list[list[Sample]]:
@@ -114,13 +108,13 @@ def make_fewshot_splits(
         FewShotSplits with ``support`` of length C*K, class-major; ``val`` disjoint from ``support``;
         ``test`` the dataset's full test split.
     """
-    shots = _check_int(shots, "shots", 1)
-    seed = _check_int(seed, "seed", 0)
+    shots = check_int(shots, "shots")
+    seed = check_int(seed, "seed", minimum=0)
     if isinstance(val_policy, str):
         if val_policy not in VAL_POLICIES:
-            raise ValueError(f"val_policy must be 'coop', 'full' or a positive int, got {val_policy!r}")
+            raise ValueError(f"val_policy must be one of {VAL_POLICIES} or a positive int, got {val_policy!r}")
     else:
-        val_policy = _check_int(val_policy, "val_policy", 1)
+        val_policy = check_int(val_policy, "val_policy")
     num_classes = dataset.num_classes
     names = dataset.classnames
 
