@@ -189,9 +189,9 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
         grid: axis -> values. Axes: "beta", "alpha" (Tip-Adapter, APE), "gamma" (APE) and
             "routing" (a list of routings, only for models with a projector). Axes left out stay
             at the model's current value. An explicit grid is searched exactly as given; a
-            ``UserWarning`` names any numeric axis whose winner is the grid's largest value (or
-            its smallest positive one) while beating the rest of that axis, since the optimum
-            may lie outside. ``None``: the adaptive default search (:func:`_default_search`: a
+            ``UserWarning`` names any numeric axis along which the best accuracy is reached at
+            the grid's largest value (or its smallest positive one), since the optimum may lie
+            outside. ``None``: the adaptive default search (:func:`_default_search`: a
             wide log-spaced coarse grid, extended while the winner sits on an edge, then
             refined around the winner; validation data only), for every dataset without a
             per-dataset range; the routing stays at the model's value. For ``ZeroShotCLIP`` (no
@@ -387,11 +387,13 @@ def _extend_axis(axis: str, values: np.ndarray) -> np.ndarray | None:
     return None if new.size == 0 else np.concatenate([values, new])
 
 
-def _edge_axes(result: SearchResult) -> list[tuple[str, str]]:
-    """``(axis, "upper" | "lower")`` for each numeric axis (of 3 or more values) whose winner is
-    its largest value, or its smallest value where going lower can matter (α, γ > 0: 0 is a
-    true bound, no cache term / no re-weighting; β > :data:`_LINEAR_KERNEL_BETA`), and strictly
-    beats every other value of that axis (the other axes at the winner's values)."""
+def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, str, float]]:
+    """``(axis, "upper" | "lower", edge value)`` for each numeric axis (of 3 or more values)
+    along which the best accuracy (the other axes at the winner's values) is reached at the
+    axis' largest value, or at its smallest where going lower can matter (α, γ > 0: 0 is a true
+    bound, no cache term / no re-weighting; β > :data:`_LINEAR_KERNEL_BETA`), and the accuracy
+    is not the same everywhere on that line. ``strict``: only when the edge is the winner itself
+    and beats every other value of the line."""
     edges = []
     for dim, axis in enumerate(result.param_names_):
         if axis == "routing":
@@ -402,28 +404,34 @@ def _edge_axes(result: SearchResult) -> list[tuple[str, str]]:
         line_index = list(result.best_index_)
         line_index[dim] = slice(None)
         line = np.asarray(result.scores_[tuple(line_index)], dtype=np.float64)
-        i = result.best_index_[dim]
-        others = np.delete(line, i)
-        if not (line[i] > others.max()):
+        best = line.max()
+        if line.min() == best:
             continue
-        if values[i] == values.max():
-            edges.append((axis, "upper"))
-        elif values[i] == values.min() and values[i] > (_LINEAR_KERNEL_BETA if axis == "beta" else 0.0):
-            edges.append((axis, "lower"))
+        hi, lo = int(np.argmax(values)), int(np.argmin(values))
+        for side, i in (("upper", hi), ("lower", lo)):
+            if side == "lower" and not values[i] > (_LINEAR_KERNEL_BETA if axis == "beta" else 0.0):
+                continue
+            if strict:
+                hit = result.best_index_[dim] == i and line[i] > np.delete(line, i).max()
+            else:
+                hit = line[i] == best
+            if hit:
+                edges.append((axis, side, float(values[i])))
+                break
     return edges
 
 
 def _warn_on_edges(result: SearchResult) -> None:
-    """Warn when a user-given grid's winner sits on the edge of a numeric axis."""
-    for axis, side in _edge_axes(result):
-        value = result.best_params_[axis]
+    """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis."""
+    for axis, side, edge in _edge_axes(result):
         where = "largest" if side == "upper" else "smallest"
         beyond = "above" if side == "upper" else "below"
         warnings.warn(
-            f"validation_search: the best {axis} ({value:.4g}) is the {where} value of the given "
-            f"grid, so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {value:.4g} "
-            f"(e.g. a larger search_scale in make_grid) or pass grid=None for the adaptive default "
-            f"search", UserWarning, stacklevel=3)
+            f"validation_search: the best validation accuracy along {axis} is reached at the {where} "
+            f"value of the given grid ({axis}={edge:.4g}; chosen {axis}={result.best_params_[axis]:.4g}), "
+            f"so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {edge:.4g} (e.g. a "
+            f"larger search_scale in make_grid) or pass grid=None for the adaptive default search",
+            UserWarning, stacklevel=3)
 
 
 def _refine_axis(axis: str, values: np.ndarray, i: int) -> np.ndarray:
@@ -465,7 +473,7 @@ def _default_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike) 
     result = run(axes)
     while True:
         extended = False
-        for axis, side in _edge_axes(result):
+        for axis, side, _ in _edge_axes(result, strict=True):
             new = _extend_axis(axis, axes[axis]) if side == "upper" else None
             if new is not None:
                 axes[axis] = new
