@@ -31,6 +31,7 @@ from ._utils import atomic_path
 from .published import (
     AVERAGE,
     BENCHMARK_DATASETS,
+    SOURCE_TITLES,
     SOURCES,
     baseline_method,
     canonical_backbone,
@@ -257,11 +258,12 @@ def format_comparison_markdown(comparison: Comparison) -> str:
     metric = proto["metric"].replace("_", " ")
     for backbone, p in proto["backbones"].items():
         lines += [f"**Protocol ({backbone})**", "",
-                  f"- ours: hyper-parameters chosen on {p['search']}; test split scored once; seeds "
+                  f"- ours: hyper-parameters chosen on: {p['search']}; test split scored once; seeds "
                   f"{p['seeds']} (mean ± sample std); backbone {backbone}; text classifier: {p['text_source']}"
                   + (f"; features: {p['features_source']}" if p.get("features_source") else "")
                   + f"; validation policy: {p['val_policy']}",
-                  f"- {proto['published']} (sources: {', '.join(proto['sources'])})", ""]
+                  f"- {proto['published']} (sources, in order of preference: "
+                  f"{', '.join(SOURCE_TITLES.get(s, s) for s in proto['sources'])})", ""]
         if p["random_weights"]:
             lines += [f"> **{RANDOM_WEIGHTS_STAMP}**", ""]
     for note in comparison.notes:

@@ -28,7 +28,7 @@ import io
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["SOURCES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPreset", "PAPER_PRESETS", "published_table",
+__all__ = ["SOURCES", "SOURCE_TITLES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPreset", "PAPER_PRESETS", "published_table",
            "published_value", "published_lookup", "source_provenance", "canonical_backbone",
            "baseline_method"]
 
@@ -37,6 +37,12 @@ __all__ = ["SOURCES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPreset", "PAPER_PRE
 SOURCES: dict[str, str] = {
     "tip_adapter_exp_log": "tip_adapter_exp_log.csv",
     "ape_results_notebook": "ape_results_notebook.csv",
+}
+
+#: Source id -> short human title (for tables).
+SOURCE_TITLES: dict[str, str] = {
+    "tip_adapter_exp_log": "Tip-Adapter exp.log (RN50)",
+    "ape_results_notebook": "APE APE_results.ipynb",
 }
 
 #: Dataset name of the 11-dataset mean rows.
