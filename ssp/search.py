@@ -193,8 +193,8 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
             the grid's largest value (or its smallest positive one), since the optimum may lie
             outside. ``None``: the adaptive default search (:func:`_default_search`: a
             wide log-spaced coarse grid, extended while the winner sits on an edge, then
-            refined around the winner; validation data only), for every dataset without a
-            per-dataset range; the routing stays at the model's value. For ``ZeroShotCLIP`` (no
+            refined around the winner; validation data only), which assumes no dataset's
+            range; the routing stays at the model's value. For ``ZeroShotCLIP`` (no
             hyper-parameters) ``None`` just scores the model (``scores_`` is 0-d), and
             ``{"routing": [...]}`` picks a routing.
 
