@@ -349,6 +349,9 @@ _DEFAULT_COARSE: dict[str, tuple[str, float, float, int]] = {
 }
 # How far the default search may push an upper edge.
 _DEFAULT_LIMITS: dict[str, float] = {"beta": 1e4, "alpha": 1e4, "gamma": 10.0}
+# ... and the smallest positive α it may reach (APE's re-weighted cache term can be orders of
+# magnitude larger than Tip-Adapter's, so its best α can lie below 0.01).
+_DEFAULT_ALPHA_FLOOR = 1e-4
 # Below this β the kernel exp(−β (1 − a)) is nearly linear in the affinity a (CLIP affinities
 # lie well inside [0, 1]), and a smaller β only rescales α: a winner at such a lower edge is not
 # a sign of a too-narrow grid.
@@ -371,11 +374,22 @@ def _coarse_axis(axis: str) -> np.ndarray:
     return np.concatenate([[0.0], values]) if axis == "alpha" else values
 
 
-def _extend_axis(axis: str, values: np.ndarray) -> np.ndarray | None:
-    """``values`` continued one span past the upper edge (a decade on a log axis, the axis'
-    range on a linear one), up to :data:`_DEFAULT_LIMITS`; None when already there."""
+def _extend_axis(axis: str, values: np.ndarray, upper: bool = True) -> np.ndarray | None:
+    """``values`` continued one span past an edge (a decade on a log axis, the axis' range on a
+    linear one), up to :data:`_DEFAULT_LIMITS` (upper) or :data:`_DEFAULT_ALPHA_FLOOR` (lower,
+    log axes: between 0, if present, and the smallest positive value); None when already there."""
+    log = _DEFAULT_COARSE[axis][0] == "log"
+    if not upper:
+        positive = values[values > 0]
+        ratio = positive[1] / positive[0]
+        steps = int(round(math.log(10.0) / math.log(ratio)))
+        new = positive[0] * ratio ** -np.arange(steps, 0, -1.0)
+        new = new[new >= _DEFAULT_ALPHA_FLOOR * (1 - 1e-9)]
+        if axis != "alpha" or new.size == 0:
+            return None
+        return np.concatenate([values[values <= 0], new, positive])
     limit = _DEFAULT_LIMITS[axis]
-    if _DEFAULT_COARSE[axis][0] == "log":
+    if log:
         positive = values[values > 0]
         ratio = positive[1] / positive[0]
         steps = int(round(math.log(10.0) / math.log(ratio)))
@@ -385,6 +399,22 @@ def _extend_axis(axis: str, values: np.ndarray) -> np.ndarray | None:
         new = values[-1] + step * np.arange(1, int(round((values[-1] - values[0]) / step)) + 1)
     new = new[new <= limit * (1 + 1e-9)]
     return None if new.size == 0 else np.concatenate([values, new])
+
+
+def _alpha_at_floor(result: SearchResult) -> bool:
+    """The winner's α is the smallest positive α searched and beats every other α (the other
+    axes at the winner's values): the default search then extends α downwards."""
+    if "alpha" not in result.param_names_:
+        return False
+    dim = result.param_names_.index("alpha")
+    values = np.asarray(result.grid_["alpha"], dtype=np.float64)
+    i = result.best_index_[dim]
+    if not (values[i] > 0 and values[i] == values[values > 0].min()):
+        return False
+    line_index = list(result.best_index_)
+    line_index[dim] = slice(None)
+    line = np.asarray(result.scores_[tuple(line_index)], dtype=np.float64)
+    return bool(line[i] > np.delete(line, i).max())
 
 
 def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, str, float]]:
@@ -452,8 +482,10 @@ def _default_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike) 
        [0.01, 100] (41), γ (APE) linear in [0, 2] (11).
     2. While the winner of an axis is its largest value and beats the rest of that axis, extend
        the axis by one span (a decade for β, α; [0, 2] -> [0, 4] for γ) up to
-       :data:`_DEFAULT_LIMITS`, and search again. (The lower ends need no extension: α and γ
-       start at 0, and below β = 0.1 the kernel is linear in the affinity.)
+       :data:`_DEFAULT_LIMITS`, and search again; likewise α downwards (a decade below its
+       smallest positive value, down to :data:`_DEFAULT_ALPHA_FLOOR`) when the smallest
+       positive α wins. (γ starts at 0, and below β = 0.1 the kernel is linear in the affinity:
+       those lower ends need no extension.)
     3. Refine: 9 points between the winner's neighbours on every axis (log-spaced for β, α).
 
     The result is the refinement's (its score is >= the coarse winner's: the coarse winner is
@@ -477,6 +509,11 @@ def _default_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike) 
             new = _extend_axis(axis, axes[axis]) if side == "upper" else None
             if new is not None:
                 axes[axis] = new
+                extended = True
+        if _alpha_at_floor(result):
+            new = _extend_axis("alpha", axes["alpha"], upper=False)
+            if new is not None:
+                axes["alpha"] = new
                 extended = True
         if not extended:
             break

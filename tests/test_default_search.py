@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ssp.classifiers import APE, TipAdapter
-from ssp.search import SearchResult, _edge_axes, make_grid, validation_search
+from ssp.search import SearchResult, _alpha_at_floor, _coarse_axis, _edge_axes, _extend_axis, make_grid, validation_search
 
 
 def sharp_kernel_task(n_queries=60, dim=256, n_classes=4, near=0.99, far=(0.60, 0.90), n_far=10, seed=0):
@@ -130,3 +130,20 @@ def test_explicit_grid_warns_and_is_searched_as_given():
         # at beta = 1e6 every activation underflows to 0: the peak is inside, no warning
         result = validation_search(model, queries, labels, {"beta": [10.0, 40.0, 1e6], "alpha": [10.0]})
     assert result.best_params_["beta"] == 40.0
+
+
+def test_alpha_extends_downwards():
+    alpha = _coarse_axis("alpha")                   # 0, 0.01 ... 100
+    grid = {"beta": [1.0, 2.0, 4.0], "alpha": alpha}
+    scores = np.zeros((3, alpha.size))
+    scores[1, 1] = 9.0                              # the smallest positive alpha wins outright
+    assert _alpha_at_floor(_result(scores, grid))
+    scores[1, 2] = 9.0                              # a tie with the next alpha: no extension
+    assert not _alpha_at_floor(_result(scores, grid))
+    lower = _extend_axis("alpha", alpha, upper=False)
+    assert lower[0] == 0.0 and lower[1] == pytest.approx(1e-3) and np.all(np.diff(lower) > 0)
+    assert lower.size == alpha.size + 10
+    assert _extend_axis("alpha", np.array([0.0, 1e-4, 1.26e-4]), upper=False) is None   # the floor
+    assert _extend_axis("beta", _coarse_axis("beta"), upper=False) is None
+    upper = _extend_axis("beta", _coarse_axis("beta"))
+    assert upper.max() == pytest.approx(1000.0) and np.all(np.diff(upper) > 0)
