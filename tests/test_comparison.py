@@ -158,3 +158,18 @@ def test_several_backbones_and_errors(tmp_path):
     with pytest.raises(ValueError, match="no runs with backbone"):
         plot_comparison(out["comparison"], tmp_path / "x.png", backbone="RN101")
     assert np.isfinite([r["ours_mean"] for r in out["comparison"].rows]).all()
+
+
+def test_colour_families():
+    from ssp.comparison import _colours
+
+    methods = ["zero-shot", "tip-adapter", "tip-adapter+ssp", "tip-adapter-f", "tip-adapter-f+ssp",
+               "ape", "ape+ssp", "ape-t"]
+    colours = _colours(methods)
+    assert len({tuple(c) for c in colours.values()}) == len(methods)      # all distinct
+    for m in methods[1:5]:
+        r, g, b, _ = colours[m]
+        assert b > r + 0.1, m                                               # shades of blue
+    for m in methods[5:]:
+        r, g, b, _ = colours[m]
+        assert r > b + 0.3, m                                               # shades of orange
