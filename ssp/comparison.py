@@ -360,7 +360,8 @@ def _colours(methods: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def plot_comparison(comparison: Comparison, path: str | Path, *, backbone: str | None = None) -> Path:
+def plot_comparison(comparison: Comparison, path: str | Path, *, backbone: str | None = None,
+                    dpi: int = 110) -> Path:
     """Accuracy against shots: one panel per dataset and one for the average, for one backbone.
 
     Ours: solid line with a ±std band; published: dashed, in the method's colour (``X+ssp``
@@ -433,7 +434,7 @@ def plot_comparison(comparison: Comparison, path: str | Path, *, backbone: str |
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return path
 

@@ -127,9 +127,9 @@ def _png_stats(path):
 def test_plot_is_not_blank_and_stamps_random_weights(tmp_path):
     records = suite(methods=("tip-adapter", "tip-adapter+ssp", "ape"))
     comp = compare_with_published(records)
-    path = plot_comparison(comp, tmp_path / "plot.png")
+    path = plot_comparison(comp, tmp_path / "plot.png", dpi=60)
     img, var, n_colours, red = _png_stats(path)
-    assert img.shape[0] > 300 and img.shape[1] > 600
+    assert img.shape[0] > 200 and img.shape[1] > 600
     assert var > 1e-3 and n_colours > 20
     # blue (tip-adapter family) and orange (ape) curves are there
     blue = ((img[..., 2] > img[..., 0] + 0.2)).sum()
@@ -140,8 +140,8 @@ def test_plot_is_not_blank_and_stamps_random_weights(tmp_path):
     random = suite(backbone="tiny-rn@none", weights="random")
     assert is_random_backbone(random) and not is_random_backbone(records)
     comp_random = compare_with_published(random)
-    _, _, _, red_random = _png_stats(plot_comparison(comp_random, tmp_path / "random.png"))
-    assert red_random > 500
+    _, _, _, red_random = _png_stats(plot_comparison(comp_random, tmp_path / "random.png", dpi=60))
+    assert red_random > 150
     assert RANDOM_WEIGHTS_STAMP in format_comparison_markdown(comp_random)
 
 
