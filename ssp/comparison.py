@@ -39,7 +39,7 @@ from .published import (
 )
 from .report import _mean_std, _method_order, _write_text_atomic
 
-__all__ = ["Comparison", "compare_with_published", "format_comparison_markdown", "comparison_csv",
+__all__ = ["Comparison", "compare_with_published", "format_comparison_markdown", "comparison_csv", "comparison_json",
            "plot_comparison", "write_comparison", "is_random_backbone", "RANDOM_WEIGHTS_STAMP"]
 
 RANDOM_WEIGHTS_STAMP = "RANDOM WEIGHTS — accuracies meaningless"
