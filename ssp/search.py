@@ -456,11 +456,13 @@ def _warn_on_edges(result: SearchResult) -> None:
     for axis, side, edge in _edge_axes(result):
         where = "largest" if side == "upper" else "smallest"
         beyond = "above" if side == "upper" else "below"
+        how = ("e.g. a larger search_scale in make_grid" if side == "upper" else
+               "make_grid starts beta and alpha at 0.1: pass smaller values explicitly")
         warnings.warn(
             f"validation_search: the best validation accuracy along {axis} is reached at the {where} "
             f"value of the given grid ({axis}={edge:.4g}; chosen {axis}={result.best_params_[axis]:.4g}), "
-            f"so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {edge:.4g} (e.g. a "
-            f"larger search_scale in make_grid) or pass grid=None for the adaptive default search",
+            f"so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {edge:.4g} ({how}) "
+            f"or pass grid=None for the adaptive default search",
             UserWarning, stacklevel=3)
 
 

@@ -147,3 +147,13 @@ def test_alpha_extends_downwards():
     assert _extend_axis("beta", _coarse_axis("beta"), upper=False) is None
     upper = _extend_axis("beta", _coarse_axis("beta"))
     assert upper.max() == pytest.approx(1000.0) and np.all(np.diff(upper) > 0)
+
+
+def test_lower_edge_warning_names_the_fix():
+    keys, key_labels, text, queries, labels = sharp_kernel_task(n_queries=24)
+    model = TipAdapter().fit(keys, key_labels, text_features=text)
+    # beta = 30 gets every query right; at 1e6 and 2e6 every activation underflows to 0 (ties):
+    # the best accuracy is at the grid's smallest beta, and 30 > 0.2 is no linear-kernel regime
+    with pytest.warns(UserWarning, match=r"along beta is reached at the smallest value of the given grid "
+                                         r"\(beta=30;.*extend grid\['beta'\] below 30 \(make_grid starts"):
+        validation_search(model, queries, labels, {"beta": [30.0, 1e6, 2e6], "alpha": [1.0]})
