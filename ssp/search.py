@@ -28,6 +28,7 @@ differently), where a single image can be counted differently.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -60,6 +61,9 @@ class SearchResult:
         best_index_: index of the winner in ``scores_``.
         n_val_: number of validation samples.
         fixed_params_: hyper-parameters not searched, at the model's values during the search.
+        stages_: for the default search (``grid=None``), every grid evaluated, in order:
+            ``{"grid": {axis: values}, "best_params": {...}, "best_score": float}``; the
+            last stage is the one ``scores_`` / ``grid_`` describe. Empty for an explicit grid.
     """
 
     best_params_: dict[str, Any]
@@ -70,6 +74,7 @@ class SearchResult:
     best_index_: tuple[int, ...]
     n_val_: int
     fixed_params_: dict[str, Any] = field(default_factory=dict)
+    stages_: list[dict[str, Any]] = field(default_factory=list)
 
 
 def make_grid(method: str, search_scale: Sequence[float] | None = None,
@@ -179,16 +184,33 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
         val_labels: ``[M]`` validation labels.
         grid: axis -> values. Axes: the method's ``search_axes`` in the registry ("beta",
             "alpha" for Tip-Adapter; also "gamma" for APE) and "routing" (a list of routings,
-            only for models with a projector). Axes left out stay at the model's current value.
-            ``None``: :func:`make_grid` with the method's default grid; for ``ZeroShotCLIP``
-            (no hyper-parameters) ``None`` just
-            scores the model (``scores_`` is 0-d), and ``{"routing": [...]}`` picks a routing.
+            only for models with a projector). Axes left out stay
+            at the model's current value. An explicit grid is searched exactly as given; a
+            ``UserWarning`` names any numeric axis along which the best accuracy is reached at
+            the grid's largest value (or its smallest positive one), since the optimum may lie
+            outside. ``None``: the adaptive default search (:func:`_default_search`: a
+            wide log-spaced coarse grid, extended while the winner sits on an edge, then
+            refined around the winner; validation data only), which assumes no dataset's
+            range; the routing stays at the model's value. For ``ZeroShotCLIP`` (no
+            hyper-parameters) ``None`` just scores the model (``scores_`` is 0-d), and
+            ``{"routing": [...]}`` picks a routing.
 
     Returns:
         :class:`SearchResult`.
     """
     check_is_fitted(model, "text_features_")
+    if grid is None and _default_axes(model):
+        return _default_search(model, val_features, val_labels)
     axes = _normalise_grid(model, grid)
+    result = _search_grid(model, val_features, val_labels, axes)
+    if grid is not None:
+        _warn_on_edges(result)
+    return result
+
+
+def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
+                 axes: dict[str, Any]) -> SearchResult:
+    """Score every point of the normalised grid ``axes`` and set the winner on ``model``."""
     dtype, device = model.dtype_, model.device_
     x = to_tensor(val_features, "val_features", ndim=2, device=device)
     n_val = x.shape[0]
@@ -307,3 +329,193 @@ def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.
         if any_alpha_zero:
             wins = torch.where(alpha_zero, zero_shot_wins[None], wins)
         correct[b] += wins.sum(dim=1)                                     # [A, m, G] -> [A, G]
+
+
+# ----------------------------------------------------------------------------- default search
+
+# The adaptive default (grid=None). Coarse axes: log-spaced with ratio 10 ** 0.1 (26 % steps)
+# for the scales β and α (α also gets 0: zero-shot alone), linear for γ. Published per-dataset
+# ranges reach β = 50 and α = 50 (Tip-Adapter's Flowers102 config) and γ = 1.5; these start
+# wider, and an axis whose winner sits on its edge is extended until the winner is inside or
+# the limit is reached. Then one refinement grid between the winner's neighbours.
+_DEFAULT_COARSE: dict[str, tuple[str, float, float, int]] = {
+    # axis: (spacing, low, high, points)
+    "beta": ("log", 0.1, 100.0, 31),
+    "alpha": ("log", 0.01, 100.0, 41),
+    "gamma": ("linear", 0.0, 2.0, 11),
+}
+# How far the default search may push an upper edge.
+_DEFAULT_LIMITS: dict[str, float] = {"beta": 1e4, "alpha": 1e4, "gamma": 10.0}
+# ... and the smallest positive α it may reach (APE's re-weighted cache term can be orders of
+# magnitude larger than Tip-Adapter's, so its best α can lie below 0.01).
+_DEFAULT_ALPHA_FLOOR = 1e-4
+# Below this β the kernel exp(−β (1 − a)) is nearly linear in the affinity a (CLIP affinities
+# lie well inside [0, 1]), and a smaller β only rescales α: a winner at such a lower edge is not
+# a sign of a too-narrow grid.
+_LINEAR_KERNEL_BETA = 0.2
+_REFINE_POINTS = 9
+
+
+def _default_axes(model: Any) -> tuple[str, ...]:
+    """The numeric axes the default search covers ((), e.g. for zero-shot CLIP)."""
+    return tuple(a for a in _model_axes(model) if a in _DEFAULT_COARSE)
+
+
+def _coarse_axis(axis: str) -> np.ndarray:
+    spacing, low, high, n = _DEFAULT_COARSE[axis]
+    if spacing == "linear":
+        return np.linspace(low, high, n)
+    values = np.geomspace(low, high, n)
+    return np.concatenate([[0.0], values]) if axis == "alpha" else values
+
+
+def _extend_axis(axis: str, values: np.ndarray, upper: bool = True) -> np.ndarray | None:
+    """``values`` continued one span past an edge (a decade on a log axis, the axis' range on a
+    linear one), up to :data:`_DEFAULT_LIMITS` (upper) or :data:`_DEFAULT_ALPHA_FLOOR` (lower,
+    log axes: between 0, if present, and the smallest positive value); None when already there."""
+    log = _DEFAULT_COARSE[axis][0] == "log"
+    if not upper:
+        positive = values[values > 0]
+        ratio = positive[1] / positive[0]
+        steps = int(round(math.log(10.0) / math.log(ratio)))
+        new = positive[0] * ratio ** -np.arange(steps, 0, -1.0)
+        new = new[new >= _DEFAULT_ALPHA_FLOOR * (1 - 1e-9)]
+        if axis != "alpha" or new.size == 0:
+            return None
+        return np.concatenate([values[values <= 0], new, positive])
+    limit = _DEFAULT_LIMITS[axis]
+    if log:
+        positive = values[values > 0]
+        ratio = positive[1] / positive[0]
+        steps = int(round(math.log(10.0) / math.log(ratio)))
+        new = positive[-1] * ratio ** np.arange(1, steps + 1)
+    else:
+        step = values[1] - values[0]
+        new = values[-1] + step * np.arange(1, int(round((values[-1] - values[0]) / step)) + 1)
+    new = new[new <= limit * (1 + 1e-9)]
+    return None if new.size == 0 else np.concatenate([values, new])
+
+
+def _alpha_at_floor(result: SearchResult) -> bool:
+    """The winner's α is the smallest positive α searched and beats every other α (the other
+    axes at the winner's values): the default search then extends α downwards."""
+    if "alpha" not in result.param_names_:
+        return False
+    dim = result.param_names_.index("alpha")
+    values = np.asarray(result.grid_["alpha"], dtype=np.float64)
+    i = result.best_index_[dim]
+    if not (values[i] > 0 and values[i] == values[values > 0].min()):
+        return False
+    line_index = list(result.best_index_)
+    line_index[dim] = slice(None)
+    line = np.asarray(result.scores_[tuple(line_index)], dtype=np.float64)
+    return bool(line[i] > np.delete(line, i).max())
+
+
+def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, str, float]]:
+    """``(axis, "upper" | "lower", edge value)`` for each numeric axis (of 3 or more values)
+    along which the best accuracy (the other axes at the winner's values) is reached at the
+    axis' largest value, or at its smallest where going lower can matter (α, γ > 0: 0 is a true
+    bound, no cache term / no re-weighting; β > :data:`_LINEAR_KERNEL_BETA`), and the accuracy
+    is not the same everywhere on that line. ``strict``: only when the edge is the winner itself
+    and beats every other value of the line."""
+    edges = []
+    for dim, axis in enumerate(result.param_names_):
+        if axis == "routing":
+            continue
+        values = np.asarray(result.grid_[axis], dtype=np.float64)
+        if values.size < 3:
+            continue
+        line_index = list(result.best_index_)
+        line_index[dim] = slice(None)
+        line = np.asarray(result.scores_[tuple(line_index)], dtype=np.float64)
+        best = line.max()
+        if line.min() == best:
+            continue
+        hi, lo = int(np.argmax(values)), int(np.argmin(values))
+        for side, i in (("upper", hi), ("lower", lo)):
+            if side == "lower" and not values[i] > (_LINEAR_KERNEL_BETA if axis == "beta" else 0.0):
+                continue
+            if strict:
+                hit = result.best_index_[dim] == i and line[i] > np.delete(line, i).max()
+            else:
+                hit = line[i] == best
+            if hit:
+                edges.append((axis, side, float(values[i])))
+                break
+    return edges
+
+
+def _warn_on_edges(result: SearchResult) -> None:
+    """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis."""
+    for axis, side, edge in _edge_axes(result):
+        where = "largest" if side == "upper" else "smallest"
+        beyond = "above" if side == "upper" else "below"
+        how = ("e.g. a larger search_scale in make_grid" if side == "upper" else
+               "make_grid starts beta and alpha at 0.1: pass smaller values explicitly")
+        warnings.warn(
+            f"validation_search: the best validation accuracy along {axis} is reached at the {where} "
+            f"value of the given grid ({axis}={edge:.4g}; chosen {axis}={result.best_params_[axis]:.4g}), "
+            f"so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {edge:.4g} ({how}) "
+            f"or pass grid=None for the adaptive default search",
+            UserWarning, stacklevel=3)
+
+
+def _refine_axis(axis: str, values: np.ndarray, i: int) -> np.ndarray:
+    """Points between the neighbours of ``values[i]`` (which is kept exactly)."""
+    lo = values[max(i - 1, 0)]
+    hi = values[min(i + 1, len(values) - 1)]
+    if _DEFAULT_COARSE[axis][0] == "log" and lo > 0:
+        grid = np.geomspace(lo, hi, _REFINE_POINTS)
+    else:
+        grid = np.linspace(lo, hi, _REFINE_POINTS)
+    return np.unique(np.concatenate([grid, [values[i]]]))
+
+
+def _default_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike) -> SearchResult:
+    """The adaptive default of :func:`validation_search` (``grid=None``), validation data only.
+
+    1. Coarse grid: β log-spaced in [0.1, 100] (31 points), α = 0 and log-spaced in
+       [0.01, 100] (41), γ (APE) linear in [0, 2] (11).
+    2. While the winner of an axis is its largest value and beats the rest of that axis, extend
+       the axis by one span (a decade for β, α; [0, 2] -> [0, 4] for γ) up to
+       :data:`_DEFAULT_LIMITS`, and search again; likewise α downwards (a decade below its
+       smallest positive value, down to :data:`_DEFAULT_ALPHA_FLOOR`) when the smallest
+       positive α wins. (γ starts at 0, and below β = 0.1 the kernel is linear in the affinity:
+       those lower ends need no extension.)
+    3. Refine: 9 points between the winner's neighbours on every axis (log-spaced for β, α).
+
+    The result is the refinement's (its score is >= the coarse winner's: the coarse winner is
+    one of its points); ``stages_`` keeps every stage. Unlike the per-dataset published ranges
+    (Tip-Adapter's β <= 7 for ImageNet, <= 50 for Flowers102), no range is assumed.
+    """
+    names = _default_axes(model)
+    axes = {a: _coarse_axis(a) for a in names}
+    stages: list[dict[str, Any]] = []
+
+    def run(grid: dict[str, np.ndarray]) -> SearchResult:
+        result = _search_grid(model, val_features, val_labels, dict(grid))
+        stages.append({"grid": {k: v.copy() for k, v in grid.items()},
+                       "best_params": dict(result.best_params_), "best_score": result.best_score_})
+        return result
+
+    result = run(axes)
+    while True:
+        extended = False
+        for axis, side, _ in _edge_axes(result, strict=True):
+            new = _extend_axis(axis, axes[axis]) if side == "upper" else None
+            if new is not None:
+                axes[axis] = new
+                extended = True
+        if _alpha_at_floor(result):
+            new = _extend_axis("alpha", axes["alpha"], upper=False)
+            if new is not None:
+                axes["alpha"] = new
+                extended = True
+        if not extended:
+            break
+        result = run(axes)
+    refined = {a: _refine_axis(a, axes[a], result.best_index_[k]) for k, a in enumerate(result.param_names_)}
+    result = run(refined)
+    result.stages_ = stages
+    return result

@@ -156,8 +156,11 @@ def test_default_grid_and_torch_inputs():
     model = TipAdapter().fit(torch.as_tensor(support), torch.as_tensor(labels),
                              text_features=torch.as_tensor(text))
     result = validation_search(model, torch.as_tensor(val), torch.as_tensor(val_labels))
-    assert result.scores_.shape == (200, 20)
-    np.testing.assert_array_equal(result.grid_["alpha"], make_grid("tip")["alpha"])
+    # grid=None: the adaptive default search; its last stage is what scores_ / grid_ describe
+    assert result.scores_.shape == (len(result.grid_["beta"]), len(result.grid_["alpha"]))
+    assert len(result.stages_) >= 2 and result.stages_[-1]["best_score"] == result.best_score_
+    expected = brute_force(model, result.grid_, ("beta", "alpha"), val, val_labels)
+    np.testing.assert_allclose(result.scores_, expected, atol=1e-9)
 
 
 def test_search_errors():
