@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         signum = getattr(err, "signum", signal.SIGINT)
         done = _files_written_since(started, Path(args.output), args.cache_dir)
-        print(f"\nssp-fewshot: interrupted ({signal.Signals(signum).name}); {done} files complete, "
+        print(f"\nssp-fewshot: interrupted ({signal.Signals(signum).name}); {done} file{'' if done == 1 else 's'} complete, "
               "rerun the same command to resume", file=sys.stderr)
         raise SystemExit(128 + int(signum))
     except ImageLoadError as err:
