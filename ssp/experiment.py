@@ -175,7 +175,7 @@ def _extract_all(cfg: dict, dataset, backbone, store, needs_local: bool, recompu
     from .cache import cached_features
     from .data import make_fewshot_splits
 
-    kw = dict(extract_kw, recompute=recompute, progress=extract_kw.get("progress", True))
+    kw = dict(extract_kw, recompute=recompute)
     cached_features(store, backbone, dataset.test, dataset=dataset.name, split="test", desc="test", **kw)
     if dataset.val is not None:
         cached_features(store, backbone, dataset.val, dataset=dataset.name, split="val", desc="val", **kw)
@@ -227,6 +227,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
             return [], ""
         # Everything is cached now: rank 0 goes on alone (reads, methods, writes).
         extract_kw["distributed"], recompute = False, False
+        store.hits = -store.misses  # below, every file is read once more: count only files that existed before
     echo(f"[ssp] {dataset.name}: {len(dataset.classnames)} classes, train/val/test = "
          f"{len(dataset.train)}/{len(dataset.val) if dataset.val is not None else '-'}/{len(dataset.test)}; "
          f"backbone {cfg['backbone']} ({cfg['pretrained']}) on {backbone.device}; cache {store.root}")
