@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed  # noqa: F401  (imported once here, inherited by the forked ranks)
 from safetensors import safe_open
 
 from ssp.cli import main
@@ -67,3 +68,81 @@ def test_torchrun_two_processes_store_identical_features(data_root, tmp_path, ca
         assert runs_one[name]["val_accuracy"] == runs_two[name]["val_accuracy"]
     assert done.stdout.count("2 runs written") == 1 and "2 runs written" in out_one
     assert done.stdout.count("[ssp] dtd: 3 classes") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# extract_features across 2 forked gloo processes (cheap: no interpreter start-up)
+# --------------------------------------------------------------------------------------------
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, samples, kwargs: dict, folder: Path) -> None:
+    import torch.distributed as dist
+
+    from ssp.cache import extract_features
+    from test_cache import FakeBackbone
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        try:
+            out = extract_features(FakeBackbone(), samples, progress=False, num_workers=0, **kwargs)
+            torch.save(out, folder / f"rank{rank}.pt")
+        except Exception as err:  # reported to the test through a file
+            (folder / f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _sharded(samples, tmp_path: Path, name: str, **kwargs) -> list:
+    """Run extract_features on 2 ranks; each rank's result (a dict) or error (a str)."""
+    import torch.multiprocessing as mp
+
+    folder = tmp_path / name
+    folder.mkdir()
+    mp.start_processes(_rank_main, args=(2, _free_port(), samples, kwargs, folder), nprocs=2,
+                       start_method="fork")
+    results = []
+    for rank in range(2):
+        err = folder / f"rank{rank}.err"
+        results.append(err.read_text() if err.exists() else torch.load(folder / f"rank{rank}.pt"))
+    return results
+
+
+@pytest.mark.parametrize("batch_size", [4, 64])  # 5 batches over 2 ranks; 1 batch (rank 1 has none)
+def test_sharded_extraction_equals_one_process(tmp_path, batch_size):
+    from ssp.cache import extract_features
+    from test_cache import FakeBackbone, _write_images
+
+    samples = _write_images(tmp_path / "images")
+    kw = dict(views=3, seed=5, with_local=True, batch_size=batch_size)
+    single = extract_features(FakeBackbone(), samples, progress=False, num_workers=0, **kw)
+    for got in _sharded(samples, tmp_path, "ok", **kw):
+        assert isinstance(got, dict), got
+        assert got.keys() == single.keys() == {"global", "labels", "local", "views"}
+        for name in single:
+            assert torch.equal(got[name], single[name]), name
+
+
+def test_sharded_extraction_unreadable_images(tmp_path):
+    from ssp.cache import extract_features
+    from test_cache import FakeBackbone, _write_images
+
+    samples = _write_images(tmp_path / "images", n=9)
+    Path(samples[6].path).write_bytes(b"not an image")  # found by rank 1 (batch 1 of 3, batch size 4)
+    kw = dict(views=2, seed=1, batch_size=4)
+    for got in _sharded(samples, tmp_path, "error", **kw):  # every rank stops with the same error
+        assert got.startswith("ImageLoadError: cannot read image " + samples[6].path)
+    good = samples[:6] + samples[7:]
+    single = extract_features(FakeBackbone(), good, progress=False, num_workers=0, **kw)
+    for got in _sharded(samples, tmp_path, "skip", skip_bad_images=True, **kw):
+        assert isinstance(got, dict), got
+        assert got["kept"].tolist() == [0, 1, 2, 3, 4, 5, 7, 8]
+        for name in single:
+            assert torch.equal(got[name], single[name]), name
