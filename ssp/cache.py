@@ -16,6 +16,8 @@ Three layers:
   (:mod:`ssp.distributed`) with the same result as one process.
 * :func:`cached_features` -- the two together, with a key built from the backbone identity,
   the transform, the dataset / split, a digest of the image list, ``views`` and the seed.
+  An unreadable image is a one-line :class:`ssp.data.ImageLoadError` naming the file, or,
+  with ``skip_bad_images``, left out: the key is then that of the images actually encoded.
 
 Storage (format version 2): ``global`` [N, D] float32, ``labels`` [N] int64, ``local``
 [N, L, D] float16 (unit vectors; half the size) when local features were asked for, and

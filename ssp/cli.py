@@ -97,16 +97,30 @@ def _raise_interrupted(signum, frame):
 
 @contextlib.contextmanager
 def _signals_as_interrupts():
-    """SIGINT and SIGTERM raise :class:`_Interrupted` inside the block (previous handlers restored after)."""
+    """SIGINT and SIGTERM raise :class:`_Interrupted` inside the block (previous handlers restored after).
+
+    Python drops an exception raised where it cannot propagate (an ``os.fork`` hook, e.g. when
+    DataLoader workers start, or a ``__del__``) and only reports it to ``sys.unraisablehook``;
+    such an interrupt is delivered again a moment later instead of being lost."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous_hook = sys.unraisablehook
+
+    def redeliver(unraisable) -> None:
+        if isinstance(unraisable.exc_value, _Interrupted):
+            threading.Timer(0.01, os.kill, args=(os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous_hook(unraisable)
+
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = redeliver
     try:
         yield
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = previous_hook
 
 
 def _files_written_since(started: float, output: Path, cache_dir: str | None) -> int:

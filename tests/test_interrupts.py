@@ -85,6 +85,31 @@ def test_sigint_and_sigterm_during_extraction_are_short_and_clean(data_root, tmp
         assert _count(cache, "features/**/*.safetensors") == 0  # the test features were not complete
 
 
+@pytest.mark.skipif(not hasattr(os, "register_at_fork"), reason="needs os.fork")
+def test_interrupt_swallowed_by_a_fork_hook_is_delivered_again():
+    """A signal landing in an os.fork hook (DataLoader workers starting) is dropped by plain Python
+    ("Exception ignored in ..."); the CLI delivers it again instead of running on."""
+    from ssp.cli import _Interrupted, _signals_as_interrupts
+
+    state = {"armed": True}
+
+    def hook():
+        if state.pop("armed", False):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # the handler runs (and raises) inside the hook
+
+    os.register_at_fork(after_in_parent=hook)
+    with pytest.raises(_Interrupted) as err:
+        with _signals_as_interrupts():
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            time.sleep(5)  # interrupted long before this ends
+    assert err.value.signum == signal.SIGTERM and "armed" not in state
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
 KILL_POINTS = {  # name -> condition on (out, cache): kill as soon as it holds
     "text classifier written (encoding the test images)":
         lambda out, cache: _count(cache, "text_classifier/*.safetensors") >= 1,
