@@ -220,6 +220,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
         raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
     extract_kw["skip_bad_images"] = skip_bad
     needs_local = any(m.endswith("+ssp") for m in cfg["methods"])
+    recompute_text = recompute
     if distributed.is_active():
         _extract_all(cfg, dataset, backbone, store, needs_local, recompute, extract_kw)
         distributed.barrier()
@@ -237,7 +238,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                 "classnames": dataset.classnames, "templates": dataset.templates}
     text = store.get_or_compute(
         text_key, lambda: {"text": backbone.text_classifier(dataset.classnames, dataset.templates)},
-        recompute=recompute)["text"]
+        recompute=recompute_text)["text"]
     test = Features.from_dict(cached_features(store, backbone, dataset.test, dataset=dataset.name, split="test",
                                               recompute=recompute, desc="test", **extract_kw))
     full_val = None
