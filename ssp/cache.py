@@ -114,8 +114,8 @@ class FeatureStore:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else self.default_root()
-        self.hits = 0  # get_or_compute calls served from disk
-        self.misses = 0  # get_or_compute calls that computed (and saved) their tensors
+        self.hits = 0  # get_or_compute / cached_features calls served from disk
+        self.misses = 0  # get_or_compute / cached_features calls that computed their tensors
 
     def __repr__(self) -> str:
         return f"FeatureStore(root={str(self.root)!r})"
