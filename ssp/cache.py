@@ -8,20 +8,29 @@ Three layers:
   Writes are atomic; a truncated, corrupt or mismatched file is reported and rebuilt.
 * :func:`extract_features` -- runs a backbone over a list of samples and returns
   L2-normalised global (and optionally local) features. ``views > 1`` follows Tip-Adapter's
-  cache construction (SPEC A.2): ``views`` passes of the random train augmentation, raw
-  features averaged over passes, then normalised. Augmentation randomness is seeded per
-  (seed, pass, image), so results do not depend on ``num_workers`` or batch size.
+  cache construction (Zhang et al., ECCV 2022, Sec. 3.1): ``views`` passes of the random
+  train augmentation, raw features averaged over passes, then normalised; each pass's own
+  (normalised) global feature is kept too, as training inputs for the fine-tuned adapters.
+  Augmentation randomness is seeded per (seed, pass, image), so results do not depend on
+  ``num_workers``. Under torchrun the batches are sharded over the processes
+  (:mod:`ssp.distributed`) with the same result as one process.
 * :func:`cached_features` -- the two together, with a key built from the backbone identity,
   the transform, the dataset / split, a digest of the image list, ``views`` and the seed.
+  An unreadable image is a one-line :class:`ssp.data.ImageLoadError` naming the file, or,
+  with ``skip_bad_images``, left out: the key is then that of the images actually encoded.
 
-Storage: global features float32, local features float16 (unit vectors; half the size),
-labels int64. Local features are returned as float32, rounded through float16 on a cache
-miss too, so a miss and a later hit return identical tensors.
+Storage (format version 2): ``global`` [N, D] float32, ``labels`` [N] int64, ``local``
+[N, L, D] float16 (unit vectors; half the size) when local features were asked for, and
+``views`` [E, N, D] float16 (each augmented pass's L2-normalised global feature) when
+E = ``views`` > 1. Local and per-view features are returned as float32, rounded through
+float16 on a cache miss too, so a miss and a later hit return identical tensors. Files of
+another format version are never read (the version is in the key and the metadata).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -50,11 +59,15 @@ __all__ = [
     "feature_key",
 ]
 
-#: Bumped whenever the meaning or layout of stored features changes; part of every key.
-FORMAT_VERSION = 1
+#: Bumped whenever the meaning or layout of stored features changes; part of every key and
+#: of every file's metadata, so older files are never read as the new layout.
+#: 1: global, labels, local. 2: adds ``views`` (per-view global features) when views > 1.
+FORMAT_VERSION = 2
 _FORMAT_NAME = "ssp-feature-store"
 _STALE_TEMP_AGE_S = 3600.0  # temp files older than this are leftovers of a crashed write
 _LOCAL_STORAGE_DTYPE = torch.float16
+_VIEW_STORAGE_DTYPE = torch.float16
+_log = logging.getLogger("ssp.cache")
 
 Tensors = dict[str, torch.Tensor]
 
@@ -101,8 +114,8 @@ class FeatureStore:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else self.default_root()
-        self.hits = 0  # get_or_compute calls served from disk
-        self.misses = 0  # get_or_compute calls that computed (and saved) their tensors
+        self.hits = 0  # get_or_compute / cached_features calls served from disk
+        self.misses = 0  # get_or_compute / cached_features calls that computed their tensors
 
     def __repr__(self) -> str:
         return f"FeatureStore(root={str(self.root)!r})"
@@ -247,9 +260,12 @@ def _view_seed(seed: int, view: int, index: int) -> int:
 class _ViewDataset(Dataset):
     """``views`` passes over an ImageDataset, flattened: item ``v * N + i`` is view ``v`` of image ``i``.
 
-    With ``seed`` set, each item's transform runs under RNG state seeded from
-    (seed, view, index): torch CPU, Python ``random`` and NumPy are seeded and restored
-    afterwards, so the augmentation of an image does not depend on worker or batch layout.
+    Returns ``(image, label, item, error)``. With ``seed`` set, each item's transform runs
+    under RNG state seeded from (seed, view, index): torch CPU, Python ``random`` and NumPy
+    are seeded and restored afterwards, so the augmentation of an image does not depend on
+    worker or batch layout. An unreadable image gives a placeholder (a black image through
+    the same transform) and its one-line reason as ``error`` (``""`` when fine), so the
+    caller decides -- instead of a worker traceback.
     """
 
     def __init__(self, images: Dataset, num_images: int, views: int, seed: int | None) -> None:
@@ -261,11 +277,30 @@ class _ViewDataset(Dataset):
     def __len__(self) -> int:
         return self.num_images * self.views
 
+    def _load(self, index: int):
+        from PIL import Image
+
+        from ssp.data import ImageLoadError
+
+        try:
+            image, label, _ = self.images[index]
+            return image, label, ""
+        except ImageLoadError as err:
+            transform = getattr(self.images, "transform", None)
+            blank = Image.new("RGB", (64, 64))
+            if transform is not None:
+                image = transform(blank)
+            else:
+                from torchvision.transforms.functional import to_tensor
+
+                image = to_tensor(blank)
+            return image, int(self.images.samples[index].label), err.reason or str(err)
+
     def __getitem__(self, item: int):
         view, index = divmod(item, self.num_images)
         if self.seed is None:
-            image, label, _ = self.images[index]
-            return image, label, index
+            image, label, error = self._load(index)
+            return image, label, item, error
         s = _view_seed(self.seed, view, index)
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
@@ -273,16 +308,84 @@ class _ViewDataset(Dataset):
                 torch.default_generator.manual_seed(s)
                 random.seed(s)
                 np.random.seed(s % 2**32)
-                image, label, _ = self.images[index]
+                image, label, error = self._load(index)
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-        return image, label, index
+        return image, label, item, error
 
 
 def _default_num_workers(num_batches: int) -> int:
     workers = min(4, os.cpu_count() or 1, num_batches)
     return 0 if workers <= 1 else workers
+
+
+def _use_distributed(distributed: bool | None) -> bool:
+    from ssp import distributed as dist
+
+    if distributed is None:
+        return dist.is_active()
+    if distributed and not dist.is_active():
+        raise ValueError("distributed=True needs an initialised torch.distributed process group with "
+                         "more than one process (e.g. run under torchrun)")
+    return bool(distributed)
+
+
+class _Accumulator:
+    """Reduces encoded batches into per-image features, always in batch order, so a sharded
+    run (batches gathered from several ranks) gives the same bits as a single process."""
+
+    def __init__(self, n: int, views: int, dim: int, num_local: int, with_local: bool,
+                 local_dtype: torch.dtype, view_dtype: torch.dtype) -> None:
+        self.n, self.views = n, views
+        self.augmented = views > 1
+        self.local_dtype = local_dtype
+        # Averaging needs float32 sums; a single view is normalised batch by batch.
+        self.global_ = torch.zeros(n, dim, dtype=torch.float32)
+        self.local = None
+        if with_local:
+            self.local = torch.zeros(n, num_local, dim,
+                                     dtype=torch.float32 if self.augmented else local_dtype)
+        self.per_view = (torch.zeros(views, n, dim, dtype=view_dtype) if self.augmented else None)
+        self.seen = torch.zeros(n, dtype=torch.int64)
+
+    def add(self, items: torch.Tensor, g: torch.Tensor, loc: torch.Tensor | None) -> None:
+        view, index = items // self.n, items % self.n
+        if self.augmented:
+            self.global_.index_add_(0, index, g)
+            self.per_view[view, index] = l2_normalize(g).to(self.per_view.dtype)
+        else:
+            self.global_[index] = l2_normalize(g)
+        if self.local is not None:
+            if self.augmented:
+                self.local.index_add_(0, index, loc)
+            else:
+                self.local[index] = l2_normalize(loc).to(self.local_dtype)
+        self.seen.index_add_(0, index, torch.ones_like(index))
+
+    def result(self, labels: torch.Tensor) -> Tensors:
+        if not bool((self.seen == self.views).all()):
+            raise RuntimeError("internal error: some images were not encoded exactly once per view")
+        out = {"labels": labels}
+        # Averaging before normalising is the same direction as summing; divide for clarity.
+        out["global"] = l2_normalize(self.global_ / self.views) if self.augmented else self.global_
+        if self.local is not None:
+            out["local"] = (l2_normalize(self.local / self.views).to(self.local_dtype)
+                            if self.augmented else self.local)
+        if self.per_view is not None:
+            out["views"] = self.per_view
+        for name, t in out.items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise RuntimeError(f"the backbone produced non-finite {name} features")
+        return out
+
+
+def _bad_image_error(path: str, reason: str) -> Exception:
+    from ssp.data import ImageLoadError
+
+    return ImageLoadError(
+        f"cannot read image {path}: {reason}; replace or delete the file, or pass "
+        "skip_bad_images=True to go on without it", path=path, reason=reason)
 
 
 def extract_features(
@@ -297,6 +400,9 @@ def extract_features(
     progress: bool = True,
     desc: str | None = None,
     local_dtype: torch.dtype = torch.float32,
+    view_dtype: torch.dtype = torch.float32,
+    skip_bad_images: bool = False,
+    distributed: bool | None = None,
 ) -> Tensors:
     """Encode ``samples`` with ``backbone``.
 
@@ -305,21 +411,35 @@ def extract_features(
             ``num_local_features``, ``device``, ``preprocess``, ``augment`` and
             ``encode_images(images [B,3,H,W]) -> (global [B,D], local [B,L,D])``).
         samples: N :class:`ssp.data.Sample` (``path``, ``label``).
-        views: 1 -> the eval transform (``backbone.preprocess``); > 1 -> ``views`` passes of
-            ``backbone.augment``, raw features averaged over passes, then L2-normalised.
+        views: 1 -> the eval transform (``backbone.preprocess``); E > 1 -> E passes of
+            ``backbone.augment``, raw features averaged over passes, then L2-normalised
+            (Zhang et al., Tip-Adapter, ECCV 2022, Sec. 3.1: the cache keys).
         with_local: also return local features (averaged over views the same way).
         batch_size: images per forward pass; default 256 on CUDA, 64 otherwise.
         num_workers: DataLoader workers; default min(4, CPUs, number of batches), 0 for one batch.
         seed: seeds the augmentation (per view and image; irrelevant when ``views == 1``).
-        progress: show a tqdm bar (only on a terminal).
+        progress: show a tqdm bar (only on a terminal, only on rank 0).
         local_dtype: dtype of the returned local features (float16 halves memory).
+        view_dtype: dtype of the returned per-view features.
+        skip_bad_images: an unreadable image raises :class:`ssp.data.ImageLoadError` naming it
+            (default); with True, the images that cannot be read are logged and left out, and
+            the result (features of the readable images only, encoded as if the list held only
+            them) gains ``"kept"``.
+        distributed: shard the batches over the ranks of the initialised torch.distributed
+            process group and gather the results on every rank (identical to one process's);
+            ``None`` (default): when a group of more than one process is initialised. Every
+            rank must make the same call.
 
     Returns:
-        ``{"global": [N, D] float32, "labels": [N] int64}`` plus ``"local": [N, L, D]`` when
-        ``with_local``; every global and local feature has unit L2 norm.
+        ``{"global": [N, D] float32, "labels": [N] int64}``; ``"local": [N, L, D]`` when
+        ``with_local``; ``"views": [E, N, D]`` (each augmented pass's global feature,
+        L2-normalised, ``view_dtype``) when ``views > 1``; ``"kept": [N'] int64`` (indices
+        into ``samples`` of the images encoded, N' rows everywhere) when ``skip_bad_images``.
+        Every global, local and per-view feature has unit L2 norm.
     """
     from tqdm.auto import tqdm
 
+    from ssp import distributed as dist
     from ssp.data import ImageDataset
 
     views = check_int(views, "views")
@@ -330,9 +450,14 @@ def extract_features(
     if batch_size is None:
         batch_size = 256 if device.type == "cuda" else 64
     batch_size = check_int(batch_size, "batch_size")
+    sharded = _use_distributed(distributed)
+    world, rank = (dist.world_size(), dist.rank()) if sharded else (1, 0)
     total = n * views
+    # The single-process batches; rank r encodes batches r, r + world, ...
+    plan = [list(range(start, min(start + batch_size, total))) for start in range(0, total, batch_size)]
+    mine = plan[rank::world]
     if num_workers is None:
-        num_workers = _default_num_workers(math.ceil(total / batch_size))
+        num_workers = _default_num_workers(len(mine))
     labels = torch.tensor([int(s.label) for s in samples], dtype=torch.int64)
 
     augmented = views > 1
@@ -340,44 +465,46 @@ def extract_features(
     dataset = _ViewDataset(ImageDataset(samples, transform), n, views,
                            seed=int(seed) if augmented else None)
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        dataset, batch_sampler=mine, num_workers=num_workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(int(seed)),
     )
-
     dim, num_local = int(backbone.embed_dim), int(backbone.num_local_features)
-    # Averaging needs float32 sums; a single view is normalised batch by batch.
-    global_out = torch.zeros(n, dim, dtype=torch.float32)
-    local_out = None
-    if with_local:
-        local_out = torch.zeros(n, num_local, dim,
-                                dtype=torch.float32 if augmented else local_dtype)
-    seen = torch.zeros(n, dtype=torch.int64)
+    acc = _Accumulator(n, views, dim, num_local, with_local, local_dtype, view_dtype)
+    first_view_batches = math.ceil(n / batch_size)  # after these every image was read once
+    bad: dict[int, str] = {}
 
     bar = tqdm(total=total, desc=desc or "extracting features", unit="img",
-               disable=None if progress else True)
+               disable=None if (progress and rank == 0) else True)
     batches = iter(loader)
     try:
         with torch.inference_mode():
-            for images, batch_labels, index in batches:
-                images = images.to(device, non_blocking=True)
-                g, loc = backbone.encode_images(images)
-                _check_batch(g, loc if with_local else None, len(index), dim, num_local)
-                if not torch.equal(batch_labels.long(), labels[index]):
-                    raise RuntimeError("the data loader returned labels that differ from the samples'")
-                g = g.detach().float().cpu()
-                if augmented:
-                    global_out.index_add_(0, index, g)
-                else:
-                    global_out[index] = l2_normalize(g)
-                if local_out is not None:
-                    loc = loc.detach().float().cpu()
-                    if augmented:
-                        local_out.index_add_(0, index, loc)
-                    else:
-                        local_out[index] = l2_normalize(loc).to(local_dtype)
-                seen.index_add_(0, index, torch.ones_like(index))
-                bar.update(len(index))
+            for r in range(math.ceil(len(plan) / world)):
+                payload = None
+                if r * world + rank < len(plan):
+                    images, batch_labels, items, errors = next(batches)
+                    failed = {int(i): e for i, e in zip(items.tolist(), errors) if e}
+                    g = loc = None
+                    if not failed and not bad:  # after a bad image, only read (to find them all)
+                        if not torch.equal(batch_labels.long(), labels[items % n]):
+                            raise RuntimeError("the data loader returned labels that differ from the samples'")
+                        g, loc = backbone.encode_images(images.to(device, non_blocking=True))
+                        _check_batch(g, loc if with_local else None, len(items), dim, num_local)
+                        g = g.detach().float().cpu()
+                        loc = loc.detach().float().cpu() if with_local else None
+                    payload = (items, g, loc, failed)
+                # Every rank gets every batch of this round, in rank (= batch) order.
+                for got in (dist.all_gather_object(payload) if sharded else [payload]):
+                    if got is None:
+                        continue
+                    items, g, loc, failed = got
+                    for item, reason in failed.items():
+                        bad.setdefault(item % n, reason)
+                    if not bad:
+                        acc.add(items, g, loc)
+                    bar.update(len(items))
+                if bad and (not skip_bad_images or (r + 1) * world >= first_view_batches):
+                    break
     finally:
         bar.close()
         # Stop the workers now: on an error the traceback keeps the iterator (and its worker
@@ -385,18 +512,27 @@ def extract_features(
         shutdown = getattr(batches, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
-    if not bool((seen == views).all()):
-        raise RuntimeError("internal error: some images were not encoded exactly once per view")
-
-    out = {"labels": labels}
-    # Averaging before normalising is the same direction as summing; divide for clarity.
-    out["global"] = l2_normalize(global_out / views) if augmented else global_out
-    if local_out is not None:
-        out["local"] = (l2_normalize(local_out / views).to(local_dtype) if augmented
-                        else local_out)
-    for name, t in out.items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise RuntimeError(f"the backbone produced non-finite {name} features")
+    if bad and not skip_bad_images:
+        index = min(bad)
+        raise _bad_image_error(str(samples[index].path), bad[index])
+    if not bad:
+        out = acc.result(labels)
+        if skip_bad_images:
+            out["kept"] = torch.arange(n, dtype=torch.int64)
+        return out
+    for index in sorted(bad):
+        _log.warning("skipping unreadable image %s: %s", samples[index].path, bad[index])
+    kept = [i for i in range(n) if i not in bad]
+    if not kept:
+        raise _bad_image_error(str(samples[min(bad)].path),
+                               f"{bad[min(bad)]} (and every other image of the list is unreadable too)")
+    # Encode the readable images as a list of their own: the same numbers as extracting
+    # that list directly (the batch layout, hence the rounding, depends on the list).
+    out = extract_features(backbone, [samples[i] for i in kept], views=views, with_local=with_local,
+                           batch_size=batch_size, num_workers=num_workers, seed=seed,
+                           progress=progress, desc=desc, local_dtype=local_dtype,
+                           view_dtype=view_dtype, skip_bad_images=False, distributed=sharded)
+    out["kept"] = torch.tensor(kept, dtype=torch.int64)
     return out
 
 
@@ -450,7 +586,10 @@ def feature_key(
     with_local: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """The store key of :func:`cached_features` (everything that changes the numbers)."""
+    """The store key of :func:`cached_features` (everything that changes the numbers).
+
+    ``samples`` is the list actually encoded: features computed without unreadable images
+    (``skip_bad_images``) live under the key of the shorter list, never the full one."""
     augmented = views > 1
     return {
         "kind": "features",
@@ -469,6 +608,12 @@ def feature_key(
     }
 
 
+def _skipped_key(full_key: Mapping[str, Any]) -> dict[str, Any]:
+    """Key of the record listing which images of ``full_key``'s list were readable."""
+    return {"kind": "skipped_images", "namespace": full_key["namespace"], "format": FORMAT_VERSION,
+            "features": dict(full_key)}
+
+
 def cached_features(
     store: FeatureStore,
     backbone: Any,
@@ -480,6 +625,8 @@ def cached_features(
     with_local: bool = False,
     seed: int = 0,
     recompute: bool = False,
+    skip_bad_images: bool = False,
+    distributed: bool | None = None,
     **extract_kwargs: Any,
 ) -> Tensors:
     """:func:`extract_features` through ``store``: computed once, then loaded.
@@ -487,43 +634,111 @@ def cached_features(
     The key (:func:`feature_key`) covers the backbone identity and precision, the transform
     (eval or train), dataset, split, :func:`sample_digest`, N, ``views``, ``with_local``,
     the seed (only when ``views > 1``) and the format version. A loaded file is checked
-    (tensor names, shapes against N / D / L, labels against the samples) and rebuilt with a
+    (tensor names, shapes against N / D / L / E, labels against the samples) and rebuilt with a
     :class:`CacheWarning` if wrong. ``extract_kwargs`` (batch size, workers, progress, desc)
     do not change the numbers and are not part of the key.
 
-    Returns ``{"global": [N, D] float32, "labels": [N] int64}`` plus ``"local": [N, L, D]``
-    float32 (stored as float16) when ``with_local``.
+    ``skip_bad_images=True``: unreadable images are left out (see :func:`extract_features`);
+    the features are stored under the key of the readable list, plus a small record (under
+    the full list's key) naming which images were readable, so a rerun finds them without
+    reading any image. ``distributed`` (default: when a process group of more than one
+    process is initialised): rank 0 decides hit or miss, a miss is extracted by all ranks
+    together, rank 0 alone writes; every rank returns the same tensors (on a hit the other
+    ranks read the file rank 0 found: the cache folder must be shared by the ranks).
+
+    Returns ``{"global": [N, D] float32, "labels": [N] int64}``, plus ``"local": [N, L, D]``
+    float32 (stored as float16) when ``with_local``, ``"views": [E, N, D]`` float32 (each
+    augmented pass's L2-normalised global feature, stored as float16) when ``views = E > 1``,
+    and ``"kept": [N'] int64`` (indices into ``samples`` of the rows) when ``skip_bad_images``;
+    with skipped images every tensor has N' < N rows.
     """
+    from ssp import distributed as dist
+
     views = check_int(views, "views")
-    for bad in ("local_dtype", "views", "with_local", "seed"):
+    for bad in ("local_dtype", "view_dtype", "views", "with_local", "seed"):
         if bad in extract_kwargs:
             raise TypeError(f"cached_features() got an unexpected keyword argument {bad!r}")
-    key = feature_key(backbone, samples, dataset=dataset, split=split, views=views,
-                      with_local=with_local, seed=seed)
-    labels = torch.tensor([int(s.label) for s in samples], dtype=torch.int64)
+    sharded = _use_distributed(distributed)
+    main = not sharded or dist.is_main()
+    n = len(samples)
     dim, num_local = int(backbone.embed_dim), int(backbone.num_local_features)
 
-    def validate(t: Tensors) -> str | None:
-        return _validate_features(t, labels, dim, num_local, with_local)
+    def key_for(kept: list[int] | None) -> dict[str, Any]:
+        subset = samples if kept is None else [samples[i] for i in kept]
+        return feature_key(backbone, subset, dataset=dataset, split=split, views=views,
+                           with_local=with_local, seed=seed)
 
-    def compute() -> Tensors:
+    def validator(kept: list[int] | None) -> Callable[[Tensors], str | None]:
+        subset = samples if kept is None else [samples[i] for i in kept]
+        labels = torch.tensor([int(s.label) for s in subset], dtype=torch.int64)
+        return lambda t: _validate_features(t, labels, dim, num_local, with_local, views)
+
+    full_key = key_for(None)
+
+    def lookup() -> tuple[Tensors | None, list[int] | None]:
+        found = store.load(full_key, validate=validator(None))
+        if found is not None or not skip_bad_images:
+            return found, None
+        record = store.load(_skipped_key(full_key), validate=lambda t: _validate_kept(t, n))
+        if record is None:
+            return None, None
+        kept = record["kept"].tolist()
+        return store.load(key_for(kept), validate=validator(kept)), kept
+
+    found, kept = (None, None) if recompute or not main else lookup()
+    if sharded:  # rank 0 decides, so that every rank takes part in the same extraction
+        hit, kept = dist.broadcast_object((found is not None, kept) if main else None)
+        if hit and not main:
+            found = store.load(key_for(kept), validate=validator(kept))
+            if found is None:
+                raise RuntimeError(f"rank {dist.rank()} cannot read {store.path_for(key_for(kept))}, "
+                                   "which rank 0 read: the feature cache folder must be shared by all ranks")
+    if found is not None:
+        store.hits += 1
+    else:
+        store.misses += 1
         extract_kwargs.setdefault("desc", f"{dataset}/{split} features")
-        return extract_features(backbone, samples, views=views, with_local=with_local, seed=seed,
-                                local_dtype=_LOCAL_STORAGE_DTYPE, **extract_kwargs)
-
-    out = store.get_or_compute(key, compute, recompute=recompute, validate=validate)
-    result = {"global": out["global"].float(), "labels": out["labels"].long()}
+        found = extract_features(backbone, samples, views=views, with_local=with_local, seed=seed,
+                                 local_dtype=_LOCAL_STORAGE_DTYPE, view_dtype=_VIEW_STORAGE_DTYPE,
+                                 skip_bad_images=skip_bad_images, distributed=sharded,
+                                 **extract_kwargs)
+        kept_t = found.pop("kept", None)
+        kept = None if kept_t is None or len(kept_t) == n else kept_t.tolist()
+        reason = validator(kept)(found)
+        if reason is not None:
+            raise ValueError(f"computed features for {store.path_for(key_for(kept))} are invalid: {reason}")
+        if main:
+            store.save(key_for(kept), found)
+            if kept is not None:  # after the features, so a record never points at nothing
+                store.save(_skipped_key(full_key), {"kept": kept_t})
+    result = {"global": found["global"].float(), "labels": found["labels"].long()}
     if with_local:
-        result["local"] = out["local"].float()
+        result["local"] = found["local"].float()
+    if views > 1:
+        result["views"] = found["views"].float()
+    if skip_bad_images:
+        result["kept"] = (torch.arange(n, dtype=torch.int64) if kept is None
+                          else torch.tensor(kept, dtype=torch.int64))
     return result
 
 
+def _validate_kept(t: Tensors, n: int) -> str | None:
+    kept = t.get("kept")
+    if kept is None or kept.dtype != torch.int64 or kept.ndim != 1 or not 0 < len(kept) < n:
+        return "not a list of readable images of this sample list"
+    if int(kept.min()) < 0 or int(kept.max()) >= n or not bool((kept[1:] > kept[:-1]).all()):
+        return "its image indices are out of range or not increasing"
+    return None
+
+
 def _validate_features(t: Tensors, labels: torch.Tensor, dim: int, num_local: int,
-                       with_local: bool) -> str | None:
+                       with_local: bool, views: int = 1) -> str | None:
     n = labels.shape[0]
     expected = {"global": ((n, dim), torch.float32), "labels": ((n,), torch.int64)}
     if with_local:
         expected["local"] = ((n, num_local, dim), _LOCAL_STORAGE_DTYPE)
+    if views > 1:
+        expected["views"] = ((views, n, dim), _VIEW_STORAGE_DTYPE)
     missing = sorted(set(expected) - set(t))
     if missing:
         return f"missing tensors {missing} (has {sorted(t)})"

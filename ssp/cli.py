@@ -8,9 +8,13 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -38,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssp-fewshot",
         description="Training-free few-shot CLIP (zero-shot, Tip-Adapter, APE, each with and without SSP) "
                     "under the CoOp protocol: hyper-parameters chosen on validation, test scored once, "
-                    "mean ± std over seeds. Values default to configs/defaults.yaml and configs/<dataset>.yaml.")
+                    "mean ± std over seeds. Values default to configs/defaults.yaml and configs/<dataset>.yaml. "
+                    "Multi-process feature extraction: torchrun --nproc_per_node N -m ssp.cli ... (gloo on CPU, "
+                    "NCCL with one GPU per process; rank 0 runs the methods and writes every file).")
     p.add_argument("--dataset", help="dataset name (see --list-datasets)")
     p.add_argument("--root", default=os.environ.get("SSP_DATA_ROOT"),
                    help="folder holding the dataset folder (or the dataset folder itself); default $SSP_DATA_ROOT")
@@ -68,12 +74,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None,
                    help="feature cache folder (default $SSP_CACHE_DIR, else ~/.cache/ssp)")
     p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable (corrupt, truncated) images out instead of stopping; they are listed "
+                        "in the log and in each run JSON (skipped_images)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--list-datasets", action="store_true", help="print the known datasets and exit")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results.md / results.png / summary.json from the JSONs in --output and exit")
     return p
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) turned into an exception, so that clean-up code runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise _Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGINT and SIGTERM raise :class:`_Interrupted` inside the block (previous handlers restored after).
+
+    Python drops an exception raised where it cannot propagate (an ``os.fork`` hook, e.g. when
+    DataLoader workers start, or a ``__del__``) and only reports it to ``sys.unraisablehook``;
+    such an interrupt is delivered again a moment later instead of being lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_hook = sys.unraisablehook
+
+    def redeliver(unraisable) -> None:
+        if isinstance(unraisable.exc_value, _Interrupted):
+            threading.Timer(0.01, os.kill, args=(os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous_hook(unraisable)
+
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = redeliver
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.unraisablehook = previous_hook
+
+
+def _files_written_since(started: float, output: Path, cache_dir: str | None) -> int:
+    """Complete files (feature cache, run JSONs, reports) written since ``started``; temp files excluded."""
+    from .cache import FeatureStore
+
+    count = 0
+    for folder in (output, FeatureStore(cache_dir).root):
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            try:
+                if not path.name.startswith(".") and path.is_file() and path.stat().st_mtime >= started:
+                    count += 1
+            except OSError:
+                pass
+    return count
 
 
 def _val_policy(text: str | None):
@@ -110,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                  "pretrained": args.pretrained, "precision": args.precision,
                  "quick_gelu": {None: None, "on": True, "off": False}.get(args.quick_gelu), "views": args.views,
                  "val_policy": _val_policy(args.val_policy), "batch_size": args.batch_size,
-                 "num_workers": args.num_workers,
+                 "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
                  "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing)) if v}}
     try:
         cfg = load_config(args.dataset, args.config, overrides)
@@ -121,16 +187,41 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")  # the banner says it once
         print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are MEANINGLESS;\n"
               f"  use this only to smoke-test the pipeline.\n{banner}", file=sys.stderr)
+    from . import distributed
+    from .data import ImageLoadError
     from .experiment import run_fewshot
 
+    started, main_rank = time.time(), True
     try:
-        records, table = run_fewshot(cfg, root=args.root, output_dir=args.output, cache_dir=args.cache_dir,
-                                     device=args.device, recompute=args.recompute, split_file=args.split_file,
-                                     progress=not args.no_progress)
+        with _signals_as_interrupts():
+            device = distributed.init_from_env(args.device) or args.device  # torchrun: one process group
+            main_rank = distributed.is_main()
+            try:
+                records, table = run_fewshot(cfg, root=args.root, output_dir=args.output, cache_dir=args.cache_dir,
+                                             device=str(device), recompute=args.recompute,
+                                             split_file=args.split_file, progress=not args.no_progress,
+                                             echo=print if main_rank else (lambda _: None))
+            finally:
+                distributed.shutdown()
+    except KeyboardInterrupt as err:
+        if args.debug:
+            raise
+        signum = getattr(err, "signum", signal.SIGINT)
+        done = _files_written_since(started, Path(args.output), args.cache_dir)
+        print(f"\nssp-fewshot: interrupted ({signal.Signals(signum).name}); {done} file{'' if done == 1 else 's'} complete, "
+              "rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(128 + int(signum))
+    except ImageLoadError as err:
+        if args.debug:
+            raise
+        raise SystemExit(f"ssp-fewshot: error: cannot read image {err.path} ({err.reason}); replace or delete it, "
+                         "or rerun with --skip-bad-images to go on without it" if main_rank else 1)
     except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
         if args.debug:
             raise
         raise SystemExit(f"ssp-fewshot: error: {err}\n(run with --debug for the full traceback)")
+    if not main_rank:
+        return 0
     print()
     print(table)
     print(f"\n{len(records)} runs written under {Path(args.output).resolve()} "

@@ -22,19 +22,27 @@ from .report import write_report, write_run
 
 @dataclass
 class Features:
-    """Global features ``[N, D]`` (L2-normalised), labels ``[N]``, optional local features ``[N, L, D]``."""
+    """Global features ``[N, D]`` (L2-normalised), labels ``[N]``, optional local features
+    ``[N, L, D]``, optional per-view global features ``[E, N, D]`` (each augmented pass's
+    L2-normalised feature, of which ``global_`` is the normalised mean; training inputs of
+    the fine-tuned adapters) and optional ``kept`` ``[N]`` (indices into the requested
+    sample list when unreadable images were skipped)."""
 
     global_: torch.Tensor
     labels: torch.Tensor
     local: torch.Tensor | None = None
+    views: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> "Features":
-        return cls(d["global"], d["labels"].long(), d.get("local"))
+        return cls(d["global"], d["labels"].long(), d.get("local"), d.get("views"), d.get("kept"))
 
     def subset(self, index: torch.Tensor) -> "Features":
         return Features(self.global_[index], self.labels[index],
-                        None if self.local is None else self.local[index])
+                        None if self.local is None else self.local[index],
+                        None if self.views is None else self.views[:, index],
+                        None if self.kept is None else self.kept[index])
 
 
 @dataclass
@@ -146,8 +154,40 @@ def backbone_label(backbone) -> str:
     return f"{backbone.model_name}@{weights['tag']}"
 
 
-def _index_by_path(samples) -> dict[str, int]:
-    return {s.path: i for i, s in enumerate(samples)}
+def _index_by_path(samples, kept: torch.Tensor | None = None) -> dict[str, int]:
+    """Sample path -> row of the features (``kept``: the rows' sample indices when images were skipped)."""
+    rows = range(len(samples)) if kept is None else kept.tolist()
+    return {samples[i].path: row for row, i in enumerate(rows)}
+
+
+def _skipped(samples, features: "Features") -> list[str]:
+    """Paths of ``samples`` that have no row in ``features`` (unreadable images left out)."""
+    if features.kept is None or len(features.kept) == len(samples):
+        return []
+    kept = set(features.kept.tolist())
+    return [s.path for i, s in enumerate(samples) if i not in kept]
+
+
+def _extract_all(cfg: dict, dataset, backbone, store, needs_local: bool, recompute: bool, extract_kw: dict) -> None:
+    """Every feature file a run needs, extracted by all ranks together (torchrun): the same
+    cached_features calls as :func:`run_fewshot` makes, without keeping the results."""
+    from .cache import cached_features
+    from .data import make_fewshot_splits
+
+    kw = dict(extract_kw, recompute=recompute)
+    cached_features(store, backbone, dataset.test, dataset=dataset.name, split="test", desc="test", **kw)
+    if dataset.val is not None:
+        cached_features(store, backbone, dataset.val, dataset=dataset.name, split="val", desc="val", **kw)
+    for shots in cfg["shots"]:
+        for seed in cfg["seeds"]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
+                splits = make_fewshot_splits(dataset, shots, seed, val_policy=cfg["val_policy"])
+            cached_features(store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
+                            with_local=needs_local, seed=seed, desc=f"support {shots}-shot seed {seed}", **kw)
+            if dataset.val is None:
+                cached_features(store, backbone, splits.val, dataset=dataset.name, split="train-as-val",
+                                desc=f"val {shots}-shot seed {seed}", **kw)
 
 
 def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_dir: str | Path | None = None,
@@ -155,8 +195,14 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                 progress: bool = True, echo: Callable[[str], None] = print) -> tuple[list[dict], str]:
     """Run every (shots, seed, method) of ``cfg``; write one JSON per run and the report.
 
+    ``cfg["skip_bad_images"]``: leave unreadable images out (listed in each run's
+    ``skipped_images``) instead of stopping with an error. Under torchrun (an initialised
+    process group, see :mod:`ssp.distributed`) every rank extracts its share of the features
+    first; then rank 0 alone runs the methods and writes, the other ranks return ``([], "")``.
+
     Returns ``(records, table)``.
     """
+    from . import distributed
     from .backbone import load_backbone
     from .cache import FeatureStore, cached_features
     from .data import get_dataset, make_fewshot_splits
@@ -168,7 +214,20 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
     store = FeatureStore(cache_dir)
     extract_kw = {k: cfg[k] for k in ("batch_size", "num_workers") if cfg.get(k) is not None}
     extract_kw["progress"] = progress
+    skip_bad = cfg.get("skip_bad_images", False)
+    if not isinstance(skip_bad, bool):
+        raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
+    extract_kw["skip_bad_images"] = skip_bad
     needs_local = any(m.endswith("+ssp") for m in cfg["methods"])
+    recompute_text = recompute
+    if distributed.is_active():
+        _extract_all(cfg, dataset, backbone, store, needs_local, recompute, extract_kw)
+        distributed.barrier()
+        if not distributed.is_main():
+            return [], ""
+        # Everything is cached now: rank 0 goes on alone (reads, methods, writes).
+        extract_kw["distributed"], recompute = False, False
+        store.hits = -store.misses  # below, every file is read once more: count only files that existed before
     echo(f"[ssp] {dataset.name}: {len(dataset.classnames)} classes, train/val/test = "
          f"{len(dataset.train)}/{len(dataset.val) if dataset.val is not None else '-'}/{len(dataset.test)}; "
          f"backbone {cfg['backbone']} ({cfg['pretrained']}) on {backbone.device}; cache {store.root}")
@@ -178,14 +237,14 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                 "classnames": dataset.classnames, "templates": dataset.templates}
     text = store.get_or_compute(
         text_key, lambda: {"text": backbone.text_classifier(dataset.classnames, dataset.templates)},
-        recompute=recompute)["text"]
+        recompute=recompute_text)["text"]
     test = Features.from_dict(cached_features(store, backbone, dataset.test, dataset=dataset.name, split="test",
                                               recompute=recompute, desc="test", **extract_kw))
     full_val = None
     if dataset.val is not None:
         full_val = Features.from_dict(cached_features(store, backbone, dataset.val, dataset=dataset.name,
                                                       split="val", recompute=recompute, desc="val", **extract_kw))
-        val_index = _index_by_path(dataset.val)
+        val_index = _index_by_path(dataset.val, full_val.kept)
     shared_extract_s = time.perf_counter() - t0
 
     records = []
@@ -203,12 +262,20 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                 with_local=needs_local, seed=seed, recompute=recompute, desc=f"support {shots}-shot seed {seed}",
                 **extract_kw))
             if full_val is not None:
-                val = full_val.subset(torch.tensor([val_index[s.path] for s in splits.val], dtype=torch.long))
+                val = full_val.subset(torch.tensor([val_index[s.path] for s in splits.val if s.path in val_index],
+                                                   dtype=torch.long))
             else:  # ImageNet: validation carved from train images not used as shots
                 val = Features.from_dict(cached_features(
                     store, backbone, splits.val, dataset=dataset.name, split="train-as-val", recompute=recompute,
                     desc=f"val {shots}-shot seed {seed}", **extract_kw))
             extract_s = time.perf_counter() - t0
+            skipped = {"test": _skipped(dataset.test, test), "support": _skipped(splits.support, support),
+                       "val": ([p for p in (s.path for s in splits.val) if p not in val_index]
+                               if full_val is not None else _skipped(splits.val, val))}
+            n_skipped = sum(map(len, skipped.values()))
+            if n_skipped:
+                echo(f"[ssp] {shots}-shot seed {seed}: {n_skipped} unreadable image(s) left out (--skip-bad-images): "
+                     + ", ".join(p for paths in skipped.values() for p in paths))
             for method in cfg["methods"]:
                 res = run_method(method, cfg, support, val, test, text, device=backbone.device, seed=seed)
                 record = {
@@ -221,8 +288,8 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                     "method": method, "shots": shots, "seed": seed,
                     "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"],
                                  "hyperparameters_chosen_on": "validation split",
-                                 "n_support": len(splits.support), "n_val": len(splits.val),
-                                 "n_test": len(splits.test), "n_classes": len(dataset.classnames)},
+                                 "n_support": len(support.labels), "n_val": len(val.labels),
+                                 "n_test": len(test.labels), "n_classes": len(dataset.classnames)},
                     "hyperparameters": res.hyperparameters,
                     "val_accuracy": res.val_accuracy,
                     "test_accuracy": res.test_accuracy,
@@ -230,6 +297,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                     "timings": {"shared_features_s": shared_extract_s, "support_val_features_s": extract_s,
                                 **res.timings},
                     "warnings": sampling_warnings,
+                    "skipped_images": skipped,
                     "config": cfg,
                 }
                 write_run(output_dir, record)

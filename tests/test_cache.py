@@ -635,3 +635,159 @@ def test_real_open_clip_backbone(tmp_path, store, config):
     imgs = torch.stack([bb.preprocess(Image.open(s.path).convert("RGB")) for s in samples])
     g, _ = bb.encode_images(imgs.to(bb.device))
     torch.testing.assert_close(ev["global"], l2_normalize(g.float()), atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-view features, format version, unreadable images
+# --------------------------------------------------------------------------------------------
+
+def test_views_kept_per_pass(samples):
+    """views > 1: each pass's global feature is returned ([E, N, D], L2-normalised); the keys are
+    the normalised mean of the raw passes, so they lie in the views' span."""
+    bb = FakeBackbone()
+    out = extract_features(bb, samples, views=3, seed=7, batch_size=4, **QUIET)
+    n = len(samples)
+    assert out["views"].shape == (3, n, 8) and out["views"].dtype == torch.float32
+    torch.testing.assert_close(out["views"].norm(dim=-1), torch.ones(3, n))
+    raw = []
+    for v in range(3):
+        imgs = []
+        for i, s in enumerate(samples):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_view_seed(7, v, i))
+                imgs.append(bb.augment(Image.open(s.path).convert("RGB")))
+        raw.append(bb.encode_images(torch.stack(imgs))[0])
+    raw = torch.stack(raw)
+    torch.testing.assert_close(out["views"], l2_normalize(raw))
+    torch.testing.assert_close(out["global"], l2_normalize(raw.mean(0)))
+    assert "views" not in extract_features(bb, samples, **QUIET)  # eval transform: no passes
+    half = extract_features(bb, samples, views=3, seed=7, batch_size=4, view_dtype=torch.float16, **QUIET)
+    assert half["views"].dtype == torch.float16 and torch.equal(half["views"], out["views"].half())
+
+
+def test_cached_views_roundtrip_and_one_extraction(store, samples):
+    bb = FakeBackbone()
+    kw = dict(dataset="toy", split="train", views=3, seed=2, with_local=True, batch_size=4, **QUIET)
+    first = cached_features(store, bb, samples, **kw)
+    calls = bb.calls
+    assert calls == 5  # 18 items / batch 4: one extraction gives keys and views
+    second = cached_features(store, bb, samples, **kw)
+    assert bb.calls == calls
+    assert first["views"].shape == (3, len(samples), 8) and first["views"].dtype == torch.float32
+    assert torch.equal(first["views"], second["views"])  # miss and hit: the same (float16-rounded) values
+    full = extract_features(bb, samples, views=3, seed=2, batch_size=4, **QUIET)
+    assert torch.equal(first["views"], full["views"].half().float())
+    assert torch.equal(first["global"], full["global"])
+    from safetensors import safe_open
+
+    (path,) = _files(store.root)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.get_slice("views").get_dtype() == "F16"
+        assert f.metadata()["format_version"] == "2"
+    assert "views" not in cached_features(store, bb, samples, dataset="toy", split="test", **QUIET)
+
+
+def test_features_carry_views_through_subset():
+    from ssp.experiment import Features
+
+    views = torch.randn(3, 5, 4)
+    f = Features.from_dict({"global": torch.randn(5, 4), "labels": torch.arange(5), "views": views})
+    sub = f.subset(torch.tensor([4, 1]))
+    assert torch.equal(sub.views, views[:, [4, 1]]) and sub.local is None
+    assert Features(torch.zeros(2, 4), torch.zeros(2)).views is None
+
+
+def test_old_format_file_is_never_read(store, samples):
+    """A version-1 file (no per-view features) is rejected by its metadata even under the new key."""
+    from safetensors.torch import save_file
+
+    bb = FakeBackbone()
+    kw = dict(dataset="toy", split="train", views=2, seed=1)
+    key = feature_key(bb, samples, **kw)
+    assert key["format"] == 2
+    n = len(samples)
+    path = store.path_for(key)
+    path.parent.mkdir(parents=True)
+    old = {"global": l2_normalize(torch.randn(n, 8)), "labels": torch.tensor([s.label for s in samples])}
+    save_file(old, str(path), metadata={"format": "ssp-feature-store", "format_version": "1",
+                                        "key": json.dumps(key, sort_keys=True, separators=(",", ":"))})
+    with pytest.warns(CacheWarning, match="format version 1"):
+        out = cached_features(store, bb, samples, batch_size=8, **QUIET, **kw)
+    assert bb.calls > 0 and out["views"].shape == (2, n, 8)
+    assert not torch.equal(out["global"], old["global"])
+    # a current-version file that lacks the views tensor is rebuilt too
+    store.save(key, old)
+    with pytest.warns(CacheWarning, match="missing tensors"):
+        assert "views" in cached_features(store, bb, samples, batch_size=8, **QUIET, **kw)
+
+
+def _break(path: str, how: str) -> None:
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 3] if how == "truncate" else b"not an image" * 4)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_unreadable_image_error_is_one_line_with_the_fix(samples, num_workers):
+    from ssp.data import ImageLoadError
+
+    _break(samples[4].path, "truncate")
+    with pytest.raises(ImageLoadError) as err:
+        extract_features(FakeBackbone(), samples, views=2, batch_size=3, num_workers=num_workers, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and samples[4].path in message and "skip_bad_images=True" in message
+    assert err.value.path == samples[4].path and "truncated" in err.value.reason
+
+
+def test_skip_bad_images_equals_extracting_the_readable_list(samples):
+    bb = FakeBackbone()
+    _break(samples[1].path, "truncate")
+    _break(samples[4].path, "garbage")
+    kw = dict(views=2, seed=3, with_local=True, batch_size=4, **QUIET)
+    out = extract_features(bb, samples, skip_bad_images=True, **kw)
+    good = [s for i, s in enumerate(samples) if i not in (1, 4)]
+    direct = extract_features(bb, good, **kw)
+    assert out["kept"].tolist() == [0, 2, 3, 5]
+    for name in direct:
+        assert torch.equal(out[name], direct[name]), name  # bit for bit: same batches as the short list
+    clean = extract_features(bb, good, skip_bad_images=True, **kw)
+    assert clean["kept"].tolist() == [0, 1, 2, 3]
+    for s in samples:
+        _break(s.path, "garbage")
+    with pytest.raises(OSError, match="every other image"):
+        extract_features(bb, samples, skip_bad_images=True, **kw)
+
+
+def test_skip_bad_images_cache_keys(store, samples, tmp_path):
+    """Features without the unreadable images are stored under the readable list's key, never the full one;
+    a rerun finds them without encoding; replacing the image invalidates the record."""
+    bb = FakeBackbone()
+    kw = dict(dataset="toy", split="train", views=2, seed=1, batch_size=4, **QUIET)
+    pristine = Path(samples[2].path).read_bytes()
+    _break(samples[2].path, "truncate")
+    from ssp.data import ImageLoadError
+
+    with pytest.raises(ImageLoadError, match=re.escape(samples[2].path)):
+        cached_features(store, bb, samples, **kw)
+    assert not store.root.exists() or _files(store.root) == []  # nothing written
+    out = cached_features(store, bb, samples, skip_bad_images=True, **kw)
+    good = samples[:2] + samples[3:]
+    assert out["kept"].tolist() == [0, 1, 3, 4, 5] and out["global"].shape == (5, 8)
+    assert out["views"].shape == (2, 5, 8) and out["labels"].tolist() == [s.label for s in good]
+    assert not store.path_for(feature_key(bb, samples, **{k: kw[k] for k in ("dataset", "split", "views", "seed")})).exists()
+    short_key_path = store.path_for(feature_key(bb, good, dataset="toy", split="train", views=2, seed=1))
+    assert short_key_path.is_file() and len(_files(store.root)) == 2  # features + the skipped-images record
+    calls = bb.calls
+    again = cached_features(store, bb, samples, skip_bad_images=True, **kw)
+    assert bb.calls == calls and store.hits == 1
+    for name in out:
+        assert torch.equal(out[name], again[name]), name
+    # the readable list on its own finds the same file
+    direct = cached_features(store, bb, good, **kw)
+    assert bb.calls == calls and torch.equal(direct["global"], out["global"])
+    # without skip_bad_images the full list is still an error (the bad image is never silently dropped)
+    with pytest.raises(ImageLoadError):
+        cached_features(store, bb, samples, **kw)
+    # the image is repaired: new file size -> new full key -> every image encoded
+    Path(samples[2].path).write_bytes(pristine)
+    fixed = cached_features(store, bb, samples, skip_bad_images=True, **kw)
+    assert bb.calls > calls and fixed["kept"].tolist() == list(range(6)) and fixed["global"].shape == (6, 8)

@@ -10,7 +10,21 @@ from .base import Sample
 
 
 class ImageLoadError(OSError):
-    """An image file is missing or cannot be decoded; the message names the file."""
+    """An image file is missing or cannot be decoded; the message names the file.
+
+    ``path`` is the file and ``reason`` the decoder's one-line explanation."""
+
+    def __init__(self, message: str, *, path: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):  # picklable with its keyword fields (DataLoader workers, torch.distributed)
+        return (_rebuild_image_load_error, (str(self), self.path, self.reason))
+
+
+def _rebuild_image_load_error(message: str, path: str, reason: str) -> "ImageLoadError":
+    return ImageLoadError(message, path=path, reason=reason)
 
 
 def load_image(path: str) -> Image.Image:
@@ -19,9 +33,12 @@ def load_image(path: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except FileNotFoundError as err:
-        raise ImageLoadError(f"image file not found: {path}") from err
+        raise ImageLoadError(f"image file not found: {path}", path=str(path),
+                             reason="file not found") from err
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise ImageLoadError(f"cannot read image {path}: {err}") from err
+        reason = " ".join(str(err).split()) or type(err).__name__  # one line
+        raise ImageLoadError(f"cannot read image {path}: {reason}", path=str(path),
+                             reason=reason) from err
 
 
 class ImageDataset(torch.utils.data.Dataset):
