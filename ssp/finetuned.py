@@ -177,8 +177,6 @@ class _FineTuned:
     def _train(self, inputs: torch.Tensor, val, settings: dict[str, Any]) -> None:
         epochs, batch_size = settings["epochs"], settings["batch_size"]
         n_keys = self.support_features_.shape[0]
-        labels = self.support_labels_
-        generator = torch.Generator().manual_seed(settings["seed"])
         params = {k: torch.nn.Parameter(v.detach().clone()) for k, v in self._initial_params().items()}
         optimizer = _adamw(list(params.values()), settings)
         steps = math.ceil(n_keys / batch_size)
@@ -186,10 +184,30 @@ class _FineTuned:
         val_prepared = self._prepare(val[0]) if val is not None else None
 
         history: list[dict[str, Any]] = []
+        bar = self._progress_bar(epochs * steps)
+        try:
+            start = time.perf_counter()
+            best_epoch, best_state = self._epochs(params, optimizer, scheduler, inputs, val,
+                                                  val_prepared, settings, steps, bar, history)
+            self.train_time_s_ = time.perf_counter() - start
+        finally:
+            if bar is not None:
+                bar.close()
+        self.history_ = history
+        self.best_epoch_ = best_epoch
+        self.selection_ = "validation" if val is not None else "last"
+        self.n_steps_ = epochs * steps
+        self._set_trained({k: v.detach() for k, v in best_state.items()})
+
+    def _epochs(self, params, optimizer, scheduler, inputs, val, val_prepared, settings, steps,
+                bar, history):
+        """The epochs; returns (best epoch, its parameters) and fills ``history``."""
+        epochs, batch_size = settings["epochs"], settings["batch_size"]
+        n_keys = self.support_features_.shape[0]
+        labels = self.support_labels_
+        generator = torch.Generator().manual_seed(settings["seed"])
         best_state = {k: p.detach().clone() for k, p in params.items()}
         best_epoch, best_accuracy = 0, -math.inf
-        bar = self._progress_bar(epochs)
-        start = time.perf_counter()
         prepared_views: dict[int, dict[str, torch.Tensor]] = {}  # each view projected once
         for epoch in range(epochs):
             view = epoch % inputs.shape[0]
@@ -207,6 +225,8 @@ class _FineTuned:
                 optimizer.step()
                 scheduler.step()
                 total_loss += float(loss.detach()) * batch.numel()
+                if bar is not None:
+                    bar.update(1)
             record = {"epoch": epoch + 1, "train_loss": total_loss / n_keys,
                       "lr": float(scheduler.get_last_lr()[0]), "val_accuracy": None}
             if val is not None:
@@ -217,27 +237,20 @@ class _FineTuned:
                     best_state = {k: p.detach().clone() for k, p in params.items()}
             history.append(record)
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{record['train_loss']:.4f}",
                                 val=("-" if val is None else f"{record['val_accuracy']:.2f}"))
-        if bar is not None:
-            bar.close()
         if val is None and epochs:
             best_epoch = epochs
             best_state = {k: p.detach().clone() for k, p in params.items()}
-        self.train_time_s_ = time.perf_counter() - start
-        self.history_ = history
-        self.best_epoch_ = best_epoch
-        self.selection_ = "validation" if val is not None else "last"
-        self.n_steps_ = epochs * steps
-        self._set_trained({k: v.detach() for k, v in best_state.items()})
+        return best_epoch, best_state
 
-    def _progress_bar(self, epochs: int):
-        if not self.progress or epochs == 0:
+    def _progress_bar(self, total_steps: int):
+        if not self.progress or total_steps == 0:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=epochs, desc=f"{type(self).__name__} epochs", unit="epoch", leave=False)
+        return tqdm(total=total_steps, desc=f"training {type(self).__name__}", unit="step",
+                    leave=False)
 
     @torch.no_grad()
     def _accuracy(self, params, prepared: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
@@ -284,7 +297,8 @@ class TipAdapterF(_FineTuned, TipAdapter):
         lr, eps, weight_decay: AdamW settings (published: 1e-3, 1e-4, and AdamW's default 0.01).
         batch_size: support samples per step (published: 256).
         seed: seed of the shuffling generator.
-        progress: show a tqdm bar over epochs (training loss and validation accuracy).
+        progress: show a tqdm bar over the training steps (epoch, training loss and
+            validation accuracy after each epoch).
         projector, routing, logit_scale, chunk_size, device: as in :class:`TipAdapter`.
 
     Fitted attributes: those of :class:`TipAdapter`, with ``keys_`` [N, D] the trained keys

@@ -352,3 +352,11 @@ def test_stanford_cars_fine_tuning_beats_training_free(tip_cache_root):
           f"APE {ape_acc:.2f} -> APE-T {ape_t_acc:.2f}")
     assert tip_f_acc >= tip_acc + 4.0
     assert ape_t_acc >= ape_acc + 3.0
+
+
+def test_progress_bar_counts_steps(capsys):
+    text, keys, labels, views, val, val_y, *_ = make_data()
+    TipAdapterF(progress=True, **FAST).fit(keys, labels, text_features=text, view_features=views,
+                                           val_features=val, val_labels=val_y)
+    err = capsys.readouterr().err
+    assert "training TipAdapterF" in err and f"{FAST['epochs'] * 4}/{FAST['epochs'] * 4}" in err
