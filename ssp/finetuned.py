@@ -420,12 +420,17 @@ class APET(_FineTuned, APE):
                 "query": l2_normalize(query[:, self.channels_])}
 
     def _train_logits(self, params, batch):
-        residual = params["residual"]
-        keys = self.initial_selected_keys_ + residual[self.support_labels_]
-        activation = cache_kernel(batch["query"] @ keys.T, float(self.beta))
+        residual, beta = params["residual"], float(self.beta)
+        # The residual is constant over a class's keys, x_Ω F'_nᵀ = x_Ω F_Ω,nᵀ + x_Ω R_cᵀ, so
+        # its factor leaves the class sum: cache_c = exp(β x_Ω R_cᵀ) Σ_{n in c} k(x_Ω F_Ω,nᵀ) w_n.
+        # The [m, N] kernel then needs no gradient; only [m, C] and [N] terms do.
+        with torch.no_grad():
+            kernel = cache_kernel(batch["query"] @ self.initial_selected_keys_.T, beta)
+        class_shift = batch["query"] @ residual.T                                # [m, C]
         weights = params["values"] * torch.exp(float(self.gamma) * self.key_divergence_)
+        cache = torch.exp(beta * class_shift) * self.segments_.sum(kernel, weights)
         zero_shot = batch["zero_shot"] + float(self.logit_scale) * (batch["zs_selected"] @ residual.T)
-        return zero_shot + float(self.alpha) * self.segments_.sum(activation, weights)
+        return zero_shot + float(self.alpha) * cache
 
     def _set_trained(self, state):
         self.category_residual_ = state["residual"]
