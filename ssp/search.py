@@ -177,7 +177,8 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     """Pick hyper-parameters of a fitted classifier on validation data and set them on it.
 
     Args:
-        model: a fitted ``TipAdapter`` / ``APE`` / ``ZeroShotCLIP``. Its fitted state is kept;
+        model: a fitted ``TipAdapter`` / ``APE`` / ``ZeroShotCLIP``, or a trained
+            ``TipAdapterF`` / ``APET`` (``ssp.finetuned``). Its fitted state is kept;
             only the searched parameters are changed (``set_params``).
         val_features: ``[M, D]`` validation image features (never test features).
         val_labels: ``[M]`` validation labels.
