@@ -8,6 +8,7 @@ Data flows one way, one module per stage::
     ssp.tip_cache   reading Tip-Adapter / APE feature-cache folders
     ssp.projector   SSPProjector (vision / language subspaces)
     ssp.classifiers ZeroShotCLIP, TipAdapter, APE (logits)
+    ssp.finetuned   TipAdapterF, APET (trained on cached features)
     ssp.search      validation-only hyper-parameter search
     ssp.report      per-run JSON, tables and plots
     ssp.cli         the ``ssp-fewshot`` command
@@ -25,6 +26,8 @@ _LAZY = {
     "ZeroShotCLIP": "ssp.classifiers",
     "TipAdapter": "ssp.classifiers",
     "APE": "ssp.classifiers",
+    "TipAdapterF": "ssp.finetuned",
+    "APET": "ssp.finetuned",
     "validation_search": "ssp.search",
     "SearchResult": "ssp.search",
     "make_grid": "ssp.search",

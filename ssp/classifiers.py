@@ -453,7 +453,8 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     def _terms(self, x: torch.Tensor, routing: str | None = None):
         """``(zero-shot logits [M, C], cache affinities [M, N] or None, key log-weights [N] or
         None)`` for normalised queries ``x`` under ``routing``: everything the logits need
-        except the searched hyper-parameters (alpha, beta, gamma)."""
+        except the searched hyper-parameters (alpha, beta, gamma). Models with trained per-key
+        value weights (APE-T) append a fourth element, the weights ``[N]`` (any sign)."""
         raise NotImplementedError
 
     def _search_terms(self, X: ArrayLike, routing: str | None = None):

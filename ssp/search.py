@@ -177,9 +177,10 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     """Pick hyper-parameters of a fitted classifier on validation data and set them on it.
 
     Args:
-        model: a fitted estimator of a registered method (:mod:`ssp.registry`), e.g.
-            ``TipAdapter`` / ``APE`` / ``ZeroShotCLIP``. Its fitted state is kept; only the
-            searched parameters are changed (``set_params``).
+        model: a fitted estimator of a registered method (:mod:`ssp.registry`): e.g.
+            ``TipAdapter`` / ``APE`` / ``ZeroShotCLIP``, or a trained ``TipAdapterF`` /
+            ``APET`` (``ssp.finetuned``). Its fitted state is kept; only the searched
+            parameters are changed (``set_params``).
         val_features: ``[M, D]`` validation image features (never test features).
         val_labels: ``[M]`` validation labels.
         grid: axis -> values. Axes: the method's ``search_axes`` in the registry ("beta",
@@ -242,12 +243,14 @@ def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
         for start in range(0, n_val, rows):
             xc, yc = x[start:start + rows], y[start:start + rows]
             for r, routing in enumerate(routings):
-                zero_shot, affinity, log_weights = model._search_terms(xc, routing)
+                terms = model._search_terms(xc, routing)
+                zero_shot, affinity, log_weights = terms[:3]
+                key_weights = terms[3] if len(terms) > 3 else None
                 if not has_cache:
                     correct[r, 0, 0, 0] += int((zero_shot.argmax(1) == yc).sum())
                     continue
                 _count_grid(correct[r], zero_shot, affinity, yc, model.segments_, betas,
-                            alpha_t, gammas, log_weights)
+                            alpha_t, gammas, log_weights, key_weights)
 
     scores = 100.0 * (correct.cpu().numpy().astype(np.float64) / n_val)
     names = tuple(a for a in _AXIS_ORDER if a in axes)
@@ -276,12 +279,15 @@ def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
 
 def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.Tensor,
                 labels: torch.Tensor, segments: Any, betas: np.ndarray, alphas: torch.Tensor,
-                gammas: np.ndarray | None, log_weights: torch.Tensor | None) -> None:
+                gammas: np.ndarray | None, log_weights: torch.Tensor | None,
+                key_weights: torch.Tensor | None = None) -> None:
     """Add, for one query chunk, the number of correct predictions at every (β, α, γ) to
     ``correct`` ``[B, A, G]``.
 
     zero_shot ``[m, C]``, affinity ``[m, N]`` (keys grouped by class, see ``segments``),
-    log_weights ``[N]`` (APE's δ) or None, alphas ``[A]`` (>= 0). Logits that tie exactly
+    log_weights ``[N]`` (APE's δ) or None, key_weights ``[N]`` (a per-key factor of the values,
+    any sign: APE-T's trained value weights) or None, alphas ``[A]`` (>= 0); the cache values are
+    ``Y ⊙ key_weights ⊙ exp(γ log_weights)``. Logits that tie exactly
     (equal to the last bit) may be counted either way; ``predict`` takes the lower class index.
 
     For fixed (β, γ) the logits are lines in α, ``l_c(α) = z_c + α k_c``, so the α values at
@@ -295,6 +301,8 @@ def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.
         gamma_t = torch.as_tensor(gammas, dtype=affinity.dtype, device=affinity.device)
         lw = log_weights if log_weights is not None else torch.zeros_like(affinity[0])
         weights = torch.exp(gamma_t[:, None] * lw[None, :])              # [G, N]
+        if key_weights is not None:
+            weights = weights * key_weights[None, :]
     dtype = zero_shot.dtype
     n_rows = zero_shot.shape[0]
     target = labels[:, None]
@@ -319,7 +327,7 @@ def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.
     for b, beta in enumerate(betas):
         activation = cache_kernel(affinity, float(beta))                  # [m, N]
         if weights is None:
-            cache = segments.sum(activation).T.contiguous()[:, :, None]   # [C, m, 1]
+            cache = segments.sum(activation, key_weights).T.contiguous()[:, :, None]  # [C, m, 1]
         else:
             cache = segments.sum_many(activation, weights)                # [C, m, G]
         excess = cache.sub_(cache[labels, rows][None])                    # k_c - k_y
