@@ -51,11 +51,12 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
 
-from ssp._utils import ArrayLike, check_labels, l2_normalize, to_tensor
+from ssp._utils import ArrayLike, check_int, check_labels, l2_normalize, to_tensor
 from ssp.classifiers import APE, TipAdapter, _check_finite_param, cache_kernel
 
 __all__ = ["TipAdapterF", "APET", "training_params_from_config"]
@@ -75,14 +76,6 @@ def training_params_from_config(section: dict) -> dict[str, Any]:
         if key in allowed:
             out[key] = tuple(value) if isinstance(value, list) else value
     return out
-
-
-def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or int(value) != value:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _adamw(params: list[torch.Tensor], settings: dict[str, Any]) -> torch.optim.AdamW:
@@ -118,11 +111,14 @@ class _FineTuned:
         """
         self._reset_fitted()
         try:
+            self._validate_params()
             settings = self._check_training_params()
+            self._torch = SimpleNamespace()
             super()._fit(image_features, labels, text_features, patch_features)
             inputs = self._training_inputs(view_features)
             val = self._validation_pair(val_features, val_labels)
             self._train(inputs, val, settings)
+            self._publish(image_features)
         except BaseException:
             self._reset_fitted()
             raise
@@ -130,9 +126,9 @@ class _FineTuned:
 
     def _check_training_params(self) -> dict[str, Any]:
         settings = {
-            "epochs": _check_int(self.epochs, "epochs", 0),
-            "batch_size": _check_int(self.batch_size, "batch_size", 1),
-            "seed": _check_int(self.seed, "seed", 0),
+            "epochs": check_int(self.epochs, "epochs", minimum=0),
+            "batch_size": check_int(self.batch_size, "batch_size", minimum=1),
+            "seed": check_int(self.seed, "seed", minimum=0),
         }
         for name, positive in (("lr", False), ("eps", True), ("weight_decay", False)):
             value = _check_finite_param(getattr(self, name), name)
@@ -148,9 +144,9 @@ class _FineTuned:
         if view_features is None:
             self.training_inputs_ = "keys"
             self.n_views_ = 0
-            return self.support_features_[None]
+            return self._torch.support_features_[None]
         views = to_tensor(view_features, "view_features", ndim=3, device=self.device_)
-        n_keys, dim = self.support_features_.shape
+        n_keys, dim = self._torch.support_features_.shape
         if views.shape[0] < 1 or views.shape[1:] != (n_keys, dim):
             raise ValueError(
                 f"view_features must be [E, N, D] = [E, {n_keys}, {dim}] (E >= 1 augmented views "
@@ -158,7 +154,7 @@ class _FineTuned:
             )
         self.training_inputs_ = "views"
         self.n_views_ = int(views.shape[0])
-        return l2_normalize(views.to(self.dtype_))[:, self.support_order_]
+        return l2_normalize(views.to(self.dtype_))[:, self._torch.support_order_]
 
     def _validation_pair(self, val_features, val_labels):
         if val_features is None and val_labels is None:
@@ -176,7 +172,7 @@ class _FineTuned:
 
     def _train(self, inputs: torch.Tensor, val, settings: dict[str, Any]) -> None:
         epochs, batch_size = settings["epochs"], settings["batch_size"]
-        n_keys = self.support_features_.shape[0]
+        n_keys = self._torch.support_features_.shape[0]
         params = {k: torch.nn.Parameter(v.detach().clone()) for k, v in self._initial_params().items()}
         optimizer = _adamw(list(params.values()), settings)
         steps = math.ceil(n_keys / batch_size)
@@ -203,8 +199,8 @@ class _FineTuned:
                 bar, history):
         """The epochs; returns (best epoch, its parameters) and fills ``history``."""
         epochs, batch_size = settings["epochs"], settings["batch_size"]
-        n_keys = self.support_features_.shape[0]
-        labels = self.support_labels_
+        n_keys = self._torch.support_features_.shape[0]
+        labels = self._torch.support_labels_
         generator = torch.Generator().manual_seed(settings["seed"])
         best_state = {k: p.detach().clone() for k, p in params.items()}
         best_epoch, best_accuracy = 0, -math.inf
@@ -257,7 +253,7 @@ class _FineTuned:
         """Top-1 accuracy in percent under the training forward (chunked over queries)."""
         correct = 0
         n = labels.shape[0]
-        rows = self._chunk_rows(self.support_features_.shape[0])
+        rows = self._chunk_rows(self._torch.support_features_.shape[0])
         for start in range(0, n, rows):
             chunk = {k: v[start:start + rows] for k, v in prepared.items()}
             pred = self._train_logits(params, chunk).argmax(dim=1)
@@ -332,8 +328,8 @@ class TipAdapterF(_FineTuned, TipAdapter):
         self.device = device
 
     def _initial_params(self):
-        self.initial_keys_ = self.keys_
-        return {"keys": self.keys_}
+        self._torch.initial_keys_ = self._torch.keys_
+        return {"keys": self._torch.keys_}
 
     @torch.no_grad()
     def _prepare(self, x):
@@ -345,7 +341,7 @@ class TipAdapterF(_FineTuned, TipAdapter):
         return batch["zero_shot"] + float(self.alpha) * self.segments_.sum(activation)
 
     def _set_trained(self, state):
-        self.keys_ = state["keys"]
+        self._torch.keys_ = state["keys"]
 
 
 class APET(_FineTuned, APE):
@@ -404,9 +400,9 @@ class APET(_FineTuned, APE):
     # ---- training -----------------------------------------------------------------------
 
     def _initial_params(self):
-        self.initial_selected_keys_ = self.selected_keys_
-        n_classes, n_selected = len(self.classes_), int(self.channels_.shape[0])
-        like = self.selected_keys_
+        self._torch.initial_selected_keys_ = self._torch.selected_keys_
+        n_classes, n_selected = len(self.classes_), int(self._torch.channels_.shape[0])
+        like = self._torch.selected_keys_
         return {"residual": like.new_zeros(n_classes, n_selected),
                 "values": like.new_ones(like.shape[0])}
 
@@ -416,8 +412,8 @@ class APET(_FineTuned, APE):
         zs_view = self._route(None)[0]
         query = self._cache_query(views, None)
         return {"zero_shot": APE._zero_shot_logits(self, views),
-                "zs_selected": views[zs_view][:, self.channels_],
-                "query": l2_normalize(query[:, self.channels_])}
+                "zs_selected": views[zs_view][:, self._torch.channels_],
+                "query": l2_normalize(query[:, self._torch.channels_])}
 
     def _train_logits(self, params, batch):
         residual, beta = params["residual"], float(self.beta)
@@ -425,17 +421,17 @@ class APET(_FineTuned, APE):
         # its factor leaves the class sum: cache_c = exp(β x_Ω R_cᵀ) Σ_{n in c} k(x_Ω F_Ω,nᵀ) w_n.
         # The [m, N] kernel then needs no gradient; only [m, C] and [N] terms do.
         with torch.no_grad():
-            kernel = cache_kernel(batch["query"] @ self.initial_selected_keys_.T, beta)
+            kernel = cache_kernel(batch["query"] @ self._torch.initial_selected_keys_.T, beta)
         class_shift = batch["query"] @ residual.T                                # [m, C]
-        weights = params["values"] * torch.exp(float(self.gamma) * self.key_divergence_)
+        weights = params["values"] * torch.exp(float(self.gamma) * self._torch.key_divergence_)
         cache = torch.exp(beta * class_shift) * self.segments_.sum(kernel, weights)
         zero_shot = batch["zero_shot"] + float(self.logit_scale) * (batch["zs_selected"] @ residual.T)
         return zero_shot + float(self.alpha) * cache
 
     def _set_trained(self, state):
-        self.category_residual_ = state["residual"]
-        self.value_weights_ = state["values"]
-        self.selected_keys_ = self.initial_selected_keys_ + state["residual"][self.support_labels_]
+        self._torch.category_residual_ = state["residual"]
+        self._torch.value_weights_ = state["values"]
+        self._torch.selected_keys_ = self._torch.initial_selected_keys_ + state["residual"][self._torch.support_labels_]
 
     # ---- prediction with the trained state ------------------------------------------------
 
@@ -443,24 +439,24 @@ class APET(_FineTuned, APE):
         logits = super()._zero_shot_logits(views, routing)
         if not hasattr(self, "category_residual_"):
             return logits  # during fit, before training
-        query = views[self._route(routing)[0]][:, self.channels_]
-        return logits + float(self.logit_scale) * (query @ self.category_residual_.T)
+        query = views[self._route(routing)[0]][:, self._torch.channels_]
+        return logits + float(self.logit_scale) * (query @ self._torch.category_residual_.T)
 
     def _terms(self, x, routing=None):
         """As :class:`APE`, plus the per-key value weights ``v`` ``[N]`` (may be negative):
         the cache values are ``Y ⊙ v ⊙ exp(γ δ)``."""
         zero_shot, affinity, log_weights = super()._terms(x, routing)
-        return zero_shot, affinity, log_weights, self.value_weights_
+        return zero_shot, affinity, log_weights, self._torch.value_weights_
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         alpha = _check_finite_param(self.alpha, "alpha")
         beta = _check_finite_param(self.beta, "beta")
         gamma = _check_finite_param(self.gamma, "gamma")
-        weights = self.value_weights_ * torch.exp(gamma * self.key_divergence_)
+        weights = self._torch.value_weights_ * torch.exp(gamma * self._torch.key_divergence_)
         views = self._views(x, self._needed_views(None))
         logits = self._zero_shot_logits(views)
         query = self._cache_query(views, None)
-        rows = self._chunk_rows(self.keys_.shape[0])
+        rows = self._chunk_rows(self._torch.keys_.shape[0])
         for start in range(0, query.shape[0], rows):
             stop = start + rows
             activation = cache_kernel(self._affinity(query[start:stop]), beta)

@@ -72,14 +72,14 @@ def test_ape_t_without_training_is_ape(n_channels, gamma):
               criterion_weights=(0.2, 0.8), logit_scale=20.0)
     ape = APE(**kw).fit(keys, labels, text_features=text)
     zero = APET(epochs=0, **kw).fit(keys, labels, text_features=text, view_features=views)
-    np.testing.assert_array_equal(zero.channels_.numpy(), ape.channels_.numpy())
+    np.testing.assert_array_equal(np.asarray(zero.channels_), np.asarray(ape.channels_))
     np.testing.assert_allclose(zero.decision_function(test), ape.decision_function(test),
                                rtol=0, atol=1e-12)
     frozen = APET(epochs=2, lr=0.0, batch_size=5, **kw).fit(
         keys, labels, text_features=text, val_features=val, val_labels=val_y)
     np.testing.assert_allclose(frozen.decision_function(test), ape.decision_function(test),
                                rtol=0, atol=1e-12)
-    np.testing.assert_array_equal(frozen.value_weights_.numpy(), np.ones(len(labels)))
+    np.testing.assert_array_equal(np.asarray(frozen.value_weights_), np.ones(len(labels)))
 
 
 def test_ape_t_channels_follow_n_channels():
@@ -96,14 +96,14 @@ def test_ape_t_channels_follow_n_channels():
 def dense_ape_t(model, text, queries):
     """Float64 reference of APE-T's logits from the fitted parameters (no projector)."""
     w, x = _unit(text), _unit(queries)
-    chans = model.channels_.numpy()
-    res = model.category_residual_.numpy()
-    y = model.support_labels_.numpy()
+    chans = np.asarray(model.channels_)
+    res = np.asarray(model.category_residual_)
+    y = np.asarray(model.support_labels_)
     w_trained = w.copy()
     w_trained[:, chans] += res
-    keys = _unit(model.support_features_.numpy()[:, chans]) + res[y]
-    values = np.eye(w.shape[0])[y] * (model.value_weights_.numpy()
-                                      * np.exp(model.gamma * model.key_divergence_.numpy()))[:, None]
+    keys = _unit(np.asarray(model.support_features_)[:, chans]) + res[y]
+    values = np.eye(w.shape[0])[y] * (np.asarray(model.value_weights_)
+                                      * np.exp(model.gamma * np.asarray(model.key_divergence_)))[:, None]
     affinity = _unit(x[:, chans]) @ keys.T
     return (model.logit_scale * x @ w_trained.T
             + model.alpha * np.exp(-model.beta * (1 - affinity)) @ values)
@@ -113,17 +113,17 @@ def test_trained_models_match_dense_formulas():
     text, keys, labels, views, val, val_y, test, _ = make_data(seed=3)
     tip = TipAdapterF(alpha=1.5, beta=2.0, **FAST).fit(
         keys, labels, text_features=text, view_features=views, val_features=val, val_labels=val_y)
-    theta = tip.keys_.numpy()
-    onehot = np.eye(text.shape[0])[tip.support_labels_.numpy()]
+    theta = np.asarray(tip.keys_)
+    onehot = np.eye(text.shape[0])[np.asarray(tip.support_labels_)]
     expected = (20.0 * _unit(test) @ _unit(text).T
                 + 1.5 * np.exp(-2.0 * (1 - _unit(test) @ theta.T)) @ onehot)
     np.testing.assert_allclose(tip.decision_function(test), expected, rtol=1e-10, atol=1e-10)
-    assert not np.allclose(theta, tip.initial_keys_.numpy())       # the keys moved
+    assert not np.allclose(theta, np.asarray(tip.initial_keys_))       # the keys moved
     ape = APET(alpha=1.5, beta=2.0, gamma=0.4, n_channels=8, **FAST).fit(
         keys, labels, text_features=text, view_features=views, val_features=val, val_labels=val_y)
     np.testing.assert_allclose(ape.decision_function(test), dense_ape_t(ape, text, test),
                                rtol=1e-10, atol=1e-10)
-    assert np.abs(ape.category_residual_.numpy()).max() > 0
+    assert np.abs(np.asarray(ape.category_residual_)).max() > 0
 
 
 @pytest.mark.parametrize("cls", [TipAdapterF, APET])
@@ -233,11 +233,11 @@ def test_bad_inputs_leave_the_model_unfitted():
     assert not hasattr(model, "keys_")
     with pytest.raises(ValueError, match="both val_features and val_labels"):
         model.fit(keys, labels, text_features=text, val_features=val)
-    with pytest.raises(ValueError, match="epochs must be >= 0"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
         TipAdapterF(epochs=-1).fit(keys, labels, text_features=text)
     with pytest.raises(ValueError, match="eps must be > 0"):
         APET(eps=0.0).fit(keys, labels, text_features=text)
-    with pytest.raises(ValueError, match="batch_size must be an integer"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         APET(batch_size=2.5).fit(keys, labels, text_features=text)
 
 
@@ -278,10 +278,11 @@ def test_search_on_fitted_ape_t_equals_brute_force(negative):
                                           view_features=views, val_features=val, val_labels=val_y)
     if negative:
         # trained value weights can cross zero; flip some to exercise that case exactly
-        signs = torch.ones_like(model.value_weights_)
+        # (the computations read the private torch copy of the fitted tensors)
+        signs = torch.ones_like(model._torch.value_weights_)
         signs[::3] = -1.0
-        model.value_weights_ = model.value_weights_ * signs * 3.0
-        assert (model.value_weights_ < 0).any()
+        model._torch.value_weights_ = model._torch.value_weights_ * signs * 3.0
+        assert (model._torch.value_weights_ < 0).any()
     result = validation_search(model, val, val_y, make_grid("ape", (9, 4, 2), (7, 6, 5)))
     expected = brute_force(model, result.grid_, result.param_names_, val, val_y)
     np.testing.assert_allclose(result.scores_, expected, rtol=0, atol=1e-9)
