@@ -31,7 +31,7 @@ from ssp._utils import (
 
 from .losses import MFI_FORMS, asymmetric_loss, mfi_loss
 
-__all__ = ["UnmixProjector", "FORMAT_VERSION"]
+__all__ = ["UnmixProjector", "dual_prompt_logits", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _TASKS = ("single_label", "multi_label")
@@ -45,6 +45,22 @@ def _build_text_head(dim: int, hidden: int, out: int) -> nn.Module:
 
 def _build_image_head(dim: int, out: int) -> nn.Module:
     return nn.Linear(dim, out, bias=False)
+
+
+def dual_prompt_logits(patches: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
+                       patch_scale: float = 20.0, pair_scale: float = 5.0) -> torch.Tensor:
+    """Multi-label class logits from dense features and dual prompts.
+
+    ``patches [B, L, D']`` and ``positive`` / ``negative [C, D']`` L2-normalised. For every
+    patch p and prompt: ``O_p = patch_scale * cos``; spatial weights ``w = softmax_p(O^+)``
+    (shared by both prompts); class logit pair ``pair_scale * sum_p w_p O_p``. Returns
+    ``[B, C]``: positive minus negative logit, i.e. the logit of the positive slot of the
+    two-way softmax (``sigmoid`` of it is the class probability).
+    """
+    o_pos = patch_scale * patches @ positive.T     # [B, L, C]
+    o_neg = patch_scale * patches @ negative.T
+    w = torch.softmax(o_pos, dim=1)
+    return pair_scale * (w * (o_pos - o_neg)).sum(dim=1)
 
 
 class UnmixProjector:
@@ -302,14 +318,7 @@ class UnmixProjector:
         return p
 
     def _multilabel_logits(self, img: torch.Tensor, t: torch.Tensor, t_neg: torch.Tensor) -> torch.Tensor:
-        """``img [B, L, D']`` (normalised), ``t``/``t_neg [C, D']`` -> class logits ``[B, C]``:
-        the positive-minus-negative logit of the per-class two-way softmax."""
-        o_pos = self.patch_scale * img @ t.T          # [B, L, C]
-        o_neg = self.patch_scale * img @ t_neg.T
-        w = torch.softmax(o_pos, dim=1)                # spatial weights from the positive prompt
-        pos = self.pair_scale * (w * o_pos).sum(dim=1)
-        neg = self.pair_scale * (w * o_neg).sum(dim=1)
-        return pos - neg
+        return dual_prompt_logits(img, t, t_neg, patch_scale=self.patch_scale, pair_scale=self.pair_scale)
 
     def _prepare_validation(self, validation, task, n_classes, dim, device):
         if validation is None:
