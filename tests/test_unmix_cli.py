@@ -27,8 +27,19 @@ def run(args, cache_dir, check=True):
     return proc
 
 
+def in_process(args, cache_dir, monkeypatch, capsys) -> tuple[int, str, str]:
+    """The same entry point in this process (cheaper than a subprocess for follow-up calls)."""
+    from ssp.unmix.cli import main
+
+    monkeypatch.setenv("SSP_CACHE_DIR", str(cache_dir))
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def record(proc) -> dict:
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("record: ")][-1]
+    stdout = proc if isinstance(proc, str) else proc.stdout
+    line = [ln for ln in stdout.splitlines() if ln.startswith("record: ")][-1]
     return json.loads(Path(line[len("record: "):]).read_text())
 
 
@@ -78,7 +89,7 @@ def test_segment_voc_tiny_writes_miou_masks_and_pictures(voc_root, tmp_path, cac
 
 
 @pytest.mark.slow
-def test_train_then_segment_and_mlr_use_the_projector(voc_root, tmp_path, cache_dir):
+def test_train_then_segment_and_mlr_use_the_projector(voc_root, tmp_path, cache_dir, monkeypatch, capsys):
     proc = run(["train", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
                 "--image-size", 64, "--epochs", 2, "--train-batch-size", 8, "--embed-dim", 16], cache_dir)
     rec = record(proc)
@@ -87,14 +98,20 @@ def test_train_then_segment_and_mlr_use_the_projector(voc_root, tmp_path, cache_
     proj = rec["projector"]["path"]
     assert Path(proj + ".safetensors").is_file() and json.loads(Path(proj + ".json").read_text())["task"] == "multi_label"
 
-    seg = record(run(["segment", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
-                      "--projector", proj, "--short-side", 64, "--crop", 64, "--stride", 64,
-                      "--max-images", 3, "--examples", 1, "--background", "none"], cache_dir))
+    # follow-up calls in this process: the subprocess path of each subcommand is tested elsewhere
+    code, out, _ = in_process(["segment", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
+                               "--projector", proj, "--short-side", 64, "--crop", 64, "--stride", 64,
+                               "--max-images", 3, "--examples", 1, "--background", "none"],
+                              cache_dir, monkeypatch, capsys)
+    assert code == 0
+    seg = record(out)
     assert seg["method"] == "unmix-projector" and seg["n_images"] == 3 and "background ignored" in seg["protocol"]
     assert seg["per_class_iou"]["background"] is None           # VOC20: background never scored
 
-    mlr = record(run(["mlr", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
-                      "--projector", proj, "--image-size", 64], cache_dir))
+    code, out, _ = in_process(["mlr", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
+                               "--projector", proj, "--image-size", 64], cache_dir, monkeypatch, capsys)
+    assert code == 0
+    mlr = record(out)
     assert mlr["method"] == "unmix-projector" and 0 < mlr["mAP"] <= 100
     assert mlr["classes_with_positives"] == 13 and len(mlr["per_class_ap"]) == 20
 
@@ -112,16 +129,20 @@ def test_mlr_on_coco_tiny(data_root, tmp_path, cache_dir):
     assert rec["per_class_ap"]["cat"] == 100 and rec["per_class_ap"]["dog"] is None
 
 
-def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, cache_dir):
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, cache_dir, monkeypatch, capsys):
     bad = tmp_path / "weights.pt"
     bad.write_text("not a tensor")
     out = tmp_path / "out"
-    for args in (["analyze", "--text-features", bad, "--output", out],
-                 ["segment", "--dataset", "voc", "--root", tmp_path / "missing", "--output", out],
-                 ["mlr", "--dataset", "dtd", "--root", tmp_path, "--output", out]):
-        proc = run(args, cache_dir, check=False)
-        assert proc.returncode != 0
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"ssp-unmix {args[0]}: error:"), proc.stderr
-        assert "Traceback" not in proc.stderr
+    proc = run(["segment", "--dataset", "voc", "--root", tmp_path / "missing", "--output", out], cache_dir,
+               check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ssp-unmix segment: error: no VOC2012 or VOC2007 folder")
+    for args, needle in ((["analyze", "--text-features", bad, "--output", out], "could not read"),
+                         (["mlr", "--dataset", "dtd", "--root", tmp_path, "--output", out], "multi-label dataset"),
+                         (["train", "--output", out], "--feature-cache")):
+        code, _, err = in_process(args, cache_dir, monkeypatch, capsys)
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and lines[0].startswith(f"ssp-unmix {args[0]}: error:"), err
+        assert needle in lines[0]
     assert not out.exists() or not any(out.iterdir())
