@@ -522,20 +522,27 @@ def cmd_segment(args) -> dict:
     examples = []
     from tqdm.auto import tqdm
 
-    for i, sample in enumerate(tqdm(samples, desc="segmenting", unit="img", disable=None if not args.no_progress else True)):
-        image = load_image(sample.image)
-        target = ds.mask(i)
-        if target.shape != (image.height, image.width):
-            raise ValueError(f"mask of {sample.image} is {target.shape[1]}x{target.shape[0]} px, the image "
-                             f"{image.width}x{image.height}")
-        pred = segmenter.predict(image)
-        eval_target = target.copy()
-        if background is None:  # VOC20-style: background pixels are not scored
-            eval_target[eval_target == 0] = ds.ignore_index
-        conf.update(pred, eval_target)
-        save_palette_mask(pred, folder / "masks" / f"{sample.key}.png")
-        if i < args.examples:
-            examples.append(save_side_by_side(image, target, pred, folder / f"example_{sample.key}.png"))
+    try:
+        for i, sample in enumerate(tqdm(samples, desc="segmenting", unit="img",
+                                        disable=None if not args.no_progress else True)):
+            image = load_image(sample.image)
+            target = ds.mask(i)
+            if target.shape != (image.height, image.width):
+                raise ValueError(f"mask of {sample.image} is {target.shape[1]}x{target.shape[0]} px, the image "
+                                 f"{image.width}x{image.height}")
+            pred = segmenter.predict(image)
+            eval_target = target.copy()
+            if background is None:  # VOC20-style: background pixels are not scored
+                eval_target[eval_target == 0] = ds.ignore_index
+            conf.update(pred, eval_target)
+            save_palette_mask(pred, folder / "masks" / f"{sample.key}.png")
+            if i < args.examples:
+                examples.append(save_side_by_side(image, target, pred, folder / f"example_{sample.key}.png"))
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)  # no run folder without its record
+        raise
     miou, per_class = conf.compute()
     names = ["background"] + list(ds.classnames)
     protocol = f"{ds.num_classes} classes, background ignored" if background is None else \
