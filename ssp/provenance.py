@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from functools import lru_cache
@@ -112,12 +113,14 @@ def environment(device: Any = None) -> dict:
     """The software and machine a run was made with."""
     from . import __version__
 
-    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if argv0 is not None and argv0.suffix == ".py" and argv0.parent.name == "ssp":
-        argv0 = Path(f"python -m ssp.{argv0.stem}")  # run as `python -m ssp.cli`
+    command = None
+    if sys.argv and sys.argv[0]:
+        argv0 = Path(sys.argv[0])
+        # `python -m ssp.cli` puts the module's file in argv[0]
+        head = f"python -m ssp.{argv0.stem}" if argv0.suffix == ".py" and argv0.parent.name == "ssp" else argv0.name
+        command = " ".join([head] + [shlex.quote(a) for a in sys.argv[1:]])
     return {
-        "command": " ".join([str(argv0.name if argv0.suffix != "" and " " not in str(argv0) else argv0)]
-                            + sys.argv[1:]) if argv0 is not None else None,
+        "command": command,
         "argv": list(sys.argv),
         "cwd": os.getcwd(),
         "ssp_version": __version__,
