@@ -199,7 +199,7 @@ def _describe(job: Job, paper: str | None) -> list[str]:
     if job.error:
         return [f"{head}: ERROR {job.error}"]
     lines = [f"{head}: {len(job.todo)} to run, {len(job.done)} done"]
-    lines += [f"  skipped: {reason}" for reason in job.skipped]
+    lines += [f"  {reason}" for reason in job.skipped]
     for state, runs in (("run ", job.todo), ("done", job.done)):
         by_method: dict[tuple[str, int], list[int]] = {}
         for k, s, m in runs:

@@ -244,3 +244,19 @@ def test_duplicate_seeds_are_removed_up_front(cars, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "--seeds 1 1 has repeats; using 1" in done.stderr
     assert len(_runs(tmp_path / "out")) == 1 and "1 runs under" in done.stdout
+
+
+@pytest.mark.slow
+def test_suite_from_images_plans_the_paths_it_writes(data_root, tmp_path):
+    """The suite decides what is done before loading any backbone: its planned paths must be the
+    ones the runs are written to, or a second call would redo the work."""
+    args = ["--root", data_root / "coop", "--datasets", "dtd", "--backbones", REPO / "tests/assets/tiny-rn.json",
+            "--pretrained", "none", "--device", "cpu", "--views", "1", "--shots", "1", "--seeds", "1",
+            "--methods", "zero-shot", "tip-adapter", "--config", tmp_path / "small.yaml", "--no-progress",
+            "--cache-dir", tmp_path / "cache", "--output", tmp_path / "suite"]
+    (tmp_path / "small.yaml").write_text(SMALL_GRIDS)
+    first = _cli("ssp.suite", *args)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert len(_runs(tmp_path / "suite")) == 2
+    second = _cli("ssp.suite", *args)
+    assert second.returncode == 0 and "nothing to do: all 2 run(s) are already done" in second.stdout
