@@ -31,40 +31,54 @@ PROG = "ssp-reproduce"
 # ---------------------------------------------------------------------- integration points
 
 
-def _preset(name: str) -> dict:
-    """The methods, shots and datasets of a paper's tables: ``ssp.published.paper_preset(name)``
-    (a mapping with ``methods``, ``shots``, ``datasets`` and optionally ``seeds``, ``note``)."""
+def _published():
     try:
-        published = importlib.import_module("ssp.published")
+        return importlib.import_module("ssp.published")
     except ImportError as err:
-        raise ValueError(f"--paper {name}: the published-numbers module ssp.published is not available "
-                         f"({err}); pass --datasets / --shots / --methods instead") from None
-    preset = dict(published.paper_preset(name))
+        raise ValueError(f"the published-numbers module ssp.published is not available ({err}); pass "
+                         "--datasets / --shots / --methods instead of --paper") from None
+
+
+def _preset(name: str) -> dict:
+    """The methods, shots, datasets (and backbone, published sources, note) of a paper's tables,
+    from ``ssp.published`` (``paper_preset(name)`` or its ``PAPER_PRESETS`` table). Methods ssp
+    cannot run (not in the method registry) are dropped and listed in ``skipped_methods``."""
+    from .config import METHODS
+
+    published = _published()
+    if hasattr(published, "paper_preset"):
+        raw = published.paper_preset(name)
+    else:
+        presets = getattr(published, "PAPER_PRESETS", {})
+        if name not in presets:
+            raise ValueError(f"--paper {name!r}: choose from {', '.join(sorted(presets))}")
+        raw = presets[name]
+    preset = dict(raw) if isinstance(raw, dict) else dict(vars(raw))
     missing = [k for k in ("methods", "shots", "datasets") if k not in preset]
     if missing:
-        raise ValueError(f"--paper {name}: ssp.published.paper_preset returned no {missing}")
+        raise ValueError(f"--paper {name}: the preset of ssp.published has no {missing}")
+    preset["skipped_methods"] = [m for m in preset["methods"] if m not in METHODS]
+    preset["methods"] = [m for m in preset["methods"] if m in METHODS]
+    preset["name"] = name
     return preset
 
 
-def _published_value(paper: str | None, dataset: str, method: str, shots: int):
-    """The published accuracy the report will compare a cell against (for ``--dry-run``), from
-    ``ssp.published.published_value(paper, dataset, method, shots)`` when that function exists."""
-    if paper is None:
+def _published_value(preset: dict | None, dataset: str, method: str, shots: int):
+    """The published accuracy a cell is compared against (shown by ``--dry-run``): X+ssp is
+    compared against X's published number (no SSP paper numbers are available)."""
+    if preset is None:
         return None
+    published = _published()
+    base = getattr(published, "baseline_method", lambda m: m.removesuffix("+ssp"))(method)
     try:
-        published = importlib.import_module("ssp.published")
-    except ImportError:
-        return None
-    lookup = getattr(published, "published_value", None)
-    if lookup is None:
-        return None
-    try:
-        return lookup(paper, dataset, method, shots)
-    except (KeyError, ValueError, LookupError):
+        return published.published_value(base, dataset, shots, backbone=preset.get("backbone", "RN50"),
+                                         source=tuple(preset.get("sources", ())) or None)
+    except (KeyError, ValueError, LookupError, OSError):  # no such cell, or the data files are absent
         return None
 
 
 def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None) -> str:
+    # TODO(lead): plug ssp.comparison in here (published numbers beside ours for --paper)
     """Tables and plots of the whole output tree (today :func:`ssp.report.write_report`; the
     comparison with published numbers plugs in here). Returns the printed table."""
     from .report import write_report
@@ -130,7 +144,8 @@ def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
         raise ValueError("--features-root: the caches fix the backbone; give at most one --backbones label")
     jobs = []
     for dataset in dict.fromkeys(datasets):
-        backbones = args.backbones or [None]
+        backbones = args.backbones or ([preset["backbone"]] if preset and preset.get("backbone")
+                                       and args.root else [None])
         for backbone in (backbones if not args.features_root else backbones[:1]):
             job = Job(dataset=dataset, backbone=backbone)
             jobs.append(job)
@@ -140,8 +155,11 @@ def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
                 job.cfg = cfg
                 if args.features_root:
                     _plan_features(job, args, find_run)
-                else:
+                elif args.root:
                     _plan_images(job, args, find_run)
+                else:  # --dry-run without a source: what would run, nothing checked
+                    job.label = backbone or str(cfg["backbone"])
+                    job.todo = [(k, s, m) for k in cfg["shots"] for s in cfg["seeds"] for m in cfg["methods"]]
             except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
                 job.error = str(err)
     return jobs
@@ -194,7 +212,7 @@ def _plan_images(job: Job, args, find_run) -> None:
                 (job.done if find_run(args.output, stub) is not None else job.todo).append((k, s, m))
 
 
-def _describe(job: Job, paper: str | None) -> list[str]:
+def _describe(job: Job, paper: dict | None) -> list[str]:
     head = f"{job.dataset} | {job.label or job.backbone or '-'}"
     if job.error:
         return [f"{head}: ERROR {job.error}"]
@@ -240,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.root and not args.features_root and not args.dry_run:
         raise SystemExit(f"{PROG}: error: choose a source: --root DIR (images) or --features-root DIR "
                          "(one Tip-Adapter / APE cache folder per dataset)")
-    if args.root is None and args.features_root is None and args.dry_run:
-        raise SystemExit(f"{PROG}: error: --dry-run needs the source too (--root or --features-root) to tell "
-                         "what is already done")
     if args.test_from_val is not None and not args.features_root:
         raise SystemExit(f"{PROG}: error: --test-from-val applies to feature caches; add --features-root DIR")
     try:
@@ -255,9 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     n_done = sum(len(j.done) for j in jobs if not j.error)
     if preset and preset.get("note"):
         print(f"[{PROG}] --paper {args.paper}: {preset['note']}")
+    if preset and preset.get("skipped_methods"):
+        print(f"[{PROG}] --paper {args.paper}: not runnable in this ssp, skipped: {', '.join(preset['skipped_methods'])}")
     if args.dry_run:
+        if not args.root and not args.features_root:
+            print(f"[{PROG}] no --root / --features-root: listing the plan; nothing is checked for being done")
         for job in jobs:
-            print("\n".join(_describe(job, args.paper)))
+            print("\n".join(_describe(job, preset)))
         print(f"\n[{PROG}] dry run: {n_todo} run(s) to do, {n_done} already done under {output}")
         return 1 if any(j.error for j in jobs) else 0
     for job in jobs:

@@ -132,15 +132,21 @@ def test_suite_resumes_and_a_second_run_does_no_work(cars, small, tmp_path):
     assert len(sorted((tmp_path / "suite").rglob("*.run.json"))) == 4  # a dry run writes nothing
 
 
-def test_paper_preset_without_published_module_is_a_clear_error(tmp_path):
+def test_paper_preset_dry_run_lists_its_datasets_shots_and_seeds(tmp_path):
     try:
         import ssp.published  # noqa: F401
     except ImportError:
-        done = _cli("ssp.suite", "--paper", "ape", "--features-root", tmp_path, "--output", tmp_path / "o",
-                    "--dry-run")
+        done = _cli("ssp.suite", "--paper", "ape", "--output", tmp_path / "o", "--dry-run")
         assert done.returncode == 1 and "ssp.published" in done.stderr and "Traceback" not in done.stderr
-    else:
-        pytest.skip("ssp.published exists: the preset is tested with it")
+        return
+    done = _cli("ssp.suite", "--paper", "ape", "--output", tmp_path / "o", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    blocks = re.findall(r"^(\w+) \| RN50: (\d+) to run, 0 done$", done.stdout, re.M)
+    assert len(blocks) == 11  # the 11 benchmarks
+    assert re.search(r"run  ape\s+16-shot seeds \[1, 2, 3\]", done.stdout)
+    assert not (tmp_path / "o").exists()
+    bad = _cli("ssp.suite", "--paper", "nope", "--output", tmp_path / "o", "--dry-run")
+    assert bad.returncode == 1 and "choose from" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.fixture()
