@@ -10,8 +10,12 @@ Data flows one way, one module per stage::
     ssp.classifiers ZeroShotCLIP, TipAdapter, APE (logits)
     ssp.finetuned   TipAdapterF, APET (trained on cached features)
     ssp.search      validation-only hyper-parameter search
+    ssp.experiment  the protocol on images: features -> methods -> run records
+    ssp.features_source  the protocol on Tip-Adapter / APE feature caches
+    ssp.provenance  settings keys, environment and input digests of a run
     ssp.report      per-run JSON, tables and plots
     ssp.cli         the ``ssp-fewshot`` command
+    ssp.suite       the ``ssp-reproduce`` command (resumable suites)
 
 Attributes are imported lazily so ``import ssp`` stays cheap (no open_clip import).
 """

@@ -6,6 +6,7 @@ ship inside the package.
 from __future__ import annotations
 
 import copy
+import difflib
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,67 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+# keys a config may hold beyond those of defaults.yaml
+_EXTRA_TOP_LEVEL = ("dataset",)
+# keys whose value may be of another type than its default (checked by validate_config)
+_FREE_TYPE = {"val_policy", "pretrained", "backbone"}
+
+
+def _leaf_paths(schema: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in schema.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(value, dict):
+            out += _leaf_paths(value, path + ".")
+    return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def check_keys(data: dict, schema: dict, where: str, prefix: str = "", *, root: dict | None = None) -> None:
+    """Raise ``ValueError`` for a key of ``data`` that ``schema`` (defaults.yaml) does not have,
+    naming its path and the nearest valid name, or for a value whose kind differs from the
+    default's (a number where a list is expected, ...). ``where`` names the file."""
+    root = schema if root is None else root
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            if not prefix and key in _EXTRA_TOP_LEVEL:
+                continue
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1, cutoff=0.6)
+            if close:
+                hint = f"did you mean '{prefix}{close[0]}'?"
+            else:
+                leaves = _leaf_paths(root)
+                by_leaf = {p.rsplit(".", 1)[-1]: p for p in leaves}
+                near = difflib.get_close_matches(str(key), list(by_leaf), n=1, cutoff=0.6)
+                hint = (f"did you mean '{by_leaf[near[0]]}'?" if near else
+                        f"valid keys here: {', '.join(map(str, schema))}")
+            raise ValueError(f"{where}: unknown config key '{path}'; {hint}")
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: config key '{path}' must be a mapping (e.g. {default}), "
+                                 f"got {value!r}")
+            check_keys(value, default, where, path + ".", root=root)
+        elif default is not None and key not in _FREE_TYPE and value is not None and _kind(value) != _kind(default):
+            raise ValueError(f"{where}: config key '{path}' must be {_kind(default)} (e.g. {default!r}), "
+                             f"got {value!r}")
+
+
 def builtin_config_names() -> list[str]:
     """Dataset names that have a shipped YAML config."""
     root = resources.files("ssp") / "configs"
@@ -59,16 +121,27 @@ def load_config(dataset: str, config_file: str | Path | None = None,
     """
     root = resources.files("ssp") / "configs"
     cfg = _read_yaml(root / "defaults.yaml")
+    schema = copy.deepcopy(cfg)
     shipped = root / f"{dataset}.yaml"
     if shipped.is_file():
-        cfg = merge(cfg, _read_yaml(shipped))
+        data = _read_yaml(shipped)
+        check_keys(data, schema, f"config file {shipped}")
+        cfg = merge(cfg, data)
     if config_file is not None:
-        cfg = merge(cfg, _read_yaml(Path(config_file)))
+        data = _read_yaml(Path(config_file))
+        check_keys(data, schema, f"config file {config_file}")
+        cfg = merge(cfg, data)
     cfg["dataset"] = dataset
     if overrides:
-        cfg = merge(cfg, {k: v for k, v in overrides.items() if v is not None})
+        data = {k: v for k, v in overrides.items() if v is not None}
+        check_keys(data, schema, "overrides")
+        cfg = merge(cfg, data)
     validate_config(cfg)
     return cfg
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def validate_config(cfg: dict) -> None:
@@ -99,8 +172,18 @@ def validate_config(cfg: dict) -> None:
             n = len(spec.search_axes)
             for key in ("search_scale", "search_step"):
                 if not isinstance(sec.get(key), list) or len(sec[key]) != n:
-                    raise ValueError(f"config '{spec.search_section}.{key}' must have {n} entries "
+                    raise ValueError(f"config '{spec.search_section}.{key}' must be a list of {n} entries "
                                      f"({', '.join(spec.search_axes)}), got {sec.get(key)!r}")
+            if not all(_is_number(v) and v > 0 for v in sec["search_scale"]):
+                raise ValueError(f"config '{spec.search_section}.search_scale' must hold positive numbers, "
+                                 f"got {sec['search_scale']!r}")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sec["search_step"]):
+                raise ValueError(f"config '{spec.search_section}.search_step' must hold positive integers, "
+                                 f"got {sec['search_step']!r}")
+        init = (cfg.get(spec.config_section) or {}).get("init") if spec.config_section else None
+        for name, value in (init or {}).items():
+            if not _is_number(value):
+                raise ValueError(f"config '{spec.config_section}.init.{name}' must be a number, got {value!r}")
     ssp_cfg = cfg.get("ssp", {})
     for key in ("rank", "routing"):
         if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:

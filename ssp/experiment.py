@@ -68,6 +68,42 @@ def _ssp_details(model) -> dict:
             "class_rank_max": int(ranks.max()), "class_rank_mean": float(ranks.double().mean())}
 
 
+def training_details(model, *, views_given: bool) -> dict:
+    """What a fine-tuned estimator learned from: per-epoch history (validation accuracy, training
+    loss), the chosen epoch, the training time and the training inputs, from its fitted
+    attributes ``history_``, ``best_epoch_``, ``train_time_s_``, ``training_inputs_`` when present."""
+    out: dict = {}
+    for attr, key in (("history_", "history"), ("best_epoch_", "best_epoch"), ("train_time_s_", "train_time_s"),
+                      ("training_inputs_", "training_inputs"), ("seed", "seed")):
+        value = getattr(model, attr, None)
+        if value is not None:
+            out[key] = _jsonable(value)
+    out.setdefault("training_inputs", "augmented views of the support images" if views_given else
+                   "support features (cache keys: the mean of the augmented views); no per-view features given")
+    return out
+
+
+def _jsonable(value):
+    """Tensors / arrays / numpy scalars -> lists and Python numbers (recursively)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def method_settings(cfg: dict, method: str) -> dict:
+    """The config sections ``method`` reads (its parameters, its grid, the SSP section for ``+ssp``):
+    the method part of a run's settings, so a change of another method's config keeps its runs."""
+    from .registry import parse_method
+
+    spec, use_ssp = parse_method(method)
+    sections = [s for s in (spec.config_section, spec.search_section) if s] + (["ssp"] if use_ssp else [])
+    return {sec: cfg.get(sec) for sec in dict.fromkeys(sections)}
+
+
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None) -> MethodResult:
     """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
@@ -125,6 +161,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             details = _ssp_details(model)
         if hasattr(model, "channels_"):
             details["n_channels"] = int(model.channels_.numel())
+        if spec.fine_tuned:
+            details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
         fit_warnings = list(dict.fromkeys(str(w.message) for w in caught))
         if fit_warnings:
             details["warnings"] = fit_warnings
@@ -190,25 +228,128 @@ def _extract_all(cfg: dict, dataset, backbone, store, needs_local: bool, recompu
                                 desc=f"val {shots}-shot seed {seed}", **kw)
 
 
+def planned_backbone_label(name: str, pretrained) -> str:
+    """:func:`backbone_label` computed from the configured names, before loading any weights
+    (the suite plans paths with it)."""
+    from .backbone import _classify_weights, _resolve_architecture
+
+    oc_name, schema, _ = _resolve_architecture(name)
+    pre = None if pretrained is None else str(pretrained)
+    kind, info = _classify_weights(oc_name, schema, pre)
+    if kind == "hf-hub":
+        return oc_name
+    if kind == "random":
+        return f"{oc_name}@none"
+    if kind == "file":
+        return f"{oc_name}@{Path(str(info)).name}"
+    return f"{oc_name}@{pre.strip().lower().replace('-', '_')}"
+
+
+def run_stub(*, dataset: str, backbone: str, method: str, shots: int, seed: int, common: dict,
+             cfg: dict) -> dict:
+    """The coordinates and settings of one run: enough to find its file (:func:`ssp.report.find_run`).
+    ``common`` holds the settings shared by every method (source, backbone, protocol)."""
+    from .provenance import clean_floats, settings_key
+
+    settings = clean_floats({**common, "method": method_settings(cfg, method)})
+    return {"dataset": dataset, "backbone": {"name": backbone}, "method": method, "shots": int(shots),
+            "seed": int(seed), "settings_key": settings_key(settings), "protocol_key": settings_key(common),
+            "settings": settings}
+
+
+def make_record(stub: dict, res: MethodResult, *, backbone: dict, protocol: dict, protocol_summary: str,
+                source: dict, text_features: dict, seeds: dict, timings: dict, warnings_: list[str],
+                cfg: dict, device) -> dict:
+    """The run JSON: coordinates, settings and their key, protocol, provenance, results."""
+    from .provenance import environment
+
+    return {
+        "ssp_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **{k: stub[k] for k in ("dataset", "method", "shots", "seed")},
+        "backbone": {**backbone, "name": stub["backbone"]["name"]},
+        "settings_key": stub["settings_key"],
+        "protocol_key": stub["protocol_key"],
+        "protocol_summary": protocol_summary,
+        "protocol": protocol,
+        "source": source,
+        "text_features": text_features,
+        "seeds": seeds,
+        "hyperparameters": res.hyperparameters,
+        "val_accuracy": round(res.val_accuracy, 6),
+        "test_accuracy": round(res.test_accuracy, 6),
+        "details": res.details,
+        "timings": {k: round(float(v), 4) for k, v in {**timings, **res.timings}.items()},
+        "warnings": warnings_,
+        "environment": environment(device),
+        "settings": stub["settings"],
+        "config": cfg,
+    }
+
+
+def fmt_params(params: dict) -> str:
+    """Hyper-parameters for display: ``beta=2.86 alpha=1.2 routing=paper``."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def echo_result(echo: Callable[[str], None], record: dict, *, reused: bool = False) -> None:
+    for msg in record.get("details", {}).get("warnings", []):
+        if not reused:
+            echo(f"[ssp] warning ({record['method']}): {msg}")
+    echo(f"[ssp] {record['dataset']} {record['shots']}-shot seed {record['seed']} {record['method']:<16} "
+         f"val {record['val_accuracy']:6.2f}  test {record['test_accuracy']:6.2f}  "
+         f"{fmt_params(record.get('hyperparameters', {}))}" + ("  (done before: reused)" if reused else ""))
+
+
+def images_common_settings(cfg: dict, dataset) -> dict:
+    """Settings shared by every method of an images run (keyed into each run's settings)."""
+    from .provenance import sample_list_digest
+
+    lists = {name: (None if samples is None else sample_list_digest(samples, dataset.root))
+             for name, samples in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))}
+    return {"source": {"kind": "images", "image_lists": lists, "templates": list(dataset.templates)},
+            "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
+                         "precision": cfg["precision"], "quick_gelu": cfg.get("quick_gelu")},
+            "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"]}}
+
+
 def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_dir: str | Path | None = None,
                 device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
-                progress: bool = True, echo: Callable[[str], None] = print) -> tuple[list[dict], str]:
+                progress: bool = True, echo: Callable[[str], None] = print,
+                skip_existing: bool = False, write_table: bool = True) -> tuple[list[dict], str]:
     """Run every (shots, seed, method) of ``cfg``; write one JSON per run and the report.
 
+    ``skip_existing``: a run whose JSON exists under ``output_dir`` with the same settings is
+    reused, not recomputed (and nothing is extracted for a (shots, seed) whose runs all exist).
     ``cfg["skip_bad_images"]``: leave unreadable images out (listed in each run's
     ``skipped_images``) instead of stopping with an error. Under torchrun (an initialised
     process group, see :mod:`ssp.distributed`) every rank extracts its share of the features
     first; then rank 0 alone runs the methods and writes, the other ranks return ``([], "")``.
 
-    Returns ``(records, table)``.
+    Returns ``(records, table)`` (``table`` is ``""`` when ``write_table`` is False).
     """
     from . import distributed
     from .backbone import load_backbone
     from .cache import FeatureStore, cached_features
     from .data import get_dataset, make_fewshot_splits
+    from .provenance import file_sha256
+    from .report import find_run
 
     output_dir = Path(output_dir)
     dataset = get_dataset(cfg["dataset"], root, split_file=split_file)
+    common = images_common_settings(cfg, dataset)
+    label = planned_backbone_label(cfg["backbone"], cfg["pretrained"])
+    stubs = {(shots, seed, method): run_stub(dataset=dataset.name, backbone=label, method=method, shots=shots,
+                                             seed=seed, common=common, cfg=cfg)
+             for shots in cfg["shots"] for seed in cfg["seeds"] for method in cfg["methods"]}
+    done = {k: r for k, r in ((k, find_run(output_dir, st)) for k, st in stubs.items()) if r is not None} \
+        if skip_existing else {}
+    if skip_existing and len(done) == len(stubs):
+        echo(f"[ssp] {dataset.name} ({label}): all {len(stubs)} runs already done under {output_dir}; nothing to do")
+        for r in done.values():
+            echo_result(echo, r, reused=True)
+        records = list(done.values())
+        return records, (write_report(output_dir)[0] if write_table else "")
     backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
                              device=device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
     store = FeatureStore(cache_dir)
@@ -246,10 +387,26 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                                                       split="val", recompute=recompute, desc="val", **extract_kw))
         val_index = _index_by_path(dataset.val, full_val.kept)
     shared_extract_s = time.perf_counter() - t0
+    split_path = Path(split_file) if split_file is not None else None
+    source = {"kind": "images", "dataset_root": str(Path(dataset.root).resolve()),
+              "split_file": None if split_path is None else str(split_path.resolve()),
+              "split_file_sha256": file_sha256(split_path) if split_path is not None and split_path.is_file() else None,
+              **common["source"]}
+    text_info = {"source": f"computed from the backbone's text encoder ({len(dataset.templates)} templates)",
+                 "templates": list(dataset.templates)}
+    backbone_info = {"model": cfg["backbone"], "pretrained": cfg["pretrained"], "identity": backbone.identity}
+    summary = (f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}")
 
     records = []
     for shots in cfg["shots"]:
         for seed in cfg["seeds"]:
+            todo = [m for m in cfg["methods"] if (shots, seed, m) not in done]
+            for m in cfg["methods"]:
+                if (shots, seed, m) in done:
+                    records.append(done[(shots, seed, m)])
+                    echo_result(echo, done[(shots, seed, m)], reused=True)
+            if not todo:
+                continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 splits = make_fewshot_splits(dataset, shots, seed, val_policy=cfg["val_policy"])
@@ -276,36 +433,24 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
             if n_skipped:
                 echo(f"[ssp] {shots}-shot seed {seed}: {n_skipped} unreadable image(s) left out (--skip-bad-images): "
                      + ", ".join(p for paths in skipped.values() for p in paths))
-            for method in cfg["methods"]:
+            protocol = {"val_policy": cfg["val_policy"], "views": cfg["views"],
+                        "hyperparameters_chosen_on": "validation split",
+                        "n_support": len(support.labels), "n_val": len(val.labels),
+                        "n_test": len(test.labels), "n_classes": len(dataset.classnames)}
+            seeds = {"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
+                     "training": seed, "random_init": None if backbone.identity["weights"]["source"] != "random"
+                     else backbone.identity["weights"].get("seed")}
+            for method in todo:
                 res = run_method(method, cfg, support, val, test, text, device=backbone.device, seed=seed)
-                record = {
-                    "ssp_version": __version__,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "dataset": dataset.name,
-                    "backbone": {"name": backbone_label(backbone),
-                                 "model": cfg["backbone"], "pretrained": cfg["pretrained"],
-                                 "identity": backbone.identity},
-                    "method": method, "shots": shots, "seed": seed,
-                    "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"],
-                                 "hyperparameters_chosen_on": "validation split",
-                                 "n_support": len(support.labels), "n_val": len(val.labels),
-                                 "n_test": len(test.labels), "n_classes": len(dataset.classnames)},
-                    "hyperparameters": res.hyperparameters,
-                    "val_accuracy": res.val_accuracy,
-                    "test_accuracy": res.test_accuracy,
-                    "details": res.details,
-                    "timings": {"shared_features_s": shared_extract_s, "support_val_features_s": extract_s,
-                                **res.timings},
-                    "warnings": sampling_warnings,
-                    "skipped_images": skipped,
-                    "config": cfg,
-                }
+                record = make_record(stubs[(shots, seed, method)], res, backbone=backbone_info, protocol=protocol,
+                                     protocol_summary=summary, source=source, text_features=text_info,
+                                     seeds=seeds, timings={"shared_features_s": shared_extract_s,
+                                                           "support_val_features_s": extract_s},
+                                     warnings_=sampling_warnings, cfg=cfg, device=backbone.device)
+                record["skipped_images"] = skipped
                 write_run(output_dir, record)
                 records.append(record)
-                for msg in res.details.get("warnings", []):
-                    echo(f"[ssp] warning ({method}): {msg}")
-                echo(f"[ssp] {dataset.name} {shots}-shot seed {seed} {method:<16} val {res.val_accuracy:6.2f}  "
-                     f"test {res.test_accuracy:6.2f}  {res.hyperparameters}")
+                echo_result(echo, record)
     echo(f"[ssp] feature cache {store.root}: {store.hits} file(s) reused, {store.misses} extracted")
-    table, _ = write_report(output_dir)
+    table = write_report(output_dir)[0] if write_table else ""
     return records, table

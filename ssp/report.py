@@ -1,7 +1,12 @@
 """Results: one JSON per run, aggregation over seeds, a text table and a plot.
 
-A *run* is one (dataset, backbone, method, shots, seed). Tables are always rebuilt from the
-JSON files, so a results folder is the single source of truth (as in CLIP_benchmark).
+A *run* is one (dataset, backbone, method, shots, seed) under one set of *settings* (everything
+else that changes its numbers: data source, validation policy, views, precision, the method's
+config, ...). A run's file is keyed by a short hash of its settings (``settings_key``), so runs of
+different settings never overwrite each other, and tables group runs by their protocol
+(``protocol_key``: the settings shared by all methods) and never average runs of different
+settings. Tables are always rebuilt from the JSON files, so a results folder is the single source
+of truth (as in CLIP_benchmark).
 """
 from __future__ import annotations
 
@@ -16,11 +21,38 @@ from ._utils import atomic_path
 RUN_SUFFIX = ".run.json"
 
 
+def _safe(text: str) -> str:
+    return str(text).replace("/", "_").replace(":", "_").replace("\\", "_")
+
+
 def run_filename(record: dict) -> str:
-    """``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json`` (filesystem-safe)."""
-    backbone = str(record["backbone"]["name"]).replace("/", "_").replace(":", "_")
-    method = record["method"].replace("+", "_plus_")
+    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe);
+    records without a ``settings_key`` (older files) keep the flat
+    ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
+    backbone = _safe(record["backbone"]["name"])
+    method = _safe(record["method"].replace("+", "_plus_"))
+    key = record.get("settings_key")
+    if key:
+        return (f"{_safe(record['dataset'])}/{backbone}/{method}/{_safe(key)}/"
+                f"{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}")
     return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
+
+
+def find_run(output_dir: Path, record: dict) -> dict | None:
+    """The finished run under ``output_dir`` with ``record``'s coordinates and the same settings
+    (``record`` needs dataset, backbone name, method, shots, seed, settings_key, settings), or None.
+    A file under the same key with different settings (a hash collision) is an error."""
+    path = Path(output_dir) / run_filename(record)
+    if not path.is_file():
+        return None
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"results file {path} is unreadable ({err}); delete it to re-run that run") from err
+    if existing.get("settings") != json.loads(json.dumps(record.get("settings"), default=str)):
+        raise ValueError(f"results file {path} holds other settings under the same key "
+                         f"{record.get('settings_key')}; move it away to re-run")
+    return existing
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
@@ -31,7 +63,10 @@ def _write_text_atomic(path: Path, text: str) -> Path:
 
 
 def write_json_atomic(path: Path, payload: dict) -> Path:
-    return _write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+    """``payload`` as indented JSON, float noise removed (:func:`ssp.provenance.clean_floats`)."""
+    from .provenance import clean_floats
+
+    return _write_text_atomic(path, json.dumps(clean_floats(payload), indent=2, default=str) + "\n")
 
 
 def write_run(output_dir: Path, record: dict) -> Path:
@@ -59,33 +94,54 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(var)
 
 
+def _protocol_key(record: dict) -> str:
+    return str(record.get("protocol_key") or "-")
+
+
 def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[dict]:
-    """Mean and sample std of ``metric`` over seeds for each (dataset, backbone, method, shots)."""
+    """Mean and sample std of ``metric`` over seeds for each (dataset, backbone, protocol, method,
+    shots). Runs of one method under different method settings (e.g. two APE grids) in the same
+    protocol are never averaged together: each gets its own row, labelled ``method [settings_key]``."""
+    records = list(records)
+    keys_of: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        keys_of[(r["dataset"], r["backbone"]["name"], _protocol_key(r), r["method"])].add(r.get("settings_key"))
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in records:
-        groups[(r["dataset"], r["backbone"]["name"], r["method"], r["shots"])].append(r)
+        where = (r["dataset"], r["backbone"]["name"], _protocol_key(r), r["method"])
+        label = r["method"] if len(keys_of[where]) == 1 else f"{r['method']} [{r.get('settings_key') or '-'}]"
+        groups[(r["dataset"], r["backbone"]["name"], _protocol_key(r), label, r["shots"])].append(r)
     rows = []
-    for (dataset, backbone, method, shots), runs in sorted(groups.items()):
+    for (dataset, backbone, protocol, method, shots), runs in sorted(groups.items()):
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{dataset} / {backbone} / {method} / {shots}-shot: several runs of seed "
+                             f"{sorted(seeds)} with the same settings; remove the duplicates")
         mean, std = _mean_std([float(r[metric]) for r in runs])
-        rows.append({"dataset": dataset, "backbone": backbone, "method": method, "shots": shots,
-                     "mean": mean, "std": std, "seeds": sorted(r["seed"] for r in runs),
-                     "metric": metric})
+        rows.append({"dataset": dataset, "backbone": backbone, "protocol_key": protocol,
+                     "protocol": runs[0].get("protocol_summary"), "method": method, "shots": shots,
+                     "mean": round(mean, 6), "std": None if std is None else round(std, 6),
+                     "seeds": sorted(seeds), "metric": metric})
     return rows
 
 
 def _method_order(methods: Iterable[str]) -> list[str]:
     from .registry import method_names
 
-    known = [m for m in method_names() if m in methods]
-    return known + sorted(set(methods) - set(known))
+    order = {m: i for i, m in enumerate(method_names())}
+    return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))
 
 
 def format_table(summary: list[dict]) -> str:
     """One block per (dataset, backbone): methods as rows, shot counts as columns, ``mean ± std``."""
     blocks = []
-    keys = sorted({(r["dataset"], r["backbone"]) for r in summary})
-    for dataset, backbone in keys:
-        rows = [r for r in summary if (r["dataset"], r["backbone"]) == (dataset, backbone)]
+    keys = sorted({(r["dataset"], r["backbone"], r.get("protocol_key", "-")) for r in summary})
+    several = defaultdict(int)
+    for dataset, backbone, _ in keys:
+        several[(dataset, backbone)] += 1
+    for dataset, backbone, protocol in keys:
+        rows = [r for r in summary
+                if (r["dataset"], r["backbone"], r.get("protocol_key", "-")) == (dataset, backbone, protocol)]
         shots = sorted({r["shots"] for r in rows})
         seeds = sorted({s for r in rows for s in r["seeds"]})
         cell = {(r["method"], r["shots"]): f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
@@ -98,6 +154,9 @@ def format_table(summary: list[dict]) -> str:
         metric = rows[0]["metric"].replace("_", " ")
         spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed (no std):"
         title = f"{dataset} | {backbone} | {metric} (%), {spread} {seeds}"
+        described = rows[0].get("protocol")
+        if described or several[(dataset, backbone)] > 1:
+            title += f"\n  settings {protocol}: {described or 'not recorded'}"
         lines = [title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
@@ -110,10 +169,11 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = sorted({(r["dataset"], r["backbone"]) for r in summary})
+    keys = sorted({(r["dataset"], r["backbone"], r.get("protocol_key", "-")) for r in summary})
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
-    for ax, (dataset, backbone) in zip(axes[0], keys):
-        rows = [r for r in summary if (r["dataset"], r["backbone"]) == (dataset, backbone)]
+    for ax, (dataset, backbone, protocol) in zip(axes[0], keys):
+        rows = [r for r in summary
+                if (r["dataset"], r["backbone"], r.get("protocol_key", "-")) == (dataset, backbone, protocol)]
         for method in _method_order({r["method"] for r in rows}):
             pts = sorted((r["shots"], r["mean"], r["std"] or 0.0) for r in rows if r["method"] == method)
             xs, ys, es = zip(*pts)
@@ -124,7 +184,7 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("shots per class")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset} ({backbone})")
+        ax.set_title(f"{dataset} ({backbone})" + ("" if protocol == "-" else f" [{protocol}]"), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

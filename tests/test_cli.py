@@ -28,9 +28,13 @@ def _common(tmp_path: Path, backbone: str = "tiny-rn.json") -> list[str]:
 
 @pytest.mark.slow
 def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, capsys):
+    import warnings
+
     args = ["--dataset", "dtd", "--root", str(data_root / "coop"), "--shots", "1", "2", "--seeds", "1",
             *_common(tmp_path)]
+    filters = list(warnings.filters)
     out = _run(capsys, *args)
+    assert warnings.filters == filters  # cli.main leaves the process-wide warning filters alone
 
     runs = sorted((tmp_path / "out").rglob("*.run.json"))
     assert len(runs) == len(METHODS) * 2  # every method x 2 shot counts x 1 seed
@@ -40,7 +44,9 @@ def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, 
     assert record["protocol"]["n_classes"] == 10 and record["protocol"]["n_test"] == 360
     for key in ("val_accuracy", "test_accuracy", "hyperparameters", "timings", "config", "seed"):
         assert key in record
-    ssp_run = json.loads((tmp_path / "out/dtd/tiny-rn@none/ape_plus_ssp_2shot_seed1.run.json").read_text())
+    (ssp_path,) = (tmp_path / "out/dtd/tiny-rn@none/ape_plus_ssp").glob("*/2shot_seed1.run.json")
+    ssp_run = json.loads(ssp_path.read_text())
+    assert ssp_path.parent.name == ssp_run["settings_key"]
     assert ssp_run["hyperparameters"]["routing"] in ("paper", "vision", "reference")
     assert ssp_run["protocol"]["n_support"] == 20 and ssp_run["protocol"]["n_val"] == 20  # coop: min(K, 4)
     assert 1 <= ssp_run["details"]["vision_rank"] <= 32
@@ -85,15 +91,30 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
     assert "nowhere" in message and "ssp-fewshot" in message
 
 
-def test_bad_values_are_rejected_before_any_work(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="shots"):
-        main(["--dataset", "dtd", "--root", str(tmp_path), "--shots", "0", *_common(tmp_path)])
-    with pytest.raises(SystemExit) as err:
-        main(["--dataset", "dtd", "--root", str(tmp_path), "--ssp-rank", "1.5", *_common(tmp_path)])
-    assert err.value.code == 2 and "--ssp-rank" in capsys.readouterr().err  # argparse usage error
-    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+def test_bad_values_are_rejected_before_any_work(data_root, tmp_path):
+    """A real dataset root: without the up-front checks these runs would start and write files."""
+    root = data_root / "coop"
+    base = [sys.executable, "-m", "ssp.cli", "--dataset", "dtd", "--root", str(root), *_common(tmp_path)]
+    for bad, flag in ((["--shots", "0"], "--shots"), (["--ssp-rank", "1.5"], "--ssp-rank"),
+                      (["--batch-size", "0"], "--batch-size"), (["--num-workers", "-1"], "--num-workers"),
+                      (["--val-policy", "half"], "--val-policy")):
+        done = subprocess.run(base + bad, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+        assert done.returncode != 0 and flag in done.stderr and "Traceback" not in done.stderr, bad
+        assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists(), bad
     with pytest.raises(SystemExit, match="--dataset is required"):
         main(["--root", str(tmp_path)])
+
+
+def test_main_leaves_the_process_warning_filters_alone(tmp_path, capsys):
+    import warnings
+
+    from ssp.cli import random_weights_banner
+
+    before = list(warnings.filters)
+    with random_weights_banner({"pretrained": "none"}):
+        assert warnings.filters != before  # the banner silences the per-load warning inside the block
+    assert warnings.filters == before
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().err
 
 
 def test_report_only_rebuilds_table_from_jsons(tmp_path, capsys):

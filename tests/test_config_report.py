@@ -101,3 +101,48 @@ def test_unreadable_run_file_is_named(tmp_path):
 def test_report_without_runs_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run results"):
         write_report(tmp_path)
+
+
+def test_runs_of_other_settings_are_never_averaged_together(tmp_path):
+    from ssp.report import run_filename
+
+    def rec(seed, acc, key, protocol):
+        return {**_record("ape", 4, seed, acc), "settings_key": key, "protocol_key": protocol,
+                "protocol_summary": f"protocol {protocol}"}
+
+    runs = [rec(1, 50.0, "aaa", "p1"), rec(2, 52.0, "aaa", "p1"), rec(1, 70.0, "bbb", "p1"), rec(1, 60.0, "ccc", "p2")]
+    assert len({run_filename(r) for r in runs}) == 4 and "/ape/aaa/4shot_seed1.run.json" in run_filename(runs[0])
+    rows = summarize(runs)
+    labels = {(r["protocol_key"], r["method"]): r["mean"] for r in rows}
+    # same protocol, two method settings: two rows, labelled with their keys; another protocol: its own block
+    assert labels == {("p1", "ape [aaa]"): 51.0, ("p1", "ape [bbb]"): 70.0, ("p2", "ape"): 60.0}
+    table = format_table(rows)
+    assert "settings p1: protocol p1" in table and "settings p2: protocol p2" in table
+
+
+def test_numbers_are_written_without_float_noise(tmp_path):
+    from ssp.provenance import clean_floats, settings_key
+
+    assert clean_floats({"beta": 2.8600000000000003, "x": [0.1 + 0.2], "n": 3}) == {"beta": 2.86, "x": [0.3], "n": 3}
+    assert settings_key({"a": 0.1 + 0.2}) == settings_key({"a": 0.3})
+    write_run(tmp_path, {**_record("ape", 1, 1, 30.0), "hyperparameters": {"beta": 2.8600000000000003}})
+    assert "2.8600000000000003" not in next(tmp_path.rglob("*.run.json")).read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("n_chanels: 100\n", "unknown config key 'n_chanels'; did you mean 'ape.n_channels'?"),
+    ("shotz: [1]\n", "unknown config key 'shotz'; did you mean 'shots'?"),
+    ("ape:\n  n_chanels: 100\n", "unknown config key 'ape.n_chanels'; did you mean 'ape.n_channels'?"),
+    ("tip_adapter:\n  search_scale: 7\n", "'tip_adapter.search_scale' must be a list"),
+    ("tip_adapter:\n  search_step: [200, 2.5]\n", "search_step' must hold positive integers"),
+    ("views: [1]\n", "'views' must be a number"),
+    ("ssp: 3\n", "'ssp' must be a mapping"),
+])
+def test_unknown_keys_and_wrong_kinds_name_the_key_and_the_nearest_name(tmp_path, text, message):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_config("dtd", bad)
+    assert message in str(err.value)
+    if "search_step" not in text:  # key errors name the file; value checks after merging name the key
+        assert "mine.yaml" in str(err.value)
