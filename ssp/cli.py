@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 records, table = run_fewshot_features(
                     cfg, folder=args.features, output_dir=args.output, test_from_val=args.test_from_val,
                     text_features=args.text_features, text_layout=args.text_layout, backbone_name=args.backbone,
-                    device=args.device, skip_existing=args.skip_existing)
+                    device=args.device, skip_existing=args.skip_existing, progress=not args.no_progress)
             else:
                 from . import distributed
                 from .experiment import run_fewshot

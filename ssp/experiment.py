@@ -105,12 +105,14 @@ def method_settings(cfg: dict, method: str) -> dict:
 
 
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
-               text_features: torch.Tensor, device=None, seed: int | None = None) -> MethodResult:
+               text_features: torch.Tensor, device=None, seed: int | None = None,
+               progress: bool = False) -> MethodResult:
     """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
     choose its hyper-parameters on ``val``, score ``test`` once.
 
-    ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``).
-    Warnings raised while fitting (e.g. a clamped ``n_channels``) are returned in
+    ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
+    ``progress`` shows their training progress bar. Warnings raised while fitting and searching
+    (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
     ``details["warnings"]``.
     """
     from .projector import SSPProjector
@@ -127,6 +129,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     if spec.fine_tuned:
         fit_kw.update(val_features=val.global_, val_labels=val.labels,
                       view_features=getattr(support, "views", None))
+        extra["progress"] = progress
         if seed is not None:
             extra["seed"] = seed
     for rank in rank_rules:
@@ -136,31 +139,32 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             projector = SSPProjector(patch_top_k=s["patch_top_k"], class_top_k=s["class_top_k"],
                                      global_weight=s["global_weight"], rank=rank, device=device)
         model = spec.build(cfg, n_features=embed_dim, projector=projector, device=device, **extra)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model.fit(support.global_, support.labels, text_features=text_features, **fit_kw)
-        timings["fit_s"] = timings.get("fit_s", 0.0) + time.perf_counter() - t0
-        t0 = time.perf_counter()
         # The zero-shot term of "vision"/"reference" routing is plain CLIP, so zero-shot+ssp is "paper" only.
         routings = (cfg["ssp"]["routing"] if spec.search_axes else ["paper"]) if use_ssp else None
         grid = spec.grid(cfg)
         if grid is not None and routings:
             grid["routing"] = list(routings)
         details: dict = {}
-        if grid is None:
-            score, params = accuracy(model, val), ({"routing": "paper"} if use_ssp else {})
-            if use_ssp:
-                model.set_params(routing="paper")
-        else:
-            result = validation_search(model, val.global_, val.labels, grid=grid)
-            score, params = float(result.best_score_), dict(result.best_params_)
-        timings["search_s"] = timings.get("search_s", 0.0) + time.perf_counter() - t0
+        # warnings of fit and search (a clamped n_channels, a winner on the grid's edge) go into the record
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t0 = time.perf_counter()
+            model.fit(support.global_, support.labels, text_features=text_features, **fit_kw)
+            timings["fit_s"] = timings.get("fit_s", 0.0) + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if grid is None:
+                score, params = accuracy(model, val), ({"routing": "paper"} if use_ssp else {})
+                if use_ssp:
+                    model.set_params(routing="paper")
+            else:
+                result = validation_search(model, val.global_, val.labels, grid=grid)
+                score, params = float(result.best_score_), dict(result.best_params_)
+            timings["search_s"] = timings.get("search_s", 0.0) + time.perf_counter() - t0
         if use_ssp:
             params["rank"] = rank
             details = _ssp_details(model)
         if hasattr(model, "channels_"):
-            details["n_channels"] = int(model.channels_.numel())
+            details["n_channels"] = len(model.channels_)
         if spec.fine_tuned:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
         fit_warnings = list(dict.fromkeys(str(w.message) for w in caught))
@@ -441,7 +445,8 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
                      "training": seed, "random_init": None if backbone.identity["weights"]["source"] != "random"
                      else backbone.identity["weights"].get("seed")}
             for method in todo:
-                res = run_method(method, cfg, support, val, test, text, device=backbone.device, seed=seed)
+                res = run_method(method, cfg, support, val, test, text, device=backbone.device, seed=seed,
+                                 progress=progress)
                 record = make_record(stubs[(shots, seed, method)], res, backbone=backbone_info, protocol=protocol,
                                      protocol_summary=summary, source=source, text_features=text_info,
                                      seeds=seeds, timings={"shared_features_s": shared_extract_s,

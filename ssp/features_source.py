@@ -235,7 +235,8 @@ def run_fewshot_features(cfg: dict, *, folder: str | Path, output_dir: str | Pat
                          test_from_val: float | None = None, text_features: str | Path | None = None,
                          text_layout: str = "auto", backbone_name: str | None = None, device=None,
                          echo: Callable[[str], None] = print, skip_existing: bool = False,
-                         write_table: bool = True, source: CacheSource | None = None) -> tuple[list[dict], str]:
+                         write_table: bool = True, source: CacheSource | None = None,
+                         progress: bool = True) -> tuple[list[dict], str]:
     """Run every (shots, seed, method) of ``cfg`` on a cache folder; write one JSON per run and the
     report. ``backbone_name`` labels the backbone the cache was extracted with (not verifiable
     from the files; default ``cache-D<D>``). Returns ``(records, table)``."""
@@ -316,7 +317,8 @@ def run_fewshot_features(cfg: dict, *, folder: str | Path, output_dir: str | Pat
                      "validation_subsample": seed if cfg["val_policy"] != "full" else None, "training": seed}
             for method in todo:
                 text = source.text if source.text is not None else None
-                res = run_method(method, cfg, support, val, test, text, device=device, seed=seed)
+                res = run_method(method, cfg, support, val, test, text, device=device, seed=seed,
+                                 progress=progress)
                 record = make_record(stubs[(shots, seed, method)], res,
                                      backbone={"model": backbone_name, "pretrained": None,
                                                "note": "features read from a cache; backbone as labelled by the user"},

@@ -169,3 +169,33 @@ register_method(MethodSpec(
     name="ape", title="APE", estimator="ssp.classifiers:APE",
     config_section="ape", search_section="ape", search_axes=("beta", "alpha", "gamma"),
     default_scale=(7.0, 7.0, 1.0), default_step=(200, 20, 20), params=_ape_params))
+
+# Fine-tuned adapters: constructor values from their own section (training settings), starting
+# values of alpha / beta / gamma from the training-free section, search grid from it too.
+_TRAINING_KEYS = ("epochs", "lr", "eps", "weight_decay", "batch_size")
+
+
+def _training(cfg: Mapping[str, Any], section: str) -> dict:
+    return {k: cfg[section][k] for k in _TRAINING_KEYS if k in cfg[section]}
+
+
+def _tip_f_params(cfg: Mapping[str, Any], dim: int) -> dict:
+    return {**cfg["tip_adapter"]["init"], **_training(cfg, "tip_adapter_f")}
+
+
+def _ape_t_params(cfg: Mapping[str, Any], dim: int) -> dict:
+    sec = cfg["ape_t"]
+    return {**cfg["ape"]["init"], **_training(cfg, "ape_t"), "n_channels": int(sec["n_channels"]),
+            "criterion_weights": tuple(sec["criterion_weights"])}
+
+
+register_method(MethodSpec(
+    name="tip-adapter-f", title="Tip-Adapter-F", estimator="ssp.finetuned:TipAdapterF",
+    config_section="tip_adapter_f", search_section="tip_adapter", search_axes=("beta", "alpha"),
+    default_scale=(7.0, 3.0), default_step=(200, 20), params=_tip_f_params, fine_tuned=True,
+    aliases=("tip-f", "tipadapterf", "tip-adapter-finetuned")))
+register_method(MethodSpec(
+    name="ape-t", title="APE-T", estimator="ssp.finetuned:APET",
+    config_section="ape_t", search_section="ape", search_axes=("beta", "alpha", "gamma"),
+    default_scale=(7.0, 7.0, 1.0), default_step=(200, 20, 20), params=_ape_t_params, fine_tuned=True,
+    aliases=("apet", "ape-trained")))

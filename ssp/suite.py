@@ -78,13 +78,29 @@ def _published_value(preset: dict | None, dataset: str, method: str, shots: int)
 
 
 def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None) -> str:
-    # TODO(lead): plug ssp.comparison in here (published numbers beside ours for --paper)
-    """Tables and plots of the whole output tree (today :func:`ssp.report.write_report`; the
-    comparison with published numbers plugs in here). Returns the printed table."""
-    from .report import write_report
+    """Tables and plots of the whole output tree: the per-dataset report
+    (:func:`ssp.report.write_report`) and the comparison with the published numbers
+    (:func:`ssp.comparison.write_comparison`: Markdown, CSV, JSON and a PNG per backbone), one
+    comparison per protocol (runs of different settings are never averaged together). Returns
+    the printed text. ``records`` (the runs of this invocation) are already in the tree."""
+    from .comparison import write_comparison
+    from .report import load_runs, write_report
 
     table, _ = write_report(output_dir)
-    return table
+    runs = load_runs(output_dir)
+    by_protocol: dict[str, list[dict]] = {}
+    for r in runs:
+        by_protocol.setdefault(str(r.get("protocol_key", "")), []).append(r)
+    sources = tuple(_preset(paper).get("sources", ())) or None if paper else None
+    parts = [table]
+    for key, group in sorted(by_protocol.items()):
+        basename = "comparison" if len(by_protocol) == 1 else f"comparison-{key}"
+        written = write_comparison(group, output_dir, sources=sources, basename=basename)
+        parts.append(written["markdown"].read_text())
+        parts.append("written: " + ", ".join(str(p) for p in
+                                             [written["markdown"], written["csv"], written["json"],
+                                              *written["plots"]]))
+    return "\n\n".join(parts)
 
 
 # ---------------------------------------------------------------------- planning
