@@ -3,7 +3,7 @@
 Uses the Tip-Adapter cache in ``$SSP_DATA_ROOT/features/clip_vit_b32_tip_cache/stanford_cars``
 (default ``SSP_DATA_ROOT`` = ``../shared/data`` next to the repository). Only the validation split
 was published, so it is split in two halves with a seeded permutation: hyper-parameters are
-searched on the first half with the reference grids (SPEC A.2 / A.4 for stanford_cars) and
+searched on the first half with the reference grids (the published Tip-Adapter / APE stanford_cars configs) and
 accuracy is reported once on the held-out half.
 
     python benchmarks/stanford_cars_real_features.py [--shots 1 2 4 8 16] [--seed 0] [--json out.json]
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{folder} not found; set SSP_DATA_ROOT", file=sys.stderr)
         return 1
 
-    cfg = load_config("stanford_cars")  # the shipped grids (SPEC A.2 / A.4, stanford_cars rows)
+    cfg = load_config("stanford_cars")  # the shipped grids (the published Tip-Adapter / APE stanford_cars configs)
     tip_cfg, ape_cfg = cfg["tip_adapter"], cfg["ape"]
     tip_grid = make_grid("tip", tip_cfg["search_scale"], tip_cfg["search_step"])
     ape_grid = make_grid("ape", ape_cfg["search_scale"], ape_cfg["search_step"])

@@ -1,7 +1,7 @@
 """Backbone stage: an open_clip model -> global ``[B, D]`` and local ``[B, L, D]`` image features,
 text embeddings and zero-shot text classifiers.
 
-Local features (SPEC Part 0, C.5):
+Local features (docs/method.md; the ResNet value path as in MaskCLIP, Zhou et al., ECCV 2022):
 
 * ModifiedResNet (RN50, RN101, ...): the value path of the attention pool at every spatial
   position, ``z_i = c_proj(v_proj(x_i + p_i))`` -- value projection then output projection, with
@@ -685,7 +685,7 @@ class Backbone:
         num_local_features: L at ``image_size``.
         preprocess: open_clip's eval transform (PIL -> ``[3, S, S]``): bicubic resize of the shorter
             side, centre crop, RGB, tensor, normalise with the model's mean/std.
-        augment: training augmentation (SPEC C.4): RGB, RandomResizedCrop(S, scale=(0.5, 1),
+        augment: training augmentation (the cache augmentation of Tip-Adapter, Zhang et al., ECCV 2022): RGB, RandomResizedCrop(S, scale=(0.5, 1),
             bicubic), RandomHorizontalFlip, tensor, normalise.
         identity: JSON-able description of everything that changes the features (cache keys).
     """
@@ -886,7 +886,7 @@ class Backbone:
         *,
         class_prompts: Sequence[Sequence[str]] | None = None,
     ) -> torch.Tensor:
-        """Zero-shot classifier ``[C, D]``, unit rows (SPEC A.1): for each class, ``_`` -> space,
+        """Zero-shot classifier ``[C, D]``, unit rows (prompt ensembling of Radford et al., CLIP, ICML 2021): for each class, ``_`` -> space,
         fill every template's ``{}``, encode, L2-normalise each prompt, average, L2-normalise.
 
         ``class_prompts`` (optional, one list per class, e.g. CuPL sentences) are extra full

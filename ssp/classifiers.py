@@ -8,7 +8,7 @@ All three are scikit-learn classifiers working on pre-extracted, L2-normalised f
     logits = clf.decision_function(query_features)      # [M, C]
     clf.predict(query_features)                          # [M] class indices
 
-Logits (notation of SPEC Part 0; ``x`` query, ``W`` text classifier [C, D], ``F`` support keys
+Logits (notation of docs/method.md; ``x`` query, ``W`` text classifier [C, D], ``F`` support keys
 [N, D], ``Y`` one-hot support labels [N, C]):
 
 * zero-shot:   ``s · x Wᵀ``                                      (``s = logit_scale = 100``)
@@ -29,7 +29,7 @@ text, ``F̂`` = vision-projected keys):
 =============  =========================  ====================================================
 routing        zero-shot term              cache term
 =============  =========================  ====================================================
-"paper"        ``s · x^L Ŵᵀ``              ``x^V`` against ``F̂`` (SPEC A.6 "before search")
+"paper"        ``s · x^L Ŵᵀ``              ``x^V`` against ``F̂`` (the SSP script's pre-search logits)
 "reference"    ``s · x Wᵀ`` (unprojected)  ``x^L`` against ``F̂`` (the published SSP script's
                                            final, searched formula; reproduction only)
 "vision"       ``s · x Wᵀ`` (unprojected)  ``x^V`` against ``F̂``
@@ -194,7 +194,7 @@ def ape_channel_criterion(
     support_labels: ArrayLike,
     weights: Sequence[float] = (0.5, 0.5),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """APE's feature-channel criterion in closed form (SPEC A.4 step 2, ``only_use_txt=False``).
+    """APE's feature-channel criterion in closed form (Zhu et al., APE, ICCV 2023, prior refinement; ``only_use_txt=False``; docs/method.md).
 
     Class ``i`` contributes the ``n_i + 1`` vectors ``{w_i} ∪ {its support keys}``. For channel
     ``d`` the inter-class similarity is the mean over all pairs of vectors from different
@@ -232,7 +232,7 @@ def ape_channel_criterion(
 
 
 def ape_key_divergence(keys: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """APE's per-key divergence in bits (SPEC A.4 step 4).
+    """APE's per-key divergence in bits (Zhu et al., APE, ICCV 2023; docs/method.md).
 
     ``P = softmax_c(F Wᵀ)`` over raw cosines (no temperature, as in the reference code) and
     ``δ_n = Σ_c Y_nc log₂((Y_nc + ε) / (P_nc + ε))``, which for one-hot ``Y`` is exactly
@@ -545,7 +545,7 @@ class _CacheModel(_CLIPFeatureClassifier):
 
 
 class ZeroShotCLIP(_CLIPFeatureClassifier):
-    """Zero-shot CLIP: ``logit_scale · x Wᵀ`` (SPEC A.1).
+    """Zero-shot CLIP: ``logit_scale · x Wᵀ`` (Radford et al., CLIP, ICML 2021; docs/method.md).
 
     With a projector and ``routing="paper"`` the logits are ``logit_scale · x^L Ŵᵀ``; routings
     "reference" and "vision" use the unprojected zero-shot term (identical to no projector).
@@ -587,7 +587,7 @@ class ZeroShotCLIP(_CLIPFeatureClassifier):
 
 
 class TipAdapter(_CacheModel):
-    """Training-free Tip-Adapter (SPEC A.2): ``s · x Wᵀ + α · exp(−β(1 − x Fᵀ)) Y``.
+    """Training-free Tip-Adapter (Zhang et al., Tip-Adapter, ECCV 2022): ``s · x Wᵀ + α · exp(−β(1 − x Fᵀ)) Y``.
 
     Args:
         alpha: residual ratio α (weight of the cache term).
@@ -633,7 +633,7 @@ class TipAdapter(_CacheModel):
 
 
 class APE(_CacheModel):
-    """Training-free APE (SPEC A.4) with the closed-form channel criterion.
+    """Training-free APE (Zhu et al., APE, ICCV 2023) with the closed-form channel criterion.
 
     ``s · x Wᵀ + α · exp(−β(1 − x_Ω F_Ωᵀ)) (Y ⊙ exp(γ δ))``: the zero-shot term uses all
     channels; the cache term uses the ``n_channels`` channels ``Ω`` with the highest criterion

@@ -79,7 +79,7 @@ class SearchResult:
 
 def make_grid(method: str, search_scale: Sequence[float] | None = None,
               search_step: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """The reference search grids of a method of :mod:`ssp.registry` (SPEC A.2 / A.4).
+    """The reference search grids of a method of :mod:`ssp.registry` (the official Tip-Adapter and APE configs; docs/protocol.md).
 
     ``β_i = 0.1 + i (s_β − 0.1) / n_β`` and ``α_i = 0.1 + i (s_α − 0.1) / n_α`` for
     ``i = 0 .. n − 1`` and, for APE, ``γ_i = i s_γ / n_γ``: the upper bound ``s`` is never

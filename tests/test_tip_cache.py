@@ -184,7 +184,7 @@ def test_stanford_cars_tip_and_ape_beat_zero_shot(tip_cache_root):
 
 def test_stanford_cars_ssp_on_real_features(tip_cache_root):
     """SSP on real CLIP features. Real local features are not published, so each support image's
-    global feature stands in for its local features (L = 1, as in SPEC Part 0's measurement).
+    global feature stands in for its local features (L = 1, the case measured in docs/method.md).
     At the numerical rank every text row lies in its own class subspace (P_c w_c = w_c), and the
     routing chosen on validation must not lose to plain Tip-Adapter on held-out data."""
     from ssp.projector import SSPProjector
@@ -206,5 +206,5 @@ def test_stanford_cars_ssp_on_real_features(tip_cache_root):
     ssp = TipAdapter(projector=proj).fit(support, labels, text_features=text)
     result = validation_search(ssp, x_search, y_search, {"routing": ["paper", "vision", "reference"], **grid})
     assert result.scores_.shape == (3, 50, 10)
-    assert result.best_params_["routing"] == "vision"  # SPEC Part 0: "paper" collapses at L = 1
+    assert result.best_params_["routing"] == "vision"  # "paper" collapses at L = 1 (docs/method.md)
     assert ssp.score(x_held, y_held) >= tip.score(x_held, y_held) - 0.01

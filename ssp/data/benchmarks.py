@@ -25,7 +25,7 @@ from .base import (
 )
 
 # ---------------------------------------------------------------------------------------------
-# Prompt templates (SPEC C.3)
+# Prompt templates (CoOp, Zhou et al., IJCV 2022; ImageNet: the 7-template ensemble of Tip-Adapter)
 # ---------------------------------------------------------------------------------------------
 IMAGENET_TEMPLATES = (
     "itap of a {}.",
@@ -172,7 +172,7 @@ def list_datasets() -> list[str]:
 
 
 def benchmark_templates(name: str) -> list[str]:
-    """The prompt templates of a registered benchmark (SPEC C.3)."""
+    """The prompt templates of a registered benchmark (CoOp, Zhou et al., IJCV 2022)."""
     key = _canonical_name(name)
     if key == "imagefolder":
         return ["a photo of a {}."]
