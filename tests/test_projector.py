@@ -358,7 +358,7 @@ def test_sklearn_clone_and_params():
     proj = SSPProjector(patch_top_k=7, rank=0.95, device="cpu")
     params = proj.get_params()
     assert params == dict(patch_top_k=7, class_top_k=10, global_weight=10.0, rank=0.95,
-                          rank_tol=None, chunk_size=4096, device="cpu")
+                          rank_tol=None, chunk_size=4096, score_precision="auto", device="cpu")
     patches, labels, images, text, _ = make_support()
     proj.fit(patches, labels, image_features=images, text_features=text)
     twin = clone(proj)
