@@ -110,6 +110,8 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     language_path_ : ``"basis"`` or ``"complement"``, how the class subspaces are stored.
     score_precision_used_ : ``"float32"``, ``"float64"`` or ``"bfloat16"``, the precision of the
         first scoring pass of the language view (see ``score_precision``).
+    score_kernel_ : ``"native"``, or ``"emulated"`` when ``"bfloat16"`` was requested on hardware
+        without bfloat16 GEMMs (float32 GEMMs on the bfloat16 values: exact, not faster).
     n_patches_kept_ : int, ``k = min(patch_top_k, L)``.
     n_classes_, n_features_in_ (``D``), device_
 
@@ -221,6 +223,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         self.language_path_ = path
         self._low_precision = low_precision
         self.score_precision_used_ = precision
+        self.score_kernel_ = "emulated" if low_precision is not None and not low_precision.native else "native"
         self.vision_rank_ = int(vision_rank)
         self.class_ranks_ = class_ranks.cpu().numpy().astype(np.int64)
         self.vision_basis_ = like_input(vision_basis, image_features)
@@ -497,7 +500,10 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         x_low = x.to(torch.bfloat16)
         x_round = x_low.to(x.dtype)
         with _exact_accumulation(x.device):
-            energy = _class_energies(x_low, low.operand, width, out_dtype=x.dtype)
+            energy = _class_energies(
+                x_low, low.operand, width, out_dtype=x.dtype,
+                compute_dtype=None if low.native else torch.float32,
+            )
         bound = low.energy_bound(
             energy,
             torch.linalg.vector_norm(x_round, dim=1),
@@ -621,12 +627,14 @@ class _LowPrecisionScores:
     """bfloat16 copy of the class factors and the per-class constants of its error bound.
 
     ``operand`` is ``[D, C w]`` contiguous (the GEMM's ``[K, N]`` operand, arranged once at fit
-    time); ``rho`` ``>= ||bf16(F_c) - F_c||_2``, ``norm`` ``>= ||F_c||_2``, ``fro_low`` and
+    time); ``native``: the device has bfloat16 GEMMs (else they run as float32 GEMMs on the
+    bfloat16 values: same products, same float32 sums, no speed-up); ``rho`` ``>= ||bf16(F_c) - F_c||_2``, ``norm`` ``>= ||F_c||_2``, ``fro_low`` and
     ``fro`` the Frobenius norms of ``bf16(F_c)`` and ``F_c`` (upper bounds of ``|| |F| ||_2``),
     each ``[C]`` in float64.
     """
 
     operand: torch.Tensor
+    native: bool
     rho: torch.Tensor
     norm: torch.Tensor
     fro_low: torch.Tensor
@@ -652,7 +660,7 @@ class _LowPrecisionScores:
             norm[c0:c1] = (1.0 + _spectral_norm_bound(block, shift=valid)).sqrt()
             fro_low[c0:c1] = torch.linalg.vector_norm(low.double(), dim=(1, 2))
             fro[c0:c1] = torch.linalg.vector_norm(block.double(), dim=(1, 2))
-        return cls(operand, rho, norm, fro_low, fro)
+        return cls(operand, _fast_bfloat16(device), rho, norm, fro_low, fro)
 
     def energy_bound(
         self,
@@ -809,13 +817,21 @@ def _orthogonal_complements(bases: torch.Tensor, ranks: torch.Tensor) -> torch.T
 
 
 def _class_energies(
-    x: torch.Tensor, operand: torch.Tensor, width: int, out_dtype: torch.dtype | None = None
+    x: torch.Tensor,
+    operand: torch.Tensor,
+    width: int,
+    out_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Energy of each query in every class: ``[t, D]`` x ``[D, C w]`` -> ``[t, C]``.
 
     ``energy[i, c] = ||F_c x_i||^2`` from GEMMs over blocks of classes (``_SCORE_BLOCK_BYTES``
     of coefficients at a time, one reused buffer), squared norms taken in ``out_dtype``.
+    ``compute_dtype``: run the GEMMs on operands cast to it (float32 for bfloat16 operands on
+    hardware without bfloat16 GEMMs: the same exact products and float32 sums).
     """
+    if compute_dtype is not None and compute_dtype != x.dtype:
+        x = x.to(compute_dtype)
     t, dim = x.shape
     n_classes = operand.shape[1] // width
     out_dtype = out_dtype or x.dtype
@@ -825,7 +841,7 @@ def _class_energies(
     for c0 in range(0, n_classes, step):
         c1 = min(n_classes, c0 + step)
         coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
-        torch.matmul(x, operand[:, c0 * width : c1 * width], out=coef)
+        torch.matmul(x, operand[:, c0 * width : c1 * width].to(x.dtype), out=coef)
         blocks = coef.view(t, c1 - c0, width).to(out_dtype)
         energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
     return energy
