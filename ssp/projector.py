@@ -1,4 +1,5 @@
-"""SSPProjector: the vision subspace and the per-class language subspaces of SSP (SPEC Part 0).
+"""SSPProjector: the vision subspace and the per-class language subspaces of SSP (Zhu et al.,
+"Selective Vision-Language Subspace Projection for Few-shot CLIP", ACM MM 2024, Sec. 3).
 
 Fit on the support set (patch features, labels, global image features, text classifier):
 
