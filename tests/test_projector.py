@@ -602,3 +602,26 @@ def test_cholesky_qr_route_declines_rank_deficient_classes(monkeypatch):
     proj = fit(patches, labels, images, text, patch_top_k=5)
     assert calls and any(c is None for c in calls)  # fell back to eigh
     assert proj.class_ranks_[1] == 5 + 1 and proj.class_ranks_[0] == 3 * 5 + 1
+
+
+def test_classifier_passes_the_patches_through_uncopied(monkeypatch):
+    """The classifiers hand [N, L, D] patches to the projector as given (float16 here): the
+    projector converts them chunk by chunk, so no full float32 / device copy is made."""
+    from ssp.classifiers import APE
+
+    (patches, images, text, queries), labels = _structured(seed=26, n_classes=5, dim=32)
+    half = patches.astype(np.float16)
+    seen = []
+    original = SSPProjector.fit
+
+    def spy(self, patch_features, *args, **kwargs):
+        seen.append(patch_features)
+        return original(self, patch_features, *args, **kwargs)
+
+    monkeypatch.setattr(SSPProjector, "fit", spy)
+    model = APE(projector=SSPProjector(patch_top_k=4, class_top_k=2)).fit(
+        images, labels, text_features=text, patch_features=half)
+    assert len(seen) == 1 and seen[0] is half
+    assert model.decision_function(queries).shape == (len(queries), 5)
+    with pytest.raises(ValueError, match=r"patch_features must be \[N, L, D\]"):
+        APE(projector=SSPProjector()).fit(images, labels, text_features=text, patch_features=half[:, 0])
