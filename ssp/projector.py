@@ -214,7 +214,10 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         if path == "complement":
             factors = _orthogonal_complements(factors, class_ranks)
         precision = _resolve_score_precision(self.score_precision, device, dtype)
-        low_precision = _LowPrecisionScores.build(factors) if precision == "bfloat16" else None
+        low_precision = None
+        if precision == "bfloat16":
+            with _exact_accumulation(device):
+                low_precision = _LowPrecisionScores.build(factors)
 
         # Set the fitted state only now that everything succeeded.
         self.device_ = device
@@ -501,16 +504,22 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         their error (:meth:`_LowPrecisionScores.energy_bound`), and exact re-scoring of every
         class whose interval ``[s - beta, s + beta]`` reaches the ``kappa``-th largest lower end.
         """
+        x_low = x.to(torch.bfloat16)
+        with _exact_accumulation(x.device):
+            return self._top_classes_exact(x, x_low, kappa, complement)
+
+    def _top_classes_exact(
+        self, x: torch.Tensor, x_low: torch.Tensor, kappa: int, complement: bool
+    ) -> torch.Tensor:
+        """The body of :meth:`_top_classes_low_precision`, inside its accumulation guard."""
         low = self._low_precision
         factors = self._language_factors
         width = factors.shape[1]
-        x_low = x.to(torch.bfloat16)
         x_round = x_low.to(x.dtype)
-        with _exact_accumulation(x.device):
-            energy = _class_energies(
-                x_low, low.operand, width, out_dtype=x.dtype,
-                compute_dtype=None if low.native else torch.float32,
-            )
+        energy = _class_energies(
+            x_low, low.operand, width, out_dtype=x.dtype,
+            compute_dtype=None if low.native else torch.float32,
+        )
         bound = low.energy_bound(
             energy,
             torch.linalg.vector_norm(x_round, dim=1),
@@ -607,17 +616,20 @@ def _cpu_flags() -> set[str]:
 
 @contextlib.contextmanager
 def _exact_accumulation(device: torch.device) -> Iterator[None]:
-    """bfloat16 GEMMs accumulate in float32 inside (cuBLAS may otherwise reduce split-K partial
-    sums in bfloat16, which the error bound of :class:`_LowPrecisionScores` does not cover)."""
+    """bfloat16 GEMMs accumulate in float32 and float32 GEMMs are true float32 inside (cuBLAS
+    may otherwise reduce split-K partial sums in bfloat16, or run float32 GEMMs in TF32, neither
+    of which the error bound of :class:`_LowPrecisionScores` covers)."""
     if device.type != "cuda":
         yield
         return
-    flag = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
-    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    matmul = torch.backends.cuda.matmul
+    flags = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32)
+    matmul.allow_bf16_reduced_precision_reduction = False
+    matmul.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = flag
+        matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32 = flags
 
 
 _BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
