@@ -114,13 +114,13 @@ def compare(rows, tops, preds, ref="fp32"):
 cpu = torch.device("cpu")
 log("CPU half: kernels")
 print("  ", bench_kernel(cpu))
-log("CPU half: SSP + APE at C=100, T=5,000 (seconds; memory is not tracked on CPU here)")
+log("CPU half: SSP + APE, float32 vs bfloat16-exact (seconds; memory is not tracked on CPU here)")
 small = make_data(**SIZES[SIZE]["small"])
 rows, tops, preds = {}, {}, {}
 for mode, precision in (("fp32", "float32"), ("bf16-exact", "bfloat16")):
     rows[mode], tops[mode], preds[mode] = ssp_ape(small, cpu, precision)
 compare(rows, tops, preds)
-report("CPU, C=100 K=16 L=49 D=1024 T=5000 (bf16 is emulated where the CPU has no bf16 GEMMs)", rows)
+report(f"CPU, {SIZES[SIZE]['small']} (bf16 is emulated where the CPU has no bf16 GEMMs)", rows)
 del small
 
 # ------------------------------------------------------------------------------ GPU half
@@ -141,8 +141,8 @@ for mode, precision, tf32 in (("fp32", "float32", False), ("tf32", "float32", Tr
     log(f"GPU half: {mode}")
     rows[mode], tops[mode], preds[mode] = ssp_ape(data, gpu, precision, tf32)
 compare(rows, tops, preds)
-report("GPU, ImageNet size C=1000 K=16 L=49 D=1024 T=50000 (seconds; GiB = peak "
-       "torch.cuda.max_memory_allocated above the inputs on the GPU)", rows)
+report(f"GPU, {SIZES[SIZE]['imagenet']} (seconds; GiB = peak torch.cuda.max_memory_allocated "
+       "above the inputs on the GPU)", rows)
 del data
 
 log("GPU half: extraction (random init, batches of 256 random 224x224 images)")
