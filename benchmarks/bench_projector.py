@@ -17,6 +17,13 @@ small-dense  The published code's formulation (SPEC A.6) at the same size: full 
              projected queries; rank = numerical rank so that both compute the same thing.
 ssp-ape-imagenet  SSP + APE end to end (:func:`bench_ssp_ape`) at the ImageNet size.
 ssp-ape      SSP + APE end to end at the small size.
+*-bf16       imagenet, small-ours, ssp-ape, ssp-ape-imagenet with ``score_precision="bfloat16"``
+             (exact mixed-precision language view); the plain cases run ``"float32"``. The summary
+             puts both side by side: time, memory, and the number of queries whose top-kappa
+             class set (and SSP + APE prediction) differs between the two, which must be 0.
+kernel       The hardware: CPU flags (AMX / AVX512-BF16), oneDNN bf16 support, what
+             ``score_precision="auto"`` picks, and float32 vs bfloat16 GEMM rates (GFLOP/s) on the
+             language view's shape (a query chunk times a block of class bases).
 
 Synthetic data with CLIP-like structure: class means with an anisotropic spectrum, global image
 features = mean + noise, local features = image feature + stronger noise, text = mean + noise,
@@ -27,6 +34,7 @@ Usage::
     python benchmarks/bench_projector.py            # all cases (ImageNet scale takes minutes)
     python benchmarks/bench_projector.py --quick    # small smoke run (seconds)
     python benchmarks/bench_projector.py --device cuda --cases small-ours small-dense
+    python benchmarks/bench_projector.py --cases kernel small-ours small-ours-bf16 small-dense ssp-ape ssp-ape-bf16
 """
 from __future__ import annotations
 
@@ -43,6 +51,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's ssp, not an installed one
+
 SIZES = {
     "full": {
         "imagenet": dict(n_classes=1000, shots=16, n_patches=49, dim=1024, n_queries=50_000),
@@ -55,8 +65,10 @@ SIZES = {
         "small": dict(n_classes=20, shots=4, n_patches=16, dim=128, n_queries=500),
     },
 }
-CASES = ("imagenet", "vit512", "vit512-basis", "ssp-ape-imagenet", "small-ours", "small-dense", "ssp-ape")
-SIZE_OF_CASE = {"imagenet": "imagenet", "vit512": "vit512", "vit512-basis": "vit512", "ssp-ape-imagenet": "imagenet"}
+CASES = ("kernel", "imagenet", "imagenet-bf16", "vit512", "vit512-basis", "ssp-ape-imagenet",
+         "ssp-ape-imagenet-bf16", "small-ours", "small-ours-bf16", "small-dense", "ssp-ape", "ssp-ape-bf16")
+SIZE_OF_CASE = {"imagenet": "imagenet", "imagenet-bf16": "imagenet", "vit512": "vit512",
+                "vit512-basis": "vit512", "ssp-ape-imagenet": "imagenet", "ssp-ape-imagenet-bf16": "imagenet"}
 
 
 # --------------------------------------------------------------------------------- data
@@ -132,22 +144,28 @@ def measure(name: str, fn: Callable[[], Any], device: torch.device, record: dict
 
 
 # ------------------------------------------------------------------------ implementations
-def run_ours(data: dict, device: torch.device, record: dict,
-             language_path: str = "auto") -> dict[str, np.ndarray]:
+def run_ours(data: dict, device: torch.device, record: dict, language_path: str = "auto",
+             score_precision: str = "float32") -> dict[str, np.ndarray]:
     from ssp.projector import SSPProjector
 
-    proj = SSPProjector(device=device)
+    proj = SSPProjector(device=device, score_precision=score_precision)
     proj._language_path = language_path  # private switch: force the basis representation
+    proj._record_top = []  # private hook: keep the language view's top-kappa classes
     measure("fit", lambda: proj.fit(data["patches"], data["labels"], image_features=data["images"],
                                     text_features=data["text"]), device, record)
     vision = measure("transform vision", lambda: proj.transform(data["queries"], view="vision"),
                      device, record)
     language = measure("transform language", lambda: proj.transform(data["queries"], view="language"),
                        device, record)
+    n_queries = len(data["queries"])
     record["info"] = dict(language_path=proj.language_path_, vision_rank=proj.vision_rank_,
                           class_rank_max=int(proj.class_ranks_.max()),
-                          class_rank_min=int(proj.class_ranks_.min()))
-    return dict(vision=vision, language=language, text=proj.text_features_)
+                          class_rank_min=int(proj.class_ranks_.min()),
+                          score_precision_used=proj.score_precision_used_,
+                          score_kernel=proj.score_kernel_,
+                          rescored_classes_per_query=getattr(proj, "_rescored_pairs", 0) / n_queries)
+    top = torch.sort(torch.cat(proj._record_top), dim=1).values.numpy()
+    return dict(vision=vision, language=language, text=proj.text_features_, top=top)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -233,7 +251,7 @@ def run_dense(data: dict, device: torch.device, record: dict) -> dict[str, np.nd
 
 # ------------------------------------------------------------------------- SSP + APE hook
 def bench_ssp_ape(patch_features, labels, image_features, text_features, queries, device,
-                  record: dict, query_labels=None) -> dict:
+                  record: dict, query_labels=None, score_precision: str = "auto") -> dict:
     """Time SSP + APE end to end: fit the projector, fit APE with it (channel criterion, projected
     keys and text), ``decision_function`` on every query (paper routing: both views).
 
@@ -243,16 +261,66 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
     from ssp.classifiers import APE
     from ssp.projector import SSPProjector
 
-    proj = SSPProjector(device=device)
+    proj = SSPProjector(device=device, score_precision=score_precision)
     measure("projector fit", lambda: proj.fit(patch_features, labels, image_features=image_features,
                                               text_features=text_features), device, record)
     ape = APE(projector=proj)  # already fitted: APE uses it as is
     measure("APE fit", lambda: ape.fit(image_features, labels, text_features=text_features),
             device, record)
     logits = measure("APE decision_function", lambda: ape.decision_function(queries), device, record)
+    record["predictions"] = np.asarray(logits).argmax(1)
+    record["info"] = dict(score_precision_used=proj.score_precision_used_, score_kernel=proj.score_kernel_)
     if query_labels is not None:
-        record["info"] = dict(accuracy=float((np.asarray(logits).argmax(1) == query_labels).mean()))
+        record["info"]["accuracy"] = float((record["predictions"] == query_labels).mean())
     return record
+
+
+# ------------------------------------------------------------------------------- kernels
+def bench_kernel(device: torch.device, dim: int = 1024, width: int = 481) -> dict:
+    """Which kernels run: CPU flags, oneDNN bf16, the ``auto`` choice, GEMM rates (GFLOP/s) of
+    a ``[t, D] x [D, classes * r]`` block (the language view's scoring GEMM)."""
+    from ssp.projector import SSPProjector, _cpu_flags, _fast_bfloat16, _resolve_score_precision
+
+    flags = _cpu_flags()
+    info: dict[str, Any] = dict(
+        cpu_flags=sorted(f for f in flags if "amx" in f or "bf16" in f or f in ("avx512f", "avx2")),
+        torch_cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        mkldnn=torch.backends.mkldnn.is_available(),
+        mkldnn_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        native_bf16=_fast_bfloat16(device),
+        auto_picks=_resolve_score_precision(SSPProjector().score_precision, device, torch.float32),
+        threads=torch.get_num_threads(),
+    )
+
+    def rate(dtype: torch.dtype, rows: int, cols: int) -> float:
+        x = torch.randn(rows, dim, device=device).to(dtype)
+        w = torch.randn(dim, cols, device=device).to(dtype)
+        torch.matmul(x, w)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        reps = 0
+        while reps < 3 or time.perf_counter() - start < 0.5:
+            torch.matmul(x, w)
+            reps += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if time.perf_counter() - start > 20:
+                break
+        return 2 * rows * dim * cols * reps / (time.perf_counter() - start) / 1e9
+
+    big = (4096 if device.type == "cuda" else 1024, 32 * width)
+    info["fp32_gflops"] = rate(torch.float32, *big)
+    small = rate(torch.bfloat16, 64, 2 * width)  # probe: emulated bf16 can be 100x slower
+    info["bf16_gflops"] = rate(torch.bfloat16, *big) if small > 0.2 * info["fp32_gflops"] else small
+    info["bf16_shape"] = "[%d, %d] x [%d, %d]" % ((*big[:1], dim, big[1]) if small > 0.2 * info["fp32_gflops"]
+                                                 else (64, dim, dim, 2 * width))
+    info["fp32_shape"] = "[%d, %d] x [%d, %d]" % (big[0], dim, dim, big[1])
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        info["tf32_gflops"] = rate(torch.float32, *big)
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return info
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -260,6 +328,11 @@ def worker(case: str, quick: bool, device_name: str | None, out_dir: Path) -> No
     from ssp._utils import resolve_device
 
     device = resolve_device(device_name)
+    if case == "kernel":
+        record = dict(case=case, device=str(device), load_avg=os.getloadavg()[0], phases={},
+                      info=bench_kernel(device))
+        (out_dir / f"{case}.json").write_text(json.dumps(record))
+        return
     sizes = SIZES["quick" if quick else "full"][SIZE_OF_CASE.get(case, "small")]
     start = time.perf_counter()
     data = make_data(**sizes)
@@ -269,8 +342,10 @@ def worker(case: str, quick: bool, device_name: str | None, out_dir: Path) -> No
                                   threads=torch.get_num_threads(), load_avg=os.getloadavg()[0])
     print(f"{case}: data ready ({record['data_rss_gb']:.2f} GB resident)", file=sys.stderr, flush=True)
     phases: dict[str, Any] = {}
-    if case in ("imagenet", "vit512", "small-ours"):
-        outputs = run_ours(data, device, phases)
+    precision = "bfloat16" if case.endswith("-bf16") else "float32"
+    base = case.removesuffix("-bf16")
+    if base in ("imagenet", "vit512", "small-ours"):
+        outputs = run_ours(data, device, phases, score_precision=precision)
     elif case == "vit512-basis":
         outputs = run_ours(data, device, phases, language_path="basis")
     elif case == "small-dense":
@@ -279,12 +354,15 @@ def worker(case: str, quick: bool, device_name: str | None, out_dir: Path) -> No
         outputs = {}
         try:
             bench_ssp_ape(data["patches"], data["labels"], data["images"], data["text"],
-                          data["queries"], device, phases, query_labels=data["query_labels"])
+                          data["queries"], device, phases, query_labels=data["query_labels"],
+                          score_precision=precision)
+            outputs["predictions"] = phases.pop("predictions")
         except ImportError as err:
             record["skipped"] = f"ssp.classifiers.APE not importable: {err}"
     record["phases"] = phases
     for key, value in outputs.items():
-        np.save(out_dir / f"{case}-{key}.npy", np.asarray(value, dtype=np.float32))
+        value = np.asarray(value)
+        np.save(out_dir / f"{case}-{key}.npy", value if value.dtype.kind == "i" else value.astype(np.float32))
     (out_dir / f"{case}.json").write_text(json.dumps(record))
 
 
@@ -292,6 +370,10 @@ def _stored_width(record: dict, dim: int) -> int:
     """Directions stored per class: r_max (bases) or D - r_min (complements)."""
     info = record["phases"]["info"]
     return info["class_rank_max"] if info["language_path"] == "basis" else dim - info["class_rank_min"]
+
+
+def _fmt(entry: dict) -> str:
+    return f"{entry['seconds']:9.2f} s  {entry['peak_rss_gb']:6.2f} GB (+{entry['extra_rss_gb']:5.2f})"
 
 
 def _row(label: str, ours: dict, dense: dict | None = None) -> str:
@@ -347,12 +429,29 @@ def main(argv: list[str] | None = None) -> None:
                     diffs["language_max_elsewhere"] = float(per_row[~differ].max()) if (~differ).any() else None
                     diffs["language_median_margin"] = float(np.median(margin))
 
+        mixed: dict[str, dict] = {}
+        for fp in ("small-ours", "imagenet", "ssp-ape", "ssp-ape-imagenet"):
+            bf = fp + "-bf16"
+            if fp not in records or bf not in records or "skipped" in records[fp] or "skipped" in records[bf]:
+                continue
+            key = "predictions" if "ape" in fp else "top"
+            a, b = np.load(out_dir / f"{fp}-{key}.npy"), np.load(out_dir / f"{bf}-{key}.npy")
+            differ = (a != b).reshape(len(a), -1).any(axis=1)
+            mixed[fp] = dict(key=key, differ=int(differ.sum()), n=len(a))
+            if key == "top":
+                la, lb = np.load(out_dir / f"{fp}-language.npy"), np.load(out_dir / f"{bf}-language.npy")
+                mixed[fp]["language_max_abs_diff"] = float(np.abs(la - lb).max())
+        diffs["mixed_precision"] = mixed
+
     print("\nSSPProjector benchmark" + (" (--quick)" if args.quick else ""))
+    if "kernel" in records:
+        info = records["kernel"]["info"]
+        print(f"\n[kernels] device={records['kernel']['device']} {info}")
     print(f"  machine: {os.cpu_count()} CPUs, torch {torch.__version__}; 1-min load average at "
           "the start of each case: " + ", ".join(f"{c} {r['load_avg']:.1f}" for c, r in records.items()))
     print("  times in seconds; memory = peak resident set of the phase (+ extra above the "
           "resident set before it)")
-    for case in ("imagenet", "vit512", "vit512-basis"):
+    for case in ("imagenet", "imagenet-bf16", "vit512", "vit512-basis"):
         if case not in records:
             continue
         rec = records[case]
@@ -374,6 +473,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {'':<30} {'ours':>30}   | {'dense (C x D x D, C x D x T)':>30}   ratio dense/ours")
         for phase in ("fit", "transform vision", "transform language"):
             print(_row(phase, ours["phases"][phase], dense["phases"][phase] if dense else None))
+        total_ours = sum(ours["phases"][p]["seconds"] for p in ("fit", "transform vision", "transform language"))
+        if dense:
+            total_dense = sum(dense["phases"][p]["seconds"] for p in ("fit", "transform vision", "transform language"))
+            print(f"  total {total_ours:.2f} s vs {total_dense:.2f} s: x{total_dense / total_ours:.2f}")
         if diffs:
             print("  max |ours - dense|: " + ", ".join(f"{k} {diffs[k]:.2e}" for k in ("vision", "language", "text")))
             n_differ = diffs["language_rows_over_1e-4"]
@@ -383,7 +486,36 @@ def main(argv: list[str] | None = None) -> None:
                      f"{diffs['language_max_margin_of_those']:.1e} (median margin over all rows "
                      f"{diffs['language_median_margin']:.1e})" if n_differ else "")
                   + (f"; max difference on the other rows {elsewhere:.2e}" if elsewhere is not None else ""))
-    for case in ("ssp-ape-imagenet", "ssp-ape"):
+    for fp, entry in diffs.get("mixed_precision", {}).items():
+        a, b = records[fp], records[fp + "-bf16"]
+        print(f"\n[float32 vs bfloat16-exact scoring, same run] {fp} {a['sizes']} device={a['device']}")
+        print(f"  bfloat16 side: {b['phases'].get('info')}")
+        print(f"  {'':<30} {'float32':>30}   | {'bfloat16 + exact re-scoring':>30}   ratio f32/bf16")
+        for phase, pa in a["phases"].items():
+            if phase != "info" and phase in b["phases"]:
+                pb = b["phases"][phase]
+                print(f"  {phase:<30} {_fmt(pa)}   | {_fmt(pb)}   x{pa['seconds'] / max(pb['seconds'], 1e-9):5.2f}")
+        what = "top-kappa class sets" if entry["key"] == "top" else "SSP + APE predictions"
+        print(f"  queries whose {what} differ: {entry['differ']} of {entry['n']} (must be 0)"
+              + (f"; max |language view difference| {entry['language_max_abs_diff']:.2e}"
+                 if "language_max_abs_diff" in entry else ""))
+    if "ssp-ape" in records and "small-dense" in records and "skipped" not in records["ssp-ape"]:
+        dense = records["small-dense"]["phases"]
+        print(f"\n[SSP + APE (ours) vs the dense reference-style projector alone, same run] "
+              f"{records['ssp-ape']['sizes']}")
+        for case in ("ssp-ape", "ssp-ape-bf16"):
+            if case not in records or "skipped" in records[case]:
+                continue
+            ours = {k: v for k, v in records[case]["phases"].items() if k != "info"}
+            t_ours = sum(v["seconds"] for v in ours.values())
+            m_ours = max(v["extra_rss_gb"] for v in ours.values())
+            dense_phases = [v for k, v in dense.items() if k != "info"]
+            t_dense = sum(v["seconds"] for v in dense_phases)
+            m_dense = max(v["extra_rss_gb"] for v in dense_phases)
+            print(f"  {case:<14} fit + APE fit + logits {t_ours:7.2f} s, max extra {m_ours:5.2f} GB | dense "
+                  f"fit + transforms {t_dense:7.2f} s, max extra {m_dense:5.2f} GB | x{t_dense / t_ours:5.2f} "
+                  f"time, x{m_dense / max(m_ours, 1e-3):5.2f} memory")
+    for case in ("ssp-ape-imagenet", "ssp-ape-imagenet-bf16", "ssp-ape", "ssp-ape-bf16"):
         if case not in records:
             continue
         rec = records[case]

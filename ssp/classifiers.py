@@ -390,13 +390,15 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         if patch_features is not None:
             if images is None:
                 raise ValueError("fitting the projector needs image_features and labels too")
-            patches = to_tensor(patch_features, "patch_features", ndim=3, device=device)
-            if patches.shape[0] != images.shape[0] or patches.shape[2] != images.shape[1]:
+            # Only the shape is read here: the projector converts [N, L, D] patches to its device
+            # and precision one class chunk at a time (no full float32 / device copy).
+            shape = tuple(np.shape(patch_features))
+            if len(shape) != 3 or shape[0] != images.shape[0] or shape[2] != images.shape[1]:
                 raise ValueError(
                     f"patch_features must be [N, L, D] = [{images.shape[0]}, L, {images.shape[1]}] "
-                    f"to match image_features, got {tuple(patches.shape)}"
+                    f"to match image_features, got {shape}"
                 )
-            return clone(projector).fit(patches, labels, image_features=images,
+            return clone(projector).fit(patch_features, labels, image_features=images,
                                         text_features=text)
         if not _projector_is_fitted(projector):
             raise ValueError(

@@ -1,4 +1,5 @@
-"""SSPProjector: the vision subspace and the per-class language subspaces of SSP (SPEC Part 0).
+"""SSPProjector: the vision subspace and the per-class language subspaces of SSP (Zhu et al.,
+"Selective Vision-Language Subspace Projection for Few-shot CLIP", ACM MM 2024, Sec. 3).
 
 Fit on the support set (patch features, labels, global image features, text classifier):
 
@@ -34,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -61,6 +64,7 @@ _SCORE_BLOCK_BYTES = 64 * 2**20
 
 _VIEWS = ("vision", "language")
 _LANGUAGE_PATHS = ("auto", "basis", "complement")
+_SCORE_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class SSPProjector(TransformerMixin, BaseEstimator):
@@ -86,6 +90,16 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         Queries per chunk in :meth:`transform` (lowered automatically so the language view's
         ``[chunk, C]`` score block stays within about 256 MB; its ``[chunk, classes, r]``
         coefficients are computed 64 MB at a time).
+    score_precision : {"auto", "float32", "bfloat16"}, default "auto"
+        Precision of the language view's class scoring (the ``T C r D`` GEMMs that dominate its
+        cost). ``"float32"``: the working precision (float64 for float64 inputs).
+        ``"bfloat16"``: every class is scored with bfloat16 operands (float32 accumulation), then
+        every class that a rigorous bound on the bfloat16 error cannot rule out of the top
+        ``class_top_k`` is re-scored in the working precision, so the selected classes and the
+        output are those of the ``"float32"`` path (up to float rounding on exact ties).
+        ``"auto"``: ``"bfloat16"`` on CUDA GPUs with bfloat16 support and on CPUs with AMX-BF16
+        or AVX512-BF16 instructions, ``"float32"`` elsewhere (bfloat16 GEMMs are emulated, and
+        slow, without them). What ran is recorded in ``score_precision_used_``.
     device : str, torch.device or None
         ``None``/``"auto"``: CUDA when available, else CPU.
 
@@ -96,6 +110,10 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     class_ranks_ : ``[C]`` int64 numpy array, rank ``r_c`` of each language subspace.
     text_features_ : ``[C, D]`` language-projected, L2-normalised text classifier.
     language_path_ : ``"basis"`` or ``"complement"``, how the class subspaces are stored.
+    score_precision_used_ : ``"float32"``, ``"float64"`` or ``"bfloat16"``, the precision of the
+        first scoring pass of the language view (see ``score_precision``).
+    score_kernel_ : ``"native"``, or ``"emulated"`` when ``"bfloat16"`` was requested on hardware
+        without bfloat16 GEMMs (float32 GEMMs on the bfloat16 values: exact, not faster).
     n_patches_kept_ : int, ``k = min(patch_top_k, L)``.
     n_classes_, n_features_in_ (``D``), device_
 
@@ -105,6 +123,8 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
     # Private switch for tests and benchmarks: force the basis or the complement representation.
     _language_path: str = "auto"
+    # Private hook for benchmarks: a list that collects the language view's top classes per chunk.
+    _record_top: list | None = None
 
     def __init__(
         self,
@@ -115,6 +135,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         rank: int | float | None = None,
         rank_tol: float | None = None,
         chunk_size: int = 4096,
+        score_precision: str = "auto",
         device: str | torch.device | None = None,
     ) -> None:
         self.patch_top_k = patch_top_k
@@ -123,6 +144,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         self.rank = rank
         self.rank_tol = rank_tol
         self.chunk_size = chunk_size
+        self.score_precision = score_precision
         self.device = device
 
     # ------------------------------------------------------------------------------------ fit
@@ -192,6 +214,11 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         path = self._choose_language_path(class_ranks, dim)
         if path == "complement":
             factors = _orthogonal_complements(factors, class_ranks)
+        precision = _resolve_score_precision(self.score_precision, device, dtype)
+        low_precision = None
+        if precision == "bfloat16":
+            with _exact_accumulation(device):
+                low_precision = _LowPrecisionScores.build(factors)
 
         # Set the fitted state only now that everything succeeded.
         self.device_ = device
@@ -202,6 +229,9 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         self._vision_basis = vision_basis
         self._language_factors = factors
         self.language_path_ = path
+        self._low_precision = low_precision
+        self.score_precision_used_ = precision
+        self.score_kernel_ = "emulated" if low_precision is not None and not low_precision.native else "native"
         self.vision_rank_ = int(vision_rank)
         self.class_ranks_ = class_ranks.cpu().numpy().astype(np.int64)
         self.vision_basis_ = like_input(vision_basis, image_features)
@@ -249,15 +279,15 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             n_cls = c1 - c0
             first, last = starts_list[c0], starts_list[c1 - 1] + counts_list[c1 - 1]
             idx = order[first:last]
-            z = _take_rows(patches, idx).to(device=device, dtype=dtype)
-            if not bool(torch.isfinite(z).all()):
-                raise ValueError("patch_features contains NaN or infinite values; clean the features first")
-            z = l2_normalize(z)  # [n, L, D]
+            z = l2_normalize(_take_rows(patches, idx).to(device=device, dtype=dtype))  # [n, L, D]
             g = image[idx]
             lab = y[idx]
 
             # Vision: per image sum_j s^V_nj z_nj over the kept j, plus lambda * g_n.
             score_v = torch.einsum("nld,nd->nl", z, g)
+            # A NaN or infinity anywhere in z_nj (inf / inf after normalising) reaches its score.
+            if not bool(torch.isfinite(score_v).all()):
+                raise ValueError("patch_features contains NaN or infinite values; clean the features first")
             top_v = score_v.topk(k, dim=1)
             weights = torch.zeros_like(score_v).scatter_(1, top_v.indices, top_v.values)
             image_rows = torch.einsum("nl,nld->nd", weights, z) + lam * g
@@ -306,8 +336,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         dtype = stacked.dtype
         device = stacked.device
         if dtype == torch.float64:
-            with _lapack_threads(device):
-                _, sigma, vh = torch.linalg.svd(stacked, full_matrices=False)
+            _, sigma, vh = _batched_lapack(lambda a: torch.linalg.svd(a, full_matrices=False), stacked)
             ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
             r = int(ranks.max())
             keep = torch.arange(r, device=device)[None, :] < ranks[:, None]  # [c, r]
@@ -315,8 +344,11 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         wide = stacked.double()
         small = n_rows < dim  # Gram T T^T [c, R, R], else T^T T [c, D, D]
         gram = torch.bmm(wide, wide.mT) if small else torch.bmm(wide.mT, wide)
-        with _lapack_threads(device):
-            eigval, eigvec = torch.linalg.eigh(gram)
+        if small and self.rank is None:
+            basis = self._full_rank_bases(wide, gram, rows_per_class, eps)
+            if basis is not None:
+                return basis.to(dtype).contiguous(), rows_per_class.clone()
+        eigval, eigvec = _batched_lapack(torch.linalg.eigh, gram)
         sigma = eigval.flip(-1).clamp_min(0).sqrt()  # descending singular values
         ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
         r = int(ranks.max())
@@ -327,6 +359,47 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         else:  # the eigenvectors of T^T T are the right singular vectors
             basis = vectors.mT
         return basis.to(dtype).contiguous(), ranks
+
+    def _full_rank_bases(
+        self, wide: torch.Tensor, gram: torch.Tensor, rows_per_class: torch.Tensor, eps: float
+    ) -> torch.Tensor | None:
+        """Cholesky-QR bases ``[c, R, D]`` (float64) when every ``T_c`` of the chunk provably has
+        full row rank under the rank rule; ``None`` otherwise (the caller takes the eigh route).
+
+        At the default rank (the numerical rank) the language view and the text projection use
+        only ``B_c^T B_c``, the projector onto ``T_c``'s row space, which any orthonormal basis of
+        it gives: ``Q^T = L^{-1} T_c`` with ``T_c T_c^T = L L^T``. A Cholesky factorisation and a
+        triangular inverse cost a fraction of ``eigh``. Full rank means ``sigma_min > tol *
+        sigma_max``; it is certified with ``sigma_min^2 >= 1 / ||L^{-1}||_F^2`` and ``sigma_max^2
+        <= min(||G||_F, ||G||_inf)``. Zero padding rows get a unit diagonal in ``G`` (an identity
+        block of ``L``; their rows of ``Q^T`` stay zero).
+        """
+        n_cls, n_rows, dim = wide.shape
+        device = wide.device
+        pad = (torch.arange(n_rows, device=device)[None, :] >= rows_per_class[:, None]).to(gram.dtype)
+        padded = gram.clone()
+        padded.diagonal(dim1=1, dim2=2).add_(pad)
+        eye = torch.eye(n_rows, dtype=gram.dtype, device=device)
+
+        def factor(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            chol, info = torch.linalg.cholesky_ex(g)
+            return torch.linalg.solve_triangular(chol, eye.expand(g.shape[0], -1, -1), upper=False), info
+
+        inverse, info = _batched_lapack(factor, padded)  # L^{-1}
+        if bool((info != 0).any()):
+            return None
+        inv_fro_sq = inverse.square().sum((1, 2)) - pad.sum(1)  # without the identity block
+        sigma_max_sq = torch.minimum(
+            torch.linalg.matrix_norm(gram), gram.abs().sum(2).amax(1)
+        )
+        if self.rank_tol is None:
+            rel_tol = rows_per_class.clamp_min(dim).to(gram.dtype) * eps
+        else:
+            rel_tol = torch.full_like(sigma_max_sq, float(self.rank_tol))
+        certified = inv_fro_sq * rel_tol.square() * sigma_max_sq * 1.01 < 1.0
+        if not bool(certified.all()):
+            return None
+        return torch.bmm(inverse, wide)
 
     def _fit_vision(self, class_means: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
         """Economy SVD of ``M_V`` ``[C, D]`` -> orthonormal basis ``[r_V, D]`` and ``r_V``."""
@@ -392,8 +465,11 @@ class SSPProjector(TransformerMixin, BaseEstimator):
                 out[t0 : t0 + chunk] = l2_normalize((xs @ basis.T) @ basis)
         else:
             n_classes = self._language_factors.shape[0]
-            budget_rows = _BLOCK_BUDGET_BYTES // max(1, 2 * n_classes * x.element_size())
+            # [t, C] blocks held at once: 2 (scores), 6 with bfloat16 (bounds, candidate pairs)
+            held = 2 if self._low_precision is None else 6
+            budget_rows = _BLOCK_BUDGET_BYTES // max(1, held * n_classes * x.element_size())
             chunk = int(max(1, min(int(self.chunk_size), budget_rows)))
+            self._rescored_pairs = 0  # diagnostics of the bfloat16 path (benchmarks)
             for t0 in range(0, x.shape[0], chunk):
                 out[t0 : t0 + chunk] = self._language_chunk(l2_normalize(x[t0 : t0 + chunk]))
         return like_input(out, X)
@@ -402,29 +478,69 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         """Language view of one chunk of unit queries ``[t, D]``.
 
         Scores every class (``||B_c x||^2``, or ``||x||^2 - ||B_perp x||^2``) in blocks of
-        classes, so no ``[t, C, r]`` tensor is held; then projects onto the ``class_top_k`` best
-        classes only (:func:`_grouped_project`).
+        classes, so no ``[t, C, r]`` tensor is held (:func:`_class_energies`; in bfloat16 then
+        exactly re-scored where it matters, :meth:`_top_classes_low_precision`); then projects
+        onto the ``class_top_k`` best classes only (:func:`_grouped_project`).
         """
         factors = self._language_factors  # [C, w, D]: bases or complements
         n_classes, width, dim = factors.shape
-        t = x.shape[0]
         kappa = min(int(self.class_top_k), n_classes)
-        flat = factors.reshape(n_classes * width, dim)
-        energy = torch.empty(t, n_classes, dtype=x.dtype, device=x.device)
-        step = int(max(1, min(n_classes, _SCORE_BLOCK_BYTES // max(1, t * width * x.element_size()))))
-        buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
-        for c0 in range(0, n_classes, step):
-            c1 = min(n_classes, c0 + step)
-            coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
-            torch.matmul(x, flat[c0 * width : c1 * width].T, out=coef)
-            norms = torch.linalg.vector_norm(coef.view(t, c1 - c0, width), dim=2)
-            energy[:, c0:c1] = norms.square_()  # ||B_c x||^2 or ||B_perp x||^2
         complement = self.language_path_ == "complement"
-        scores = (x * x).sum(1, keepdim=True) - energy if complement else energy
-        top = scores.topk(kappa, dim=1).indices  # [t, kappa]
-        del energy, scores
+        if self._low_precision is None:
+            operand = factors.reshape(n_classes * width, dim).T  # [D, C w]
+            energy = _class_energies(x, operand, width)  # ||B_c x||^2 or ||B_perp x||^2
+            scores = (x * x).sum(1, keepdim=True) - energy if complement else energy
+            top = scores.topk(kappa, dim=1).indices  # [t, kappa]
+            del energy, scores
+        else:
+            top = self._top_classes_low_precision(x, kappa, complement)
+        if self._record_top is not None:  # benchmarks compare the selections of both paths
+            self._record_top.append(top.cpu())
         summed = _grouped_project(x, top, factors)  # sum_c F_c^T F_c x
         return l2_normalize(kappa * x - summed if complement else summed)
+
+    def _top_classes_low_precision(self, x: torch.Tensor, kappa: int, complement: bool) -> torch.Tensor:
+        """Top-``kappa`` classes ``[t, kappa]`` of unit queries ``x`` ``[t, D]``, identical to the
+        working-precision path's: bfloat16 scores of every class, a rigorous bound ``beta`` on
+        their error (:meth:`_LowPrecisionScores.energy_bound`), and exact re-scoring of every
+        class whose interval ``[s - beta, s + beta]`` reaches the ``kappa``-th largest lower end.
+        """
+        x_low = x.to(torch.bfloat16)
+        with _exact_accumulation(x.device):
+            return self._top_classes_exact(x, x_low, kappa, complement)
+
+    def _top_classes_exact(
+        self, x: torch.Tensor, x_low: torch.Tensor, kappa: int, complement: bool
+    ) -> torch.Tensor:
+        """The body of :meth:`_top_classes_low_precision`, inside its accumulation guard."""
+        low = self._low_precision
+        factors = self._language_factors
+        width = factors.shape[1]
+        x_round = x_low.to(x.dtype)
+        energy = _class_energies(
+            x_low, low.operand, width, out_dtype=x.dtype,
+            compute_dtype=None if low.native else torch.float32,
+        )
+        bound = low.energy_bound(
+            energy,
+            torch.linalg.vector_norm(x_round, dim=1),
+            torch.linalg.vector_norm(x_round - x, dim=1),  # exact difference, rounded norm
+            torch.linalg.vector_norm(x, dim=1),
+            x.dtype,
+        )
+        squared = (x * x).sum(1, keepdim=True)
+        approx = squared - energy if complement else energy
+        del energy
+        threshold = (approx - bound).topk(kappa, dim=1).values[:, -1:]  # kappa-th lower end
+        query, cls = ((approx + bound) >= threshold).nonzero(as_tuple=True)
+        del bound
+        exact = _pair_energies(x, query, cls, factors)
+        if complement:
+            exact = squared[query, 0] - exact
+        scores = approx.fill_(float("-inf"))
+        scores[query, cls] = exact
+        self._rescored_pairs = getattr(self, "_rescored_pairs", 0) + int(query.numel())
+        return scores.topk(kappa, dim=1).indices
 
     def fit_transform(
         self,
@@ -462,6 +578,10 @@ class SSPProjector(TransformerMixin, BaseEstimator):
                 f"rank must be None (numerical rank), a positive int (cap) or a float in (0, 1) "
                 f"(fraction of spectral energy); got {rank!r}"
             )
+        if self.score_precision not in _SCORE_PRECISIONS:
+            raise ValueError(
+                f"score_precision must be one of {_SCORE_PRECISIONS}, got {self.score_precision!r}"
+            )
         tol = self.rank_tol
         if tol is not None and (
             isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not np.isfinite(tol) or tol < 0
@@ -470,6 +590,170 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
 
 # -------------------------------------------------------------------------------- helpers
+def _resolve_score_precision(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``score_precision`` -> what runs: ``"bfloat16"`` or the working precision's name."""
+    working = "float64" if dtype == torch.float64 else "float32"
+    if requested == "float32":
+        return working
+    if requested == "bfloat16":
+        return "bfloat16"
+    return "bfloat16" if _fast_bfloat16(device) else working
+
+
+def _fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 GEMMs run natively (faster than float32) on ``device``."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def _cpu_flags() -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty where it is unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@contextlib.contextmanager
+def _exact_accumulation(device: torch.device) -> Iterator[None]:
+    """bfloat16 GEMMs accumulate in float32 and float32 GEMMs are true float32 inside (cuBLAS
+    may otherwise reduce split-K partial sums in bfloat16, or run float32 GEMMs in TF32, neither
+    of which the error bound of :class:`_LowPrecisionScores` covers)."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    flags = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32)
+    matmul.allow_bf16_reduced_precision_reduction = False
+    matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32 = flags
+
+
+_BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+_F32_UNIT = 2.0**-24
+
+
+def _gamma(n: int, unit: float) -> float:
+    """``gamma_n = n u / (1 - n u)``: bound on the relative error of any n-term float sum."""
+    return n * unit / (1.0 - n * unit)
+
+
+@dataclass
+class _LowPrecisionScores:
+    """bfloat16 copy of the class factors and the per-class constants of its error bound.
+
+    ``operand`` is ``[D, C w]`` contiguous (the GEMM's ``[K, N]`` operand, arranged once at fit
+    time); ``native``: the device has bfloat16 GEMMs (else they run as float32 GEMMs on the
+    bfloat16 values: same products, same float32 sums, no speed-up); ``rho`` ``>= ||bf16(F_c) - F_c||_2``, ``norm`` ``>= ||F_c||_2``, ``fro_low`` and
+    ``fro`` the Frobenius norms of ``bf16(F_c)`` and ``F_c`` (upper bounds of ``|| |F| ||_2``),
+    each ``[C]`` in float64.
+    """
+
+    operand: torch.Tensor
+    native: bool
+    rho: torch.Tensor
+    norm: torch.Tensor
+    fro_low: torch.Tensor
+    fro: torch.Tensor
+
+    @classmethod
+    def build(cls, factors: torch.Tensor) -> "_LowPrecisionScores":
+        n_classes, width, dim = factors.shape
+        device = factors.device
+        operand = torch.empty(dim, n_classes * width, dtype=torch.bfloat16, device=device)
+        rho, norm, fro_low, fro = (torch.empty(n_classes, dtype=torch.float64, device=device) for _ in range(4))
+        per_class = 4 * factors.element_size() * (2 * width * dim + 2 * width * width)
+        step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
+        for c0 in range(0, n_classes, step):
+            c1 = min(n_classes, c0 + step)
+            block = factors[c0:c1]
+            low = block.to(torch.bfloat16)
+            operand[:, c0 * width : c1 * width] = low.reshape(-1, dim).T
+            low = low.to(block.dtype)
+            error = low - block  # exact: the rounding error of a float32 number fits a float32
+            rho[c0:c1] = _spectral_norm_bound(error, shift=None)
+            valid = (block.abs().amax(dim=2) > 0).to(block.dtype)  # zero padding rows stay out
+            norm[c0:c1] = (1.0 + _spectral_norm_bound(block, shift=valid)).sqrt()
+            fro_low[c0:c1] = torch.linalg.vector_norm(low.double(), dim=(1, 2))
+            fro[c0:c1] = torch.linalg.vector_norm(block.double(), dim=(1, 2))
+        return cls(operand, _fast_bfloat16(device), rho, norm, fro_low, fro)
+
+    def energy_bound(
+        self,
+        energy: torch.Tensor,
+        x_low_norm: torch.Tensor,
+        x_diff_norm: torch.Tensor,
+        x_norm: torch.Tensor,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Bound ``beta`` ``[t, C]`` with ``|energy - E| <= beta`` and ``|E_w - E| <= beta``.
+
+        ``E = ||F_c x||^2`` in exact arithmetic, ``E_w`` as the working-precision path computes
+        it, ``energy`` ``[t, C]`` from the bfloat16 GEMM; ``x_low_norm``, ``x_diff_norm``,
+        ``x_norm`` ``[t]`` are ``||bf16(x)||``, ``||bf16(x) - x||``, ``||x||``. With ``a = F x``
+        and ``a~`` the bfloat16 coefficients (float32 accumulation over ``D`` terms, output
+        rounded to bfloat16):
+
+        ``||a~ - a|| <= delta = rho ||x~|| + ||F|| ||x~ - x|| + gamma_D ||F~||_F ||x~||
+        + u ||a~|| / (1 - u)``, so ``| ||a~||^2 - ||a||^2 | <= delta (2 ||a~|| + delta)``;
+        the working path's own error is ``eta (2 A + eta)`` with ``eta = gamma_D^w ||F||_F ||x||``,
+        ``A = ||a~|| + delta``; the squared norms add ``(w + 2) u`` relative each. Every
+        evaluation of the bound itself is rounded up by a relative ``1e-3`` (its own rounding is
+        ``<= (D + w + 2) 2^-24``).
+        """
+        width = self.operand.shape[1] // energy.shape[1]
+        dim = self.operand.shape[0]
+        u_work = torch.finfo(dtype).eps / 2
+        bits = _F32_UNIT * (width + 2)  # rounding of the float32 squared norm of a~
+        safety = 1.0 + 1e-3
+        e = energy.clamp_min(0)
+        a_low = (e / (1.0 - bits)).sqrt()  # >= ||a~||
+        x_low_norm = x_low_norm[:, None] * safety
+        delta = (
+            self.rho.to(e.dtype) * x_low_norm
+            + self.norm.to(e.dtype) * (x_diff_norm[:, None] * safety)
+            + _gamma(dim, _F32_UNIT) * self.fro_low.to(e.dtype) * x_low_norm
+            + _BF16_UNIT / (1.0 - _BF16_UNIT) * a_low
+        ) * safety
+        big_a = a_low + delta
+        eta = _gamma(dim, u_work) * self.fro.to(e.dtype) * (x_norm[:, None] * safety)
+        beta = bits * a_low.square() + delta * (2 * a_low + delta)
+        beta = beta + eta * (2 * big_a + eta) + (width + 2) * u_work * (big_a + eta).square()
+        return beta * safety
+
+
+def _spectral_norm_bound(a: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Rigorous upper bounds ``[c]`` (float64) on ``||A_i||_2`` (``shift=None``) or on
+    ``||A_i A_i^T - diag(shift_i)||_2`` (``shift`` ``[c, w]``), ``a`` ``[c, w, D]``.
+
+    ``G = fl(A A^T) - diag(shift)`` is within ``gamma_D ||A||_F^2`` of the exact one (spectral
+    norm); for symmetric ``G``, ``||G||_2^2 = ||G^2||_2 <= ||G^2||_F`` and ``fl(G G)`` is within
+    ``gamma_w ||G||_F^2`` of ``G^2`` in the Frobenius norm.
+    """
+    n, width, dim = a.shape
+    unit = torch.finfo(a.dtype).eps / 2
+    fro_sq = torch.linalg.vector_norm(a.double(), dim=(1, 2)).square()
+    gram = torch.bmm(a, a.mT)
+    if shift is not None:
+        gram.diagonal(dim1=1, dim2=2).sub_(shift)
+    gram_fro_sq = torch.linalg.vector_norm(gram.double(), dim=(1, 2)).square()
+    square = torch.bmm(gram, gram)
+    square_fro = torch.linalg.vector_norm(square.double(), dim=(1, 2))
+    g_norm = (square_fro + _gamma(width, unit) * gram_fro_sq).sqrt()
+    bound = (g_norm + _gamma(dim, unit) * fro_sq) * (1.0 + 1e-6)
+    return bound if shift is not None else bound.sqrt()
+
+
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
@@ -507,6 +791,27 @@ def _lapack_threads(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _batched_lapack(fn: Any, batch: torch.Tensor) -> Any:
+    """``fn(batch)`` for a batched decomposition, on CPU split over the batch across
+    ``torch.get_num_threads()`` Python threads that each run single-threaded LAPACK.
+
+    Batched LAPACK in torch loops over the batch calling multi-threaded MKL per small matrix,
+    which gains little on an idle machine and collapses under load (measured: batched ``eigh``
+    of ``[20, 481, 481]`` 150-260 ms per matrix on 1 thread, 3,200-4,600 ms on 2 with the cores
+    shared). Independent halves of the batch keep both cores busy without that synchronisation.
+    ``fn`` returns a tensor or a tuple of tensors, batched along dim 0.
+    """
+    threads = min(torch.get_num_threads(), batch.shape[0]) if batch.device.type == "cpu" else 1
+    with _lapack_threads(batch.device):
+        if threads <= 1:
+            return fn(batch)
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(fn, batch.tensor_split(threads)))
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(items) for items in zip(*parts))
+    return torch.cat(parts)
 
 
 def _raw_tensor(x: ArrayLike, name: str, *, ndim: int) -> torch.Tensor:
@@ -558,32 +863,57 @@ def _orthogonal_complements(bases: torch.Tensor, ranks: torch.Tensor) -> torch.T
     return out
 
 
-def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
+def _class_energies(
+    x: torch.Tensor,
+    operand: torch.Tensor,
+    width: int,
+    out_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Energy of each query in every class: ``[t, D]`` x ``[D, C w]`` -> ``[t, C]``.
 
-    ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
-    (query, class) pairs are grouped by class; classes picked a similar number of times (within
-    a factor 2) share one padded batched matmul, so the work is at most twice the pairs' own
-    (``4 * pairs * w * D`` multiply-adds, ``2 kappa / C`` of the scoring cost).
+    ``energy[i, c] = ||F_c x_i||^2`` from GEMMs over blocks of classes (``_SCORE_BLOCK_BYTES``
+    of coefficients at a time, one reused buffer), squared norms taken in ``out_dtype``.
+    ``compute_dtype``: run the GEMMs on operands cast to it (float32 for bfloat16 operands on
+    hardware without bfloat16 GEMMs: the same exact products and float32 sums).
     """
-    t, kappa = classes.shape
-    n_classes, width, dim = factors.shape
-    device = x.device
-    n_pairs = t * kappa
-    pair_class = classes.reshape(n_pairs)
+    if compute_dtype is not None and compute_dtype != x.dtype:
+        x = x.to(compute_dtype)
+    t, dim = x.shape
+    n_classes = operand.shape[1] // width
+    out_dtype = out_dtype or x.dtype
+    energy = torch.empty(t, n_classes, dtype=out_dtype, device=x.device)
+    step = int(max(1, min(n_classes, _SCORE_BLOCK_BYTES // max(1, t * width * x.element_size()))))
+    buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
+    for c0 in range(0, n_classes, step):
+        c1 = min(n_classes, c0 + step)
+        coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
+        torch.matmul(x, operand[:, c0 * width : c1 * width].to(x.dtype), out=coef)
+        blocks = coef.view(t, c1 - c0, width).to(out_dtype)
+        energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
+    return energy
+
+
+def _class_groups(
+    pair_class: torch.Tensor, n_classes: int, width: int, dim: int, itemsize: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """Group (query, class) pairs by class for padded batched matmuls.
+
+    Classes picked a similar number of times (within a factor 2) share one group, so the padded
+    work is at most twice the pairs' own. Yields ``(classes [g], pairs, rows, slots, most)``:
+    pair ``pairs[i]`` goes to row ``slots[i]`` of group member ``rows[i]``, ``most`` rows each.
+    """
+    device = pair_class.device
+    n_pairs = pair_class.numel()
     order = torch.argsort(pair_class, stable=True)
-    pair_class = pair_class[order]
-    pair_query = order // kappa
-    counts = torch.bincount(pair_class, minlength=n_classes)
-    slot = torch.arange(n_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[pair_class]
+    sorted_class = pair_class[order]
+    counts = torch.bincount(sorted_class, minlength=n_classes)
+    slot = torch.arange(n_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[sorted_class]
     present = counts.nonzero().flatten()
     present_counts, perm = counts[present].sort(descending=True)
     present = present[perm]
     counts_list = present_counts.tolist()
-
-    out = torch.zeros(t, dim, dtype=x.dtype, device=device)
     local = torch.full((n_classes,), -1, dtype=torch.long, device=device)
-    itemsize = x.element_size()
     i = 0
     while i < len(counts_list):
         most = counts_list[i]
@@ -594,15 +924,45 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
             j += 1
         group = present[i:j]
         local[group] = torch.arange(j - i, device=device)
-        pair_local = local[pair_class]
+        pair_local = local[sorted_class]
         sel = (pair_local >= 0).nonzero().flatten()
-        rows, slots, queries = pair_local[sel], slot[sel], pair_query[sel]
-        padded = torch.zeros(j - i, most, dim, dtype=x.dtype, device=device)
+        yield group, order[sel], pair_local[sel], slot[sel], most
+        local[group] = -1
+        i = j
+
+
+def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
+
+    ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
+    Pairs are grouped by class (:func:`_class_groups`): ``4 * pairs * w * D`` multiply-adds at
+    most, ``2 kappa / C`` of the scoring cost.
+    """
+    t, kappa = classes.shape
+    n_classes, width, dim = factors.shape
+    out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
+    for group, pairs, rows, slots, most in _class_groups(
+        classes.reshape(-1), n_classes, width, dim, x.element_size()
+    ):
+        queries = pairs // kappa
+        padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
         padded[rows, slots] = x[queries]
         group_factors = factors[group]  # [g, w, D]
         coef = torch.bmm(padded, group_factors.mT)  # [g, most, w]
         recon = torch.bmm(coef, group_factors)  # [g, most, D]
         out.index_add_(0, queries, recon[rows, slots])
-        local[group] = -1
-        i = j
+    return out
+
+
+def _pair_energies(
+    x: torch.Tensor, query: torch.Tensor, cls: torch.Tensor, factors: torch.Tensor
+) -> torch.Tensor:
+    """``||F_c x_q||^2`` for each pair ``(query[i], cls[i])`` in the working precision -> ``[P]``."""
+    n_classes, width, dim = factors.shape
+    out = torch.empty(query.numel(), dtype=x.dtype, device=x.device)
+    for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, x.element_size()):
+        padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
+        padded[rows, slots] = x[query[pairs]]
+        coef = torch.bmm(padded, factors[group].mT)  # [g, most, w]
+        out[pairs] = torch.linalg.vector_norm(coef[rows, slots], dim=1).square_()
     return out

@@ -358,7 +358,7 @@ def test_sklearn_clone_and_params():
     proj = SSPProjector(patch_top_k=7, rank=0.95, device="cpu")
     params = proj.get_params()
     assert params == dict(patch_top_k=7, class_top_k=10, global_weight=10.0, rank=0.95,
-                          rank_tol=None, chunk_size=4096, device="cpu")
+                          rank_tol=None, chunk_size=4096, score_precision="auto", device="cpu")
     patches, labels, images, text, _ = make_support()
     proj.fit(patches, labels, image_features=images, text_features=text)
     twin = clone(proj)
@@ -412,3 +412,216 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(ValueError):
         proj.fit(patches, np.where(labels == 3, 0, labels), image_features=images, text_features=text)
     np.testing.assert_array_equal(proj.transform(queries, view="language"), before)
+
+
+# ----------------------------------------------------------------- mixed-precision scoring
+def _structured(seed=0, n_classes=12, shots=3, n_patches=10, dim=64, n_queries=200):
+    """float32 support set and queries with CLIP-like structure (class means + noise)."""
+    rng = np.random.default_rng(seed)
+    means = _norm(rng.normal(size=(n_classes, dim)))
+    labels = np.repeat(np.arange(n_classes), shots)
+    images = _norm(means[labels] + 0.6 * _norm(rng.normal(size=(labels.size, dim))))
+    patches = _norm(0.6 * images[:, None] + _norm(rng.normal(size=(labels.size, n_patches, dim))))
+    text = _norm(means + 0.4 * _norm(rng.normal(size=(n_classes, dim))))
+    queries = _norm(means[rng.integers(0, n_classes, n_queries)] + 0.6 * _norm(rng.normal(size=(n_queries, dim))))
+    return [a.astype(np.float32) for a in (patches, images, text, queries)], labels
+
+
+def _top_sets(proj, x):
+    """The working-precision path's top-kappa class sets of queries x (float64 scores too)."""
+    f = proj._language_factors
+    n_classes, width, dim = f.shape
+    xt = projector_module.l2_normalize(torch.as_tensor(x))
+    energy = projector_module._class_energies(xt, f.reshape(-1, dim).T, width)
+    exact = projector_module._class_energies(xt.double(), f.double().reshape(-1, dim).T, width)
+    if proj.language_path_ == "complement":
+        energy = (xt * xt).sum(1, keepdim=True) - energy
+        exact = (xt.double() ** 2).sum(1, keepdim=True) - exact
+    kappa = min(proj.class_top_k, n_classes)
+    return energy.topk(kappa, dim=1).indices, exact
+
+
+def _near_tie_queries(proj, x0, kappa, n_steps=40):
+    """Queries on segments x0 -> x0 + v where the kappa-th and (kappa+1)-th classes swap, sampled
+    at relative offsets 1e-7 .. 1e-1 around the crossing: gaps far below bfloat16 resolution."""
+    f = proj._language_factors.double().numpy()
+    complement = proj.language_path_ == "complement"
+
+    def scores(x):
+        x = _norm(np.atleast_2d(x))
+        e = np.linalg.norm(np.einsum("cwd,td->tcw", f, x), axis=2) ** 2
+        return 1.0 - e if complement else e
+
+    out = []
+    s0 = scores(x0)
+    order = np.argsort(-s0, axis=1)
+    for i in range(len(x0)):
+        a, b = order[i, kappa - 1], order[i, kappa]
+        # direction that raises class b against class a
+        grad = lambda c: (f[c].T @ (f[c] @ x0[i])) * (-1 if complement else 1)
+        v = grad(b) - grad(a)
+        gap = lambda t: np.diff(scores(x0[i] + t * v)[0, [b, a]])[0]  # s_a - s_b
+        lo, hi = 0.0, 1.0
+        if gap(hi) > 0:
+            continue
+        for _ in range(60):  # bisection for the crossing in float64
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
+        offsets = np.concatenate([-np.logspace(-7, -1, n_steps // 2), np.logspace(-7, -1, n_steps // 2)])
+        out.append(_norm(x0[i] + lo * (1 + offsets)[:, None] * v))
+    return np.concatenate(out).astype(np.float32)
+
+
+@pytest.mark.parametrize("path", ["basis", "complement"])
+def test_bfloat16_scoring_selects_the_float32_classes_on_near_ties(path):
+    (patches, images, text, queries), labels = _structured(seed=21)
+    kappa = 3
+    kw = dict(patch_top_k=4, class_top_k=kappa)
+    p32 = fit(patches, labels, images, text, path, score_precision="float32", **kw)
+    pbf = fit(patches, labels, images, text, path, score_precision="bfloat16", **kw)
+    assert p32.score_precision_used_ == "float32" and pbf.score_precision_used_ == "bfloat16"
+    ties = _near_tie_queries(p32, queries[:12].astype(np.float64), kappa)
+    x = np.concatenate([queries, ties])
+    top32, exact = _top_sets(p32, x)
+    # the bfloat16 scores alone pick other classes on many of these queries ...
+    xt = projector_module.l2_normalize(torch.as_tensor(x))
+    f = pbf._low_precision.operand
+    raw = projector_module._class_energies(xt.bfloat16(), f, pbf._language_factors.shape[1],
+                                           out_dtype=torch.float32)
+    if path == "complement":
+        raw = (xt * xt).sum(1, keepdim=True) - raw
+    raw_top = raw.topk(kappa, dim=1).indices
+    as_sets = lambda t: [frozenset(r) for r in t.tolist()]
+    assert sum(a != b for a, b in zip(as_sets(raw_top), as_sets(top32))) >= 5
+    # ... the exact re-scoring restores the float32 selection on every query whose float64 gap
+    # between the kappa-th and (kappa+1)-th class is above float32 rounding
+    with torch.no_grad():
+        top_bf = pbf._top_classes_low_precision(xt, kappa, path == "complement")
+    gaps = exact.topk(kappa + 1, dim=1).values
+    resolvable = (gaps[:, kappa - 1] - gaps[:, kappa]) > 1e-5
+    assert int(resolvable.sum()) > len(queries) + 50
+    for i in np.flatnonzero(resolvable.numpy()):
+        assert set(top_bf[i].tolist()) == set(top32[i].tolist()), i
+    out32 = p32.transform(x, view="language")
+    outbf = pbf.transform(x, view="language")
+    same = [set(a) == set(b) for a, b in zip(top_bf.tolist(), top32.tolist())]
+    np.testing.assert_allclose(outbf[same], out32[same], atol=2e-6)
+    np.testing.assert_array_equal(pbf.transform(x), p32.transform(x))  # vision view untouched
+    np.testing.assert_array_equal(pbf.text_features_, p32.text_features_)
+
+
+@pytest.mark.parametrize("path", ["basis", "complement"])
+def test_bfloat16_error_bound_holds(path):
+    (patches, images, text, queries), labels = _structured(seed=22, dim=96, shots=4)
+    proj = fit(patches, labels, images, text, path, patch_top_k=6, score_precision="bfloat16")
+    low = proj._low_precision
+    f = proj._language_factors
+    n_classes, width, dim = f.shape
+    ties = _near_tie_queries(proj, queries[:5].astype(np.float64), min(10, n_classes), n_steps=10)
+    x = projector_module.l2_normalize(torch.as_tensor(np.concatenate([queries, ties])))
+    exact = projector_module._class_energies(x.double(), f.double().reshape(-1, dim).T, width)
+    work = projector_module._class_energies(x, f.reshape(-1, dim).T, width)
+    xl = x.bfloat16()
+    xr = xl.float()
+    for compute in (None, torch.float32):  # native bfloat16 GEMM (bfloat16 output), emulated
+        approx = projector_module._class_energies(xl, low.operand, width, out_dtype=torch.float32,
+                                                  compute_dtype=compute)
+        beta = low.energy_bound(approx, xr.norm(dim=1), (xr - x).norm(dim=1), x.norm(dim=1),
+                                torch.float32).double()
+        err = (approx.double() - exact).abs()
+        assert (err <= beta).all() and (err > 0).any()
+        assert (err / beta).max() > 0.02  # a bound, not a blanket
+        assert ((work.double() - exact).abs() <= beta).all()
+    # the rounding-error norms it rests on: rho >= ||bf16(F_c) - F_c||_2, norm >= ||F_c||_2
+    err_mat = (f.bfloat16().float() - f).double()
+    assert (torch.linalg.matrix_norm(err_mat, ord=2) <= low.rho).all()
+    assert (low.rho <= 3 * torch.linalg.matrix_norm(err_mat, ord=2)).all()
+    assert (torch.linalg.matrix_norm(f.double(), ord=2) <= low.norm).all()
+
+
+def test_score_precision_auto_choice_and_kinds(monkeypatch):
+    (patches, images, text, queries), labels = _structured(seed=23, n_classes=6, dim=32)
+    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: {"avx2", "fma"})
+    p = fit(patches, labels, images, text, patch_top_k=4, class_top_k=2, device="cpu")
+    assert p.score_precision_used_ == "float32" and p._low_precision is None
+    p64 = fit(*(a.astype(np.float64) for a in (patches,)), labels, images, text, patch_top_k=4, device="cpu")
+    assert p64.score_precision_used_ == "float64"
+    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    t = [torch.from_numpy(a) for a in (patches, labels, images, text, queries)]
+    pb = SSPProjector(patch_top_k=4, class_top_k=2, device="cpu").fit(
+        t[0], t[1], image_features=t[2], text_features=t[3])
+    assert pb.score_precision_used_ == "bfloat16" and pb.score_kernel_ == "native"
+    out = pb.transform(t[4], view="language")
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), p.transform(queries, view="language"), atol=2e-6)
+    assert isinstance(pb.transform(queries, view="language"), np.ndarray)
+    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: set())
+    pe = fit(patches, labels, images, text, patch_top_k=4, class_top_k=2, score_precision="bfloat16")
+    assert pe.score_kernel_ == "emulated"
+    np.testing.assert_allclose(pe.transform(queries, view="language"), p.transform(queries, view="language"),
+                               atol=2e-6)
+    with pytest.raises(ValueError, match="score_precision must be one of"):
+        fit(patches, labels, images, text, score_precision="fp16")
+
+
+# ----------------------------------------------------------------------- Cholesky-QR route
+@pytest.mark.parametrize("path", ["basis", "complement"])
+def test_cholesky_qr_route_gives_the_eigh_projectors(path, monkeypatch):
+    (patches, images, text, queries), labels = _structured(seed=24, dim=96, shots=4)
+    labels = labels.copy()
+    labels[-2:] = 0  # unequal shots: zero padding rows in a chunk
+    calls = []
+    original = SSPProjector._full_rank_bases
+
+    def spy(self, *args):
+        out = original(self, *args)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(SSPProjector, "_full_rank_bases", spy)
+    qr = fit(patches, labels, images, text, path, patch_top_k=6, class_top_k=3)
+    assert calls and all(calls)  # the QR route ran
+    monkeypatch.setattr(SSPProjector, "_full_rank_bases", lambda self, *a: None)
+    eig = fit(patches, labels, images, text, path, patch_top_k=6, class_top_k=3)
+    np.testing.assert_array_equal(qr.class_ranks_, eig.class_ranks_)
+    pq = torch.einsum("cwd,cwe->cde", qr._language_factors.double(), qr._language_factors.double())
+    pe = torch.einsum("cwd,cwe->cde", eig._language_factors.double(), eig._language_factors.double())
+    torch.testing.assert_close(pq, pe, atol=2e-6, rtol=0)
+    np.testing.assert_allclose(qr.text_features_, eig.text_features_, atol=2e-6)
+    np.testing.assert_allclose(qr.transform(queries, view="language"), eig.transform(queries, view="language"),
+                               atol=2e-6)
+
+
+def test_cholesky_qr_route_declines_rank_deficient_classes(monkeypatch):
+    (patches, images, text, _), labels = _structured(seed=25, n_classes=4, dim=64, shots=3)
+    patches[labels == 1] = patches[np.flatnonzero(labels == 1)[0]]  # one image three times
+    calls = []
+    original = SSPProjector._full_rank_bases
+    monkeypatch.setattr(SSPProjector, "_full_rank_bases",
+                        lambda self, *a: calls.append(original(self, *a)) or calls[-1])
+    proj = fit(patches, labels, images, text, patch_top_k=5)
+    assert calls and any(c is None for c in calls)  # fell back to eigh
+    assert proj.class_ranks_[1] == 5 + 1 and proj.class_ranks_[0] == 3 * 5 + 1
+
+
+def test_classifier_passes_the_patches_through_uncopied(monkeypatch):
+    """The classifiers hand [N, L, D] patches to the projector as given (float16 here): the
+    projector converts them chunk by chunk, so no full float32 / device copy is made."""
+    from ssp.classifiers import APE
+
+    (patches, images, text, queries), labels = _structured(seed=26, n_classes=5, dim=32)
+    half = patches.astype(np.float16)
+    seen = []
+    original = SSPProjector.fit
+
+    def spy(self, patch_features, *args, **kwargs):
+        seen.append(patch_features)
+        return original(self, patch_features, *args, **kwargs)
+
+    monkeypatch.setattr(SSPProjector, "fit", spy)
+    model = APE(projector=SSPProjector(patch_top_k=4, class_top_k=2)).fit(
+        images, labels, text_features=text, patch_features=half)
+    assert len(seen) == 1 and seen[0] is half
+    assert model.decision_function(queries).shape == (len(queries), 5)
+    with pytest.raises(ValueError, match=r"patch_features must be \[N, L, D\]"):
+        APE(projector=SSPProjector()).fit(images, labels, text_features=text, patch_features=half[:, 0])
