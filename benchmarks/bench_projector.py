@@ -12,7 +12,7 @@ vit512       The same with D=512 (ViT-B/32-like): r = 481 > D/2, so the language
              with the orthogonal complements (31 directions per class).
 vit512-basis The same, forced to the basis representation (481 directions per class).
 small-ours   SSPProjector at C=100, T=5,000 (other sizes as above).
-small-dense  The published code's formulation (SPEC A.6) at the same size: full SVD per class,
+small-dense  The published code's formulation (the SSP script main_our.py) at the same size: full SVD per class,
              one D x D projector per class (a C x D x D stack) and a C x D x T tensor of
              projected queries; rank = numerical rank so that both compute the same thing.
 ssp-ape-imagenet  SSP + APE end to end (:func:`bench_ssp_ape`) at the ImageNet size.
@@ -177,7 +177,7 @@ def _numerical_rank(sigma: torch.Tensor, rows: int, dim: int) -> int:
 
 
 class DenseSSP:
-    """The published script's formulation (SPEC A.6): class-major reshapes, full SVDs, a
+    """The published script's formulation (the SSP script main_our.py): class-major reshapes, full SVDs, a
     ``C x D x D`` projector stack and a ``C x D x T`` projected-query tensor. The rank is the
     numerical rank (not the script's 950) so that the result is comparable."""
 

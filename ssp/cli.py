@@ -19,7 +19,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ._checks import PRECISIONS, ROUTINGS, VAL_POLICIES, is_random_weights
+from ._checks import PRECISIONS, ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, is_random_weights
 from .config import METHODS, builtin_config_names, load_config
 
 
@@ -96,6 +96,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-policy", help="coop (min(K,4) per class), full, or an integer per class")
     p.add_argument("--ssp-rank", type=_rank_rule, nargs="+", metavar="RULE",
                    help="SSP rank rules searched on validation: none (numerical rank), an int cap, a fraction")
+    p.add_argument("--score-precision", choices=SCORE_PRECISIONS,
+                   help="SSP language-view scoring: auto (bfloat16 where the hardware has bfloat16 GEMMs), "
+                        "float32, or bfloat16 (exact: an error bound and float32 re-scoring of the classes it "
+                        "cannot rule out)")
     p.add_argument("--ssp-routing", nargs="+", choices=ROUTINGS,
                    help="SSP routings searched on validation")
     p.add_argument("--batch-size", type=_positive_int, help="feature-extraction batch size")
@@ -123,7 +127,8 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
             "quick_gelu": {None: None, "on": True, "off": False}.get(args.quick_gelu), "views": args.views,
             "val_policy": _val_policy(args.val_policy, prog), "batch_size": args.batch_size,
             "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
-            "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing)) if v}}
+            "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing),
+                                      ("score_precision", args.score_precision)) if v}}
 
 
 @contextlib.contextmanager

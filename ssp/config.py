@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from ._checks import ROUTINGS, VAL_POLICIES, check_int
+from ._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
 from .registry import method_names, parse_method
 
 # every runnable method name (each with its "+ssp" variant), from the method registry
@@ -191,3 +191,6 @@ def validate_config(cfg: dict) -> None:
     bad = [r for r in ssp_cfg["routing"] if r not in ROUTINGS]
     if bad:
         raise ValueError(f"config 'ssp.routing' has unknown routing(s) {bad}; use paper, vision, reference")
+    if ssp_cfg.get("score_precision", "auto") not in SCORE_PRECISIONS:
+        raise ValueError(f"config 'ssp.score_precision' must be one of {', '.join(SCORE_PRECISIONS)}, "
+                         f"got {ssp_cfg['score_precision']!r}")

@@ -65,7 +65,9 @@ def _ssp_details(model) -> dict:
     proj = model.projector_
     ranks = torch.as_tensor(proj.class_ranks_)
     return {"vision_rank": int(proj.vision_rank_), "class_rank_min": int(ranks.min()),
-            "class_rank_max": int(ranks.max()), "class_rank_mean": float(ranks.double().mean())}
+            "class_rank_max": int(ranks.max()), "class_rank_mean": float(ranks.double().mean()),
+            "score_precision": getattr(proj, "score_precision_used_", None),
+            "score_kernel": getattr(proj, "score_kernel_", None)}
 
 
 def training_details(model, *, views_given: bool) -> dict:
@@ -137,7 +139,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
         if use_ssp:
             s = cfg["ssp"]
             projector = SSPProjector(patch_top_k=s["patch_top_k"], class_top_k=s["class_top_k"],
-                                     global_weight=s["global_weight"], rank=rank, device=device)
+                                     global_weight=s["global_weight"], rank=rank,
+                                     score_precision=s.get("score_precision", "auto"), device=device)
         model = spec.build(cfg, n_features=embed_dim, projector=projector, device=device, **extra)
         # The zero-shot term of "vision"/"reference" routing is plain CLIP, so zero-shot+ssp is "paper" only.
         routings = (cfg["ssp"]["routing"] if spec.search_axes else ["paper"]) if use_ssp else None

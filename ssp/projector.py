@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from ssp._checks import SCORE_PRECISIONS
 from ssp._utils import (
     ArrayLike,
     check_is_fitted,
@@ -64,7 +65,6 @@ _SCORE_BLOCK_BYTES = 64 * 2**20
 
 _VIEWS = ("vision", "language")
 _LANGUAGE_PATHS = ("auto", "basis", "complement")
-_SCORE_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class SSPProjector(TransformerMixin, BaseEstimator):
@@ -578,9 +578,9 @@ class SSPProjector(TransformerMixin, BaseEstimator):
                 f"rank must be None (numerical rank), a positive int (cap) or a float in (0, 1) "
                 f"(fraction of spectral energy); got {rank!r}"
             )
-        if self.score_precision not in _SCORE_PRECISIONS:
+        if self.score_precision not in SCORE_PRECISIONS:
             raise ValueError(
-                f"score_precision must be one of {_SCORE_PRECISIONS}, got {self.score_precision!r}"
+                f"score_precision must be one of {SCORE_PRECISIONS}, got {self.score_precision!r}"
             )
         tol = self.rank_tol
         if tol is not None and (

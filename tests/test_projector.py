@@ -1,4 +1,4 @@
-"""SSPProjector against the literal SPEC Part 0 formulas (dense float64 reference) and identities."""
+"""SSPProjector against the literal formulas of docs/method.md (dense float64 reference) and identities."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +11,7 @@ import ssp.projector as projector_module
 from ssp.projector import SSPProjector
 
 
-# ---------------------------------------------------------------------- dense reference (SPEC 0)
+# ---------------------------------------------------------------------- dense reference (docs/method.md)
 def _norm(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-300)
 
