@@ -6,6 +6,7 @@ Data flows one way, one module per stage::
     ssp.backbone    open_clip model -> global [B, D] + local [B, L, D] features, text classifier
     ssp.cache       feature extraction and the safetensors feature store
     ssp.tip_cache   reading Tip-Adapter / APE feature-cache folders
+    ssp.registry    the method table (names, estimators, config sections, search axes)
     ssp.projector   SSPProjector (vision / language subspaces)
     ssp.classifiers ZeroShotCLIP, TipAdapter, APE (logits)
     ssp.finetuned   TipAdapterF, APET (trained on cached features)
@@ -14,8 +15,12 @@ Data flows one way, one module per stage::
     ssp.features_source  the protocol on Tip-Adapter / APE feature caches
     ssp.provenance  settings keys, environment and input digests of a run
     ssp.report      per-run JSON, tables and plots
+    ssp.published   the published Tip-Adapter / APE numbers (data) and paper presets
+    ssp.comparison  ours beside the published numbers: Markdown, CSV, JSON, plots
     ssp.cli         the ``ssp-fewshot`` command
     ssp.suite       the ``ssp-reproduce`` command (resumable suites)
+    ssp.unmix       Unmix-CLIP: MFI analysis, projectors, multi-label recognition, segmentation
+                    (the ``ssp-unmix`` command)
 
 Attributes are imported lazily so ``import ssp`` stays cheap (no open_clip import).
 """
@@ -42,6 +47,10 @@ _LAZY = {
     "get_dataset": "ssp.data",
     "list_datasets": "ssp.data",
     "FeatureStore": "ssp.cache",
+    "load_config": "ssp.config",
+    "run_method": "ssp.experiment",
+    "get_method": "ssp.registry",
+    "method_names": "ssp.registry",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

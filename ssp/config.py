@@ -89,10 +89,11 @@ def check_keys(data: dict, schema: dict, where: str, prefix: str = "", *, root: 
             if close:
                 hint = f"did you mean '{prefix}{close[0]}'?"
             else:
-                leaves = _leaf_paths(root)
-                by_leaf = {p.rsplit(".", 1)[-1]: p for p in leaves}
+                by_leaf: dict[str, list[str]] = {}
+                for p in _leaf_paths(root):  # a leaf name may live in several sections (ape, ape_t)
+                    by_leaf.setdefault(p.rsplit(".", 1)[-1], []).append(p)
                 near = difflib.get_close_matches(str(key), list(by_leaf), n=1, cutoff=0.6)
-                hint = (f"did you mean '{by_leaf[near[0]]}'?" if near else
+                hint = ("did you mean " + " or ".join(f"'{p}'" for p in by_leaf[near[0]]) + "?" if near else
                         f"valid keys here: {', '.join(map(str, schema))}")
             raise ValueError(f"{where}: unknown config key '{path}'; {hint}")
         default = schema[key]

@@ -488,7 +488,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         complement = self.language_path_ == "complement"
         if self._low_precision is None:
             operand = factors.reshape(n_classes * width, dim).T  # [D, C w]
-            energy = _class_energies(x, operand, width)  # ||B_c x||^2 or ||B_perp x||^2
+            energy = _class_energies(x, operand, width, n_classes)  # ||B_c x||^2 or ||B_perp x||^2
             scores = (x * x).sum(1, keepdim=True) - energy if complement else energy
             top = scores.topk(kappa, dim=1).indices  # [t, kappa]
             del energy, scores
@@ -518,7 +518,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         width = factors.shape[1]
         x_round = x_low.to(x.dtype)
         energy = _class_energies(
-            x_low, low.operand, width, out_dtype=x.dtype,
+            x_low, low.operand, width, factors.shape[0], out_dtype=x.dtype,
             compute_dtype=None if low.native else torch.float32,
         )
         bound = low.energy_bound(
@@ -867,10 +867,11 @@ def _class_energies(
     x: torch.Tensor,
     operand: torch.Tensor,
     width: int,
+    n_classes: int,
     out_dtype: torch.dtype | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Energy of each query in every class: ``[t, D]`` x ``[D, C w]`` -> ``[t, C]``.
+    """Energy of each query in every one of ``n_classes`` classes: ``[t, D]`` x ``[D, C w]`` -> ``[t, C]``.
 
     ``energy[i, c] = ||F_c x_i||^2`` from GEMMs over blocks of classes (``_SCORE_BLOCK_BYTES``
     of coefficients at a time, one reused buffer), squared norms taken in ``out_dtype``.
@@ -880,8 +881,9 @@ def _class_energies(
     if compute_dtype is not None and compute_dtype != x.dtype:
         x = x.to(compute_dtype)
     t, dim = x.shape
-    n_classes = operand.shape[1] // width
     out_dtype = out_dtype or x.dtype
+    if width == 0:  # every class spans the whole space: no complement directions, zero energy
+        return torch.zeros(t, n_classes, dtype=out_dtype, device=x.device)
     energy = torch.empty(t, n_classes, dtype=out_dtype, device=x.device)
     step = int(max(1, min(n_classes, _SCORE_BLOCK_BYTES // max(1, t * width * x.element_size()))))
     buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block

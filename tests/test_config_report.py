@@ -130,7 +130,7 @@ def test_numbers_are_written_without_float_noise(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("n_chanels: 100\n", "unknown config key 'n_chanels'; did you mean 'ape.n_channels'?"),
+    ("n_chanels: 100\n", "unknown config key 'n_chanels'; did you mean 'ape.n_channels' or 'ape_t.n_channels'?"),
     ("shotz: [1]\n", "unknown config key 'shotz'; did you mean 'shots'?"),
     ("ape:\n  n_chanels: 100\n", "unknown config key 'ape.n_chanels'; did you mean 'ape.n_channels'?"),
     ("tip_adapter:\n  search_scale: 7\n", "'tip_adapter.search_scale' must be a list"),

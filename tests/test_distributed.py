@@ -60,13 +60,15 @@ def test_torchrun_two_processes_store_identical_features(data_root, tmp_path, ca
     assert saw_views  # the support entries (per-view and local features) were compared too
 
     # rank 0 alone ran the methods and wrote the results: each run once, same numbers
-    runs_one = {p.name: json.loads(p.read_text()) for p in (one / "out").rglob("*.run.json")}
-    runs_two = {p.name: json.loads(p.read_text()) for p in (two / "out").rglob("*.run.json")}
+    def runs(folder):  # relative paths: the run files of several methods share a file name
+        return {str(p.relative_to(folder)): json.loads(p.read_text()) for p in folder.rglob("*.run.json")}
+
+    runs_one, runs_two = runs(one / "out"), runs(two / "out")
     assert runs_one.keys() == runs_two.keys() and len(runs_one) == 2
     for name in runs_one:
         assert runs_one[name]["test_accuracy"] == runs_two[name]["test_accuracy"]
         assert runs_one[name]["val_accuracy"] == runs_two[name]["val_accuracy"]
-    assert done.stdout.count("2 runs written") == 1 and "2 runs written" in out_one
+    assert done.stdout.count("2 runs under") == 1 and "2 runs under" in out_one
     assert done.stdout.count("[ssp] dtd: 3 classes") == 1
 
 

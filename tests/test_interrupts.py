@@ -124,7 +124,9 @@ KILL_POINTS = {  # name -> condition on (out, cache): kill as soon as it holds
 
 
 def _runs(out: Path) -> dict[str, tuple[float, float]]:
-    return {p.name: (json.loads(p.read_text())["val_accuracy"], json.loads(p.read_text())["test_accuracy"])
+    # relative paths: the run files of several methods share a file name
+    return {str(p.relative_to(out)): (json.loads(p.read_text())["val_accuracy"],
+                                      json.loads(p.read_text())["test_accuracy"])
             for p in out.rglob("*.run.json")}
 
 

@@ -207,7 +207,7 @@ def test_split_validation_is_seeded_stratified_and_disjoint():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("n_chanels: 100\n", "unknown config key 'n_chanels'; did you mean 'ape.n_channels'?"),
+    ("n_chanels: 100\n", "unknown config key 'n_chanels'; did you mean 'ape.n_channels' or 'ape_t.n_channels'?"),
     ("shotz: [1]\n", "unknown config key 'shotz'; did you mean 'shots'?"),
     ("tip_adapter:\n  search_scale: 7\n", "'tip_adapter.search_scale' must be a list"),
 ])

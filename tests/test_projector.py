@@ -432,8 +432,9 @@ def _top_sets(proj, x):
     f = proj._language_factors
     n_classes, width, dim = f.shape
     xt = projector_module.l2_normalize(torch.as_tensor(x))
-    energy = projector_module._class_energies(xt, f.reshape(-1, dim).T, width)
-    exact = projector_module._class_energies(xt.double(), f.double().reshape(-1, dim).T, width)
+    energy = projector_module._class_energies(xt, f.reshape(-1, dim).T, width, n_classes)
+    exact = projector_module._class_energies(xt.double(), f.double().reshape(-1, dim).T, width,
+                                             n_classes)
     if proj.language_path_ == "complement":
         energy = (xt * xt).sum(1, keepdim=True) - energy
         exact = (xt.double() ** 2).sum(1, keepdim=True) - exact
@@ -486,8 +487,8 @@ def test_bfloat16_scoring_selects_the_float32_classes_on_near_ties(path):
     # the bfloat16 scores alone pick other classes on many of these queries ...
     xt = projector_module.l2_normalize(torch.as_tensor(x))
     f = pbf._low_precision.operand
-    raw = projector_module._class_energies(xt.bfloat16(), f, pbf._language_factors.shape[1],
-                                           out_dtype=torch.float32)
+    n_classes, width = pbf._language_factors.shape[:2]
+    raw = projector_module._class_energies(xt.bfloat16(), f, width, n_classes, out_dtype=torch.float32)
     if path == "complement":
         raw = (xt * xt).sum(1, keepdim=True) - raw
     raw_top = raw.topk(kappa, dim=1).indices
@@ -519,12 +520,12 @@ def test_bfloat16_error_bound_holds(path):
     n_classes, width, dim = f.shape
     ties = _near_tie_queries(proj, queries[:5].astype(np.float64), min(10, n_classes), n_steps=10)
     x = projector_module.l2_normalize(torch.as_tensor(np.concatenate([queries, ties])))
-    exact = projector_module._class_energies(x.double(), f.double().reshape(-1, dim).T, width)
-    work = projector_module._class_energies(x, f.reshape(-1, dim).T, width)
+    exact = projector_module._class_energies(x.double(), f.double().reshape(-1, dim).T, width, n_classes)
+    work = projector_module._class_energies(x, f.reshape(-1, dim).T, width, n_classes)
     xl = x.bfloat16()
     xr = xl.float()
     for compute in (None, torch.float32):  # native bfloat16 GEMM (bfloat16 output), emulated
-        approx = projector_module._class_energies(xl, low.operand, width, out_dtype=torch.float32,
+        approx = projector_module._class_energies(xl, low.operand, width, n_classes, out_dtype=torch.float32,
                                                   compute_dtype=compute)
         beta = low.energy_bound(approx, xr.norm(dim=1), (xr - x).norm(dim=1), x.norm(dim=1),
                                 torch.float32).double()
