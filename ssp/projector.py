@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ssp._checks import SCORE_PRECISIONS
+from ssp._checks import SCORE_PRECISIONS, check_int, check_real
 from ssp._utils import (
     ArrayLike,
     check_is_fitted,
@@ -566,12 +566,8 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------------------ checks
     def _validate_params(self) -> None:
         for name in ("patch_top_k", "class_top_k", "chunk_size"):
-            value = getattr(self, name)
-            if not _is_positive_int(value):
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        lam = self.global_weight
-        if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not np.isfinite(lam) or lam < 0:
-            raise ValueError(f"global_weight must be a finite float >= 0, got {lam!r}")
+            check_int(getattr(self, name), name)
+        check_real(self.global_weight, "global_weight", minimum=0.0)
         rank = self.rank
         if not (rank is None or _is_positive_int(rank) or _is_fraction(rank)):
             raise ValueError(

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ssp._utils import ArrayLike, check_is_fitted, check_labels, to_tensor
+from ssp._utils import ArrayLike, check_int, check_is_fitted, check_labels, to_tensor
 from ssp.classifiers import _AUTO_CHUNK_ELEMENTS, ROUTINGS, cache_kernel
 from ssp.registry import MethodSpec, get_method, spec_for_estimator
 
@@ -111,8 +111,7 @@ def make_grid(method: str, search_scale: Sequence[float] | None = None,
         s = float(s)
         if not math.isfinite(s) or s <= 0:
             raise ValueError(f"search_scale for {axis} must be a positive number, got {s}")
-        if isinstance(n, bool) or int(n) != n or int(n) < 1:
-            raise ValueError(f"search_step for {axis} must be a positive int, got {n!r}")
+        n = check_int(n, f"search_step for {axis}")
         i = np.arange(int(n), dtype=np.float64)
         grid[axis] = i * s / int(n) if axis == "gamma" else i * (s - 0.1) / int(n) + 0.1
     return grid

@@ -266,3 +266,18 @@ def test_suite_from_images_plans_the_paths_it_writes(data_root, tmp_path):
     assert len(_runs(tmp_path / "suite")) == 2
     second = _cli("ssp.suite", *args)
     assert second.returncode == 0 and "nothing to do: all 2 run(s) are already done" in second.stdout
+
+
+def test_a_clamped_n_channels_is_printed_and_the_value_used_recorded(cars, tmp_path):
+    """The published configs ask for 800 APE channels; a D = 512 backbone cannot honour that: the
+    CLI says so and the run JSON records the 512 channels used, next to the configured 800."""
+    (tmp_path / "c.yaml").write_text("ape: {n_channels: 800, search_step: [20, 5, 4]}\n")
+    done = _cli("ssp.cli", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
+                "--methods", "ape", "--config", tmp_path / "c.yaml", "--device", "cpu", "--no-progress",
+                "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr + done.stdout
+    message = "n_channels=800 exceeds the feature width D=512; using all 512 channels"
+    assert f"warning (ape): {message}" in done.stdout
+    (record,) = _runs(tmp_path / "out").values()
+    assert record["details"]["n_channels"] == 512 and record["config"]["ape"]["n_channels"] == 800
+    assert message in record["details"]["warnings"]
