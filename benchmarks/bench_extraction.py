@@ -117,7 +117,7 @@ def bench_model(name: str, samples: list, args: argparse.Namespace, cache_dir: P
     t_hit = timed(lambda: cached_features(store, backbone, samples, **kw), 3)
     files = sorted(p for p in Path(cache_dir).rglob("*.safetensors"))
     size = sum(p.stat().st_size for p in files)
-    return dict(model=name, device=str(device), D=backbone.embed_dim, L=backbone.num_local_features,
+    return dict(model=name, device=str(device), D=backbone.n_features, L=backbone.n_patches,
                 n=n, bs=bs, bare=n / t_bare, forward=n / t_fwd, pipeline=n / t_pipe, miss=t_miss,
                 hit=t_hit, size=size)
 

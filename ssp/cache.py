@@ -268,14 +268,14 @@ class _ViewDataset(Dataset):
     caller decides -- instead of a worker traceback.
     """
 
-    def __init__(self, images: Dataset, num_images: int, views: int, seed: int | None) -> None:
+    def __init__(self, images: Dataset, n_images: int, views: int, seed: int | None) -> None:
         self.images = images
-        self.num_images = num_images
+        self.n_images = n_images
         self.views = views
         self.seed = seed
 
     def __len__(self) -> int:
-        return self.num_images * self.views
+        return self.n_images * self.views
 
     def _load(self, index: int):
         from PIL import Image
@@ -297,7 +297,7 @@ class _ViewDataset(Dataset):
             return image, int(self.images.samples[index].label), err.reason or str(err)
 
     def __getitem__(self, item: int):
-        view, index = divmod(item, self.num_images)
+        view, index = divmod(item, self.n_images)
         if self.seed is None:
             image, label, error = self._load(index)
             return image, label, item, error
@@ -315,8 +315,8 @@ class _ViewDataset(Dataset):
         return image, label, item, error
 
 
-def _default_num_workers(num_batches: int) -> int:
-    workers = min(4, os.cpu_count() or 1, num_batches)
+def _default_num_workers(n_batches: int) -> int:
+    workers = min(4, os.cpu_count() or 1, n_batches)
     return 0 if workers <= 1 else workers
 
 
@@ -335,7 +335,7 @@ class _Accumulator:
     """Reduces encoded batches into per-image features, always in batch order, so a sharded
     run (batches gathered from several ranks) gives the same bits as a single process."""
 
-    def __init__(self, n: int, views: int, dim: int, num_local: int, with_local: bool,
+    def __init__(self, n: int, views: int, dim: int, n_patches: int, with_local: bool,
                  local_dtype: torch.dtype, view_dtype: torch.dtype) -> None:
         self.n, self.views = n, views
         self.augmented = views > 1
@@ -344,7 +344,7 @@ class _Accumulator:
         self.global_ = torch.zeros(n, dim, dtype=torch.float32)
         self.local = None
         if with_local:
-            self.local = torch.zeros(n, num_local, dim,
+            self.local = torch.zeros(n, n_patches, dim,
                                      dtype=torch.float32 if self.augmented else local_dtype)
         self.per_view = (torch.zeros(views, n, dim, dtype=view_dtype) if self.augmented else None)
         self.seen = torch.zeros(n, dtype=torch.int64)
@@ -388,6 +388,16 @@ def _bad_image_error(path: str, reason: str) -> Exception:
         "skip_bad_images=True to go on without it", path=path, reason=reason)
 
 
+def _backbone_shape(backbone) -> tuple[int, int]:
+    """(D, L) of a backbone; duck-typed backbones with the deprecated ``embed_dim`` /
+    ``num_local_features`` names still work, with a DeprecationWarning."""
+    if hasattr(backbone, "n_features") and hasattr(backbone, "n_patches"):
+        return int(backbone.n_features), int(backbone.n_patches)
+    warnings.warn(f"{type(backbone).__name__}: 'embed_dim' / 'num_local_features' are deprecated backbone "
+                  "attribute names; provide 'n_features' / 'n_patches'", DeprecationWarning, stacklevel=3)
+    return int(backbone.embed_dim), int(backbone.num_local_features)
+
+
 def extract_features(
     backbone: Any,
     samples: Sequence[Any],
@@ -407,8 +417,8 @@ def extract_features(
     """Encode ``samples`` with ``backbone``.
 
     Args:
-        backbone: an :class:`ssp.backbone.Backbone` (or anything with ``embed_dim``,
-            ``num_local_features``, ``device``, ``preprocess``, ``augment`` and
+        backbone: an :class:`ssp.backbone.Backbone` (or anything with ``n_features``,
+            ``n_patches``, ``device``, ``preprocess``, ``augment`` and
             ``encode_images(images [B,3,H,W]) -> (global [B,D], local [B,L,D])``).
         samples: N :class:`ssp.data.Sample` (``path``, ``label``).
         views: 1 -> the eval transform (``backbone.preprocess``); E > 1 -> E passes of
@@ -469,8 +479,8 @@ def extract_features(
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(int(seed)),
     )
-    dim, num_local = int(backbone.embed_dim), int(backbone.num_local_features)
-    acc = _Accumulator(n, views, dim, num_local, with_local, local_dtype, view_dtype)
+    dim, n_patches = _backbone_shape(backbone)
+    acc = _Accumulator(n, views, dim, n_patches, with_local, local_dtype, view_dtype)
     first_view_batches = math.ceil(n / batch_size)  # after these every image was read once
     bad: dict[int, str] = {}
 
@@ -489,7 +499,7 @@ def extract_features(
                         if not torch.equal(batch_labels.long(), labels[items % n]):
                             raise RuntimeError("the data loader returned labels that differ from the samples'")
                         g, loc = backbone.encode_images(images.to(device, non_blocking=True))
-                        _check_batch(g, loc if with_local else None, len(items), dim, num_local)
+                        _check_batch(g, loc if with_local else None, len(items), dim, n_patches)
                         g = g.detach().float().cpu()
                         loc = loc.detach().float().cpu() if with_local else None
                     payload = (items, g, loc, failed)
@@ -537,13 +547,13 @@ def extract_features(
 
 
 def _check_batch(g: torch.Tensor, loc: torch.Tensor | None, batch: int, dim: int,
-                 num_local: int) -> None:
+                 n_patches: int) -> None:
     if tuple(g.shape) != (batch, dim):
         raise RuntimeError(f"backbone.encode_images returned global features of shape "
                            f"{tuple(g.shape)}, expected ({batch}, {dim})")
-    if loc is not None and tuple(loc.shape) != (batch, num_local, dim):
+    if loc is not None and tuple(loc.shape) != (batch, n_patches, dim):
         raise RuntimeError(f"backbone.encode_images returned local features of shape "
-                           f"{tuple(loc.shape)}, expected ({batch}, {num_local}, {dim})")
+                           f"{tuple(loc.shape)}, expected ({batch}, {n_patches}, {dim})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -661,7 +671,7 @@ def cached_features(
     sharded = _use_distributed(distributed)
     main = not sharded or dist.is_main()
     n = len(samples)
-    dim, num_local = int(backbone.embed_dim), int(backbone.num_local_features)
+    dim, n_patches = _backbone_shape(backbone)
 
     def key_for(kept: list[int] | None) -> dict[str, Any]:
         subset = samples if kept is None else [samples[i] for i in kept]
@@ -671,7 +681,7 @@ def cached_features(
     def validator(kept: list[int] | None) -> Callable[[Tensors], str | None]:
         subset = samples if kept is None else [samples[i] for i in kept]
         labels = torch.tensor([int(s.label) for s in subset], dtype=torch.int64)
-        return lambda t: _validate_features(t, labels, dim, num_local, with_local, views)
+        return lambda t: _validate_features(t, labels, dim, n_patches, with_local, views)
 
     full_key = key_for(None)
 
@@ -731,12 +741,12 @@ def _validate_kept(t: Tensors, n: int) -> str | None:
     return None
 
 
-def _validate_features(t: Tensors, labels: torch.Tensor, dim: int, num_local: int,
+def _validate_features(t: Tensors, labels: torch.Tensor, dim: int, n_patches: int,
                        with_local: bool, views: int = 1) -> str | None:
     n = labels.shape[0]
     expected = {"global": ((n, dim), torch.float32), "labels": ((n,), torch.int64)}
     if with_local:
-        expected["local"] = ((n, num_local, dim), _LOCAL_STORAGE_DTYPE)
+        expected["local"] = ((n, n_patches, dim), _LOCAL_STORAGE_DTYPE)
     if views > 1:
         expected["views"] = ((views, n, dim), _VIEW_STORAGE_DTYPE)
     missing = sorted(set(expected) - set(t))

@@ -44,14 +44,14 @@ class RandomScale:
 class FakeBackbone:
     """Tiny deterministic stand-in for ssp.backbone.Backbone (D=8, L=4 patches of 16x16)."""
 
-    embed_dim = 8
-    num_local_features = 4
+    n_features = 8
+    n_patches = 4
 
     def __init__(self, tag: str = "fake-a", crop: int = 32) -> None:
         g = torch.Generator().manual_seed(0 if tag == "fake-a" else 1)
-        self.patch_proj = torch.randn(3 * 16 * 16, self.embed_dim, generator=g) / 20
-        self.patch_bias = torch.randn(self.embed_dim, generator=g)
-        self.global_proj = torch.randn(self.embed_dim, self.embed_dim, generator=g)
+        self.patch_proj = torch.randn(3 * 16 * 16, self.n_features, generator=g) / 20
+        self.patch_bias = torch.randn(self.n_features, generator=g)
+        self.global_proj = torch.randn(self.n_features, self.n_features, generator=g)
         self.device = torch.device("cpu")
         self.identity = {"name": tag, "kind": "fake"}
         self.crop = crop
@@ -420,7 +420,7 @@ def test_extract_rejects_bad_arguments(samples):
 
 def test_backbone_shape_mismatch_is_reported(samples):
     bb = FakeBackbone()
-    bb.num_local_features = 5  # lies about L
+    bb.n_patches = 5  # lies about L
     with pytest.raises(RuntimeError, match="local features of shape"):
         extract_features(bb, samples, with_local=True, **QUIET)
 
@@ -620,7 +620,7 @@ def test_real_open_clip_backbone(tmp_path, store, config):
     kw = dict(dataset="toy", split="train", views=2, with_local=True, seed=1, batch_size=3,
               progress=False, num_workers=0)
     out = cached_features(store, bb, samples, **kw)
-    n, d, L = len(samples), bb.embed_dim, bb.num_local_features
+    n, d, L = len(samples), bb.n_features, bb.n_patches
     assert out["global"].shape == (n, d) and out["local"].shape == (n, L, d)
     torch.testing.assert_close(out["global"].norm(dim=-1), torch.ones(n))
     torch.testing.assert_close(out["local"].norm(dim=-1), torch.ones(n, L), atol=2e-3, rtol=0)
@@ -693,8 +693,8 @@ def test_features_carry_views_through_subset():
     views = torch.randn(3, 5, 4)
     f = Features.from_dict({"global": torch.randn(5, 4), "labels": torch.arange(5), "views": views})
     sub = f.subset(torch.tensor([4, 1]))
-    assert torch.equal(sub.views, views[:, [4, 1]]) and sub.local is None
-    assert Features(torch.zeros(2, 4), torch.zeros(2)).views is None
+    assert torch.equal(sub.view_features, views[:, [4, 1]]) and sub.patch_features is None
+    assert Features(torch.zeros(2, 4), torch.zeros(2)).view_features is None
 
 
 def test_old_format_file_is_never_read(store, samples):
