@@ -100,7 +100,7 @@ def bench_model(name: str, samples: list, args: argparse.Namespace, cache_dir: P
                 backbone.encode_images(b)
 
     def pipeline():
-        extract_features(backbone, samples, with_local=True, batch_size=bs,
+        extract_features(backbone, samples, with_patches=True, batch_size=bs,
                          num_workers=args.num_workers, progress=False)
 
     # Interleaved rounds, best of each: fair when the machine's load drifts during the run.
@@ -111,7 +111,7 @@ def bench_model(name: str, samples: list, args: argparse.Namespace, cache_dir: P
         t_pipe = min(t_pipe, timed(pipeline))
 
     store = FeatureStore(cache_dir)
-    kw = dict(dataset="bench", split=name.replace("/", "-"), with_local=True, batch_size=bs,
+    kw = dict(dataset="bench", split=name.replace("/", "-"), with_patches=True, batch_size=bs,
               num_workers=args.num_workers, progress=False)
     t_miss = timed(lambda: cached_features(store, backbone, samples, recompute=True, **kw))
     t_hit = timed(lambda: cached_features(store, backbone, samples, **kw), 3)

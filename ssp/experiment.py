@@ -244,7 +244,7 @@ def _extract_all(cfg: dict, dataset, backbone, store, needs_local: bool, recompu
                 warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
                 splits = make_fewshot_splits(dataset, shots, seed, val_policy=cfg["val_policy"])
             cached_features(store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
-                            with_local=needs_local, seed=seed, desc=f"support {shots}-shot seed {seed}", **kw)
+                            with_patches=needs_local, seed=seed, desc=f"support {shots}-shot seed {seed}", **kw)
             if dataset.val is None:
                 cached_features(store, backbone, splits.val, dataset=dataset.name, split="train-as-val",
                                 desc=f"val {shots}-shot seed {seed}", **kw)
@@ -438,7 +438,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
             t0 = time.perf_counter()
             support = Features.from_dict(cached_features(
                 store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
-                with_local=needs_local, seed=seed, recompute=recompute, desc=f"support {shots}-shot seed {seed}",
+                with_patches=needs_local, seed=seed, recompute=recompute, desc=f"support {shots}-shot seed {seed}",
                 **extract_kw))
             if full_val is not None:
                 val = full_val.subset(torch.tensor([val_index[s.path] for s in splits.val if s.path in val_index],
