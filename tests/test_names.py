@@ -83,3 +83,20 @@ def test_duck_typed_backbone_with_old_names_still_extracts():
     with pytest.warns(DeprecationWarning, match="n_features"):
         assert _backbone_shape(Old()) == (7, 3)
     assert _backbone_shape(New()) == (7, 3)
+
+
+def test_feature_key_with_local_keyword_deprecated():
+    from ssp.cache import feature_key
+
+    class Bb:
+        identity, precision = {"model": "toy"}, "fp32"
+
+        @staticmethod
+        def transform_identity(train):
+            return {"train": train}
+
+    samples = []
+    new = feature_key(Bb(), samples, dataset="toy", split="train", with_patches=True)
+    with pytest.warns(DeprecationWarning, match="'with_local' is deprecated; use 'with_patches'"):
+        old = feature_key(Bb(), samples, dataset="toy", split="train", with_local=True)
+    assert old == new and new["with_local"] is True  # the file's key field keeps its name
