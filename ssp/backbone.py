@@ -806,10 +806,10 @@ class Backbone:
         x = x.to(device=self.device, dtype=self._input_dtype)
         with torch.no_grad():
             if self._vision_kind == "resnet":
-                global_, local = self._encode_resnet(x)
+                image_features, patch_features = self._encode_resnet(x)
             else:
-                global_, local = self._encode_vit(x)
-        return global_.float(), local.float()
+                image_features, patch_features = self._encode_vit(x)
+        return image_features.float(), patch_features.float()
 
     def _encode_resnet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         visual = self.model.visual
@@ -842,11 +842,11 @@ class Backbone:
             training=False,
             need_weights=False,
         )
-        global_ = attended[0]
+        image_features = attended[0]
         # local: value path at every spatial position (no query-key mixing)
         values = F.linear(tokens[1:], pool.v_proj.weight, pool.v_proj.bias)
-        local = F.linear(values, pool.c_proj.weight, pool.c_proj.bias).permute(1, 0, 2)  # [B, hw, D]
-        return global_, local
+        patch_features = F.linear(values, pool.c_proj.weight, pool.c_proj.bias).permute(1, 0, 2)  # [B, hw, D]
+        return image_features, patch_features
 
     def _encode_vit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         visual = self.model.visual

@@ -341,10 +341,10 @@ class _Accumulator:
         self.augmented = views > 1
         self.patch_dtype = patch_dtype
         # Averaging needs float32 sums; a single view is normalised batch by batch.
-        self.global_ = torch.zeros(n, dim, dtype=torch.float32)
-        self.local = None
+        self.image_features = torch.zeros(n, dim, dtype=torch.float32)
+        self.patch_features = None
         if with_patches:
-            self.local = torch.zeros(n, n_patches, dim,
+            self.patch_features = torch.zeros(n, n_patches, dim,
                                      dtype=torch.float32 if self.augmented else patch_dtype)
         self.per_view = (torch.zeros(views, n, dim, dtype=view_dtype) if self.augmented else None)
         self.seen = torch.zeros(n, dtype=torch.int64)
@@ -352,15 +352,15 @@ class _Accumulator:
     def add(self, items: torch.Tensor, g: torch.Tensor, loc: torch.Tensor | None) -> None:
         view, index = items // self.n, items % self.n
         if self.augmented:
-            self.global_.index_add_(0, index, g)
+            self.image_features.index_add_(0, index, g)
             self.per_view[view, index] = l2_normalize(g).to(self.per_view.dtype)
         else:
-            self.global_[index] = l2_normalize(g)
-        if self.local is not None:
+            self.image_features[index] = l2_normalize(g)
+        if self.patch_features is not None:
             if self.augmented:
-                self.local.index_add_(0, index, loc)
+                self.patch_features.index_add_(0, index, loc)
             else:
-                self.local[index] = l2_normalize(loc).to(self.patch_dtype)
+                self.patch_features[index] = l2_normalize(loc).to(self.patch_dtype)
         self.seen.index_add_(0, index, torch.ones_like(index))
 
     def result(self, labels: torch.Tensor) -> Tensors:
@@ -368,10 +368,10 @@ class _Accumulator:
             raise RuntimeError("internal error: some images were not encoded exactly once per view")
         out = {"labels": labels}
         # Averaging before normalising is the same direction as summing; divide for clarity.
-        out["global"] = l2_normalize(self.global_ / self.views) if self.augmented else self.global_
-        if self.local is not None:
-            out["local"] = (l2_normalize(self.local / self.views).to(self.patch_dtype)
-                            if self.augmented else self.local)
+        out["global"] = l2_normalize(self.image_features / self.views) if self.augmented else self.image_features
+        if self.patch_features is not None:
+            out["local"] = (l2_normalize(self.patch_features / self.views).to(self.patch_dtype)
+                            if self.augmented else self.patch_features)
         if self.per_view is not None:
             out["views"] = self.per_view
         for name, t in out.items():
