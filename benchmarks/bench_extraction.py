@@ -100,7 +100,7 @@ def bench_model(name: str, samples: list, args: argparse.Namespace, cache_dir: P
                 backbone.encode_images(b)
 
     def pipeline():
-        extract_features(backbone, samples, with_local=True, batch_size=bs,
+        extract_features(backbone, samples, with_patches=True, batch_size=bs,
                          num_workers=args.num_workers, progress=False)
 
     # Interleaved rounds, best of each: fair when the machine's load drifts during the run.
@@ -111,13 +111,13 @@ def bench_model(name: str, samples: list, args: argparse.Namespace, cache_dir: P
         t_pipe = min(t_pipe, timed(pipeline))
 
     store = FeatureStore(cache_dir)
-    kw = dict(dataset="bench", split=name.replace("/", "-"), with_local=True, batch_size=bs,
+    kw = dict(dataset="bench", split=name.replace("/", "-"), with_patches=True, batch_size=bs,
               num_workers=args.num_workers, progress=False)
     t_miss = timed(lambda: cached_features(store, backbone, samples, recompute=True, **kw))
     t_hit = timed(lambda: cached_features(store, backbone, samples, **kw), 3)
     files = sorted(p for p in Path(cache_dir).rglob("*.safetensors"))
     size = sum(p.stat().st_size for p in files)
-    return dict(model=name, device=str(device), D=backbone.embed_dim, L=backbone.num_local_features,
+    return dict(model=name, device=str(device), D=backbone.n_features, L=backbone.n_patches,
                 n=n, bs=bs, bare=n / t_bare, forward=n / t_fwd, pipeline=n / t_pipe, miss=t_miss,
                 hit=t_hit, size=size)
 

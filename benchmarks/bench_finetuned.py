@@ -61,7 +61,7 @@ def stanford_cars(args) -> list[dict]:
         return []
     cfg = load_config("stanford_cars")
     tip_cfg, ape_cfg = cfg["tip_adapter"], cfg["ape"]
-    tip_grid = make_grid("tip", tip_cfg["search_scale"], tip_cfg["search_step"])
+    tip_grid = make_grid("tip-adapter", tip_cfg["search_scale"], tip_cfg["search_step"])
     ape_grid = make_grid("ape", ape_cfg["search_scale"], ape_cfg["search_step"])
     tip_f_params = training_params_from_config(cfg["tip_adapter_f"])
     ape_t_params = training_params_from_config(cfg["ape_t"])
@@ -76,7 +76,7 @@ def stanford_cars(args) -> list[dict]:
         xh, yh = cache.val_features[held], cache.val_labels[held]
         support, labels, text = cache.support_features, cache.support_labels, cache.text_features
         val = dict(val_features=xs, val_labels=ys)
-        dim = cache.feature_dim  # channel counts of the RN50 configs are clamped to D (512 here)
+        dim = cache.n_features  # channel counts of the RN50 configs are clamped to D (512 here)
 
         zero_shot = ZeroShotCLIP(**dev).fit(text_features=text)
         tip = TipAdapter(**tip_cfg["init"], **dev).fit(support, labels, text_features=text)

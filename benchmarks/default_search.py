@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=Path(os.environ.get("SSP_DATA_ROOT", REPO.parent / "shared" / "data")))
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the val half split")
-    parser.add_argument("--methods", nargs="+", default=["tip", "ape"], choices=["tip", "ape"])
+    parser.add_argument("--methods", nargs="+", default=["tip-adapter", "ape"], choices=["tip-adapter", "ape"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cfg = load_config("stanford_cars")
     grids = {
-        "tip": {"imagenet": make_grid("tip"),
-                "published": make_grid("tip", cfg["tip_adapter"]["search_scale"], cfg["tip_adapter"]["search_step"]),
+        "tip-adapter": {"imagenet": make_grid("tip-adapter"),
+                "published": make_grid("tip-adapter", cfg["tip_adapter"]["search_scale"], cfg["tip_adapter"]["search_step"]),
                 "default": None},
         "ape": {"imagenet": make_grid("ape"),
                 "published": make_grid("ape", cfg["ape"]["search_scale"], cfg["ape"]["search_step"]),
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             search, held = perm[: n_val // 2], perm[n_val // 2:]
             for method in args.methods:
                 for name, grid in grids[method].items():
-                    if method == "tip":
+                    if method == "tip-adapter":
                         model = TipAdapter()
                     else:
                         model = APE(n_channels=cfg["ape"]["n_channels"],

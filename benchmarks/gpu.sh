@@ -157,7 +157,7 @@ for name in ("RN50", "ViT-B-16"):
             backbone.encode_images(batch)  # warm-up
             _, seconds = timed(lambda: [backbone.encode_images(batch) for _ in range(8)], gpu)
         line.append(f"{str(dtype).split('.')[-1]} autocast {8 * 256 / seconds:8.0f} images/s")
-    print(f"  {name:<9} D={backbone.embed_dim} L={backbone.num_local_features}: " + ", ".join(line))
+    print(f"  {name:<9} D={backbone.n_features} L={backbone.n_patches}: " + ", ".join(line))
     del backbone
 log("done")
 PY

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config("stanford_cars")  # the shipped grids (the published Tip-Adapter / APE stanford_cars configs)
     tip_cfg, ape_cfg = cfg["tip_adapter"], cfg["ape"]
-    tip_grid = make_grid("tip", tip_cfg["search_scale"], tip_cfg["search_step"])
+    tip_grid = make_grid("tip-adapter", tip_cfg["search_scale"], tip_cfg["search_step"])
     ape_grid = make_grid("ape", ape_cfg["search_scale"], ape_cfg["search_step"])
     rows = []
     for shots in args.shots:

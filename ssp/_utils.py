@@ -186,3 +186,15 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def deprecated_alias(new: str, old: str) -> property:
+    """A read-only property ``old`` that returns attribute ``new`` with a DeprecationWarning
+    (pointing at the caller); for public names renamed to the project's one name per concept."""
+
+    def get(self: Any) -> Any:
+        cls = type(self).__name__
+        warnings.warn(f"{cls}.{old} is deprecated; use {cls}.{new}", DeprecationWarning, stacklevel=2)
+        return getattr(self, new)
+
+    return property(get, doc=f"Deprecated alias of ``{new}``.")

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ssp._checks import PRECISIONS, check_int, is_random_weights, option
-from ssp._utils import l2_normalize, resolve_device, to_tensor, warn
+from ssp._utils import deprecated_alias, l2_normalize, resolve_device, to_tensor, warn
 from ssp.data.base import check_templates, clean_classname
 
 logger = logging.getLogger(__name__)
@@ -306,13 +306,20 @@ def _grid_of(size: int, vision_cfg: dict) -> int:
     return size // int(patch)
 
 
-def num_local_features(model_cfg: dict, image_size: int | None = None) -> int:
-    """L, the number of local features per image, from an open_clip model config (no model
-    needed): RN50 / ViT-B-32 at 224 px -> 49, ViT-B-16 -> 196."""
+def n_patches(model_cfg: dict, image_size: int | None = None) -> int:
+    """L, the number of patch (local) features per image, from an open_clip model config (no
+    model needed): RN50 / ViT-B-32 at 224 px -> 49, ViT-B-16 -> 196."""
     _check_supported_config("model config", model_cfg)
     vision_cfg = model_cfg["vision_cfg"]
     size = image_size if image_size is not None else vision_cfg.get("image_size", 224)
     return _grid_of(_square(size, "model config"), vision_cfg) ** 2
+
+
+def num_local_features(model_cfg: dict, image_size: int | None = None) -> int:
+    """Deprecated alias of :func:`n_patches`."""
+    warnings.warn("ssp.backbone.num_local_features is deprecated; use ssp.backbone.n_patches",
+                  DeprecationWarning, stacklevel=2)
+    return n_patches(model_cfg, image_size)
 
 
 def _check_supported_config(oc_name: str, cfg: dict | None) -> None:
@@ -680,9 +687,10 @@ class Backbone:
         model: the open_clip model (eval mode, no grad).
         tokenizer: its open_clip tokenizer.
         model_name, pretrained, device, precision: as loaded.
-        embed_dim: D, the joint embedding width.
+        n_features: D, the joint embedding width (``embed_dim`` is a deprecated alias).
         image_size: native input side in pixels.
-        num_local_features: L at ``image_size``.
+        n_patches: L, the number of patch features per image at ``image_size``
+            (``num_local_features`` is a deprecated alias).
         preprocess: open_clip's eval transform (PIL -> ``[3, S, S]``): bicubic resize of the shorter
             side, centre crop, RGB, tensor, normalise with the model's mean/std.
         augment: training augmentation (the cache augmentation of Tip-Adapter, Zhang et al., ECCV 2022): RGB, RandomResizedCrop(S, scale=(0.5, 1),
@@ -716,9 +724,9 @@ class Backbone:
         self._vision_kind = vision_kind
         self._preprocess_cfg = copy.deepcopy(preprocess_cfg)
         self._input_dtype = open_clip.get_input_dtype(precision) or torch.float32
-        self.embed_dim = int(self._probe_embed_dim())
+        self.n_features = int(self._probe_n_features())
         grid_h, grid_w = self._grid_shape(image_size, image_size)
-        self.num_local_features = grid_h * grid_w
+        self.n_patches = grid_h * grid_w
         cfg = open_clip.transform.PreprocessCfg(**{
             k: v for k, v in self._preprocess_cfg.items() if k in open_clip.transform.PreprocessCfg.__dataclass_fields__
         })
@@ -727,11 +735,14 @@ class Backbone:
 
     def __repr__(self) -> str:
         return (f"Backbone({self.model_name!r}, pretrained={self.pretrained!r}, device={str(self.device)!r}, "
-                f"precision={self.precision!r}, D={self.embed_dim}, L={self.num_local_features}, "
+                f"precision={self.precision!r}, D={self.n_features}, L={self.n_patches}, "
                 f"image_size={self.image_size})")
 
+    embed_dim = deprecated_alias("n_features", "embed_dim")
+    num_local_features = deprecated_alias("n_patches", "num_local_features")
+
     # ---- construction helpers ----
-    def _probe_embed_dim(self) -> int:
+    def _probe_n_features(self) -> int:
         visual = self.model.visual
         if self._vision_kind == "resnet":
             return visual.attnpool.c_proj.out_features
@@ -795,10 +806,10 @@ class Backbone:
         x = x.to(device=self.device, dtype=self._input_dtype)
         with torch.no_grad():
             if self._vision_kind == "resnet":
-                global_, local = self._encode_resnet(x)
+                image_features, patch_features = self._encode_resnet(x)
             else:
-                global_, local = self._encode_vit(x)
-        return global_.float(), local.float()
+                image_features, patch_features = self._encode_vit(x)
+        return image_features.float(), patch_features.float()
 
     def _encode_resnet(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         visual = self.model.visual
@@ -831,11 +842,11 @@ class Backbone:
             training=False,
             need_weights=False,
         )
-        global_ = attended[0]
+        image_features = attended[0]
         # local: value path at every spatial position (no query-key mixing)
         values = F.linear(tokens[1:], pool.v_proj.weight, pool.v_proj.bias)
-        local = F.linear(values, pool.c_proj.weight, pool.c_proj.bias).permute(1, 0, 2)  # [B, hw, D]
-        return global_, local
+        patch_features = F.linear(values, pool.c_proj.weight, pool.c_proj.bias).permute(1, 0, 2)  # [B, hw, D]
+        return image_features, patch_features
 
     def _encode_vit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         visual = self.model.visual
@@ -870,7 +881,7 @@ class Backbone:
         check_int(batch_size, "batch_size")
         texts = list(texts)
         if not texts:
-            return torch.empty(0, self.embed_dim, device=self.device)
+            return torch.empty(0, self.n_features, device=self.device)
         out = []
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):

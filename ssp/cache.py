@@ -268,14 +268,14 @@ class _ViewDataset(Dataset):
     caller decides -- instead of a worker traceback.
     """
 
-    def __init__(self, images: Dataset, num_images: int, views: int, seed: int | None) -> None:
+    def __init__(self, images: Dataset, n_images: int, views: int, seed: int | None) -> None:
         self.images = images
-        self.num_images = num_images
+        self.n_images = n_images
         self.views = views
         self.seed = seed
 
     def __len__(self) -> int:
-        return self.num_images * self.views
+        return self.n_images * self.views
 
     def _load(self, index: int):
         from PIL import Image
@@ -297,7 +297,7 @@ class _ViewDataset(Dataset):
             return image, int(self.images.samples[index].label), err.reason or str(err)
 
     def __getitem__(self, item: int):
-        view, index = divmod(item, self.num_images)
+        view, index = divmod(item, self.n_images)
         if self.seed is None:
             image, label, error = self._load(index)
             return image, label, item, error
@@ -315,8 +315,8 @@ class _ViewDataset(Dataset):
         return image, label, item, error
 
 
-def _default_num_workers(num_batches: int) -> int:
-    workers = min(4, os.cpu_count() or 1, num_batches)
+def _default_num_workers(n_batches: int) -> int:
+    workers = min(4, os.cpu_count() or 1, n_batches)
     return 0 if workers <= 1 else workers
 
 
@@ -335,32 +335,32 @@ class _Accumulator:
     """Reduces encoded batches into per-image features, always in batch order, so a sharded
     run (batches gathered from several ranks) gives the same bits as a single process."""
 
-    def __init__(self, n: int, views: int, dim: int, num_local: int, with_local: bool,
-                 local_dtype: torch.dtype, view_dtype: torch.dtype) -> None:
+    def __init__(self, n: int, views: int, dim: int, n_patches: int, with_patches: bool,
+                 patch_dtype: torch.dtype, view_dtype: torch.dtype) -> None:
         self.n, self.views = n, views
         self.augmented = views > 1
-        self.local_dtype = local_dtype
+        self.patch_dtype = patch_dtype
         # Averaging needs float32 sums; a single view is normalised batch by batch.
-        self.global_ = torch.zeros(n, dim, dtype=torch.float32)
-        self.local = None
-        if with_local:
-            self.local = torch.zeros(n, num_local, dim,
-                                     dtype=torch.float32 if self.augmented else local_dtype)
+        self.image_features = torch.zeros(n, dim, dtype=torch.float32)
+        self.patch_features = None
+        if with_patches:
+            self.patch_features = torch.zeros(n, n_patches, dim,
+                                     dtype=torch.float32 if self.augmented else patch_dtype)
         self.per_view = (torch.zeros(views, n, dim, dtype=view_dtype) if self.augmented else None)
         self.seen = torch.zeros(n, dtype=torch.int64)
 
     def add(self, items: torch.Tensor, g: torch.Tensor, loc: torch.Tensor | None) -> None:
         view, index = items // self.n, items % self.n
         if self.augmented:
-            self.global_.index_add_(0, index, g)
+            self.image_features.index_add_(0, index, g)
             self.per_view[view, index] = l2_normalize(g).to(self.per_view.dtype)
         else:
-            self.global_[index] = l2_normalize(g)
-        if self.local is not None:
+            self.image_features[index] = l2_normalize(g)
+        if self.patch_features is not None:
             if self.augmented:
-                self.local.index_add_(0, index, loc)
+                self.patch_features.index_add_(0, index, loc)
             else:
-                self.local[index] = l2_normalize(loc).to(self.local_dtype)
+                self.patch_features[index] = l2_normalize(loc).to(self.patch_dtype)
         self.seen.index_add_(0, index, torch.ones_like(index))
 
     def result(self, labels: torch.Tensor) -> Tensors:
@@ -368,10 +368,10 @@ class _Accumulator:
             raise RuntimeError("internal error: some images were not encoded exactly once per view")
         out = {"labels": labels}
         # Averaging before normalising is the same direction as summing; divide for clarity.
-        out["global"] = l2_normalize(self.global_ / self.views) if self.augmented else self.global_
-        if self.local is not None:
-            out["local"] = (l2_normalize(self.local / self.views).to(self.local_dtype)
-                            if self.augmented else self.local)
+        out["global"] = l2_normalize(self.image_features / self.views) if self.augmented else self.image_features
+        if self.patch_features is not None:
+            out["local"] = (l2_normalize(self.patch_features / self.views).to(self.patch_dtype)
+                            if self.augmented else self.patch_features)
         if self.per_view is not None:
             out["views"] = self.per_view
         for name, t in out.items():
@@ -388,38 +388,58 @@ def _bad_image_error(path: str, reason: str) -> Exception:
         "skip_bad_images=True to go on without it", path=path, reason=reason)
 
 
+def _renamed(value: Any, old_value: Any, old: str, new: str, func: str) -> Any:
+    """``value``, or the deprecated keyword's ``old_value`` when one was given (with a warning)."""
+    if old_value is None:
+        return value
+    warnings.warn(f"{func}(): '{old}' is deprecated; use '{new}'", DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+def _backbone_shape(backbone) -> tuple[int, int]:
+    """(D, L) of a backbone; duck-typed backbones with the deprecated ``embed_dim`` /
+    ``num_local_features`` names still work, with a DeprecationWarning."""
+    if hasattr(backbone, "n_features") and hasattr(backbone, "n_patches"):
+        return int(backbone.n_features), int(backbone.n_patches)
+    warnings.warn(f"{type(backbone).__name__}: 'embed_dim' / 'num_local_features' are deprecated backbone "
+                  "attribute names; provide 'n_features' / 'n_patches'", DeprecationWarning, stacklevel=3)
+    return int(backbone.embed_dim), int(backbone.num_local_features)
+
+
 def extract_features(
     backbone: Any,
     samples: Sequence[Any],
     *,
     views: int = 1,
-    with_local: bool = False,
+    with_patches: bool = False,
     batch_size: int | None = None,
     num_workers: int | None = None,
     seed: int = 0,
     progress: bool = True,
     desc: str | None = None,
-    local_dtype: torch.dtype = torch.float32,
+    patch_dtype: torch.dtype = torch.float32,
     view_dtype: torch.dtype = torch.float32,
     skip_bad_images: bool = False,
     distributed: bool | None = None,
+    with_local: bool | None = None,
+    local_dtype: torch.dtype | None = None,
 ) -> Tensors:
     """Encode ``samples`` with ``backbone``.
 
     Args:
-        backbone: an :class:`ssp.backbone.Backbone` (or anything with ``embed_dim``,
-            ``num_local_features``, ``device``, ``preprocess``, ``augment`` and
+        backbone: an :class:`ssp.backbone.Backbone` (or anything with ``n_features``,
+            ``n_patches``, ``device``, ``preprocess``, ``augment`` and
             ``encode_images(images [B,3,H,W]) -> (global [B,D], local [B,L,D])``).
         samples: N :class:`ssp.data.Sample` (``path``, ``label``).
         views: 1 -> the eval transform (``backbone.preprocess``); E > 1 -> E passes of
             ``backbone.augment``, raw features averaged over passes, then L2-normalised
             (Zhang et al., Tip-Adapter, ECCV 2022, Sec. 3.1: the cache keys).
-        with_local: also return local features (averaged over views the same way).
+        with_patches: also return the patch (local) features (averaged over views the same way).
         batch_size: images per forward pass; default 256 on CUDA, 64 otherwise.
         num_workers: DataLoader workers; default min(4, CPUs, number of batches), 0 for one batch.
         seed: seeds the augmentation (per view and image; irrelevant when ``views == 1``).
         progress: show a tqdm bar (only on a terminal, only on rank 0).
-        local_dtype: dtype of the returned local features (float16 halves memory).
+        patch_dtype: dtype of the returned patch features (float16 halves memory).
         view_dtype: dtype of the returned per-view features.
         skip_bad_images: an unreadable image raises :class:`ssp.data.ImageLoadError` naming it
             (default); with True, the images that cannot be read are logged and left out, and
@@ -429,10 +449,13 @@ def extract_features(
             process group and gather the results on every rank (identical to one process's);
             ``None`` (default): when a group of more than one process is initialised. Every
             rank must make the same call.
+        with_local, local_dtype: deprecated names of ``with_patches`` and ``patch_dtype``.
 
     Returns:
-        ``{"global": [N, D] float32, "labels": [N] int64}``; ``"local": [N, L, D]`` when
-        ``with_local``; ``"views": [E, N, D]`` (each augmented pass's global feature,
+        The feature store's tensors (named as in the file; :meth:`ssp.experiment.Features.from_dict`
+        gives them the field names): ``{"global": [N, D] float32, "labels": [N] int64}``;
+        ``"local": [N, L, D]`` (patch features) when
+        ``with_patches``; ``"views": [E, N, D]`` (each augmented pass's global feature,
         L2-normalised, ``view_dtype``) when ``views > 1``; ``"kept": [N'] int64`` (indices
         into ``samples`` of the images encoded, N' rows everywhere) when ``skip_bad_images``.
         Every global, local and per-view feature has unit L2 norm.
@@ -442,6 +465,8 @@ def extract_features(
     from ssp import distributed as dist
     from ssp.data import ImageDataset
 
+    with_patches = _renamed(with_patches, with_local, "with_local", "with_patches", "extract_features")
+    patch_dtype = _renamed(patch_dtype, local_dtype, "local_dtype", "patch_dtype", "extract_features")
     views = check_int(views, "views")
     n = len(samples)
     if n == 0:
@@ -469,8 +494,8 @@ def extract_features(
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(int(seed)),
     )
-    dim, num_local = int(backbone.embed_dim), int(backbone.num_local_features)
-    acc = _Accumulator(n, views, dim, num_local, with_local, local_dtype, view_dtype)
+    dim, n_patches = _backbone_shape(backbone)
+    acc = _Accumulator(n, views, dim, n_patches, with_patches, patch_dtype, view_dtype)
     first_view_batches = math.ceil(n / batch_size)  # after these every image was read once
     bad: dict[int, str] = {}
 
@@ -489,9 +514,9 @@ def extract_features(
                         if not torch.equal(batch_labels.long(), labels[items % n]):
                             raise RuntimeError("the data loader returned labels that differ from the samples'")
                         g, loc = backbone.encode_images(images.to(device, non_blocking=True))
-                        _check_batch(g, loc if with_local else None, len(items), dim, num_local)
+                        _check_batch(g, loc if with_patches else None, len(items), dim, n_patches)
                         g = g.detach().float().cpu()
-                        loc = loc.detach().float().cpu() if with_local else None
+                        loc = loc.detach().float().cpu() if with_patches else None
                     payload = (items, g, loc, failed)
                 # Every rank gets every batch of this round, in rank (= batch) order.
                 for got in (dist.all_gather_object(payload) if sharded else [payload]):
@@ -528,22 +553,22 @@ def extract_features(
                                f"{bad[min(bad)]} (and every other image of the list is unreadable too)")
     # Encode the readable images as a list of their own: the same numbers as extracting
     # that list directly (the batch layout, hence the rounding, depends on the list).
-    out = extract_features(backbone, [samples[i] for i in kept], views=views, with_local=with_local,
+    out = extract_features(backbone, [samples[i] for i in kept], views=views, with_patches=with_patches,
                            batch_size=batch_size, num_workers=num_workers, seed=seed,
-                           progress=progress, desc=desc, local_dtype=local_dtype,
+                           progress=progress, desc=desc, patch_dtype=patch_dtype,
                            view_dtype=view_dtype, skip_bad_images=False, distributed=sharded)
     out["kept"] = torch.tensor(kept, dtype=torch.int64)
     return out
 
 
 def _check_batch(g: torch.Tensor, loc: torch.Tensor | None, batch: int, dim: int,
-                 num_local: int) -> None:
+                 n_patches: int) -> None:
     if tuple(g.shape) != (batch, dim):
         raise RuntimeError(f"backbone.encode_images returned global features of shape "
                            f"{tuple(g.shape)}, expected ({batch}, {dim})")
-    if loc is not None and tuple(loc.shape) != (batch, num_local, dim):
+    if loc is not None and tuple(loc.shape) != (batch, n_patches, dim):
         raise RuntimeError(f"backbone.encode_images returned local features of shape "
-                           f"{tuple(loc.shape)}, expected ({batch}, {num_local}, {dim})")
+                           f"{tuple(loc.shape)}, expected ({batch}, {n_patches}, {dim})")
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,13 +608,15 @@ def feature_key(
     dataset: str,
     split: str,
     views: int = 1,
-    with_local: bool = False,
+    with_patches: bool = False,
     seed: int = 0,
+    with_local: bool | None = None,
 ) -> dict[str, Any]:
     """The store key of :func:`cached_features` (everything that changes the numbers).
 
     ``samples`` is the list actually encoded: features computed without unreadable images
     (``skip_bad_images``) live under the key of the shorter list, never the full one."""
+    with_patches = _renamed(with_patches, with_local, "with_local", "with_patches", "feature_key")
     augmented = views > 1
     return {
         "kind": "features",
@@ -603,7 +630,7 @@ def feature_key(
         "samples": sample_digest(samples),
         "num_samples": len(samples),
         "views": int(views),
-        "with_local": bool(with_local),
+        "with_local": bool(with_patches),  # the key's (file format) name
         "seed": int(seed) if augmented else 0,
     }
 
@@ -622,17 +649,18 @@ def cached_features(
     dataset: str,
     split: str,
     views: int = 1,
-    with_local: bool = False,
+    with_patches: bool = False,
     seed: int = 0,
     recompute: bool = False,
     skip_bad_images: bool = False,
     distributed: bool | None = None,
+    with_local: bool | None = None,
     **extract_kwargs: Any,
 ) -> Tensors:
     """:func:`extract_features` through ``store``: computed once, then loaded.
 
     The key (:func:`feature_key`) covers the backbone identity and precision, the transform
-    (eval or train), dataset, split, :func:`sample_digest`, N, ``views``, ``with_local``,
+    (eval or train), dataset, split, :func:`sample_digest`, N, ``views``, ``with_patches``,
     the seed (only when ``views > 1``) and the format version. A loaded file is checked
     (tensor names, shapes against N / D / L / E, labels against the samples) and rebuilt with a
     :class:`CacheWarning` if wrong. ``extract_kwargs`` (batch size, workers, progress, desc)
@@ -647,31 +675,32 @@ def cached_features(
     ranks read the file rank 0 found: the cache folder must be shared by the ranks).
 
     Returns ``{"global": [N, D] float32, "labels": [N] int64}``, plus ``"local": [N, L, D]``
-    float32 (stored as float16) when ``with_local``, ``"views": [E, N, D]`` float32 (each
+    float32 (stored as float16) when ``with_patches``, ``"views": [E, N, D]`` float32 (each
     augmented pass's L2-normalised global feature, stored as float16) when ``views = E > 1``,
     and ``"kept": [N'] int64`` (indices into ``samples`` of the rows) when ``skip_bad_images``;
     with skipped images every tensor has N' < N rows.
     """
     from ssp import distributed as dist
 
+    with_patches = _renamed(with_patches, with_local, "with_local", "with_patches", "cached_features")
     views = check_int(views, "views")
-    for bad in ("local_dtype", "view_dtype", "views", "with_local", "seed"):
+    for bad in ("patch_dtype", "local_dtype", "view_dtype", "views", "with_patches", "seed"):
         if bad in extract_kwargs:
             raise TypeError(f"cached_features() got an unexpected keyword argument {bad!r}")
     sharded = _use_distributed(distributed)
     main = not sharded or dist.is_main()
     n = len(samples)
-    dim, num_local = int(backbone.embed_dim), int(backbone.num_local_features)
+    dim, n_patches = _backbone_shape(backbone)
 
     def key_for(kept: list[int] | None) -> dict[str, Any]:
         subset = samples if kept is None else [samples[i] for i in kept]
         return feature_key(backbone, subset, dataset=dataset, split=split, views=views,
-                           with_local=with_local, seed=seed)
+                           with_patches=with_patches, seed=seed)
 
     def validator(kept: list[int] | None) -> Callable[[Tensors], str | None]:
         subset = samples if kept is None else [samples[i] for i in kept]
         labels = torch.tensor([int(s.label) for s in subset], dtype=torch.int64)
-        return lambda t: _validate_features(t, labels, dim, num_local, with_local, views)
+        return lambda t: _validate_features(t, labels, dim, n_patches, with_patches, views)
 
     full_key = key_for(None)
 
@@ -698,8 +727,8 @@ def cached_features(
     else:
         store.misses += 1
         extract_kwargs.setdefault("desc", f"{dataset}/{split} features")
-        found = extract_features(backbone, samples, views=views, with_local=with_local, seed=seed,
-                                 local_dtype=_LOCAL_STORAGE_DTYPE, view_dtype=_VIEW_STORAGE_DTYPE,
+        found = extract_features(backbone, samples, views=views, with_patches=with_patches, seed=seed,
+                                 patch_dtype=_LOCAL_STORAGE_DTYPE, view_dtype=_VIEW_STORAGE_DTYPE,
                                  skip_bad_images=skip_bad_images, distributed=sharded,
                                  **extract_kwargs)
         kept_t = found.pop("kept", None)
@@ -712,7 +741,7 @@ def cached_features(
             if kept is not None:  # after the features, so a record never points at nothing
                 store.save(_skipped_key(full_key), {"kept": kept_t})
     result = {"global": found["global"].float(), "labels": found["labels"].long()}
-    if with_local:
+    if with_patches:
         result["local"] = found["local"].float()
     if views > 1:
         result["views"] = found["views"].float()
@@ -731,12 +760,12 @@ def _validate_kept(t: Tensors, n: int) -> str | None:
     return None
 
 
-def _validate_features(t: Tensors, labels: torch.Tensor, dim: int, num_local: int,
-                       with_local: bool, views: int = 1) -> str | None:
+def _validate_features(t: Tensors, labels: torch.Tensor, dim: int, n_patches: int,
+                       with_patches: bool, views: int = 1) -> str | None:
     n = labels.shape[0]
     expected = {"global": ((n, dim), torch.float32), "labels": ((n,), torch.int64)}
-    if with_local:
-        expected["local"] = ((n, num_local, dim), _LOCAL_STORAGE_DTYPE)
+    if with_patches:
+        expected["local"] = ((n, n_patches, dim), _LOCAL_STORAGE_DTYPE)
     if views > 1:
         expected["views"] = ((views, n, dim), _VIEW_STORAGE_DTYPE)
     missing = sorted(set(expected) - set(t))

@@ -16,33 +16,48 @@ import torch
 
 from . import __version__
 from ._checks import is_random_weights
+from ._utils import deprecated_alias
 from .report import write_report, write_run
 
 
 
 @dataclass
 class Features:
-    """Global features ``[N, D]`` (L2-normalised), labels ``[N]``, optional local features
-    ``[N, L, D]``, optional per-view global features ``[E, N, D]`` (each augmented pass's
-    L2-normalised feature, of which ``global_`` is the normalised mean; training inputs of
-    the fine-tuned adapters) and optional ``kept`` ``[N]`` (indices into the requested
-    sample list when unreadable images were skipped)."""
+    """One split's features: ``image_features`` ``[N, D]`` (global, L2-normalised), ``labels``
+    ``[N]``, optional ``patch_features`` ``[N, L, D]``, optional ``view_features`` ``[E, N, D]``
+    (each augmented pass's L2-normalised global feature, of which ``image_features`` is the
+    normalised mean; training inputs of the fine-tuned adapters) and optional ``kept`` ``[N]``
+    (indices into the requested sample list when unreadable images were skipped).
 
-    global_: torch.Tensor
+    :meth:`from_dict` reads the feature store's tensors (named ``"global"``, ``"labels"``,
+    ``"local"``, ``"views"``, ``"kept"`` in the file)."""
+
+    image_features: torch.Tensor
     labels: torch.Tensor
-    local: torch.Tensor | None = None
-    views: torch.Tensor | None = None
+    patch_features: torch.Tensor | None = None
+    view_features: torch.Tensor | None = None
     kept: torch.Tensor | None = None
+
+    # the feature store's tensor names (a file format) -> field names; mapped here only
+    _FILE_NAMES = {"global": "image_features", "labels": "labels", "local": "patch_features",
+                   "views": "view_features", "kept": "kept"}
 
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> "Features":
-        return cls(d["global"], d["labels"].long(), d.get("local"), d.get("views"), d.get("kept"))
+        """From the tensors of :func:`ssp.cache.cached_features` / :func:`ssp.cache.extract_features`."""
+        fields = {field: d.get(name) for name, field in cls._FILE_NAMES.items()}
+        fields["image_features"], fields["labels"] = d["global"], d["labels"].long()
+        return cls(**fields)
 
     def subset(self, index: torch.Tensor) -> "Features":
-        return Features(self.global_[index], self.labels[index],
-                        None if self.local is None else self.local[index],
-                        None if self.views is None else self.views[:, index],
+        return Features(self.image_features[index], self.labels[index],
+                        None if self.patch_features is None else self.patch_features[index],
+                        None if self.view_features is None else self.view_features[:, index],
                         None if self.kept is None else self.kept[index])
+
+    global_ = deprecated_alias("image_features", "global_")
+    local = deprecated_alias("patch_features", "local")
+    views = deprecated_alias("view_features", "views")
 
 
 @dataclass
@@ -57,7 +72,7 @@ class MethodResult:
 
 def accuracy(model, features: Features) -> float:
     """Top-1 accuracy in percent."""
-    pred = torch.as_tensor(model.predict(features.global_))
+    pred = torch.as_tensor(model.predict(features.image_features))
     return float((pred.cpu() == features.labels.cpu()).double().mean() * 100)
 
 
@@ -122,15 +137,15 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     from .search import validation_search
 
     spec, use_ssp = parse_method(method)
-    embed_dim = support.global_.shape[1]
+    n_features = support.image_features.shape[1]
     timings: dict[str, float] = {}
     candidates = []  # (val score, model, params, details)
     rank_rules = cfg["ssp"]["rank"] if use_ssp else [None]
-    fit_kw: dict = {"patch_features": support.local if use_ssp else None}
+    fit_kw: dict = {"patch_features": support.patch_features if use_ssp else None}
     extra: dict = {}
     if spec.fine_tuned:
-        fit_kw.update(val_features=val.global_, val_labels=val.labels,
-                      view_features=getattr(support, "views", None))
+        fit_kw.update(val_features=val.image_features, val_labels=val.labels,
+                      view_features=support.view_features)
         extra["progress"] = progress
         if seed is not None:
             extra["seed"] = seed
@@ -141,7 +156,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             projector = SSPProjector(patch_top_k=s["patch_top_k"], class_top_k=s["class_top_k"],
                                      global_weight=s["global_weight"], rank=rank,
                                      score_precision=s.get("score_precision", "auto"), device=device)
-        model = spec.build(cfg, n_features=embed_dim, projector=projector, device=device, **extra)
+        model = spec.build(cfg, n_features=n_features, projector=projector, device=device, **extra)
         # The zero-shot term of "vision"/"reference" routing is plain CLIP, so zero-shot+ssp is "paper" only.
         routings = (cfg["ssp"]["routing"] if spec.search_axes else ["paper"]) if use_ssp else None
         grid = spec.grid(cfg)
@@ -152,7 +167,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             t0 = time.perf_counter()
-            model.fit(support.global_, support.labels, text_features=text_features, **fit_kw)
+            model.fit(support.image_features, support.labels, text_features=text_features, **fit_kw)
             timings["fit_s"] = timings.get("fit_s", 0.0) + time.perf_counter() - t0
             t0 = time.perf_counter()
             if grid is None:
@@ -160,7 +175,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
                 if use_ssp:
                     model.set_params(routing="paper")
             else:
-                result = validation_search(model, val.global_, val.labels, grid=grid)
+                result = validation_search(model, val.image_features, val.labels, grid=grid)
                 score, params = float(result.best_score_), dict(result.best_params_)
             timings["search_s"] = timings.get("search_s", 0.0) + time.perf_counter() - t0
         if use_ssp:
@@ -229,7 +244,7 @@ def _extract_all(cfg: dict, dataset, backbone, store, needs_local: bool, recompu
                 warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
                 splits = make_fewshot_splits(dataset, shots, seed, val_policy=cfg["val_policy"])
             cached_features(store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
-                            with_local=needs_local, seed=seed, desc=f"support {shots}-shot seed {seed}", **kw)
+                            with_patches=needs_local, seed=seed, desc=f"support {shots}-shot seed {seed}", **kw)
             if dataset.val is None:
                 cached_features(store, backbone, splits.val, dataset=dataset.name, split="train-as-val",
                                 desc=f"val {shots}-shot seed {seed}", **kw)
@@ -423,7 +438,7 @@ def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_di
             t0 = time.perf_counter()
             support = Features.from_dict(cached_features(
                 store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
-                with_local=needs_local, seed=seed, recompute=recompute, desc=f"support {shots}-shot seed {seed}",
+                with_patches=needs_local, seed=seed, recompute=recompute, desc=f"support {shots}-shot seed {seed}",
                 **extract_kw))
             if full_val is not None:
                 val = full_val.subset(torch.tensor([val_index[s.path] for s in splits.val if s.path in val_index],

@@ -143,7 +143,7 @@ def open_cache_source(folder: str | Path, *, text_features: str | Path | None = 
     if not shots:
         raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter / APE cache folder")
     probe = load_feature_cache(folder, shots[0])
-    n_classes, dim = probe.n_classes, probe.feature_dim
+    n_classes, dim = probe.n_classes, probe.n_features
     if text_features is not None:
         path = Path(text_features).expanduser()
         text = load_text_features(path, n_classes, dim, text_layout)

@@ -115,7 +115,7 @@ def get_method(name: str) -> MethodSpec:
 
 
 def parse_method(name: str) -> tuple[MethodSpec, bool]:
-    """``"ape+ssp"`` -> (the APE entry, True); ``"tip"`` -> (the Tip-Adapter entry, False)."""
+    """``"ape+ssp"`` -> (the APE entry, True); ``"tip-adapter"`` -> (the Tip-Adapter entry, False)."""
     text = str(name)
     use_ssp = _key(text).endswith(SSP_SUFFIX)
     return get_method(text[: -len(SSP_SUFFIX)] if use_ssp else text), use_ssp

@@ -86,8 +86,8 @@ def make_grid(method: str, search_scale: Sequence[float] | None = None,
     reached and γ starts at 0. Values are computed with the reference's float expression.
 
     Args:
-        method: a registered method with searched axes or an alias ("tip-adapter" / "tip",
-            "ape", ...).
+        method: a registered method with searched axes ("tip-adapter", "ape", ...) or one of
+            its registry aliases.
         search_scale: ``(s_β, s_α)`` or ``(s_β, s_α, s_γ)``; default: the method's
             ``default_scale`` in the registry.
         search_step: ``(n_β, n_α)`` or ``(n_β, n_α, n_γ)``; default: its ``default_step``.

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ssp._utils import check_int, check_labels
+from ssp._utils import check_int, check_labels, deprecated_alias
 
 __all__ = ["FeatureCache", "load_feature_cache", "available_shots"]
 
@@ -37,7 +37,7 @@ class FeatureCache:
     """Features of one dataset at one shot count, read from a Tip-Adapter / APE cache folder.
 
     Attributes:
-        support_features: ``[N, D]`` float32 support (cache-key) features.
+        support_features: ``[N, D]`` float32 image features of the support set (the cache keys).
         support_labels: ``[N]`` int64 labels (argmax of the one-hot values), file order.
         val_features, val_labels: ``[M, D]`` float32 / ``[M]`` int64, or None if absent.
         test_features, test_labels: the same for the test split, or None if absent.
@@ -46,6 +46,7 @@ class FeatureCache:
         shots: the shot count K of the support files.
         n_classes: C, the width of the one-hot values file.
         text_weights_file: name of the text-classifier file used, or None.
+        n_features: D, the feature width (``feature_dim`` is a deprecated alias).
     """
 
     support_features: torch.Tensor
@@ -61,9 +62,11 @@ class FeatureCache:
     text_weights_file: str | None = None
 
     @property
-    def feature_dim(self) -> int:
-        """D."""
+    def n_features(self) -> int:
+        """D, the feature width."""
         return int(self.support_features.shape[1])
+
+    feature_dim = deprecated_alias("n_features", "feature_dim")
 
 
 def available_shots(folder: str | Path) -> list[int]:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ssp import backbone as bb
-from ssp.backbone import load_backbone, num_local_features, resolve_quick_gelu
+from ssp.backbone import load_backbone, n_patches, resolve_quick_gelu
 
 ASSETS = Path(__file__).parent / "assets"
 TINY_RN = str(ASSETS / "tiny-rn.json")  # 96 px, 3x3 grid, D = 32
@@ -68,21 +68,21 @@ def test_global_equals_encode_image_and_shapes(which, request):
         expected = backbone.model.encode_image(x)
     torch.testing.assert_close(global_, expected, rtol=1e-5, atol=1e-6)
     assert global_.dtype == local.dtype == torch.float32
-    assert global_.shape == (3, backbone.embed_dim)
-    assert local.shape == (3, backbone.num_local_features, backbone.embed_dim)
+    assert global_.shape == (3, backbone.n_features)
+    assert local.shape == (3, backbone.n_patches, backbone.n_features)
     assert not global_.requires_grad and not local.requires_grad
 
 
 def test_num_local_features_from_configs(tiny_rn, tiny_vit):
-    assert num_local_features(open_clip.get_model_config("RN50")) == 49
-    assert num_local_features(open_clip.get_model_config("RN101")) == 49
-    assert num_local_features(open_clip.get_model_config("ViT-B-32")) == 49
-    assert num_local_features(open_clip.get_model_config("ViT-B-16")) == 196
-    assert num_local_features(open_clip.get_model_config("ViT-B-16"), image_size=384) == 576
+    assert n_patches(open_clip.get_model_config("RN50")) == 49
+    assert n_patches(open_clip.get_model_config("RN101")) == 49
+    assert n_patches(open_clip.get_model_config("ViT-B-32")) == 49
+    assert n_patches(open_clip.get_model_config("ViT-B-16")) == 196
+    assert n_patches(open_clip.get_model_config("ViT-B-16"), image_size=384) == 576
     # the config-only count agrees with the built tiny models
-    assert tiny_rn.num_local_features == num_local_features(json.loads(Path(TINY_RN).read_text())) == 9
-    assert tiny_vit.num_local_features == num_local_features(json.loads(Path(TINY_VIT).read_text())) == 16
-    assert tiny_rn.embed_dim == tiny_vit.embed_dim == 32
+    assert tiny_rn.n_patches == n_patches(json.loads(Path(TINY_RN).read_text())) == 9
+    assert tiny_vit.n_patches == n_patches(json.loads(Path(TINY_VIT).read_text())) == 16
+    assert tiny_rn.n_features == tiny_vit.n_features == 32
 
 
 def test_resnet_local_is_the_value_path(tiny_rn):
@@ -153,7 +153,7 @@ def test_non_native_size_interpolates_positional_embedding(which, native_grid, o
     assert bb._interpolate_grid(pos, (native_grid, native_grid), (native_grid, native_grid)) is pos
     x = _images(2, other, seed=3)
     global_, local = backbone.encode_images(x)
-    assert local.shape == (2, grid * grid, backbone.embed_dim)
+    assert local.shape == (2, grid * grid, backbone.n_features)
     # reference: the same weights in an open_clip model built for the other size, its positional
     # embedding resized by open_clip's own resize_pos_embed
     resized = open_clip.create_model(backbone.model_name, force_image_size=other).eval()
@@ -165,7 +165,7 @@ def test_non_native_size_interpolates_positional_embedding(which, native_grid, o
     torch.testing.assert_close(global_, expected, rtol=1e-4, atol=1e-5)
     # a non-square input gives an h x w grid
     _, local_rect = backbone.encode_images(_images(1, backbone.image_size, width=2 * backbone.image_size))
-    assert local_rect.shape[1] == 2 * backbone.num_local_features
+    assert local_rect.shape[1] == 2 * backbone.n_patches
     assert visual.image_size in (backbone.image_size, (backbone.image_size,) * 2)
 
 
@@ -299,7 +299,7 @@ def test_unsupported_vision_towers_raise(tmp_path):
     with pytest.raises(NotImplementedError, match="timm"):
         load_backbone(str(timm_cfg), device="cpu")
     with pytest.raises(NotImplementedError, match="timm"):
-        num_local_features(cfg)
+        n_patches(cfg)
     cfg = json.loads(Path(TINY_VIT).read_text())
     cfg["vision_cfg"]["attentional_pool"] = True
     pooled_cfg = tmp_path / "ssp-test-attn-pool.json"
@@ -553,7 +553,7 @@ def test_text_classifier_matches_manual_ensemble(tiny_vit):
     classnames = ["golden_retriever", "tabby cat", "sea_lion"]
     templates = ["a photo of a {}.", "a bad photo of the {}.", "art of the {}."]
     weights = tiny_vit.text_classifier(classnames, templates, batch_size=4)
-    assert weights.shape == (3, tiny_vit.embed_dim)
+    assert weights.shape == (3, tiny_vit.n_features)
     torch.testing.assert_close(weights.norm(dim=1), torch.ones(3))
     rows = []
     for name in classnames:

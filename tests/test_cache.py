@@ -44,14 +44,14 @@ class RandomScale:
 class FakeBackbone:
     """Tiny deterministic stand-in for ssp.backbone.Backbone (D=8, L=4 patches of 16x16)."""
 
-    embed_dim = 8
-    num_local_features = 4
+    n_features = 8
+    n_patches = 4
 
     def __init__(self, tag: str = "fake-a", crop: int = 32) -> None:
         g = torch.Generator().manual_seed(0 if tag == "fake-a" else 1)
-        self.patch_proj = torch.randn(3 * 16 * 16, self.embed_dim, generator=g) / 20
-        self.patch_bias = torch.randn(self.embed_dim, generator=g)
-        self.global_proj = torch.randn(self.embed_dim, self.embed_dim, generator=g)
+        self.patch_proj = torch.randn(3 * 16 * 16, self.n_features, generator=g) / 20
+        self.patch_bias = torch.randn(self.n_features, generator=g)
+        self.global_proj = torch.randn(self.n_features, self.n_features, generator=g)
         self.device = torch.device("cpu")
         self.identity = {"name": tag, "kind": "fake"}
         self.crop = crop
@@ -321,7 +321,7 @@ def test_get_or_compute_validates_fresh_results(store):
 
 def test_extract_shapes_dtypes_and_norms(samples):
     bb = FakeBackbone()
-    out = extract_features(bb, samples, with_local=True, batch_size=4, **QUIET)
+    out = extract_features(bb, samples, with_patches=True, batch_size=4, **QUIET)
     n = len(samples)
     assert set(out) == {"global", "labels", "local"}
     assert out["global"].shape == (n, 8) and out["global"].dtype == torch.float32
@@ -338,7 +338,7 @@ def test_extract_shapes_dtypes_and_norms(samples):
 
 def test_single_view_matches_manual_eval_transform(samples):
     bb = FakeBackbone()
-    out = extract_features(bb, samples, with_local=True, batch_size=5, **QUIET)
+    out = extract_features(bb, samples, with_patches=True, batch_size=5, **QUIET)
     images = torch.stack([bb.preprocess(Image.open(s.path).convert("RGB")) for s in samples])
     g, loc = bb.encode_images(images)
     torch.testing.assert_close(out["global"], l2_normalize(g))
@@ -349,7 +349,7 @@ def test_views_average_raw_then_normalise(samples):
     """views > 1: mean of raw features over augmented passes, then L2 normalisation."""
     bb = FakeBackbone()
     views, seed = 3, 7
-    out = extract_features(bb, samples, views=views, with_local=True, seed=seed, batch_size=4,
+    out = extract_features(bb, samples, views=views, with_patches=True, seed=seed, batch_size=4,
                            **QUIET)
     raw_g, raw_l = [], []
     for v in range(views):
@@ -376,7 +376,7 @@ def test_views_average_raw_then_normalise(samples):
 
 def test_views_deterministic_across_workers_and_batches(samples):
     bb = FakeBackbone()
-    kw = dict(views=3, with_local=True, seed=3, progress=False)
+    kw = dict(views=3, with_patches=True, seed=3, progress=False)
     ref = extract_features(bb, samples, num_workers=0, batch_size=4, **kw)
     again = extract_features(bb, samples, num_workers=0, batch_size=4, **kw)
     workers = extract_features(bb, samples, num_workers=2, batch_size=4, **kw)
@@ -420,9 +420,9 @@ def test_extract_rejects_bad_arguments(samples):
 
 def test_backbone_shape_mismatch_is_reported(samples):
     bb = FakeBackbone()
-    bb.num_local_features = 5  # lies about L
+    bb.n_patches = 5  # lies about L
     with pytest.raises(RuntimeError, match="local features of shape"):
-        extract_features(bb, samples, with_local=True, **QUIET)
+        extract_features(bb, samples, with_patches=True, **QUIET)
 
 
 # --------------------------------------------------------------------------------------------
@@ -452,11 +452,11 @@ def test_sample_digest(tmp_path, samples):
 
 def test_cache_hit_skips_backbone_and_is_identical(store, samples):
     bb = FakeBackbone()
-    first = cached_features(store, bb, samples, dataset="toy", split="train", with_local=True,
+    first = cached_features(store, bb, samples, dataset="toy", split="train", with_patches=True,
                             batch_size=4, **QUIET)
     calls = bb.calls
     assert calls > 0
-    second = cached_features(store, bb, samples, dataset="toy", split="train", with_local=True,
+    second = cached_features(store, bb, samples, dataset="toy", split="train", with_patches=True,
                              batch_size=4, **QUIET)
     assert bb.calls == calls
     assert set(first) == set(second) == {"global", "labels", "local"}
@@ -466,7 +466,7 @@ def test_cache_hit_skips_backbone_and_is_identical(store, samples):
     assert first["global"].dtype == torch.float32 and first["local"].dtype == torch.float32
     assert first["labels"].dtype == torch.int64
     # local features are stored as float16 and differ from full precision only by rounding
-    full = extract_features(bb, samples, with_local=True, **QUIET)
+    full = extract_features(bb, samples, with_patches=True, **QUIET)
     torch.testing.assert_close(first["global"], full["global"], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(first["local"], full["local"], atol=1e-3, rtol=0)
     from safetensors import safe_open
@@ -493,7 +493,7 @@ def test_cache_invalidation(store, samples, tmp_path):
     assert run(views=2)                    # views
     assert not run(views=2)
     assert run(views=2, seed=1)            # seed matters with augmentation
-    assert run(with_local=True)            # local features requested
+    assert run(with_patches=True)            # local features requested
     assert run(s=samples[:-1])             # samples removed
     assert run(s=samples[::-1])            # order
     relabelled = [Sample(samples[0].path, 1, "class1")] + samples[1:]
@@ -515,7 +515,7 @@ def test_cache_invalidation(store, samples, tmp_path):
 def test_feature_key_contents(samples):
     bb = FakeBackbone()
     key = feature_key(bb, samples, dataset="toy", split="train", views=10, seed=2,
-                      with_local=True)
+                      with_patches=True)
     assert key["backbone"] == bb.identity
     assert key["transform"] == bb.transform_identity(train=True)
     assert key["samples"] == sample_digest(samples) and key["num_samples"] == len(samples)
@@ -527,7 +527,7 @@ def test_feature_key_contents(samples):
 
 def test_truncated_cache_file_is_rebuilt(store, samples):
     bb = FakeBackbone()
-    kw = dict(dataset="toy", split="train", with_local=True, batch_size=8, **QUIET)
+    kw = dict(dataset="toy", split="train", with_patches=True, batch_size=8, **QUIET)
     first = cached_features(store, bb, samples, **kw)
     (path,) = _files(store.root)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
@@ -548,7 +548,7 @@ def test_truncated_cache_file_is_rebuilt(store, samples):
 def test_inconsistent_cache_content_is_rebuilt(store, samples, damage):
     """A file with the right key but wrong content (e.g. written by a buggy version)."""
     bb = FakeBackbone()
-    kw = dict(dataset="toy", split="train", with_local=True)
+    kw = dict(dataset="toy", split="train", with_patches=True)
     key = feature_key(bb, samples, **kw)
     n = len(samples)
     good = {"global": l2_normalize(torch.randn(n, 8)), "labels": torch.tensor([s.label for s in samples]),
@@ -599,12 +599,12 @@ def test_real_dtd_images_with_fake_backbone(data_root, store):
     samples = _dtd_samples(data_root)
     bb = FakeBackbone()
     out = cached_features(store, bb, samples, dataset="dtd", split="train", views=2,
-                          with_local=True, progress=False, num_workers=2, batch_size=4)
+                          with_patches=True, progress=False, num_workers=2, batch_size=4)
     assert out["global"].shape == (len(samples), 8)
     assert out["labels"].tolist() == [s.label for s in samples]
     calls = bb.calls
     again = cached_features(store, bb, samples, dataset="dtd", split="train", views=2,
-                            with_local=True, progress=False)
+                            with_patches=True, progress=False)
     assert bb.calls == calls and torch.equal(again["local"], out["local"])
 
 
@@ -617,10 +617,10 @@ def test_real_open_clip_backbone(tmp_path, store, config):
         warnings.simplefilter("ignore")  # the loud "randomly initialised" warning is expected
         bb = backbone_mod.load_backbone(str(cfg), pretrained=None, device="cpu")
     samples = _write_images(tmp_path / "imgs", n=4, classes=2)
-    kw = dict(dataset="toy", split="train", views=2, with_local=True, seed=1, batch_size=3,
+    kw = dict(dataset="toy", split="train", views=2, with_patches=True, seed=1, batch_size=3,
               progress=False, num_workers=0)
     out = cached_features(store, bb, samples, **kw)
-    n, d, L = len(samples), bb.embed_dim, bb.num_local_features
+    n, d, L = len(samples), bb.n_features, bb.n_patches
     assert out["global"].shape == (n, d) and out["local"].shape == (n, L, d)
     torch.testing.assert_close(out["global"].norm(dim=-1), torch.ones(n))
     torch.testing.assert_close(out["local"].norm(dim=-1), torch.ones(n, L), atol=2e-3, rtol=0)
@@ -667,7 +667,7 @@ def test_views_kept_per_pass(samples):
 
 def test_cached_views_roundtrip_and_one_extraction(store, samples):
     bb = FakeBackbone()
-    kw = dict(dataset="toy", split="train", views=3, seed=2, with_local=True, batch_size=4, **QUIET)
+    kw = dict(dataset="toy", split="train", views=3, seed=2, with_patches=True, batch_size=4, **QUIET)
     first = cached_features(store, bb, samples, **kw)
     calls = bb.calls
     assert calls == 5  # 18 items / batch 4: one extraction gives keys and views
@@ -693,8 +693,8 @@ def test_features_carry_views_through_subset():
     views = torch.randn(3, 5, 4)
     f = Features.from_dict({"global": torch.randn(5, 4), "labels": torch.arange(5), "views": views})
     sub = f.subset(torch.tensor([4, 1]))
-    assert torch.equal(sub.views, views[:, [4, 1]]) and sub.local is None
-    assert Features(torch.zeros(2, 4), torch.zeros(2)).views is None
+    assert torch.equal(sub.view_features, views[:, [4, 1]]) and sub.patch_features is None
+    assert Features(torch.zeros(2, 4), torch.zeros(2)).view_features is None
 
 
 def test_old_format_file_is_never_read(store, samples):
@@ -742,7 +742,7 @@ def test_skip_bad_images_equals_extracting_the_readable_list(samples):
     bb = FakeBackbone()
     _break(samples[1].path, "truncate")
     _break(samples[4].path, "garbage")
-    kw = dict(views=2, seed=3, with_local=True, batch_size=4, **QUIET)
+    kw = dict(views=2, seed=3, with_patches=True, batch_size=4, **QUIET)
     out = extract_features(bb, samples, skip_bad_images=True, **kw)
     good = [s for i, s in enumerate(samples) if i not in (1, 4)]
     direct = extract_features(bb, good, **kw)

@@ -73,7 +73,7 @@ def dense_logits(method, text, support, labels, queries, *, alpha=1.0, beta=1.0,
         else:
             x_cache = x_v
     logits = logit_scale * x_zs @ w_zs.T
-    if method == "zs":
+    if method == "zero-shot":
         return logits
     y_onehot = np.eye(n_classes)[labels]
     values = y_onehot
@@ -151,7 +151,7 @@ def test_zero_shot_logits_and_fit_without_support():
     text, _, _, queries, qy = make_data()
     model = ZeroShotCLIP(logit_scale=50.0).fit(text_features=text)
     np.testing.assert_allclose(model.decision_function(queries),
-                               dense_logits("zs", text, None, None, queries, logit_scale=50.0),
+                               dense_logits("zero-shot", text, None, None, queries, logit_scale=50.0),
                                rtol=1e-12)
     np.testing.assert_array_equal(model.classes_, np.arange(text.shape[0]))
     assert model.score(queries, qy) == pytest.approx(np.mean(model.predict(queries) == qy))
@@ -161,7 +161,7 @@ def test_zero_shot_logits_and_fit_without_support():
 def test_tip_adapter_matches_dense_formula_with_unequal_shuffled_shots(alpha, beta):
     text, support, labels, queries, _ = make_data()
     model = TipAdapter(alpha=alpha, beta=beta).fit(support, labels, text_features=text)
-    expected = dense_logits("tip", text, support, labels, queries, alpha=alpha, beta=beta)
+    expected = dense_logits("tip-adapter", text, support, labels, queries, alpha=alpha, beta=beta)
     np.testing.assert_allclose(model.decision_function(queries), expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(model.predict(queries), expected.argmax(1))
 
@@ -291,16 +291,16 @@ def test_n_channels_above_width_is_clamped_with_a_warning():
 
 
 @pytest.mark.parametrize("routing", ROUTINGS)
-@pytest.mark.parametrize("method", ["zs", "tip", "ape"])
+@pytest.mark.parametrize("method", ["zero-shot", "tip-adapter", "ape"])
 def test_routings_match_dense_formulas(method, routing):
     text, support, labels, queries, _ = make_data(seed=11)
     patches = np.zeros((len(labels), 3, text.shape[1]))
     kwargs = dict(projector=LinearProjectorDouble(seed=3), routing=routing)
     params = dict(alpha=1.4, beta=2.5, gamma=0.6, n_channels=9, weights=(0.6, 0.4))
-    if method == "zs":
+    if method == "zero-shot":
         model = ZeroShotCLIP(**kwargs).fit(support, labels, text_features=text,
                                            patch_features=patches)
-    elif method == "tip":
+    elif method == "tip-adapter":
         model = TipAdapter(alpha=1.4, beta=2.5, **kwargs).fit(
             support, labels, text_features=text, patch_features=patches)
     else:

@@ -55,7 +55,7 @@ def _synthetic(counts: list[int], val_counts: list[int] | None = None, name: str
 def _check_class_major(fs: FewShotSplits) -> None:
     labels = [s.label for s in fs.support]
     assert labels == sorted(labels)
-    assert Counter(labels) == {c: fs.shots for c in range(fs.num_classes)}
+    assert Counter(labels) == {c: fs.shots for c in range(fs.n_classes)}
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -170,14 +170,14 @@ def test_real_fewshot_splits_are_disjoint_and_reproducible(data_root):
     for seed in (1, 2, 3):
         fs = make_fewshot_splits(ds, 4, seed)
         _check_class_major(fs)
-        assert Counter(s.label for s in fs.val) == {c: 4 for c in range(ds.num_classes)}
+        assert Counter(s.label for s in fs.val) == {c: 4 for c in range(ds.n_classes)}
         sup, val, test = ({s.path for s in x} for x in (fs.support, fs.val, fs.test))
         assert not (sup & val) and not (sup & test) and not (val & test)
         assert fs.test == ds.test
     imagenet = get_dataset("imagenet", data_root / "imagenet_tiny")
     fs = make_fewshot_splits(imagenet, 8, 1)
-    assert len(fs.support) == 8 * imagenet.num_classes
-    assert Counter(s.label for s in fs.val) == {c: 4 for c in range(imagenet.num_classes)}
+    assert len(fs.support) == 8 * imagenet.n_classes
+    assert Counter(s.label for s in fs.val) == {c: 4 for c in range(imagenet.n_classes)}
     assert not {s.path for s in fs.support} & {s.path for s in fs.val}
 
 

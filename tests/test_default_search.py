@@ -46,7 +46,7 @@ def test_default_finds_a_beta_beyond_the_imagenet_range():
     old = TipAdapter().fit(keys, key_labels, text_features=text)
     with pytest.warns(UserWarning, match=r"along beta is reached at the largest value of the given grid "
                                          r"\(beta=6\.966; chosen beta=6\.8"):
-        old_result = validation_search(old, queries[search], labels[search], make_grid("tip"))
+        old_result = validation_search(old, queries[search], labels[search], make_grid("tip-adapter"))
     new = TipAdapter().fit(keys, key_labels, text_features=text)
     new_result = validation_search(new, queries[search], labels[search])
     assert new_result.best_params_["beta"] > 25.6

@@ -123,7 +123,7 @@ def test_sharded_extraction_equals_one_process(tmp_path, batch_size):
     from test_cache import FakeBackbone, _write_images
 
     samples = _write_images(tmp_path / "images")
-    kw = dict(views=3, seed=5, with_local=True, batch_size=batch_size)
+    kw = dict(views=3, seed=5, with_patches=True, batch_size=batch_size)
     single = extract_features(FakeBackbone(), samples, progress=False, num_workers=0, **kw)
     for got in _sharded(samples, tmp_path, "ok", **kw):
         assert isinstance(got, dict), got

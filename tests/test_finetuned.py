@@ -265,7 +265,7 @@ def test_search_on_fitted_tip_adapter_f_equals_brute_force():
     text, keys, labels, views, val, val_y, *_ = make_data(seed=7, n_val=120)
     model = TipAdapterF(**FAST).fit(keys, labels, text_features=text, view_features=views,
                                     val_features=val, val_labels=val_y)
-    result = validation_search(model, val, val_y, make_grid("tip", (9, 4), (13, 9)))
+    result = validation_search(model, val, val_y, make_grid("tip-adapter", (9, 4), (13, 9)))
     expected = brute_force(model, result.grid_, result.param_names_, val, val_y)
     np.testing.assert_allclose(result.scores_, expected, rtol=0, atol=1e-9)
     assert expected.max() > expected.min()
@@ -326,7 +326,7 @@ def test_stanford_cars_fine_tuning_beats_training_free(tip_cache_root):
     xh, yh = cache.val_features[held], cache.val_labels[held]
     support, labels, text = cache.support_features, cache.support_labels, cache.text_features
     cfg = load_config("stanford_cars")
-    tip_grid = make_grid("tip", cfg["tip_adapter"]["search_scale"], cfg["tip_adapter"]["search_step"])
+    tip_grid = make_grid("tip-adapter", cfg["tip_adapter"]["search_scale"], cfg["tip_adapter"]["search_step"])
     ape_grid = make_grid("ape", cfg["ape"]["search_scale"], cfg["ape"]["search_step"])
     device = "cpu"
 

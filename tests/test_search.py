@@ -58,9 +58,9 @@ def test_make_grid_errors():
     with pytest.raises(ValueError, match="needs 3 values"):
         make_grid("ape", (7, 7), (200, 20))
     with pytest.raises(ValueError, match="positive int"):
-        make_grid("tip", (7, 3), (200, 0))
+        make_grid("tip-adapter", (7, 3), (200, 0))
     with pytest.raises(ValueError, match="positive number"):
-        make_grid("tip", (-1, 3), (10, 10))
+        make_grid("tip-adapter", (-1, 3), (10, 10))
 
 
 # ----------------------------------------------------------------------------- equality with brute force
@@ -70,7 +70,7 @@ def test_make_grid_errors():
 def test_tip_grid_equals_brute_force(dtype):
     text, support, labels, val, val_labels = make_data(dtype=dtype)
     model = TipAdapter(logit_scale=20.0).fit(support, labels, text_features=text)
-    grid = make_grid("tip", (9, 4), (17, 11))
+    grid = make_grid("tip-adapter", (9, 4), (17, 11))
     result = validation_search(model, val, val_labels, grid)
     # the best parameters are set on the model, which keeps its fitted state
     assert model.get_params()["beta"] == result.best_params_["beta"]

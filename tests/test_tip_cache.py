@@ -46,7 +46,7 @@ def test_round_trip(tmp_path):
     torch.testing.assert_close(cache.support_labels, labels)  # file order is kept
     torch.testing.assert_close(cache.text_features, text.T)
     assert cache.val_features.shape == (10, 8) and cache.test_labels.shape == (7,)
-    assert cache.text_weights_file == "text_weights.pt" and cache.feature_dim == 8
+    assert cache.text_weights_file == "text_weights.pt" and cache.n_features == 8
     assert available_shots(tmp_path / "ds") == [3]
 
 
@@ -142,7 +142,7 @@ def test_real_caches_load(tip_cache_root, dataset):
     for shots in (1, 2, 4, 8, 16):
         cache = load_feature_cache(folder, shots)
         n_classes = DATASETS[dataset]
-        assert cache.n_classes == n_classes and cache.feature_dim == 512
+        assert cache.n_classes == n_classes and cache.n_features == 512
         assert cache.support_features.shape == (n_classes * shots, 512)
         # grouped by class: every class is one contiguous block of exactly `shots` samples
         blocks = cache.support_labels.view(n_classes, shots)
@@ -172,7 +172,7 @@ def test_stanford_cars_tip_and_ape_beat_zero_shot(tip_cache_root):
 
     zero_shot = ZeroShotCLIP().fit(text_features=text).score(x_held, y_held)
     tip = TipAdapter().fit(support, labels, text_features=text)
-    validation_search(tip, x_search, y_search, make_grid("tip", (20, 10), (50, 10)))
+    validation_search(tip, x_search, y_search, make_grid("tip-adapter", (20, 10), (50, 10)))
     ape = APE(n_channels=500, criterion_weights=(0.6, 0.4)).fit(support, labels,
                                                                  text_features=text)
     validation_search(ape, x_search, y_search, make_grid("ape", (10, 7, 1), (50, 10, 10)))
@@ -200,7 +200,7 @@ def test_stanford_cars_ssp_on_real_features(tip_cache_root):
     unit_text = text / text.norm(dim=1, keepdim=True)
     assert torch.allclose(proj.text_features_, unit_text, atol=1e-4)
 
-    grid = make_grid("tip", (20, 10), (50, 10))
+    grid = make_grid("tip-adapter", (20, 10), (50, 10))
     tip = TipAdapter().fit(support, labels, text_features=text)
     validation_search(tip, x_search, y_search, grid)
     ssp = TipAdapter(projector=proj).fit(support, labels, text_features=text)

@@ -44,7 +44,7 @@ def coco_root(data_root):
 
 def test_voc_tiny_labels_from_masks(voc_root):
     ds = get_multilabel_dataset("voc", voc_root)
-    assert ds.name == "voc2012" and ds.split == "val" and ds.source == "masks" and ds.num_classes == 20
+    assert ds.name == "voc2012" and ds.split == "val" and ds.source == "masks" and ds.n_classes == 20
     got = {s.path.rsplit("/", 1)[1][:-4]: {VOC_CLASSES[i] for i in s.labels} for s in ds.samples}
     assert got == VOC_TINY_LABELS
     y = ds.targets()
@@ -64,7 +64,7 @@ def test_voc_tiny_segmentation_pairs(voc_root):
 
 def test_coco_tiny_image_labels_and_object_mask(coco_root):
     ds = get_multilabel_dataset("coco", coco_root)
-    assert ds.split == "val2017" and ds.num_classes == 80 and len(ds.samples) == 1
+    assert ds.split == "val2017" and ds.n_classes == 80 and len(ds.samples) == 1
     assert {ds.classnames[i] for i in ds.samples[0].labels} == {"cat", "couch", "bed", "remote"}
     seg = get_segmentation_dataset("coco2017", coco_root)
     mask = seg.mask(0)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .._utils import deprecated_alias
+
 #: File extensions treated as images when a folder is listed (compared case-insensitively).
 IMG_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -51,14 +53,16 @@ class DatasetSplits:
     test: list[Sample]
 
     @property
-    def num_classes(self) -> int:
+    def n_classes(self) -> int:
         return len(self.classnames)
+
+    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def __repr__(self) -> str:
         val = "None" if self.val is None else str(len(self.val))
         return (
             f"DatasetSplits(name={self.name!r}, root={str(self.root)!r}, "
-            f"classes={self.num_classes}, train={len(self.train)}, val={val}, "
+            f"classes={self.n_classes}, train={len(self.train)}, val={val}, "
             f"test={len(self.test)}, templates={len(self.templates)})"
         )
 

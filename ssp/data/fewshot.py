@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from .._checks import VAL_POLICIES, check_int
+from .._utils import deprecated_alias
 from .base import DatasetSplits, Sample
 
 _STAGE_SUPPORT, _STAGE_VAL = 0, 1
@@ -49,8 +50,10 @@ class FewShotSplits:
         return self.dataset.classnames
 
     @property
-    def num_classes(self) -> int:
-        return self.dataset.num_classes
+    def n_classes(self) -> int:
+        return self.dataset.n_classes
+
+    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def __repr__(self) -> str:
         return (
@@ -60,14 +63,14 @@ class FewShotSplits:
         )
 
 
-def _per_class(samples: Sequence[Sample], num_classes: int) -> list[list[Sample]]:
+def _per_class(samples: Sequence[Sample], n_classes: int) -> list[list[Sample]]:
     """Samples grouped by label, each group sorted by path (order-independent candidates)."""
     groups: dict[int, list[Sample]] = defaultdict(list)
     for s in samples:
-        if not 0 <= s.label < num_classes:
-            raise ValueError(f"sample {s.path} has label {s.label}, outside 0..{num_classes - 1}")
+        if not 0 <= s.label < n_classes:
+            raise ValueError(f"sample {s.path} has label {s.label}, outside 0..{n_classes - 1}")
         groups[s.label].append(s)
-    return [sorted(groups.get(c, []), key=lambda s: s.path) for c in range(num_classes)]
+    return [sorted(groups.get(c, []), key=lambda s: s.path) for c in range(n_classes)]
 
 
 def _rng(seed: int, shots: int, stage: int, label: int) -> np.random.Generator:
@@ -115,10 +118,10 @@ def make_fewshot_splits(
             raise ValueError(f"val_policy must be one of {VAL_POLICIES} or a positive int, got {val_policy!r}")
     else:
         val_policy = check_int(val_policy, "val_policy")
-    num_classes = dataset.num_classes
+    n_classes = dataset.n_classes
     names = dataset.classnames
 
-    train_groups = _per_class(dataset.train, num_classes)
+    train_groups = _per_class(dataset.train, n_classes)
     support: list[Sample] = []
     for c, candidates in enumerate(train_groups):
         if not candidates:
@@ -139,7 +142,7 @@ def make_fewshot_splits(
         val = list(dataset.val)  # the whole validation split, in file order
     else:
         if dataset.val is not None:
-            groups = _per_class(dataset.val, num_classes)
+            groups = _per_class(dataset.val, n_classes)
         else:
             # no validation split (ImageNet): carve it from train images that are not shots
             used = {s.path for s in support}

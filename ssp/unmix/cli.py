@@ -503,9 +503,9 @@ def cmd_segment(args) -> dict:
     ds = get_segmentation_dataset(args.dataset, args.root, split=args.split)
     backbone = _backbone(args)
     projector = _load_projector(args.projector, args.device) if args.projector else None
-    if projector is not None and projector.n_features_in_ != backbone.embed_dim:
+    if projector is not None and projector.n_features_in_ != backbone.n_features:
         raise UsageError(f"projector {args.projector} expects D = {projector.n_features_in_}, backbone "
-                         f"{args.backbone} gives D = {backbone.embed_dim}")
+                         f"{args.backbone} gives D = {backbone.n_features}")
     text = backbone.text_classifier(ds.classnames, [POSITIVE_TEMPLATE])
     background = None if args.background == "none" else args.background
     bg_text = (backbone.text_classifier(list(DEFAULT_BACKGROUND_PROMPTS), [POSITIVE_TEMPLATE])
@@ -517,7 +517,7 @@ def cmd_segment(args) -> dict:
     samples = ds.samples[:args.max_images] if args.max_images else ds.samples
     run_id, json_path, folder = _run_dir(args.output, "segment", ds.name)
     (folder / "masks").mkdir()
-    n_classes = ds.num_classes + 1
+    n_classes = ds.n_classes + 1
     conf = ConfusionMatrix(n_classes, ignore_index=ds.ignore_index)
     examples = []
     from tqdm.auto import tqdm
@@ -545,7 +545,7 @@ def cmd_segment(args) -> dict:
         raise
     miou, per_class = conf.compute()
     names = ["background"] + list(ds.classnames)
-    protocol = f"{ds.num_classes} classes, background ignored" if background is None else \
+    protocol = f"{ds.n_classes} classes, background ignored" if background is None else \
         f"{n_classes} classes with background ({args.background})"
     record = {**_base_record(args, "segment", run_id), "split": ds.split, "protocol": protocol,
               "method": "unmix-projector" if projector is not None else "clip-dense",

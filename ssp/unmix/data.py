@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ssp._utils import deprecated_alias
 from ssp.data import DatasetNotFoundError
 
 __all__ = ["VOC_CLASSES", "VOC_PROMPT_NAMES", "MultiLabelSample", "MultiLabelDataset",
@@ -61,19 +62,21 @@ class MultiLabelDataset:
     source: str
 
     @property
-    def num_classes(self) -> int:
+    def n_classes(self) -> int:
         return len(self.classnames)
+
+    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def targets(self) -> np.ndarray:
         """``[N, C]`` int8: 1 present, 0 absent, -1 ignored (difficult only)."""
-        y = np.zeros((len(self.samples), self.num_classes), dtype=np.int8)
+        y = np.zeros((len(self.samples), self.n_classes), dtype=np.int8)
         for i, s in enumerate(self.samples):
             y[i, list(s.ignored)] = -1
             y[i, list(s.labels)] = 1
         return y
 
     def __repr__(self) -> str:
-        return (f"MultiLabelDataset(name={self.name!r}, split={self.split!r}, classes={self.num_classes}, "
+        return (f"MultiLabelDataset(name={self.name!r}, split={self.split!r}, classes={self.n_classes}, "
                 f"images={len(self.samples)}, source={self.source!r})")
 
 
@@ -97,8 +100,10 @@ class SegmentationDataset:
     _rasterise: Callable[[SegmentationSample], np.ndarray] | None = field(default=None, repr=False)
 
     @property
-    def num_classes(self) -> int:
+    def n_classes(self) -> int:
         return len(self.classnames)
+
+    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def mask(self, index: int) -> np.ndarray:
         """``[H, W]`` uint8 mask of sample ``index``."""
