@@ -522,13 +522,18 @@ class _CacheModel(_CLIPFeatureClassifier):
         affinity = self._affinity(self._cache_query(views, routing))
         return zero_shot, affinity, self._key_log_weights()
 
+    def _value_weights(self) -> torch.Tensor | None:
+        """Per-key weights ``[N]`` of the one-hot cache values (``None``: all ones); APE:
+        ``exp(γ δ)``."""
+        log_weights = self._key_log_weights()
+        if log_weights is None:
+            return None
+        return torch.exp(_check_finite_param(self.gamma, "gamma") * log_weights)
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         alpha = _check_finite_param(self.alpha, "alpha")
         beta = _check_finite_param(self.beta, "beta")
-        log_weights = self._key_log_weights()
-        weights = None
-        if log_weights is not None:
-            weights = torch.exp(_check_finite_param(self.gamma, "gamma") * log_weights)
+        weights = self._value_weights()
         views = self._views(x, self._needed_views(None))
         logits = self._zero_shot_logits(views)
         query = self._cache_query(views, None)

@@ -38,24 +38,25 @@ def _rank_rule(text: str):
     raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _int_at_least(minimum: int, note: str = ""):
+    """An argparse type: an integer >= ``minimum`` (``note`` explains the smallest value)."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}{note}, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0 (0 = load in the main process), got {value}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+_workers = _int_at_least(0, " (0 = load in the main process)")
 
 
 def _fraction(text: str) -> float:
@@ -103,7 +104,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssp-routing", nargs="+", choices=ROUTINGS,
                    help="SSP routings searched on validation")
     p.add_argument("--batch-size", type=_positive_int, help="feature-extraction batch size")
-    p.add_argument("--num-workers", type=_non_negative_int, help="data-loader workers")
+    p.add_argument("--num-workers", type=_workers, help="data-loader workers")
     p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
                    help="feature caches without test features: a seeded per-class split of the validation "
                         "features, FRACTION of them becoming the test part (e.g. 0.5)")

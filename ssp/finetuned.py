@@ -448,17 +448,6 @@ class APET(_FineTuned, APE):
         zero_shot, affinity, log_weights = super()._terms(x, routing)
         return zero_shot, affinity, log_weights, self._torch.value_weights_
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = _check_finite_param(self.alpha, "alpha")
-        beta = _check_finite_param(self.beta, "beta")
-        gamma = _check_finite_param(self.gamma, "gamma")
-        weights = self._torch.value_weights_ * torch.exp(gamma * self._torch.key_divergence_)
-        views = self._views(x, self._needed_views(None))
-        logits = self._zero_shot_logits(views)
-        query = self._cache_query(views, None)
-        rows = self._chunk_rows(self._torch.keys_.shape[0])
-        for start in range(0, query.shape[0], rows):
-            stop = start + rows
-            activation = cache_kernel(self._affinity(query[start:stop]), beta)
-            logits[start:stop] = logits[start:stop] + alpha * self.segments_.sum(activation, weights)
-        return logits
+    def _value_weights(self) -> torch.Tensor:
+        """``v ⊙ exp(γ δ)``: the trained value weights times APE's re-weighting."""
+        return self._torch.value_weights_ * super()._value_weights()
