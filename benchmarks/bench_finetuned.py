@@ -28,10 +28,11 @@ from pathlib import Path
 
 import torch
 
-from ssp.classifiers import APE, TipAdapter, ZeroShotCLIP
+from ssp.classifiers import ZeroShotCLIP
 from ssp.config import load_config
-from ssp.finetuned import APET, TipAdapterF, training_params_from_config
-from ssp.search import make_grid, validation_search
+from ssp.finetuned import APET, TipAdapterF
+from ssp.registry import get_method
+from ssp.search import validation_search
 from ssp.tip_cache import load_feature_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,11 +61,7 @@ def stanford_cars(args) -> list[dict]:
         print(f"{folder} not found; set SSP_DATA_ROOT (skipping the StanfordCars part)", file=sys.stderr)
         return []
     cfg = load_config("stanford_cars")
-    tip_cfg, ape_cfg = cfg["tip_adapter"], cfg["ape"]
-    tip_grid = make_grid("tip-adapter", tip_cfg["search_scale"], tip_cfg["search_step"])
-    ape_grid = make_grid("ape", ape_cfg["search_scale"], ape_cfg["search_step"])
-    tip_f_params = training_params_from_config(cfg["tip_adapter_f"])
-    ape_t_params = training_params_from_config(cfg["ape_t"])
+    tip_grid, ape_grid = get_method("tip-adapter").grid(cfg), get_method("ape").grid(cfg)
     dev = dict(device=args.device)
     rows = []
     for shots in args.shots:
@@ -79,17 +76,18 @@ def stanford_cars(args) -> list[dict]:
         dim = cache.n_features  # channel counts of the RN50 configs are clamped to D (512 here)
 
         zero_shot = ZeroShotCLIP(**dev).fit(text_features=text)
-        tip = TipAdapter(**tip_cfg["init"], **dev).fit(support, labels, text_features=text)
+        def build(name, **extra):  # the estimator the CLI would run, from the shipped config
+            return get_method(name).build(cfg, n_features=dim, **dev, **extra)
+
+        tip = build("tip-adapter").fit(support, labels, text_features=text)
         _, tip_search = timed(lambda: validation_search(tip, xs, ys, tip_grid))
-        tip_f = TipAdapterF(**tip_cfg["init"], **tip_f_params, **dev)
+        tip_f = build("tip-adapter-f")
         _, tip_f_train = timed(lambda: tip_f.fit(support, labels, text_features=text, **val))
         _, tip_f_search = timed(lambda: validation_search(tip_f, xs, ys, tip_grid))
-        ape = APE(**ape_cfg["init"], n_channels=min(ape_cfg["n_channels"], dim),
-                  criterion_weights=tuple(ape_cfg["criterion_weights"]), **dev)
+        ape = build("ape", n_channels=min(cfg["ape"]["n_channels"], dim))
         ape.fit(support, labels, text_features=text)
         _, ape_search = timed(lambda: validation_search(ape, xs, ys, ape_grid))
-        ape_t = APET(**ape_cfg["init"], **{**ape_t_params,
-                                          "n_channels": min(ape_t_params["n_channels"], dim)}, **dev)
+        ape_t = build("ape-t", n_channels=min(cfg["ape_t"]["n_channels"], dim))
         _, ape_t_train = timed(lambda: ape_t.fit(support, labels, text_features=text, **val))
         _, ape_t_search = timed(lambda: validation_search(ape_t, xs, ys, ape_grid))
         row = {
@@ -126,18 +124,14 @@ def imagenet_size(args) -> dict:
     cfg = load_config("imagenet")
     out = {"C": n_classes, "K": shots, "D": dim, "views": n_views, "n_val": n_val,
            "epochs_run": args.imagenet_epochs, "device": args.device}
-    for name, cls, section, extra in (
-            ("tip_adapter_f", TipAdapterF, "tip_adapter_f", cfg["tip_adapter"]["init"]),
-            ("ape_t", APET, "ape_t", cfg["ape"]["init"])):
-        params = training_params_from_config(cfg[section])
+    for name, method in (("tip_adapter_f", "tip-adapter-f"), ("ape_t", "ape-t")):
         target_epochs = 20
-        params["epochs"] = args.imagenet_epochs
-        model = cls(**extra, **params, device=args.device)
+        model = get_method(method).build(cfg, n_features=dim, device=args.device, epochs=args.imagenet_epochs)
         model.fit(keys, labels, text_features=text, view_features=views,
                   val_features=val_x, val_labels=val_y)
         per_epoch = model.train_time_s_ / max(args.imagenet_epochs, 1)
         out[name] = {"train_s": model.train_time_s_, "per_epoch_s": per_epoch,
-                     "steps_per_epoch": math.ceil(labels.numel() / params["batch_size"]),
+                     "steps_per_epoch": math.ceil(labels.numel() / model.batch_size),
                      "epochs_20_s": per_epoch * target_epochs,
                      "extrapolated": args.imagenet_epochs != target_epochs}
         print(f"ImageNet size, {name}: {model.train_time_s_:.1f} s for {args.imagenet_epochs} epoch(s)"

@@ -49,6 +49,7 @@ import torch
 
 from ssp.classifiers import APE, TipAdapter
 from ssp.config import load_config
+from ssp.registry import get_method
 from ssp.search import make_grid, validation_search
 from ssp.tip_cache import load_feature_cache
 
@@ -73,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config("stanford_cars")
     grids = {
         "tip-adapter": {"imagenet": make_grid("tip-adapter"),
-                "published": make_grid("tip-adapter", cfg["tip_adapter"]["search_scale"], cfg["tip_adapter"]["search_step"]),
+                "published": get_method("tip-adapter").grid(cfg),
                 "default": None},
         "ape": {"imagenet": make_grid("ape"),
-                "published": make_grid("ape", cfg["ape"]["search_scale"], cfg["ape"]["search_step"]),
+                "published": get_method("ape").grid(cfg),
                 "default": None},
     }
     rows = []

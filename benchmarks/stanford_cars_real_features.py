@@ -21,7 +21,8 @@ import torch
 
 from ssp.classifiers import APE, TipAdapter, ZeroShotCLIP
 from ssp.config import load_config
-from ssp.search import make_grid, validation_search
+from ssp.registry import get_method
+from ssp.search import validation_search
 from ssp.tip_cache import load_feature_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     cfg = load_config("stanford_cars")  # the shipped grids (the published Tip-Adapter / APE stanford_cars configs)
-    tip_cfg, ape_cfg = cfg["tip_adapter"], cfg["ape"]
-    tip_grid = make_grid("tip-adapter", tip_cfg["search_scale"], tip_cfg["search_step"])
-    ape_grid = make_grid("ape", ape_cfg["search_scale"], ape_cfg["search_step"])
+    ape_cfg = cfg["ape"]
+    tip_grid, ape_grid = get_method("tip-adapter").grid(cfg), get_method("ape").grid(cfg)
     rows = []
     for shots in args.shots:
         cache = load_feature_cache(folder, shots)

@@ -49,7 +49,6 @@ under the routing given at fit time).
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from types import SimpleNamespace
 from typing import Any, Sequence
@@ -59,23 +58,9 @@ import torch
 from ssp._utils import ArrayLike, check_int, check_labels, l2_normalize, to_tensor
 from ssp.classifiers import APE, TipAdapter, _check_finite_param, cache_kernel
 
-__all__ = ["TipAdapterF", "APET", "training_params_from_config"]
+__all__ = ["TipAdapterF", "APET"]
 
 _TRAIN_PARAMS = ("epochs", "lr", "eps", "weight_decay", "batch_size", "seed")
-
-
-def training_params_from_config(section: dict) -> dict[str, Any]:
-    """Constructor keywords from a config section (``tip_adapter_f`` or ``ape_t``).
-
-    Keeps the keys the estimators take (``epochs``, ``lr``, ``eps``, ``weight_decay``,
-    ``batch_size``, and for APE-T ``n_channels``, ``criterion_weights``); lists become tuples.
-    """
-    allowed = _TRAIN_PARAMS + ("n_channels", "criterion_weights")
-    out = {}
-    for key, value in section.items():
-        if key in allowed:
-            out[key] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def _adamw(params: list[torch.Tensor], settings: dict[str, Any]) -> torch.optim.AdamW:

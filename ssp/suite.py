@@ -16,7 +16,6 @@ overwritten.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -28,38 +27,23 @@ from .config import builtin_config_names, load_config
 PROG = "ssp-reproduce"
 
 
-# ---------------------------------------------------------------------- integration points
-
-
-def _published():
-    try:
-        return importlib.import_module("ssp.published")
-    except ImportError as err:
-        raise ValueError(f"the published-numbers module ssp.published is not available ({err}); pass "
-                         "--datasets / --shots / --methods instead of --paper") from None
+# ---------------------------------------------------------------------- published numbers
 
 
 def _preset(name: str) -> dict:
-    """The methods, shots, datasets (and backbone, published sources, note) of a paper's tables,
-    from ``ssp.published`` (``paper_preset(name)`` or its ``PAPER_PRESETS`` table). Methods ssp
-    cannot run (not in the method registry) are dropped and listed in ``skipped_methods``."""
-    from .config import METHODS
+    """The methods, shots, datasets, backbone, published sources and note of a paper's tables
+    (:data:`ssp.published.PAPER_PRESETS`). Methods ssp cannot run (not in the method registry)
+    are dropped and listed in ``skipped_methods``."""
+    from dataclasses import asdict
 
-    published = _published()
-    if hasattr(published, "paper_preset"):
-        raw = published.paper_preset(name)
-    else:
-        presets = getattr(published, "PAPER_PRESETS", {})
-        if name not in presets:
-            raise ValueError(f"--paper {name!r}: choose from {', '.join(sorted(presets))}")
-        raw = presets[name]
-    preset = dict(raw) if isinstance(raw, dict) else dict(vars(raw))
-    missing = [k for k in ("methods", "shots", "datasets") if k not in preset]
-    if missing:
-        raise ValueError(f"--paper {name}: the preset of ssp.published has no {missing}")
+    from .config import METHODS
+    from .published import PAPER_PRESETS
+
+    if name not in PAPER_PRESETS:
+        raise ValueError(f"--paper {name!r}: choose from {', '.join(sorted(PAPER_PRESETS))}")
+    preset = asdict(PAPER_PRESETS[name])
     preset["skipped_methods"] = [m for m in preset["methods"] if m not in METHODS]
     preset["methods"] = [m for m in preset["methods"] if m in METHODS]
-    preset["name"] = name
     return preset
 
 
@@ -68,13 +52,10 @@ def _published_value(preset: dict | None, dataset: str, method: str, shots: int)
     compared against X's published number (no SSP paper numbers are available)."""
     if preset is None:
         return None
-    published = _published()
-    base = getattr(published, "baseline_method", lambda m: m.removesuffix("+ssp"))(method)
-    try:
-        return published.published_value(base, dataset, shots, backbone=preset.get("backbone", "RN50"),
-                                         source=tuple(preset.get("sources", ())) or None)
-    except (KeyError, ValueError, LookupError, OSError):  # no such cell, or the data files are absent
-        return None
+    from .published import baseline_method, published_value
+
+    return published_value(baseline_method(method), dataset, shots, backbone=preset["backbone"],
+                           source=tuple(preset["sources"]) or None)
 
 
 def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None) -> str:

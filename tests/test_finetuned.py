@@ -9,7 +9,8 @@ from sklearn.exceptions import NotFittedError
 
 from _doubles import LinearProjectorDouble, _unit
 from ssp.classifiers import APE, ROUTINGS, TipAdapter
-from ssp.finetuned import APET, TipAdapterF, training_params_from_config
+from ssp.finetuned import APET, TipAdapterF
+from ssp.registry import get_method
 from ssp.search import make_grid, validation_search
 
 
@@ -241,11 +242,13 @@ def test_bad_inputs_leave_the_model_unfitted():
         APET(batch_size=2.5).fit(keys, labels, text_features=text)
 
 
-def test_training_params_from_config():
+def test_the_registry_reads_the_fine_tuned_constructor_values_from_the_config():
     section = {"epochs": 20, "lr": 0.001, "eps": 0.005, "weight_decay": 0.1, "batch_size": 256,
                "n_channels": 800, "criterion_weights": [0.2, 0.8], "unrelated": 1}
-    params = training_params_from_config(section)
+    cfg = {"ape": {"init": {"alpha": 1.0, "beta": 1.0, "gamma": 0.1}}, "ape_t": section}
+    params = get_method("ape-t").constructor_params(cfg, 512)
     assert params["criterion_weights"] == (0.2, 0.8) and "unrelated" not in params
+    assert params["eps"] == 0.005 and params["gamma"] == 0.1
     APET(**params)
 
 
@@ -326,14 +329,12 @@ def test_stanford_cars_fine_tuning_beats_training_free(tip_cache_root):
     xh, yh = cache.val_features[held], cache.val_labels[held]
     support, labels, text = cache.support_features, cache.support_labels, cache.text_features
     cfg = load_config("stanford_cars")
-    tip_grid = make_grid("tip-adapter", cfg["tip_adapter"]["search_scale"], cfg["tip_adapter"]["search_step"])
-    ape_grid = make_grid("ape", cfg["ape"]["search_scale"], cfg["ape"]["search_step"])
+    tip_grid, ape_grid = get_method("tip-adapter").grid(cfg), get_method("ape").grid(cfg)
     device = "cpu"
 
     tip = TipAdapter(device=device).fit(support, labels, text_features=text)
     validation_search(tip, xs, ys, tip_grid)
-    tip_f = TipAdapterF(**cfg["tip_adapter"]["init"], device=device,
-                        **training_params_from_config(cfg["tip_adapter_f"]))
+    tip_f = get_method("tip-adapter-f").build(cfg, n_features=text.shape[1], device=device)
     tip_f.fit(support, labels, text_features=text, val_features=xs, val_labels=ys)
     assert tip_f.training_inputs_ == "keys" and tip_f.selection_ == "validation"
     validation_search(tip_f, xs, ys, tip_grid)
@@ -344,8 +345,7 @@ def test_stanford_cars_fine_tuning_beats_training_free(tip_cache_root):
               device=device).fit(support, labels, text_features=text)
     validation_search(ape, xs, ys, ape_grid)
     with pytest.warns(UserWarning, match="exceeds the feature width"):
-        ape_t = APET(**ape_cfg["init"], device=device,
-                     **training_params_from_config(cfg["ape_t"]))
+        ape_t = get_method("ape-t").build(cfg, n_features=text.shape[1], device=device)
         ape_t.fit(support, labels, text_features=text, val_features=xs, val_labels=ys)
     validation_search(ape_t, xs, ys, ape_grid)
     ape_acc, ape_t_acc = 100 * ape.score(xh, yh), 100 * ape_t.score(xh, yh)

@@ -133,12 +133,6 @@ def test_suite_resumes_and_a_second_run_does_no_work(cars, small, tmp_path):
 
 
 def test_paper_preset_dry_run_lists_its_datasets_shots_and_seeds(tmp_path):
-    try:
-        import ssp.published  # noqa: F401
-    except ImportError:
-        done = _cli("ssp.suite", "--paper", "ape", "--output", tmp_path / "o", "--dry-run")
-        assert done.returncode == 1 and "ssp.published" in done.stderr and "Traceback" not in done.stderr
-        return
     done = _cli("ssp.suite", "--paper", "ape", "--output", tmp_path / "o", "--dry-run")
     assert done.returncode == 0, done.stderr
     blocks = re.findall(r"^(\w+) \| RN50: (\d+) to run, 0 done$", done.stdout, re.M)

@@ -487,8 +487,6 @@ def cmd_mlr(args) -> dict:
 
 
 def cmd_segment(args) -> dict:
-    import numpy as np
-
     from ssp.data import load_image
 
     from .data import get_segmentation_dataset

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
