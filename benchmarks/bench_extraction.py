@@ -70,9 +70,10 @@ def timed(fn, repeats: int = 1) -> float:
 
 
 def bench_model(name: str, samples: list, args: argparse.Namespace, cache_dir: Path) -> dict:
-    from ssp.backbone import load_backbone
-    from ssp.cache import FeatureStore, cached_features, extract_features
+    from ssp.backbone.model import load_backbone
     from ssp.data import load_image
+    from ssp.features.extract import extract_features
+    from ssp.features.store import FeatureStore, cached_features
 
     backbone = load_backbone(name, pretrained=None, device=args.device, precision=args.precision)
     device = torch.device(backbone.device)

@@ -146,7 +146,7 @@ def measure(name: str, fn: Callable[[], Any], device: torch.device, record: dict
 # ------------------------------------------------------------------------ implementations
 def run_ours(data: dict, device: torch.device, record: dict, language_path: str = "auto",
              score_precision: str = "float32") -> dict[str, np.ndarray]:
-    from ssp.projector import SSPProjector
+    from ssp.methods.projector import SSPProjector
 
     proj = SSPProjector(device=device, score_precision=score_precision)
     proj._language_path = language_path  # private switch: force the basis representation
@@ -201,7 +201,7 @@ class DenseSSP:
             kept = torch.gather(z[c], 1, s_l.indices[..., None].expand(-1, -1, dim))
             rows_l.append(torch.cat([(s_l.values[..., None] * kept).reshape(-1, dim),
                                      self.lam * w[c][None]]))
-        from ssp.projector import _lapack_threads  # same LAPACK threading as ours: a fair race
+        from ssp.methods.projector import _lapack_threads
 
         m_v = torch.stack(rows_v)
         with _lapack_threads(device):
@@ -236,7 +236,7 @@ class DenseSSP:
 
 
 def run_dense(data: dict, device: torch.device, record: dict) -> dict[str, np.ndarray]:
-    from ssp.projector import SSPProjector
+    from ssp.methods.projector import SSPProjector
 
     params = SSPProjector().get_params()  # the same hyper-parameters as ours
     dense = DenseSSP(params["patch_top_k"], params["global_weight"], params["class_top_k"])
@@ -258,8 +258,8 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
     Returns ``record`` with one entry per phase; raises ImportError when ``ssp.classifiers``
     (APE) is not available.
     """
-    from ssp.classifiers import APE
-    from ssp.projector import SSPProjector
+    from ssp.methods.cache_models import APE
+    from ssp.methods.projector import SSPProjector
 
     proj = SSPProjector(device=device, score_precision=score_precision)
     measure("projector fit", lambda: proj.fit(patch_features, labels, image_features=image_features,
@@ -279,7 +279,12 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
 def bench_kernel(device: torch.device, dim: int = 1024, width: int = 481) -> dict:
     """Which kernels run: CPU flags, oneDNN bf16, the ``auto`` choice, GEMM rates (GFLOP/s) of
     a ``[t, D] x [D, classes * r]`` block (the language view's scoring GEMM)."""
-    from ssp.projector import SSPProjector, _cpu_flags, _fast_bfloat16, _resolve_score_precision
+    from ssp.methods.projector import (
+        SSPProjector,
+        _cpu_flags,
+        _fast_bfloat16,
+        _resolve_score_precision,
+    )
 
     flags = _cpu_flags()
     info: dict[str, Any] = dict(
@@ -358,7 +363,7 @@ def worker(case: str, quick: bool, device_name: str | None, out_dir: Path) -> No
                           score_precision=precision)
             outputs["predictions"] = phases.pop("predictions")
         except ImportError as err:
-            record["skipped"] = f"ssp.classifiers.APE not importable: {err}"
+            record["skipped"] = f"ssp.methods.cache_models.APE not importable: {err}"
     record["phases"] = phases
     for key, value in outputs.items():
         value = np.asarray(value)

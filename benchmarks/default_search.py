@@ -47,11 +47,11 @@ from pathlib import Path
 
 import torch
 
-from ssp.classifiers import APE, TipAdapter
-from ssp.config import load_config
-from ssp.registry import get_method
-from ssp.search import make_grid, validation_search
-from ssp.tip_cache import load_feature_cache
+from ssp.features.tip_cache import load_feature_cache
+from ssp.methods.cache_models import APE, TipAdapter
+from ssp.methods.registry import get_method
+from ssp.methods.search import make_grid, validation_search
+from ssp.run.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from ssp.classifiers import APE, TipAdapter, ZeroShotCLIP
-from ssp.config import load_config
-from ssp.registry import get_method
-from ssp.search import validation_search
-from ssp.tip_cache import load_feature_cache
+from ssp.features.tip_cache import load_feature_cache
+from ssp.methods.cache_models import APE, TipAdapter
+from ssp.methods.registry import get_method
+from ssp.methods.search import validation_search
+from ssp.methods.zero_shot import ZeroShotCLIP
+from ssp.run.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,26 +1,16 @@
 """ssp: training-free few-shot image classification with CLIP.
 
-Data flows one way, one module per stage::
+Data flows one way, one package per stage (each imports only the ones above it here)::
 
-    ssp.data        images, CoOp splits, few-shot sampling        -> Sample lists
-    ssp.backbone    open_clip model -> global [B, D] + local [B, L, D] features, text classifier
-    ssp.cache       feature extraction and the safetensors feature store
-    ssp.tip_cache   reading Tip-Adapter / APE feature-cache folders
-    ssp.registry    the method table (names, estimators, config sections, search axes)
-    ssp.projector   SSPProjector (vision / language subspaces)
-    ssp.classifiers ZeroShotCLIP, TipAdapter, APE (logits)
-    ssp.finetuned   TipAdapterF, APET (trained on cached features)
-    ssp.search      validation-only hyper-parameter search
-    ssp.experiment  the protocol on images: features -> methods -> run records
-    ssp.features_source  the protocol on Tip-Adapter / APE feature caches
-    ssp.provenance  settings keys, environment and input digests of a run
-    ssp.report      per-run JSON, tables and plots
-    ssp.published   the published Tip-Adapter / APE numbers (data) and paper presets
-    ssp.comparison  ours beside the published numbers: Markdown, CSV, JSON, plots
-    ssp.cli         the ``ssp-fewshot`` command
-    ssp.suite       the ``ssp-reproduce`` command (resumable suites)
-    ssp.unmix       Unmix-CLIP: MFI analysis, projectors, multi-label recognition, segmentation
-                    (the ``ssp-unmix`` command)
+    ssp.data       datasets (the 11 CoOp benchmarks, ImageNet, image folders), few-shot sampling
+    ssp.backbone   open_clip weights and model -> global [B, D] + patch [B, L, D] features, text classifier
+    ssp.features   feature extraction, the feature store, Tip-Adapter cache folders
+    ssp.methods    the method registry and estimators: zero-shot, cache models (Tip-Adapter, APE),
+                   fine-tuned adapters, the SSP projector, validation search
+    ssp.unmix      Unmix-CLIP: MFI analysis, projectors, multi-label recognition, segmentation
+    ssp.report     tables, plots, published numbers and comparisons
+    ssp.run        configuration, feature sources, the run loop, run records
+    ssp.cli        ssp-fewshot, ssp-reproduce, ssp-unmix
 
 Attributes are imported lazily so ``import ssp`` stays cheap (no open_clip import).
 """
@@ -31,26 +21,26 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SSPProjector": "ssp.projector",
-    "ZeroShotCLIP": "ssp.classifiers",
-    "TipAdapter": "ssp.classifiers",
-    "APE": "ssp.classifiers",
-    "TipAdapterF": "ssp.finetuned",
-    "APET": "ssp.finetuned",
-    "validation_search": "ssp.search",
-    "SearchResult": "ssp.search",
-    "make_grid": "ssp.search",
-    "load_feature_cache": "ssp.tip_cache",
-    "FeatureCache": "ssp.tip_cache",
-    "load_backbone": "ssp.backbone",
-    "Backbone": "ssp.backbone",
+    "SSPProjector": "ssp.methods.projector",
+    "ZeroShotCLIP": "ssp.methods.zero_shot",
+    "TipAdapter": "ssp.methods.cache_models",
+    "APE": "ssp.methods.cache_models",
+    "TipAdapterF": "ssp.methods.finetuned",
+    "APET": "ssp.methods.finetuned",
+    "validation_search": "ssp.methods.search",
+    "SearchResult": "ssp.methods.search",
+    "make_grid": "ssp.methods.search",
+    "load_feature_cache": "ssp.features.tip_cache",
+    "FeatureCache": "ssp.features.tip_cache",
+    "load_backbone": "ssp.backbone.model",
+    "Backbone": "ssp.backbone.model",
     "get_dataset": "ssp.data",
     "list_datasets": "ssp.data",
-    "FeatureStore": "ssp.cache",
-    "load_config": "ssp.config",
-    "run_method": "ssp.experiment",
-    "get_method": "ssp.registry",
-    "method_names": "ssp.registry",
+    "FeatureStore": "ssp.features.store",
+    "load_config": "ssp.run.config",
+    "run_method": "ssp.run.pipeline",
+    "get_method": "ssp.methods.registry",
+    "method_names": "ssp.methods.registry",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

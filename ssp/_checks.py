@@ -17,7 +17,7 @@ __all__ = ["ROUTINGS", "PRECISIONS", "VAL_POLICIES", "RANDOM_WEIGHTS", "is_rando
 
 #: How an SSP projector's views enter a classifier's terms (see :mod:`ssp.classifiers`).
 ROUTINGS = ("paper", "reference", "vision")
-#: Backbone precisions (:func:`ssp.backbone.load_backbone`).
+#: Backbone precisions (:func:`ssp.backbone.model.load_backbone`).
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: Named validation-set policies of the few-shot protocol (an int per class is also accepted).
 VAL_POLICIES = ("coop", "full")
@@ -79,10 +79,12 @@ def _in_cli() -> bool:
         return explicit
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name == "ssp.cli":  # python -m ssp.cli
+    if spec is not None and spec.name.startswith("ssp.cli."):  # python -m ssp.cli.fewshot
         return True
-    cli = sys.modules.get("ssp.cli")  # the ssp-fewshot console script: `from ssp.cli import main`
-    return cli is not None and getattr(main, "main", None) is getattr(cli, "main", object())
+    # a console script (ssp-fewshot: `from ssp.cli.fewshot import main`)
+    main_fn = getattr(main, "main", None)
+    return any(getattr(sys.modules.get(f"ssp.cli.{name}"), "main", object()) is main_fn
+               for name in ("fewshot", "reproduce", "unmix", "data"))
 
 
 def option(python: str, cli: str) -> str:

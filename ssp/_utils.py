@@ -6,18 +6,15 @@ everything is a torch tensor on ``self.device_``.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import uuid
 import warnings
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import torch
 
 from ssp._checks import check_int, check_real  # noqa: F401  (re-exported: one home for both)
+from ssp._lazy import torch
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
 
@@ -151,41 +148,6 @@ def check_is_fitted(estimator: Any, attribute: str) -> None:
         raise NotFittedError(
             f"This {type(estimator).__name__} instance is not fitted yet; call 'fit' first."
         )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; when the block succeeds, fsync it and rename it over
-    ``path``, so ``path`` only ever holds a complete file. On failure the temp file is removed
-    and the exception propagates. Temp names: ``.<stem>.<pid>.<random>.tmp``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported on this platform
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def deprecated_alias(new: str, old: str) -> property:

@@ -1,9 +1,9 @@
 """Process-group plumbing for multi-process feature extraction (``torchrun``).
 
-``torchrun --nproc_per_node N -m ssp.cli ...`` starts N copies of the CLI with ``RANK``,
+``torchrun --nproc_per_node N -m ssp.cli.fewshot ...`` starts N copies of the CLI with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_from_env`
 joins them into one process group (gloo on CPU, NCCL on GPUs, one GPU per local rank).
-:func:`ssp.cache.extract_features` then shards the batches over the ranks and gathers the
+:func:`ssp.features.extract.extract_features` then shards the batches over the ranks and gathers the
 outputs so every rank holds the same features, bit for bit those of a single process (each
 batch is the one a single process would encode, and the gathered batches are reduced in
 the single-process order). Only rank 0 writes files.
@@ -83,7 +83,7 @@ def init_from_env(device: str | torch.device | None = "auto") -> torch.device | 
         return None
     import torch.distributed as dist
 
-    from ._utils import resolve_device
+    from ssp._utils import resolve_device
 
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")

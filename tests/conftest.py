@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/<package>/ mirror ssp/<package>/; shared helpers (_doubles, _dtd_subset) live in tests/
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _data_root() -> Path | None:

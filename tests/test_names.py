@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssp.backbone import n_patches, num_local_features
-from ssp.experiment import Features
+from ssp.backbone.model import n_patches, num_local_features
+from ssp.features.types import Features
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -39,13 +39,13 @@ def test_n_patches_function_and_deprecated_alias():
     cfg = {"embed_dim": 8, "vision_cfg": {"image_size": 224, "patch_size": 32, "layers": 2, "width": 16},
            "text_cfg": {}}
     assert n_patches(cfg) == 49 and n_patches(cfg, image_size=64) == 4
-    with pytest.warns(DeprecationWarning, match="use ssp.backbone.n_patches"):
+    with pytest.warns(DeprecationWarning, match="use ssp.backbone.model.n_patches"):
         assert num_local_features(cfg, 64) == 4
 
 
 @pytest.mark.filterwarnings("ignore:.*RANDOMLY INITIALISED:UserWarning")
 def test_backbone_deprecated_aliases():
-    from ssp.backbone import load_backbone
+    from ssp.backbone.model import load_backbone
 
     tiny_vit = load_backbone(str(ASSETS / "tiny-vit.json"), device="cpu")
     assert _alias(tiny_vit, "embed_dim", "n_features") == (tiny_vit.n_features, tiny_vit.n_features)
@@ -53,7 +53,7 @@ def test_backbone_deprecated_aliases():
 
 
 def test_feature_cache_n_features_alias(tmp_path):
-    from ssp.tip_cache import FeatureCache
+    from ssp.features.tip_cache import FeatureCache
 
     cache = FeatureCache(torch.zeros(6, 5), torch.zeros(6, dtype=torch.int64), None, None, None, None, None,
                          folder=tmp_path, shots=2, n_classes=3)
@@ -72,7 +72,7 @@ def test_dataset_n_classes_alias(tmp_path):
 
 def test_duck_typed_backbone_with_old_names_still_extracts():
     """A user's own backbone with the old attribute names keeps working, with a warning."""
-    from ssp.cache import _backbone_shape
+    from ssp.features.extract import _backbone_shape
 
     class Old:
         embed_dim, num_local_features = 7, 3
@@ -86,7 +86,7 @@ def test_duck_typed_backbone_with_old_names_still_extracts():
 
 
 def test_feature_key_with_local_keyword_deprecated():
-    from ssp.cache import feature_key
+    from ssp.features.store import feature_key
 
     class Bb:
         identity, precision = {"model": "toy"}, "fp32"

@@ -6,7 +6,7 @@
 
 Layouts and download notes: ``datasets/README.md`` and ``datasets/<name>.md`` in the repository.
 """
-from .base import (
+from ssp.data.base import (
     IMG_EXTENSIONS,
     DatasetNotFoundError,
     DatasetSplits,
@@ -15,7 +15,7 @@ from .base import (
     list_images,
     read_split_file,
 )
-from .benchmarks import (
+from ssp.data.benchmarks import (
     EUROSAT_CLASSNAMES,
     IMAGENET_TEMPLATES,
     benchmark_templates,
@@ -23,8 +23,8 @@ from .benchmarks import (
     list_datasets,
     read_imagenet_classnames,
 )
-from .fewshot import FewShotSplits, make_fewshot_splits
-from .images import ImageDataset, ImageLoadError, load_image
+from ssp.data.fewshot import FewShotSplits, make_fewshot_splits
+from ssp.data.images import ImageDataset, ImageLoadError, load_image
 
 __all__ = [
     "IMG_EXTENSIONS",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .._utils import deprecated_alias
+from ssp._utils import deprecated_alias
 
 #: File extensions treated as images when a folder is listed (compared case-insensitively).
 IMG_EXTENSIONS = frozenset(

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .._checks import option
-from .base import (
+from ssp._checks import option
+from ssp.data.base import (
     DatasetNotFoundError,
     DatasetSplits,
     Sample,

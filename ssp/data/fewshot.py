@@ -26,9 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .._checks import VAL_POLICIES, check_int
-from .._utils import deprecated_alias
-from .base import DatasetSplits, Sample
+from ssp._checks import VAL_POLICIES, check_int
+from ssp._utils import deprecated_alias
+from ssp.data.base import DatasetSplits, Sample
 
 _STAGE_SUPPORT, _STAGE_VAL = 0, 1
 

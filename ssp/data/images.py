@@ -6,7 +6,7 @@ from typing import Any, Callable, Sequence
 import torch
 from PIL import Image
 
-from .base import Sample
+from ssp.data.base import Sample
 
 
 class ImageLoadError(OSError):

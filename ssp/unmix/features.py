@@ -12,10 +12,9 @@ from typing import Sequence
 import torch
 
 from ssp._utils import l2_normalize
-from ssp.cache import FeatureStore, sample_digest
 from ssp.data import ImageDataset, Sample
-
-from .segment import backbone_normalization
+from ssp.features.store import FeatureStore, sample_digest
+from ssp.unmix.segment import backbone_normalization
 
 __all__ = ["dense_features", "dense_transform"]
 

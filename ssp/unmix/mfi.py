@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ssp._utils import ArrayLike, atomic_path, l2_normalize, like_input, to_tensor
+from ssp._io import atomic_path
+from ssp._utils import ArrayLike, l2_normalize, like_input, to_tensor
 
 __all__ = ["mfi_matrix", "mfi_score", "mfi_drop", "top_confusers", "mfi_summary",
            "cluster_order", "plot_mfi_heatmap", "plot_mfi_histogram", "MAX_LABELLED_CLASSES"]

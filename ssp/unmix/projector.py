@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssp._io import atomic_path
 from ssp._utils import (
     ArrayLike,
-    atomic_path,
     check_is_fitted,
     check_labels,
     l2_normalize,
@@ -28,8 +28,7 @@ from ssp._utils import (
     resolve_device,
     to_tensor,
 )
-
-from .losses import MFI_FORMS, asymmetric_loss, mfi_loss
+from ssp.unmix.losses import MFI_FORMS, asymmetric_loss, mfi_loss
 
 __all__ = ["UnmixProjector", "dual_prompt_logits", "FORMAT_VERSION"]
 
@@ -340,7 +339,7 @@ class UnmixProjector:
         scores = self._scores(xv, pv)
         if self.task_ == "single_label":
             return float((scores.argmax(1) == yv).float().mean()) * 100
-        from .metrics import mean_average_precision
+        from ssp.unmix.metrics import mean_average_precision
 
         return float(mean_average_precision(scores.cpu().numpy(), yv.cpu().numpy())[0])
 

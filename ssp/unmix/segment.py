@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssp._utils import atomic_path, l2_normalize, to_tensor
+from ssp._io import atomic_path
+from ssp._utils import l2_normalize, to_tensor
 
 __all__ = ["ZeroShotSegmenter", "BACKGROUND_MODES", "DEFAULT_BACKGROUND_PROMPTS", "voc_palette",
            "save_palette_mask", "save_side_by_side", "window_starts", "backbone_normalization"]
@@ -50,7 +51,7 @@ class ZeroShotSegmenter:
     """Per-pixel class maps from dense features.
 
     Args:
-        backbone: an :class:`ssp.backbone.Backbone` (``encode_images`` gives dense features).
+        backbone: an :class:`ssp.backbone.model.Backbone` (``encode_images`` gives dense features).
         text_features: ``[C, D]`` class text features (raw CLIP; projected here when a
             projector is given).
         projector: a fitted :class:`~ssp.unmix.projector.UnmixProjector`, or None (raw

@@ -1,0 +1,362 @@
+"""``ssp-fewshot``: the few-shot protocol on one dataset, from images to a results table.
+
+Examples::
+
+    ssp-fewshot --dataset dtd --root DATA_ROOT --shots 1 2 4 8 16 --seeds 1 2 3 \\
+        --backbone RN50 --pretrained openai --output runs/
+    ssp-fewshot --features caches/stanford_cars --test-from-val 0.5 --output runs/   # a Tip-Adapter/APE cache
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+from ssp._checks import (
+    PRECISIONS,
+    ROUTINGS,
+    SCORE_PRECISIONS,
+    VAL_POLICIES,
+    is_random_weights,
+)
+from ssp.run.config import METHODS, builtin_config_names, load_config
+
+
+def _rank_rule(text: str):
+    """``none`` -> numerical rank, ``0.95`` -> energy fraction, ``400`` -> cap."""
+    if text.lower() in ("none", "null", "full"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
+    if 0 < value < 1:
+        return value
+    if value >= 1 and value.is_integer():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
+
+
+def _int_at_least(minimum: int, note: str = ""):
+    """An argparse type: an integer >= ``minimum`` (``note`` explains the smallest value)."""
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}{note}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+_workers = _int_at_least(0, " (0 = load in the main process)")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), e.g. 0.5, got {text!r}")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), e.g. 0.5, got {text}")
+    return value
+
+
+def _unique(values, flag: str, prog: str) -> list | None:
+    """``values`` without repeats (first occurrence kept); a repeat is reported once."""
+    if values is None:
+        return None
+    out = list(dict.fromkeys(values))
+    if len(out) != len(values):
+        print(f"{prog}: note: {flag} {' '.join(map(str, values))} has repeats; using {' '.join(map(str, out))}",
+              file=sys.stderr)
+    return out
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``ssp-fewshot`` and ``ssp-reproduce`` (protocol, methods, sources, extraction)."""
+    p.add_argument("--config", help="a YAML file applied on top of the shipped dataset config")
+    p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
+    p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
+    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
+                   help=f"methods to run (default: the config's list); choose from {', '.join(METHODS)}")
+    p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
+                                        "(random weights: smoke tests only, accuracies are meaningless)")
+    p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
+    p.add_argument("--quick-gelu", choices=["auto", "on", "off"],
+                   help="QuickGELU activations: auto (default) decides from the weights (OpenAI weights need it)")
+    p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--views", type=_positive_int, help="augmented views averaged into each support feature (default 10)")
+    p.add_argument("--val-policy", help="coop (min(K,4) per class), full, or an integer per class")
+    p.add_argument("--ssp-rank", type=_rank_rule, nargs="+", metavar="RULE",
+                   help="SSP rank rules searched on validation: none (numerical rank), an int cap, a fraction")
+    p.add_argument("--score-precision", choices=SCORE_PRECISIONS,
+                   help="SSP language-view scoring: auto (bfloat16 where the hardware has bfloat16 GEMMs), "
+                        "float32, or bfloat16 (exact: an error bound and float32 re-scoring of the classes it "
+                        "cannot rule out)")
+    p.add_argument("--ssp-routing", nargs="+", choices=ROUTINGS,
+                   help="SSP routings searched on validation")
+    p.add_argument("--batch-size", type=_positive_int, help="feature-extraction batch size")
+    p.add_argument("--num-workers", type=_workers, help="data-loader workers")
+    p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
+                   help="feature caches without test features: a seeded per-class split of the validation "
+                        "features, FRACTION of them becoming the test part (e.g. 0.5)")
+    p.add_argument("--text-layout", choices=["auto", "CD", "DC"], default="auto",
+                   help="orientation of --text-features: auto (from C and D), CD = [classes, dim], DC = [dim, classes]")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default $SSP_CACHE_DIR, else ~/.cache/ssp)")
+    p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable (corrupt, truncated) images out instead of stopping; they are listed "
+                        "in the log and in each run JSON (skipped_images)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+
+
+def config_overrides(args: argparse.Namespace, prog: str) -> dict:
+    """The command-line values that override the YAML configs (``None`` = not given)."""
+    return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
+            "methods": _unique(args.methods, "--methods", prog), "backbone": getattr(args, "backbone", None),
+            "pretrained": args.pretrained, "precision": args.precision,
+            "quick_gelu": {None: None, "on": True, "off": False}.get(args.quick_gelu), "views": args.views,
+            "val_policy": _val_policy(args.val_policy, prog), "batch_size": args.batch_size,
+            "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
+            "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing),
+                                      ("score_precision", args.score_precision)) if v}}
+
+
+@contextlib.contextmanager
+def random_weights_banner(cfg: dict, show: bool = True):
+    """With ``pretrained: none``, print one loud banner and silence the per-load warning that
+    says the same, for the duration of the block only (the process's filters are restored)."""
+    with warnings.catch_warnings():
+        if is_random_weights(cfg.get("pretrained")):
+            banner = "!" * 78
+            warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")  # the banner says it once
+            if show:
+                print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are "
+                      f"MEANINGLESS;\n  use this only to smoke-test the pipeline.\n{banner}", file=sys.stderr)
+        yield
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ssp-fewshot",
+        description="Training-free few-shot CLIP (zero-shot, Tip-Adapter, APE, each with and without SSP) "
+                    "under the CoOp protocol: hyper-parameters chosen on validation, test scored once, "
+                    "mean ± std over seeds. Values default to configs/defaults.yaml and configs/<dataset>.yaml. "
+                    "Multi-process feature extraction: torchrun --nproc_per_node N -m ssp.cli.fewshot ... (gloo on CPU, "
+                    "NCCL with one GPU per process; rank 0 runs the methods and writes every file).")
+    p.add_argument("--dataset", help="dataset name (see --list-datasets); with --features, inferred from "
+                                     "the folder name when it is a benchmark's")
+    p.add_argument("--root", default=os.environ.get("SSP_DATA_ROOT"),
+                   help="folder holding the dataset folder (or the dataset folder itself); default $SSP_DATA_ROOT")
+    p.add_argument("--features", metavar="DIR",
+                   help="run on a Tip-Adapter / APE feature-cache folder (keys_<K>shots.pt, values_<K>shots.pt, "
+                        "val_f.pt, ...) instead of images: no backbone is loaded")
+    p.add_argument("--text-features", metavar="FILE",
+                   help="text classifier for --features caches without one: [C, D] or [D, C], .pt/.npy/.safetensors")
+    p.add_argument("--split-file", help="read the split JSON from this file instead of the dataset folder")
+    p.add_argument("--backbone", help="open_clip model name (RN50, ViT-B-32, ...), hf-hub:org/repo, "
+                                      "or a model-config JSON; with --features, a label for the cache's backbone")
+    add_common_arguments(p)
+    p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="reuse runs whose JSON already exists under --output with the same settings")
+    p.add_argument("--list-datasets", action="store_true", help="print the known datasets and exit")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild results.md / results.png / summary.json from the JSONs in --output and exit")
+    return p
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) turned into an exception, so that clean-up code runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise _Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGINT and SIGTERM raise :class:`_Interrupted` inside the block (previous handlers restored after).
+
+    Python drops an exception raised where it cannot propagate (an ``os.fork`` hook, e.g. when
+    DataLoader workers start, or a ``__del__``) and only reports it to ``sys.unraisablehook``;
+    such an interrupt is delivered again a moment later instead of being lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_hook = sys.unraisablehook
+
+    def redeliver(unraisable) -> None:
+        if isinstance(unraisable.exc_value, _Interrupted):
+            threading.Timer(0.01, os.kill, args=(os.getpid(), unraisable.exc_value.signum)).start()
+        else:
+            previous_hook(unraisable)
+
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = redeliver
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.unraisablehook = previous_hook
+
+
+def _files_written_since(started: float, output: Path, cache_dir: str | None) -> int:
+    """Complete files (feature cache, run JSONs, reports) written since ``started``; temp files excluded."""
+    from ssp.features.store import FeatureStore
+
+    count = 0
+    for folder in (output, FeatureStore(cache_dir).root):
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            try:
+                if not path.name.startswith(".") and path.is_file() and path.stat().st_mtime >= started:
+                    count += 1
+            except OSError:
+                pass
+    return count
+
+
+def _val_policy(text: str | None, prog: str = "ssp-fewshot"):
+    if text is None or text in VAL_POLICIES:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"{prog}: error: --val-policy must be coop, full or a positive integer, got {text!r}")
+    return value
+
+
+def _fail(prog: str, err: BaseException, debug: bool) -> SystemExit:
+    if debug:
+        raise err
+    return SystemExit(f"{prog}: error: {err}\n(run with --debug for the full traceback)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    prog = "ssp-fewshot"
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
+    logging.getLogger("ssp").setLevel(logging.INFO)
+    if args.list_datasets:
+        from ssp.data import list_datasets
+
+        print("\n".join(list_datasets()))
+        return 0
+    if args.report_only:
+        from ssp.report.tables import RUN_SUFFIX, write_report
+
+        out = Path(args.output)
+        if not out.is_dir() or not any(out.rglob(f"*{RUN_SUFFIX}")):
+            raise SystemExit(f"{prog}: error: --report-only: no run results (*{RUN_SUFFIX}) under {out}; "
+                             "point --output at a folder written by ssp-fewshot or ssp-reproduce")
+        try:
+            table, paths = write_report(out)
+        except (ValueError, OSError) as err:
+            raise _fail(prog, err, args.debug)
+        print(table)
+        print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
+        return 0
+    if args.features:
+        from ssp.run.sources import cache_dataset_name
+
+        if not Path(args.features).expanduser().is_dir():
+            raise SystemExit(f"{prog}: error: --features {args.features}: no such folder (a Tip-Adapter / APE "
+                             "cache folder holding keys_<K>shots.pt, values_<K>shots.pt, val_f.pt, ...)")
+        if not args.dataset:
+            args.dataset = cache_dataset_name(args.features)
+            if not args.dataset:
+                raise SystemExit(f"{prog}: error: cannot tell the dataset of --features {args.features} from its "
+                                 f"folder name; pass --dataset (configs ship for: {', '.join(builtin_config_names())})")
+    elif args.text_features or args.test_from_val is not None:
+        flag = "--text-features" if args.text_features else "--test-from-val"
+        raise SystemExit(f"{prog}: error: {flag} applies to feature caches; add --features DIR")
+    if not args.dataset:
+        raise SystemExit(f"{prog}: --dataset is required (configs ship for: {', '.join(builtin_config_names())})")
+    if not args.features and not args.root:
+        raise SystemExit(f"{prog}: --root is required (or set $SSP_DATA_ROOT): the folder that holds the "
+                         "dataset, see datasets/README.md for the expected layouts; or --features DIR for a "
+                         "Tip-Adapter / APE feature cache")
+    overrides = config_overrides(args, prog)
+    if args.features:
+        overrides["backbone"] = None  # a label only: the cache's backbone is not loaded
+    try:
+        cfg = load_config(args.dataset, args.config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"{prog}: error: {err}")
+    from ssp.data import ImageLoadError
+
+    started, main_rank = time.time(), True
+    try:
+        with _signals_as_interrupts():
+            if args.features:
+                from ssp.run.sources import run_fewshot_features
+
+                records, table = run_fewshot_features(
+                    cfg, folder=args.features, output_dir=args.output, test_from_val=args.test_from_val,
+                    text_features=args.text_features, text_layout=args.text_layout, backbone_name=args.backbone,
+                    device=args.device, skip_existing=args.skip_existing, progress=not args.no_progress)
+            else:
+                from ssp import distributed
+                from ssp.run.pipeline import run_fewshot
+
+                device = distributed.init_from_env(args.device) or args.device  # torchrun: one process group
+                main_rank = distributed.is_main()
+                try:
+                    with random_weights_banner(cfg, show=main_rank):
+                        records, table = run_fewshot(
+                            cfg, root=args.root, output_dir=args.output, cache_dir=args.cache_dir,
+                            device=str(device), recompute=args.recompute, split_file=args.split_file,
+                            progress=not args.no_progress, skip_existing=args.skip_existing,
+                            echo=print if main_rank else (lambda _: None))
+                finally:
+                    distributed.shutdown()
+    except KeyboardInterrupt as err:
+        if args.debug:
+            raise
+        signum = getattr(err, "signum", signal.SIGINT)
+        done = _files_written_since(started, Path(args.output), args.cache_dir)
+        print(f"\n{prog}: interrupted ({signal.Signals(signum).name}); {done} file{'' if done == 1 else 's'} "
+              "complete, rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(128 + int(signum))
+    except ImageLoadError as err:
+        if args.debug:
+            raise
+        raise SystemExit(f"{prog}: error: cannot read image {err.path} ({err.reason}); replace or delete it, "
+                         "or rerun with --skip-bad-images to go on without it" if main_rank else 1)
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+        raise _fail(prog, err, args.debug)
+    if not main_rank:
+        return 0
+    print()
+    print(table)
+    print(f"\n{len(records)} runs under {Path(args.output).resolve()} (results.md, results.png, summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

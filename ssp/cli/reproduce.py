@@ -1,0 +1,330 @@
+"""``ssp-reproduce``: a resumable suite of few-shot runs, datasets x backbones x shots x seeds x
+methods, from images or from Tip-Adapter / APE feature caches, into one output tree.
+
+Examples::
+
+    ssp-reproduce --features-root caches/ --datasets stanford_cars caltech101 --test-from-val 0.5 \\
+        --output runs/suite
+    ssp-reproduce --paper ape --features-root caches/ --test-from-val 0.5 --output runs/ape --dry-run
+    ssp-reproduce --root DATA --datasets dtd oxford_pets --backbones RN50 ViT-B-32 --output runs/suite
+
+Every run is one JSON under ``--output`` keyed by its settings (:mod:`ssp.report`); a run whose JSON
+exists with the same settings is skipped, so an interrupted suite resumes where it stopped and a
+second identical call does no work. Runs with other settings go to other keys: nothing is
+overwritten.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssp.cli.fewshot import (
+    _fail,
+    add_common_arguments,
+    config_overrides,
+    random_weights_banner,
+)
+from ssp.run.config import builtin_config_names, load_config
+
+PROG = "ssp-reproduce"
+
+
+# ---------------------------------------------------------------------- published numbers
+
+
+def _preset(name: str) -> dict:
+    """The methods, shots, datasets, backbone, published sources and note of a paper's tables
+    (:data:`ssp.report.published.PAPER_PRESETS`). Methods ssp cannot run (not in the method registry)
+    are dropped and listed in ``skipped_methods``."""
+    from dataclasses import asdict
+
+    from ssp.report.published import PAPER_PRESETS
+    from ssp.run.config import METHODS
+
+    if name not in PAPER_PRESETS:
+        raise ValueError(f"--paper {name!r}: choose from {', '.join(sorted(PAPER_PRESETS))}")
+    preset = asdict(PAPER_PRESETS[name])
+    preset["skipped_methods"] = [m for m in preset["methods"] if m not in METHODS]
+    preset["methods"] = [m for m in preset["methods"] if m in METHODS]
+    return preset
+
+
+def _published_value(preset: dict | None, dataset: str, method: str, shots: int):
+    """The published accuracy a cell is compared against (shown by ``--dry-run``): X+ssp is
+    compared against X's published number (no SSP paper numbers are available)."""
+    if preset is None:
+        return None
+    from ssp.report.published import baseline_method, published_value
+
+    return published_value(baseline_method(method), dataset, shots, backbone=preset["backbone"],
+                           source=tuple(preset["sources"]) or None)
+
+
+def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None) -> str:
+    """Tables and plots of the whole output tree: the per-dataset report
+    (:func:`ssp.report.tables.write_report`) and the comparison with the published numbers
+    (:func:`ssp.report.comparison.write_comparison`: Markdown, CSV, JSON and a PNG per backbone), one
+    comparison per protocol (runs of different settings are never averaged together). Returns
+    the printed text. ``records`` (the runs of this invocation) are already in the tree."""
+    from ssp.report.comparison import write_comparison
+    from ssp.report.tables import load_runs, write_report
+
+    table, _ = write_report(output_dir)
+    runs = load_runs(output_dir)
+    by_protocol: dict[str, list[dict]] = {}
+    for r in runs:
+        by_protocol.setdefault(str(r.get("protocol_key", "")), []).append(r)
+    sources = tuple(_preset(paper).get("sources", ())) or None if paper else None
+    parts = [table]
+    for key, group in sorted(by_protocol.items()):
+        basename = "comparison" if len(by_protocol) == 1 else f"comparison-{key}"
+        written = write_comparison(group, output_dir, sources=sources, basename=basename)
+        parts.append(written["markdown"].read_text())
+        parts.append("written: " + ", ".join(str(p) for p in
+                                             [written["markdown"], written["csv"], written["json"],
+                                              *written["plots"]]))
+    return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------------- planning
+
+
+@dataclass
+class Job:
+    """One (dataset, backbone) of the suite: its config, source and the runs to do / done."""
+
+    dataset: str
+    backbone: str | None              # images: the open_clip model; caches: a label or None
+    cfg: dict | None = None
+    folder: Path | None = None        # feature cache folder
+    source: object | None = None      # features_source.CacheSource
+    label: str = ""
+    todo: list[tuple[int, int, str]] = field(default_factory=list)
+    done: list[tuple[int, int, str]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # one-line reasons
+    error: str | None = None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Run a resumable suite of few-shot runs (datasets x backbones x shots x seeds x methods) "
+                    "from images (--root) or Tip-Adapter / APE feature caches (--features-root) into one "
+                    "output tree, then write the tables and plots. Finished runs (same settings) are skipped.")
+    p.add_argument("--paper", help="select the methods, shots and datasets of a paper's tables "
+                                   "(tip-adapter, ape, ssp); --datasets / --shots / --methods still override")
+    p.add_argument("--datasets", nargs="+", help=f"datasets (configs ship for: {', '.join(builtin_config_names())})")
+    p.add_argument("--backbones", nargs="+", help="open_clip backbones for --root (default: the config's); with "
+                                                  "--features-root, one label for the caches' backbone")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--root", help="folder holding the dataset folders (images)")
+    src.add_argument("--features-root", metavar="DIR",
+                     help="folder holding one Tip-Adapter / APE cache folder per dataset (DIR/<dataset>/)")
+    add_common_arguments(p)
+    p.add_argument("--output", required=True, help="the suite's output tree")
+    p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done; run nothing")
+    return p
+
+
+def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
+    from ssp.run.records import find_run
+
+    overrides = config_overrides(args, PROG)
+    for key in ("shots", "methods", "seeds"):
+        if overrides.get(key) is None and preset and preset.get(key) is not None:
+            overrides[key] = list(preset[key])
+    datasets = args.datasets or (list(preset["datasets"]) if preset else None)
+    if not datasets:
+        raise ValueError("choose the datasets: --datasets NAME ... or --paper NAME")
+    unknown = [d for d in datasets if d not in builtin_config_names()]
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {unknown}; configs ship for: {', '.join(builtin_config_names())}")
+    if args.features_root and args.backbones and len(args.backbones) > 1:
+        raise ValueError("--features-root: the caches fix the backbone; give at most one --backbones label")
+    jobs = []
+    for dataset in dict.fromkeys(datasets):
+        backbones = args.backbones or ([preset["backbone"]] if preset and preset.get("backbone")
+                                       and args.root else [None])
+        for backbone in (backbones if not args.features_root else backbones[:1]):
+            job = Job(dataset=dataset, backbone=backbone)
+            jobs.append(job)
+            try:
+                cfg = load_config(dataset, args.config, {**overrides, "backbone": None if args.features_root
+                                                         else backbone})
+                job.cfg = cfg
+                if args.features_root:
+                    _plan_features(job, args, find_run)
+                elif args.root:
+                    _plan_images(job, args, find_run)
+                else:  # --dry-run without a source: what would run, nothing checked
+                    job.label = backbone or str(cfg["backbone"])
+                    job.todo = [(k, s, m) for k in cfg["shots"] for s in cfg["seeds"] for m in cfg["methods"]]
+            except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+                job.error = str(err)
+    return jobs
+
+
+def _plan_features(job: Job, args, find_run) -> None:
+    from ssp.run.pipeline import run_stub
+    from ssp.run.sources import (
+        features_common_settings,
+        open_cache_source,
+        runnable_methods,
+    )
+
+    folder = Path(args.features_root) / job.dataset
+    job.folder = folder
+    if not folder.is_dir():
+        job.skipped.append(f"no cache folder {folder}")
+        return
+    source = open_cache_source(folder)
+    job.source = source
+    cfg = job.cfg
+    methods, reasons = runnable_methods(cfg["methods"], source)
+    job.skipped.extend(reasons)
+    missing = [k for k in cfg["shots"] if k not in source.shots]
+    if missing:
+        job.skipped.append(f"no keys_<K>shots.pt for shots {missing} in {folder}")
+    if args.test_from_val is None and not source.has_test:
+        raise ValueError(f"{folder} has no test features (test_f.pt / test_l.pt); pass --test-from-val 0.5")
+    job.label = f"{job.backbone}@cache" if job.backbone else f"cache-D{source.dim}"
+    common = features_common_settings(cfg, source, args.test_from_val)
+    for k in (k for k in cfg["shots"] if k in source.shots):
+        for s in cfg["seeds"]:
+            for m in methods:
+                stub = run_stub(dataset=job.dataset, backbone=job.label, method=m, shots=k, seed=s,
+                                common=common, cfg=cfg)
+                (job.done if find_run(args.output, stub) is not None else job.todo).append((k, s, m))
+
+
+def _plan_images(job: Job, args, find_run) -> None:
+    from ssp.backbone.weights import backbone_label
+    from ssp.data import get_dataset
+    from ssp.run.pipeline import images_common_settings, run_stub
+
+    if not args.root:
+        raise ValueError("choose a source: --root DIR (images) or --features-root DIR (feature caches)")
+    cfg = job.cfg
+    dataset = get_dataset(job.dataset, args.root)
+    job.label = backbone_label(cfg["backbone"], cfg["pretrained"])
+    common = images_common_settings(cfg, dataset)
+    for k in cfg["shots"]:
+        for s in cfg["seeds"]:
+            for m in cfg["methods"]:
+                stub = run_stub(dataset=dataset.name, backbone=job.label, method=m, shots=k, seed=s,
+                                common=common, cfg=cfg)
+                (job.done if find_run(args.output, stub) is not None else job.todo).append((k, s, m))
+
+
+def _describe(job: Job, paper: dict | None) -> list[str]:
+    head = f"{job.dataset} | {job.label or job.backbone or '-'}"
+    if job.error:
+        return [f"{head}: ERROR {job.error}"]
+    lines = [f"{head}: {len(job.todo)} to run, {len(job.done)} done"]
+    lines += [f"  {reason}" for reason in job.skipped]
+    for state, runs in (("run ", job.todo), ("done", job.done)):
+        by_method: dict[tuple[str, int], list[int]] = {}
+        for k, s, m in runs:
+            by_method.setdefault((m, k), []).append(s)
+        for (m, k), seeds in sorted(by_method.items(), key=lambda x: (x[0][0], x[0][1])):
+            value = _published_value(paper, job.dataset, m, k)
+            published = "" if value is None else f"  (published {value:.2f})"
+            lines.append(f"  {state} {m:<16} {k:>2}-shot seeds {sorted(seeds)}{published}")
+    return lines
+
+
+# ---------------------------------------------------------------------- running
+
+
+def _execute(job: Job, args) -> list[dict]:
+    if args.features_root:
+        from ssp.run.sources import run_fewshot_features
+
+        records, _ = run_fewshot_features(
+            {**job.cfg, "shots": [k for k in job.cfg["shots"] if k in job.source.shots]},
+            folder=job.folder, output_dir=args.output, test_from_val=args.test_from_val,
+            backbone_name=job.backbone, device=args.device, skip_existing=True, write_table=False,
+            source=job.source)
+        return records
+    from ssp.run.pipeline import run_fewshot
+
+    with random_weights_banner(job.cfg):
+        records, _ = run_fewshot(job.cfg, root=args.root, output_dir=args.output, cache_dir=args.cache_dir,
+                                 device=args.device, recompute=args.recompute, progress=not args.no_progress,
+                                 skip_existing=True, write_table=False)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
+    logging.getLogger("ssp").setLevel(logging.INFO)
+    if not args.root and not args.features_root and not args.dry_run:
+        raise SystemExit(f"{PROG}: error: choose a source: --root DIR (images) or --features-root DIR "
+                         "(one Tip-Adapter / APE cache folder per dataset)")
+    if args.test_from_val is not None and not args.features_root:
+        raise SystemExit(f"{PROG}: error: --test-from-val applies to feature caches; add --features-root DIR")
+    try:
+        preset = _preset(args.paper) if args.paper else None
+        jobs = _plan(args, preset)
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(PROG, err, args.debug)
+    output = Path(args.output)
+    n_todo = sum(len(j.todo) for j in jobs if not j.error)
+    n_done = sum(len(j.done) for j in jobs if not j.error)
+    if preset and preset.get("note"):
+        print(f"[{PROG}] --paper {args.paper}: {preset['note']}")
+    if preset and preset.get("skipped_methods"):
+        print(f"[{PROG}] --paper {args.paper}: not runnable in this ssp, skipped: {', '.join(preset['skipped_methods'])}")
+    if args.dry_run:
+        if not args.root and not args.features_root:
+            print(f"[{PROG}] no --root / --features-root: listing the plan; nothing is checked for being done")
+        for job in jobs:
+            print("\n".join(_describe(job, preset)))
+        print(f"\n[{PROG}] dry run: {n_todo} run(s) to do, {n_done} already done under {output}")
+        return 1 if any(j.error for j in jobs) else 0
+    for job in jobs:
+        for reason in job.skipped:
+            print(f"[{PROG}] {job.dataset}: {reason}")
+        if job.error:
+            print(f"[{PROG}] {job.dataset}: error: {job.error}", file=sys.stderr)
+    if n_todo == 0:
+        print(f"[{PROG}] nothing to do: all {n_done} run(s) are already done under {output} (same settings)")
+        if n_done and not (output / "results.md").is_file():
+            print(_suite_report([], output, paper=args.paper))
+        return 1 if any(j.error for j in jobs) else 0
+    print(f"[{PROG}] {n_todo} run(s) to do, {n_done} already done under {output}")
+    records: list[dict] = []
+    failed = [j for j in jobs if j.error]
+    try:
+        for job in jobs:
+            if job.error or not job.todo:
+                continue
+            try:
+                records += _execute(job, args)
+            except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+                if args.debug:
+                    raise
+                job.error = str(err)
+                failed.append(job)
+                print(f"[{PROG}] {job.dataset} ({job.label}): error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\n[{PROG}] interrupted; {len(records)} run(s) complete in this call, every finished run is saved "
+              f"under {output}: rerun the same command to resume", file=sys.stderr)
+        return 130
+    table = _suite_report(records, output, paper=args.paper)
+    print()
+    print(table)
+    print(f"\n[{PROG}] {n_todo} run(s) done now, {n_done} reused; results under {output.resolve()}")
+    if failed:
+        print(f"[{PROG}] error: {len(failed)} dataset(s) failed: "
+              + "; ".join(f"{j.dataset}: {j.error}" for j in failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

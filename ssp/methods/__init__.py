@@ -1,0 +1,34 @@
+"""The method stage: estimators that turn features into logits, and the table that names them.
+
+    registry       the method table (:func:`register_method` decorates each estimator class)
+    base           what every CLIP-feature classifier shares (validation, routing, array kinds)
+    zero_shot      :class:`ZeroShotCLIP`
+    cache_models   training-free cache models: :class:`TipAdapter`, :class:`APE`
+    finetuned      their fine-tuned variants: :class:`TipAdapterF`, :class:`APET`
+    projector      :class:`SSPProjector`, the training-free vision / language subspace projector
+    search         validation-only hyper-parameter search
+
+Importing this package registers every built-in method (in this order: it is the order of
+tables and of ``--methods`` lists). Method modules import torch lazily (:mod:`ssp._lazy`).
+"""
+# isort: skip_file
+# registration order = table order
+from ssp.methods import zero_shot  # noqa: F401
+from ssp.methods import cache_models  # noqa: F401
+from ssp.methods import finetuned  # noqa: F401
+from ssp.methods.cache_models import APE, TipAdapter
+from ssp.methods.finetuned import APET, TipAdapterF
+from ssp.methods.projector import SSPProjector
+from ssp.methods.registry import (
+           MethodSpec,
+           get_method,
+           method_names,
+           parse_method,
+           register_method,
+)
+from ssp.methods.search import SearchResult, make_grid, validation_search
+from ssp.methods.zero_shot import ZeroShotCLIP
+
+__all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "SSPProjector", "MethodSpec",
+           "register_method", "get_method", "method_names", "parse_method", "validation_search",
+           "SearchResult", "make_grid"]

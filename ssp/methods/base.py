@@ -1,0 +1,346 @@
+"""(split from ssp.classifiers; see the package docstring)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+
+from ssp._checks import ROUTINGS, check_real
+from ssp._lazy import torch
+from ssp._utils import (
+    ArrayLike,
+    check_int,
+    check_is_fitted,
+    check_labels,
+    check_text_features,
+    l2_normalize,
+    like_input,
+    resolve_device,
+    to_tensor,
+)
+
+# routing -> (zero-shot query view, zero-shot text, cache query view); used with a projector.
+_ROUTES = {
+    "paper": ("language", "projected", "vision"),
+    "reference": ("plain", "plain", "language"),
+    "vision": ("plain", "plain", "vision"),
+}
+
+
+_NO_PROJECTOR_ROUTE = ("plain", "plain", "plain")
+
+
+# Elements of one [queries x keys] affinity chunk when chunk_size is None (64 MiB in float32).
+_AUTO_CHUNK_ELEMENTS = 1 << 24
+
+
+def _check_routing(routing: str) -> str:
+    if routing not in _ROUTES:
+        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+    return routing
+
+
+def _check_finite_param(value: Any, name: str) -> float:
+    return check_real(value, name)
+
+
+class ClassSegments:
+    """Support keys grouped by class: class-wise sums of per-key quantities.
+
+    Built from labels already sorted by class (``fit`` sorts them stably). Class ``c`` owns
+    the contiguous key range ``offsets[c] : offsets[c] + counts[c]``. Sums are taken over a
+    padded ``[.., C, K_max]`` layout: a free ``view`` when every class has the same shot count,
+    a gather with zero padding otherwise. This replaces the product with the one-hot value
+    matrix ``Y`` ([N, C]) without ever building it.
+    """
+
+    def __init__(self, sorted_labels: torch.Tensor, n_classes: int) -> None:
+        n_keys = int(sorted_labels.shape[0])
+        if n_keys and bool((sorted_labels[1:] < sorted_labels[:-1]).any()):
+            raise ValueError("ClassSegments needs labels sorted by class")
+        counts = torch.bincount(sorted_labels, minlength=n_classes)
+        self.n_classes = n_classes
+        self.n_keys = n_keys
+        self.counts = counts
+        self.k_max = int(counts.max()) if n_keys else 0
+        self.equal = bool((counts == self.k_max).all()) and self.k_max > 0
+        self.index: torch.Tensor | None = None
+        if not self.equal:
+            offsets = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(self.k_max, device=counts.device)
+            index = offsets[:, None] + slot[None, :]
+            # padding slots point at an extra zero column appended at position n_keys
+            self.index = torch.where(slot[None, :] < counts[:, None], index,
+                                     torch.full_like(index, n_keys))
+
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """``[..., N]`` -> ``[..., C, K_max]`` (zeros in the padding slots)."""
+        lead = values.shape[:-1]
+        if self.equal:
+            return values.reshape(*lead, self.n_classes, self.k_max)
+        extended = torch.cat([values, values.new_zeros(*lead, 1)], dim=-1)
+        return extended[..., self.index]
+
+    def sum(self, values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``out[m, c] = Σ_{n in class c} values[m, n] · weights[n]``: ``[M, N]`` -> ``[M, C]``."""
+        padded = self.pad(values)
+        if weights is not None:
+            padded = padded * self.pad(weights)
+        return padded.sum(dim=-1)
+
+    def sum_many(self, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``out[c, m, g] = Σ_{n in c} values[m, n] · weights[g, n]``: -> ``[C, M, G]``.
+
+        One batched matmul over classes (``[M, K] @ [K, G]`` per class); the class-major
+        result is what the batched matmul produces, so no transpose is paid for.
+        """
+        padded_values = self.pad(values).transpose(0, 1)                  # [C, M, K]
+        padded_weights = self.pad(weights).permute(1, 2, 0)               # [C, K, G]
+        return torch.bmm(padded_values, padded_weights)
+
+
+def _group_by_label(labels: torch.Tensor) -> torch.Tensor:
+    """Stable permutation that groups samples by class (order inside a class is kept)."""
+    return torch.sort(labels, stable=True).indices
+
+
+def _freeze(value: Any) -> Any:
+    """Hashable-ish snapshot of a fit-time parameter (identity for estimators)."""
+    if isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
+        return tuple(float(v) for v in np.asarray(value, dtype=np.float64).ravel())
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return value
+    return id(value)
+
+
+def _projector_is_fitted(projector: Any) -> bool:
+    return hasattr(projector, "text_features_")
+
+
+class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
+    """Common fit / routing / prediction code. Subclasses define ``__init__`` and the terms."""
+
+    _fit_time_params: tuple[str, ...] = ("projector",)
+    # hyper-parameters that must be finite real numbers (checked by fit and again by prediction,
+    # since set_params may change them after fit)
+    _real_params: tuple[str, ...] = ("logit_scale",)
+    _needs_support = True
+
+    # ---- fitting ------------------------------------------------------------------------
+
+    def fit(self, image_features: ArrayLike | None = None, labels: ArrayLike | None = None, *,
+            text_features: ArrayLike, patch_features: ArrayLike | None = None):
+        """Fit on support features ``[N, D]``, labels ``[N]`` and the text classifier ``[C, D]``
+        (see the subclass docstrings). A failed fit leaves the model unfitted, never half-fitted."""
+        self._reset_fitted()
+        try:
+            self._validate_params()
+            self._torch = SimpleNamespace()
+            self._fit(image_features, labels, text_features, patch_features)
+            self._publish(image_features if image_features is not None else text_features)
+        except BaseException:
+            self._reset_fitted()
+            raise
+        return self
+
+    def _validate_params(self) -> None:
+        """Check every constructor parameter; ``fit`` calls it before touching the data."""
+        _check_routing(self.routing)
+        for name in self._real_params:
+            check_real(getattr(self, name), name)
+        if hasattr(self, "chunk_size"):
+            check_int(self.chunk_size, "chunk_size", allow_none=True)
+        resolve_device(self.device)
+
+    def _publish(self, reference: ArrayLike) -> None:
+        """Expose the fitted tensors (kept as torch on ``device_`` in ``self._torch`` for the
+        computations) as public attributes of ``reference``'s kind: numpy for numpy input,
+        torch on the input's device for torch input. A fitted tensor a subclass set directly as a
+        public attribute during ``_fit`` is taken over (it replaces the private copy)."""
+        for name, value in list(vars(self).items()):
+            if name.endswith("_") and not name.startswith("_") and isinstance(value, torch.Tensor):
+                setattr(self._torch, name, value)
+        for name, value in vars(self._torch).items():
+            setattr(self, name, None if value is None else like_input(value, reference))
+
+    def _fit(self, image_features, labels, text_features, patch_features) -> None:
+        self._fit_common(image_features, labels, text_features, patch_features)
+
+    def _reset_fitted(self) -> None:
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
+            delattr(self, name)
+        self.__dict__.pop("_fit_snapshot", None)
+        self.__dict__.pop("_torch", None)
+
+    def _fit_common(self, image_features, labels, text_features, patch_features) -> None:
+        device = resolve_device(self.device)
+        text = check_text_features(text_features, device=device)
+        images = None
+        if image_features is not None:
+            images = to_tensor(image_features, "image_features", ndim=2, device=device)
+        dtype = text.dtype
+        if images is not None:
+            dtype = torch.promote_types(dtype, images.dtype)
+        n_classes, dim = text.shape
+        text = l2_normalize(text.to(dtype))
+
+        y = None
+        if images is not None:
+            if images.shape[1] != dim:
+                raise ValueError(
+                    f"image_features have D={images.shape[1]} but text_features have D={dim}; "
+                    "both must come from the same CLIP backbone"
+                )
+            images = l2_normalize(images.to(dtype))
+            if labels is None:
+                raise ValueError("labels are required with image_features")
+            y = check_labels(labels, images.shape[0], n_classes, name="labels", device=device)
+        elif labels is not None:
+            raise ValueError("labels were given without image_features")
+        if self._needs_support and images is None:
+            raise ValueError(f"{type(self).__name__} needs support image_features and labels")
+        if self._needs_support and images.shape[0] == 0:
+            raise ValueError("image_features is empty: at least one support sample is needed")
+
+        self.device_ = device
+        self.dtype_ = dtype
+        self.n_features_in_ = dim
+        self.classes_ = np.arange(n_classes)
+        self._torch.text_features_ = text
+        self.projector_ = self._fit_projector(patch_features, images, y, text, device)
+        self._torch.projected_text_features_ = None
+        if self.projector_ is not None:
+            projected = self.projector_.text_features_
+            projected = to_tensor(projected, "projector.text_features_", ndim=2,
+                                  device=device, dtype=dtype)
+            if tuple(projected.shape) != (n_classes, dim):
+                raise ValueError(
+                    f"the projector's text_features_ have shape {tuple(projected.shape)}, but this "
+                    f"model has C={n_classes} classes and D={dim}; fit the projector on the same "
+                    "text_features"
+                )
+            self._torch.projected_text_features_ = l2_normalize(projected)
+
+        if images is not None:
+            order = _group_by_label(y)
+            self._torch.support_order_ = order
+            self._torch.support_labels_ = y[order]
+            self._torch.support_features_ = images[order]
+            self._torch.class_counts_ = torch.bincount(self._torch.support_labels_, minlength=n_classes)
+            self.segments_ = ClassSegments(self._torch.support_labels_, n_classes)
+        self._fit_snapshot = {name: _freeze(getattr(self, name)) for name in self._fit_time_params}
+
+    def _fit_projector(self, patch_features, images, labels, text, device):
+        projector = self.projector
+        if projector is None:
+            if patch_features is not None:
+                raise ValueError("patch_features were given but projector is None; pass "
+                                 "projector=SSPProjector(...) to use them")
+            return None
+        if patch_features is not None:
+            if images is None:
+                raise ValueError("fitting the projector needs image_features and labels too")
+            # Only the shape is read here: the projector converts [N, L, D] patches to its device
+            # and precision one class chunk at a time (no full float32 / device copy).
+            shape = tuple(np.shape(patch_features))
+            if len(shape) != 3 or shape[0] != images.shape[0] or shape[2] != images.shape[1]:
+                raise ValueError(
+                    f"patch_features must be [N, L, D] = [{images.shape[0]}, L, {images.shape[1]}] "
+                    f"to match image_features, got {shape}"
+                )
+            return clone(projector).fit(patch_features, labels, image_features=images,
+                                        text_features=text)
+        if not _projector_is_fitted(projector):
+            raise ValueError(
+                "projector is not fitted and no patch_features were given: pass "
+                "patch_features=[N, L, D] to fit (the projector is fitted on them), or pass a "
+                "projector that is already fitted"
+            )
+        return projector
+
+    def _check_fitted(self) -> None:
+        check_is_fitted(self, "text_features_")
+        for name, frozen in self._fit_snapshot.items():
+            if _freeze(getattr(self, name)) != frozen:
+                raise ValueError(
+                    f"{name} changed after fit ({type(self).__name__} computes everything that "
+                    f"depends on it in fit); call fit again"
+                )
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def _route(self, routing: str | None = None) -> tuple[str, str, str]:
+        routing = _check_routing(self.routing if routing is None else routing)
+        return _ROUTES[routing] if self.projector_ is not None else _NO_PROJECTOR_ROUTE
+
+    def _queries(self, X: ArrayLike) -> torch.Tensor:
+        x = to_tensor(X, "X", ndim=2, device=self.device_)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has D={x.shape[1]} features but the model was fitted with D="
+                f"{self.n_features_in_}"
+            )
+        return l2_normalize(x.to(self.dtype_))
+
+    def _views(self, x: torch.Tensor, needed: set[str]) -> dict[str, torch.Tensor]:
+        """Plain (normalised) queries and the projected views in ``needed``."""
+        views = {"plain": x}
+        for view in ("vision", "language"):
+            if view in needed:
+                out = self.projector_.transform(x, view=view)
+                views[view] = l2_normalize(to_tensor(out, f"projector view {view!r}",
+                                                     device=self.device_, dtype=self.dtype_))
+        return views
+
+    def _zero_shot_logits(self, views: dict[str, torch.Tensor], routing: str | None = None):
+        query_view, text_kind, _ = self._route(routing)
+        text = self._torch.projected_text_features_ if text_kind == "projected" else self._torch.text_features_
+        return float(self.logit_scale) * (views[query_view] @ text.T)
+
+    def _chunk_rows(self, n_keys: int) -> int:
+        if self.chunk_size is not None:
+            return check_int(self.chunk_size, "chunk_size", allow_none=True)
+        return max(1, _AUTO_CHUNK_ELEMENTS // max(n_keys, 1))
+
+    def _terms(self, x: torch.Tensor, routing: str | None = None):
+        """``(zero-shot logits [M, C], cache affinities [M, N] or None, key log-weights [N] or
+        None)`` for normalised queries ``x`` under ``routing``: everything the logits need
+        except the searched hyper-parameters (alpha, beta, gamma). Models with trained per-key
+        value weights (APE-T) append a fourth element, the weights ``[N]`` (any sign)."""
+        raise NotImplementedError
+
+    def _search_terms(self, X: ArrayLike, routing: str | None = None):
+        """:meth:`_terms` for raw queries ``X`` ``[M, D]`` (used by ``ssp.search``)."""
+        self._check_fitted()
+        return self._terms(self._queries(X), routing)
+
+    # ---- sklearn API ----------------------------------------------------------------------
+
+    def decision_function(self, X: ArrayLike) -> ArrayLike:
+        """Logits ``[M, C]`` for queries ``X`` ``[M, D]`` (numpy in, numpy out; torch in, torch
+        out, on the input's device)."""
+        self._check_fitted()
+        logits = self._logits(self._queries(X))
+        return like_input(logits, X)
+
+    def predict(self, X: ArrayLike) -> ArrayLike:
+        """Predicted class indices ``[M]`` (int64)."""
+        self._check_fitted()
+        pred = self._logits(self._queries(X)).argmax(dim=1)
+        return like_input(pred, X)
+
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight=None) -> float:
+        """Top-1 accuracy on ``X`` ``[M, D]`` with true labels ``y`` ``[M]``, as a **fraction** in
+        [0, 1] (scikit-learn's convention, so ``GridSearchCV`` & co. work unchanged). Note that
+        ``validation_search(...).best_score_`` and the result tables are in **percent**."""
+        from sklearn.metrics import accuracy_score
+
+        pred = self.predict(X)
+        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
+        truth = check_labels(y, pred.shape[0], None, name="y").cpu().numpy()
+        return float(accuracy_score(truth, pred, sample_weight=sample_weight))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

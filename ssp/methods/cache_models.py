@@ -1,0 +1,372 @@
+"""Training-free classifiers on CLIP features: zero-shot CLIP, Tip-Adapter, APE.
+
+All three are scikit-learn classifiers working on pre-extracted, L2-normalised features
+(every input is re-normalised here, so raw features are fine too)::
+
+    clf = TipAdapter(alpha=1.0, beta=5.5).fit(support_features, support_labels,
+                                              text_features=text_features)
+    logits = clf.decision_function(query_features)      # [M, C]
+    clf.predict(query_features)                          # [M] class indices
+
+Logits (notation of docs/method.md; ``x`` query, ``W`` text classifier [C, D], ``F`` support keys
+[N, D], ``Y`` one-hot support labels [N, C]):
+
+* zero-shot:   ``s · x Wᵀ``                                      (``s = logit_scale = 100``)
+* Tip-Adapter: ``s · x Wᵀ + α · exp(−β (1 − x Fᵀ)) Y``
+* APE:         ``s · x Wᵀ + α · exp(−β (1 − x_Ω F_Ωᵀ)) (Y ⊙ exp(γ δ))`` with the channels ``Ω``
+  picked by the closed-form criterion (:func:`ape_channel_criterion`) and the per-key divergence
+  ``δ`` (:func:`ape_key_divergence`).
+
+``Y`` is never built: support samples are grouped by label with a stable sort (the input order
+is never trusted, and classes may have different shot counts) and the cache term is a
+class-wise segment sum, computed in chunks of queries.
+
+**SSP projector.** Pass ``projector=SSPProjector(...)`` (fitted, or fitted here when
+``patch_features`` are given to ``fit``). ``routing`` decides which projected features enter
+which term (``x^V`` / ``x^L`` = vision- / language-projected query, ``Ŵ`` = language-projected
+text, ``F̂`` = vision-projected keys):
+
+=============  =========================  ====================================================
+routing        zero-shot term              cache term
+=============  =========================  ====================================================
+"paper"        ``s · x^L Ŵᵀ``              ``x^V`` against ``F̂`` (the SSP script's pre-search logits)
+"reference"    ``s · x Wᵀ`` (unprojected)  ``x^L`` against ``F̂`` (the published SSP script's
+                                           final, searched formula; reproduction only)
+"vision"       ``s · x Wᵀ`` (unprojected)  ``x^V`` against ``F̂``
+=============  =========================  ====================================================
+
+With a projector, APE computes its channel criterion and divergence on the projected pair
+``(F̂, Ŵ)`` in every routing. Without a projector ``routing`` is validated but has no effect.
+
+**Estimator conventions** (shared with :class:`ssp.methods.projector.SSPProjector`):
+
+* Constructor parameters are keyword-only and stored as given; ``fit`` validates every one of
+  them (``TipAdapter(alpha="abc").fit(...)`` raises) and leaves the model unfitted on failure.
+* ``fit(features, labels, *, side inputs)``: the first argument is the features the estimator
+  learns from, the second their labels, everything else is passed by name. Here that is
+  ``fit(image_features [N, D], labels [N], *, text_features [C, D], patch_features=None)``;
+  the projector's is ``fit(patch_features [N, L, D], labels [N], *, image_features,
+  text_features)``.
+* Array kinds: numpy in, numpy out; torch in, torch out on the input's device. This holds for
+  predictions and for the fitted array attributes, which follow the kind of the support features
+  given to ``fit`` (``text_features`` for a zero-shot model fitted without support). The one
+  exception is ``classes_``, numpy always as scikit-learn expects. Computations run in torch on
+  ``device_`` (the fitted tensors are kept there privately).
+* :meth:`score` returns the top-1 accuracy as a fraction in [0, 1] (scikit-learn's convention);
+  :func:`ssp.methods.search.validation_search`'s ``best_score_`` and the result tables report accuracy in
+  percent (100 x the fraction).
+
+Hyper-parameters read at prediction time (``alpha``, ``beta``, ``gamma``, ``routing``,
+``logit_scale``, ``chunk_size``) may be changed with ``set_params`` without refitting; everything
+that depends only on the support set is computed once in ``fit`` (this is what
+:func:`ssp.methods.search.validation_search` relies on). Changing a fit-time parameter (``projector``,
+``n_channels``, ``criterion_weights``) after ``fit`` raises until ``fit`` is called again.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from ssp._checks import check_real
+from ssp._lazy import torch
+from ssp._utils import (
+    ArrayLike,
+    check_int,
+    check_labels,
+    check_text_features,
+    l2_normalize,
+    to_tensor,
+    warn,
+)
+from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
+from ssp.methods.registry import register_method
+
+_KL_EPS = 1e-6  # the epsilon of APE's divergence, as in the reference code
+
+
+def cache_kernel(affinity: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """Tip-Adapter's activation ``exp(−β (1 − a))`` of cosine affinities ``a`` (any shape)."""
+    return torch.exp(-beta * (1.0 - affinity))
+
+
+def ape_channel_criterion(
+    text_features: ArrayLike,
+    support_features: ArrayLike,
+    support_labels: ArrayLike,
+    weights: Sequence[float] = (0.5, 0.5),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """APE's feature-channel criterion in closed form (Zhu et al., APE, ICCV 2023, prior refinement; ``only_use_txt=False``; docs/method.md).
+
+    Class ``i`` contributes the ``n_i + 1`` vectors ``{w_i} ∪ {its support keys}``. For channel
+    ``d`` the inter-class similarity is the mean over all pairs of vectors from different
+    classes, ``S_d = Σ_{i≠j} σ_{i,d} σ_{j,d} / Σ_{i≠j} (n_i+1)(n_j+1)`` with class sums
+    ``σ_{i,d}``, i.e. ``((Σ_i σ_i)² − Σ_i σ_i²) / ((Σ_i (n_i+1))² − Σ_i (n_i+1)²)`` -- the
+    reference's four nested loops, for any (unequal) shot counts. ``V_d`` is the unbiased variance
+    of ``W[:, d]`` over classes, and the criterion is ``J = −w₀ S + w₁ V`` (higher is better).
+
+    Args:
+        text_features: ``[C, D]`` class text embeddings (used as given; normalise beforehand).
+        support_features: ``[N, D]`` support keys, any order.
+        support_labels: ``[N]`` class indices in ``0..C-1``.
+        weights: ``(w₀, w₁)``.
+
+    Returns:
+        ``(S, V, J)``, each ``[D]``, computed in float64.
+    """
+    text = check_text_features(text_features).to(torch.float64)
+    keys = to_tensor(support_features, "support_features", ndim=2, device=text.device)
+    keys = keys.to(torch.float64)
+    n_classes, dim = text.shape
+    if keys.shape[1] != dim:
+        raise ValueError(f"support_features have D={keys.shape[1]} but text_features D={dim}")
+    labels = check_labels(support_labels, keys.shape[0], n_classes, name="support_labels",
+                          device=text.device)
+    if n_classes < 2:
+        raise ValueError("the APE criterion needs at least 2 classes (inter-class similarity)")
+    w0, w1 = (float(w) for w in weights)
+    class_sums = text.clone().index_add_(0, labels, keys)             # σ  [C, D]
+    set_sizes = (torch.bincount(labels, minlength=n_classes) + 1).to(torch.float64)
+    pair_count = set_sizes.sum() ** 2 - (set_sizes ** 2).sum()
+    similarity = (class_sums.sum(0) ** 2 - (class_sums ** 2).sum(0)) / pair_count
+    variance = text.var(dim=0, unbiased=True)
+    return similarity, variance, -w0 * similarity + w1 * variance
+
+
+def ape_key_divergence(keys: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """APE's per-key divergence in bits (Zhu et al., APE, ICCV 2023; docs/method.md).
+
+    ``P = softmax_c(F Wᵀ)`` over raw cosines (no temperature, as in the reference code) and
+    ``δ_n = Σ_c Y_nc log₂((Y_nc + ε) / (P_nc + ε))``, which for one-hot ``Y`` is exactly
+    ``log₂((1 + ε) / (P_{n,y_n} + ε))`` with ``ε = 1e-6``.
+
+    Args:
+        keys: ``[N, D]``; text: ``[C, D]``; labels: ``[N]``.
+
+    Returns:
+        ``δ`` ``[N]``.
+    """
+    probs = torch.softmax(keys @ text.T, dim=1)
+    p_true = probs.gather(1, labels[:, None])[:, 0]
+    return torch.log2((1.0 + _KL_EPS) / (p_true + _KL_EPS))
+
+
+class _CacheModel(_CLIPFeatureClassifier):
+    """Zero-shot term plus a class-wise cache term (Tip-Adapter, APE)."""
+
+    def _cache_query(self, views: dict[str, torch.Tensor], routing: str | None) -> torch.Tensor:
+        return views[self._route(routing)[2]]
+
+    def _key_log_weights(self) -> torch.Tensor | None:
+        return None
+
+    def _project_keys(self, keys: torch.Tensor) -> torch.Tensor:
+        """Cache keys: the support features, vision-projected when there is a projector."""
+        if self.projector_ is None:
+            return keys
+        return self._views(keys, {"vision"})["vision"]
+
+    def _affinity(self, query: torch.Tensor) -> torch.Tensor:
+        return query @ self._torch.keys_.T
+
+    def _needed_views(self, routing: str | None) -> set[str]:
+        zs_view, _, cache_view = self._route(routing)
+        return {zs_view, cache_view} - {"plain"}
+
+    def _terms(self, x, routing=None):
+        views = self._views(x, self._needed_views(routing))
+        zero_shot = self._zero_shot_logits(views, routing)
+        affinity = self._affinity(self._cache_query(views, routing))
+        return zero_shot, affinity, self._key_log_weights()
+
+    def _value_weights(self) -> torch.Tensor | None:
+        """Per-key weights ``[N]`` of the one-hot cache values (``None``: all ones); APE:
+        ``exp(γ δ)``."""
+        log_weights = self._key_log_weights()
+        if log_weights is None:
+            return None
+        return torch.exp(_check_finite_param(self.gamma, "gamma") * log_weights)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = _check_finite_param(self.alpha, "alpha")
+        beta = _check_finite_param(self.beta, "beta")
+        weights = self._value_weights()
+        views = self._views(x, self._needed_views(None))
+        logits = self._zero_shot_logits(views)
+        query = self._cache_query(views, None)
+        rows = self._chunk_rows(self._torch.keys_.shape[0])
+        for start in range(0, query.shape[0], rows):
+            stop = start + rows
+            activation = cache_kernel(self._affinity(query[start:stop]), beta)
+            cache = self.segments_.sum(activation, weights)
+            logits[start:stop] = logits[start:stop] + alpha * cache
+        return logits
+
+
+def _tip_adapter_params(cfg: Mapping[str, Any], dim: int) -> dict:
+    return dict(cfg["tip_adapter"]["init"])
+
+
+@register_method("tip-adapter", title="Tip-Adapter", config_section="tip_adapter", search_section="tip_adapter",
+                 search_axes=("beta", "alpha"), default_scale=(7.0, 3.0), default_step=(200, 20),
+                 params=_tip_adapter_params, aliases=("tip", "tipadapter"))
+class TipAdapter(_CacheModel):
+    """Training-free Tip-Adapter (Zhang et al., Tip-Adapter, ECCV 2022): ``s · x Wᵀ + α · exp(−β(1 − x Fᵀ)) Y``.
+
+    Args:
+        alpha: residual ratio α (weight of the cache term).
+        beta: sharpness β.
+        projector, routing: SSP projector and routing (module docstring).
+        logit_scale: zero-shot scale s.
+        chunk_size: queries per chunk of the ``[M, N]`` affinity matrix; ``None`` picks a chunk
+            of about 16M elements.
+        device: torch device; ``None`` = CUDA if available else CPU.
+
+    Fitted attributes: ``classes_``, ``text_features_`` [C, D], ``support_features_`` [N, D]
+    (normalised, grouped by class), ``support_labels_`` [N] (sorted), ``support_order_`` [N]
+    (the permutation applied to the input), ``class_counts_`` [C], ``keys_`` [N, D] (the cache
+    keys: ``support_features_``, vision-projected with a projector), ``projector_``,
+    ``projected_text_features_``, ``n_features_in_``, ``device_``, ``dtype_``.
+    """
+
+
+    _real_params = ("alpha", "beta", "logit_scale")
+
+    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, projector: Any = None,
+                 routing: str = "paper", logit_scale: float = 100.0,
+                 chunk_size: int | None = None, device: str | torch.device | None = None) -> None:
+        self.alpha = alpha
+        self.beta = beta
+        self.projector = projector
+        self.routing = routing
+        self.logit_scale = logit_scale
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def fit(self, image_features: ArrayLike, labels: ArrayLike, *, text_features: ArrayLike,
+            patch_features: ArrayLike | None = None) -> "TipAdapter":
+        """Build the cache from support features ``[N, D]`` and labels ``[N]`` (any order,
+        unequal shots allowed) with the text classifier ``[C, D]``; fit a clone of ``projector``
+        when ``patch_features`` ``[N, L, D]`` are given."""
+        return super().fit(image_features, labels, text_features=text_features,
+                           patch_features=patch_features)
+
+    def _fit(self, image_features, labels, text_features, patch_features) -> None:
+        self._fit_common(image_features, labels, text_features, patch_features)
+        self._torch.keys_ = self._project_keys(self._torch.support_features_)
+
+
+def _ape_params(cfg: Mapping[str, Any], dim: int) -> dict:
+    ape = cfg["ape"]
+    # n_channels is passed as configured; APE clamps it to D, and the run records the value used
+    return {**ape["init"], "n_channels": int(ape["n_channels"]),
+            "criterion_weights": tuple(ape["criterion_weights"])}
+
+
+@register_method("ape", title="APE", config_section="ape", search_section="ape",
+                 search_axes=("beta", "alpha", "gamma"), default_scale=(7.0, 7.0, 1.0),
+                 default_step=(200, 20, 20), params=_ape_params)
+class APE(_CacheModel):
+    """Training-free APE (Zhu et al., APE, ICCV 2023) with the closed-form channel criterion.
+
+    ``s · x Wᵀ + α · exp(−β(1 − x_Ω F_Ωᵀ)) (Y ⊙ exp(γ δ))``: the zero-shot term uses all
+    channels; the cache term uses the ``n_channels`` channels ``Ω`` with the highest criterion
+    ``−w₀ S + w₁ V`` (:func:`ape_channel_criterion`, on the text and the keys), with queries and
+    keys re-normalised on ``Ω``; ``δ`` is the per-key divergence (:func:`ape_key_divergence`,
+    computed on ``Ω``). With a projector, criterion and divergence use ``(F̂, Ŵ)``.
+
+    Args:
+        alpha, beta: as in Tip-Adapter.
+        gamma: strength γ of the divergence re-weighting (γ = 0: plain one-hot values).
+        n_channels: ``|Ω|``; ``None`` = all D channels. Values above D are clamped to D with a
+            warning (the published configs give e.g. 800 channels for RN50's D = 1024, which
+            a D = 512 backbone cannot honour).
+        criterion_weights: ``(w₀, w₁)`` of the criterion.
+        projector, routing, logit_scale, chunk_size, device: as in :class:`TipAdapter`.
+
+    Fitted attributes: those of :class:`TipAdapter` plus ``channels_`` [Q] (sorted channel
+    indices Ω), ``criterion_`` [D], ``inter_class_similarity_`` [D], ``class_variance_`` [D]
+    (float64), ``selected_keys_`` [N, Q] (keys on Ω, re-normalised), ``key_divergence_`` [N]
+    (δ in bits).
+    """
+
+    _fit_time_params = ("projector", "n_channels", "criterion_weights")
+    _real_params = ("alpha", "beta", "gamma", "logit_scale")
+
+    def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
+                 n_channels: int | None = None,
+                 criterion_weights: Sequence[float] = (0.5, 0.5), projector: Any = None,
+                 routing: str = "paper", logit_scale: float = 100.0,
+                 chunk_size: int | None = None, device: str | torch.device | None = None) -> None:
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.n_channels = n_channels
+        self.criterion_weights = criterion_weights
+        self.projector = projector
+        self.routing = routing
+        self.logit_scale = logit_scale
+        self.chunk_size = chunk_size
+        self.device = device
+
+    def fit(self, image_features: ArrayLike, labels: ArrayLike, *, text_features: ArrayLike,
+            patch_features: ArrayLike | None = None) -> "APE":
+        """As :meth:`TipAdapter.fit`; every class needs at least one support sample."""
+        return super().fit(image_features, labels, text_features=text_features,
+                           patch_features=patch_features)
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        check_int(self.n_channels, "n_channels", allow_none=True)
+        self._criterion_weights()
+
+    def _criterion_weights(self) -> tuple[float, float]:
+        weights = self.criterion_weights
+        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__") or len(weights) != 2:
+            raise ValueError(f"criterion_weights must be a pair (w0, w1), got {weights!r}")
+        w0, w1 = (check_real(w, "criterion_weights") for w in weights)
+        return w0, w1
+
+    def _fit(self, image_features, labels, text_features, patch_features) -> None:
+        weights = self._criterion_weights()
+        self._fit_common(image_features, labels, text_features, patch_features)
+        n_classes, dim = self._torch.text_features_.shape
+        missing = torch.nonzero(self._torch.class_counts_ == 0)[:, 0]
+        if missing.numel():
+            raise ValueError(
+                f"APE needs at least one support sample per class; classes "
+                f"{missing[:10].tolist()}{' ...' if missing.numel() > 10 else ''} have none "
+                f"({missing.numel()} of {n_classes})"
+            )
+        n_channels = self._resolve_channels(dim)
+
+        keys = self._project_keys(self._torch.support_features_)
+        text = (self._torch.projected_text_features_ if self.projector_ is not None
+                else self._torch.text_features_)
+        similarity, variance, criterion = ape_channel_criterion(
+            text, keys, self._torch.support_labels_, weights)
+        order = torch.sort(criterion, descending=True, stable=True).indices
+        channels = torch.sort(order[:n_channels]).values
+
+        self._torch.keys_ = keys
+        self._torch.inter_class_similarity_ = similarity
+        self._torch.class_variance_ = variance
+        self._torch.criterion_ = criterion
+        self._torch.channels_ = channels
+        self._torch.selected_keys_ = l2_normalize(keys[:, channels])
+        self._torch.key_divergence_ = ape_key_divergence(
+            self._torch.selected_keys_, l2_normalize(text[:, channels]), self._torch.support_labels_)
+
+    def _resolve_channels(self, dim: int) -> int:
+        if self.n_channels is None:
+            return dim
+        n_channels = check_int(self.n_channels, "n_channels", allow_none=True)
+        if n_channels > dim:
+            warn(f"n_channels={n_channels} exceeds the feature width D={dim}; using all {dim} "
+                 "channels")
+            n_channels = dim
+        return n_channels
+
+    def _key_log_weights(self) -> torch.Tensor:
+        return self._torch.key_divergence_
+
+    def _affinity(self, query: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(query[:, self._torch.channels_]) @ self._torch.selected_keys_.T

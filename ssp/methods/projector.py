@@ -1,0 +1,966 @@
+"""SSPProjector: the vision subspace and the per-class language subspaces of SSP (Zhu et al.,
+"Selective Vision-Language Subspace Projection for Few-shot CLIP", ACM MM 2024, Sec. 3).
+
+Fit on the support set (patch features, labels, global image features, text classifier):
+
+1. Selection. For support image ``n`` keep the ``k = min(patch_top_k, L)`` local features with
+   the largest vision scores ``<z_nj, g_n>`` and, separately, the ``k`` with the largest
+   language scores ``<z_nj, w_{y_n}>``.
+2. Vision subspace (one, shared): ``m_c`` = mean over class ``c``'s images of the rows
+   ``s^V_nj z_nj`` (kept ``j``) and ``lambda g_n``; economy SVD of ``M_V = [m_1..m_C]``; keep
+   ``r_V`` right singular vectors ``B_V`` (``[r_V, D]``).
+3. Language subspaces (one per class): ``T_c`` = rows ``s^L_nj z_nj`` (``n`` in class ``c``,
+   kept ``j``) plus ``lambda w_c``; keep ``r_c`` right singular vectors ``B_c``.
+4. Transforms. Vision: ``norm(B_V^T B_V x)``. Language: score every class by ``||B_c x||``, take
+   the top ``kappa = min(class_top_k, C)`` classes, ``norm(mean_c B_c^T B_c x)``. Text:
+   ``norm(B_c^T B_c w_c)``.
+
+How it scales (never a ``D x D`` projector per class, never a ``C x D x T`` tensor):
+
+* Class subspaces come from a batched ``eigh`` of the small Gram matrices ``T_c T_c^T``
+  (``[C, R, R]``, ``R = k * n_c + 1``) when ``R < D`` (``T_c^T T_c`` otherwise), in class chunks
+  of bounded memory; right singular vectors are recovered as ``V = T^T U / sigma``. The Gram
+  squares the condition number, so it is formed and decomposed in float64 (exact products of
+  the float32 data); float64 data, where no wider type exists, gets a batched economy SVD.
+* The language view works on query chunks: GEMMs over blocks of classes give each query's
+  energy in every class subspace (a ``[chunk, C]`` score matrix; the ``[chunk, classes, r]``
+  coefficients exist one cache-sized block at a time), the scores pick the top-``kappa``
+  classes, and only those are projected onto, with a few padded batched matmuls over classes
+  grouped by how many queries picked them.
+* When the subspaces are larger than half the space (``r > D / 2``, e.g. 512-d backbones at 16
+  shots), each class is stored by its orthogonal complement ``B_perp`` instead and
+  ``||P x||^2 = ||x||^2 - ||B_perp x||^2``, ``P x = x - B_perp^T B_perp x``.
+"""
+from __future__ import annotations
+
+import contextlib
+import numbers
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from ssp._checks import SCORE_PRECISIONS, check_int, check_real
+from ssp._lazy import torch
+from ssp._utils import (
+    ArrayLike,
+    check_is_fitted,
+    check_labels,
+    l2_normalize,
+    like_input,
+    resolve_device,
+    to_tensor,
+)
+
+__all__ = ["SSPProjector"]
+
+# Memory budget (bytes) for the largest temporary block of one step: a class chunk at fit time,
+# the [chunk, C] score block and the gathered bases of the language transform.
+_BLOCK_BUDGET_BYTES = 512 * 2**20
+# Budget for one [chunk, classes, r] coefficient block while scoring the language view: small
+# enough to stay cache-friendly and to never hold all C classes' coefficients at once.
+_SCORE_BLOCK_BYTES = 64 * 2**20
+
+_VIEWS = ("vision", "language")
+_LANGUAGE_PATHS = ("auto", "basis", "complement")
+
+
+class SSPProjector(TransformerMixin, BaseEstimator):
+    """Selective vision and language subspace projection (SSP) of CLIP features.
+
+    Parameters
+    ----------
+    patch_top_k : int, default 30
+        Local features kept per support image for each subspace (at most ``L``).
+    class_top_k : int, default 10
+        Number of class subspaces averaged by the language view (at most ``C``).
+    global_weight : float, default 10.0
+        Weight ``lambda`` of the global image row (vision) and of the text row (language).
+    rank : None, int or float, default None
+        Rank of every subspace. ``None``: the numerical rank (singular values above
+        ``rank_tol * sigma_max``). An int caps it. A float in (0, 1): the smallest rank whose
+        cumulative ``sigma^2`` reaches that fraction of the total, also capped by the numerical
+        rank.
+    rank_tol : float or None, default None
+        Relative tolerance of the numerical rank; ``None`` is numpy's ``matrix_rank`` rule,
+        ``max(rows, D) * eps(dtype)``.
+    chunk_size : int, default 4096
+        Queries per chunk in :meth:`transform` (lowered automatically so the language view's
+        ``[chunk, C]`` score block stays within about 256 MB; its ``[chunk, classes, r]``
+        coefficients are computed 64 MB at a time).
+    score_precision : {"auto", "float32", "bfloat16"}, default "auto"
+        Precision of the language view's class scoring (the ``T C r D`` GEMMs that dominate its
+        cost). ``"float32"``: the working precision (float64 for float64 inputs).
+        ``"bfloat16"``: every class is scored with bfloat16 operands (float32 accumulation), then
+        every class that a rigorous bound on the bfloat16 error cannot rule out of the top
+        ``class_top_k`` is re-scored in the working precision, so the selected classes and the
+        output are those of the ``"float32"`` path (up to float rounding on exact ties).
+        ``"auto"``: ``"bfloat16"`` on CUDA GPUs with bfloat16 support and on CPUs with AMX-BF16
+        or AVX512-BF16 instructions, ``"float32"`` elsewhere (bfloat16 GEMMs are emulated, and
+        slow, without them). What ran is recorded in ``score_precision_used_``.
+    device : str, torch.device or None
+        ``None``/``"auto"``: CUDA when available, else CPU.
+
+    Attributes
+    ----------
+    vision_basis_ : ``[r_V, D]`` orthonormal rows spanning the vision subspace.
+    vision_rank_ : int
+    class_ranks_ : ``[C]`` int64 numpy array, rank ``r_c`` of each language subspace.
+    text_features_ : ``[C, D]`` language-projected, L2-normalised text classifier.
+    language_path_ : ``"basis"`` or ``"complement"``, how the class subspaces are stored.
+    score_precision_used_ : ``"float32"``, ``"float64"`` or ``"bfloat16"``, the precision of the
+        first scoring pass of the language view (see ``score_precision``).
+    score_kernel_ : ``"native"``, or ``"emulated"`` when ``"bfloat16"`` was requested on hardware
+        without bfloat16 GEMMs (float32 GEMMs on the bfloat16 values: exact, not faster).
+    n_patches_kept_ : int, ``k = min(patch_top_k, L)``.
+    n_classes_, n_features_in_ (``D``), device_
+
+    Array attributes are numpy when ``image_features`` was numpy, torch tensors otherwise.
+    Computation is float64 when any input is float64, float32 otherwise.
+    """
+
+    # Private switch for tests and benchmarks: force the basis or the complement representation.
+    _language_path: str = "auto"
+    # Private hook for benchmarks: a list that collects the language view's top classes per chunk.
+    _record_top: list | None = None
+
+    def __init__(
+        self,
+        *,
+        patch_top_k: int = 30,
+        class_top_k: int = 10,
+        global_weight: float = 10.0,
+        rank: int | float | None = None,
+        rank_tol: float | None = None,
+        chunk_size: int = 4096,
+        score_precision: str = "auto",
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.patch_top_k = patch_top_k
+        self.class_top_k = class_top_k
+        self.global_weight = global_weight
+        self.rank = rank
+        self.rank_tol = rank_tol
+        self.chunk_size = chunk_size
+        self.score_precision = score_precision
+        self.device = device
+
+    # ------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        patch_features: ArrayLike,
+        labels: ArrayLike,
+        *,
+        image_features: ArrayLike,
+        text_features: ArrayLike,
+    ) -> "SSPProjector":
+        """Fit both subspaces on the support set.
+
+        Parameters
+        ----------
+        patch_features : ``[N, L, D]`` local features of the support images.
+        labels : ``[N]`` integer classes in ``0..C-1``, any order, any number of shots per class.
+        image_features : ``[N, D]`` global features of the same images.
+        text_features : ``[C, D]`` text classifier, one row per class.
+        """
+        self._validate_params()
+        device = resolve_device(self.device)
+        patches = _raw_tensor(patch_features, "patch_features", ndim=3)
+        n_images, n_patches, dim = patches.shape
+        if n_images == 0 or n_patches == 0 or dim == 0:
+            raise ValueError(f"patch_features must be non-empty [N, L, D], got {tuple(patches.shape)}")
+        dtype = _working_dtype(patches, image_features, text_features)
+        image = to_tensor(image_features, "image_features", dtype=dtype, device=device, ndim=2)
+        text = to_tensor(text_features, "text_features", dtype=dtype, device=device, ndim=2)
+        if image.shape != (n_images, dim):
+            raise ValueError(
+                f"image_features has shape {tuple(image.shape)} but patch_features has shape "
+                f"{tuple(patches.shape)}: expected [N, D] = [{n_images}, {dim}]"
+            )
+        if text.shape[1] != dim or text.shape[0] == 0:
+            raise ValueError(
+                f"text_features has shape {tuple(text.shape)}; expected [C, D] with D = {dim} "
+                "(the width of patch_features and image_features)"
+            )
+        n_classes = text.shape[0]
+        zero_rows = (text.norm(dim=1) == 0).nonzero().flatten().tolist()
+        if zero_rows:
+            raise ValueError(f"text_features rows {zero_rows[:10]} are all zero; every class needs a text embedding")
+        y = check_labels(labels, n_images, n_classes, device=device)
+        counts = torch.bincount(y, minlength=n_classes)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"class(es) {empty[:10]}{' ...' if len(empty) > 10 else ''} have no support sample; "
+                f"every class 0..{n_classes - 1} of text_features needs at least one labelled image"
+            )
+
+        image = l2_normalize(image)
+        text = l2_normalize(text)
+        k = min(int(self.patch_top_k), n_patches)
+        lam = float(self.global_weight)
+
+        class_means, factors, class_ranks = self._fit_language_and_vision_sums(
+            patches, y, counts, image, text, k, lam, device, dtype
+        )
+        vision_basis, vision_rank = self._fit_vision(class_means, dtype)
+
+        # Language-projected text classifier: norm(B_c^T B_c w_c).
+        coef = torch.bmm(factors, text[:, :, None])
+        text_projected = l2_normalize(torch.bmm(factors.mT, coef)[:, :, 0])
+
+        path = self._choose_language_path(class_ranks, dim)
+        if path == "complement":
+            factors = _orthogonal_complements(factors, class_ranks)
+        precision = _resolve_score_precision(self.score_precision, device, dtype)
+        low_precision = None
+        if precision == "bfloat16":
+            with _exact_accumulation(device):
+                low_precision = _LowPrecisionScores.build(factors)
+
+        # Set the fitted state only now that everything succeeded.
+        self.device_ = device
+        self.n_classes_ = n_classes
+        self.n_features_in_ = dim
+        self.n_patches_kept_ = k
+        self._dtype = dtype
+        self._vision_basis = vision_basis
+        self._language_factors = factors
+        self.language_path_ = path
+        self._low_precision = low_precision
+        self.score_precision_used_ = precision
+        self.score_kernel_ = "emulated" if low_precision is not None and not low_precision.native else "native"
+        self.vision_rank_ = int(vision_rank)
+        self.class_ranks_ = class_ranks.cpu().numpy().astype(np.int64)
+        self.vision_basis_ = like_input(vision_basis, image_features)
+        self.text_features_ = like_input(text_projected, image_features)
+        return self
+
+    def _fit_language_and_vision_sums(
+        self,
+        patches: torch.Tensor,
+        y: torch.Tensor,
+        counts: torch.Tensor,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        k: int,
+        lam: float,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass over class chunks: vision class means ``[C, D]``, padded class bases
+        ``[C, r_max, D]`` (zero rows beyond ``r_c``) and the ranks ``[C]``."""
+        n_classes, dim = text.shape
+        n_patches = patches.shape[1]
+        itemsize = torch.finfo(dtype).bits // 8
+        order = torch.argsort(y, stable=True)  # support images grouped by class, order kept
+        starts = torch.cumsum(counts, 0) - counts
+        counts_list = counts.tolist()
+        starts_list = starts.tolist()
+        max_shots = max(counts_list)
+        max_rows = max_shots * k + 1
+        gram_size = min(max_rows, dim)
+        rank_cap = self.rank if _is_positive_int(self.rank) else None
+        rank_bound = min(gram_size, rank_cap) if rank_cap is not None else gram_size
+
+        per_class = itemsize * (max_shots * (2 * n_patches + k) * dim + (max_rows + gram_size) * dim)
+        per_class += 8 * (max_rows * dim + gram_size * dim + 3 * gram_size * gram_size)
+        classes_per_chunk = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
+
+        class_sums = torch.zeros(n_classes, dim, dtype=dtype, device=device)
+        factors = torch.zeros(n_classes, rank_bound, dim, dtype=dtype, device=device)
+        class_ranks = torch.zeros(n_classes, dtype=torch.long, device=device)
+        eps = torch.finfo(dtype).eps
+
+        for c0 in range(0, n_classes, classes_per_chunk):
+            c1 = min(n_classes, c0 + classes_per_chunk)
+            n_cls = c1 - c0
+            first, last = starts_list[c0], starts_list[c1 - 1] + counts_list[c1 - 1]
+            idx = order[first:last]
+            z = l2_normalize(_take_rows(patches, idx).to(device=device, dtype=dtype))  # [n, L, D]
+            g = image[idx]
+            lab = y[idx]
+
+            # Vision: per image sum_j s^V_nj z_nj over the kept j, plus lambda * g_n.
+            score_v = torch.einsum("nld,nd->nl", z, g)
+            # A NaN or infinity anywhere in z_nj (inf / inf after normalising) reaches its score.
+            if not bool(torch.isfinite(score_v).all()):
+                raise ValueError("patch_features contains NaN or infinite values; clean the features first")
+            top_v = score_v.topk(k, dim=1)
+            weights = torch.zeros_like(score_v).scatter_(1, top_v.indices, top_v.values)
+            image_rows = torch.einsum("nl,nld->nd", weights, z) + lam * g
+            class_sums.index_add_(0, lab, image_rows)
+
+            # Language: T_c = [lambda w_c; s^L_nj z_nj for n in c, kept j], zero-padded rows.
+            score_l = torch.einsum("nld,nd->nl", z, text[lab])
+            top_l = score_l.topk(k, dim=1)
+            kept = torch.gather(z, 1, top_l.indices[:, :, None].expand(-1, -1, dim))
+            rows = top_l.values[:, :, None] * kept  # [n, k, D]
+            del z, kept, score_v, score_l
+            local_class = lab - c0
+            slot = torch.arange(idx.numel(), device=device) - (starts[lab] - first)
+            shots = max(counts_list[c0:c1])
+            n_rows = shots * k + 1
+            stacked = torch.zeros(n_cls, n_rows, dim, dtype=dtype, device=device)
+            stacked[:, 0] = lam * text[c0:c1]
+            stacked[:, 1:].view(n_cls, shots, k, dim)[local_class, slot] = rows
+            del rows
+            rows_per_class = counts[c0:c1] * k + 1
+
+            basis, ranks = self._class_bases(stacked, rows_per_class, eps)
+            factors[c0:c1, : basis.shape[1]] = basis
+            class_ranks[c0:c1] = ranks
+            del stacked, basis
+
+        r_max = int(class_ranks.max())
+        if r_max < factors.shape[1]:
+            factors = factors[:, :r_max].clone()
+        class_means = class_sums / (counts * (k + 1)).to(dtype)[:, None]
+        return class_means, factors, class_ranks
+
+    def _class_bases(
+        self, stacked: torch.Tensor, rows_per_class: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right singular vectors of a chunk of ``T_c`` (``[c, R, D]``, zero-padded rows).
+
+        Returns the bases ``[c, r, D]`` (rows beyond ``r_c`` are zero) and the ranks ``[c]``.
+
+        float32 data: eigh of the Gram matrix formed in float64 (products of float32 numbers
+        are exact there), so singular values are resolved down to ~1e-8 * sigma_max, far below
+        the float32 rank tolerance. float64 data: a Gram cannot resolve its own tolerance
+        (``sqrt(eps)`` ~ 1e-8 > ``D * eps``), so it gets a batched economy SVD instead.
+        """
+        n_cls, n_rows, dim = stacked.shape
+        dtype = stacked.dtype
+        device = stacked.device
+        if dtype == torch.float64:
+            _, sigma, vh = _batched_lapack(lambda a: torch.linalg.svd(a, full_matrices=False), stacked)
+            ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
+            r = int(ranks.max())
+            keep = torch.arange(r, device=device)[None, :] < ranks[:, None]  # [c, r]
+            return vh[:, :r] * keep[:, :, None], ranks
+        wide = stacked.double()
+        small = n_rows < dim  # Gram T T^T [c, R, R], else T^T T [c, D, D]
+        gram = torch.bmm(wide, wide.mT) if small else torch.bmm(wide.mT, wide)
+        if small and self.rank is None:
+            basis = self._full_rank_bases(wide, gram, rows_per_class, eps)
+            if basis is not None:
+                return basis.to(dtype).contiguous(), rows_per_class.clone()
+        eigval, eigvec = _batched_lapack(torch.linalg.eigh, gram)
+        sigma = eigval.flip(-1).clamp_min(0).sqrt()  # descending singular values
+        ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
+        r = int(ranks.max())
+        keep = torch.arange(r, device=device)[None, :] < ranks[:, None]  # [c, r]
+        vectors = eigvec.flip(-1)[:, :, :r] * keep[:, None, :]
+        if small:  # right singular vectors V = T^T U / sigma: [c, r, D]
+            basis = torch.bmm((vectors / torch.where(keep, sigma[:, :r], 1.0)[:, None, :]).mT, wide)
+        else:  # the eigenvectors of T^T T are the right singular vectors
+            basis = vectors.mT
+        return basis.to(dtype).contiguous(), ranks
+
+    def _full_rank_bases(
+        self, wide: torch.Tensor, gram: torch.Tensor, rows_per_class: torch.Tensor, eps: float
+    ) -> torch.Tensor | None:
+        """Cholesky-QR bases ``[c, R, D]`` (float64) when every ``T_c`` of the chunk provably has
+        full row rank under the rank rule; ``None`` otherwise (the caller takes the eigh route).
+
+        At the default rank (the numerical rank) the language view and the text projection use
+        only ``B_c^T B_c``, the projector onto ``T_c``'s row space, which any orthonormal basis of
+        it gives: ``Q^T = L^{-1} T_c`` with ``T_c T_c^T = L L^T``. A Cholesky factorisation and a
+        triangular inverse cost a fraction of ``eigh``. Full rank means ``sigma_min > tol *
+        sigma_max``; it is certified with ``sigma_min^2 >= 1 / ||L^{-1}||_F^2`` and ``sigma_max^2
+        <= min(||G||_F, ||G||_inf)``. Zero padding rows get a unit diagonal in ``G`` (an identity
+        block of ``L``; their rows of ``Q^T`` stay zero).
+        """
+        n_cls, n_rows, dim = wide.shape
+        device = wide.device
+        pad = (torch.arange(n_rows, device=device)[None, :] >= rows_per_class[:, None]).to(gram.dtype)
+        padded = gram.clone()
+        padded.diagonal(dim1=1, dim2=2).add_(pad)
+        eye = torch.eye(n_rows, dtype=gram.dtype, device=device)
+
+        def factor(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            chol, info = torch.linalg.cholesky_ex(g)
+            return torch.linalg.solve_triangular(chol, eye.expand(g.shape[0], -1, -1), upper=False), info
+
+        inverse, info = _batched_lapack(factor, padded)  # L^{-1}
+        if bool((info != 0).any()):
+            return None
+        inv_fro_sq = inverse.square().sum((1, 2)) - pad.sum(1)  # without the identity block
+        sigma_max_sq = torch.minimum(
+            torch.linalg.matrix_norm(gram), gram.abs().sum(2).amax(1)
+        )
+        if self.rank_tol is None:
+            rel_tol = rows_per_class.clamp_min(dim).to(gram.dtype) * eps
+        else:
+            rel_tol = torch.full_like(sigma_max_sq, float(self.rank_tol))
+        certified = inv_fro_sq * rel_tol.square() * sigma_max_sq * 1.01 < 1.0
+        if not bool(certified.all()):
+            return None
+        return torch.bmm(inverse, wide)
+
+    def _fit_vision(self, class_means: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+        """Economy SVD of ``M_V`` ``[C, D]`` -> orthonormal basis ``[r_V, D]`` and ``r_V``."""
+        n_classes, dim = class_means.shape
+        with _lapack_threads(class_means.device):
+            _, sigma, vh = torch.linalg.svd(class_means, full_matrices=False)
+        rows = torch.tensor([n_classes], device=class_means.device)
+        r = int(self._select_ranks(sigma[None].double(), rows, dim, torch.finfo(dtype).eps)[0])
+        return vh[:r].contiguous(), r
+
+    def _select_ranks(
+        self, sigma: torch.Tensor, rows: torch.Tensor, dim: int, eps: float
+    ) -> torch.Tensor:
+        """Rank rule on descending singular values ``sigma`` ``[c, n]`` of ``[rows_c, dim]``
+        matrices -> ranks ``[c]``."""
+        sigma_max = sigma[:, 0]
+        if self.rank_tol is None:
+            rel_tol = rows.clamp_min(dim).to(sigma.dtype) * eps
+        else:
+            rel_tol = torch.full_like(sigma_max, float(self.rank_tol))
+        numerical = (sigma > (rel_tol * sigma_max)[:, None]).sum(1)
+        if self.rank is None:
+            return numerical
+        if _is_positive_int(self.rank):
+            return numerical.clamp_max(int(self.rank))
+        energy = torch.cumsum(sigma**2, dim=1)
+        reached = energy >= float(self.rank) * energy[:, -1:]
+        by_energy = (~reached).sum(1) + 1
+        return torch.minimum(by_energy, numerical)
+
+    def _choose_language_path(self, class_ranks: torch.Tensor, dim: int) -> str:
+        """Store bases ``[C, r_max, D]`` or complements ``[C, D - r_min, D]``, whichever is smaller."""
+        forced = self._language_path
+        if forced not in _LANGUAGE_PATHS:
+            raise ValueError(f"_language_path must be one of {_LANGUAGE_PATHS}, got {forced!r}")
+        if forced != "auto":
+            return forced
+        r_max, r_min = int(class_ranks.max()), int(class_ranks.min())
+        return "complement" if dim - r_min < r_max else "basis"
+
+    # ------------------------------------------------------------------------------ transform
+    def transform(self, X: ArrayLike, view: str = "vision") -> ArrayLike:
+        """Project features ``X`` ``[M, D]`` -> ``[M, D]`` L2-normalised, same kind as ``X``.
+
+        ``view="vision"``: ``norm(B_V^T B_V x)``. ``view="language"``: mean projection onto the
+        ``class_top_k`` class subspaces that keep most of ``x``'s energy.
+        """
+        if view not in _VIEWS:
+            raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+        check_is_fitted(self, "vision_basis_")
+        x = to_tensor(X, "X", dtype=self._dtype, device=self.device_, ndim=2)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {x.shape[1]} features per row but the projector was fitted with "
+                f"D = {self.n_features_in_}"
+            )
+        out = torch.empty_like(x)
+        if view == "vision":
+            chunk = max(1, int(self.chunk_size))
+            basis = self._vision_basis
+            for t0 in range(0, x.shape[0], chunk):
+                xs = l2_normalize(x[t0 : t0 + chunk])
+                out[t0 : t0 + chunk] = l2_normalize((xs @ basis.T) @ basis)
+        else:
+            n_classes = self._language_factors.shape[0]
+            # [t, C] blocks held at once: 2 (scores), 6 with bfloat16 (bounds, candidate pairs)
+            held = 2 if self._low_precision is None else 6
+            budget_rows = _BLOCK_BUDGET_BYTES // max(1, held * n_classes * x.element_size())
+            chunk = int(max(1, min(int(self.chunk_size), budget_rows)))
+            self._rescored_pairs = 0  # diagnostics of the bfloat16 path (benchmarks)
+            for t0 in range(0, x.shape[0], chunk):
+                out[t0 : t0 + chunk] = self._language_chunk(l2_normalize(x[t0 : t0 + chunk]))
+        return like_input(out, X)
+
+    def _language_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Language view of one chunk of unit queries ``[t, D]``.
+
+        Scores every class (``||B_c x||^2``, or ``||x||^2 - ||B_perp x||^2``) in blocks of
+        classes, so no ``[t, C, r]`` tensor is held (:func:`_class_energies`; in bfloat16 then
+        exactly re-scored where it matters, :meth:`_top_classes_low_precision`); then projects
+        onto the ``class_top_k`` best classes only (:func:`_grouped_project`).
+        """
+        factors = self._language_factors  # [C, w, D]: bases or complements
+        n_classes, width, dim = factors.shape
+        kappa = min(int(self.class_top_k), n_classes)
+        complement = self.language_path_ == "complement"
+        if self._low_precision is None:
+            operand = factors.reshape(n_classes * width, dim).T  # [D, C w]
+            energy = _class_energies(x, operand, width, n_classes)  # ||B_c x||^2 or ||B_perp x||^2
+            scores = (x * x).sum(1, keepdim=True) - energy if complement else energy
+            top = scores.topk(kappa, dim=1).indices  # [t, kappa]
+            del energy, scores
+        else:
+            top = self._top_classes_low_precision(x, kappa, complement)
+        if self._record_top is not None:  # benchmarks compare the selections of both paths
+            self._record_top.append(top.cpu())
+        summed = _grouped_project(x, top, factors)  # sum_c F_c^T F_c x
+        return l2_normalize(kappa * x - summed if complement else summed)
+
+    def _top_classes_low_precision(self, x: torch.Tensor, kappa: int, complement: bool) -> torch.Tensor:
+        """Top-``kappa`` classes ``[t, kappa]`` of unit queries ``x`` ``[t, D]``, identical to the
+        working-precision path's: bfloat16 scores of every class, a rigorous bound ``beta`` on
+        their error (:meth:`_LowPrecisionScores.energy_bound`), and exact re-scoring of every
+        class whose interval ``[s - beta, s + beta]`` reaches the ``kappa``-th largest lower end.
+        """
+        x_low = x.to(torch.bfloat16)
+        with _exact_accumulation(x.device):
+            return self._top_classes_exact(x, x_low, kappa, complement)
+
+    def _top_classes_exact(
+        self, x: torch.Tensor, x_low: torch.Tensor, kappa: int, complement: bool
+    ) -> torch.Tensor:
+        """The body of :meth:`_top_classes_low_precision`, inside its accumulation guard."""
+        low = self._low_precision
+        factors = self._language_factors
+        width = factors.shape[1]
+        x_round = x_low.to(x.dtype)
+        energy = _class_energies(
+            x_low, low.operand, width, factors.shape[0], out_dtype=x.dtype,
+            compute_dtype=None if low.native else torch.float32,
+        )
+        bound = low.energy_bound(
+            energy,
+            torch.linalg.vector_norm(x_round, dim=1),
+            torch.linalg.vector_norm(x_round - x, dim=1),  # exact difference, rounded norm
+            torch.linalg.vector_norm(x, dim=1),
+            x.dtype,
+        )
+        squared = (x * x).sum(1, keepdim=True)
+        approx = squared - energy if complement else energy
+        del energy
+        threshold = (approx - bound).topk(kappa, dim=1).values[:, -1:]  # kappa-th lower end
+        query, cls = ((approx + bound) >= threshold).nonzero(as_tuple=True)
+        del bound
+        exact = _pair_energies(x, query, cls, factors)
+        if complement:
+            exact = squared[query, 0] - exact
+        scores = approx.fill_(float("-inf"))
+        scores[query, cls] = exact
+        self._rescored_pairs = getattr(self, "_rescored_pairs", 0) + int(query.numel())
+        return scores.topk(kappa, dim=1).indices
+
+    def fit_transform(
+        self,
+        patch_features: ArrayLike,
+        labels: ArrayLike,
+        *,
+        image_features: ArrayLike,
+        text_features: ArrayLike,
+        view: str = "vision",
+    ) -> ArrayLike:
+        """Fit on the support set, then project its global features.
+
+        Takes exactly :meth:`fit`'s arguments plus ``view`` and returns
+        ``transform(image_features, view=view)``: the projected support features ``[N, D]``.
+        ``patch_features`` ``[N, L, D]`` only shape the subspaces and are not returned projected
+        (the projector maps global ``[M, D]`` features).
+        """
+        if view not in _VIEWS:
+            raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+        self.fit(patch_features, labels, image_features=image_features, text_features=text_features)
+        return self.transform(image_features, view=view)
+
+    # ------------------------------------------------------------------------------ checks
+    def _validate_params(self) -> None:
+        for name in ("patch_top_k", "class_top_k", "chunk_size"):
+            check_int(getattr(self, name), name)
+        check_real(self.global_weight, "global_weight", minimum=0.0)
+        rank = self.rank
+        if not (rank is None or _is_positive_int(rank) or _is_fraction(rank)):
+            raise ValueError(
+                f"rank must be None (numerical rank), a positive int (cap) or a float in (0, 1) "
+                f"(fraction of spectral energy); got {rank!r}"
+            )
+        if self.score_precision not in SCORE_PRECISIONS:
+            raise ValueError(
+                f"score_precision must be one of {SCORE_PRECISIONS}, got {self.score_precision!r}"
+            )
+        tol = self.rank_tol
+        if tol is not None and (
+            isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not np.isfinite(tol) or tol < 0
+        ):
+            raise ValueError(f"rank_tol must be None or a finite float >= 0, got {tol!r}")
+
+
+# -------------------------------------------------------------------------------- helpers
+def _resolve_score_precision(requested: str, device: torch.device, dtype: torch.dtype) -> str:
+    """``score_precision`` -> what runs: ``"bfloat16"`` or the working precision's name."""
+    working = "float64" if dtype == torch.float64 else "float32"
+    if requested == "float32":
+        return working
+    if requested == "bfloat16":
+        return "bfloat16"
+    return "bfloat16" if _fast_bfloat16(device) else working
+
+
+def _fast_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 GEMMs run natively (faster than float32) on ``device``."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    return bool(_cpu_flags() & {"amx_bf16", "avx512_bf16"})
+
+
+def _cpu_flags() -> set[str]:
+    """CPU feature flags from ``/proc/cpuinfo`` (empty where it is unavailable)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@contextlib.contextmanager
+def _exact_accumulation(device: torch.device) -> Iterator[None]:
+    """bfloat16 GEMMs accumulate in float32 and float32 GEMMs are true float32 inside (cuBLAS
+    may otherwise reduce split-K partial sums in bfloat16, or run float32 GEMMs in TF32, neither
+    of which the error bound of :class:`_LowPrecisionScores` covers)."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    flags = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32)
+    matmul.allow_bf16_reduced_precision_reduction = False
+    matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32 = flags
+
+
+_BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+_F32_UNIT = 2.0**-24
+
+
+def _gamma(n: int, unit: float) -> float:
+    """``gamma_n = n u / (1 - n u)``: bound on the relative error of any n-term float sum."""
+    return n * unit / (1.0 - n * unit)
+
+
+@dataclass
+class _LowPrecisionScores:
+    """bfloat16 copy of the class factors and the per-class constants of its error bound.
+
+    ``operand`` is ``[D, C w]`` contiguous (the GEMM's ``[K, N]`` operand, arranged once at fit
+    time); ``native``: the device has bfloat16 GEMMs (else they run as float32 GEMMs on the
+    bfloat16 values: same products, same float32 sums, no speed-up); ``rho`` ``>= ||bf16(F_c) - F_c||_2``, ``norm`` ``>= ||F_c||_2``, ``fro_low`` and
+    ``fro`` the Frobenius norms of ``bf16(F_c)`` and ``F_c`` (upper bounds of ``|| |F| ||_2``),
+    each ``[C]`` in float64.
+    """
+
+    operand: torch.Tensor
+    native: bool
+    rho: torch.Tensor
+    norm: torch.Tensor
+    fro_low: torch.Tensor
+    fro: torch.Tensor
+
+    @classmethod
+    def build(cls, factors: torch.Tensor) -> "_LowPrecisionScores":
+        n_classes, width, dim = factors.shape
+        device = factors.device
+        operand = torch.empty(dim, n_classes * width, dtype=torch.bfloat16, device=device)
+        rho, norm, fro_low, fro = (torch.empty(n_classes, dtype=torch.float64, device=device) for _ in range(4))
+        per_class = 4 * factors.element_size() * (2 * width * dim + 2 * width * width)
+        step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // max(per_class, 1))))  # width 0: no rows
+        for c0 in range(0, n_classes, step):
+            c1 = min(n_classes, c0 + step)
+            block = factors[c0:c1]
+            low = block.to(torch.bfloat16)
+            operand[:, c0 * width : c1 * width] = low.reshape(-1, dim).T
+            low = low.to(block.dtype)
+            error = low - block  # exact: the rounding error of a float32 number fits a float32
+            rho[c0:c1] = _spectral_norm_bound(error, shift=None)
+            valid = (block.abs().amax(dim=2) > 0).to(block.dtype)  # zero padding rows stay out
+            norm[c0:c1] = (1.0 + _spectral_norm_bound(block, shift=valid)).sqrt()
+            fro_low[c0:c1] = torch.linalg.vector_norm(low.double(), dim=(1, 2))
+            fro[c0:c1] = torch.linalg.vector_norm(block.double(), dim=(1, 2))
+        return cls(operand, _fast_bfloat16(device), rho, norm, fro_low, fro)
+
+    def energy_bound(
+        self,
+        energy: torch.Tensor,
+        x_low_norm: torch.Tensor,
+        x_diff_norm: torch.Tensor,
+        x_norm: torch.Tensor,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """Bound ``beta`` ``[t, C]`` with ``|energy - E| <= beta`` and ``|E_w - E| <= beta``.
+
+        ``E = ||F_c x||^2`` in exact arithmetic, ``E_w`` as the working-precision path computes
+        it, ``energy`` ``[t, C]`` from the bfloat16 GEMM; ``x_low_norm``, ``x_diff_norm``,
+        ``x_norm`` ``[t]`` are ``||bf16(x)||``, ``||bf16(x) - x||``, ``||x||``. With ``a = F x``
+        and ``a~`` the bfloat16 coefficients (float32 accumulation over ``D`` terms, output
+        rounded to bfloat16):
+
+        ``||a~ - a|| <= delta = rho ||x~|| + ||F|| ||x~ - x|| + gamma_D ||F~||_F ||x~||
+        + u ||a~|| / (1 - u)``, so ``| ||a~||^2 - ||a||^2 | <= delta (2 ||a~|| + delta)``;
+        the working path's own error is ``eta (2 A + eta)`` with ``eta = gamma_D^w ||F||_F ||x||``,
+        ``A = ||a~|| + delta``; the squared norms add ``(w + 2) u`` relative each. Every
+        evaluation of the bound itself is rounded up by a relative ``1e-3`` (its own rounding is
+        ``<= (D + w + 2) 2^-24``).
+        """
+        width = self.operand.shape[1] // energy.shape[1]
+        dim = self.operand.shape[0]
+        u_work = torch.finfo(dtype).eps / 2
+        bits = _F32_UNIT * (width + 2)  # rounding of the float32 squared norm of a~
+        safety = 1.0 + 1e-3
+        e = energy.clamp_min(0)
+        a_low = (e / (1.0 - bits)).sqrt()  # >= ||a~||
+        x_low_norm = x_low_norm[:, None] * safety
+        delta = (
+            self.rho.to(e.dtype) * x_low_norm
+            + self.norm.to(e.dtype) * (x_diff_norm[:, None] * safety)
+            + _gamma(dim, _F32_UNIT) * self.fro_low.to(e.dtype) * x_low_norm
+            + _BF16_UNIT / (1.0 - _BF16_UNIT) * a_low
+        ) * safety
+        big_a = a_low + delta
+        eta = _gamma(dim, u_work) * self.fro.to(e.dtype) * (x_norm[:, None] * safety)
+        beta = bits * a_low.square() + delta * (2 * a_low + delta)
+        beta = beta + eta * (2 * big_a + eta) + (width + 2) * u_work * (big_a + eta).square()
+        return beta * safety
+
+
+def _spectral_norm_bound(a: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
+    """Rigorous upper bounds ``[c]`` (float64) on ``||A_i||_2`` (``shift=None``) or on
+    ``||A_i A_i^T - diag(shift_i)||_2`` (``shift`` ``[c, w]``), ``a`` ``[c, w, D]``.
+
+    ``G = fl(A A^T) - diag(shift)`` is within ``gamma_D ||A||_F^2`` of the exact one (spectral
+    norm); for symmetric ``G``, ``||G||_2^2 = ||G^2||_2 <= ||G^2||_F`` and ``fl(G G)`` is within
+    ``gamma_w ||G||_F^2`` of ``G^2`` in the Frobenius norm.
+    """
+    n, width, dim = a.shape
+    unit = torch.finfo(a.dtype).eps / 2
+    fro_sq = torch.linalg.vector_norm(a.double(), dim=(1, 2)).square()
+    gram = torch.bmm(a, a.mT)
+    if shift is not None:
+        gram.diagonal(dim1=1, dim2=2).sub_(shift)
+    gram_fro_sq = torch.linalg.vector_norm(gram.double(), dim=(1, 2)).square()
+    square = torch.bmm(gram, gram)
+    square_fro = torch.linalg.vector_norm(square.double(), dim=(1, 2))
+    g_norm = (square_fro + _gamma(width, unit) * gram_fro_sq).sqrt()
+    bound = (g_norm + _gamma(dim, unit) * fro_sq) * (1.0 + 1e-6)
+    return bound if shift is not None else bound.sqrt()
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
+
+
+def _is_fraction(value: Any) -> bool:
+    return (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, numbers.Integral))
+        and 0.0 < float(value) < 1.0
+    )
+
+
+def _take_rows(patches: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``patches[idx]``; a view when ``idx`` is a contiguous range (class-major input)."""
+    start = int(idx[0])
+    if bool((idx == torch.arange(start, start + idx.numel(), device=idx.device)).all()):
+        return patches[start : start + idx.numel()]
+    return patches[idx.to(patches.device)]  # advanced indexing: much faster than index_select on 3-D
+
+
+@contextlib.contextmanager
+def _lapack_threads(device: torch.device) -> Iterator[None]:
+    """Run CPU LAPACK decompositions single-threaded.
+
+    Batched eigh/svd/qr loop over small matrices; their multi-threaded BLAS gains little on an
+    idle machine and collapses (10-50x slower, measured) when the cores are shared with other
+    processes. The previous thread count is restored afterwards.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _batched_lapack(fn: Any, batch: torch.Tensor) -> Any:
+    """``fn(batch)`` for a batched decomposition, on CPU split over the batch across
+    ``torch.get_num_threads()`` Python threads that each run single-threaded LAPACK.
+
+    Batched LAPACK in torch loops over the batch calling multi-threaded MKL per small matrix,
+    which gains little on an idle machine and collapses under load (measured: batched ``eigh``
+    of ``[20, 481, 481]`` 150-260 ms per matrix on 1 thread, 3,200-4,600 ms on 2 with the cores
+    shared). Independent halves of the batch keep both cores busy without that synchronisation.
+    ``fn`` returns a tensor or a tuple of tensors, batched along dim 0.
+    """
+    threads = min(torch.get_num_threads(), batch.shape[0]) if batch.device.type == "cpu" else 1
+    with _lapack_threads(batch.device):
+        if threads <= 1:
+            return fn(batch)
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(fn, batch.tensor_split(threads)))
+    if isinstance(parts[0], tuple):
+        return tuple(torch.cat(items) for items in zip(*parts))
+    return torch.cat(parts)
+
+
+def _raw_tensor(x: ArrayLike, name: str, *, ndim: int) -> torch.Tensor:
+    """A floating tensor view of ``x`` without copying (big inputs are converted chunk-wise)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    elif isinstance(x, np.ndarray):
+        t = torch.as_tensor(x)
+    else:
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if t.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions [N, L, D], got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
+    return t
+
+
+def _working_dtype(*inputs: Any) -> torch.dtype:
+    """float64 when any input is float64, else float32."""
+    for x in inputs:
+        dt = getattr(x, "dtype", None)
+        if dt in (torch.float64, np.float64):
+            return torch.float64
+    return torch.float32
+
+
+def _orthogonal_complements(bases: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Orthonormal complements of padded bases ``[C, r_max, D]`` -> ``[C, D - r_min, D]``.
+
+    Householder QR of ``B_c^T`` (complete mode): columns ``r_c..D-1`` of ``Q`` span the
+    complement of the first ``r_c`` columns; zero rows beyond ``r_c`` do not disturb them.
+    """
+    n_classes, r_max, dim = bases.shape
+    width = dim - int(ranks.min())
+    itemsize = bases.element_size()
+    per_class = 3 * dim * dim * itemsize
+    step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
+    out = torch.zeros(n_classes, width, dim, dtype=bases.dtype, device=bases.device)
+    cols = torch.arange(width, device=bases.device)
+    for c0 in range(0, n_classes, step):
+        c1 = min(n_classes, c0 + step)
+        with _lapack_threads(bases.device):
+            q, _ = torch.linalg.qr(bases[c0:c1].mT, mode="complete")  # [c, D, D]
+        r = ranks[c0:c1, None]
+        index = (r + cols[None, :]).clamp_max(dim - 1)  # [c, width]
+        valid = (cols[None, :] < dim - r).to(bases.dtype)
+        comp = torch.gather(q, 2, index[:, None, :].expand(-1, dim, -1)) * valid[:, None, :]
+        out[c0:c1] = comp.mT
+    return out
+
+
+def _class_energies(
+    x: torch.Tensor,
+    operand: torch.Tensor,
+    width: int,
+    n_classes: int,
+    out_dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Energy of each query in every one of ``n_classes`` classes: ``[t, D]`` x ``[D, C w]`` -> ``[t, C]``.
+
+    ``energy[i, c] = ||F_c x_i||^2`` from GEMMs over blocks of classes (``_SCORE_BLOCK_BYTES``
+    of coefficients at a time, one reused buffer), squared norms taken in ``out_dtype``.
+    ``compute_dtype``: run the GEMMs on operands cast to it (float32 for bfloat16 operands on
+    hardware without bfloat16 GEMMs: the same exact products and float32 sums).
+    """
+    if compute_dtype is not None and compute_dtype != x.dtype:
+        x = x.to(compute_dtype)
+    t, dim = x.shape
+    out_dtype = out_dtype or x.dtype
+    if width == 0:  # every class spans the whole space: no complement directions, zero energy
+        return torch.zeros(t, n_classes, dtype=out_dtype, device=x.device)
+    energy = torch.empty(t, n_classes, dtype=out_dtype, device=x.device)
+    step = int(max(1, min(n_classes, _SCORE_BLOCK_BYTES // max(1, t * width * x.element_size()))))
+    buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
+    for c0 in range(0, n_classes, step):
+        c1 = min(n_classes, c0 + step)
+        coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
+        torch.matmul(x, operand[:, c0 * width : c1 * width].to(x.dtype), out=coef)
+        blocks = coef.view(t, c1 - c0, width).to(out_dtype)
+        energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
+    return energy
+
+
+def _class_groups(
+    pair_class: torch.Tensor, n_classes: int, width: int, dim: int, itemsize: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """Group (query, class) pairs by class for padded batched matmuls.
+
+    Classes picked a similar number of times (within a factor 2) share one group, so the padded
+    work is at most twice the pairs' own. Yields ``(classes [g], pairs, rows, slots, most)``:
+    pair ``pairs[i]`` goes to row ``slots[i]`` of group member ``rows[i]``, ``most`` rows each.
+    """
+    device = pair_class.device
+    n_pairs = pair_class.numel()
+    order = torch.argsort(pair_class, stable=True)
+    sorted_class = pair_class[order]
+    counts = torch.bincount(sorted_class, minlength=n_classes)
+    slot = torch.arange(n_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[sorted_class]
+    present = counts.nonzero().flatten()
+    present_counts, perm = counts[present].sort(descending=True)
+    present = present[perm]
+    counts_list = present_counts.tolist()
+    local = torch.full((n_classes,), -1, dtype=torch.long, device=device)
+    i = 0
+    while i < len(counts_list):
+        most = counts_list[i]
+        per_class = (width * dim + most * (width + 2 * dim)) * itemsize
+        limit = max(1, _BLOCK_BUDGET_BYTES // per_class)
+        j = i + 1
+        while j < len(counts_list) and j - i < limit and 2 * counts_list[j] > most:
+            j += 1
+        group = present[i:j]
+        local[group] = torch.arange(j - i, device=device)
+        pair_local = local[sorted_class]
+        sel = (pair_local >= 0).nonzero().flatten()
+        yield group, order[sel], pair_local[sel], slot[sel], most
+        local[group] = -1
+        i = j
+
+
+def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
+
+    ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
+    Pairs are grouped by class (:func:`_class_groups`): ``4 * pairs * w * D`` multiply-adds at
+    most, ``2 kappa / C`` of the scoring cost.
+    """
+    t, kappa = classes.shape
+    n_classes, width, dim = factors.shape
+    out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
+    for group, pairs, rows, slots, most in _class_groups(
+        classes.reshape(-1), n_classes, width, dim, x.element_size()
+    ):
+        queries = pairs // kappa
+        padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
+        padded[rows, slots] = x[queries]
+        group_factors = factors[group]  # [g, w, D]
+        coef = torch.bmm(padded, group_factors.mT)  # [g, most, w]
+        recon = torch.bmm(coef, group_factors)  # [g, most, D]
+        out.index_add_(0, queries, recon[rows, slots])
+    return out
+
+
+def _pair_energies(
+    x: torch.Tensor, query: torch.Tensor, cls: torch.Tensor, factors: torch.Tensor
+) -> torch.Tensor:
+    """``||F_c x_q||^2`` for each pair ``(query[i], cls[i])`` in the working precision -> ``[P]``."""
+    n_classes, width, dim = factors.shape
+    out = torch.empty(query.numel(), dtype=x.dtype, device=x.device)
+    for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, x.element_size()):
+        padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
+        padded[rows, slots] = x[query[pairs]]
+        coef = torch.bmm(padded, factors[group].mT)  # [g, most, w]
+        out[pairs] = torch.linalg.vector_norm(coef[rows, slots], dim=1).square_()
+    return out

@@ -1,0 +1,167 @@
+"""The method registry: one table that the CLI, the runner, the config checks and the search read.
+
+Each method registers itself with a decorator beside its class, saying where its constructor
+parameters and its search grid come from in the merged config::
+
+    @register_method("tip-adapter", title="Tip-Adapter", config_section="tip_adapter", ...)
+    class TipAdapter(...): ...
+
+    spec = get_method("tip-adapter")          # aliases: "tip", "tip_adapter", "TipAdapter"
+    model = spec.build(cfg, n_features=512, projector=None, device="cpu")
+    grid = spec.grid(cfg)                    # {"beta": [...], "alpha": [...]} from cfg["tip_adapter"]
+
+The table holds the classes. Reading it imports :mod:`ssp.methods` (every method module);
+those modules import torch lazily (:mod:`ssp._lazy`), so ``ssp-fewshot --help`` stays fast.
+Every method also runs with an SSP projector: ``"<name>+ssp"`` (:func:`parse_method`). A new
+method is one module with a decorated class, its config section and its tests.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+__all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "method_names",
+           "registered_methods", "spec_for_estimator", "SSP_SUFFIX"]
+
+SSP_SUFFIX = "+ssp"
+
+# (section of the merged config, number of the estimator's features D) -> constructor kwargs
+ParamsFn = Callable[[Mapping[str, Any], int], dict]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the table.
+
+    Attributes:
+        name: canonical name used by the CLI, configs, run files and tables (``"tip-adapter"``).
+        title: display name (``"Tip-Adapter"``).
+        estimator: the estimator class.
+        config_section: the config section its constructor parameters come from (``None``: none).
+        search_section: the config section holding ``search_scale`` / ``search_step`` of its grid.
+        search_axes: hyper-parameters searched on validation, in search order (``()``: none).
+        default_scale, default_step: the grid used when no config gives one.
+        params: ``(cfg, n_features) -> kwargs`` for the constructor (``None``: no parameters).
+        fine_tuned: trained by gradient descent; ``fit`` also takes validation features (epoch
+            selection) and the augmented views of the support set.
+        aliases: other spellings accepted by :func:`get_method`.
+        needs_text: its logits use the text classifier (runs without one are skipped).
+        grid_builder: ``(spec, section or None) -> {axis: array}``; default: :func:`make_grid`'s
+            linear grids from ``search_scale`` / ``search_step``.
+    """
+
+    name: str
+    title: str
+    estimator: type
+    config_section: str | None = None
+    search_section: str | None = None
+    search_axes: tuple[str, ...] = ()
+    default_scale: tuple[float, ...] = ()
+    default_step: tuple[int, ...] = ()
+    params: ParamsFn | None = field(default=None, compare=False)
+    fine_tuned: bool = False
+    aliases: tuple[str, ...] = ()
+    needs_text: bool = True
+    grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
+
+    def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
+        """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
+        return dict(self.params(cfg, n_features)) if self.params is not None else {}
+
+    def build(self, cfg: Mapping[str, Any], *, n_features: int, projector: Any = None,
+              device: Any = None, **extra: Any) -> Any:
+        """A new, unfitted estimator configured from ``cfg`` (``extra`` overrides)."""
+        kwargs = {**self.constructor_params(cfg, n_features), **extra}
+        return self.estimator(**kwargs, projector=projector, device=device)
+
+    def grid(self, cfg: Mapping[str, Any] | None = None) -> dict | None:
+        """The search grid ``{axis: float64 array}``: from ``cfg[search_section]`` when given,
+        the method's default grid otherwise; ``None`` when nothing is searched."""
+        if not self.search_axes:
+            return None
+        from ssp.methods.search import make_grid
+
+        section = (cfg or {}).get(self.search_section or "", None)
+        if section is None:
+            return make_grid(self.name)
+        return make_grid(self.name, section["search_scale"], section["search_step"])
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def _key(name: str) -> str:
+    return str(name).strip().lower().replace("_", "-")
+
+
+def register_method(name: str, **fields: Any) -> Callable[[type], type]:
+    """Class decorator: add the decorated estimator to the table as ``name`` (``fields``: the
+    other :class:`MethodSpec` attributes). Its name and aliases must be new."""
+
+    def decorate(cls: type) -> type:
+        _add(MethodSpec(name=name, estimator=cls, **fields))
+        return cls
+
+    return decorate
+
+
+def _add(spec: MethodSpec) -> MethodSpec:
+    if len(spec.default_scale) != len(spec.search_axes) or len(spec.default_step) != len(spec.search_axes):
+        raise ValueError(f"method {spec.name!r}: default_scale and default_step need one value per "
+                         f"search axis {spec.search_axes}")
+    keys = {_key(spec.name), *(_key(a) for a in spec.aliases)}
+    taken = sorted(k for k in keys if k in _ALIASES)
+    if taken or spec.name.endswith(SSP_SUFFIX):
+        raise ValueError(f"method {spec.name!r}: name(s) {taken or [spec.name]} already used or reserved")
+    _REGISTRY[spec.name] = spec
+    for k in keys:
+        _ALIASES[k] = spec.name
+    return spec
+
+
+def _load() -> None:
+    """Import every built-in method module (each registers itself)."""
+    importlib.import_module("ssp.methods")
+
+
+def get_method(name: str) -> MethodSpec:
+    """The entry for ``name`` or one of its aliases (``"+ssp"`` not included: see :func:`parse_method`)."""
+    _load()
+    canonical = _ALIASES.get(_key(name))
+    if canonical is None:
+        raise ValueError(f"unknown method {name!r}; choose from {list(_REGISTRY)}")
+    return _REGISTRY[canonical]
+
+
+def parse_method(name: str) -> tuple[MethodSpec, bool]:
+    """``"ape+ssp"`` -> (the APE entry, True); ``"tip-adapter"`` -> (the Tip-Adapter entry, False)."""
+    text = str(name)
+    use_ssp = _key(text).endswith(SSP_SUFFIX)
+    return get_method(text[: -len(SSP_SUFFIX)] if use_ssp else text), use_ssp
+
+
+def registered_methods() -> tuple[MethodSpec, ...]:
+    """The entries in registration order."""
+    _load()
+    return tuple(_REGISTRY.values())
+
+
+def method_names(*, fine_tuned: bool | None = None) -> tuple[str, ...]:
+    """Every runnable method name, each followed by its ``+ssp`` variant; ``fine_tuned``
+    filters (``None``: all)."""
+    _load()
+    return tuple(n for s in _REGISTRY.values() if fine_tuned is None or s.fine_tuned == fine_tuned
+                 for n in (s.name, s.name + SSP_SUFFIX))
+
+
+def spec_for_estimator(estimator: Any) -> MethodSpec | None:
+    """The entry of ``estimator``'s class, or of its nearest registered base class."""
+    _load()
+    by_class = {s.estimator: s for s in _REGISTRY.values()}
+    for cls in type(estimator).__mro__:
+        spec = by_class.get(cls)
+        if spec is not None:
+            return spec
+    return None

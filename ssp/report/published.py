@@ -1,0 +1,216 @@
+"""Published few-shot numbers, shipped as data, and the paper presets of the suite runner.
+
+One CSV per source in ``ssp/report/published_numbers/`` (package data), long format::
+
+    source,method,dataset,backbone,shots,accuracy
+    tip_adapter_exp_log,tip-adapter,stanford_cars,RN50,16,66.77
+
+Each file starts with ``#`` lines giving its provenance (paper, repository, file, commit,
+backbone, the protocol behind the numbers). Names are ssp's: datasets as in
+:func:`ssp.data.list_datasets`, methods ``zero-shot``, ``tip-adapter``, ``tip-adapter-f``,
+``ape``, ``ape-t`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
+``tip-x``), backbones as open_clip names (``RN50``, ``RN101``, ``ViT-B-32``, ``ViT-B-16``).
+Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count.
+Dataset :data:`AVERAGE` holds the 11-dataset means.
+
+::
+
+    published_value("ape", "stanford_cars", 16)                    # 70.31 (APE_results.ipynb)
+    published_value("zero-shot", "imagenet", 4)                      # 60.32 (exp.log: first source)
+    published_table(source="ape_results_notebook", backbone="ViT-B-16")
+    PAPER_PRESETS["ape"].methods
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import io
+from dataclasses import dataclass
+from importlib import resources
+
+__all__ = ["SOURCES", "SOURCE_TITLES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPreset", "PAPER_PRESETS", "published_table",
+           "published_value", "published_lookup", "source_provenance", "canonical_backbone",
+           "baseline_method"]
+
+#: Source id -> file in ``ssp/report/published_numbers/``. Order = default preference when several sources
+#: give the same (method, dataset, backbone, shots).
+SOURCES: dict[str, str] = {
+    "tip_adapter_exp_log": "tip_adapter_exp_log.csv",
+    "ape_results_notebook": "ape_results_notebook.csv",
+}
+
+#: Source id -> short human title (for tables).
+SOURCE_TITLES: dict[str, str] = {
+    "tip_adapter_exp_log": "Tip-Adapter exp.log (RN50)",
+    "ape_results_notebook": "APE APE_results.ipynb",
+}
+
+#: Dataset name of the 11-dataset mean rows.
+AVERAGE = "average"
+
+#: The 11 CoOp benchmarks the published averages are taken over.
+BENCHMARK_DATASETS: tuple[str, ...] = (
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+)
+
+_FIELDS = ("source", "method", "dataset", "backbone", "shots", "accuracy")
+
+
+@dataclass(frozen=True)
+class PaperPreset:
+    """What one paper's tables cover: the suite to run and the published numbers to compare with.
+
+    Attributes:
+        name: preset name (``--paper NAME``).
+        methods: ssp method names to run.
+        shots: shot counts of the tables.
+        datasets: dataset names of the tables.
+        backbone: open_clip name of the tables' backbone.
+        sources: published sources compared against, in order of preference.
+        note: one line said beside the results (what the comparison is, and is not).
+    """
+
+    name: str
+    methods: tuple[str, ...]
+    shots: tuple[int, ...]
+    datasets: tuple[str, ...]
+    backbone: str
+    sources: tuple[str, ...]
+    note: str
+
+
+_SHOTS = (1, 2, 4, 8, 16)
+
+#: Registry of ``--paper`` presets. Methods not (yet) runnable by ssp are the runner's to skip.
+PAPER_PRESETS: dict[str, PaperPreset] = {p.name: p for p in (
+    PaperPreset(
+        name="tip-adapter",
+        methods=("zero-shot", "tip-adapter", "tip-adapter-f"),
+        shots=_SHOTS, datasets=BENCHMARK_DATASETS, backbone="RN50",
+        sources=("tip_adapter_exp_log",),
+        note="Zhang et al., Tip-Adapter (ECCV 2022), Fig. 4/5 numbers from the repository's exp.log.",
+    ),
+    PaperPreset(
+        name="ape",
+        methods=("zero-shot", "tip-adapter", "tip-adapter-f", "ape", "ape-t"),
+        shots=_SHOTS, datasets=BENCHMARK_DATASETS, backbone="RN50",
+        sources=("ape_results_notebook", "tip_adapter_exp_log"),
+        note="Zhu et al., APE (ICCV 2023), numbers from the repository's APE_results.ipynb "
+             "(its Tip-Adapter baselines at 16 shots; other shots from Tip-Adapter's exp.log).",
+    ),
+    PaperPreset(
+        name="ssp",
+        methods=("zero-shot", "zero-shot+ssp", "tip-adapter", "tip-adapter+ssp", "tip-adapter-f",
+                 "tip-adapter-f+ssp", "ape", "ape+ssp", "ape-t", "ape-t+ssp"),
+        shots=_SHOTS, datasets=BENCHMARK_DATASETS, backbone="RN50",
+        sources=("tip_adapter_exp_log", "ape_results_notebook"),
+        note="The SSP paper's own tables (Zhu et al., ACM MM 2024) are not available to ssp: "
+             "X+ssp is compared against the published numbers of X (Tip-Adapter exp.log, "
+             "APE APE_results.ipynb), i.e. against the method without SSP.",
+    ),
+)}
+
+
+def canonical_backbone(name: str) -> str:
+    """``"ViT-B/32"``, ``"ViT-B-32@openai"``, ``"RN50-quickgelu"`` -> ``"ViT-B-32"``, ``"RN50"``."""
+    base = str(name).split("@", 1)[0].replace("/", "-")
+    if base.endswith("-quickgelu"):
+        base = base[: -len("-quickgelu")]
+    return base
+
+
+def baseline_method(method: str) -> str:
+    """``"tip-adapter+ssp"`` -> ``"tip-adapter"``: the published method an X+ssp run is put beside."""
+    return method[: -len("+ssp")] if method.endswith("+ssp") else method
+
+
+def _check_source(source: str) -> None:
+    if source not in SOURCES:
+        raise ValueError(f"unknown published source {source!r}; choose from {list(SOURCES)}")
+
+
+def _read_text(source: str) -> str:
+    return (resources.files("ssp.report") / "published_numbers" / SOURCES[source]).read_text(encoding="utf-8")
+
+
+def source_provenance(source: str) -> str:
+    """The provenance header of ``source``'s file (its ``#`` lines, without the ``#``)."""
+    _check_source(source)
+    lines = [line[1:].strip() for line in _read_text(source).splitlines() if line.startswith("#")]
+    return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(source: str) -> tuple[tuple, ...]:
+    text = "".join(line for line in io.StringIO(_read_text(source)) if not line.startswith("#"))
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(reader.fieldnames or ()) != _FIELDS:
+        raise ValueError(f"ssp/report/published_numbers/{SOURCES[source]}: columns {reader.fieldnames}, expected {list(_FIELDS)}")
+    rows = []
+    for i, row in enumerate(reader, start=2):
+        if row["source"] != source:
+            raise ValueError(f"ssp/report/published_numbers/{SOURCES[source]} row {i}: source {row['source']!r} != {source!r}")
+        shots = int(row["shots"]) if row["shots"] else None
+        rows.append((source, row["method"], row["dataset"], row["backbone"], shots, float(row["accuracy"])))
+    return tuple(rows)
+
+
+def published_table(source: str | None = None, *, method: str | None = None, dataset: str | None = None,
+                    backbone: str | None = None) -> list[dict]:
+    """Published records, optionally filtered.
+
+    Args:
+        source: one key of :data:`SOURCES`, or None for all sources (in :data:`SOURCES` order).
+        method, dataset: exact ssp names to keep (None: all).
+        backbone: keep this backbone (any spelling :func:`canonical_backbone` accepts).
+
+    Returns:
+        A list of ``{"source", "method", "dataset", "backbone", "shots", "accuracy"}`` dicts,
+        file order; ``shots`` is None for shot-independent methods, ``accuracy`` in percent.
+    """
+    sources = list(SOURCES) if source is None else [source]
+    for s in sources:
+        _check_source(s)
+    want_backbone = None if backbone is None else canonical_backbone(backbone)
+    out = []
+    for s in sources:
+        for row in _load(s):
+            rec = dict(zip(_FIELDS, row))
+            if method is not None and rec["method"] != method:
+                continue
+            if dataset is not None and rec["dataset"] != dataset:
+                continue
+            if want_backbone is not None and rec["backbone"] != want_backbone:
+                continue
+            out.append(rec)
+    return out
+
+
+def published_lookup(method: str, dataset: str, shots: int, backbone: str = "RN50",
+                     source: str | tuple[str, ...] | list[str] | None = None) -> dict | None:
+    """The published record for one cell, or None when no source has it.
+
+    ``source``: one source, a sequence tried in order, or None (every source, :data:`SOURCES`
+    order). A shot-independent record (``shots`` None, e.g. zero-shot) answers every shot count.
+    """
+    sources = list(SOURCES) if source is None else [source] if isinstance(source, str) else list(source)
+    for s in sources:
+        _check_source(s)
+    want = canonical_backbone(backbone)
+    for s in sources:
+        for row in _load(s):
+            _, m, d, b, k, _acc = row
+            if m == method and d == dataset and b == want and (k is None or k == int(shots)):
+                return dict(zip(_FIELDS, row))
+    return None
+
+
+def published_value(method: str, dataset: str, shots: int, backbone: str = "RN50",
+                    source: str | tuple[str, ...] | list[str] | None = None) -> float | None:
+    """Published top-1 accuracy (%) of ``method`` on ``dataset`` at ``shots``, or None if unpublished.
+
+    ``dataset`` may be :data:`AVERAGE` for the 11-dataset mean. See :func:`published_lookup`.
+    """
+    rec = published_lookup(method, dataset, shots, backbone, source)
+    return None if rec is None else rec["accuracy"]

@@ -1,0 +1,163 @@
+"""Results: one JSON per run, aggregation over seeds, a text table and a plot.
+
+A *run* is one (dataset, backbone, method, shots, seed) under one set of *settings* (everything
+else that changes its numbers: data source, validation policy, views, precision, the method's
+config, ...). A run's file is keyed by a short hash of its settings (``settings_key``), so runs of
+different settings never overwrite each other, and tables group runs by their protocol
+(``protocol_key``: the settings shared by all methods) and never average runs of different
+settings. Tables are always rebuilt from the JSON files, so a results folder is the single source
+of truth (as in CLIP_benchmark).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable
+
+from ssp._io import atomic_path, write_json_atomic, write_text_atomic
+
+RUN_SUFFIX = ".run.json"
+
+
+def load_runs(output_dir: Path) -> list[dict]:
+    """Every run record under ``output_dir`` (recursively), sorted by (dataset, backbone, method, shots, seed)."""
+    records = []
+    for path in sorted(Path(output_dir).rglob(f"*{RUN_SUFFIX}")):
+        try:
+            records.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"results file {path} is unreadable ({err}); delete it or re-run that run") from err
+    records.sort(key=lambda r: (r["dataset"], r["backbone"]["name"], r["method"], r["shots"], r["seed"]))
+    return records
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # sample std, as papers report
+    return mean, math.sqrt(var)
+
+
+def _protocol_key(record: dict) -> str:
+    return str(record.get("protocol_key") or "-")
+
+
+def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[dict]:
+    """Mean and sample std of ``metric`` over seeds for each (dataset, backbone, protocol, method,
+    shots). Runs of one method under different method settings (e.g. two APE grids) in the same
+    protocol are never averaged together: each gets its own row, labelled ``method [settings_key]``."""
+    records = list(records)
+    keys_of: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        keys_of[(r["dataset"], r["backbone"]["name"], _protocol_key(r), r["method"])].add(r.get("settings_key"))
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        where = (r["dataset"], r["backbone"]["name"], _protocol_key(r), r["method"])
+        label = r["method"] if len(keys_of[where]) == 1 else f"{r['method']} [{r.get('settings_key') or '-'}]"
+        groups[(r["dataset"], r["backbone"]["name"], _protocol_key(r), label, r["shots"])].append(r)
+    rows = []
+    for (dataset, backbone, protocol, method, shots), runs in sorted(groups.items()):
+        seeds = [r["seed"] for r in runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{dataset} / {backbone} / {method} / {shots}-shot: several runs of seed "
+                             f"{sorted(seeds)} with the same settings; remove the duplicates")
+        mean, std = _mean_std([float(r[metric]) for r in runs])
+        rows.append({"dataset": dataset, "backbone": backbone, "protocol_key": protocol,
+                     "protocol": runs[0].get("protocol_summary"), "method": method, "shots": shots,
+                     "mean": round(mean, 6), "std": None if std is None else round(std, 6),
+                     "seeds": sorted(seeds), "metric": metric})
+    return rows
+
+
+def _method_order(methods: Iterable[str]) -> list[str]:
+    from ssp.methods.registry import method_names
+
+    order = {m: i for i, m in enumerate(method_names())}
+    return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))
+
+
+def format_table(summary: list[dict]) -> str:
+    """One block per (dataset, backbone): methods as rows, shot counts as columns, ``mean ± std``."""
+    blocks = []
+    keys = sorted({(r["dataset"], r["backbone"], r.get("protocol_key", "-")) for r in summary})
+    several = defaultdict(int)
+    for dataset, backbone, _ in keys:
+        several[(dataset, backbone)] += 1
+    for dataset, backbone, protocol in keys:
+        rows = [r for r in summary
+                if (r["dataset"], r["backbone"], r.get("protocol_key", "-")) == (dataset, backbone, protocol)]
+        shots = sorted({r["shots"] for r in rows})
+        seeds = sorted({s for r in rows for s in r["seeds"]})
+        cell = {(r["method"], r["shots"]): f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
+                for r in rows}
+        header = ["method"] + [f"{k}-shot" for k in shots]
+        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in _method_order({r["method"] for r in rows})]
+        widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
+        fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(row, widths)))
+        metric = rows[0]["metric"].replace("_", " ")
+        spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed (no std):"
+        title = f"{dataset} | {backbone} | {metric} (%), {spread} {seeds}"
+        described = rows[0].get("protocol")
+        if described or several[(dataset, backbone)] > 1:
+            title += f"\n  settings {protocol}: {described or 'not recorded'}"
+        lines = [title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def plot_summary(summary: list[dict], path: Path) -> Path:
+    """Accuracy against shots, one line per method (error bars = std), one panel per dataset/backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["dataset"], r["backbone"], r.get("protocol_key", "-")) for r in summary})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4), squeeze=False)
+    for ax, (dataset, backbone, protocol) in zip(axes[0], keys):
+        rows = [r for r in summary
+                if (r["dataset"], r["backbone"], r.get("protocol_key", "-")) == (dataset, backbone, protocol)]
+        for method in _method_order({r["method"] for r in rows}):
+            pts = sorted((r["shots"], r["mean"], r["std"] or 0.0) for r in rows if r["method"] == method)
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method,
+                        linestyle="--" if method.startswith("zero-shot") else "-")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({r["shots"] for r in rows}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("shots per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset} ({backbone})" + ("" if protocol == "-" else f" [{protocol}]"), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
+    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``."""
+    output_dir = Path(output_dir)
+    records = load_runs(output_dir)
+    if not records:
+        raise FileNotFoundError(f"no run results (*{RUN_SUFFIX}) under {output_dir}")
+    summary = summarize(records)
+    val_summary = summarize(records, "val_accuracy")
+    table = format_table(summary)
+    val_table = format_table(val_summary)
+    paths = {
+        "summary": write_json_atomic(output_dir / "summary.json", {"test": summary, "val": val_summary}),
+        "table": output_dir / "results.md",
+        "plot": plot_summary(summary, output_dir / "results.png"),
+    }
+    write_text_atomic(paths["table"], f"```\n{table}\n```\n\nValidation accuracy of the chosen "
+                                       f"hyper-parameters:\n\n```\n{val_table}\n```\n")
+    return table, paths

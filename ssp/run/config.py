@@ -1,0 +1,197 @@
+"""Experiment configuration: ``defaults.yaml`` < ``<dataset>.yaml`` < a user file < command line.
+
+The YAML files live in the repository's top-level ``configs/``; ``ssp/configs`` links to it so they
+ship inside the package.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ssp._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
+from ssp.methods.registry import method_names, parse_method
+
+# every runnable method name (each with its "+ssp" variant), from the method registry
+METHODS = method_names()
+
+
+def _read_yaml(path: Path | Any) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise FileNotFoundError(f"cannot read config file {path}: {err}") from err
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge; ``override`` wins, ``None`` values in ``override`` are kept."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+# keys a config may hold beyond those of defaults.yaml
+_EXTRA_TOP_LEVEL = ("dataset",)
+# keys whose value may be of another type than its default (checked by validate_config)
+_FREE_TYPE = {"val_policy", "pretrained", "backbone"}
+
+
+def _leaf_paths(schema: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in schema.items():
+        path = f"{prefix}{key}"
+        out.append(path)
+        if isinstance(value, dict):
+            out += _leaf_paths(value, path + ".")
+    return out
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def check_keys(data: dict, schema: dict, where: str, prefix: str = "", *, root: dict | None = None) -> None:
+    """Raise ``ValueError`` for a key of ``data`` that ``schema`` (defaults.yaml) does not have,
+    naming its path and the nearest valid name, or for a value whose kind differs from the
+    default's (a number where a list is expected, ...). ``where`` names the file."""
+    root = schema if root is None else root
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            if not prefix and key in _EXTRA_TOP_LEVEL:
+                continue
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1, cutoff=0.6)
+            if close:
+                hint = f"did you mean '{prefix}{close[0]}'?"
+            else:
+                by_leaf: dict[str, list[str]] = {}
+                for p in _leaf_paths(root):  # a leaf name may live in several sections (ape, ape_t)
+                    by_leaf.setdefault(p.rsplit(".", 1)[-1], []).append(p)
+                near = difflib.get_close_matches(str(key), list(by_leaf), n=1, cutoff=0.6)
+                hint = ("did you mean " + " or ".join(f"'{p}'" for p in by_leaf[near[0]]) + "?" if near else
+                        f"valid keys here: {', '.join(map(str, schema))}")
+            raise ValueError(f"{where}: unknown config key '{path}'; {hint}")
+        default = schema[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: config key '{path}' must be a mapping (e.g. {default}), "
+                                 f"got {value!r}")
+            check_keys(value, default, where, path + ".", root=root)
+        elif default is not None and key not in _FREE_TYPE and value is not None and _kind(value) != _kind(default):
+            raise ValueError(f"{where}: config key '{path}' must be {_kind(default)} (e.g. {default!r}), "
+                             f"got {value!r}")
+
+
+def builtin_config_names() -> list[str]:
+    """Dataset names that have a shipped YAML config."""
+    root = resources.files("ssp") / "configs"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml") and p.name != "defaults.yaml")
+
+
+def load_config(dataset: str, config_file: str | Path | None = None,
+                overrides: dict | None = None) -> dict:
+    """The merged configuration for ``dataset``.
+
+    ``config_file`` (a user's YAML) is applied on top of the shipped dataset config, then
+    ``overrides`` (e.g. from the command line, keys with value ``None`` ignored).
+    """
+    root = resources.files("ssp") / "configs"
+    cfg = _read_yaml(root / "defaults.yaml")
+    schema = copy.deepcopy(cfg)
+    shipped = root / f"{dataset}.yaml"
+    if shipped.is_file():
+        data = _read_yaml(shipped)
+        check_keys(data, schema, f"config file {shipped}")
+        cfg = merge(cfg, data)
+    if config_file is not None:
+        data = _read_yaml(Path(config_file))
+        check_keys(data, schema, f"config file {config_file}")
+        cfg = merge(cfg, data)
+    cfg["dataset"] = dataset
+    if overrides:
+        data = {k: v for k, v in overrides.items() if v is not None}
+        check_keys(data, schema, "overrides")
+        cfg = merge(cfg, data)
+    validate_config(cfg)
+    return cfg
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_config(cfg: dict) -> None:
+    """Raise ``ValueError`` naming the offending key for values the pipeline cannot use."""
+    methods = cfg.get("methods")
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"config 'methods' must be a non-empty list, got {methods!r}")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    for key in ("shots", "seeds"):
+        values = cfg.get(key)
+        if not isinstance(values, list) or not values or not all(isinstance(v, int) for v in values):
+            raise ValueError(f"config '{key}' must be a non-empty list of integers, got {values!r}")
+    if any(k < 1 for k in cfg["shots"]):
+        raise ValueError(f"shots must be >= 1, got {cfg['shots']}")
+    check_int(cfg.get("views"), "config 'views'")
+    if cfg.get("quick_gelu") not in (None, True, False):
+        raise ValueError(f"config 'quick_gelu' must be null (auto), true or false, got {cfg['quick_gelu']!r}")
+    policy = cfg.get("val_policy")
+    if not (policy in VAL_POLICIES or (isinstance(policy, int) and policy >= 1)):
+        raise ValueError(f"config 'val_policy' must be 'coop', 'full' or an integer >= 1, got {policy!r}")
+    for spec in dict.fromkeys(parse_method(m)[0] for m in methods):
+        if spec.config_section is not None and not isinstance(cfg.get(spec.config_section), dict):
+            raise ValueError(f"method {spec.name!r} needs the config section '{spec.config_section}'")
+        if spec.search_axes:
+            sec = cfg.get(spec.search_section, {})
+            n = len(spec.search_axes)
+            for key in ("search_scale", "search_step"):
+                if not isinstance(sec.get(key), list) or len(sec[key]) != n:
+                    raise ValueError(f"config '{spec.search_section}.{key}' must be a list of {n} entries "
+                                     f"({', '.join(spec.search_axes)}), got {sec.get(key)!r}")
+            if not all(_is_number(v) and v > 0 for v in sec["search_scale"]):
+                raise ValueError(f"config '{spec.search_section}.search_scale' must hold positive numbers, "
+                                 f"got {sec['search_scale']!r}")
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sec["search_step"]):
+                raise ValueError(f"config '{spec.search_section}.search_step' must hold positive integers, "
+                                 f"got {sec['search_step']!r}")
+        init = (cfg.get(spec.config_section) or {}).get("init") if spec.config_section else None
+        for name, value in (init or {}).items():
+            if not _is_number(value):
+                raise ValueError(f"config '{spec.config_section}.init.{name}' must be a number, got {value!r}")
+    ssp_cfg = cfg.get("ssp", {})
+    for key in ("rank", "routing"):
+        if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:
+            raise ValueError(f"config 'ssp.{key}' must be a non-empty list (candidates searched on validation)")
+    bad = [r for r in ssp_cfg["routing"] if r not in ROUTINGS]
+    if bad:
+        raise ValueError(f"config 'ssp.routing' has unknown routing(s) {bad}; use paper, vision, reference")
+    if ssp_cfg.get("score_precision", "auto") not in SCORE_PRECISIONS:
+        raise ValueError(f"config 'ssp.score_precision' must be one of {', '.join(SCORE_PRECISIONS)}, "
+                         f"got {ssp_cfg['score_precision']!r}")

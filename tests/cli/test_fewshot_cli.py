@@ -1,0 +1,138 @@
+"""``ssp-fewshot`` end to end on the real images of ../shared/data with a tiny random backbone."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from ssp.cli.fewshot import main
+from ssp.run.config import METHODS
+
+ASSETS = Path(__file__).parents[1] / "assets"
+
+
+def _run(capsys, *args: str) -> str:
+    assert main(list(args)) == 0
+    return capsys.readouterr().out
+
+
+def _common(tmp_path: Path, backbone: str = "tiny-rn.json") -> list[str]:
+    return ["--backbone", str(ASSETS / backbone), "--pretrained", "none", "--device", "cpu",
+            "--views", "1", "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+            "--no-progress"]
+
+
+@pytest.mark.slow
+def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, capsys):
+    import warnings
+
+    args = ["--dataset", "dtd", "--root", str(data_root / "coop"), "--shots", "1", "2", "--seeds", "1",
+            *_common(tmp_path)]
+    filters = list(warnings.filters)
+    out = _run(capsys, *args)
+    assert warnings.filters == filters  # cli.main leaves the process-wide warning filters alone
+
+    runs = sorted((tmp_path / "out").rglob("*.run.json"))
+    assert len(runs) == len(METHODS) * 2  # every method x 2 shot counts x 1 seed
+    record = json.loads(runs[0].read_text())
+    assert record["dataset"] == "dtd" and record["backbone"]["name"] == "tiny-rn@none"
+    assert record["protocol"]["hyperparameters_chosen_on"] == "validation split"
+    assert record["protocol"]["n_classes"] == 10 and record["protocol"]["n_test"] == 360
+    for key in ("val_accuracy", "test_accuracy", "hyperparameters", "timings", "config", "seed"):
+        assert key in record
+    (ssp_path,) = (tmp_path / "out/dtd/tiny-rn@none/ape_plus_ssp").glob("*/2shot_seed1.run.json")
+    ssp_run = json.loads(ssp_path.read_text())
+    assert ssp_path.parent.name == ssp_run["settings_key"]
+    assert ssp_run["hyperparameters"]["routing"] in ("paper", "vision", "reference")
+    assert ssp_run["protocol"]["n_support"] == 20 and ssp_run["protocol"]["n_val"] == 20  # coop: min(K, 4)
+    assert 1 <= ssp_run["details"]["vision_rank"] <= 32
+
+    # the table: one row per method, one column per shot count
+    table = out[out.index("dtd | tiny-rn@none"):]
+    assert "1-shot" in table and "2-shot" in table
+    for method in METHODS:
+        assert any(line.split()[0] == method for line in table.splitlines()[3:] if line.strip())
+    for name in ("results.md", "results.png", "summary.json"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    assert "0 file(s) reused" in out
+
+    # second run: every feature file comes from the cache, results identical
+    before = {p.name: json.loads(p.read_text())["test_accuracy"] for p in runs}
+    out2 = _run(capsys, *args)
+    assert "0 extracted" in out2 and "0 file(s) reused" not in out2
+    after = {p.name: json.loads(p.read_text())["test_accuracy"] for p in (tmp_path / "out").rglob("*.run.json")}
+    assert after == before
+
+
+@pytest.mark.slow
+def test_imagenet_layout_end_to_end(data_root, tmp_path, capsys):
+    root = data_root / "imagenet_tiny"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    out = _run(capsys, "--dataset", "imagenet", "--root", str(root), "--shots", "1", "--seeds", "1", "2",
+               "--methods", "zero-shot", "tip-adapter+ssp", *_common(tmp_path, "tiny-vit.json"))
+    runs = sorted((tmp_path / "out").rglob("*.run.json"))
+    assert len(runs) == 4
+    record = json.loads(runs[0].read_text())
+    assert record["protocol"]["n_classes"] == 200 and record["protocol"]["n_test"] == 200 * 25
+    # ImageNet has no val split: validation is carved from train images that are not shots
+    assert record["protocol"]["n_val"] == 200
+    assert "mean ± std over seeds [1, 2]" in out
+
+
+def test_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["--dataset", "dtd", "--root", str(tmp_path / "nowhere"), *_common(tmp_path)])
+    message = str(err.value)
+    assert "nowhere" in message and "ssp-fewshot" in message
+
+
+def test_bad_values_are_rejected_before_any_work(data_root, tmp_path):
+    """A real dataset root: without the up-front checks these runs would start and write files."""
+    root = data_root / "coop"
+    base = [sys.executable, "-m", "ssp.cli.fewshot", "--dataset", "dtd", "--root", str(root), *_common(tmp_path)]
+    for bad, flag in ((["--shots", "0"], "--shots"), (["--ssp-rank", "1.5"], "--ssp-rank"),
+                      (["--batch-size", "0"], "--batch-size"), (["--num-workers", "-1"], "--num-workers"),
+                      (["--val-policy", "half"], "--val-policy")):
+        done = subprocess.run(base + bad, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+        assert done.returncode != 0 and flag in done.stderr and "Traceback" not in done.stderr, bad
+        assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists(), bad
+    with pytest.raises(SystemExit, match="--dataset is required"):
+        main(["--root", str(tmp_path)])
+
+
+def test_main_leaves_the_process_warning_filters_alone(tmp_path, capsys):
+    import warnings
+
+    from ssp.cli.fewshot import random_weights_banner
+
+    before = list(warnings.filters)
+    with random_weights_banner({"pretrained": "none"}):
+        assert warnings.filters != before  # the banner silences the per-load warning inside the block
+    assert warnings.filters == before
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().err
+
+
+def test_report_only_rebuilds_table_from_jsons(tmp_path, capsys):
+    from ssp.run.records import write_run
+
+    for seed, acc in ((1, 60.0), (2, 62.0)):
+        write_run(tmp_path, {"dataset": "dtd", "backbone": {"name": "RN50@openai"}, "method": "ape",
+                             "shots": 4, "seed": seed, "val_accuracy": acc, "test_accuracy": acc})
+    out = _run(capsys, "--report-only", "--output", str(tmp_path))
+    assert "61.00 ± 1.41" in out and (tmp_path / "results.md").is_file()
+
+
+def test_console_script_is_registered_and_runs():
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "ssp-fewshot"]
+    assert script.value == "ssp.cli.fewshot:main"
+    done = subprocess.run([sys.executable, "-m", "ssp.cli.fewshot", "--list-datasets"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    names = done.stdout.split()
+    for name in ("imagenet", "dtd", "oxford_pets", "stanford_cars", "ucf101", "imagefolder"):
+        assert name in names

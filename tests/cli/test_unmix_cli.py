@@ -1,0 +1,148 @@
+"""``ssp-unmix`` through a real subprocess: analyze on the real StanfordCars classifier; segment,
+train and mlr on voc_tiny / coco_tiny with the random-init tiny ViT."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--backbone", str(REPO / "tests" / "assets" / "tiny-vit.json"), "--pretrained", "none",
+        "--device", "cpu", "--no-progress"]
+
+
+def run(args, cache_dir, check=True):
+    env = dict(os.environ, SSP_CACHE_DIR=str(cache_dir), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "ssp.cli.unmix", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def in_process(args, cache_dir, monkeypatch, capsys) -> tuple[int, str, str]:
+    """The same entry point in this process (cheaper than a subprocess for follow-up calls)."""
+    from ssp.cli.unmix import main
+
+    monkeypatch.setenv("SSP_CACHE_DIR", str(cache_dir))
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def record(proc) -> dict:
+    stdout = proc if isinstance(proc, str) else proc.stdout
+    line = [ln for ln in stdout.splitlines() if ln.startswith("record: ")][-1]
+    return json.loads(Path(line[len("record: "):]).read_text())
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("unmix-cache")
+
+
+@pytest.fixture(scope="module")
+def voc_root(data_root):
+    root = data_root / "voc_tiny"
+    if not root.is_dir():
+        pytest.skip("voc_tiny not found")
+    return root
+
+
+@pytest.mark.slow
+def test_analyze_real_stanford_cars_classifier(tip_cache_root, tmp_path, cache_dir):
+    path = tip_cache_root / "stanford_cars" / "text_weights.pt"
+    if not path.is_file():
+        pytest.skip("StanfordCars text classifier not found")
+    proc = run(["analyze", "--text-features", path, "--output", tmp_path], cache_dir)
+    assert "MFI 0.6538 over 196 classes (D = 512)" in proc.stdout
+    rec = record(proc)
+    assert rec["text_layout"] == "DxC" and rec["n_classes"] == 196 and len(rec["top_confusers"]) == 196
+    for key in ("heatmap", "histogram"):
+        assert Path(rec["files"][key]).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_segment_voc_tiny_writes_miou_masks_and_pictures(voc_root, tmp_path, cache_dir):
+    proc = run(["segment", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
+                "--short-side", 64, "--crop", 64, "--stride", 32, "--examples", 2], cache_dir)
+    assert "mIoU" in proc.stdout and "Traceback" not in proc.stderr
+    rec = record(proc)
+    assert rec["n_images"] == 17 and rec["method"] == "clip-dense" and math.isfinite(rec["mIoU"])
+    assert len(rec["per_class_iou"]) == 21 and "background" in rec["per_class_iou"]
+    masks = sorted(Path(rec["masks"]).glob("*.png"))
+    assert len(masks) == 17
+    with Image.open(masks[0]) as m:
+        gt = Image.open(voc_root / "VOC2012" / "SegmentationClass" / masks[0].name)
+        assert m.mode == "P" and m.size == gt.size
+    assert len(rec["examples"]) == 2 and all(Path(p).is_file() for p in rec["examples"])
+    # the record's mIoU is the mean of its finite per-class IoUs
+    values = [v for v in rec["per_class_iou"].values() if v is not None]
+    assert rec["mIoU"] == pytest.approx(float(np.mean(values)))
+
+
+@pytest.mark.slow
+def test_train_then_segment_and_mlr_use_the_projector(voc_root, tmp_path, cache_dir, monkeypatch, capsys):
+    proc = run(["train", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
+                "--image-size", 64, "--epochs", 2, "--train-batch-size", 8, "--embed-dim", 16], cache_dir)
+    rec = record(proc)
+    assert rec["task"] == "multi_label" and rec["n_images"] == 17
+    assert set(rec["mfi"]) == {"before", "after", "drop"} and len(rec["history"]) == 2
+    proj = rec["projector"]["path"]
+    assert Path(proj + ".safetensors").is_file() and json.loads(Path(proj + ".json").read_text())["task"] == "multi_label"
+
+    # follow-up calls in this process: the subprocess path of each subcommand is tested elsewhere
+    code, out, _ = in_process(["segment", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
+                               "--projector", proj, "--short-side", 64, "--crop", 64, "--stride", 64,
+                               "--max-images", 3, "--examples", 1, "--background", "none"],
+                              cache_dir, monkeypatch, capsys)
+    assert code == 0
+    seg = record(out)
+    assert seg["method"] == "unmix-projector" and seg["n_images"] == 3 and "background ignored" in seg["protocol"]
+    assert seg["per_class_iou"]["background"] is None           # VOC20: background never scored
+
+    code, out, _ = in_process(["mlr", "--dataset", "voc", "--root", voc_root, *TINY, "--output", tmp_path,
+                               "--projector", proj, "--image-size", 64], cache_dir, monkeypatch, capsys)
+    assert code == 0
+    mlr = record(out)
+    assert mlr["method"] == "unmix-projector" and 0 < mlr["mAP"] <= 100
+    assert mlr["classes_with_positives"] == 13 and len(mlr["per_class_ap"]) == 20
+
+
+@pytest.mark.slow
+def test_mlr_on_coco_tiny(data_root, tmp_path, cache_dir):
+    root = data_root / "coco_tiny"
+    if not root.is_dir():
+        pytest.skip("coco_tiny not found")
+    proc = run(["mlr", "--dataset", "coco", "--root", root, *TINY, "--output", tmp_path, "--image-size", 64],
+               cache_dir)
+    rec = record(proc)
+    assert rec["split"] == "val2017" and rec["n_images"] == 1 and rec["classes_with_positives"] == 4
+    # one image: each present class is ranked alone, so its AP is 100
+    assert rec["per_class_ap"]["cat"] == 100 and rec["per_class_ap"]["dog"] is None
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, cache_dir, monkeypatch, capsys):
+    bad = tmp_path / "weights.pt"
+    bad.write_text("not a tensor")
+    out = tmp_path / "out"
+    proc = run(["segment", "--dataset", "voc", "--root", tmp_path / "missing", "--output", out], cache_dir,
+               check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ssp-unmix segment: error: no VOC2012 or VOC2007 folder")
+    for args, needle in ((["analyze", "--text-features", bad, "--output", out], "could not read"),
+                         (["mlr", "--dataset", "dtd", "--root", tmp_path, "--output", out], "multi-label dataset"),
+                         (["train", "--output", out], "--feature-cache")):
+        code, _, err = in_process(args, cache_dir, monkeypatch, capsys)
+        lines = err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and lines[0].startswith(f"ssp-unmix {args[0]}: error:"), err
+        assert needle in lines[0]
+    assert not out.exists() or not any(out.iterdir())
