@@ -145,7 +145,7 @@ class ImageSource:
     the runs need; then rank 0 alone goes on (the other ranks' :meth:`open` returns False).
     """
 
-    def __init__(self, cfg: dict, *, root: str | Path, cache_dir: str | Path | None = None,
+    def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
                  progress: bool = True) -> None:
         from ssp.backbone.weights import backbone_label
@@ -156,7 +156,7 @@ class ImageSource:
         self.data = get_dataset(cfg["dataset"], root, split_file=split_file)
         self.dataset = self.data.name
         self.label = backbone_label(cfg["backbone"], cfg["pretrained"])
-        self.cache_dir, self.device, self.recompute, self.progress = cache_dir, device, recompute, progress
+        self.store_dir, self.device, self.recompute, self.progress = store_dir, device, recompute, progress
         self.split_file = Path(split_file) if split_file is not None else None
         skip_bad = cfg.get("skip_bad_images", False)
         if not isinstance(skip_bad, bool):
@@ -193,7 +193,7 @@ class ImageSource:
         self.backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
                                       device=self.device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
         self.device = self.backbone.device
-        self.store = FeatureStore(self.cache_dir)
+        self.store = FeatureStore(self.store_dir)
         self._kw = self._extract_kw()
         recompute_text = self.recompute
         self.world_size = distributed.world_size() if distributed.is_active() else 1
@@ -428,7 +428,7 @@ class TipCacheSource:
             raise FileNotFoundError(f"{folder} has no test features (test_f.pt / test_l.pt); pass "
                                     "--test-from-val 0.5 to split the validation features into a search part "
                                     "and a test part (seeded per class)")
-        self._common = {"source": {"kind": "feature-cache", "files_digest": settings_key(self.file_digests),
+        self._common = {"source": {"kind": "tip-adapter-cache", "files_digest": settings_key(self.file_digests),
                                    "text_features_sha256": self.text_info.get("sha256")},
                         "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
         self._loaded: tuple[int, object] | None = None
@@ -489,7 +489,7 @@ class TipCacheSource:
         return {
             "backbone": {"model": self.backbone_name, "pretrained": None,
                          "note": "features read from a Tip-Adapter cache folder; backbone as labelled by the user"},
-            "source": {"kind": "feature-cache", "folder": str(self.folder.resolve()), "files_sha256": self.file_digests,
+            "source": {"kind": "tip-adapter-cache", "folder": str(self.folder.resolve()), "files_sha256": self.file_digests,
                        "support_draw": "fixed by the cache (one draw per shot count; the seed does not change it)"},
             "text_features": self.text_info,
             "protocol_summary": (f"Tip-Adapter cache folder {self.folder.name}, val {self.cfg['val_policy']}, "

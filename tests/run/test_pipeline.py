@@ -79,7 +79,7 @@ def test_features_path_end_to_end_on_the_real_stanford_cars_cache(features_run):
     assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__ and env["open_clip"]
     assert env["command"].startswith("python -m ssp.cli.fewshot --features")
     assert ape["seeds"]["test_from_val_split"] == 1 and ape["settings_key"] in str(out / next(iter(runs)))
-    assert ape["source"]["kind"] == "feature-cache" and "keys_16shots.pt" in ape["source"]["files_sha256"]
+    assert ape["source"]["kind"] == "tip-adapter-cache" and "keys_16shots.pt" in ape["source"]["files_sha256"]
     # the same split (seed) for every method: zero-shot, Tip-Adapter and APE see the same test images
     assert len({r["protocol"]["n_test"] for r in runs.values() if r["shots"] == 16}) == 1
     # real features: the cache methods beat zero-shot clearly at 16 shots
@@ -253,7 +253,7 @@ def test_suite_from_images_plans_the_paths_it_writes(data_root, tmp_path):
     args = ["--root", data_root / "coop", "--datasets", "dtd", "--backbones", REPO / "tests/assets/tiny-rn.json",
             "--pretrained", "none", "--device", "cpu", "--views", "1", "--shots", "1", "--seeds", "1",
             "--methods", "zero-shot", "tip-adapter", "--config", tmp_path / "small.yaml", "--no-progress",
-            "--cache-dir", tmp_path / "cache", "--output", tmp_path / "suite"]
+            "--feature-store", tmp_path / "cache", "--output", tmp_path / "suite"]
     (tmp_path / "small.yaml").write_text(SMALL_GRIDS)
     first = _cli("ssp.cli.reproduce", *args)
     assert first.returncode == 0, first.stderr + first.stdout
