@@ -47,7 +47,7 @@ from ssp.features.types import Features
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "cache_dataset_name",
            "split_validation"]
 
-_STAGE_VAL, _STAGE_TEST_FROM_VAL = 1, 2
+_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
 
 
@@ -354,20 +354,6 @@ def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.tensor(sorted(search), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
 
 
-def _subsample_val(labels: torch.Tensor, policy, shots: int, seed: int) -> torch.Tensor:
-    """Indices kept by the validation policy (per class, seeded; see the module docstring)."""
-    if policy == "full":
-        return torch.arange(labels.numel())
-    per_class = min(shots, 4) if policy == "coop" else int(policy)
-    y = labels.cpu().numpy()
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        order = np.random.default_rng([int(seed), int(shots), _STAGE_VAL, int(c)]).permutation(idx.size)
-        keep.extend(idx[order[: min(per_class, idx.size)]].tolist())
-    return torch.tensor(sorted(keep), dtype=torch.long)
-
-
 class TipCacheSource:
     """A Tip-Adapter cache folder (``keys_<K>shots.pt``, ``values_<K>shots.pt``, ``val_f.pt``, ...).
 
@@ -449,6 +435,7 @@ class TipCacheSource:
         return True
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
+        from ssp.data.fewshot import validation_subsample
         from ssp.features.tip_cache import load_feature_cache
 
         t0 = time.perf_counter()
@@ -468,7 +455,7 @@ class TipCacheSource:
         else:
             test = Features(cache.test_features, cache.test_labels)
         policy = self.cfg["val_policy"]
-        keep = _subsample_val(val_y, policy, shots, seed)
+        keep = torch.tensor(validation_subsample(val_y.tolist(), policy, shots, seed), dtype=torch.long)
         val = Features(val_x[keep], val_y[keep])
         return Split(
             support=support, val=val, test=test,

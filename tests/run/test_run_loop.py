@@ -232,3 +232,20 @@ def test_progress_in_a_log_is_a_line_every_interval(capsys):
     bar.close()
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) <= 3 and lines[-1].startswith("[ssp] extracting test: 30/30 img (100%)")
+
+
+def test_one_validation_subsampler_for_images_and_tip_adapter_cache_folders(tmp_path):
+    """A Tip-Adapter cache folder's validation features are subsampled by the images path's rule."""
+    import numpy as np
+
+    from ssp.data.base import DatasetSplits, Sample
+    from ssp.data.fewshot import make_fewshot_splits, validation_subsample
+
+    labels = np.random.default_rng(0).integers(0, 4, 40).tolist()
+    val = [Sample(f"v{i:03d}.jpg", y, f"c{y}") for i, y in enumerate(labels)]
+    train = [Sample(f"t{i:03d}.jpg", c, f"c{c}") for i in range(3) for c in range(4)]
+    ds = DatasetSplits("toy", tmp_path, [f"c{c}" for c in range(4)], ["{}"], train, val, [])
+    for policy, shots, seed in (("coop", 2, 1), ("coop", 16, 3), (3, 1, 2), ("full", 4, 1)):
+        drawn = {s.path for s in make_fewshot_splits(ds, shots, seed, val_policy=policy).val}
+        kept = validation_subsample(labels, policy, shots, seed)
+        assert {val[i].path for i in kept} == drawn and kept == sorted(kept)
