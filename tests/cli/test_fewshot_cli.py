@@ -45,7 +45,7 @@ def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, 
     assert record["protocol"]["n_classes"] == 10 and record["protocol"]["n_test"] == 360
     for key in ("val_accuracy", "test_accuracy", "hyperparameters", "timings", "config", "seed"):
         assert key in record
-    (ssp_path,) = (tmp_path / "out/dtd/tiny-rn@none/ape_plus_ssp").glob("*/2shot_seed1.run.json")
+    (ssp_path,) = (tmp_path / "out/dtd/tiny-rn@none/ape+ssp").glob("*/2shot_seed1.run.json")
     ssp_run = json.loads(ssp_path.read_text())
     assert ssp_path.parent.name == ssp_run["settings_key"]
     assert ssp_run["hyperparameters"]["routing"] in ("paper", "vision", "reference")
