@@ -52,24 +52,6 @@ def test_backbone_deprecated_aliases():
     assert _alias(tiny_vit, "num_local_features", "n_patches") == (tiny_vit.n_patches, tiny_vit.n_patches)
 
 
-def test_feature_cache_n_features_alias(tmp_path):
-    from ssp.features.tip_cache import FeatureCache
-
-    cache = FeatureCache(torch.zeros(6, 5), torch.zeros(6, dtype=torch.int64), None, None, None, None, None,
-                         folder=tmp_path, shots=2, n_classes=3)
-    assert cache.n_features == 5 and _alias(cache, "feature_dim", "n_features") == (5, 5)
-
-
-def test_dataset_n_classes_alias(tmp_path):
-    from ssp.data.base import DatasetSplits
-    from ssp.unmix.data import MultiLabelDataset
-
-    ds = DatasetSplits("toy", tmp_path, ["a", "b", "c"], ["a photo of a {}."], [], None, [])
-    assert ds.n_classes == 3 and _alias(ds, "num_classes", "n_classes") == (3, 3)
-    ml = MultiLabelDataset("toy", tmp_path, "val", ["a", "b"], [], "labels")
-    assert ml.n_classes == 2 and _alias(ml, "num_classes", "n_classes") == (2, 2)
-
-
 def test_duck_typed_backbone_with_old_names_still_extracts():
     """A user's own backbone with the old attribute names keeps working, with a warning."""
     from ssp.features.extract import _backbone_shape

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ssp._utils import deprecated_alias
 
 #: File extensions treated as images when a folder is listed (compared case-insensitively).
 IMG_EXTENSIONS = frozenset(
@@ -55,8 +54,6 @@ class DatasetSplits:
     @property
     def n_classes(self) -> int:
         return len(self.classnames)
-
-    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def __repr__(self) -> str:
         val = "None" if self.val is None else str(len(self.val))

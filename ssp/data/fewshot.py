@@ -27,7 +27,6 @@ from typing import Sequence
 import numpy as np
 
 from ssp._checks import VAL_POLICIES, check_int
-from ssp._utils import deprecated_alias
 from ssp.data.base import DatasetSplits, Sample
 
 _STAGE_SUPPORT, _STAGE_VAL = 0, 1
@@ -52,8 +51,6 @@ class FewShotSplits:
     @property
     def n_classes(self) -> int:
         return self.dataset.n_classes
-
-    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def __repr__(self) -> str:
         return (

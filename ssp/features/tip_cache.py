@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ssp._utils import check_int, check_labels, deprecated_alias
+from ssp._utils import check_int, check_labels
 
 __all__ = ["FeatureCache", "load_feature_cache", "available_shots"]
 
@@ -46,7 +46,7 @@ class FeatureCache:
         shots: the shot count K of the support files.
         n_classes: C, the width of the one-hot values file.
         text_weights_file: name of the text-classifier file used, or None.
-        n_features: D, the feature width (``feature_dim`` is a deprecated alias).
+        n_features: D, the feature width.
     """
 
     support_features: torch.Tensor
@@ -65,8 +65,6 @@ class FeatureCache:
     def n_features(self) -> int:
         """D, the feature width."""
         return int(self.support_features.shape[1])
-
-    feature_dim = deprecated_alias("n_features", "feature_dim")
 
 
 def available_shots(folder: str | Path) -> list[int]:

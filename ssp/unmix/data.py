@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 
-from ssp._utils import deprecated_alias
 from ssp.data import DatasetNotFoundError
 
 __all__ = ["VOC_CLASSES", "VOC_PROMPT_NAMES", "MultiLabelSample", "MultiLabelDataset",
@@ -65,8 +64,6 @@ class MultiLabelDataset:
     def n_classes(self) -> int:
         return len(self.classnames)
 
-    num_classes = deprecated_alias("n_classes", "num_classes")
-
     def targets(self) -> np.ndarray:
         """``[N, C]`` int8: 1 present, 0 absent, -1 ignored (difficult only)."""
         y = np.zeros((len(self.samples), self.n_classes), dtype=np.int8)
@@ -102,8 +99,6 @@ class SegmentationDataset:
     @property
     def n_classes(self) -> int:
         return len(self.classnames)
-
-    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def mask(self, index: int) -> np.ndarray:
         """``[H, W]`` uint8 mask of sample ``index``."""
