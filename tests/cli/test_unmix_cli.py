@@ -64,7 +64,7 @@ def test_analyze_real_stanford_cars_classifier(tip_cache_root, tmp_path, cache_d
     proc = run(["analyze", "--text-features", path, "--output", tmp_path], cache_dir)
     assert "MFI 0.6538 over 196 classes (D = 512)" in proc.stdout
     rec = record(proc)
-    assert rec["text_layout"] == "DxC" and rec["n_classes"] == 196 and len(rec["top_confusers"]) == 196
+    assert rec["text_layout"] == "DC" and rec["n_classes"] == 196 and len(rec["top_confusers"]) == 196
     for key in ("heatmap", "histogram"):
         assert Path(rec["files"][key]).read_bytes()[:4] == b"\x89PNG"
 

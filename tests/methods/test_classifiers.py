@@ -402,7 +402,7 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="NaN"):
         APE().fit(bad, labels, text_features=text)
     model = TipAdapter().fit(support, labels, text_features=text)
-    with pytest.raises(ValueError, match="X has D=11"):
+    with pytest.raises(ValueError, match="X has 11 features, but TipAdapter is expecting 12"):
         model.predict(queries[:, :11])
     with pytest.raises(ValueError, match="NaN"):
         model.predict(np.full_like(queries, np.nan))

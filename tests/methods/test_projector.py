@@ -379,7 +379,7 @@ def test_bad_inputs_give_clear_errors():
     proj = fit(patches, labels, images, text, patch_top_k=3)
     with pytest.raises(ValueError, match="view must be one of"):
         proj.transform(queries, view="text")
-    with pytest.raises(ValueError, match="fitted with D = 24"):
+    with pytest.raises(ValueError, match="X has 10 features, but SSPProjector is expecting 24"):
         proj.transform(queries[:, :10])
     with pytest.raises(ValueError, match="2 dimensions"):
         proj.transform(queries[0])

@@ -180,7 +180,7 @@ def test_search_errors():
         validation_search(model, val, val_labels, {"alpha": [-1.0, 1.0]})
     with pytest.raises(ValueError, match="NaN"):
         validation_search(model, val, val_labels, {"beta": [np.nan]})
-    with pytest.raises(ValueError, match="X has D=9"):
+    with pytest.raises(ValueError, match="X has 9 features, but TipAdapter is expecting 10"):
         validation_search(model, val[:, :9], val_labels, {"beta": [1.0]})
     with pytest.raises(ValueError, match="contains class 6"):
         validation_search(model, val, np.full_like(val_labels, 6), {"beta": [1.0]})

@@ -50,7 +50,7 @@ def test_mfi_score_matches_a_loop_and_keeps_the_array_kind():
     assert mfi_score(np.ones((3, 4))) == pytest.approx(1.0)
     assert mfi_drop(t, np.eye(7)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least 2 classes"):
-        mfi_score(np.ones((1, 4)))
+        mfi_score(np.full((1, 4), 2.0))
 
 
 def test_top_confusers_are_the_most_similar_other_classes():
