@@ -56,7 +56,7 @@ from typing import Any, Mapping, Sequence
 from ssp._lazy import no_grad, torch
 from ssp._utils import ArrayLike, check_int, check_labels, l2_normalize, to_tensor
 from ssp.methods.base import _check_finite_param
-from ssp.methods.cache_models import APE, TipAdapter, cache_kernel
+from ssp.methods.cache_models import APE, TipAdapter, cache_kernel, check_n_channels
 from ssp.methods.registry import register_method
 
 __all__ = ["TipAdapterF", "APET"]
@@ -349,7 +349,9 @@ class TipAdapterF(_FineTuned, TipAdapter):
 
 def _ape_t_params(cfg: Mapping[str, Any], dim: int) -> dict:
     sec = cfg["ape_t"]
-    return {**cfg["ape"]["init"], **_training(cfg, "ape_t"), "n_channels": int(sec["n_channels"]),
+    # a fraction of D or an absolute count, resolved against D at fit (as APE's)
+    return {**cfg["ape"]["init"], **_training(cfg, "ape_t"),
+            "n_channels": check_n_channels(sec["n_channels"], "ape_t.n_channels"),
             "criterion_weights": tuple(sec["criterion_weights"])}
 
 
@@ -370,7 +372,8 @@ class APET(_FineTuned, APE):
 
     Args:
         alpha, beta, gamma: as in :class:`APE` (fixed during training, searchable after).
-        n_channels: ``Q`` (published ``training_feat_num``); ``None`` = all D channels.
+        n_channels: ``Q`` (published ``training_feat_num``): an int count, a float in
+            ``(0, 1]`` a fraction of D, ``None`` all D channels (as :class:`APE`).
         criterion_weights: ``(w₀, w₁)`` of the channel criterion (published: (0.2, 0.8)).
         epochs, lr, eps, weight_decay, batch_size, seed, progress: as in :class:`TipAdapterF`
             (published APE-T: AdamW weight decay 0.1, batch 256, per-dataset lr/eps/epochs).
@@ -387,7 +390,7 @@ class APET(_FineTuned, APE):
     _fixed_while_training = ("alpha", "beta", "gamma")
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
-                 n_channels: int | None = None, criterion_weights: Sequence[float] = (0.2, 0.8),
+                 n_channels: int | float | None = None, criterion_weights: Sequence[float] = (0.2, 0.8),
                  epochs: int = 30, lr: float = 1e-3, eps: float = 1e-3, weight_decay: float = 0.1,
                  batch_size: int = 256, seed: int = 1, progress: bool = False,
                  projector: Any = None, routing: str = "paper", logit_scale: float = 100.0,
