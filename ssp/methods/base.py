@@ -334,8 +334,9 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     def score(self, X: ArrayLike, y: ArrayLike, sample_weight=None) -> float:
         """Top-1 accuracy on ``X`` ``[M, D]`` with true labels ``y`` ``[M]`` in ``0..C-1``, as a
         **fraction** in [0, 1] (scikit-learn's convention, so ``GridSearchCV`` & co. work
-        unchanged). A label outside the fitted classes raises. Every other accuracy in ssp is
-        the same fraction; values in percent say so in their name (``*_pct``)."""
+        unchanged). A label outside the fitted classes raises. ``SearchResult.best_score_`` and
+        the fine-tuned models' ``history_`` use the same fraction; percent values say so in their
+        name (``SearchResult.best_accuracy_pct_``) or live in the result tables."""
         from sklearn.metrics import accuracy_score
 
         self._check_fitted()

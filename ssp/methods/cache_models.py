@@ -53,8 +53,9 @@ With a projector, APE computes its channel criterion and divergence on the proje
   exception is ``classes_``, numpy always as scikit-learn expects. Computations run in torch on
   ``device_`` (the fitted tensors are kept there privately).
 * :meth:`score` returns the top-1 accuracy as a fraction in [0, 1] (scikit-learn's convention);
-  :func:`ssp.methods.search.validation_search`'s ``best_score_`` and the result tables report accuracy in
-  percent (100 x the fraction).
+  :func:`ssp.methods.search.validation_search`'s ``best_score_`` is the same fraction (as scikit-learn's
+  ``GridSearchCV.best_score_``); percent values say so in their name (``best_accuracy_pct_``), as
+  the result tables do.
 
 Hyper-parameters read at prediction time (``alpha``, ``beta``, ``gamma``, ``routing``,
 ``logit_scale``, ``chunk_size``) may be changed with ``set_params`` without refitting; everything

@@ -210,17 +210,17 @@ class _FineTuned:
                 if bar is not None:
                     bar.update(1)
             record = {"epoch": epoch + 1, "train_loss": total_loss / n_keys,
-                      "lr": float(scheduler.get_last_lr()[0]), "val_accuracy": None}
+                      "lr": float(scheduler.get_last_lr()[0]), "val_score": None}
             if val is not None:
                 accuracy = self._accuracy(params, val_prepared, val[1])
-                record["val_accuracy"] = accuracy
+                record["val_score"] = accuracy
                 if accuracy > best_accuracy:
                     best_accuracy, best_epoch = accuracy, epoch + 1
                     best_state = {k: p.detach().clone() for k, p in params.items()}
             history.append(record)
             if bar is not None:
                 bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{record['train_loss']:.4f}",
-                                val=("-" if val is None else f"{record['val_accuracy']:.2f}"))
+                                val=("-" if val is None else f"{record['val_score']:.4f}"))
         if val is None and epochs:
             best_epoch = epochs
             best_state = {k: p.detach().clone() for k, p in params.items()}
@@ -236,7 +236,7 @@ class _FineTuned:
 
     @no_grad
     def _accuracy(self, params, prepared: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
-        """Top-1 accuracy in percent under the training forward (chunked over queries)."""
+        """Top-1 accuracy (a fraction) under the training forward (chunked over queries)."""
         correct = 0
         n = labels.shape[0]
         rows = self._chunk_rows(self._torch.support_features_.shape[0])
@@ -244,7 +244,7 @@ class _FineTuned:
             chunk = {k: v[start:start + rows] for k, v in prepared.items()}
             pred = self._train_logits(params, chunk).argmax(dim=1)
             correct += int((pred == labels[start:start + rows]).sum())
-        return 100.0 * correct / n
+        return correct / n
 
     # ---- per-method hooks (subclasses) ---------------------------------------------------
 
@@ -302,7 +302,8 @@ class TipAdapterF(_FineTuned, TipAdapter):
 
     Fitted attributes: those of :class:`TipAdapter`, with ``keys_`` [N, D] the trained keys
     ``Θ`` (grouped by class), plus ``initial_keys_`` [N, D], ``history_`` (one dict per epoch:
-    ``epoch`` (1-based), ``train_loss``, ``lr``, ``val_accuracy`` in percent or None),
+    ``epoch`` (1-based), ``train_loss``, ``lr``, ``val_score``: validation accuracy as a
+    fraction like ``score()``, or None),
     ``best_epoch_`` (1-based; 0 when ``epochs == 0``), ``selection_`` ("validation" | "last"),
     ``training_inputs_`` ("views" | "keys"), ``n_views_`` (E, 0 for keys), ``n_steps_``,
     ``train_time_s_``.

@@ -195,6 +195,27 @@ def test_score_is_a_fraction(name):
     assert 0.0 <= score <= 1.0 and score == pytest.approx(accuracy)
 
 
+@pytest.mark.parametrize("name", [n for n in SPECS if not SPECS[n].fine_tuned])
+def test_score_refuses_labels_outside_the_classes(name):
+    """A label >= C used to count as a silent miss (score 0.0); now it raises, like a negative one."""
+    data = _data()
+    estimator = _fit(name, _class(name)(), data)
+    for bad, match in ((4, r"y contains class 4 but only 4 classes \(0..3\)"), (-1, "y must be >= 0")):
+        labels = data["query_labels"].copy()
+        labels[0] = bad
+        with pytest.raises(ValueError, match=match):
+            estimator.score(data["queries"], labels)
+
+
+def test_unmix_projector_score_refuses_labels_outside_the_classes():
+    data = _data()
+    projector = UnmixProjector(epochs=1, embed_dim=4, hidden_dim=8, progress=False, device="cpu").fit(
+        data["support"], data["labels"], text_features=data["text"])
+    assert 0.0 <= projector.score(data["queries"], data["query_labels"]) <= 1.0
+    with pytest.raises(ValueError, match="y contains class 7 but only 4 classes"):
+        projector.score(data["queries"], np.full(len(data["queries"]), 7))
+
+
 # ------------------------------------------------------------------ fit signatures say what they take
 
 

@@ -163,9 +163,9 @@ def test_epoch_selection_reads_validation_only(cls):
     kw = dict(alpha=2.0, beta=2.0, epochs=12, lr=0.1, batch_size=4, seed=0, logit_scale=10.0)
     model = cls(**kw).fit(keys, labels, text_features=text, view_features=views,
                           val_features=val, val_labels=val_y)
-    curve = [h["val_accuracy"] for h in model.history_]
+    curve = [h["val_score"] for h in model.history_]
     assert model.best_epoch_ == int(np.argmax(curve)) + 1          # first best validation epoch
-    assert 100 * model.score(val, val_y) == pytest.approx(max(curve))
+    assert model.score(val, val_y) == pytest.approx(max(curve))
     # the test set would pick another epoch, if it were (wrongly) used as the validation set
     peeking = cls(**kw).fit(keys, labels, text_features=text, view_features=views,
                             val_features=test, val_labels=test_y)
@@ -263,7 +263,7 @@ def brute_force(model, grid, names, val, val_y):
     scores = np.zeros(shape)
     for idx in np.ndindex(*shape):
         model.set_params(**{n: float(grid[n][i]) for n, i in zip(names, idx)})
-        scores[idx] = 100.0 * model.score(val, val_y)
+        scores[idx] = model.score(val, val_y)
     return scores
 
 
