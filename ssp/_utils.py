@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ssp._checks import check_int, check_real  # noqa: F401  (re-exported: one home for both)
+from ssp._checks import check_int, check_real, option  # noqa: F401  (re-exported: one home for both)
 from ssp._lazy import torch
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
@@ -183,7 +183,8 @@ def check_text_features(text_features: ArrayLike, *, name: str = "text_features"
         c, d = text.shape
         raise ValueError(f"{name} of shape {tuple(text.shape)} has unit-norm columns but not unit-norm rows: "
                          f"it is a [D, C] classifier ({c} x {d}, one column per class, as Tip-Adapter / APE "
-                         f"save it), not {c} classes of width {d}; pass its transpose (.T) or layout='DC'")
+                         f"save it), not {c} classes of width {d}; pass "
+                         f"{option('its transpose (.T) or layout=' + repr('DC'), '--text-layout DC (or auto)')}")
     return text
 
 
@@ -216,7 +217,9 @@ def load_torch_file(path: str | os.PathLike, *, what: str = "tensor file") -> An
     if not is_torch_file(path):
         raise ValueError(f"{path} is not a {what}: corrupt or not saved by torch.save")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's pickle-protocol note says nothing about the file
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
         if found:

@@ -521,8 +521,11 @@ COMMANDS = {"analyze": cmd_analyze, "train": cmd_train, "mlr": cmd_mlr, "segment
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
+    from ssp._checks import cli_messages
+
     try:
-        result = COMMANDS[args.command](args)
+        with cli_messages():  # messages name flags (--text-layout DC), not Python arguments
+            result = COMMANDS[args.command](args)
     except UsageError as err:
         if args.debug:
             raise

@@ -101,9 +101,18 @@ class SegmentationDataset:
         return len(self.classnames)
 
     def mask(self, index: int) -> np.ndarray:
-        """``[H, W]`` uint8 mask of sample ``index``."""
+        """``[H, W]`` uint8 mask of sample ``index``; a value that is neither a class
+        (``0..n_classes``) nor ``ignore_index`` is an error naming the mask file."""
         s = self.samples[index]
-        return self._rasterise(s) if s.mask is None else read_mask(s.mask)
+        mask = self._rasterise(s) if s.mask is None else read_mask(s.mask)
+        values = np.unique(mask)
+        bad = [int(v) for v in values if v > self.n_classes and v != self.ignore_index]
+        if bad:
+            source = f"mask {s.mask}" if s.mask is not None else f"the annotation mask of {s.image}"
+            raise ValueError(f"{source} holds value(s) {bad[:10]} outside the classes: {self.name} masks use "
+                             f"0 (background), 1..{self.n_classes} and {self.ignore_index} (ignore); fix or "
+                             "remove this mask")
+        return mask
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

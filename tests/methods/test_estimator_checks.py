@@ -66,6 +66,20 @@ def test_every_estimator_rejects_zero_or_nonfinite_text_rows(name, bad, match):
     _fit(name, _class(name)(), data)
 
 
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_every_estimator_refuses_a_transposed_text_classifier(name):
+    """A [D, C] head with unit-norm columns (Tip-Adapter's layout) must not be read as D classes."""
+    data = _data()
+    text = data["text"] / np.linalg.norm(data["text"], axis=1, keepdims=True)
+    wide = dict(_data(), text=np.tile(text, (1, 2)) / np.sqrt(2))    # [4, 16] unit rows: fine
+    _fit(name, _class(name)(), {**wide, "support": np.tile(data["support"], (1, 2)),
+                                "queries": np.tile(data["queries"], (1, 2)),
+                                "patches": np.tile(data["patches"], (1, 1, 2))})
+    square = np.ascontiguousarray(text.T)                              # [8, 4]: unit columns
+    with pytest.raises(ValueError, match=r"unit-norm columns but not unit-norm rows: it is a \[D, C\]"):
+        _fit(name, _class(name)(), data, text=square)
+
+
 # ------------------------------------------------------------------ one home per rule
 
 
