@@ -44,7 +44,9 @@ def to_tensor(
     """Convert ``x`` to a tensor, checking dimensionality and finiteness.
 
     Floating inputs keep float64 when given float64 and ``dtype`` is None; everything else
-    floating becomes float32 (half-precision caches are promoted: SVDs need float32 or better).
+    floating (float16, bfloat16, float32) becomes float32 (half-precision caches are promoted:
+    SVDs need float32 or better). Object arrays of numbers and array-likes are converted;
+    complex data and scipy.sparse matrices are refused (scikit-learn's messages).
     """
     if isinstance(x, torch.Tensor):
         t = x.detach()

@@ -47,6 +47,9 @@ With a projector, APE computes its channel criterion and divergence on the proje
   ``fit(image_features [N, D], labels [N], *, text_features [C, D], patch_features=None)``;
   the projector's is ``fit(patch_features [N, L, D], labels [N], *, image_features,
   text_features)``.
+* Dtypes: float16, bfloat16, float32 and float64 features are accepted (half precision, as in
+  fp16 feature caches, is computed in float32; float64 stays float64); integers and array-likes
+  are converted; complex and sparse inputs are refused.
 * Array kinds: numpy in, numpy out; torch in, torch out on the input's device. This holds for
   predictions and for the fitted array attributes, which follow the kind of the support features
   given to ``fit`` (``text_features`` for a zero-shot model fitted without support). The one
