@@ -11,10 +11,10 @@ from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
 from ssp._utils import (
     ArrayLike,
+    check_features,
     check_int,
     check_is_fitted,
     check_labels,
-    check_features,
     check_text_features,
     l2_normalize,
     like_input,

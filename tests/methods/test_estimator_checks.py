@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from _doubles import make_data
-
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ssp.methods.projector import SSPProjector
