@@ -280,8 +280,7 @@ def resolve_n_channels(n_channels: Any, dim: int, name: str = "n_channels") -> i
     if isinstance(n_channels, float):
         return max(1, min(int(dim), round(n_channels * dim)))
     if n_channels > dim:
-        warn(f"{name}={n_channels} exceeds the feature width D={dim}; using all {dim} channels "
-             "(a float in (0, 1], a fraction of D, scales with the backbone instead)")
+        warn(f"{name}={n_channels} exceeds the feature width D={dim}; using all {dim} channels")
         return int(dim)
     return n_channels
 
