@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     seconds = time.perf_counter() - t0
                     row = {"shots": shots, "seed": seed, "method": method, "grid": name,
                            "held_out": 100 * model.score(cache.val_features[held], cache.val_labels[held]),
-                           "search_val": result.best_score_, "params": result.best_params_,
+                           "search_val": result.best_accuracy_pct_, "params": result.best_params_,
                            "edge_warning": any("largest value" in str(w.message) for w in caught),
                            "grid_points": int(sum(st["grid"]["beta"].size * st["grid"]["alpha"].size
                                                   * (st["grid"]["gamma"].size if "gamma" in st["grid"] else 1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ssp._checks import check_int, check_real  # noqa: F401  (re-exported: one home for both)
+from ssp._checks import check_int, check_real, option  # noqa: F401  (re-exported: one home for both)
 from ssp._lazy import torch
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
@@ -44,16 +44,35 @@ def to_tensor(
     """Convert ``x`` to a tensor, checking dimensionality and finiteness.
 
     Floating inputs keep float64 when given float64 and ``dtype`` is None; everything else
-    floating becomes float32 (half-precision caches are promoted: SVDs need float32 or better).
+    floating (float16, bfloat16, float32) becomes float32 (half-precision caches are promoted:
+    SVDs need float32 or better). Object arrays of numbers and array-likes are converted;
+    complex data and scipy.sparse matrices are refused (scikit-learn's messages).
     """
     if isinstance(x, torch.Tensor):
         t = x.detach()
-    elif isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple)):
-        t = torch.as_tensor(np.asarray(x))
+    elif hasattr(x, "toarray") and hasattr(x, "nnz"):  # scipy.sparse
+        raise TypeError(f"{name}: sparse input is not supported (dense features only); pass {name}.toarray()")
+    elif (isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, (list, tuple))
+          or hasattr(x, "__array__")):
+        a = np.asarray(x)
+        if a.dtype == object:  # e.g. a pandas object column of numbers
+            try:
+                a = a.astype(np.float64)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"{name} must hold numbers ({err})") from None
+        if a.dtype.kind in "US":
+            raise ValueError(f"{name} must hold numbers, got strings (dtype {a.dtype})")
+        t = torch.as_tensor(a)
     else:
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    if t.is_complex():
+        raise ValueError(f"{name}: Complex data not supported (got {t.dtype})")
     if ndim is not None and t.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+        hint = ""
+        if ndim == 2 and t.ndim == 1:
+            hint = (f"; Reshape your data with {name}.reshape(-1, 1) for a single feature or "
+                    f"{name}.reshape(1, -1) for a single sample")
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}{hint}")
     if dtype is None and t.is_floating_point() and t.dtype != torch.float64:
         dtype = torch.float32
     t = t.to(device=device, dtype=dtype) if (dtype is not None or device is not None) else t
@@ -61,6 +80,25 @@ def to_tensor(
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the features first")
     return t
+
+
+def check_features(x: ArrayLike, name: str, *, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Features ``[N, D]`` as a finite tensor with ``N, D >= 1`` (scikit-learn's wording for the
+    empty cases)."""
+    t = to_tensor(x, name, ndim=2, device=device, dtype=dtype)
+    for axis, what in ((0, "sample"), (1, "feature")):
+        if t.shape[axis] < 1:
+            raise ValueError(f"{name} has 0 {what}(s) (shape={tuple(t.shape)}) while a minimum of 1 is required.")
+    return t
+
+
+def check_label_dtype(labels: ArrayLike, name: str = "labels") -> None:
+    """Refuse labels that are not numbers (strings, objects) with scikit-learn's wording."""
+    kind = labels.dtype.kind if isinstance(labels, np.ndarray) else None
+    if kind is not None and kind not in "biuf":
+        raise ValueError(f"Unknown label type: {name} must be integer class indices 0..C-1 (rows of the "
+                         f"text classifier), got dtype {labels.dtype}")
 
 
 def check_labels(labels: ArrayLike, n_samples: int, n_classes: int | None = None,
@@ -71,10 +109,11 @@ def check_labels(labels: ArrayLike, n_samples: int, n_classes: int | None = None
     ``samples_from`` / ``classes_from`` name where ``n_samples`` and ``n_classes`` come from, for
     the error messages (e.g. a features file and a values file).
     """
+    check_label_dtype(labels, name)
     y = to_tensor(labels, name, device=device, ndim=1)
     if y.is_floating_point():
         if not bool((y == y.round()).all()):
-            raise ValueError(f"{name} must be integer class indices, got non-integral floats")
+            raise ValueError(f"{name} must be integer class indices, got continuous (non-integral) values")
     elif y.dtype == torch.bool:
         raise ValueError(f"{name} must be integer class indices, got booleans")
     y = y.long()
@@ -91,13 +130,46 @@ def check_labels(labels: ArrayLike, n_samples: int, n_classes: int | None = None
     return y
 
 
+#: Spellings of a text classifier's orientation: ``"CD"`` = one row per class ``[C, D]``,
+#: ``"DC"`` = one column per class ``[D, C]`` (the Tip-Adapter / APE file layout).
+TEXT_LAYOUTS = ("CD", "DC")
+# a class vector counts as unit-norm within this tolerance (fp16-stored classifiers included)
+_UNIT_TOL = 1e-2
+
+
+def unit_norm_axis(t: torch.Tensor) -> str | None:
+    """Which side of a 2-D tensor holds unit-norm vectors: ``"rows"``, ``"columns"``, ``"both"``
+    or ``None`` (neither; e.g. raw, unnormalised embeddings)."""
+    t = t.detach().to(torch.float64)
+    rows = bool(((t.norm(dim=1) - 1).abs() < _UNIT_TOL).all())
+    cols = bool(((t.norm(dim=0) - 1).abs() < _UNIT_TOL).all())
+    return {(True, True): "both", (True, False): "rows", (False, True): "columns"}.get((rows, cols))
+
+
+def check_text_layout(layout: str, name: str = "layout") -> str:
+    """``layout`` if it is one of :data:`TEXT_LAYOUTS`, else a one-line error."""
+    if layout not in TEXT_LAYOUTS:
+        raise ValueError(f"{name} must be one of {TEXT_LAYOUTS} (CD: one row per class, DC: one column "
+                         f"per class), got {layout!r}")
+    return layout
+
+
 def check_text_features(text_features: ArrayLike, *, name: str = "text_features",
                         device: torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The text classifier ``[C, D]`` as a tensor, the one rule every estimator applies:
-    ``C, D >= 1``, every row finite and non-zero (a zero or NaN row would silently make
-    every prediction the same class)."""
+                        dtype: torch.dtype | None = None, layout: str = "CD") -> torch.Tensor:
+    """The text classifier as a ``[C, D]`` tensor, the one rule every estimator and function
+    applies: ``C, D >= 1``, every class vector finite and non-zero (a zero or NaN row would
+    silently make every prediction the same class).
+
+    ``layout="CD"`` (one row per class) or ``"DC"`` (one column per class, transposed here).
+    A ``"CD"`` input whose columns have unit norm while its rows do not is a ``[D, C]``
+    classifier given the wrong way round (the layout most repositories save): it is refused
+    rather than read as ``D`` classes of width ``C``.
+    """
+    check_text_layout(layout)
     text = to_tensor(text_features, name, ndim=2, device=device, dtype=dtype, allow_nonfinite=True)
+    if layout == "DC":
+        text = text.T
     if text.shape[0] < 1 or text.shape[1] < 1:
         raise ValueError(f"{name} must be [C, D] with C, D >= 1, got shape {tuple(text.shape)}")
     if text.is_floating_point():
@@ -109,11 +181,57 @@ def check_text_features(text_features: ArrayLike, *, name: str = "text_features"
     if zero:
         raise ValueError(f"{name} rows {_first(zero)} are all zero; every class needs a text "
                          "embedding (re-encode the class prompts)")
+    if layout == "CD" and text.is_floating_point() and unit_norm_axis(text) == "columns":
+        c, d = text.shape
+        raise ValueError(f"{name} of shape {tuple(text.shape)} has unit-norm columns but not unit-norm rows: "
+                         f"it is a [D, C] classifier ({c} x {d}, one column per class, as Tip-Adapter / APE "
+                         f"save it), not {c} classes of width {d}; pass "
+                         f"{option('its transpose (.T) or layout=' + repr('DC'), '--text-layout DC (or auto)')}")
     return text
 
 
 def _first(items: list, limit: int = 10) -> str:
     return f"{items[:limit]}{' ...' if len(items) > limit else ''} ({len(items)} rows)"
+
+
+def is_torch_file(path: str | os.PathLike) -> bool:
+    """True when ``path`` starts like a file written by ``torch.save`` (a zip archive, or the
+    legacy pickle format); read from the first bytes only."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            return True
+        with open(path, "rb") as f:
+            return f.read(1) == b"\x80"  # pickle protocol >= 2
+    except OSError:
+        return False
+
+
+def load_torch_file(path: str | os.PathLike, *, what: str = "tensor file") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors naming
+    the file: a corrupt or foreign file says so (not torch's advice to disable
+    ``weights_only``, wrong for a damaged file), a pickle holding other Python objects names
+    the object."""
+    import pickle
+    import re
+
+    if not is_torch_file(path):
+        raise ValueError(f"{path} is not a {what}: corrupt or not saved by torch.save")
+    try:
+        with warnings.catch_warnings():  # torch's pickle-protocol note says nothing about the file
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if found:
+            raise ValueError(f"{path} holds a Python object ({found.group(1)}), not only tensors; save "
+                             "plain tensors (or dicts / lists of tensors) with torch.save") from None
+        raise ValueError(f"{path} is not a {what}: corrupt or not saved by torch.save") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, AttributeError, ImportError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a {what}: corrupt, truncated or not saved by torch.save "
+                         f"({type(err).__name__}: {first})") from None
 
 
 def like_input(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:

@@ -116,6 +116,7 @@ def _classify_weights(oc_name: str, schema: str | None, pretrained: str | None) 
         return "tag", tag_cfg
     path = Path(pretrained).expanduser()
     if path.is_file():
+        check_checkpoint_file(path)
         return "file", path.resolve()
     if path.suffix.lower() in CHECKPOINT_SUFFIXES or os.sep in pretrained or path.exists():
         raise FileNotFoundError(f"checkpoint file {pretrained!r} not found (or not a file)")
@@ -127,6 +128,32 @@ def _classify_weights(oc_name: str, schema: str | None, pretrained: str | None) 
     )
 
 
+
+
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """Refuse, in one line, a file that cannot be a checkpoint (a text file, random bytes): read
+    from its first bytes only, before anything is loaded or hashed. A ``.safetensors`` file must
+    start with its JSON header; any other must be a ``torch.save`` / TorchScript archive (zip) or
+    a legacy pickle."""
+    import struct
+
+    from ssp._utils import is_torch_file
+
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        try:
+            with open(path, "rb") as f:
+                head = f.read(9)
+            ok = len(head) == 9 and struct.unpack("<Q", head[:8])[0] > 0 and head[8:9] == b"{"
+        except OSError:
+            ok = False
+        what = "a safetensors file"
+    else:
+        ok = is_torch_file(path)
+        what = "a checkpoint saved by torch.save (or a TorchScript archive)"
+    if not ok:
+        raise ValueError(f"checkpoint {str(path)!r} is not {what}: corrupt, truncated or another kind of file; "
+                         f"pass a state dict (.pt/.pth/.bin), a .safetensors file or an open_clip tag")
 
 
 def is_torchscript_archive(path: str | os.PathLike) -> bool:
@@ -365,7 +392,12 @@ def _load_weights(model: torch.nn.Module, path: Path, oc_name: str) -> str:
         else:
             open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True, device="cpu")
     except Exception as err:
-        message = str(err)
+        import pickle
+
+        if isinstance(err, pickle.UnpicklingError):  # torch's advice to drop weights_only is wrong here
+            raise RuntimeError(f"could not load checkpoint {str(path)!r}: it is not a plain state dict "
+                               "(corrupt, or it pickles Python objects; weights_only=True refuses those)") from None
+        message = " ".join(str(err).split())  # one line (state-dict mismatches list keys over many)
         if len(message) > 1500:
             message = message[:1500] + " ..."
         raise RuntimeError(

@@ -25,7 +25,6 @@ from ssp._io import write_json_atomic
 MULTILABEL_NAMES = ("voc", "voc2007", "voc2012", "coco", "coco2014", "coco2017")
 POSITIVE_TEMPLATE = "A photo of a {}."
 NEGATIVE_TEMPLATE = "A photo without a {}."
-KNOWN_DIMS = (256, 384, 512, 640, 768, 1024, 1152, 1280)
 
 
 class UsageError(ValueError):
@@ -83,10 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="MFI of a dataset's zero-shot classifier or of a text-feature file")
     _common(a)
     a.add_argument("--text-features", help="a text classifier file (.pt tensor, .npy, .safetensors)")
-    a.add_argument("--text-layout", choices=["auto", "CxD", "DxC"], default="auto",
-                   help="orientation of --text-features (auto: the side of a known embedding width is D; "
-                        "Tip-Adapter / APE files are DxC)")
-    a.add_argument("--classnames", help="text file with one class name per line (labels in plots)")
+    a.add_argument("--text-layout", choices=["auto", "CD", "DC"], default="auto",
+                   help="orientation of --text-features: CD one row per class, DC one column per class "
+                        "(Tip-Adapter / APE files); auto: the side of unit-norm class vectors, else the side "
+                        "of a known embedding width, is D")
+    a.add_argument("--classnames", metavar="FILE|split:FILE",
+                   help="class names for plots and confusers: a text file with one name per line, or "
+                        "split:FILE to read them from a CoOp split JSON (split_zhou_<Name>.json) in label order")
     a.add_argument("--projector", help="a trained projector (path without suffix): also report the MFI after it")
     a.add_argument("--top-k", type=int, default=3, help="top confusers listed per class")
 
@@ -181,50 +183,24 @@ def _load_projector(path: str, device):
     return UnmixProjector.load(path, device=device)
 
 
-def _read_text_file(path: str, layout: str):
-    import numpy as np
-    import torch
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"text-feature file {p} not found")
-    suffix = p.suffix.lower()
-    try:
-        if suffix == ".npy":
-            t = torch.from_numpy(np.load(p))
-        elif suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(p))
-            if len(tensors) != 1:
-                raise UsageError(f"{p} holds {len(tensors)} tensors ({', '.join(tensors)}); expected exactly one")
-            t = next(iter(tensors.values()))
-        else:
-            t = torch.load(p, map_location="cpu", weights_only=True)
-    except UsageError:
-        raise
-    except Exception as err:
-        raise ValueError(f"could not read {p}: {type(err).__name__}: {err}") from None
-    if not isinstance(t, torch.Tensor) or t.ndim != 2:
-        raise ValueError(f"{p} must hold one 2-D tensor [C, D] or [D, C], got "
-                         f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
-    t = t.float()
-    if layout == "auto":
-        rows_d, cols_d = t.shape[0] in KNOWN_DIMS, t.shape[1] in KNOWN_DIMS
-        if rows_d == cols_d:
-            raise UsageError(f"{p} has shape {tuple(t.shape)}: cannot tell classes from embedding width; "
-                             "pass --text-layout CxD or DxC")
-        layout = "DxC" if rows_d else "CxD"
-    return (t.T.contiguous() if layout == "DxC" else t), layout
-
-
-def _classnames_file(path: str | None, n: int) -> list[str] | None:
-    if path is None:
+def _classnames(spec: str | None, n: int) -> list[str] | None:
+    """Class names for plots and confusers: ``FILE`` (one name per line) or ``split:FILE`` (a
+    CoOp split JSON, names in label order)."""
+    if spec is None:
         return None
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"class-name file {p} not found")
-    names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if spec.startswith("split:"):
+        from ssp.data.base import read_split_file
+
+        p = Path(spec[len("split:"):]).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"split file {p} not found (--classnames split:FILE)")
+        names = read_split_file(p, p.parent).classnames
+    else:
+        p = Path(spec).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"class-name file {p} not found (give a text file with one name per line, "
+                                    "or split:FILE for a CoOp split JSON)")
+        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(names) != n:
         raise UsageError(f"{p} lists {len(names)} class names but the classifier has {n} classes")
     return names
@@ -254,8 +230,10 @@ def cmd_analyze(args) -> dict:
         raise UsageError("give either --text-features FILE or --dataset NAME (with --root)")
     record_extra: dict[str, Any] = {}
     if args.text_features:
-        text, layout = _read_text_file(args.text_features, args.text_layout)
-        classnames = _classnames_file(args.classnames, text.shape[0])
+        from ssp.features.text import load_text_features
+
+        text, layout = load_text_features(args.text_features, layout=args.text_layout, return_layout=True)
+        classnames = _classnames(args.classnames, text.shape[0])
         record_extra = {"text_features": str(Path(args.text_features).resolve()), "text_layout": layout}
         label = Path(args.text_features).stem
     else:
@@ -543,8 +521,11 @@ COMMANDS = {"analyze": cmd_analyze, "train": cmd_train, "mlr": cmd_mlr, "segment
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
+    from ssp._checks import cli_messages
+
     try:
-        result = COMMANDS[args.command](args)
+        with cli_messages():  # messages name flags (--text-layout DC), not Python arguments
+            result = COMMANDS[args.command](args)
     except UsageError as err:
         if args.debug:
             raise

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ssp._utils import deprecated_alias
-
 #: File extensions treated as images when a folder is listed (compared case-insensitively).
 IMG_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -55,8 +53,6 @@ class DatasetSplits:
     @property
     def n_classes(self) -> int:
         return len(self.classnames)
-
-    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def __repr__(self) -> str:
         val = "None" if self.val is None else str(len(self.val))

@@ -183,7 +183,12 @@ def _canonical_name(name: str) -> str:
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key not in _BENCHMARKS and key != "imagefolder":
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list_datasets()}")
+        import difflib
+
+        spellings = list_datasets() + list(_ALIASES)
+        close = difflib.get_close_matches(key.replace("-", "_"), spellings, n=1, cutoff=0.6)
+        hint = f"did you mean {_ALIASES.get(close[0], close[0])!r}? " if close else ""
+        raise ValueError(f"unknown dataset {name!r}; {hint}choose one of {list_datasets()}")
     return key
 
 
@@ -403,9 +408,10 @@ def _read_imagefolder(root: Path) -> DatasetSplits:
         samples: list[Sample] = []
         for label, cls in enumerate(train_classes):
             paths = list_images(root / split / cls)
-            if split == "train" and not paths:
+            if not paths:  # one rule for every split: an empty class folder is never dropped silently
                 raise DatasetNotFoundError(
-                    f"no images in {root / split / cls} (every class needs training images)\n"
+                    f"no images in {root / split / cls} (every class folder of every split needs images: "
+                    f"add some, or remove the class '{cls}' from every split)\n"
                     f"Expected layout for 'imagefolder':\n{IMAGEFOLDER_LAYOUT}\n{_card(name)}"
                 )
             samples.extend(Sample(p, label, classnames[label]) for p in paths)

@@ -26,8 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ssp._checks import VAL_POLICIES, check_int
-from ssp._utils import deprecated_alias
+from ssp._checks import VAL_POLICIES, check_int, option
 from ssp.data.base import DatasetSplits, Sample
 
 _STAGE_SUPPORT, _STAGE_VAL = 0, 1
@@ -52,8 +51,6 @@ class FewShotSplits:
     @property
     def n_classes(self) -> int:
         return self.dataset.n_classes
-
-    num_classes = deprecated_alias("n_classes", "num_classes")
 
     def __repr__(self) -> str:
         return (
@@ -154,6 +151,14 @@ def make_fewshot_splits(
                     stacklevel=2,
                 )
             empty = [names[c] for c, group in enumerate(groups) if not group]
+            if len(empty) == n_classes:
+                short = min(range(n_classes), key=lambda c: len(train_groups[c]))
+                raise ValueError(
+                    f"{dataset.name!r} has no validation split and {shots} shots use up every train image "
+                    f"(e.g. class {short} ({names[short]!r}) has {len(train_groups[short])}), so none is left "
+                    f"for validation: use {option('shots', '--shots')} below the smallest class's train "
+                    "count, or give the dataset a validation split (a val/ folder for an image folder)"
+                )
             if empty:
                 warnings.warn(
                     f"{len(empty)} class(es) of {dataset.name!r} have no train images left for the "
@@ -187,3 +192,34 @@ def validation_subsample(labels: Sequence[int], val_policy: str | int, shots: in
     for c in sorted(members):
         keep.extend(_draw(members[c], min(per_class, len(members[c])), _rng(seed, shots, _STAGE_VAL, c)))
     return sorted(keep)
+
+
+def check_support_after_skips(support: Sequence[Sample], kept: Sequence[int] | None,
+                              classnames: Sequence[str]) -> None:
+    """Refuse a support set that lost every shot of a class to skipped unreadable images.
+
+    ``support``: the drawn support samples; ``kept``: indices into ``support`` of the images
+    that were encoded (``Features.kept`` after ``skip_bad_images``; ``None`` = all). A class
+    whose every shot was skipped would silently have no cache entry; this raises one line
+    naming the class, the skipped file(s) and the fix.
+    """
+    if kept is None:
+        return
+    kept_set = {int(i) for i in kept}
+    left: dict[int, int] = defaultdict(int)
+    skipped: dict[int, list[str]] = defaultdict(list)
+    for i, s in enumerate(support):
+        if i in kept_set:
+            left[s.label] += 1
+        elif s.path not in skipped[s.label]:
+            skipped[s.label].append(s.path)
+    lost = sorted(c for c in skipped if left[c] == 0)
+    if lost:
+        c = lost[0]
+        more = f" (and {len(lost) - 1} more class(es))" if len(lost) > 1 else ""
+        files = ", ".join(skipped[c][:3]) + (" ..." if len(skipped[c]) > 3 else "")
+        raise ValueError(
+            f"class {c} ({classnames[c]!r}) has no support image left{more}: its shot(s) {files} could not be "
+            f"read and were skipped; replace the unreadable image(s) or drop "
+            f"{option('skip_bad_images=True', '--skip-bad-images')}"
+        )

@@ -1,4 +1,8 @@
-"""(split from ssp.features_source; see the package docstring)."""
+"""Text-classifier files: one ``[C, D]`` or ``[D, C]`` tensor in a ``.pt`` / ``.npy`` /
+``.safetensors`` file, read as ``[C, D]`` float32 and checked by the rule every estimator applies
+(:func:`ssp._utils.check_text_features`). ``ssp-fewshot --text-features`` and
+``ssp-unmix analyze --text-features`` both read through :func:`load_text_features`.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +10,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssp._utils import (
+    TEXT_LAYOUTS,
+    check_text_features,
+    load_torch_file,
+    unit_norm_axis,
+)
+
+__all__ = ["load_text_features", "KNOWN_WIDTHS"]
+
 _TEXT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
+#: Embedding widths D of the CLIP models ssp knows; with neither C nor D given, the side of a
+#: file that has one of these widths (and the other side does not) is D.
+KNOWN_WIDTHS = (256, 384, 512, 640, 768, 1024, 1152, 1280)
 
 
 def _read_any(path: Path) -> torch.Tensor:
@@ -26,44 +42,98 @@ def _read_any(path: Path) -> torch.Tensor:
             else:
                 raise ValueError(f"it holds {sorted(tensors)}; save one tensor, or name it 'text_features'")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = load_torch_file(path, what="tensor file")
             if isinstance(obj, dict) and len(obj) == 1:
                 obj = next(iter(obj.values()))
     except ValueError as err:
-        raise ValueError(f"cannot read text features from {path}: {err}") from None
-    except Exception as err:  # corrupt / not a tensor file
-        raise ValueError(f"cannot read text features from {path}: {type(err).__name__}: {err}") from None
+        message = str(err)
+        raise ValueError(message if message.startswith(str(path)) else
+                         f"cannot read text features from {path}: {message}") from None
+    except Exception as err:  # corrupt .npy / .safetensors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{path} is not a tensor file: corrupt or not saved by "
+                         f"{'numpy.save' if suffix == '.npy' else 'safetensors'} "
+                         f"({type(err).__name__}{': ' + first if first else ''})") from None
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected one [C, D] or [D, C] tensor")
     return obj
 
 
-def load_text_features(path: str | Path, n_classes: int, dim: int, layout: str = "auto") -> torch.Tensor:
-    """A text classifier file as ``[C, D]`` float32.
+def _ambiguous(path: Path, why: str) -> ValueError:
+    return ValueError(f"text-features file {path}: {why}; pass layout='CD' or 'DC' "
+                      "(--text-layout CD or DC)")
 
-    The orientation is read from ``C`` (classes of the cache) and ``D`` (feature width):
-    ``layout="auto"`` accepts ``[C, D]`` or ``[D, C]`` and refuses the ambiguous square case
-    (``C == D``), which needs ``layout="CD"`` or ``"DC"``.
+
+def _auto_layout(path: Path, t: torch.Tensor, n_classes: int | None, dim: int | None) -> str:
+    rows, cols = t.shape
+    if n_classes is not None and dim is not None:
+        if n_classes == dim:
+            raise _ambiguous(path, f"it is square ({n_classes} x {dim}): C = D, so its orientation "
+                                   "cannot be told from the shape")
+        return "CD" if (rows, cols) == (n_classes, dim) else "DC"
+    if n_classes is not None or dim is not None:
+        known_rows = rows == (n_classes if n_classes is not None else dim)
+        known_cols = cols == (n_classes if n_classes is not None else dim)
+        if known_rows != known_cols:
+            rows_are_classes = known_rows == (n_classes is not None)
+            return "CD" if rows_are_classes else "DC"
+    unit = unit_norm_axis(t.to(torch.float64)) if t.is_floating_point() else None
+    if unit in ("rows", "columns"):
+        return "CD" if unit == "rows" else "DC"   # class vectors are the unit-norm ones
+    rows_d, cols_d = rows in KNOWN_WIDTHS, cols in KNOWN_WIDTHS
+    if rows_d != cols_d:
+        return "DC" if rows_d else "CD"
+    raise _ambiguous(path, f"shape {tuple(t.shape)}: neither side holds unit-norm class vectors nor only "
+                           "one side is a known embedding width, so classes cannot be told from D")
+
+
+def load_text_features(path: str | Path, n_classes: int | None = None, dim: int | None = None,
+                       layout: str = "auto", *, return_layout: bool = False):
+    """A text classifier file as ``[C, D]`` float32 (float16 / bfloat16 / float64 files are
+    converted).
+
+    Args:
+        path: ``.pt`` / ``.pth`` (one tensor, or a dict holding one), ``.npy`` or
+            ``.safetensors`` (one tensor, or one named ``text_features``).
+        n_classes, dim: ``C`` and ``D`` when known (e.g. from a feature cache); the file's shape
+            must then be ``[C, D]`` or ``[D, C]``.
+        layout: ``"CD"`` (one row per class), ``"DC"`` (one column per class: the Tip-Adapter /
+            APE layout) or ``"auto"``: read from ``C`` / ``D`` when given (a square ``C == D``
+            file is refused), else from the side whose vectors have unit norm (the class
+            vectors), else from the side that is a known embedding width (:data:`KNOWN_WIDTHS`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: unreadable file, wrong shape, undecidable orientation, or a class vector
+            that is zero or not finite (one line naming the file).
+
+    Returns:
+        ``[C, D]`` float32; with ``return_layout`` the pair ``(tensor, "CD" or "DC")``, the
+        layout the file was read in.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"text-features file {path} not found")
     if path.suffix.lower() not in _TEXT_SUFFIXES:
         raise ValueError(f"text-features file {path}: use one of {', '.join(_TEXT_SUFFIXES)}")
+    if layout != "auto" and layout not in TEXT_LAYOUTS:
+        raise ValueError(f"text layout must be auto, CD or DC, got {layout!r}")
     t = _read_any(path)
-    if t.ndim != 2 or sorted(t.shape) != sorted((n_classes, dim)):
+    if t.ndim != 2:
+        raise ValueError(f"text-features file {path} has shape {tuple(t.shape)}; expected one 2-D tensor "
+                         "[C, D] or [D, C]")
+    expected = [v for v in (n_classes, dim) if v is not None]
+    if len(expected) == 2 and sorted(t.shape) != sorted(expected):
         raise ValueError(f"text-features file {path} has shape {tuple(t.shape)}; expected [C, D] = "
                          f"[{n_classes}, {dim}] or [D, C] (C from the cache's values file, D from its keys)")
-    if layout not in ("auto", "CD", "DC"):
-        raise ValueError(f"text layout must be auto, CD or DC, got {layout!r}")
+    if len(expected) == 1 and expected[0] not in t.shape:
+        what = f"C = {n_classes} classes" if n_classes is not None else f"D = {dim}"
+        raise ValueError(f"text-features file {path} has shape {tuple(t.shape)}; expected one side to be {what}")
     if layout == "auto":
-        if n_classes == dim:
-            raise ValueError(f"text-features file {path} is square ({n_classes} x {dim}): C = D, so its "
-                             "orientation cannot be told from the shape; pass --text-layout CD or DC")
-        layout = "CD" if tuple(t.shape) == (n_classes, dim) else "DC"
-    t = (t if layout == "CD" else t.T).to(torch.float32).contiguous()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"text-features file {path} contains NaN or infinite values")
-    if bool((t.norm(dim=1) == 0).any()):
-        raise ValueError(f"text-features file {path} has all-zero class rows; every class needs a text embedding")
-    return t
+        layout = _auto_layout(path, t, n_classes, dim)
+    t = t.to(torch.float32)
+    out = check_text_features(t, name=f"text-features file {path}", layout=layout).contiguous()
+    if n_classes is not None and out.shape[0] != n_classes or dim is not None and out.shape[1] != dim:
+        raise ValueError(f"text-features file {path} read as layout {layout} gives [C, D] = "
+                         f"{list(out.shape)}, expected C = {n_classes}, D = {dim}; use the other layout")
+    return (out, layout) if return_layout else out

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ssp._utils import check_int, check_labels, deprecated_alias
+from ssp._utils import check_int, check_labels, check_text_features, load_torch_file
 
 __all__ = ["FeatureCache", "load_feature_cache", "available_shots"]
 
@@ -46,7 +46,7 @@ class FeatureCache:
         shots: the shot count K of the support files.
         n_classes: C, the width of the one-hot values file.
         text_weights_file: name of the text-classifier file used, or None.
-        n_features: D, the feature width (``feature_dim`` is a deprecated alias).
+        n_features: D, the feature width.
     """
 
     support_features: torch.Tensor
@@ -66,8 +66,6 @@ class FeatureCache:
         """D, the feature width."""
         return int(self.support_features.shape[1])
 
-    feature_dim = deprecated_alias("n_features", "feature_dim")
-
 
 def available_shots(folder: str | Path) -> list[int]:
     """Shot counts K with a ``keys_{K}shots.pt`` file in ``folder``, sorted."""
@@ -83,13 +81,7 @@ def available_shots(folder: str | Path) -> list[int]:
 
 
 def _load_tensor(path: Path) -> torch.Tensor:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, truncated download, non-tensor pickle, ...
-        raise ValueError(
-            f"could not read {path}: {type(err).__name__}: {err}. The file is corrupt or not a "
-            "tensor saved with torch.save; re-create it with the Tip-Adapter/APE feature script"
-        ) from None
+    obj = load_torch_file(path)
     if not isinstance(obj, torch.Tensor):
         raise ValueError(f"{path} holds a {type(obj).__name__}, expected a tensor saved with "
                          "torch.save")
@@ -220,8 +212,8 @@ def load_feature_cache(folder: str | Path, shots: int, *,
                 f"{text_path} has shape {tuple(text.shape)}; expected [D, C] = [{dim}, "
                 f"{n_classes}] (D from {keys_path.name}, C from {values_path.name})"
             )
-        text_features = text.to(torch.float32).T.contiguous()
-        _check_finite(text_features, text_path)
+        text_features = check_text_features(text.to(torch.float32), name=str(text_path),
+                                            layout="DC").contiguous()
 
     cache = FeatureCache(
         support_features=support,

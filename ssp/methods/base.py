@@ -11,6 +11,7 @@ from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
 from ssp._utils import (
     ArrayLike,
+    check_features,
     check_int,
     check_is_fitted,
     check_labels,
@@ -176,10 +177,10 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_common(self, image_features, labels, text_features, patch_features) -> None:
         device = resolve_device(self.device)
-        text = check_text_features(text_features, device=device)
         images = None
         if image_features is not None:
-            images = to_tensor(image_features, "image_features", ndim=2, device=device)
+            images = check_features(image_features, "image_features", device=device)
+        text = check_text_features(text_features, device=device)
         dtype = text.dtype
         if images is not None:
             dtype = torch.promote_types(dtype, images.dtype)
@@ -195,14 +196,13 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
                 )
             images = l2_normalize(images.to(dtype))
             if labels is None:
-                raise ValueError("labels are required with image_features")
+                raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None "
+                                 "(labels [N] are required with image_features)")
             y = check_labels(labels, images.shape[0], n_classes, name="labels", device=device)
         elif labels is not None:
             raise ValueError("labels were given without image_features")
         if self._needs_support and images is None:
             raise ValueError(f"{type(self).__name__} needs support image_features and labels")
-        if self._needs_support and images.shape[0] == 0:
-            raise ValueError("image_features is empty: at least one support sample is needed")
 
         self.device_ = device
         self.dtype_ = dtype
@@ -279,8 +279,8 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         x = to_tensor(X, "X", ndim=2, device=self.device_)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has D={x.shape[1]} features but the model was fitted with D="
-                f"{self.n_features_in_}"
+                f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
+                f"{self.n_features_in_} features as input (the D it was fitted with)"
             )
         return l2_normalize(x.to(self.dtype_))
 
@@ -332,14 +332,18 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         return like_input(pred, X)
 
     def score(self, X: ArrayLike, y: ArrayLike, sample_weight=None) -> float:
-        """Top-1 accuracy on ``X`` ``[M, D]`` with true labels ``y`` ``[M]``, as a **fraction** in
-        [0, 1] (scikit-learn's convention, so ``GridSearchCV`` & co. work unchanged). Note that
-        ``validation_search(...).best_score_`` and the result tables are in **percent**."""
+        """Top-1 accuracy on ``X`` ``[M, D]`` with true labels ``y`` ``[M]`` in ``0..C-1``, as a
+        **fraction** in [0, 1] (scikit-learn's convention, so ``GridSearchCV`` & co. work
+        unchanged). A label outside the fitted classes raises. ``SearchResult.best_score_`` and
+        the fine-tuned models' ``history_`` use the same fraction; percent values say so in their
+        name (``SearchResult.best_accuracy_pct_``) or live in the result tables."""
         from sklearn.metrics import accuracy_score
 
+        self._check_fitted()
         pred = self.predict(X)
         pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else pred
-        truth = check_labels(y, pred.shape[0], None, name="y").cpu().numpy()
+        truth = check_labels(y, pred.shape[0], len(self.classes_), name="y",
+                             classes_from="the fitted text classifier").cpu().numpy()
         return float(accuracy_score(truth, pred, sample_weight=sample_weight))
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:

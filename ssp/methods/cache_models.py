@@ -47,14 +47,18 @@ With a projector, APE computes its channel criterion and divergence on the proje
   ``fit(image_features [N, D], labels [N], *, text_features [C, D], patch_features=None)``;
   the projector's is ``fit(patch_features [N, L, D], labels [N], *, image_features,
   text_features)``.
+* Dtypes: float16, bfloat16, float32 and float64 features are accepted (half precision, as in
+  fp16 feature caches, is computed in float32; float64 stays float64); integers and array-likes
+  are converted; complex and sparse inputs are refused.
 * Array kinds: numpy in, numpy out; torch in, torch out on the input's device. This holds for
   predictions and for the fitted array attributes, which follow the kind of the support features
   given to ``fit`` (``text_features`` for a zero-shot model fitted without support). The one
   exception is ``classes_``, numpy always as scikit-learn expects. Computations run in torch on
   ``device_`` (the fitted tensors are kept there privately).
 * :meth:`score` returns the top-1 accuracy as a fraction in [0, 1] (scikit-learn's convention);
-  :func:`ssp.methods.search.validation_search`'s ``best_score_`` and the result tables report accuracy in
-  percent (100 x the fraction).
+  :func:`ssp.methods.search.validation_search`'s ``best_score_`` is the same fraction (as scikit-learn's
+  ``GridSearchCV.best_score_``); percent values say so in their name (``best_accuracy_pct_``), as
+  the result tables do.
 
 Hyper-parameters read at prediction time (``alpha``, ``beta``, ``gamma``, ``routing``,
 ``logit_scale``, ``chunk_size``) may be changed with ``set_params`` without refitting; everything
@@ -254,10 +258,38 @@ class TipAdapter(_CacheModel):
         self._torch.keys_ = self._project_keys(self._torch.support_features_)
 
 
+def check_n_channels(n_channels: Any, name: str = "n_channels") -> int | float | None:
+    """A channel count as configured: ``None`` (all D channels), a positive int (an absolute
+    count) or a float in ``(0, 1]`` (a fraction of D); anything else is a one-line error."""
+    if n_channels is None or isinstance(n_channels, float) and 0.0 < n_channels <= 1.0:
+        return n_channels
+    try:
+        return check_int(n_channels, name)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer (a channel count), a float in (0, 1] "
+                         f"(a fraction of the feature width D) or None (all D), got {n_channels!r}") from None
+
+
+def resolve_n_channels(n_channels: Any, dim: int, name: str = "n_channels") -> int:
+    """The number of channels ``Q`` for features of width ``dim``: ``None`` -> D; a float in
+    ``(0, 1]`` -> ``round(fraction * D)`` (at least 1); an int -> itself, clamped to D with a
+    warning when larger (the only case that warns)."""
+    n_channels = check_n_channels(n_channels, name)
+    if n_channels is None:
+        return int(dim)
+    if isinstance(n_channels, float):
+        return max(1, min(int(dim), round(n_channels * dim)))
+    if n_channels > dim:
+        warn(f"{name}={n_channels} exceeds the feature width D={dim}; using all {dim} channels")
+        return int(dim)
+    return n_channels
+
+
 def _ape_params(cfg: Mapping[str, Any], dim: int) -> dict:
     ape = cfg["ape"]
-    # n_channels is passed as configured; APE clamps it to D, and the run records the value used
-    return {**ape["init"], "n_channels": int(ape["n_channels"]),
+    # a fraction of D or an absolute count, as configured: APE resolves it against the D of the
+    # features at fit (a clamped count warns there, inside the run's warning record)
+    return {**ape["init"], "n_channels": check_n_channels(ape["n_channels"], "ape.n_channels"),
             "criterion_weights": tuple(ape["criterion_weights"])}
 
 
@@ -276,9 +308,11 @@ class APE(_CacheModel):
     Args:
         alpha, beta: as in Tip-Adapter.
         gamma: strength γ of the divergence re-weighting (γ = 0: plain one-hot values).
-        n_channels: ``|Ω|``; ``None`` = all D channels. Values above D are clamped to D with a
-            warning (the published configs give e.g. 800 channels for RN50's D = 1024, which
-            a D = 512 backbone cannot honour).
+        n_channels: ``|Ω|``: an int is an absolute count (clamped to D with a warning when
+            larger), a float in ``(0, 1]`` a fraction of D (``round(n_channels * D)``), ``None``
+            all D channels. The shipped configs give fractions, so one config serves every
+            backbone: e.g. ``0.78125`` is the published 800 channels of RN50's D = 1024 and 400
+            of ViT-B's D = 512 (:func:`resolve_n_channels`).
         criterion_weights: ``(w₀, w₁)`` of the criterion.
         projector, routing, logit_scale, chunk_size, device: as in :class:`TipAdapter`.
 
@@ -292,7 +326,7 @@ class APE(_CacheModel):
     _real_params = ("alpha", "beta", "gamma", "logit_scale")
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
-                 n_channels: int | None = None,
+                 n_channels: int | float | None = None,
                  criterion_weights: Sequence[float] = (0.5, 0.5), projector: Any = None,
                  routing: str = "paper", logit_scale: float = 100.0,
                  chunk_size: int | None = None, device: str | torch.device | None = None) -> None:
@@ -315,7 +349,7 @@ class APE(_CacheModel):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        check_int(self.n_channels, "n_channels", allow_none=True)
+        check_n_channels(self.n_channels)
         self._criterion_weights()
 
     def _criterion_weights(self) -> tuple[float, float]:
@@ -356,14 +390,7 @@ class APE(_CacheModel):
             self._torch.selected_keys_, l2_normalize(text[:, channels]), self._torch.support_labels_)
 
     def _resolve_channels(self, dim: int) -> int:
-        if self.n_channels is None:
-            return dim
-        n_channels = check_int(self.n_channels, "n_channels", allow_none=True)
-        if n_channels > dim:
-            warn(f"n_channels={n_channels} exceeds the feature width D={dim}; using all {dim} "
-                 "channels")
-            n_channels = dim
-        return n_channels
+        return resolve_n_channels(self.n_channels, dim)
 
     def _key_log_weights(self) -> torch.Tensor:
         return self._torch.key_divergence_

@@ -56,7 +56,7 @@ from typing import Any, Mapping, Sequence
 from ssp._lazy import no_grad, torch
 from ssp._utils import ArrayLike, check_int, check_labels, l2_normalize, to_tensor
 from ssp.methods.base import _check_finite_param
-from ssp.methods.cache_models import APE, TipAdapter, cache_kernel
+from ssp.methods.cache_models import APE, TipAdapter, cache_kernel, check_n_channels
 from ssp.methods.registry import register_method
 
 __all__ = ["TipAdapterF", "APET"]
@@ -210,17 +210,17 @@ class _FineTuned:
                 if bar is not None:
                     bar.update(1)
             record = {"epoch": epoch + 1, "train_loss": total_loss / n_keys,
-                      "lr": float(scheduler.get_last_lr()[0]), "val_accuracy": None}
+                      "lr": float(scheduler.get_last_lr()[0]), "val_score": None}
             if val is not None:
                 accuracy = self._accuracy(params, val_prepared, val[1])
-                record["val_accuracy"] = accuracy
+                record["val_score"] = accuracy
                 if accuracy > best_accuracy:
                     best_accuracy, best_epoch = accuracy, epoch + 1
                     best_state = {k: p.detach().clone() for k, p in params.items()}
             history.append(record)
             if bar is not None:
                 bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{record['train_loss']:.4f}",
-                                val=("-" if val is None else f"{record['val_accuracy']:.2f}"))
+                                val=("-" if val is None else f"{record['val_score']:.4f}"))
         if val is None and epochs:
             best_epoch = epochs
             best_state = {k: p.detach().clone() for k, p in params.items()}
@@ -235,7 +235,7 @@ class _FineTuned:
 
     @no_grad
     def _accuracy(self, params, prepared: dict[str, torch.Tensor], labels: torch.Tensor) -> float:
-        """Top-1 accuracy in percent under the training forward (chunked over queries)."""
+        """Top-1 accuracy (a fraction) under the training forward (chunked over queries)."""
         correct = 0
         n = labels.shape[0]
         rows = self._chunk_rows(self._torch.support_features_.shape[0])
@@ -243,7 +243,7 @@ class _FineTuned:
             chunk = {k: v[start:start + rows] for k, v in prepared.items()}
             pred = self._train_logits(params, chunk).argmax(dim=1)
             correct += int((pred == labels[start:start + rows]).sum())
-        return 100.0 * correct / n
+        return correct / n
 
     # ---- per-method hooks (subclasses) ---------------------------------------------------
 
@@ -301,7 +301,8 @@ class TipAdapterF(_FineTuned, TipAdapter):
 
     Fitted attributes: those of :class:`TipAdapter`, with ``keys_`` [N, D] the trained keys
     ``Θ`` (grouped by class), plus ``initial_keys_`` [N, D], ``history_`` (one dict per epoch:
-    ``epoch`` (1-based), ``train_loss``, ``lr``, ``val_accuracy`` in percent or None),
+    ``epoch`` (1-based), ``train_loss``, ``lr``, ``val_score``: validation accuracy as a
+    fraction like ``score()``, or None),
     ``best_epoch_`` (1-based; 0 when ``epochs == 0``), ``selection_`` ("validation" | "last"),
     ``training_inputs_`` ("views" | "keys"), ``n_views_`` (E, 0 for keys), ``n_steps_``,
     ``train_time_s_``.
@@ -348,7 +349,9 @@ class TipAdapterF(_FineTuned, TipAdapter):
 
 def _ape_t_params(cfg: Mapping[str, Any], dim: int) -> dict:
     sec = cfg["ape_t"]
-    return {**cfg["ape"]["init"], **_training(cfg, "ape_t"), "n_channels": int(sec["n_channels"]),
+    # a fraction of D or an absolute count, resolved against D at fit (as APE's)
+    return {**cfg["ape"]["init"], **_training(cfg, "ape_t"),
+            "n_channels": check_n_channels(sec["n_channels"], "ape_t.n_channels"),
             "criterion_weights": tuple(sec["criterion_weights"])}
 
 
@@ -369,7 +372,8 @@ class APET(_FineTuned, APE):
 
     Args:
         alpha, beta, gamma: as in :class:`APE` (fixed during training, searchable after).
-        n_channels: ``Q`` (published ``training_feat_num``); ``None`` = all D channels.
+        n_channels: ``Q`` (published ``training_feat_num``): an int count, a float in
+            ``(0, 1]`` a fraction of D, ``None`` all D channels (as :class:`APE`).
         criterion_weights: ``(w₀, w₁)`` of the channel criterion (published: (0.2, 0.8)).
         epochs, lr, eps, weight_decay, batch_size, seed, progress: as in :class:`TipAdapterF`
             (published APE-T: AdamW weight decay 0.1, batch 256, per-dataset lr/eps/epochs).
@@ -386,7 +390,7 @@ class APET(_FineTuned, APE):
     _fixed_while_training = ("alpha", "beta", "gamma")
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
-                 n_channels: int | None = None, criterion_weights: Sequence[float] = (0.2, 0.8),
+                 n_channels: int | float | None = None, criterion_weights: Sequence[float] = (0.2, 0.8),
                  epochs: int = 30, lr: float = 1e-3, eps: float = 1e-3, weight_decay: float = 0.1,
                  batch_size: int = 256, seed: int = 1, progress: bool = False,
                  projector: Any = None, routing: str = "paper", logit_scale: float = 100.0,

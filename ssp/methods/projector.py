@@ -46,8 +46,10 @@ from ssp._checks import SCORE_PRECISIONS, check_int, check_real
 from ssp._lazy import torch
 from ssp._utils import (
     ArrayLike,
+    check_features,
     check_is_fitted,
     check_labels,
+    check_text_features,
     l2_normalize,
     like_input,
     resolve_device,
@@ -167,13 +169,14 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         device = resolve_device(self.device)
+        image = check_features(image_features, "image_features")
         patches = _raw_tensor(patch_features, "patch_features", ndim=3)
         n_images, n_patches, dim = patches.shape
         if n_images == 0 or n_patches == 0 or dim == 0:
             raise ValueError(f"patch_features must be non-empty [N, L, D], got {tuple(patches.shape)}")
         dtype = _working_dtype(patches, image_features, text_features)
-        image = to_tensor(image_features, "image_features", dtype=dtype, device=device, ndim=2)
-        text = to_tensor(text_features, "text_features", dtype=dtype, device=device, ndim=2)
+        image = image.to(dtype=dtype, device=device)
+        text = check_text_features(text_features, dtype=dtype, device=device)
         if image.shape != (n_images, dim):
             raise ValueError(
                 f"image_features has shape {tuple(image.shape)} but patch_features has shape "
@@ -185,9 +188,6 @@ class SSPProjector(TransformerMixin, BaseEstimator):
                 "(the width of patch_features and image_features)"
             )
         n_classes = text.shape[0]
-        zero_rows = (text.norm(dim=1) == 0).nonzero().flatten().tolist()
-        if zero_rows:
-            raise ValueError(f"text_features rows {zero_rows[:10]} are all zero; every class needs a text embedding")
         y = check_labels(labels, n_images, n_classes, device=device)
         counts = torch.bincount(y, minlength=n_classes)
         empty = (counts == 0).nonzero().flatten().tolist()
@@ -453,8 +453,8 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         x = to_tensor(X, "X", dtype=self._dtype, device=self.device_, ndim=2)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(
-                f"X has {x.shape[1]} features per row but the projector was fitted with "
-                f"D = {self.n_features_in_}"
+                f"X has {x.shape[1]} features, but SSPProjector is expecting {self.n_features_in_} "
+                "features as input (the D it was fitted with)"
             )
         out = torch.empty_like(x)
         if view == "vision":
@@ -812,16 +812,16 @@ def _batched_lapack(fn: Any, batch: torch.Tensor) -> Any:
 
 def _raw_tensor(x: ArrayLike, name: str, *, ndim: int) -> torch.Tensor:
     """A floating tensor view of ``x`` without copying (big inputs are converted chunk-wise)."""
-    if isinstance(x, torch.Tensor):
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
         t = x.detach()
-    elif isinstance(x, np.ndarray):
+    elif isinstance(x, np.ndarray) and x.dtype.kind == "f":
         t = torch.as_tensor(x)
-    else:
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+    else:  # integers, objects, array-likes, sparse, complex: the shared conversion and its errors
+        t = to_tensor(x, name)
+        if not t.is_floating_point():
+            t = t.to(torch.float32)
     if t.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions [N, L, D], got shape {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
     return t
 
 

@@ -21,7 +21,8 @@ Cost (measured, ``benchmarks/stanford_cars_real_features.py``): the full APE gri
 reference's loop over 80,000 grid points, each an ``exp`` and a ``[M, N] @ [N, C]`` matmul, about
 2 hours.
 
-``best_score_`` is the grid's own accuracy; it equals ``100 * model.score(val)`` after the search
+``best_score_`` is the grid's own accuracy, a fraction in [0, 1] like ``model.score`` (and
+scikit-learn's ``GridSearchCV.best_score_``): it equals ``model.score(val)`` after the search
 except when logits tie to within floating-point rounding (the grid and ``predict`` round
 differently), where a single image can be counted differently.
 """
@@ -55,8 +56,9 @@ class SearchResult:
 
     Attributes:
         best_params_: the winning values, e.g. ``{"beta": 5.5, "alpha": 1.2}`` (set on the model).
-        best_score_: validation top-1 accuracy of the winner, in percent.
-        scores_: accuracies in percent, shape ``[len(grid_[a]) for a in param_names_]``
+        best_score_: validation top-1 accuracy of the winner, a fraction in [0, 1] (the unit of
+            ``model.score``); :attr:`best_accuracy_pct_` is the same in percent, for tables.
+        scores_: accuracies as fractions, shape ``[len(grid_[a]) for a in param_names_]``
             (a 0-d array when nothing is searched).
         grid_: axis name -> values, in axis order (numeric axes as float64 arrays).
         param_names_: the searched axes, in (routing, beta, alpha, gamma) order.
@@ -64,7 +66,7 @@ class SearchResult:
         n_val_: number of validation samples.
         fixed_params_: hyper-parameters not searched, at the model's values during the search.
         stages_: for the default search (``grid=None``), every grid evaluated, in order:
-            ``{"grid": {axis: values}, "best_params": {...}, "best_score": float}``; the
+            ``{"grid": {axis: values}, "best_params": {...}, "best_score": fraction}``; the
             last stage is the one ``scores_`` / ``grid_`` describe. Empty for an explicit grid.
     """
 
@@ -77,6 +79,11 @@ class SearchResult:
     n_val_: int
     fixed_params_: dict[str, Any] = field(default_factory=dict)
     stages_: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_accuracy_pct_(self) -> float:
+        """``best_score_`` in percent (``100 * best_score_``), the unit of ssp's tables."""
+        return 100.0 * self.best_score_
 
 
 def _model_spec(model: Any) -> MethodSpec:
@@ -213,7 +220,7 @@ def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
                 _count_grid(correct[r], zero_shot, affinity, yc, model.segments_, betas,
                             alpha_t, gammas, log_weights, key_weights)
 
-    scores = 100.0 * (correct.cpu().numpy().astype(np.float64) / n_val)
+    scores = correct.cpu().numpy().astype(np.float64) / n_val
     names = tuple(a for a in _AXIS_ORDER if a in axes)
     # axes of `scores`: routing, beta, alpha, gamma; drop the ones that are not searched
     keep = [a in axes for a in _AXIS_ORDER]

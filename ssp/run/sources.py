@@ -252,6 +252,8 @@ class ImageSource:
                     self._features(draw.val, split="train-as-val", desc=f"val {shots}-shot seed {seed}")
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
+        from ssp.data.fewshot import check_support_after_skips
+
         cfg = self.cfg
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -270,12 +272,7 @@ class ImageSource:
                    "val": ([p for p in (s.path for s in draw.val) if p not in self.val_index]
                            if self.full_val is not None else _skipped(draw.val, val))}
         n_skipped = sum(map(len, skipped.values()))
-        empty = sorted(set(range(len(self.data.classnames))) - set(support.labels.tolist()))
-        if empty:
-            names = ", ".join(f"{self.data.classnames[c]!r}" for c in empty)
-            raise ValueError(f"{shots}-shot seed {seed}: class(es) {names} have no readable support image left "
-                             f"after --skip-bad-images left out {', '.join(skipped['support'])}; replace those "
-                             "images or remove them from the dataset")
+        check_support_after_skips(draw.support, support.kept, self.data.classnames)
         if n_skipped:
             echo(f"[ssp] {shots}-shot seed {seed}: {n_skipped} unreadable image(s) left out (--skip-bad-images): "
                  + ", ".join(p for paths in skipped.values() for p in paths))

@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 
-from ssp._utils import deprecated_alias
 from ssp.data import DatasetNotFoundError
 
 __all__ = ["VOC_CLASSES", "VOC_PROMPT_NAMES", "MultiLabelSample", "MultiLabelDataset",
@@ -65,8 +64,6 @@ class MultiLabelDataset:
     def n_classes(self) -> int:
         return len(self.classnames)
 
-    num_classes = deprecated_alias("n_classes", "num_classes")
-
     def targets(self) -> np.ndarray:
         """``[N, C]`` int8: 1 present, 0 absent, -1 ignored (difficult only)."""
         y = np.zeros((len(self.samples), self.n_classes), dtype=np.int8)
@@ -103,12 +100,19 @@ class SegmentationDataset:
     def n_classes(self) -> int:
         return len(self.classnames)
 
-    num_classes = deprecated_alias("n_classes", "num_classes")
-
     def mask(self, index: int) -> np.ndarray:
-        """``[H, W]`` uint8 mask of sample ``index``."""
+        """``[H, W]`` uint8 mask of sample ``index``; a value that is neither a class
+        (``0..n_classes``) nor ``ignore_index`` is an error naming the mask file."""
         s = self.samples[index]
-        return self._rasterise(s) if s.mask is None else read_mask(s.mask)
+        mask = self._rasterise(s) if s.mask is None else read_mask(s.mask)
+        values = np.unique(mask)
+        bad = [int(v) for v in values if v > self.n_classes and v != self.ignore_index]
+        if bad:
+            source = f"mask {s.mask}" if s.mask is not None else f"the annotation mask of {s.image}"
+            raise ValueError(f"{source} holds value(s) {bad[:10]} outside the classes: {self.name} masks use "
+                             f"0 (background), 1..{self.n_classes} and {self.ignore_index} (ignore); fix or "
+                             "remove this mask")
+        return mask
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:

@@ -16,13 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
 from ssp._io import atomic_path
 from ssp._utils import (
     ArrayLike,
+    check_features,
     check_is_fitted,
+    check_label_dtype,
     check_labels,
+    check_text_features,
     l2_normalize,
     like_input,
     resolve_device,
@@ -62,8 +66,10 @@ def dual_prompt_logits(patches: torch.Tensor, positive: torch.Tensor, negative: 
     return pair_scale * (w * (o_pos - o_neg)).sum(dim=1)
 
 
-class UnmixProjector:
-    """Learned projectors ``h_text`` / ``h_img`` on frozen CLIP features.
+class UnmixProjector(ClassifierMixin, BaseEstimator):
+    """Learned projectors ``h_text`` / ``h_img`` on frozen CLIP features (a scikit-learn
+    estimator: ``get_params`` / ``set_params`` / ``clone`` from ``BaseEstimator``; ``predict`` and
+    ``score`` for single-label projectors).
 
     Parameters (keyword-only; stored as given, validated in :meth:`fit`):
         embed_dim: D', the projected width (256).
@@ -84,8 +90,9 @@ class UnmixProjector:
 
     Fitted attributes: ``h_text_``, ``h_img_`` (torch modules, eval mode), ``task_``,
     ``n_classes_``, ``n_features_in_``, ``text_features_`` ``[C, D]`` (normalised input),
-    ``negative_text_features_`` (multi-label) , ``history_`` (per-epoch loss and validation
-    score), ``best_epoch_``, ``device_``.
+    ``negative_text_features_`` (multi-label), ``classes_`` (``0..C-1``), ``history_``
+    (per-epoch loss and ``val_score_pct``: validation accuracy or mAP, in percent),
+    ``best_epoch_``, ``device_``.
     """
 
     def __init__(self, *, embed_dim: int = 256, hidden_dim: int = 384, mfi_weight: float | None = None,
@@ -115,27 +122,6 @@ class UnmixProjector:
         self.seed = seed
         self.device = device
         self.progress = progress
-
-    _PARAMS = ("embed_dim", "hidden_dim", "mfi_weight", "mfi_form", "mfi_lambda", "logit_scale",
-               "patch_scale", "pair_scale", "gamma_neg", "gamma_pos", "asl_margin", "epochs",
-               "batch_size", "lr", "momentum", "weight_decay", "optimizer", "seed", "device",
-               "progress")
-
-    # ---- scikit-learn conventions ----
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._PARAMS}
-
-    def set_params(self, **params: Any) -> "UnmixProjector":
-        for name, value in params.items():
-            if name not in self._PARAMS:
-                raise ValueError(f"invalid parameter {name!r} for UnmixProjector; valid: {self._PARAMS}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = UnmixProjector().get_params()
-        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
-        return f"UnmixProjector({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     def _validate_params(self) -> None:
         for name in ("embed_dim", "hidden_dim", "epochs", "batch_size"):
@@ -187,12 +173,16 @@ class UnmixProjector:
         """
         self._validate_params()
         device = resolve_device(self.device)
-        text = l2_normalize(to_tensor(text_features, "text_features", ndim=2, device=device, dtype=torch.float32))
+        x = l2_normalize(check_features(image_features, "image_features", device=device, dtype=torch.float32))
+        text = l2_normalize(check_text_features(text_features, device=device, dtype=torch.float32))
         n_classes, dim = text.shape
-        x = l2_normalize(to_tensor(image_features, "image_features", ndim=2, device=device, dtype=torch.float32))
         if x.shape[1] != dim:
             raise ValueError(f"image_features have D = {x.shape[1]} but text_features have D = {dim}; "
                              "both must come from the same CLIP model")
+        if labels is None:
+            raise ValueError("UnmixProjector requires y to be passed, but the target y is None (labels [N] "
+                             "or [N, C] are required)")
+        check_label_dtype(labels)
         y_raw = to_tensor(labels, "labels", device=device)
         negative = patches = None
         if y_raw.ndim == 1:
@@ -207,8 +197,8 @@ class UnmixProjector:
             if negative_text_features is None:
                 raise ValueError("multi-label training uses dual prompts: pass negative_text_features [C, D] "
                                  "(e.g. the text features of 'A photo without a {}.')")
-            negative = l2_normalize(to_tensor(negative_text_features, "negative_text_features", ndim=2,
-                                              device=device, dtype=torch.float32))
+            negative = l2_normalize(check_text_features(negative_text_features, name="negative_text_features",
+                                                        device=device, dtype=torch.float32))
             if tuple(negative.shape) != tuple(text.shape):
                 raise ValueError(f"negative_text_features has shape {tuple(negative.shape)}, expected "
                                  f"{tuple(text.shape)} like text_features")
@@ -238,6 +228,7 @@ class UnmixProjector:
         from tqdm.auto import tqdm
 
         self.task_ = task
+        self.classes_ = np.arange(n_classes)
         self.n_classes_ = int(n_classes)
         self.n_features_in_ = int(dim)
         self.device_ = device
@@ -280,9 +271,9 @@ class UnmixProjector:
             record["epoch"] = epoch + 1
             if val is not None:
                 self.h_text_, self.h_img_ = h_text.eval(), h_img.eval()
-                record["val_score"] = self._validation_score(val)
-                if record["val_score"] > best[0]:
-                    best = (record["val_score"], epoch + 1,
+                record["val_score_pct"] = self._validation_score(val)
+                if record["val_score_pct"] > best[0]:
+                    best = (record["val_score_pct"], epoch + 1,
                             ({k: v.clone() for k, v in h_text.state_dict().items()},
                              {k: v.clone() for k, v in h_img.state_dict().items()}))
             history.append(record)
@@ -347,8 +338,8 @@ class UnmixProjector:
     def transform_text(self, text_features: ArrayLike) -> ArrayLike:
         """``[C, D]`` text features -> ``[C, D']`` projected, L2-normalised (same kind as input)."""
         check_is_fitted(self, "h_text_")
-        t = to_tensor(text_features, "text_features", device=self.device_, dtype=torch.float32)
-        if t.ndim != 2 or t.shape[1] != self.n_features_in_:
+        t = check_text_features(text_features, device=self.device_, dtype=torch.float32)
+        if t.shape[1] != self.n_features_in_:
             raise ValueError(f"text_features must be [C, {self.n_features_in_}], got shape {tuple(t.shape)}")
         with torch.no_grad():
             out = l2_normalize(self.h_text_(l2_normalize(t)))
@@ -386,7 +377,8 @@ class UnmixProjector:
         check_is_fitted(self, "h_img_")
         x = to_tensor(image_features, "image_features", ndim=2, device=self.device_, dtype=torch.float32)
         if x.shape[1] != self.n_features_in_:
-            raise ValueError(f"image_features must be [N, {self.n_features_in_}], got shape {tuple(x.shape)}")
+            raise ValueError(f"X has {x.shape[1]} features, but UnmixProjector is expecting {self.n_features_in_} "
+                             "features as input (image_features must be [N, D] with the D of fit)")
         p = None
         if patch_features is not None:
             if self.task_ != "multi_label":
@@ -400,6 +392,17 @@ class UnmixProjector:
         if self.task_ != "single_label":
             raise ValueError("predict() is for single-label projectors; use decision_function() for multi-label scores")
         return like_input(scores.argmax(1), image_features)
+
+    def score(self, X: ArrayLike, y: ArrayLike, sample_weight=None) -> float:
+        """Single-label top-1 accuracy on ``X`` ``[N, D]`` with labels ``y`` ``[N]`` in ``0..C-1``,
+        as a fraction in [0, 1] (scikit-learn's convention); a label outside the classes raises."""
+        from sklearn.metrics import accuracy_score
+
+        pred = self.predict(X)
+        pred = pred.cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)
+        truth = check_labels(y, pred.shape[0], self.n_classes_, name="y",
+                             classes_from="the fitted text classifier").cpu().numpy()
+        return float(accuracy_score(truth, pred, sample_weight=sample_weight))
 
     # ---- persistence ----
     def config(self) -> dict[str, Any]:
@@ -471,6 +474,7 @@ class UnmixProjector:
         est.h_text_ = h_text.to(dev).eval().requires_grad_(False)
         est.h_img_ = h_img.to(dev).eval().requires_grad_(False)
         est.task_ = cfg["task"]
+        est.classes_ = np.arange(n_classes)
         est.n_classes_ = n_classes
         est.n_features_in_ = dim
         est.device_ = dev

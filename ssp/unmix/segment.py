@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ssp._io import atomic_path
-from ssp._utils import l2_normalize, to_tensor
+from ssp._utils import check_text_features, l2_normalize
 
 __all__ = ["ZeroShotSegmenter", "BACKGROUND_MODES", "DEFAULT_BACKGROUND_PROMPTS", "voc_palette",
            "save_palette_mask", "save_side_by_side", "window_starts", "backbone_normalization"]
@@ -91,10 +91,10 @@ class ZeroShotSegmenter:
         self.short_side, self.crop, self.stride = int(short_side), int(crop), int(stride)
         self.batch_size = int(batch_size)
         self.device = torch.device(backbone.device)
-        text = to_tensor(text_features, "text_features", ndim=2, dtype=torch.float32)
+        text = check_text_features(text_features, dtype=torch.float32)
         self.n_classes = text.shape[0]
         if background == "prompts":
-            bg = to_tensor(background_text_features, "background_text_features", ndim=2, dtype=torch.float32)
+            bg = check_text_features(background_text_features, name="background_text_features", dtype=torch.float32)
             text = torch.cat([text, bg])
         self._text = self._project_text(text)
         self._mean, self._std = backbone_normalization(backbone)

@@ -9,6 +9,7 @@ import sys
 import time
 import types
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -272,6 +273,29 @@ def test_checkpoint_of_wrong_architecture_fails_clearly(tmp_path):
     torch.save(_random_tiny_model(TINY_RN, seed=1).state_dict(), path)
     with pytest.raises(RuntimeError, match=r"could not load checkpoint .*rn\.pt.* into model 'tiny-vit'"):
         load_backbone(TINY_VIT, pretrained=str(path), device="cpu", quick_gelu=False)
+
+
+def test_checkpoint_of_wrong_architecture_is_one_line(tmp_path):
+    path = tmp_path / "rn.pt"
+    torch.save(_random_tiny_model(TINY_RN, seed=1).state_dict(), path)
+    with pytest.raises(RuntimeError) as err:  # the state-dict mismatch lists keys over many lines
+        load_backbone(TINY_VIT, pretrained=str(path), device="cpu", quick_gelu=False)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name,content", [("notes.txt", b"line\n" * 9), ("weights.pt", bytes(range(7, 256))),
+                                          ("weights.safetensors", b"not a header at all")])
+def test_a_file_that_is_no_checkpoint_is_refused_in_one_line(tmp_path, name, content):
+    """A text file or random bytes given as pretrained weights: one line naming the file, before
+    any hashing or QuickGELU guess (no torch advice to drop weights_only)."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is guessed about the file first
+        with pytest.raises(ValueError) as err:
+            load_backbone(TINY_VIT, pretrained=str(path), device="cpu")
+    message = str(err.value)
+    assert "\n" not in message and f"checkpoint '{path}' is not a" in message and "weights_only" not in message
 
 
 def test_bad_names_and_pretrained_values(tmp_path):

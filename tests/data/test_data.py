@@ -399,6 +399,52 @@ def test_imagefolder(tmp_path):
         get_dataset("imagefolder", tmp_path / "partial")
 
 
+@pytest.mark.parametrize("split", ["train", "val", "test"])
+def test_imagefolder_empty_class_folder_is_an_error_in_every_split(tmp_path, split):
+    """One rule for every split: an empty class folder is refused (it used to drop the class from
+    the test set silently)."""
+    root = tmp_path / "data"
+    for s in ("train", "val", "test"):
+        for cls in ("ant", "bee"):
+            if not (s == split and cls == "bee"):
+                _write_image(root / s / cls / "0.png")
+    (root / split / "bee").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(DatasetNotFoundError, match=f"no images in .*{split}.bee .*every split needs images"):
+        get_dataset("imagefolder", root)
+
+
+def test_dataset_name_typo_suggests_the_nearest_name():
+    with pytest.raises(ValueError, match="unknown dataset 'oxford_flower'; did you mean 'oxford_flowers'"):
+        get_dataset("oxford_flower", "/nonexistent")
+    with pytest.raises(ValueError, match="unknown dataset 'imagnet'; did you mean 'imagenet'"):
+        get_dataset("imagnet", "/nonexistent")
+    with pytest.raises(ValueError, match=r"unknown dataset 'qwerty'; choose one of \["):
+        get_dataset("qwerty", "/nonexistent")
+
+
+def test_too_many_shots_for_a_carved_validation_set_names_the_class_and_the_fix():
+    ds = _synthetic([6, 9])  # no validation split: it is carved from train images that are not shots
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sampling with replacement"
+        with pytest.raises(ValueError, match=r"100 shots use up every train image \(e.g. class 0 \('class 0'\) "
+                                             r"has 6\).* use shots below"):
+            make_fewshot_splits(ds, 100, 1)
+
+
+def test_support_that_lost_a_class_to_skipped_images_is_refused():
+    from ssp.data.fewshot import check_support_after_skips
+
+    fs = make_fewshot_splits(_synthetic([3, 3, 3]), 1, 1)
+    check_support_after_skips(fs.support, None, fs.classnames)        # nothing skipped
+    check_support_after_skips(fs.support, [0, 1, 2], fs.classnames)   # every shot kept
+    lost = fs.support[1].path
+    with pytest.raises(ValueError, match=rf"class 1 \('class 1'\) has no support image left: its shot\(s\) "
+                                         rf"{lost} could not be read .*drop skip_bad_images=True"):
+        check_support_after_skips(fs.support, [0, 2], fs.classnames)
+    two = make_fewshot_splits(_synthetic([3, 3]), 2, 1)
+    check_support_after_skips(two.support, [0, 1, 3], two.classnames)  # class 1 keeps one of two shots
+
+
 def test_eurosat_raw_classnames_are_remapped(tmp_path):
     euro = tmp_path / "eurosat"
     for cls in ("AnnualCrop", "SeaLake"):

@@ -86,7 +86,11 @@ def _unlink(name):
 
 
 @pytest.mark.parametrize("damage,error,match", [
-    (_write_bytes("val_f.pt", b"not a pickle"), ValueError, r"could not read .*val_f.pt"),
+    (_write_bytes("val_f.pt", b"not a pickle"), ValueError,
+     r"val_f.pt is not a tensor file: corrupt or not saved by torch.save$"),
+    # starts like a pickle, so torch's unpickler reads it: still one line, no weights_only advice
+    (_write_bytes("val_f.pt", b"\x80\x02" + bytes(range(256)) * 4), ValueError,
+     r"^[^\n]*val_f.pt is not a tensor file: corrupt[^\n]*$"),
     (_save("val_f.pt", torch.randn(10, 5)), ValueError,
      r"val_f.pt has shape \(10, 5\); expected \[samples, D\] with D = 8"),
     (_save("val_l.pt", torch.zeros(4, dtype=torch.int64)), ValueError,
@@ -100,9 +104,10 @@ def _unlink(name):
     (_save("values_2shots.pt", torch.eye(4)), ValueError,
      r"values_2shots.pt has shape \(4, 4\) but keys_2shots.pt holds 8"),
     (_save("text_weights.pt", torch.randn(8, 3)), ValueError, r"expected \[D, C\] = \[8, 4\]"),
+    (_save("text_weights.pt", torch.zeros(8, 4)), ValueError, r"text_weights.pt rows \[0, 1, 2, 3\] .* are all zero"),
     (_save("test_f.pt", {"not": "a tensor"}), ValueError, "holds a dict"),
-], ids=["unreadable", "feature-width", "label-count", "label-shape", "label-range", "label-float",
-        "half-split", "not-one-hot", "values-rows", "text-shape", "not-a-tensor"])
+], ids=["unreadable", "random-pickle-bytes", "feature-width", "label-count", "label-shape", "label-range", "label-float",
+        "half-split", "not-one-hot", "values-rows", "text-shape", "text-zero", "not-a-tensor"])
 def test_corrupt_and_inconsistent_files(tmp_path, damage, error, match):
     folder = tmp_path / "ds"
     write_cache(folder)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -402,7 +403,7 @@ def test_errors_are_clear():
     with pytest.raises(ValueError, match="NaN"):
         APE().fit(bad, labels, text_features=text)
     model = TipAdapter().fit(support, labels, text_features=text)
-    with pytest.raises(ValueError, match="X has D=11"):
+    with pytest.raises(ValueError, match="X has 11 features, but TipAdapter is expecting 12"):
         model.predict(queries[:, :11])
     with pytest.raises(ValueError, match="NaN"):
         model.predict(np.full_like(queries, np.nan))
@@ -456,3 +457,66 @@ def test_projector_errors():
     with pytest.raises(ValueError, match="needs image_features"):
         ZeroShotCLIP(projector=LinearProjectorDouble()).fit(text_features=text,
                                                             patch_features=patches)
+
+
+# ------------------------------------------------------------------ APE's channel count relative to D
+
+
+def test_n_channels_is_a_count_or_a_fraction_of_d():
+    from ssp.methods.cache_models import resolve_n_channels
+
+    assert resolve_n_channels(None, 512) == 512
+    assert resolve_n_channels(0.5, 512) == 256 and resolve_n_channels(1.0, 512) == 512
+    assert resolve_n_channels(0.78125, 1024) == 800 and resolve_n_channels(0.78125, 512) == 400
+    assert resolve_n_channels(0.0001, 512) == 1  # never zero channels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_n_channels(300, 512) == 300 and resolve_n_channels(np.int64(512), 512) == 512
+    with pytest.warns(UserWarning, match="n_channels=600 exceeds the feature width D=512; using all 512"):
+        assert resolve_n_channels(600, 512) == 512
+    for bad in (0.0, 1.5, -0.5, True, "0.5", 0, float("nan")):
+        with pytest.raises(ValueError, match="n_channels must be a positive integer .* a float in \\(0, 1\\]"):
+            resolve_n_channels(bad, 512)
+
+
+def test_ape_takes_a_fraction_of_d_and_matches_the_same_count():
+    text, support, labels, queries, _ = make_data()  # D = 12
+    half = APE(n_channels=0.5, alpha=2.0, beta=3.0).fit(support, labels, text_features=text)
+    five = APE(n_channels=6, alpha=2.0, beta=3.0).fit(support, labels, text_features=text)
+    assert half.channels_.shape == (6,) and half.get_params()["n_channels"] == 0.5
+    np.testing.assert_array_equal(half.channels_, five.channels_)
+    np.testing.assert_allclose(half.decision_function(queries), five.decision_function(queries))
+
+
+def test_shipped_channel_counts_are_fractions_of_d_and_fit_every_backbone_without_a_clamp():
+    """Every shipped config gives APE's and APE-T's channel counts as fractions of D: the
+    published count of RN50 (D = 1024) exactly, the same share of a ViT-B's 512 channels, and no
+    clamp warning on either backbone."""
+    from importlib import resources
+
+    import yaml
+
+    from ssp.methods.registry import get_method
+    from ssp.run.config import load_config
+
+    files = sorted((resources.files("ssp") / "configs").iterdir(), key=lambda f: f.name)
+    seen = 0
+    for f in (f for f in files if f.name.endswith(".yaml")):
+        cfg = yaml.safe_load(f.read_text())
+        for section in ("ape", "ape_t"):
+            if "n_channels" in cfg.get(section, {}):
+                value = cfg[section]["n_channels"]
+                assert isinstance(value, float) and 0 < value <= 1, (f.name, section, value)
+                assert value * 1024 == round(value * 1024), (f.name, section, value)  # a published count
+                seen += 1
+    assert seen >= 20
+    cfg = load_config("stanford_cars")
+    for method, section in (("ape", "ape"), ("ape-t", "ape_t")):
+        spec = get_method(method)
+        for dim in (512, 1024):
+            text, support, labels, *_ = make_data(n_classes=3, dim=dim, shots=(2, 2, 2), n_query=2)
+            model = spec.build(cfg, n_features=dim, device="cpu", **({"epochs": 0} if spec.fine_tuned else {}))
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model.fit(support, labels, text_features=text)
+            assert len(model.channels_) == round(cfg[section]["n_channels"] * dim)

@@ -379,7 +379,7 @@ def test_bad_inputs_give_clear_errors():
     proj = fit(patches, labels, images, text, patch_top_k=3)
     with pytest.raises(ValueError, match="view must be one of"):
         proj.transform(queries, view="text")
-    with pytest.raises(ValueError, match="fitted with D = 24"):
+    with pytest.raises(ValueError, match="X has 10 features, but SSPProjector is expecting 24"):
         proj.transform(queries[:, :10])
     with pytest.raises(ValueError, match="2 dimensions"):
         proj.transform(queries[0])
@@ -401,12 +401,17 @@ def test_bad_inputs_give_clear_errors():
          "patch_features contains NaN or infinite"),
         ((patches, labels, np.full_like(images, np.nan), text), "image_features contains"),
         ((patches, labels, images, np.vstack([text[:-1], np.zeros(24)])), "all zero"),
-        ((patches.astype(int), labels, images, text), "floating point"),
-        ((patches.tolist(), labels, images, text), "numpy array or a torch tensor"),
+        ((patches.astype(complex), labels, images, text), "Complex data not supported"),
+        ((np.array(patches, dtype=object), labels, images, text.astype(str)), "must hold numbers"),
     ]
     for (z, y, g, w), match in cases:
         with pytest.raises((ValueError, TypeError), match=match):
             SSPProjector(patch_top_k=3).fit(z, y, image_features=g, text_features=w)
+    # array-likes and integer features are converted (scikit-learn's convention), not refused
+    listed = SSPProjector(patch_top_k=3).fit(patches.tolist(), labels, image_features=images, text_features=text)
+    np.testing.assert_allclose(listed.transform(queries), proj.transform(queries), atol=1e-12)
+    SSPProjector(patch_top_k=3).fit(np.round(10 * patches).astype(int), labels, image_features=images,
+                                    text_features=text)
     # a failed fit leaves a fitted projector untouched
     before = proj.transform(queries, view="language")
     with pytest.raises(ValueError):

@@ -28,7 +28,7 @@ def brute_force(model, grid, names, val, val_labels):
         params = {n: (grid[n][i] if n == "routing" else float(grid[n][i]))
                   for n, i in zip(names, idx)}
         model.set_params(**params)
-        scores[idx] = 100.0 * model.score(val, val_labels)
+        scores[idx] = model.score(val, val_labels)
     return scores
 
 
@@ -77,7 +77,8 @@ def test_tip_grid_equals_brute_force(dtype):
     # the best parameters are set on the model, which keeps its fitted state
     assert model.get_params()["beta"] == result.best_params_["beta"]
     assert model.get_params()["alpha"] == result.best_params_["alpha"]
-    assert 100 * model.score(val, val_labels) == pytest.approx(result.best_score_)
+    assert model.score(val, val_labels) == pytest.approx(result.best_score_)
+    assert result.best_accuracy_pct_ == pytest.approx(100 * result.best_score_)
     expected = brute_force(model, result.grid_, result.param_names_, val, val_labels)
     assert result.param_names_ == ("beta", "alpha")
     np.testing.assert_allclose(result.scores_, expected, rtol=0, atol=1e-9)
@@ -109,7 +110,7 @@ def test_alpha_zero_and_single_value_axes():
     assert result.fixed_params_["gamma"] == 0.3
     expected = brute_force(model, result.grid_, result.param_names_, val, val_labels)
     np.testing.assert_allclose(result.scores_, expected, atol=1e-9)
-    zero_shot = 100 * ZeroShotCLIP(logit_scale=20.0).fit(text_features=text).score(val, val_labels)
+    zero_shot = ZeroShotCLIP(logit_scale=20.0).fit(text_features=text).score(val, val_labels)
     assert result.scores_[0, 0] == pytest.approx(zero_shot)
 
 
@@ -117,7 +118,7 @@ def test_ties_go_to_the_first_grid_point():
     text, support, labels, val, val_labels = make_data(seed=3, noise=0.05)
     model = TipAdapter().fit(support, labels, text_features=text)
     result = validation_search(model, val, val_labels, {"beta": [1.0, 2.0], "alpha": [0.1, 0.2]})
-    assert (result.scores_ == 100.0).all()  # every point perfect -> the first one wins
+    assert (result.scores_ == 1.0).all()  # every point perfect -> the first one wins
     assert result.best_index_ == (0, 0) and result.best_params_ == {"beta": 1.0, "alpha": 0.1}
 
 
@@ -142,7 +143,7 @@ def test_zero_shot_search():
     plain = ZeroShotCLIP().fit(text_features=text)
     result = validation_search(plain, val, val_labels)
     assert result.scores_.shape == () and result.best_params_ == {}
-    assert result.best_score_ == pytest.approx(100 * plain.score(val, val_labels))
+    assert result.best_score_ == pytest.approx(plain.score(val, val_labels))
     patches = np.zeros((len(labels), 2, text.shape[1]))
     projected = ZeroShotCLIP(projector=LinearProjectorDouble(scale=0.6)).fit(
         support, labels, text_features=text, patch_features=patches)
@@ -180,7 +181,7 @@ def test_search_errors():
         validation_search(model, val, val_labels, {"alpha": [-1.0, 1.0]})
     with pytest.raises(ValueError, match="NaN"):
         validation_search(model, val, val_labels, {"beta": [np.nan]})
-    with pytest.raises(ValueError, match="X has D=9"):
+    with pytest.raises(ValueError, match="X has 9 features, but TipAdapter is expecting 10"):
         validation_search(model, val[:, :9], val_labels, {"beta": [1.0]})
     with pytest.raises(ValueError, match="contains class 6"):
         validation_search(model, val, np.full_like(val_labels, 6), {"beta": [1.0]})

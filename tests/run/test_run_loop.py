@@ -15,7 +15,7 @@ from _tip_cache_folder import write_tip_cache
 from ssp.cli import fewshot, reproduce
 from ssp.run import pipeline
 from ssp.run.config import load_config
-from ssp.run.pipeline import Interrupted, WarningLog, run_fewshot
+from ssp.run.pipeline import WarningLog, run_fewshot
 from ssp.run.records import RunLock, check_writable
 from ssp.run.sources import TipCacheSource, cache_dataset_name
 

@@ -50,7 +50,7 @@ def test_mfi_score_matches_a_loop_and_keeps_the_array_kind():
     assert mfi_score(np.ones((3, 4))) == pytest.approx(1.0)
     assert mfi_drop(t, np.eye(7)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least 2 classes"):
-        mfi_score(np.ones((1, 4)))
+        mfi_score(np.full((1, 4), 2.0))
 
 
 def test_top_confusers_are_the_most_similar_other_classes():
@@ -188,3 +188,41 @@ def test_mean_iou_matches_a_per_class_loop():
     assert np.isnan(per[5]) and miou == pytest.approx(ref_miou)
     with pytest.raises(ValueError, match="outside"):
         mean_iou([np.full((2, 2), 7)], [np.zeros((2, 2), int)], 6)
+
+
+def test_a_transposed_head_is_refused_or_read_with_its_layout():
+    """A [D, C] head (unit-norm columns) passed as [C, D] used to give the MFI of D 'classes' of
+    width C (near 0); every MFI function now refuses it, and reads it with layout='DC'."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(32, 6)) + 0.4
+    w /= np.linalg.norm(w, axis=0)                      # [D, C], unit columns
+    expected = _loop_mfi(w.T)
+    assert mfi_score(w, layout="DC") == pytest.approx(expected, abs=1e-12)
+    np.testing.assert_allclose(mfi_matrix(w, layout="DC"), mfi_matrix(w.T), atol=1e-12)
+    assert mfi_summary(w, layout="DC")["n_classes"] == 6
+    assert len(top_confusers(w, k=1, layout="DC")) == 6
+    for fn in (mfi_score, mfi_matrix, mfi_summary, top_confusers, cluster_order):
+        with pytest.raises(ValueError, match=r"shape \(32, 6\) has unit-norm columns .* not 32 classes of width 6"):
+            fn(w)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        mfi_score(w, layout="DxC")
+    # unnormalised [C, D] features (raw CLIP text embeddings) are not mistaken for a transposed head
+    raw = 7.0 * rng.normal(size=(6, 32))
+    assert mfi_score(raw) == pytest.approx(_loop_mfi(raw), abs=1e-12)
+    with pytest.raises(ValueError, match="are all zero"):
+        mfi_score(np.vstack([raw, np.zeros(32)]))
+    # half precision in, float64 similarities out
+    assert mfi_score(torch.tensor(w.T, dtype=torch.bfloat16)) == pytest.approx(expected, abs=2e-2)
+    assert mfi_score(torch.tensor(w.T, dtype=torch.float16)) == pytest.approx(expected, abs=2e-3)
+
+
+def test_real_stanford_cars_head_in_its_saved_layout(tip_cache_root):
+    path = tip_cache_root / "stanford_cars" / "text_weights.pt"
+    if not path.is_file():
+        pytest.skip("StanfordCars text classifier not found")
+    w = torch.load(path, map_location="cpu", weights_only=True)      # [D, C] = [512, 196], unit columns
+    assert tuple(w.shape) == (512, 196)
+    assert mfi_score(w, layout="DC") == pytest.approx(mfi_score(w.T), abs=1e-12)
+    assert mfi_score(w.T) == pytest.approx(0.6538, abs=5e-5)
+    with pytest.raises(ValueError, match=r"\[D, C\] classifier \(512 x 196"):
+        mfi_score(w)
