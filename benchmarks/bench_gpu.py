@@ -158,6 +158,11 @@ def report(title: str, rows: dict) -> None:
 
 
 def run_modes(data: dict, device: torch.device, modes: list[str]) -> dict:
+    """Every mode on ``data`` after one warm-up of every mode on a small problem (library
+    loading, kernel selection and caching allocators would otherwise land on the first mode)."""
+    warm = make_data(**SIZES["quick"]["small"])
+    for mode in modes:
+        ssp_ape(warm, device, *MODES[mode])
     rows, tops, preds = {}, {}, {}
     proj = None
     for mode in modes:

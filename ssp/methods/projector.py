@@ -30,6 +30,9 @@ How it scales (never a ``D x D`` projector per class, never a ``C x D x T`` tens
 * When the subspaces are larger than half the space (``r > D / 2``, e.g. 512-d backbones at 16
   shots), each class is stored by its orthogonal complement ``B_perp`` instead and
   ``||P x||^2 = ||x||^2 - ||B_perp x||^2``, ``P x = x - B_perp^T B_perp x``.
+* The class scores may come from a bfloat16 or TF32 screen whose rigorous per-class, per-query
+  error bound leaves only the classes near each query's top-``kappa`` boundary to re-score in
+  float64 (:func:`_select_classes`): the selection is exact either way.
 """
 from __future__ import annotations
 
@@ -91,16 +94,18 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         Queries per chunk in :meth:`transform` (lowered automatically so the language view's
         ``[chunk, C]`` score block stays within about 256 MB; its ``[chunk, classes, r]``
         coefficients are computed 64 MB at a time).
-    score_precision : {"auto", "float32", "bfloat16"}, default "auto"
-        Precision of the language view's class scoring (the ``T C r D`` GEMMs that dominate its
-        cost). ``"float32"``: the working precision (float64 for float64 inputs).
-        ``"bfloat16"``: every class is scored with bfloat16 operands (float32 accumulation), then
-        every class that a rigorous bound on the bfloat16 error cannot rule out of the top
-        ``class_top_k`` is re-scored in the working precision, so the selected classes and the
-        output are those of the ``"float32"`` path (up to float rounding on exact ties).
-        ``"auto"``: ``"bfloat16"`` on CUDA GPUs with bfloat16 support and on CPUs with AMX-BF16
-        or AVX512-BF16 instructions, ``"float32"`` elsewhere (bfloat16 GEMMs are emulated, and
-        slow, without them). What ran is recorded in ``score_precision_used_``.
+    score_precision : {"auto", "float32", "bfloat16", "tfloat32"}, default "auto"
+        How the language view scores the classes (the ``T C r D`` GEMMs that dominate its cost);
+        every mode selects the same classes (docs/method.md, "Scoring precision").
+        ``"float32"``: the working precision (float64 for float64 inputs). ``"bfloat16"`` /
+        ``"tfloat32"``: a screen in that format (float32 accumulation), a rigorous per-class,
+        per-query bound on its error, and float64 re-scoring of the classes the bound cannot
+        rule out of the top ``class_top_k``: the exact top classes, ties (equal within float64
+        rounding) going to the lower class index. Where the device has no native GEMMs for
+        the format it is emulated (exact, not faster). ``"auto"``: fit times float32 and the
+        natively supported screens on the support features and keeps the fastest (cached per
+        device and size; never an emulated screen, so float32 without any timing on CPUs
+        without bfloat16 instructions). What ran: ``score_precision_used_``.
     device : str, torch.device or None
         ``None``/``"auto"``: CUDA when available, else CPU.
 
@@ -111,10 +116,12 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     class_ranks_ : ``[C]`` int64 numpy array, rank ``r_c`` of each language subspace.
     text_features_ : ``[C, D]`` language-projected, L2-normalised text classifier.
     language_path_ : ``"basis"`` or ``"complement"``, how the class subspaces are stored.
-    score_precision_used_ : ``"float32"``, ``"float64"`` or ``"bfloat16"``, the precision of the
-        first scoring pass of the language view (see ``score_precision``).
-    score_kernel_ : ``"native"``, or ``"emulated"`` when ``"bfloat16"`` was requested on hardware
-        without bfloat16 GEMMs (float32 GEMMs on the bfloat16 values: exact, not faster).
+    score_precision_used_ : ``"float32"``, ``"float64"``, ``"bfloat16"`` or ``"tfloat32"``, the
+        precision of the first scoring pass of the language view (see ``score_precision``).
+    score_kernel_ : ``"native"``, or ``"emulated"`` when a screen was requested on hardware
+        without its GEMMs (float32 GEMMs on the rounded values: exact, not faster).
+    score_timings_ : dict, ms per 1,000 queries of each mode ``"auto"`` timed (empty when
+        nothing was measured).
     n_patches_kept_ : int, ``k = min(patch_top_k, L)``.
     n_classes_, n_features_in_ (``D``), device_
 
@@ -569,7 +576,6 @@ class _Screen:
 
     name: str
     unit: float
-    storage: Any  # torch dtype of the stored operand
 
     def round(self, a: torch.Tensor) -> torch.Tensor:
         return a.to(torch.bfloat16) if self.name == "bfloat16" else _round_tf32(a.float())
@@ -582,8 +588,8 @@ class _Screen:
 
 
 _SCREENS = {
-    "bfloat16": _Screen("bfloat16", _BF16_UNIT, "bfloat16"),
-    "tfloat32": _Screen("tfloat32", _TF32_UNIT, "float32"),
+    "bfloat16": _Screen("bfloat16", _BF16_UNIT),
+    "tfloat32": _Screen("tfloat32", _TF32_UNIT),
 }
 
 
@@ -738,7 +744,8 @@ class _LowPrecisionScores:
     """Low-precision copy of the class factors and the per-class constants of its error bound.
 
     ``operand`` is ``F~ = round(F)`` as ``[D, C w]`` contiguous (the GEMM's ``[K, N]`` operand,
-    arranged once at fit time) in ``screen``'s format; ``native``: the device runs that format's
+    arranged once at fit time) in bfloat16, or for TF32 a ``[D, C w]`` view of the float32
+    factors that each block's GEMM rounds on the fly (no second copy); ``native``: the device runs that format's
     GEMMs natively (else float32 GEMMs on the rounded values: same exact products, same float32
     sums, no speed-up); ``out_unit``: rounding unit of the GEMM's output (``2^-8`` where a
     bfloat16 GEMM returns bfloat16, else 0); ``rho`` ``>= ||F~_c - F_c||_2`` (the actual rounding
@@ -758,8 +765,11 @@ class _LowPrecisionScores:
     def build(cls, factors: torch.Tensor, screen: _Screen) -> "_LowPrecisionScores":
         n_classes, width, dim = factors.shape
         device = factors.device
-        storage = getattr(torch, screen.storage)
-        operand = torch.empty(dim, n_classes * width, dtype=storage, device=device)
+        stored = screen.name == "bfloat16"  # TF32 rounds each block on the fly: no second copy
+        if stored:
+            operand = torch.empty(dim, n_classes * width, dtype=torch.bfloat16, device=device)
+        else:
+            operand = factors.reshape(n_classes * width, dim).T  # a view
         rho, norm, fro_low = (torch.empty(n_classes, dtype=torch.float64, device=device) for _ in range(3))
         per_class = 4 * factors.element_size() * (2 * width * dim + 2 * width * width)
         step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // max(per_class, 1))))  # width 0: no rows
@@ -767,7 +777,8 @@ class _LowPrecisionScores:
             c1 = min(n_classes, c0 + step)
             block = factors[c0:c1]
             low = screen.round(block)
-            operand[:, c0 * width : c1 * width] = low.reshape(-1, dim).T
+            if stored:
+                operand[:, c0 * width : c1 * width] = low.reshape(-1, dim).T
             low = low.to(block.dtype)
             error = low - block  # exact: the rounding error of a float32 number fits a float32
             rho[c0:c1] = _spectral_norm_bound(error, shift=None)
@@ -789,9 +800,13 @@ class _LowPrecisionScores:
         if self.native and self.screen.name == "bfloat16" and self.out_unit == 0.0:
             mm = lambda a, b, out: torch.mm(a, b, out_dtype=torch.float32)  # noqa: E731
             energy = _class_energies(x_low, self.operand, width, n_classes, out_dtype=torch.float32, mm=mm)
+        elif self.screen.name == "tfloat32":  # the view of the factors, rounded block by block
+            mm = lambda a, b, out: torch.matmul(a, _round_tf32(b), out=out)  # noqa: E731
+            with _matmul_mode(x.device, tf32=True):
+                energy = _class_energies(x_low, self.operand, width, n_classes, out_dtype=torch.float32, mm=mm)
         else:
             compute = None if self.native else torch.float32  # emulated: float32 GEMMs
-            with _matmul_mode(x.device, tf32=self.screen.name == "tfloat32"):
+            with _matmul_mode(x.device):
                 energy = _class_energies(x_low, self.operand, width, n_classes,
                                          out_dtype=torch.float32, compute_dtype=compute)
         return energy, x_low.to(x.dtype)
@@ -1161,19 +1176,36 @@ def _class_groups(
         i = j
 
 
+def _by_class(pair_class: torch.Tensor, n_classes: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(c, pairs)`` for every class ``c`` picked by some pair: the pairs (indices into
+    ``pair_class``) that picked it, in order."""
+    order = torch.argsort(pair_class, stable=True)
+    counts = torch.bincount(pair_class, minlength=n_classes).tolist()
+    start = 0
+    for c, n in enumerate(counts):
+        if n:
+            yield c, order[start : start + n]
+            start += n
+
+
 def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
 
     ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
-    Pairs are grouped by class (:func:`_class_groups`): ``4 * pairs * w * D`` multiply-adds at
-    most, ``2 kappa / C`` of the scoring cost.
+    ``4 * pairs * w * D`` flops at most, ``2 kappa / C`` of the scoring cost. On CPU one pair of
+    GEMMs per picked class (BLAS runs those faster than padded batches); elsewhere pairs are
+    grouped by class into padded batched matmuls (:func:`_class_groups`: few kernel launches).
     """
     t, kappa = classes.shape
     n_classes, width, dim = factors.shape
     out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
-    for group, pairs, rows, slots, most in _class_groups(
-        classes.reshape(-1), n_classes, width, dim, x.element_size()
-    ):
+    flat = classes.reshape(-1)
+    if x.device.type == "cpu":
+        for c, pairs in _by_class(flat, n_classes):
+            queries = pairs // kappa
+            out.index_add_(0, queries, (x[queries] @ factors[c].T) @ factors[c])
+        return out
+    for group, pairs, rows, slots, most in _class_groups(flat, n_classes, width, dim, x.element_size()):
         queries = pairs // kappa
         padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
         padded[rows, slots] = x[queries]
@@ -1195,6 +1227,11 @@ def _pair_energies(
     n_classes, width, dim = factors.shape
     out = torch.empty(query.numel(), dtype=torch.float64, device=x.device)
     x = x.double()
+    if x.device.type == "cpu":  # one GEMM per class (as in _grouped_project)
+        for c, pairs in _by_class(cls, n_classes):
+            coef = x[query[pairs]] @ factors[c].double().T
+            out[pairs] = torch.linalg.vector_norm(coef, dim=1).square_()
+        return out
     for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, 8):
         padded = torch.zeros(group.numel(), most, dim, dtype=torch.float64, device=x.device)
         padded[rows, slots] = x[query[pairs]]
