@@ -245,3 +245,29 @@ def test_calibration_persists_in_a_json_file_when_asked(monkeypatch, tmp_path):
     store.write_text(json.dumps(saved))
     again = fit(patches, labels, images, text, patch_top_k=4, class_top_k=2)
     assert again.score_precision_used_ == "bfloat16" and again.score_timings_ == saved[key]
+
+
+def test_auto_skips_the_bound_of_a_screen_whose_gemm_alone_is_slower(monkeypatch):
+    """A screen costs at least its GEMM: when that alone is slower than the whole float32
+    selection, auto records the GEMM's time and never builds the screen's bound."""
+    import time
+
+    (patches, images, text, _), labels = _structured(seed=25, n_classes=5, dim=32)
+    monkeypatch.setattr(projector_module, "_CALIBRATION", {})
+    monkeypatch.delenv("SSP_SCORE_CALIBRATION", raising=False)
+    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: {"amx_bf16"})
+    slow = projector_module._LowPrecisionScores.energies
+
+    def slow_energies(self, x):
+        time.sleep(0.05)
+        return slow(self, x)
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the bound was built")
+
+    monkeypatch.setattr(projector_module._LowPrecisionScores, "energies", slow_energies)
+    monkeypatch.setattr(projector_module._LowPrecisionScores, "build", no_build)
+    p = fit(patches, labels, images, text, patch_top_k=4, class_top_k=2)
+    assert p.score_precision_used_ == "float32" and p._low_precision is None
+    assert p.score_timings_["bfloat16"] >= 1000 * 0.05 / projector_module._PROBE_ROWS["cpu"]
+    assert p.score_timings_["bfloat16"] > p.score_timings_["float32"]
