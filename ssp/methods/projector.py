@@ -1215,17 +1215,26 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
 
     ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
     ``4 * pairs * w * D`` flops at most, ``2 kappa / C`` of the scoring cost. On CPU one pair of
-    GEMMs per picked class (BLAS runs those faster than padded batches); elsewhere pairs are
-    grouped by class into padded batched matmuls (:func:`_class_groups`: few kernel launches).
+    GEMMs per picked class writing its rows contiguously, summed per query by ``kappa`` gathers
+    (BLAS runs these faster than padded batches, and CPU scatter-adds are slow); elsewhere pairs
+    are grouped by class into padded batched matmuls (:func:`_class_groups`: few launches).
     """
     t, kappa = classes.shape
     n_classes, width, dim = factors.shape
     out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
     flat = classes.reshape(-1)
-    if x.device.type == "cpu":
+    if x.device.type == "cpu":  # each class's rows land contiguously: no scatter-add
+        recon = torch.empty(flat.numel(), dim, dtype=x.dtype, device=x.device)
+        position = torch.empty_like(flat)
+        start = 0
         for c, pairs in _by_class(flat, n_classes):
-            queries = pairs // kappa
-            out.index_add_(0, queries, (x[queries] @ factors[c].T) @ factors[c])
+            stop = start + pairs.numel()
+            torch.mm(x[pairs // kappa] @ factors[c].T, factors[c], out=recon[start:stop])
+            position[pairs] = torch.arange(start, stop, device=x.device)
+            start = stop
+        position = position.view(t, kappa)
+        for j in range(kappa):
+            out += recon[position[:, j]]
         return out
     for group, pairs, rows, slots, most in _class_groups(flat, n_classes, width, dim, x.element_size()):
         queries = pairs // kappa
