@@ -287,25 +287,30 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             n_cls = c1 - c0
             first, last = starts_list[c0], starts_list[c1 - 1] + counts_list[c1 - 1]
             idx = order[first:last]
-            z = l2_normalize(_take_rows(patches, idx).to(device=device, dtype=dtype))  # [n, L, D]
+            z = _take_rows(patches, idx).to(device=device, dtype=dtype)  # [n, L, D], not normalised
+            inv_norm = 1.0 / torch.linalg.vector_norm(z, dim=2).clamp_min(1e-12)  # [n, L]
             g = image[idx]
             lab = y[idx]
 
-            # Vision: per image sum_j s^V_nj z_nj over the kept j, plus lambda * g_n.
-            score_v = torch.einsum("nld,nd->nl", z, g)
+            # Vision: per image sum_j s^V_nj z_nj over the kept j, plus lambda * g_n (z_nj unit:
+            # its norm enters the scores and weights, no normalised copy of z is made).
+            score_v = torch.bmm(z, g[:, :, None])[:, :, 0] * inv_norm
             # A NaN or infinity anywhere in z_nj (inf / inf after normalising) reaches its score.
             if not bool(torch.isfinite(score_v).all()):
                 raise ValueError("patch_features contains NaN or infinite values; clean the features first")
             top_v = score_v.topk(k, dim=1)
-            weights = torch.zeros_like(score_v).scatter_(1, top_v.indices, top_v.values)
-            image_rows = torch.einsum("nl,nld->nd", weights, z) + lam * g
-            class_sums.index_add_(0, lab, image_rows)
+            weights = torch.zeros_like(score_v).scatter_(1, top_v.indices, top_v.values) * inv_norm
+            image_rows = torch.bmm(weights[:, None, :], z)[:, 0] + lam * g
+            # class sums of the rows (class-sorted): a one-hot GEMM (CPU scatter-adds are slow)
+            one_hot = (lab[None, :] == torch.arange(c0, c1, device=device)[:, None]).to(dtype)
+            class_sums[c0:c1] += one_hot @ image_rows
 
             # Language: T_c = [lambda w_c; s^L_nj z_nj for n in c, kept j], zero-padded rows.
-            score_l = torch.einsum("nld,nd->nl", z, text[lab])
+            score_l = torch.bmm(z, text[lab][:, :, None])[:, :, 0] * inv_norm
             top_l = score_l.topk(k, dim=1)
             kept = torch.gather(z, 1, top_l.indices[:, :, None].expand(-1, -1, dim))
-            rows = top_l.values[:, :, None] * kept  # [n, k, D]
+            scale = top_l.values * torch.gather(inv_norm, 1, top_l.indices)
+            rows = scale[:, :, None] * kept  # [n, k, D]
             del z, kept, score_v, score_l
             local_class = lab - c0
             slot = torch.arange(idx.numel(), device=device) - (starts[lab] - first)
