@@ -1203,15 +1203,13 @@ def _class_groups(
         i = j
 
 
-def _by_class(pair_class: torch.Tensor, n_classes: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(c, pairs)`` for every class ``c`` picked by some pair: the pairs (indices into
-    ``pair_class``) that picked it, in order."""
-    order = torch.argsort(pair_class, stable=True)
-    counts = torch.bincount(pair_class, minlength=n_classes).tolist()
+def _class_ranges(pair_class: torch.Tensor, n_classes: int) -> Iterator[tuple[int, int, int]]:
+    """``(c, start, stop)`` for every class ``c`` picked by some pair: its pairs are
+    ``argsort(pair_class, stable=True)[start:stop]``."""
     start = 0
-    for c, n in enumerate(counts):
+    for c, n in enumerate(torch.bincount(pair_class, minlength=n_classes).tolist()):
         if n:
-            yield c, order[start : start + n]
+            yield c, start, start + n
             start += n
 
 
@@ -1229,18 +1227,13 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
     out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
     flat = classes.reshape(-1)
     if x.device.type == "cpu":  # each class's rows land contiguously: no scatter-add
-        recon = torch.empty(flat.numel(), dim, dtype=x.dtype, device=x.device)
-        position = torch.empty_like(flat)
-        start = 0
-        for c, pairs in _by_class(flat, n_classes):
-            stop = start + pairs.numel()
-            torch.mm(x[pairs // kappa] @ factors[c].T, factors[c], out=recon[start:stop])
-            position[pairs] = torch.arange(start, stop, device=x.device)
-            start = stop
-        position = position.view(t, kappa)
-        for j in range(kappa):
-            out += recon[position[:, j]]
-        return out
+        order = torch.argsort(flat, stable=True)
+        rows = x[order // kappa]  # [P, D], class by class
+        for c, start, stop in _class_ranges(flat, n_classes):
+            torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel(), device=x.device)
+        return rows[position].view(t, kappa, dim).sum(1)
     for group, pairs, rows, slots, most in _class_groups(flat, n_classes, width, dim, x.element_size()):
         queries = pairs // kappa
         padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
@@ -1264,9 +1257,12 @@ def _pair_energies(
     out = torch.empty(query.numel(), dtype=torch.float64, device=x.device)
     x = x.double()
     if x.device.type == "cpu":  # one GEMM per class (as in _grouped_project)
-        for c, pairs in _by_class(cls, n_classes):
-            coef = x[query[pairs]] @ factors[c].double().T
-            out[pairs] = torch.linalg.vector_norm(coef, dim=1).square_()
+        order = torch.argsort(cls, stable=True)
+        rows = x[query[order]]  # [P, D], class by class
+        energy = torch.empty(order.numel(), dtype=torch.float64, device=x.device)
+        for c, start, stop in _class_ranges(cls, n_classes):
+            energy[start:stop] = torch.linalg.vector_norm(rows[start:stop] @ factors[c].double().T, dim=1)
+        out[order] = energy.square_()
         return out
     for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, 8):
         padded = torch.zeros(group.numel(), most, dim, dtype=torch.float64, device=x.device)
