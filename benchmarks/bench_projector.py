@@ -66,7 +66,9 @@ SIZES = {
     },
 }
 CASES = ("kernel", "imagenet", "imagenet-bf16", "vit512", "vit512-basis", "ssp-ape-imagenet",
-         "ssp-ape-imagenet-bf16", "small-ours", "small-ours-bf16", "small-dense", "ssp-ape", "ssp-ape-bf16")
+         "ssp-ape-imagenet-bf16", "small-ours", "small-ours-bf16", "small-dense", "ssp-ape", "ssp-ape-bf16",
+         "ssp-ape-auto", "ssp-ape-dense")
+PRECISION_OF_SUFFIX = {"-bf16": "bfloat16", "-tf32": "tfloat32", "-auto": "auto"}
 SIZE_OF_CASE = {"imagenet": "imagenet", "imagenet-bf16": "imagenet", "vit512": "vit512",
                 "vit512-basis": "vit512", "ssp-ape-imagenet": "imagenet", "ssp-ape-imagenet-bf16": "imagenet"}
 
@@ -162,8 +164,9 @@ def run_ours(data: dict, device: torch.device, record: dict, language_path: str 
                           class_rank_max=int(proj.class_ranks_.max()),
                           class_rank_min=int(proj.class_ranks_.min()),
                           score_precision_used=proj.score_precision_used_,
-                          score_kernel=proj.score_kernel_,
-                          rescored_classes_per_query=getattr(proj, "_rescored_pairs", 0) / n_queries)
+                          score_kernel=proj.score_kernel_, score_timings=proj.score_timings_,
+                          rescored_classes_per_query=getattr(proj, "_rescored_pairs", 0) / n_queries,
+                          boundary_ties=getattr(proj, "_scoring_stats", {}).get("ties", 0))
     top = torch.sort(torch.cat(proj._record_top), dim=1).values.numpy()
     return dict(vision=vision, language=language, text=proj.text_features_, top=top)
 
@@ -249,6 +252,73 @@ def run_dense(data: dict, device: torch.device, record: dict) -> dict[str, np.nd
                 text=dense.text.cpu().numpy(), margin=margin.cpu().numpy())
 
 
+class DenseSSPAPE:
+    """SSP + APE as the published code computes them, in float32 (a dense re-implementation).
+
+    Projector: :class:`DenseSSP` (full SVD per class, a ``C x D x D`` stack of projectors
+    ``U U^T``, every query projected by every class projector: a ``C x D x T`` tensor). APE
+    (training-free, the SSP script's pre-search logits): ``cal_criterion`` on the projected text
+    and keys, i.e. the inter-class similarity of every channel summed over every pair of classes
+    ``(i, j), i != j`` and every pair of their ``K + 1`` vectors (the published four loops; the
+    two inner ones vectorised here), the class variance of the text, the top channels;
+    then ``100 x^L W^T + alpha exp(-beta (1 - x^V_O K_O^T)) (Y * exp(gamma delta))`` with a dense
+    one-hot ``Y``. Class-major support with equal shots (the published assumption).
+    """
+
+    def __init__(self, dense: DenseSSP, alpha=1.0, beta=1.0, gamma=0.1, n_channels=None,
+                 weights=(0.5, 0.5)):
+        self.dense, self.alpha, self.beta, self.gamma = dense, alpha, beta, gamma
+        self.n_channels, self.weights = n_channels, weights
+
+    def fit(self, images, labels, device):
+        text = self.dense.text  # [C, D], projected and normalised
+        n_classes, dim = text.shape
+        keys = self.dense.vision(torch.as_tensor(images, device=device))  # [N, D]
+        shots = keys.shape[0] // n_classes
+        feats = torch.cat([text[:, None], keys.view(n_classes, shots, dim)], 1)  # [C, K+1, D]
+        sim = torch.zeros(dim, device=device)
+        for i in range(n_classes):  # cal_criterion: every pair of classes, every pair of vectors
+            for j in range(n_classes):
+                if i != j:
+                    sim += (feats[i][:, None, :] * feats[j][None, :, :]).sum((0, 1))
+        sim /= n_classes * (n_classes - 1) * (shots + 1) ** 2
+        criterion = -self.weights[0] * sim + self.weights[1] * text.var(0)
+        q = dim if self.n_channels is None else min(self.n_channels, dim)
+        self.channels = criterion.topk(q).indices
+        self.keys = _unit(keys[:, self.channels])
+        text_o = _unit(text[:, self.channels])
+        one_hot = torch.nn.functional.one_hot(torch.as_tensor(labels, device=device), n_classes).float()
+        probs = torch.softmax(self.keys @ text_o.T, dim=1)
+        kl = (one_hot * torch.log2((one_hot + 1e-6) / (probs + 1e-6))).sum(1)
+        self.values = one_hot * torch.exp(self.gamma * kl)[:, None]  # [N, C]
+        return self
+
+    def decision_function(self, queries):
+        x_lang, _ = self.dense.language(queries)
+        x_vis = self.dense.vision(queries)
+        zero_shot = 100.0 * x_lang @ self.dense.text.T
+        affinity = _unit(x_vis[:, self.channels]) @ self.keys.T
+        return zero_shot + self.alpha * torch.exp(-self.beta * (1 - affinity)) @ self.values
+
+
+def run_dense_ssp_ape(data: dict, device: torch.device, record: dict) -> dict[str, np.ndarray]:
+    """:class:`DenseSSPAPE` end to end with the hyper-parameters of ours (``bench_ssp_ape``)."""
+    from ssp.methods.cache_models import APE
+    from ssp.methods.projector import SSPProjector
+
+    params = SSPProjector().get_params()
+    ape = APE().get_params()
+    dense = DenseSSP(params["patch_top_k"], params["global_weight"], params["class_top_k"])
+    measure("projector fit", lambda: dense.fit(data["patches"], data["labels"], data["images"],
+                                               data["text"], device), device, record)
+    model = DenseSSPAPE(dense, ape["alpha"], ape["beta"], ape["gamma"], ape["n_channels"],
+                        tuple(ape["criterion_weights"]))
+    measure("APE fit", lambda: model.fit(data["images"], data["labels"], device), device, record)
+    x = torch.as_tensor(data["queries"], device=device)
+    logits = measure("APE decision_function", lambda: model.decision_function(x), device, record)
+    return dict(predictions=logits.argmax(1).cpu().numpy())
+
+
 # ------------------------------------------------------------------------- SSP + APE hook
 def bench_ssp_ape(patch_features, labels, image_features, text_features, queries, device,
                   record: dict, query_labels=None, score_precision: str = "auto") -> dict:
@@ -269,7 +339,11 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
             device, record)
     logits = measure("APE decision_function", lambda: ape.decision_function(queries), device, record)
     record["predictions"] = np.asarray(logits).argmax(1)
-    record["info"] = dict(score_precision_used=proj.score_precision_used_, score_kernel=proj.score_kernel_)
+    stats = getattr(proj, "_scoring_stats", {})
+    record["info"] = dict(score_precision_used=proj.score_precision_used_, score_kernel=proj.score_kernel_,
+                          score_timings_ms_per_1k=proj.score_timings_,
+                          rescored_pairs_per_query=stats.get("rescored_pairs", 0) / max(stats.get("queries", 0), 1),
+                          boundary_ties=stats.get("ties", 0))
     if query_labels is not None:
         record["info"]["accuracy"] = float((record["predictions"] == query_labels).mean())
     return record
@@ -279,12 +353,7 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
 def bench_kernel(device: torch.device, dim: int = 1024, width: int = 481) -> dict:
     """Which kernels run: CPU flags, oneDNN bf16, the ``auto`` choice, GEMM rates (GFLOP/s) of
     a ``[t, D] x [D, classes * r]`` block (the language view's scoring GEMM)."""
-    from ssp.methods.projector import (
-        SSPProjector,
-        _cpu_flags,
-        _fast_bfloat16,
-        _resolve_score_precision,
-    )
+    from ssp.methods.projector import _SCREENS, _cpu_flags, _fast_bfloat16
 
     flags = _cpu_flags()
     info: dict[str, Any] = dict(
@@ -293,7 +362,7 @@ def bench_kernel(device: torch.device, dim: int = 1024, width: int = 481) -> dic
         mkldnn=torch.backends.mkldnn.is_available(),
         mkldnn_bf16=bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         native_bf16=_fast_bfloat16(device),
-        auto_picks=_resolve_score_precision(SSPProjector().score_precision, device, torch.float32),
+        auto_candidates=["float32", *(n for n, screen in _SCREENS.items() if screen.native(device))],
         threads=torch.get_num_threads(),
     )
 
@@ -347,14 +416,17 @@ def worker(case: str, quick: bool, device_name: str | None, out_dir: Path) -> No
                                   threads=torch.get_num_threads(), load_avg=os.getloadavg()[0])
     print(f"{case}: data ready ({record['data_rss_gb']:.2f} GB resident)", file=sys.stderr, flush=True)
     phases: dict[str, Any] = {}
-    precision = "bfloat16" if case.endswith("-bf16") else "float32"
-    base = case.removesuffix("-bf16")
+    suffix = next((x for x in PRECISION_OF_SUFFIX if case.endswith(x)), "")
+    precision = PRECISION_OF_SUFFIX.get(suffix, "float32")
+    base = case.removesuffix(suffix) if suffix else case
     if base in ("imagenet", "vit512", "small-ours"):
         outputs = run_ours(data, device, phases, score_precision=precision)
     elif case == "vit512-basis":
         outputs = run_ours(data, device, phases, language_path="basis")
     elif case == "small-dense":
         outputs = run_dense(data, device, phases)
+    elif case == "ssp-ape-dense":
+        outputs = run_dense_ssp_ape(data, device, phases)
     else:
         outputs = {}
         try:
@@ -375,6 +447,13 @@ def _stored_width(record: dict, dim: int) -> int:
     """Directions stored per class: r_max (bases) or D - r_min (complements)."""
     info = record["phases"]["info"]
     return info["class_rank_max"] if info["language_path"] == "basis" else dim - info["class_rank_min"]
+
+
+def _pipeline(record: dict) -> tuple[float, float]:
+    """Seconds over all phases and the peak resident set above the inputs (GB) of one case."""
+    phases = [v for k, v in record["phases"].items() if k != "info"]
+    return (sum(v["seconds"] for v in phases),
+            max(v["peak_rss_gb"] for v in phases) - record["data_rss_gb"])
 
 
 def _fmt(entry: dict) -> str:
@@ -447,6 +526,11 @@ def main(argv: list[str] | None = None) -> None:
                 la, lb = np.load(out_dir / f"{fp}-language.npy"), np.load(out_dir / f"{bf}-language.npy")
                 mixed[fp]["language_max_abs_diff"] = float(np.abs(la - lb).max())
         diffs["mixed_precision"] = mixed
+        if "ssp-ape-dense" in records:
+            ref = np.load(out_dir / "ssp-ape-dense-predictions.npy")
+            diffs["vs_dense"] = {case: int((np.load(out_dir / f"{case}-predictions.npy") != ref).sum())
+                                 for case in ("ssp-ape", "ssp-ape-auto", "ssp-ape-bf16")
+                                 if (out_dir / f"{case}-predictions.npy").exists()}
 
     print("\nSSPProjector benchmark" + (" (--quick)" if args.quick else ""))
     if "kernel" in records:
@@ -504,23 +588,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  queries whose {what} differ: {entry['differ']} of {entry['n']} (must be 0)"
               + (f"; max |language view difference| {entry['language_max_abs_diff']:.2e}"
                  if "language_max_abs_diff" in entry else ""))
-    if "ssp-ape" in records and "small-dense" in records and "skipped" not in records["ssp-ape"]:
-        dense = records["small-dense"]["phases"]
-        print(f"\n[SSP + APE (ours) vs the dense reference-style projector alone, same run] "
-              f"{records['ssp-ape']['sizes']}")
-        for case in ("ssp-ape", "ssp-ape-bf16"):
+    if "ssp-ape-dense" in records:
+        dense = records["ssp-ape-dense"]
+        t_dense, m_dense = _pipeline(dense)
+        print(f"\n[SSP + APE: ours vs the published algorithm re-implemented densely in float32, same run] "
+              f"{dense['sizes']} device={dense['device']} threads={dense['threads']}")
+        print(f"  dense (C x D x D projectors, C x D x T projected queries, cal_criterion loops): "
+              f"{t_dense:8.2f} s, peak +{m_dense:5.2f} GB over its inputs")
+        for case in ("ssp-ape", "ssp-ape-auto", "ssp-ape-bf16"):
             if case not in records or "skipped" in records[case]:
                 continue
-            ours = {k: v for k, v in records[case]["phases"].items() if k != "info"}
-            t_ours = sum(v["seconds"] for v in ours.values())
-            m_ours = max(v["extra_rss_gb"] for v in ours.values())
-            dense_phases = [v for k, v in dense.items() if k != "info"]
-            t_dense = sum(v["seconds"] for v in dense_phases)
-            m_dense = max(v["extra_rss_gb"] for v in dense_phases)
-            print(f"  {case:<14} fit + APE fit + logits {t_ours:7.2f} s, max extra {m_ours:5.2f} GB | dense "
-                  f"fit + transforms {t_dense:7.2f} s, max extra {m_dense:5.2f} GB | x{t_dense / t_ours:5.2f} "
-                  f"time, x{m_dense / max(m_ours, 1e-3):5.2f} memory")
-    for case in ("ssp-ape-imagenet", "ssp-ape-imagenet-bf16", "ssp-ape", "ssp-ape-bf16"):
+            t_ours, m_ours = _pipeline(records[case])
+            differ = diffs.get("vs_dense", {}).get(case)
+            print(f"  ours {case:<13} {t_ours:8.2f} s, peak +{m_ours:5.2f} GB | x{t_dense / t_ours:5.1f} time, "
+                  f"x{m_dense / max(m_ours, 1e-3):4.1f} less extra memory | predictions differing from dense: "
+                  f"{differ} of {dense['sizes']['n_queries']} | {records[case]['phases'].get('info')}")
+    for case in ("ssp-ape-imagenet", "ssp-ape-imagenet-bf16", "ssp-ape", "ssp-ape-bf16", "ssp-ape-auto",
+                 "ssp-ape-dense"):
         if case not in records:
             continue
         rec = records[case]

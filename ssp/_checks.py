@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 #: Named validation-set policies of the few-shot protocol (an int per class is also accepted).
 VAL_POLICIES = ("coop", "full")
 #: SSP language-view scoring precisions (``SSPProjector.score_precision``, ``--score-precision``).
-SCORE_PRECISIONS = ("auto", "float32", "bfloat16")
+SCORE_PRECISIONS = ("auto", "float32", "bfloat16", "tfloat32")
 #: The ``pretrained`` value that asks for a randomly initialised backbone.
 RANDOM_WEIGHTS = "none"
 

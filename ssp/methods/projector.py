@@ -30,11 +30,15 @@ How it scales (never a ``D x D`` projector per class, never a ``C x D x T`` tens
 * When the subspaces are larger than half the space (``r > D / 2``, e.g. 512-d backbones at 16
   shots), each class is stored by its orthogonal complement ``B_perp`` instead and
   ``||P x||^2 = ||x||^2 - ||B_perp x||^2``, ``P x = x - B_perp^T B_perp x``.
+* The class scores may come from a bfloat16 or TF32 screen whose rigorous per-class, per-query
+  error bound leaves only the classes near each query's top-``kappa`` boundary to re-score in
+  float64 (:func:`_select_classes`): the selection is exact either way.
 """
 from __future__ import annotations
 
 import contextlib
 import numbers
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -92,16 +96,18 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         Queries per chunk in :meth:`transform` (lowered automatically so the language view's
         ``[chunk, C]`` score block stays within about 256 MB; its ``[chunk, classes, r]``
         coefficients are computed 64 MB at a time).
-    score_precision : {"auto", "float32", "bfloat16"}, default "auto"
-        Precision of the language view's class scoring (the ``T C r D`` GEMMs that dominate its
-        cost). ``"float32"``: the working precision (float64 for float64 inputs).
-        ``"bfloat16"``: every class is scored with bfloat16 operands (float32 accumulation), then
-        every class that a rigorous bound on the bfloat16 error cannot rule out of the top
-        ``class_top_k`` is re-scored in the working precision, so the selected classes and the
-        output are those of the ``"float32"`` path (up to float rounding on exact ties).
-        ``"auto"``: ``"bfloat16"`` on CUDA GPUs with bfloat16 support and on CPUs with AMX-BF16
-        or AVX512-BF16 instructions, ``"float32"`` elsewhere (bfloat16 GEMMs are emulated, and
-        slow, without them). What ran is recorded in ``score_precision_used_``.
+    score_precision : {"auto", "float32", "bfloat16", "tfloat32"}, default "auto"
+        How the language view scores the classes (the ``T C r D`` GEMMs that dominate its cost);
+        every mode selects the same classes (docs/method.md, "Scoring precision").
+        ``"float32"``: the working precision (float64 for float64 inputs). ``"bfloat16"`` /
+        ``"tfloat32"``: a screen in that format (float32 accumulation), a rigorous per-class,
+        per-query bound on its error, and float64 re-scoring of the classes the bound cannot
+        rule out of the top ``class_top_k``: the exact top classes, ties (equal within float64
+        rounding) going to the lower class index. Where the device has no native GEMMs for
+        the format it is emulated (exact, not faster). ``"auto"``: fit times float32 and the
+        natively supported screens on the support features and keeps the fastest (cached per
+        device and size; never an emulated screen, so float32 without any timing on CPUs
+        without bfloat16 instructions). What ran: ``score_precision_used_``.
     device : str, torch.device or None
         ``None``/``"auto"``: CUDA when available, else CPU.
 
@@ -112,10 +118,12 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     class_ranks_ : ``[C]`` int64 numpy array, rank ``r_c`` of each language subspace.
     text_features_ : ``[C, D]`` language-projected, L2-normalised text classifier.
     language_path_ : ``"basis"`` or ``"complement"``, how the class subspaces are stored.
-    score_precision_used_ : ``"float32"``, ``"float64"`` or ``"bfloat16"``, the precision of the
-        first scoring pass of the language view (see ``score_precision``).
-    score_kernel_ : ``"native"``, or ``"emulated"`` when ``"bfloat16"`` was requested on hardware
-        without bfloat16 GEMMs (float32 GEMMs on the bfloat16 values: exact, not faster).
+    score_precision_used_ : ``"float32"``, ``"float64"``, ``"bfloat16"`` or ``"tfloat32"``, the
+        precision of the first scoring pass of the language view (see ``score_precision``).
+    score_kernel_ : ``"native"``, or ``"emulated"`` when a screen was requested on hardware
+        without its GEMMs (float32 GEMMs on the rounded values: exact, not faster).
+    score_timings_ : dict, ms per 1,000 queries of each mode ``"auto"`` timed (empty when
+        nothing was measured).
     n_patches_kept_ : int, ``k = min(patch_top_k, L)``.
     n_classes_, n_features_in_ (``D``), device_
 
@@ -214,11 +222,10 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         path = self._choose_language_path(class_ranks, dim)
         if path == "complement":
             factors = _orthogonal_complements(factors, class_ranks)
-        precision = _resolve_score_precision(self.score_precision, device, dtype)
-        low_precision = None
-        if precision == "bfloat16":
-            with _exact_accumulation(device):
-                low_precision = _LowPrecisionScores.build(factors)
+        kappa = min(int(self.class_top_k), n_classes)
+        precision, low_precision, timings = _choose_scoring(
+            self.score_precision, factors, image, kappa, path == "complement", device, dtype
+        )
 
         # Set the fitted state only now that everything succeeded.
         self.device_ = device
@@ -232,6 +239,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         self._low_precision = low_precision
         self.score_precision_used_ = precision
         self.score_kernel_ = "emulated" if low_precision is not None and not low_precision.native else "native"
+        self.score_timings_ = timings
         self.vision_rank_ = int(vision_rank)
         self.class_ranks_ = class_ranks.cpu().numpy().astype(np.int64)
         self.vision_basis_ = like_input(vision_basis, image_features)
@@ -279,25 +287,30 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             n_cls = c1 - c0
             first, last = starts_list[c0], starts_list[c1 - 1] + counts_list[c1 - 1]
             idx = order[first:last]
-            z = l2_normalize(_take_rows(patches, idx).to(device=device, dtype=dtype))  # [n, L, D]
+            z = _take_rows(patches, idx).to(device=device, dtype=dtype)  # [n, L, D], not normalised
+            inv_norm = 1.0 / torch.linalg.vector_norm(z, dim=2).clamp_min(1e-12)  # [n, L]
             g = image[idx]
             lab = y[idx]
 
-            # Vision: per image sum_j s^V_nj z_nj over the kept j, plus lambda * g_n.
-            score_v = torch.einsum("nld,nd->nl", z, g)
+            # Vision: per image sum_j s^V_nj z_nj over the kept j, plus lambda * g_n (z_nj unit:
+            # its norm enters the scores and weights, no normalised copy of z is made).
+            score_v = torch.bmm(z, g[:, :, None])[:, :, 0] * inv_norm
             # A NaN or infinity anywhere in z_nj (inf / inf after normalising) reaches its score.
             if not bool(torch.isfinite(score_v).all()):
                 raise ValueError("patch_features contains NaN or infinite values; clean the features first")
             top_v = score_v.topk(k, dim=1)
-            weights = torch.zeros_like(score_v).scatter_(1, top_v.indices, top_v.values)
-            image_rows = torch.einsum("nl,nld->nd", weights, z) + lam * g
-            class_sums.index_add_(0, lab, image_rows)
+            weights = torch.zeros_like(score_v).scatter_(1, top_v.indices, top_v.values) * inv_norm
+            image_rows = torch.bmm(weights[:, None, :], z)[:, 0] + lam * g
+            # class sums of the rows (class-sorted): a one-hot GEMM (CPU scatter-adds are slow)
+            one_hot = (lab[None, :] == torch.arange(c0, c1, device=device)[:, None]).to(dtype)
+            class_sums[c0:c1] += one_hot @ image_rows
 
             # Language: T_c = [lambda w_c; s^L_nj z_nj for n in c, kept j], zero-padded rows.
-            score_l = torch.einsum("nld,nd->nl", z, text[lab])
+            score_l = torch.bmm(z, text[lab][:, :, None])[:, :, 0] * inv_norm
             top_l = score_l.topk(k, dim=1)
             kept = torch.gather(z, 1, top_l.indices[:, :, None].expand(-1, -1, dim))
-            rows = top_l.values[:, :, None] * kept  # [n, k, D]
+            scale = top_l.values * torch.gather(inv_norm, 1, top_l.indices)
+            rows = scale[:, :, None] * kept  # [n, k, D]
             del z, kept, score_v, score_l
             local_class = lab - c0
             slot = torch.arange(idx.numel(), device=device) - (starts[lab] - first)
@@ -465,82 +478,37 @@ class SSPProjector(TransformerMixin, BaseEstimator):
                 out[t0 : t0 + chunk] = l2_normalize((xs @ basis.T) @ basis)
         else:
             n_classes = self._language_factors.shape[0]
-            # [t, C] blocks held at once: 2 (scores), 6 with bfloat16 (bounds, candidate pairs)
-            held = 2 if self._low_precision is None else 6
-            budget_rows = _BLOCK_BUDGET_BYTES // max(1, held * n_classes * x.element_size())
+            # [t, C] blocks held at once (4-byte units): 3 (scores, selection), 10 with a screen
+            # (energies, bounds, ends, candidate mask, float64 exact scores)
+            held = 3 if self._low_precision is None else 10
+            budget_rows = _BLOCK_BUDGET_BYTES // max(1, held * n_classes * 4)
             chunk = int(max(1, min(int(self.chunk_size), budget_rows)))
-            self._rescored_pairs = 0  # diagnostics of the bfloat16 path (benchmarks)
+            self._scoring_stats = dict(queries=0, rescored_pairs=0, ties=0)  # diagnostics
             for t0 in range(0, x.shape[0], chunk):
                 out[t0 : t0 + chunk] = self._language_chunk(l2_normalize(x[t0 : t0 + chunk]))
+            self._rescored_pairs = self._scoring_stats["rescored_pairs"]
         return like_input(out, X)
 
     def _language_chunk(self, x: torch.Tensor) -> torch.Tensor:
         """Language view of one chunk of unit queries ``[t, D]``.
 
-        Scores every class (``||B_c x||^2``, or ``||x||^2 - ||B_perp x||^2``) in blocks of
-        classes, so no ``[t, C, r]`` tensor is held (:func:`_class_energies`; in bfloat16 then
-        exactly re-scored where it matters, :meth:`_top_classes_low_precision`); then projects
-        onto the ``class_top_k`` best classes only (:func:`_grouped_project`).
+        Selects each query's ``class_top_k`` classes (:func:`_select_classes`: every class scored
+        in blocks of classes, so no ``[t, C, r]`` tensor is held; with a screen, exactly
+        re-scored where it matters), then projects onto those classes only
+        (:func:`_grouped_project`).
         """
         factors = self._language_factors  # [C, w, D]: bases or complements
-        n_classes, width, dim = factors.shape
-        kappa = min(int(self.class_top_k), n_classes)
+        kappa = min(int(self.class_top_k), factors.shape[0])
         complement = self.language_path_ == "complement"
-        if self._low_precision is None:
-            operand = factors.reshape(n_classes * width, dim).T  # [D, C w]
-            energy = _class_energies(x, operand, width, n_classes)  # ||B_c x||^2 or ||B_perp x||^2
-            scores = (x * x).sum(1, keepdim=True) - energy if complement else energy
-            top = scores.topk(kappa, dim=1).indices  # [t, kappa]
-            del energy, scores
-        else:
-            top = self._top_classes_low_precision(x, kappa, complement)
+        top, rescored, ties = _select_classes(x, factors, self._low_precision, kappa, complement)
+        stats = self.__dict__.setdefault("_scoring_stats", dict(queries=0, rescored_pairs=0, ties=0))
+        stats["queries"] += x.shape[0]
+        stats["rescored_pairs"] += rescored
+        stats["ties"] += ties
         if self._record_top is not None:  # benchmarks compare the selections of both paths
             self._record_top.append(top.cpu())
         summed = _grouped_project(x, top, factors)  # sum_c F_c^T F_c x
         return l2_normalize(kappa * x - summed if complement else summed)
-
-    def _top_classes_low_precision(self, x: torch.Tensor, kappa: int, complement: bool) -> torch.Tensor:
-        """Top-``kappa`` classes ``[t, kappa]`` of unit queries ``x`` ``[t, D]``, identical to the
-        working-precision path's: bfloat16 scores of every class, a rigorous bound ``beta`` on
-        their error (:meth:`_LowPrecisionScores.energy_bound`), and exact re-scoring of every
-        class whose interval ``[s - beta, s + beta]`` reaches the ``kappa``-th largest lower end.
-        """
-        x_low = x.to(torch.bfloat16)
-        with _exact_accumulation(x.device):
-            return self._top_classes_exact(x, x_low, kappa, complement)
-
-    def _top_classes_exact(
-        self, x: torch.Tensor, x_low: torch.Tensor, kappa: int, complement: bool
-    ) -> torch.Tensor:
-        """The body of :meth:`_top_classes_low_precision`, inside its accumulation guard."""
-        low = self._low_precision
-        factors = self._language_factors
-        width = factors.shape[1]
-        x_round = x_low.to(x.dtype)
-        energy = _class_energies(
-            x_low, low.operand, width, factors.shape[0], out_dtype=x.dtype,
-            compute_dtype=None if low.native else torch.float32,
-        )
-        bound = low.energy_bound(
-            energy,
-            torch.linalg.vector_norm(x_round, dim=1),
-            torch.linalg.vector_norm(x_round - x, dim=1),  # exact difference, rounded norm
-            torch.linalg.vector_norm(x, dim=1),
-            x.dtype,
-        )
-        squared = (x * x).sum(1, keepdim=True)
-        approx = squared - energy if complement else energy
-        del energy
-        threshold = (approx - bound).topk(kappa, dim=1).values[:, -1:]  # kappa-th lower end
-        query, cls = ((approx + bound) >= threshold).nonzero(as_tuple=True)
-        del bound
-        exact = _pair_energies(x, query, cls, factors)
-        if complement:
-            exact = squared[query, 0] - exact
-        scores = approx.fill_(float("-inf"))
-        scores[query, cls] = exact
-        self._rescored_pairs = getattr(self, "_rescored_pairs", 0) + int(query.numel())
-        return scores.topk(kappa, dim=1).indices
 
     def fit_transform(
         self,
@@ -585,19 +553,75 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             raise ValueError(f"rank_tol must be None or a finite float >= 0, got {tol!r}")
 
 
-# -------------------------------------------------------------------------------- helpers
-def _resolve_score_precision(requested: str, device: torch.device, dtype: torch.dtype) -> str:
-    """``score_precision`` -> what runs: ``"bfloat16"`` or the working precision's name."""
+# ------------------------------------------------------------------ exact low-precision scoring
+_BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+_TF32_UNIT = 2.0**-11  # TF32: 11 significant bits
+_F32_UNIT = 2.0**-24
+_F64_UNIT = 2.0**-53
+# Queries per probe of the auto calibration (support features stand in for queries).
+_PROBE_ROWS = {"cuda": 2048, "cpu": 256}
+# In-memory calibration results: (device, threads, working dtype, C, w, D, kappa) -> timings.
+_CALIBRATION: dict[tuple, dict[str, float]] = {}
+_CALIBRATION_ENV = "SSP_SCORE_CALIBRATION"  # "1": also keep them in the user cache dir; a path: there
+
+
+def _round_tf32(a: torch.Tensor) -> torch.Tensor:
+    """float32 values rounded to nearest (ties to even) to TF32's 10 fraction bits, as float32.
+
+    A TF32 tensor-core GEMM on these values rounds nothing on input (whatever its own input
+    rounding), and their products are exact in float32 (11 + 11 significant bits)."""
+    bits = a.contiguous().view(torch.int32)
+    bits = (bits + (0x0FFF + ((bits >> 13) & 1))).bitwise_and_(-8192)  # clear the low 13 bits
+    return bits.view(torch.float32)
+
+
+@dataclass(frozen=True)
+class _Screen:
+    """A low-precision format for the first scoring pass: how operands are rounded and stored."""
+
+    name: str
+    unit: float
+
+    def round(self, a: torch.Tensor) -> torch.Tensor:
+        return a.to(torch.bfloat16) if self.name == "bfloat16" else _round_tf32(a.float())
+
+    def native(self, device: torch.device) -> bool:
+        """Whether ``device`` runs this format's GEMMs natively (faster than float32)."""
+        if self.name == "bfloat16":
+            return _fast_bfloat16(device)
+        return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+_SCREENS = {
+    "bfloat16": _Screen("bfloat16", _BF16_UNIT),
+    "tfloat32": _Screen("tfloat32", _TF32_UNIT),
+}
+
+
+def _resolve_score_precision(
+    requested: str, device: torch.device, dtype: torch.dtype, measure: Any = None
+) -> str:
+    """``score_precision`` -> what runs: a screen's name or the working precision's name.
+
+    ``"auto"`` measures (``measure(candidates)`` -> seconds per candidate) among the working
+    precision and the screens this device runs natively; emulated screens are never candidates.
+    Without a native screen, or for float64 data, it is the working precision without timing.
+    """
     working = "float64" if dtype == torch.float64 else "float32"
     if requested == "float32":
         return working
-    if requested == "bfloat16":
-        return "bfloat16"
-    return "bfloat16" if _fast_bfloat16(device) else working
+    if requested != "auto":
+        return requested
+    candidates = [name for name, screen in _SCREENS.items() if screen.native(device)]
+    if dtype == torch.float64 or not candidates or measure is None:
+        return working
+    timings = measure([working, *candidates])
+    return min(timings, key=timings.get)
 
 
 def _fast_bfloat16(device: torch.device) -> bool:
-    """Whether bfloat16 GEMMs run natively (faster than float32) on ``device``."""
+    """Whether bfloat16 GEMMs run natively on ``device`` (CUDA with bfloat16 support, CPUs with
+    AMX-BF16 / AVX512-BF16); elsewhere they are emulated and slow."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
@@ -617,26 +641,87 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def _device_key(device: torch.device) -> str:
+    """A name for the hardware behind ``device`` (calibration cache key)."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"cpu:{model or 'unknown'}:{torch.get_num_threads()} threads"
+
+
+def _calibration_file() -> Any:
+    """Where calibrations persist (``None``: memory only). Opt-in via ``SSP_SCORE_CALIBRATION``."""
+    import os
+    from pathlib import Path
+
+    value = os.environ.get(_CALIBRATION_ENV, "")
+    if value in ("", "0"):
+        return None
+    if value != "1":
+        return Path(value)
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "ssp" / "score_precision.json"
+
+
+def _load_calibration(key: tuple) -> dict[str, float] | None:
+    if key in _CALIBRATION:
+        return _CALIBRATION[key]
+    path = _calibration_file()
+    if path is None or not path.is_file():
+        return None
+    import json
+
+    try:
+        stored = json.loads(path.read_text()).get(repr(key))
+    except (OSError, ValueError):
+        return None
+    if isinstance(stored, dict):
+        _CALIBRATION[key] = {str(k): float(v) for k, v in stored.items()}
+    return _CALIBRATION.get(key)
+
+
+def _store_calibration(key: tuple, timings: dict[str, float]) -> None:
+    _CALIBRATION[key] = dict(timings)
+    path = _calibration_file()
+    if path is None:
+        return
+    import json
+
+    from ssp._io import write_text_atomic
+
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        stored = {}
+    stored[repr(key)] = timings
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(stored, indent=1, sort_keys=True))
+    except OSError:
+        pass  # a read-only cache dir: memory only
+
+
 @contextlib.contextmanager
-def _exact_accumulation(device: torch.device) -> Iterator[None]:
-    """bfloat16 GEMMs accumulate in float32 and float32 GEMMs are true float32 inside (cuBLAS
-    may otherwise reduce split-K partial sums in bfloat16, or run float32 GEMMs in TF32, neither
-    of which the error bound of :class:`_LowPrecisionScores` covers)."""
+def _matmul_mode(device: torch.device, tf32: bool = False) -> Iterator[None]:
+    """GEMMs accumulate in float32 and float32 GEMMs are true float32 (``tf32=False``) or TF32
+    (``tf32=True``) inside; cuBLAS may otherwise reduce split-K partial sums in bfloat16 or run
+    float32 GEMMs in TF32, which the error bound of :class:`_LowPrecisionScores` does not cover."""
     if device.type != "cuda":
         yield
         return
     matmul = torch.backends.cuda.matmul
     flags = (matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32)
     matmul.allow_bf16_reduced_precision_reduction = False
-    matmul.allow_tf32 = False
+    matmul.allow_tf32 = tf32
     try:
         yield
     finally:
         matmul.allow_bf16_reduced_precision_reduction, matmul.allow_tf32 = flags
-
-
-_BF16_UNIT = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
-_F32_UNIT = 2.0**-24
 
 
 def _gamma(n: int, unit: float) -> float:
@@ -644,72 +729,123 @@ def _gamma(n: int, unit: float) -> float:
     return n * unit / (1.0 - n * unit)
 
 
+_MM_OUT_DTYPE: dict[str, bool] = {}
+
+
+def _mm_float32_out(device: torch.device) -> bool:
+    """Whether ``torch.mm(bf16, bf16, out_dtype=torch.float32)`` works on ``device`` (CUDA in
+    recent torch): float32 coefficients, no bfloat16 rounding of the output."""
+    if device.type not in _MM_OUT_DTYPE:
+        try:
+            a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+            _MM_OUT_DTYPE[device.type] = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+        except (TypeError, RuntimeError, NotImplementedError):
+            _MM_OUT_DTYPE[device.type] = False
+    return _MM_OUT_DTYPE[device.type]
+
+
 @dataclass
 class _LowPrecisionScores:
-    """bfloat16 copy of the class factors and the per-class constants of its error bound.
+    """Low-precision copy of the class factors and the per-class constants of its error bound.
 
-    ``operand`` is ``[D, C w]`` contiguous (the GEMM's ``[K, N]`` operand, arranged once at fit
-    time); ``native``: the device has bfloat16 GEMMs (else they run as float32 GEMMs on the
-    bfloat16 values: same products, same float32 sums, no speed-up); ``rho`` ``>= ||bf16(F_c) - F_c||_2``, ``norm`` ``>= ||F_c||_2``, ``fro_low`` and
-    ``fro`` the Frobenius norms of ``bf16(F_c)`` and ``F_c`` (upper bounds of ``|| |F| ||_2``),
-    each ``[C]`` in float64.
+    ``operand`` is ``F~ = round(F)`` as ``[D, C w]`` contiguous (the GEMM's ``[K, N]`` operand,
+    arranged once at fit time) in bfloat16, or for TF32 a ``[D, C w]`` view of the float32
+    factors that each block's GEMM rounds on the fly (no second copy); ``native``: the device runs that format's
+    GEMMs natively (else float32 GEMMs on the rounded values: same exact products, same float32
+    sums, no speed-up); ``out_unit``: rounding unit of the GEMM's output (``2^-8`` where a
+    bfloat16 GEMM returns bfloat16, else 0); ``rho`` ``>= ||F~_c - F_c||_2`` (the actual rounding
+    of each class's factor), ``norm`` ``>= ||F_c||_2``, ``fro_low`` ``= ||F~_c||_F``, each ``[C]``
+    in float64.
     """
 
+    screen: _Screen
     operand: torch.Tensor
     native: bool
+    out_unit: float
     rho: torch.Tensor
     norm: torch.Tensor
     fro_low: torch.Tensor
-    fro: torch.Tensor
 
     @classmethod
-    def build(cls, factors: torch.Tensor) -> "_LowPrecisionScores":
+    def build(cls, factors: torch.Tensor, screen: _Screen) -> "_LowPrecisionScores":
         n_classes, width, dim = factors.shape
         device = factors.device
-        operand = torch.empty(dim, n_classes * width, dtype=torch.bfloat16, device=device)
-        rho, norm, fro_low, fro = (torch.empty(n_classes, dtype=torch.float64, device=device) for _ in range(4))
+        stored = screen.name == "bfloat16"  # TF32 rounds each block on the fly: no second copy
+        if stored:
+            operand = torch.empty(dim, n_classes * width, dtype=torch.bfloat16, device=device)
+        else:
+            operand = factors.reshape(n_classes * width, dim).T  # a view
+        rho, norm, fro_low = (torch.empty(n_classes, dtype=torch.float64, device=device) for _ in range(3))
         per_class = 4 * factors.element_size() * (2 * width * dim + 2 * width * width)
         step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // max(per_class, 1))))  # width 0: no rows
         for c0 in range(0, n_classes, step):
             c1 = min(n_classes, c0 + step)
             block = factors[c0:c1]
-            low = block.to(torch.bfloat16)
-            operand[:, c0 * width : c1 * width] = low.reshape(-1, dim).T
+            low = screen.round(block)
+            if stored:
+                operand[:, c0 * width : c1 * width] = low.reshape(-1, dim).T
             low = low.to(block.dtype)
             error = low - block  # exact: the rounding error of a float32 number fits a float32
             rho[c0:c1] = _spectral_norm_bound(error, shift=None)
             valid = (block.abs().amax(dim=2) > 0).to(block.dtype)  # zero padding rows stay out
             norm[c0:c1] = (1.0 + _spectral_norm_bound(block, shift=valid)).sqrt()
             fro_low[c0:c1] = torch.linalg.vector_norm(low.double(), dim=(1, 2))
-            fro[c0:c1] = torch.linalg.vector_norm(block.double(), dim=(1, 2))
-        return cls(operand, _fast_bfloat16(device), rho, norm, fro_low, fro)
+        native = screen.native(device)
+        out_unit = 0.0
+        if screen.name == "bfloat16" and native and not _mm_float32_out(device):
+            out_unit = _BF16_UNIT
+        return cls(screen, operand, native, out_unit, rho, norm, fro_low)
+
+    @classmethod
+    def bare(cls, factors: torch.Tensor, screen: _Screen) -> "_LowPrecisionScores":
+        """The rounded operand alone, without the bound's constants (to time the GEMM)."""
+        n_classes, width, dim = factors.shape
+        flat = factors.reshape(n_classes * width, dim)
+        operand = screen.round(flat).T.contiguous() if screen.name == "bfloat16" else flat.T
+        none = torch.zeros(n_classes, dtype=torch.float64, device=factors.device)
+        native = screen.native(factors.device)
+        out_unit = _BF16_UNIT if screen.name == "bfloat16" and native and not _mm_float32_out(factors.device) else 0.0
+        return cls(screen, operand, native, out_unit, none, none, none)
+
+    def energies(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Screened energies ``[t, C]`` (float32) of unit queries ``x`` ``[t, D]`` and the rounded
+        queries ``x~`` ``[t, D]`` (working dtype) they used."""
+        x_low = self.screen.round(x)
+        n_classes = self.rho.shape[0]
+        width = self.operand.shape[1] // max(n_classes, 1)
+        if self.native and self.screen.name == "bfloat16" and self.out_unit == 0.0:
+            mm = lambda a, b, out: torch.mm(a, b, out_dtype=torch.float32)  # noqa: E731
+            energy = _class_energies(x_low, self.operand, width, n_classes, out_dtype=torch.float32, mm=mm)
+        elif self.screen.name == "tfloat32":  # the view of the factors, rounded block by block
+            mm = lambda a, b, out: torch.matmul(a, _round_tf32(b), out=out)  # noqa: E731
+            with _matmul_mode(x.device, tf32=True):
+                energy = _class_energies(x_low, self.operand, width, n_classes, out_dtype=torch.float32, mm=mm)
+        else:
+            compute = None if self.native else torch.float32  # emulated: float32 GEMMs
+            with _matmul_mode(x.device):
+                energy = _class_energies(x_low, self.operand, width, n_classes,
+                                         out_dtype=torch.float32, compute_dtype=compute)
+        return energy, x_low.to(x.dtype)
 
     def energy_bound(
-        self,
-        energy: torch.Tensor,
-        x_low_norm: torch.Tensor,
-        x_diff_norm: torch.Tensor,
-        x_norm: torch.Tensor,
-        dtype: torch.dtype,
+        self, energy: torch.Tensor, x_low_norm: torch.Tensor, x_diff_norm: torch.Tensor
     ) -> torch.Tensor:
-        """Bound ``beta`` ``[t, C]`` with ``|energy - E| <= beta`` and ``|E_w - E| <= beta``.
+        """Bound ``beta`` ``[t, C]`` with ``|energy - E| <= beta``, ``E = ||F_c x||^2`` exactly.
 
-        ``E = ||F_c x||^2`` in exact arithmetic, ``E_w`` as the working-precision path computes
-        it, ``energy`` ``[t, C]`` from the bfloat16 GEMM; ``x_low_norm``, ``x_diff_norm``,
-        ``x_norm`` ``[t]`` are ``||bf16(x)||``, ``||bf16(x) - x||``, ``||x||``. With ``a = F x``
-        and ``a~`` the bfloat16 coefficients (float32 accumulation over ``D`` terms, output
-        rounded to bfloat16):
+        ``energy`` ``[t, C]`` from the screened GEMM; ``x_low_norm``, ``x_diff_norm`` ``[t]`` are
+        ``||x~||`` and ``||x~ - x||``. With ``a = F x`` and ``a~`` the screened coefficients
+        (exact products, float32 accumulation over ``D`` terms, output rounded with ``out_unit``):
 
         ``||a~ - a|| <= delta = rho ||x~|| + ||F|| ||x~ - x|| + gamma_D ||F~||_F ||x~||
-        + u ||a~|| / (1 - u)``, so ``| ||a~||^2 - ||a||^2 | <= delta (2 ||a~|| + delta)``;
-        the working path's own error is ``eta (2 A + eta)`` with ``eta = gamma_D^w ||F||_F ||x||``,
-        ``A = ||a~|| + delta``; the squared norms add ``(w + 2) u`` relative each. Every
+        + out_unit ||a~|| / (1 - out_unit)``, so ``| ||a~||^2 - ||a||^2 | <= delta (2 ||a~|| +
+        delta)``; the float32 squared norm of ``a~`` adds ``(w + 2) u`` relative. ``rho`` is the
+        spectral norm of this class's actual rounding error, ``||x~ - x||`` this query's. Every
         evaluation of the bound itself is rounded up by a relative ``1e-3`` (its own rounding is
         ``<= (D + w + 2) 2^-24``).
         """
-        width = self.operand.shape[1] // energy.shape[1]
+        n_classes = self.rho.shape[0]
+        width = self.operand.shape[1] // max(n_classes, 1)
         dim = self.operand.shape[0]
-        u_work = torch.finfo(dtype).eps / 2
         bits = _F32_UNIT * (width + 2)  # rounding of the float32 squared norm of a~
         safety = 1.0 + 1e-3
         e = energy.clamp_min(0)
@@ -719,13 +855,9 @@ class _LowPrecisionScores:
             self.rho.to(e.dtype) * x_low_norm
             + self.norm.to(e.dtype) * (x_diff_norm[:, None] * safety)
             + _gamma(dim, _F32_UNIT) * self.fro_low.to(e.dtype) * x_low_norm
-            + _BF16_UNIT / (1.0 - _BF16_UNIT) * a_low
+            + self.out_unit / (1.0 - self.out_unit) * a_low
         ) * safety
-        big_a = a_low + delta
-        eta = _gamma(dim, u_work) * self.fro.to(e.dtype) * (x_norm[:, None] * safety)
-        beta = bits * a_low.square() + delta * (2 * a_low + delta)
-        beta = beta + eta * (2 * big_a + eta) + (width + 2) * u_work * (big_a + eta).square()
-        return beta * safety
+        return (bits * a_low.square() + delta * (2 * a_low + delta)) * safety
 
 
 def _spectral_norm_bound(a: torch.Tensor, shift: torch.Tensor | None) -> torch.Tensor:
@@ -750,6 +882,142 @@ def _spectral_norm_bound(a: torch.Tensor, shift: torch.Tensor | None) -> torch.T
     return bound if shift is not None else bound.sqrt()
 
 
+def _top_classes(scores: torch.Tensor, kappa: int, tol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices ``[t, kappa]`` of the ``kappa`` largest scores per row and the rows ``[n]`` where
+    the ``kappa``-th score ties (within ``tol``) with a score outside the selection.
+
+    Tied scores are resolved towards the lower class index (``topk`` alone leaves that order
+    unspecified): on a tied row, scores within ``tol`` of the ``kappa``-th count as equal to it.
+    """
+    top = scores.topk(kappa, dim=1)
+    if kappa == scores.shape[1]:
+        return top.indices, top.indices.new_empty(0)
+    kth = top.values[:, -1:]
+    tied = ((scores >= kth - tol).sum(1) > kappa).nonzero().flatten()
+    indices = top.indices
+    if tied.numel():
+        rows, level = scores[tied], kth[tied]
+        rows = torch.where((rows - level).abs() <= tol, level, rows)
+        indices = indices.clone()
+        indices[tied] = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :kappa]
+    return indices, tied
+
+
+def _select_classes(
+    x: torch.Tensor,
+    factors: torch.Tensor,
+    low: "_LowPrecisionScores | None",
+    kappa: int,
+    complement: bool,
+) -> tuple[torch.Tensor, int, int]:
+    """Top-``kappa`` classes ``[t, kappa]`` of unit queries ``x`` ``[t, D]``, the number of
+    (query, class) pairs re-scored exactly, and the number of queries tied at the boundary.
+
+    A class's score is its energy ``||B_c x||^2`` (basis) or ``-||B_perp x||^2`` (complement:
+    the same order as ``||x||^2 - ||B_perp x||^2``). Without a screen (``low=None``) the scores
+    are the working precision's. With one: screened energies of every class and a rigorous
+    per-class, per-query bound ``beta`` on their error (:meth:`_LowPrecisionScores.energy_bound`);
+    only the classes whose interval ``[s - beta, s + beta]`` reaches the ``kappa``-th largest
+    lower end can be in the top ``kappa``, and those are re-scored in float64
+    (:func:`_pair_energies`). The result is then the top ``kappa`` of the exact scores; scores
+    equal to within float64 rounding count as a tie, resolved towards the lower class index
+    (as :func:`_top_classes` resolves exact ties of the working-precision scores).
+    """
+    n_classes, width, dim = factors.shape
+    sign = -1.0 if complement else 1.0
+    if low is None:
+        energy = _class_energies(x, factors.reshape(n_classes * width, dim).T, width, n_classes)
+        top, tied = _top_classes(energy.mul_(sign), kappa)
+        return top, 0, int(tied.numel())
+    energy, x_round = low.energies(x)
+    bound = low.energy_bound(
+        energy,
+        torch.linalg.vector_norm(x_round, dim=1),
+        torch.linalg.vector_norm(x_round - x, dim=1),  # exact difference, rounded norm
+    )
+    approx = energy.mul_(sign)
+    threshold = (approx - bound).topk(kappa, dim=1).values[:, -1:]  # kappa-th lower end
+    query, cls = ((approx + bound) >= threshold).nonzero(as_tuple=True)
+    del approx, bound, energy
+    exact = _pair_energies(x, query, cls, factors).mul_(sign)
+    scores = torch.full((x.shape[0], n_classes), float("-inf"), dtype=torch.float64, device=x.device)
+    scores[query, cls] = exact
+    # float64 rounding of an energy <= ||x||^2 (factors with orthonormal rows): (D + w + 2) u
+    tol = 2.0 * (dim + width + 2) * _F64_UNIT * float(torch.linalg.vector_norm(x, dim=1).max()) ** 2
+    top, tied = _top_classes(scores, kappa, tol=tol)
+    return top, int(query.numel()), int(tied.numel())
+
+
+def _choose_scoring(
+    requested: str,
+    factors: torch.Tensor,
+    probe: torch.Tensor,
+    kappa: int,
+    complement: bool,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[str, "_LowPrecisionScores | None", dict[str, float]]:
+    """What the language view's class selection runs: ``(name, screen or None, timings)``.
+
+    ``"auto"`` times the class selection of ``probe`` (unit support features, standing in for
+    queries) with every native candidate, cached per device and problem size; ``timings``
+    holds seconds per 1,000 queries (empty when nothing was measured).
+    """
+    built: dict[str, _LowPrecisionScores] = {}
+
+    def screen_for(name: str) -> "_LowPrecisionScores | None":
+        if name not in _SCREENS:
+            return None
+        if name not in built:
+            with _matmul_mode(device):
+                built[name] = _LowPrecisionScores.build(factors, _SCREENS[name])
+        return built[name]
+
+    n_classes, width, dim = factors.shape
+    key = (_device_key(device), str(dtype), n_classes, width, dim, kappa, complement)
+    timings: dict[str, float] = {}
+
+    def seconds(fn: Any) -> float:
+        best = float("inf")
+        for _ in range(2):  # the first run warms up kernels and allocator
+            _synchronize(device)
+            start = time.perf_counter()
+            fn()
+            _synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def measure(candidates: list[str]) -> dict[str, float]:
+        cached = _load_calibration(key)
+        if cached is not None and set(candidates) <= set(cached):
+            timings.update(cached)
+            return {name: cached[name] for name in candidates}
+        rows = _PROBE_ROWS.get(device.type, 256)
+        x = probe.repeat((rows + probe.shape[0] - 1) // probe.shape[0], 1)[:rows]
+        for name in candidates:
+            if name in _SCREENS:
+                # a screen costs at least its GEMM: where that alone is no faster than the whole
+                # working-precision selection, its bound is not worth building (its time here is
+                # that of the GEMM alone, a lower bound)
+                gemm = seconds(lambda: _LowPrecisionScores.bare(factors, _SCREENS[name]).energies(x))
+                if gemm >= min(timings.values(), default=float("inf")) * rows / 1000.0:
+                    timings[name] = 1000.0 * gemm / rows
+                    continue
+            low = screen_for(name)
+            timings[name] = 1000.0 * seconds(lambda: _select_classes(x, factors, low, kappa, complement)) / rows
+        _store_calibration(key, timings)
+        return dict(timings)
+
+    name = _resolve_score_precision(requested, device, dtype, measure)
+    return name, screen_for(name), timings
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -------------------------------------------------------------------------------- helpers
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
 
@@ -866,13 +1134,15 @@ def _class_energies(
     n_classes: int,
     out_dtype: torch.dtype | None = None,
     compute_dtype: torch.dtype | None = None,
+    mm: Any = None,
 ) -> torch.Tensor:
     """Energy of each query in every one of ``n_classes`` classes: ``[t, D]`` x ``[D, C w]`` -> ``[t, C]``.
 
     ``energy[i, c] = ||F_c x_i||^2`` from GEMMs over blocks of classes (``_SCORE_BLOCK_BYTES``
     of coefficients at a time, one reused buffer), squared norms taken in ``out_dtype``.
     ``compute_dtype``: run the GEMMs on operands cast to it (float32 for bfloat16 operands on
-    hardware without bfloat16 GEMMs: the same exact products and float32 sums).
+    hardware without bfloat16 GEMMs: the same exact products and float32 sums). ``mm(a, b, out)``
+    replaces ``torch.matmul(a, b, out=out)`` (it may return a new tensor of another dtype).
     """
     if compute_dtype is not None and compute_dtype != x.dtype:
         x = x.to(compute_dtype)
@@ -886,7 +1156,11 @@ def _class_energies(
     for c0 in range(0, n_classes, step):
         c1 = min(n_classes, c0 + step)
         coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
-        torch.matmul(x, operand[:, c0 * width : c1 * width].to(x.dtype), out=coef)
+        block = operand[:, c0 * width : c1 * width].to(x.dtype)
+        if mm is None:
+            torch.matmul(x, block, out=coef)
+        else:
+            coef = mm(x, block, coef)
         blocks = coef.view(t, c1 - c0, width).to(out_dtype)
         energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
     return energy
@@ -929,19 +1203,38 @@ def _class_groups(
         i = j
 
 
+def _class_ranges(pair_class: torch.Tensor, n_classes: int) -> Iterator[tuple[int, int, int]]:
+    """``(c, start, stop)`` for every class ``c`` picked by some pair: its pairs are
+    ``argsort(pair_class, stable=True)[start:stop]``."""
+    start = 0
+    for c, n in enumerate(torch.bincount(pair_class, minlength=n_classes).tolist()):
+        if n:
+            yield c, start, start + n
+            start += n
+
+
 def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
 
     ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
-    Pairs are grouped by class (:func:`_class_groups`): ``4 * pairs * w * D`` multiply-adds at
-    most, ``2 kappa / C`` of the scoring cost.
+    ``4 * pairs * w * D`` flops at most, ``2 kappa / C`` of the scoring cost. On CPU one pair of
+    GEMMs per picked class writing its rows contiguously, summed per query by ``kappa`` gathers
+    (BLAS runs these faster than padded batches, and CPU scatter-adds are slow); elsewhere pairs
+    are grouped by class into padded batched matmuls (:func:`_class_groups`: few launches).
     """
     t, kappa = classes.shape
     n_classes, width, dim = factors.shape
     out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
-    for group, pairs, rows, slots, most in _class_groups(
-        classes.reshape(-1), n_classes, width, dim, x.element_size()
-    ):
+    flat = classes.reshape(-1)
+    if x.device.type == "cpu":  # each class's rows land contiguously: no scatter-add
+        order = torch.argsort(flat, stable=True)
+        rows = x[order // kappa]  # [P, D], class by class
+        for c, start, stop in _class_ranges(flat, n_classes):
+            torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
+        position = torch.empty_like(order)
+        position[order] = torch.arange(order.numel(), device=x.device)
+        return rows[position].view(t, kappa, dim).sum(1)
+    for group, pairs, rows, slots, most in _class_groups(flat, n_classes, width, dim, x.element_size()):
         queries = pairs // kappa
         padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
         padded[rows, slots] = x[queries]
@@ -955,12 +1248,25 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
 def _pair_energies(
     x: torch.Tensor, query: torch.Tensor, cls: torch.Tensor, factors: torch.Tensor
 ) -> torch.Tensor:
-    """``||F_c x_q||^2`` for each pair ``(query[i], cls[i])`` in the working precision -> ``[P]``."""
+    """``||F_c x_q||^2`` for each pair ``(query[i], cls[i])`` in float64 -> ``[P]``.
+
+    ``x`` ``[t, D]`` and the float32 (or float64) factors are exact in float64, so the only
+    error is float64 rounding (relative ``~ D 2^-53``): the exact scores the selection rests on.
+    """
     n_classes, width, dim = factors.shape
-    out = torch.empty(query.numel(), dtype=x.dtype, device=x.device)
-    for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, x.element_size()):
-        padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
+    out = torch.empty(query.numel(), dtype=torch.float64, device=x.device)
+    x = x.double()
+    if x.device.type == "cpu":  # one GEMM per class (as in _grouped_project)
+        order = torch.argsort(cls, stable=True)
+        rows = x[query[order]]  # [P, D], class by class
+        energy = torch.empty(order.numel(), dtype=torch.float64, device=x.device)
+        for c, start, stop in _class_ranges(cls, n_classes):
+            energy[start:stop] = torch.linalg.vector_norm(rows[start:stop] @ factors[c].double().T, dim=1)
+        out[order] = energy.square_()
+        return out
+    for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, 8):
+        padded = torch.zeros(group.numel(), most, dim, dtype=torch.float64, device=x.device)
         padded[rows, slots] = x[query[pairs]]
-        coef = torch.bmm(padded, factors[group].mT)  # [g, most, w]
+        coef = torch.bmm(padded, factors[group].double().mT)  # [g, most, w]
         out[pairs] = torch.linalg.vector_norm(coef[rows, slots], dim=1).square_()
     return out
