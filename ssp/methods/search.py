@@ -101,6 +101,11 @@ def make_grid(method: str, search_scale: Sequence[float] | None = None,
     axes = spec.search_axes
     if not axes:
         raise ValueError(f"method {spec.name!r} has no hyper-parameters to search")
+    if spec.grid_builder is not None:
+        if search_scale is not None or search_step is not None:
+            raise ValueError(f"{spec.name} builds its own grid (log-spaced); pass grid={{axis: values}} "
+                             f"to validation_search or set '{spec.search_section}.search' in the config")
+        return spec.grid_builder(spec, None)
     scale = tuple(spec.default_scale if search_scale is None else search_scale)
     step = tuple(spec.default_step if search_step is None else search_step)
     if len(scale) != len(axes) or len(step) != len(axes):
@@ -144,7 +149,7 @@ def _normalise_grid(model: Any, grid: Mapping[str, Any] | None) -> dict[str, Any
             f"{type(model).__name__} cannot search {unknown}; its grid axes are {allowed}"
         )
     out: dict[str, Any] = {}
-    for axis in _AXIS_ORDER:
+    for axis in (("routing",) + axes if _has_hook(model) else _AXIS_ORDER):
         if axis not in grid:
             continue
         values = grid[axis]
@@ -201,6 +206,8 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
         :class:`SearchResult`.
     """
     check_is_fitted(model, "text_features_")
+    if _has_hook(model):
+        return _hook_search(model, val_features, val_labels, grid)
     if grid is None and _default_axes(model):
         return _default_search(model, val_features, val_labels)
     axes = _normalise_grid(model, grid)
@@ -258,6 +265,13 @@ def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
     # axes of `scores`: routing, beta, alpha, gamma; drop the ones that are not searched
     keep = [a in axes for a in _AXIS_ORDER]
     scores = scores.reshape([s for s, k in zip(scores.shape, keep) if k] or [])
+    return _pick(model, axes, names, scores, n_val, fixed)
+
+
+def _pick(model: Any, axes: dict[str, Any], names: tuple[str, ...], scores: np.ndarray, n_val: int,
+          fixed: dict[str, Any]) -> SearchResult:
+    """The winner of ``scores`` (percent, one axis per name; ties: the first maximum in axis
+    order), set on ``model``."""
     flat_best = int(np.argmax(scores)) if scores.ndim else 0
     best_index = tuple(int(i) for i in np.unravel_index(flat_best, scores.shape)) if scores.ndim else ()
     best_params: dict[str, Any] = {}
@@ -276,6 +290,52 @@ def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
         n_val_=n_val,
         fixed_params_=fixed,
     )
+
+
+def _has_hook(model: Any) -> bool:
+    """Models that score their own grid: ``model._search_scores(val_features, val_labels, axes,
+    routing)`` -> correct counts ``[len(axes[a]) for a in axes]`` (int)."""
+    return callable(getattr(model, "_search_scores", None))
+
+
+def _hook_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
+                 grid: Mapping[str, Any] | None) -> SearchResult:
+    """:func:`validation_search` for a model with a ``_search_scores`` hook (GDA, ProKeR, ...).
+
+    ``grid=None`` searches the method's registered default grid (``spec.grid(None)``). The hook
+    counts the correct validation predictions at every point of the numeric axes (in
+    ``search_axes`` order, each at least the model's current value); routing, ties, edge warnings
+    and the :class:`SearchResult` are those of the cache models' search. The edge warning is
+    given for the default grid too (it is fixed, not extended)."""
+    spec = _model_spec(model)
+    axes = _normalise_grid(model, spec.grid(None) if grid is None else grid)
+    device = model.device_
+    x = to_tensor(val_features, "val_features", ndim=2, device=device)
+    n_val = x.shape[0]
+    if n_val == 0:
+        raise ValueError("val_features is empty")
+    y = check_labels(val_labels, n_val, len(model.classes_), name="val_labels", device=device)
+    routings = axes.get("routing", [model.routing])
+    numeric = {a: axes[a] if a in axes else np.array([float(getattr(model, a))], dtype=np.float64)
+               for a in spec.search_axes}
+    fixed = {k: getattr(model, k) for k in spec.search_axes if k not in axes}
+    if "routing" not in axes:
+        fixed["routing"] = model.routing
+    with torch.no_grad():
+        correct = np.stack([np.asarray(model._search_scores(x, y, numeric, routing), dtype=np.int64)
+                            for routing in routings])
+    expected = (len(routings),) + tuple(len(v) for v in numeric.values())
+    if correct.shape != expected:
+        raise RuntimeError(f"{type(model).__name__}._search_scores returned shape {correct.shape[1:]}, "
+                           f"expected {expected[1:]}")
+    scores = 100.0 * (correct.astype(np.float64) / n_val)
+    names = tuple(a for a in ("routing",) + spec.search_axes if a in axes)
+    keep = ["routing" in axes] + [a in axes for a in spec.search_axes]
+    scores = scores.reshape([s for s, k in zip(scores.shape, keep) if k] or [])
+    result = _pick(model, axes, names, scores, n_val, fixed)
+    _warn_on_edges(result, hint=f"or widen '{spec.search_section}.search.<axis>' in the config",
+                   stacklevel=4)
+    return result
 
 
 def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.Tensor,
@@ -455,19 +515,21 @@ def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, st
     return edges
 
 
-def _warn_on_edges(result: SearchResult) -> None:
-    """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis."""
+def _warn_on_edges(result: SearchResult, hint: str | None = None, stacklevel: int = 3) -> None:
+    """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis
+    (``hint``: what to do instead of the cache models' advice)."""
     for axis, side, edge in _edge_axes(result):
         where = "largest" if side == "upper" else "smallest"
         beyond = "above" if side == "upper" else "below"
         how = ("e.g. a larger search_scale in make_grid" if side == "upper" else
                "make_grid starts beta and alpha at 0.1: pass smaller values explicitly")
+        advice = (f"({how}) or pass grid=None for the adaptive default search" if hint is None
+                  else hint.replace("<axis>", axis))
         warnings.warn(
             f"validation_search: the best validation accuracy along {axis} is reached at the {where} "
             f"value of the given grid ({axis}={edge:.4g}; chosen {axis}={result.best_params_[axis]:.4g}), "
-            f"so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {edge:.4g} ({how}) "
-            f"or pass grid=None for the adaptive default search",
-            UserWarning, stacklevel=3)
+            f"so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {edge:.4g} {advice}",
+            UserWarning, stacklevel=stacklevel)
 
 
 def _refine_axis(axis: str, values: np.ndarray, i: int) -> np.ndarray:

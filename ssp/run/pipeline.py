@@ -94,6 +94,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     rank_rules = cfg["ssp"]["rank"] if use_ssp else [None]
     fit_kw: dict = {"patch_features": support.patch_features if use_ssp else None}
     extra: dict = {}
+    if spec.uses_views:
+        fit_kw["view_features"] = support.view_features
     if spec.fine_tuned:
         fit_kw.update(val_features=val.image_features, val_labels=val.labels,
                       view_features=support.view_features)
@@ -134,7 +136,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             details = _ssp_details(model)
         if hasattr(model, "channels_"):
             details["n_channels"] = len(model.channels_)
-        if spec.fine_tuned:
+        if spec.fine_tuned or spec.uses_views:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
         fit_warnings = list(dict.fromkeys(str(w.message) for w in caught))
         if fit_warnings:
