@@ -100,7 +100,7 @@ def log_grid_builder(**defaults: tuple[float, float, int]) -> Callable[[Any, Map
     included, ``low > 0``)::
 
         gda:
-          search: {alpha: [1.0e-4, 1.0e4, 9]}     # 1e-4, 1e-3, ..., 1e4
+          search: {alpha: [1.0e-4, 1.0e+4, 9]}     # 1e-4, 1e-3, ..., 1e4
     """
 
     def build(spec: Any, section: Mapping[str, Any] | None) -> dict:
