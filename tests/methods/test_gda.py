@@ -140,3 +140,25 @@ def test_real_stanford_cars_logits_equal_the_dense_formulas(tip_cache_root):
     model = GDA(alpha=1.0, device="cpu").fit(support, labels, text_features=text)
     expected = gda_reference(support.astype(np.float64), labels, text, queries, 1.0)
     assert _rel_err(model.decision_function(queries), expected) < 1e-4
+
+
+def test_the_runner_fits_gda_on_the_views_and_records_it(data):
+    """run_method passes the support's view_features to methods registered with uses_views."""
+    from ssp.features.types import Features
+    from ssp.run.config import load_config
+    from ssp.run.pipeline import run_method
+
+    text, support, labels, queries, query_labels, views = data
+    t = lambda a: torch.as_tensor(a)  # noqa: E731
+    split = Features(t(queries[:30]), t(query_labels[:30]))
+    test = Features(t(queries[30:]), t(query_labels[30:]))
+    cfg = load_config("dtd")
+    with_views = run_method("gda", cfg, Features(t(support), t(labels), view_features=t(views)),
+                            split, test, t(text), device="cpu")
+    keys_only = run_method("gda", cfg, Features(t(support), t(labels)), split, test, t(text), device="cpu")
+    assert with_views.details["training"]["training_inputs"] == "views"
+    assert keys_only.details["training"]["training_inputs"] == "keys"
+    assert set(with_views.hyperparameters) == {"alpha"}
+    model = GDA(alpha=with_views.hyperparameters["alpha"], device="cpu").fit(
+        support, labels, text_features=text, view_features=views)
+    assert with_views.test_accuracy == pytest.approx(100 * model.score(queries[30:], query_labels[30:]))
