@@ -137,11 +137,14 @@ class GDA(_CLIPFeatureClassifier):
         labels = self._torch.support_labels_
         n_classes, dim = len(self.classes_), self.n_features_in_
         self.training_inputs_ = "keys" if view_features is None else "views"
-        # pass 1: class means; pass 2: the scatter of the centred samples (no [E, N, D] copy)
+        # one pass over the samples (no [E, N, D] copy): class sums and the second moment; the
+        # scatter of the centred samples is then sum x x^T - sum_k n_k mu_k mu_k^T (float64)
         sums = torch.zeros(n_classes, dim, dtype=torch.float64, device=self.device_)
+        second_moment = torch.zeros(dim, dim, dtype=torch.float64, device=self.device_)
         n_views = 0
         for block in self._samples(view_features):
             sums.index_add_(0, labels, block)
+            second_moment.addmm_(block.T, block)
             n_views += 1
         counts = torch.bincount(labels, minlength=n_classes).to(torch.float64) * n_views
         if bool((counts == 0).any()):
@@ -150,18 +153,16 @@ class GDA(_CLIPFeatureClassifier):
                              "none (pass at least one labelled feature per class of text_features)")
         means = sums / counts[:, None]
         n = int(counts.sum())
-        scatter = torch.zeros(dim, dim, dtype=torch.float64, device=self.device_)
-        centred_sum = torch.zeros(dim, dtype=torch.float64, device=self.device_)
-        for block in self._samples(view_features):
-            centred = block - means[labels]
-            scatter.addmm_(centred.T, centred)
-            centred_sum += centred.sum(0)
-        # unbiased covariance of Z (its mean is ~0 but subtracted, as the ddof=1 estimator does)
-        scatter -= torch.outer(centred_sum, centred_sum) / n
+        # the centred samples have mean 0, so their unbiased covariance is scatter / (n - 1)
+        scatter = second_moment - (means.T * counts) @ means
+        scatter = (scatter + scatter.T) / 2
         covariance = scatter / (n - 1) if n > 1 else torch.zeros_like(scatter)
         trace = float(torch.trace(covariance))
-        if not trace > 0:
-            warn(f"GDA: the within-class covariance is zero (every class has a single sample, N = {n}), "
+        if not trace > 1e-12 * float(torch.trace(second_moment)) / n:  # zero up to rounding
+            covariance.zero_()
+            trace = 0.0
+            warn(f"GDA: the within-class covariance is zero (each class's samples are identical, e.g. one "
+                 f"sample per class; N = {n}), "
                  "so the GDA term is the same for every class and the logits equal zero-shot CLIP's; "
                  "pass view_features=[E, N, D] (augmented views of the support images) or use more shots")
         eye = torch.eye(dim, dtype=torch.float64, device=self.device_)

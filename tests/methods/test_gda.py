@@ -75,6 +75,9 @@ def test_one_sample_per_class_warns_and_equals_zero_shot(data):
     zero_shot = 100.0 * _unit(queries) @ _unit(text).T
     logits = model.decision_function(queries)
     np.testing.assert_allclose(logits - logits[:, :1], zero_shot - zero_shot[:, :1], atol=1e-9)
+    with pytest.warns(UserWarning, match="covariance is zero"):  # identical views: still one point
+        GDA().fit(support[first], labels[first], text_features=text,
+                  view_features=np.stack([support[first]] * 3))
     # one view per class is not enough either, two are
     with warnings.catch_warnings():
         warnings.simplefilter("error")
