@@ -27,7 +27,7 @@ import numpy as np
 from ssp._checks import check_int
 
 __all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "method_names",
-           "registered_methods", "spec_for_estimator", "SSP_SUFFIX"]
+           "registered_methods", "spec_for_estimator", "log_grid_builder", "SSP_SUFFIX"]
 
 SSP_SUFFIX = "+ssp"
 
@@ -53,7 +53,10 @@ class MethodSpec:
         aliases: other spellings accepted by :func:`get_method`.
         needs_text: its logits use the text classifier (runs without one are skipped).
         grid_builder: ``(spec, section or None) -> {axis: array}``; default: :func:`make_grid`'s
-            linear grids from ``search_scale`` / ``search_step``.
+            linear grids from ``search_scale`` / ``search_step``. A method with a grid builder
+            reads its own keys of ``search_section`` (and checks them, naming the bad key).
+        uses_views: ``fit`` also takes ``view_features`` ``[E, N, D]`` (the augmented views of
+            the support images), as the fine-tuned methods do.
     """
 
     name: str
@@ -69,6 +72,7 @@ class MethodSpec:
     aliases: tuple[str, ...] = ()
     needs_text: bool = True
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
+    uses_views: bool = False
 
     def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
         """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
@@ -86,9 +90,49 @@ class MethodSpec:
         if not self.search_axes:
             return None
         section = (cfg or {}).get(self.search_section or "", None)
+        if self.grid_builder is not None:
+            return self.grid_builder(self, section)
         if section is None:
             return make_grid(self.name)
         return make_grid(self.name, section["search_scale"], section["search_step"])
+
+
+def log_grid_builder(**defaults: tuple[float, float, int]) -> Callable[[Any, Mapping[str, Any] | None], dict]:
+    """A ``grid_builder`` of log-spaced axes: ``axis=(low, high, points)`` are the defaults; a
+    config section overrides them with ``search: {axis: [low, high, points]}`` (both ends
+    included, ``low > 0``)::
+
+        gda:
+          search: {alpha: [1.0e-4, 1.0e+4, 9]}     # 1e-4, 1e-3, ..., 1e4
+    """
+
+    def build(spec: Any, section: Mapping[str, Any] | None) -> dict:
+        import numpy as np
+
+        given = (section or {}).get("search") or {}
+        if not isinstance(given, Mapping):
+            raise ValueError(f"config '{spec.search_section}.search' must map each axis to "
+                             f"[low, high, points], got {given!r}")
+        unknown = sorted(set(given) - set(defaults))
+        if unknown:
+            raise ValueError(f"config '{spec.search_section}.search' has unknown axes {unknown}; "
+                             f"{spec.name} searches {list(defaults)}")
+        grid = {}
+        for axis, default in defaults.items():
+            value = given.get(axis, default)
+            ok = (isinstance(value, (list, tuple)) and len(value) == 3
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+            if ok:
+                low, high, points = float(value[0]), float(value[1]), value[2]
+                ok = (isinstance(points, int) and points >= 1 and 0 < low <= high < float("inf")
+                      and (points > 1 or low == high))
+            if not ok:
+                raise ValueError(f"config '{spec.search_section}.search.{axis}' must be [low, high, points] "
+                                 f"with 0 < low <= high and an integer points >= 1, got {value!r}")
+            grid[axis] = np.geomspace(low, high, points) if points > 1 else np.array([low])
+        return grid
+
+    return build
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -111,7 +155,9 @@ def register_method(name: str, **fields: Any) -> Callable[[type], type]:
 
 
 def _add(spec: MethodSpec) -> MethodSpec:
-    if len(spec.default_scale) != len(spec.search_axes) or len(spec.default_step) != len(spec.search_axes):
+    linear = spec.grid_builder is None  # default_scale / default_step describe make_grid's linear grids
+    if linear and (len(spec.default_scale) != len(spec.search_axes)
+                   or len(spec.default_step) != len(spec.search_axes)):
         raise ValueError(f"method {spec.name!r}: default_scale and default_step need one value per "
                          f"search axis {spec.search_axes}")
     keys = {_key(spec.name), *(_key(a) for a in spec.aliases)}
@@ -192,6 +238,11 @@ def make_grid(method: str, search_scale: Sequence[float] | None = None,
     axes = spec.search_axes
     if not axes:
         raise ValueError(f"method {spec.name!r} has no hyper-parameters to search")
+    if spec.grid_builder is not None:
+        if search_scale is not None or search_step is not None:
+            raise ValueError(f"{spec.name} builds its own grid (log-spaced); pass grid={{axis: values}} "
+                             f"to validation_search or set '{spec.search_section}.search' in the config")
+        return spec.grid_builder(spec, None)
     scale = tuple(spec.default_scale if search_scale is None else search_scale)
     step = tuple(spec.default_step if search_step is None else search_step)
     if len(scale) != len(axes) or len(step) != len(axes):

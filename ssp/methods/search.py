@@ -111,7 +111,7 @@ def _normalise_grid(model: Any, grid: Mapping[str, Any] | None) -> dict[str, Any
             f"{type(model).__name__} cannot search {unknown}; its grid axes are {allowed}"
         )
     out: dict[str, Any] = {}
-    for axis in _AXIS_ORDER:
+    for axis in (("routing",) + axes if _has_hook(model) else _AXIS_ORDER):
         if axis not in grid:
             continue
         values = grid[axis]
@@ -168,6 +168,8 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
         :class:`SearchResult`.
     """
     check_is_fitted(model, "text_features_")
+    if _has_hook(model):
+        return _hook_search(model, val_features, val_labels, grid)
     if grid is None and _default_axes(model):
         return _default_search(model, val_features, val_labels)
     axes = _normalise_grid(model, grid)
@@ -225,6 +227,13 @@ def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
     # axes of `scores`: routing, beta, alpha, gamma; drop the ones that are not searched
     keep = [a in axes for a in _AXIS_ORDER]
     scores = scores.reshape([s for s, k in zip(scores.shape, keep) if k] or [])
+    return _pick(model, axes, names, scores, n_val, fixed)
+
+
+def _pick(model: Any, axes: dict[str, Any], names: tuple[str, ...], scores: np.ndarray, n_val: int,
+          fixed: dict[str, Any]) -> SearchResult:
+    """The winner of ``scores`` (accuracy fractions, one axis per name; ties: the first maximum in
+    axis order), set on ``model``."""
     flat_best = int(np.argmax(scores)) if scores.ndim else 0
     best_index = tuple(int(i) for i in np.unravel_index(flat_best, scores.shape)) if scores.ndim else ()
     best_params: dict[str, Any] = {}
@@ -243,6 +252,52 @@ def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
         n_val_=n_val,
         fixed_params_=fixed,
     )
+
+
+def _has_hook(model: Any) -> bool:
+    """Models that score their own grid: ``model._search_scores(val_features, val_labels, axes,
+    routing)`` -> correct counts ``[len(axes[a]) for a in axes]`` (int)."""
+    return callable(getattr(model, "_search_scores", None))
+
+
+def _hook_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
+                 grid: Mapping[str, Any] | None) -> SearchResult:
+    """:func:`validation_search` for a model with a ``_search_scores`` hook (GDA, ProKeR, ...).
+
+    ``grid=None`` searches the method's registered default grid (``spec.grid(None)``). The hook
+    counts the correct validation predictions at every point of the numeric axes (in
+    ``search_axes`` order, each at least the model's current value); routing, ties, edge warnings
+    and the :class:`SearchResult` are those of the cache models' search. The edge warning is
+    given for the default grid too (it is fixed, not extended)."""
+    spec = _model_spec(model)
+    axes = _normalise_grid(model, spec.grid(None) if grid is None else grid)
+    device = model.device_
+    x = to_tensor(val_features, "val_features", ndim=2, device=device)
+    n_val = x.shape[0]
+    if n_val == 0:
+        raise ValueError("val_features is empty")
+    y = check_labels(val_labels, n_val, len(model.classes_), name="val_labels", device=device)
+    routings = axes.get("routing", [model.routing])
+    numeric = {a: axes[a] if a in axes else np.array([float(getattr(model, a))], dtype=np.float64)
+               for a in spec.search_axes}
+    fixed = {k: getattr(model, k) for k in spec.search_axes if k not in axes}
+    if "routing" not in axes:
+        fixed["routing"] = model.routing
+    with torch.no_grad():
+        correct = np.stack([np.asarray(model._search_scores(x, y, numeric, routing), dtype=np.int64)
+                            for routing in routings])
+    expected = (len(routings),) + tuple(len(v) for v in numeric.values())
+    if correct.shape != expected:
+        raise RuntimeError(f"{type(model).__name__}._search_scores returned shape {correct.shape[1:]}, "
+                           f"expected {expected[1:]}")
+    scores = correct.astype(np.float64) / n_val
+    names = tuple(a for a in ("routing",) + spec.search_axes if a in axes)
+    keep = ["routing" in axes] + [a in axes for a in spec.search_axes]
+    scores = scores.reshape([s for s, k in zip(scores.shape, keep) if k] or [])
+    result = _pick(model, axes, names, scores, n_val, fixed)
+    _warn_on_edges(result, hint=f"or widen '{spec.search_section}.search.<axis>' in the config",
+                   stacklevel=4)
+    return result
 
 
 def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.Tensor,
@@ -422,9 +477,10 @@ def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, st
     return edges
 
 
-def _warn_on_edges(result: SearchResult) -> None:
+def _warn_on_edges(result: SearchResult, hint: str | None = None, stacklevel: int = 3) -> None:
     """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis
-    (saying "tie" when the edge only ties the chosen value, which the first-maximum rule kept)."""
+    (saying "tie" when the edge only ties the chosen value, which the first-maximum rule kept;
+    ``hint``: what to do instead of the cache models' advice)."""
     for axis, side, edge in _edge_axes(result):
         where = "largest" if side == "upper" else "smallest"
         beyond = "above" if side == "upper" else "below"
@@ -437,10 +493,12 @@ def _warn_on_edges(result: SearchResult) -> None:
         else:
             what = f"the chosen {axis}={chosen:.4g} ties with the {where} value of the given grid ({axis}={edge:.4g}): " \
                    f"the validation accuracy is the same at both (the first maximum is kept)"
+        advice = (f"({how}) or pass grid=None for the adaptive default search" if hint is None
+                  else hint.replace("<axis>", axis))
         warnings.warn(
             f"validation_search: {what}, so the optimum may lie {beyond} the grid; extend grid[{axis!r}] "
-            f"{beyond} {edge:.4g} ({how}) or pass grid=None for the adaptive default search",
-            UserWarning, stacklevel=3)
+            f"{beyond} {edge:.4g} {advice}",
+            UserWarning, stacklevel=stacklevel)
 
 
 def _refine_axis(axis: str, values: np.ndarray, i: int) -> np.ndarray:

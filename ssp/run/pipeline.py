@@ -89,6 +89,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     rank_rules = cfg["ssp"]["rank"] if use_ssp else [None]
     fit_kw: dict = {"patch_features": support.patch_features if use_ssp else None}
     extra: dict = {}
+    if spec.uses_views:
+        fit_kw["view_features"] = support.view_features
     if spec.fine_tuned:
         fit_kw.update(val_features=val.image_features, val_labels=val.labels,
                       view_features=support.view_features)
@@ -122,14 +124,14 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
                     model.set_params(routing="paper")
             else:
                 result = validation_search(model, val.image_features, val.labels, grid=grid)
-                score, params = float(result.best_score_), dict(result.best_params_)
+                score, params = float(result.best_accuracy_pct_), dict(result.best_params_)
             timings["search_s"] = timings.get("search_s", 0.0) + time.perf_counter() - t0
         if use_ssp:
             params["rank"] = rank
             details = _ssp_details(model)
         if hasattr(model, "channels_"):
             details["n_channels"] = len(model.channels_)
-        if spec.fine_tuned:
+        if spec.fine_tuned or spec.uses_views:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
         candidates.append((score, model, params, details, list(dict.fromkeys(str(w.message) for w in caught))))
     # first maximum over rank rules wins (ties -> earlier candidate in the config's list)

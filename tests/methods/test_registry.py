@@ -68,7 +68,10 @@ def test_each_entry_builds_its_estimator_from_the_shipped_config(spec):
     grid = spec.grid(cfg)
     if spec.search_axes:
         sec = cfg[spec.search_section]
-        expected = make_grid(spec.name, sec["search_scale"], sec["search_step"])
+        if spec.grid_builder is not None:  # a method that builds its own (e.g. log-spaced) grid
+            expected = spec.grid_builder(spec, sec)
+        else:
+            expected = make_grid(spec.name, sec["search_scale"], sec["search_step"])
         assert list(grid) == list(spec.search_axes)
         for axis in spec.search_axes:
             np.testing.assert_array_equal(grid[axis], expected[axis])
@@ -102,3 +105,18 @@ def test_reading_the_table_and_the_cli_parser_imports_no_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_log_grid_builder_reads_and_checks_its_config_keys():
+    from ssp.methods.registry import get_method
+
+    spec = get_method("gda")
+    np.testing.assert_allclose(spec.grid({"gda": {"search": {"alpha": [0.1, 10.0, 3]}}})["alpha"], [0.1, 1.0, 10.0])
+    np.testing.assert_allclose(spec.grid(None)["alpha"], 10.0 ** np.arange(-4, 5))
+    for bad, match in (({"alpha": [0.0, 1.0, 3]}, r"gda.search.alpha' must be \[low, high, points\]"),
+                       ({"alpha": [1.0, 10.0, 2.5]}, "gda.search.alpha"),
+                       ({"beta": [1.0, 2.0, 2]}, "unknown axes")):
+        with pytest.raises(ValueError, match=match):
+            spec.grid({"gda": {"search": bad}})
+    with pytest.raises(ValueError, match="builds its own grid"):
+        make_grid("gda", (1.0,), (3,))

@@ -1,0 +1,212 @@
+"""GDA: Gaussian discriminant analysis on CLIP features (Wang et al., "A Hard-to-Beat Baseline
+for Training-free CLIP-based Adaptation", ICLR 2024).
+
+A linear classifier from class means and one shared covariance, added to zero-shot CLIP::
+
+    clf = GDA(alpha=1.0).fit(keys, labels, text_features=text, view_features=views)  # views: [E, N, D]
+    validation_search(clf, val_x, val_y)      # alpha on the default grid (validation data only)
+    clf.predict(test_x)
+
+With support samples ``x_n`` (unit-normalised), ``N`` of them in ``C`` classes, ``D`` channels:
+
+* class means ``μ_k``; ``Z`` = every sample minus its class mean; ``S`` = the unbiased (ddof = 1)
+  covariance of ``Z`` (``D x D``);
+* precision ``P = D · pinv((N − 1) S + tr(S) I)`` (the paper's shrinkage estimator);
+* ``W = P μᵀ`` (``D x C``), ``b_k = log(1/C) − μ_k P μ_kᵀ / 2``;
+* logits ``s · x Tᵀ + α (x W + b)`` with ``x`` and the text ``T`` unit-normalised.
+
+**Training samples.** The paper estimates ``μ`` and ``S`` on every augmented view of every
+support image (``N = E · C · K``). Pass those views as ``view_features`` ``[E, N, D]`` (what
+:class:`ssp.features.types.Features` keeps as ``view_features``); without them the support
+features themselves (e.g. a Tip-Adapter cache's keys, the mean of the views) are the samples.
+``training_inputs_`` ("views" | "keys") and ``n_samples_`` record which. With a single sample
+per class the covariance is zero, the GDA term is the same for every class and the logits are
+zero-shot CLIP's: ``fit`` warns.
+
+**SSP.** With ``projector=SSPProjector(...)`` the samples are vision-projected (like the cache
+keys of :class:`ssp.methods.cache_models.TipAdapter`) and ``routing`` decides which projected
+query enters each term, as for the cache models.
+"""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any, Mapping
+
+import numpy as np
+
+from ssp._lazy import torch
+from ssp._utils import ArrayLike, l2_normalize, to_tensor, warn
+from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
+from ssp.methods.registry import log_grid_builder, register_method
+
+__all__ = ["GDA", "DEFAULT_GRID"]
+
+# The default alpha grid: decades 1e-4 .. 1e4. The paper searches 1e-4 .. 1e2; the two extra
+# decades cover views (N = 10 C K): the GDA term scales like 1 / N, so its best alpha grows with N.
+# A finer grid overfits small validation sets (docs/baselines-gda.md).
+DEFAULT_GRID = {"alpha": (1e-4, 1e4, 9)}
+
+# Elements of one [queries, classes] logit block scored at once by the search.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+def _gda_params(cfg: Mapping[str, Any], dim: int) -> dict:
+    return dict(cfg["gda"]["init"])
+
+
+@register_method("gda", title="GDA", config_section="gda", search_section="gda", search_axes=("alpha",),
+                 params=_gda_params, uses_views=True, grid_builder=log_grid_builder(**DEFAULT_GRID),
+                 aliases=("gaussian-discriminant-analysis",))
+class GDA(_CLIPFeatureClassifier):
+    """Training-free GDA (Wang et al., ICLR 2024): ``s · x Tᵀ + α (x W + b)`` (module docstring).
+
+    Args:
+        alpha: weight α of the GDA term (searched on validation).
+        projector, routing: SSP projector and routing (as in :class:`~ssp.methods.cache_models.TipAdapter`;
+            the GDA term plays the cache term's part).
+        logit_scale: zero-shot scale s.
+        device: torch device; ``None`` = CUDA if available else CPU.
+
+    Fitted attributes: those of :class:`~ssp.methods.cache_models.TipAdapter` except ``keys_``,
+    plus ``class_means_`` [C, D], ``precision_`` [D, D] (``P``), ``weights_`` [D, C] (``W``),
+    ``bias_`` [C] (``b``) (float64), ``training_inputs_`` ("views" | "keys"), ``n_views_``
+    (E, 0 for keys), ``n_samples_`` (the N of the formulas).
+    """
+
+    _real_params = ("alpha", "logit_scale")
+
+    def __init__(self, *, alpha: float = 1.0, projector: Any = None, routing: str = "paper",
+                 logit_scale: float = 100.0, device: str | torch.device | None = None) -> None:
+        self.alpha = alpha
+        self.projector = projector
+        self.routing = routing
+        self.logit_scale = logit_scale
+        self.device = device
+
+    def fit(self, image_features: ArrayLike, labels: ArrayLike, *, text_features: ArrayLike,
+            view_features: ArrayLike | None = None, patch_features: ArrayLike | None = None) -> "GDA":
+        """Estimate the class means and the shared covariance.
+
+        Args:
+            image_features: ``[N, D]`` support features (any order, unequal shots allowed).
+            labels: ``[N]`` support labels.
+            text_features: ``[C, D]`` text classifier.
+            view_features: ``[E, N, D]`` augmented views of the support images, in the order of
+                ``image_features``: the paper's samples. ``None``: the support features are.
+            patch_features: ``[N, L, D]`` to fit ``projector`` (as in the cache models).
+
+        A failed fit leaves the model unfitted, never half-fitted.
+        """
+        self._reset_fitted()
+        try:
+            self._validate_params()
+            self._torch = SimpleNamespace()
+            self._fit_common(image_features, labels, text_features, patch_features)
+            self._fit_gaussian(view_features)
+            self._publish(image_features)
+        except BaseException:
+            self._reset_fitted()
+            raise
+        return self
+
+    # ---- fitting ------------------------------------------------------------------------
+
+    def _samples(self, view_features: ArrayLike | None):
+        """Yield the ``[N, D]`` float64 sample blocks (one per view; grouped support order)."""
+        support = self._torch.support_features_
+        if view_features is None:
+            blocks = [support]
+        else:
+            views = to_tensor(view_features, "view_features", ndim=3, device=self.device_)
+            if views.shape[0] < 1 or tuple(views.shape[1:]) != tuple(support.shape):
+                raise ValueError(
+                    f"view_features must be [E, N, D] = [E, {support.shape[0]}, {support.shape[1]}] "
+                    f"(E >= 1 augmented views of the support images, in the order of image_features), "
+                    f"got {tuple(views.shape)}")
+            blocks = (views[e][self._torch.support_order_] for e in range(views.shape[0]))
+        for block in blocks:
+            block = l2_normalize(block.to(torch.float64))
+            if self.projector_ is not None:
+                block = l2_normalize(to_tensor(self.projector_.transform(block, view="vision"),
+                                               "projector view 'vision'", device=self.device_,
+                                               dtype=torch.float64))
+            yield block
+
+    def _fit_gaussian(self, view_features: ArrayLike | None) -> None:
+        labels = self._torch.support_labels_
+        n_classes, dim = len(self.classes_), self.n_features_in_
+        self.training_inputs_ = "keys" if view_features is None else "views"
+        # one pass over the samples (no [E, N, D] copy): class sums and the second moment; the
+        # scatter of the centred samples is then sum x x^T - sum_k n_k mu_k mu_k^T (float64)
+        sums = torch.zeros(n_classes, dim, dtype=torch.float64, device=self.device_)
+        second_moment = torch.zeros(dim, dim, dtype=torch.float64, device=self.device_)
+        n_views = 0
+        for block in self._samples(view_features):
+            sums.index_add_(0, labels, block)
+            second_moment.addmm_(block.T, block)
+            n_views += 1
+        counts = torch.bincount(labels, minlength=n_classes).to(torch.float64) * n_views
+        if bool((counts == 0).any()):
+            missing = torch.nonzero(counts == 0)[:, 0].tolist()
+            raise ValueError(f"GDA needs support samples of every class; classes {missing[:10]} have "
+                             "none (pass at least one labelled feature per class of text_features)")
+        means = sums / counts[:, None]
+        n = int(counts.sum())
+        # the centred samples have mean 0, so their unbiased covariance is scatter / (n - 1)
+        scatter = second_moment - (means.T * counts) @ means
+        scatter = (scatter + scatter.T) / 2
+        covariance = scatter / (n - 1) if n > 1 else torch.zeros_like(scatter)
+        trace = float(torch.trace(covariance))
+        if not trace > 1e-12 * float(torch.trace(second_moment)) / n:  # zero up to rounding
+            covariance.zero_()
+            trace = 0.0
+            warn(f"GDA: the within-class covariance is zero (each class's samples are identical, e.g. one "
+                 f"sample per class; N = {n}), "
+                 "so the GDA term is the same for every class and the logits equal zero-shot CLIP's; "
+                 "pass view_features=[E, N, D] (augmented views of the support images) or use more shots")
+        eye = torch.eye(dim, dtype=torch.float64, device=self.device_)
+        precision = dim * torch.linalg.pinv((n - 1) * covariance + trace * eye, hermitian=True)
+        self.n_views_ = n_views if view_features is not None else 0
+        self.n_samples_ = n
+        self._torch.class_means_ = means
+        self._torch.precision_ = precision
+        self._torch.weights_ = precision @ means.T
+        self._torch.bias_ = math.log(1.0 / n_classes) - 0.5 * ((means @ precision) * means).sum(1)
+
+    # ---- logits ---------------------------------------------------------------------------
+
+    def _needed_views(self, routing: str | None) -> set[str]:
+        zs_view, _, gda_view = self._route(routing)
+        return {zs_view, gda_view} - {"plain"}
+
+    def _parts(self, x: torch.Tensor, routing: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s · x Tᵀ, x W + b)``, each ``[M, C]`` in ``dtype_``, for normalised queries ``x``."""
+        views = self._views(x, self._needed_views(routing))
+        zero_shot = self._zero_shot_logits(views, routing)
+        query = views[self._route(routing)[2]]
+        gda = (query.to(torch.float64) @ self._torch.weights_ + self._torch.bias_).to(self.dtype_)
+        return zero_shot, gda
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = _check_finite_param(self.alpha, "alpha")
+        zero_shot, gda = self._parts(x)
+        return zero_shot + alpha * gda
+
+    def _search_scores(self, val_features: torch.Tensor, val_labels: torch.Tensor,
+                       axes: Mapping[str, np.ndarray], routing: str) -> np.ndarray:
+        """Correct validation predictions ``[A]`` at every ``axes["alpha"]`` (``ssp.methods.search``).
+
+        The logits are lines in α: the two terms are computed once and each α costs one
+        ``[M, C]`` arg-max, with the same expression as :meth:`decision_function`."""
+        self._check_fitted()
+        alphas = [float(a) for a in axes["alpha"]]
+        x = self._queries(val_features)
+        correct = np.zeros(len(alphas), dtype=np.int64)
+        rows = max(1, _BLOCK_ELEMENTS // max(len(self.classes_), 1))
+        for start in range(0, x.shape[0], rows):
+            zero_shot, gda = self._parts(x[start:start + rows], routing)
+            truth = val_labels[start:start + rows]
+            for i, alpha in enumerate(alphas):
+                correct[i] += int(((zero_shot + alpha * gda).argmax(1) == truth).sum())
+        return correct

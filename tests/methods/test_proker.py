@@ -1,0 +1,118 @@
+"""ProKeR against a dense float64 implementation of its formulas (synthetic and real features)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _doubles import LinearProjectorDouble, _unit, make_data
+
+from ssp.methods.proker import ProKeR
+from ssp.methods.search import validation_search
+
+
+def proker_reference(support, labels, text, queries, beta, lam, query_text=None, kernel_queries=None,
+                     support_text=None, kernel_support=None, logit_scale=100.0):
+    """Dense float64 ProKeR: G = exp(-beta (1 - X X^T)), A = (G / lam + I)^-1 (Y - X T^T) with a
+    dense inverse, logits s x T^T + s exp(-beta (1 - x X^T)) A. The ``*_text`` / ``kernel_*``
+    arguments give each term's features when they differ (projections)."""
+    t = _unit(np.asarray(text, dtype=np.float64))
+    x_s = _unit(np.asarray(support if kernel_support is None else kernel_support, dtype=np.float64))
+    z_s = _unit(np.asarray(support if support_text is None else support_text, dtype=np.float64))
+    gram = np.exp(-beta * (1 - x_s @ x_s.T))
+    residual = np.eye(len(t))[labels] - z_s @ t.T
+    a = np.linalg.inv(gram / lam + np.eye(len(x_s))) @ residual
+    q_zs = _unit(np.asarray(queries if query_text is None else query_text, dtype=np.float64))
+    q_k = _unit(np.asarray(queries if kernel_queries is None else kernel_queries, dtype=np.float64))
+    return logit_scale * q_zs @ t.T + logit_scale * np.exp(-beta * (1 - q_k @ x_s.T)) @ a
+
+
+def _rel_err(a, b):
+    return float(np.abs(np.asarray(a) - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_data(n_classes=5, dim=12, shots=(4, 3, 5, 4, 3), n_query=60, seed=4)
+
+
+@pytest.mark.parametrize("beta,lam", [(1.0, 0.1), (6.0, 3.0), (0.0, 0.01)])
+def test_logits_equal_the_dense_formulas(data, beta, lam):
+    text, support, labels, queries, _ = data
+    model = ProKeR(beta=beta, lam=lam, chunk_size=7, device="cpu").fit(support, labels, text_features=text)
+    expected = proker_reference(support, labels, text, queries, beta, lam)
+    assert _rel_err(model.decision_function(queries), expected) < 1e-10
+
+
+def test_hyper_parameters_change_without_refitting(data):
+    text, support, labels, queries, _ = data
+    model = ProKeR(beta=1.0, lam=0.1, device="cpu").fit(support, labels, text_features=text)
+    model.decision_function(queries)
+    model.set_params(beta=3.0, lam=1.0)
+    expected = proker_reference(support, labels, text, queries, 3.0, 1.0)
+    assert _rel_err(model.decision_function(queries), expected) < 1e-10
+    for bad, match in (({"lam": 0.0}, "lam must be > 0"), ({"beta": -1.0}, "beta must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            ProKeR(**bad).fit(support, labels, text_features=text)
+
+
+def test_projected_features_go_through_the_same_formulas(data):
+    """"paper" routing: the kernel on vision-projected support and queries, the zero-shot
+    cosines (queries and the support's residual) on the language view with projected text."""
+    text, support, labels, queries, _ = data
+    patches = np.repeat(support[:, None, :], 2, axis=1)
+    model = ProKeR(beta=2.0, lam=0.3, projector=LinearProjectorDouble(seed=5), device="cpu").fit(
+        support, labels, text_features=text, patch_features=patches)
+    a_v, a_l = LinearProjectorDouble.maps(5, text.shape[1])
+    expected = proker_reference(
+        support, labels, model.projector_.text_features_.numpy(), queries, 2.0, 0.3,
+        query_text=_unit(queries) @ a_l.T, kernel_queries=_unit(queries) @ a_v.T,
+        support_text=_unit(support) @ a_l.T, kernel_support=_unit(support) @ a_v.T)
+    assert _rel_err(model.decision_function(queries), expected) < 1e-10
+
+
+def test_search_scores_every_point_like_predict(data):
+    text, support, labels, queries, query_labels = data
+    model = ProKeR(device="cpu").fit(support, labels, text_features=text)
+    grid = {"beta": [0.5, 2.0, 8.0], "lam": [0.01, 0.1, 1.0, 10.0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an edge winner may warn
+        result = validation_search(model, queries, query_labels, grid)
+    assert result.param_names_ == ("beta", "lam") and result.scores_.shape == (3, 4)
+    best = model.decision_function(queries)  # the search's cached solution
+    for b, beta in enumerate(grid["beta"]):
+        for i, lam in enumerate(grid["lam"]):
+            model.set_params(beta=beta, lam=lam)
+            assert result.scores_[b, i] == pytest.approx(100 * model.score(queries, query_labels))
+    b, i = np.unravel_index(np.argmax(result.scores_), result.scores_.shape)
+    assert result.best_params_ == {"beta": grid["beta"][b], "lam": grid["lam"][i]}
+    expected = proker_reference(support, labels, text, queries, grid["beta"][b], grid["lam"][i])
+    assert _rel_err(best, expected) < 1e-8
+    with pytest.raises(ValueError, match="lam must be > 0"):
+        validation_search(model, queries, query_labels, {"lam": [0.0, 1.0]})
+
+
+def test_torch_float32_input_matches_within_float32_precision(data):
+    text, support, labels, queries, _ = data
+    t = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in
+         dict(text=text, support=support, queries=queries).items()}
+    model = ProKeR(beta=2.0, lam=0.1, device="cpu").fit(t["support"], torch.as_tensor(labels),
+                                                        text_features=t["text"])
+    logits = model.decision_function(t["queries"])
+    assert isinstance(logits, torch.Tensor) and logits.dtype == torch.float32
+    assert _rel_err(logits.numpy(), proker_reference(support, labels, text, queries, 2.0, 0.1)) < 1e-4
+
+
+def test_real_stanford_cars_logits_equal_the_dense_formulas(tip_cache_root):
+    from ssp.features.tip_cache import load_feature_cache
+
+    folder = tip_cache_root / "stanford_cars"
+    if not (folder / "text_weights.pt").is_file():
+        pytest.skip("stanford_cars cache with text_weights.pt not found")
+    cache = load_feature_cache(folder, 2)
+    support, labels = cache.support_features.numpy(), cache.support_labels.numpy()
+    text, queries = cache.text_features.numpy(), cache.val_features[:300].numpy()
+    model = ProKeR(beta=4.0, lam=0.1, device="cpu").fit(support, labels, text_features=text)
+    expected = proker_reference(support.astype(np.float64), labels, text, queries, 4.0, 0.1)
+    assert _rel_err(model.decision_function(queries), expected) < 1e-4
