@@ -109,7 +109,7 @@ def test_search_scores_every_alpha_like_predict(data):
         result = validation_search(model, queries, query_labels, grid)
     for i, alpha in enumerate(grid["alpha"]):
         model.set_params(alpha=alpha)
-        assert result.scores_[i] == pytest.approx(100 * model.score(queries, query_labels))
+        assert result.scores_[i] == pytest.approx(model.score(queries, query_labels))
     assert result.param_names_ == ("alpha",)
     assert result.best_params_["alpha"] == grid["alpha"][int(np.argmax(result.scores_))]
     with warnings.catch_warnings():
