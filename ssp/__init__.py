@@ -27,6 +27,8 @@ _LAZY = {
     "APE": "ssp.methods.cache_models",
     "TipAdapterF": "ssp.methods.finetuned",
     "APET": "ssp.methods.finetuned",
+    "LPPlusPlus": "ssp.methods.lp_plus_plus",
+    "LinearProbe": "ssp.methods.linear_probe",
     "validation_search": "ssp.methods.search",
     "SearchResult": "ssp.methods.search",
     "make_grid": "ssp.methods.search",

@@ -5,6 +5,8 @@
     zero_shot      :class:`ZeroShotCLIP`
     cache_models   training-free cache models: :class:`TipAdapter`, :class:`APE`
     finetuned      their fine-tuned variants: :class:`TipAdapterF`, :class:`APET`
+    lp_plus_plus   :class:`LPPlusPlus`, a linear probe blended with the text logits (LP++)
+    linear_probe   :class:`LinearProbe`, the CLIP paper's logistic-regression probe
     projector      :class:`SSPProjector`, the training-free vision / language subspace projector
     search         validation-only hyper-parameter search
 
@@ -16,8 +18,12 @@ tables and of ``--methods`` lists). Method modules import torch lazily (:mod:`ss
 from ssp.methods import zero_shot  # noqa: F401
 from ssp.methods import cache_models  # noqa: F401
 from ssp.methods import finetuned  # noqa: F401
+from ssp.methods import lp_plus_plus  # noqa: F401
+from ssp.methods import linear_probe  # noqa: F401
 from ssp.methods.cache_models import APE, TipAdapter
 from ssp.methods.finetuned import APET, TipAdapterF
+from ssp.methods.linear_probe import LinearProbe
+from ssp.methods.lp_plus_plus import LPPlusPlus
 from ssp.methods.projector import SSPProjector
 from ssp.methods.registry import (
            MethodSpec,
@@ -29,6 +35,6 @@ from ssp.methods.registry import (
 from ssp.methods.search import SearchResult, make_grid, validation_search
 from ssp.methods.zero_shot import ZeroShotCLIP
 
-__all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "SSPProjector", "MethodSpec",
+__all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "LPPlusPlus", "LinearProbe", "SSPProjector", "MethodSpec",
            "register_method", "get_method", "method_names", "parse_method", "validation_search",
            "SearchResult", "make_grid"]
