@@ -137,6 +137,7 @@ class LinearProbe(_CLIPFeatureClassifier):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*lbfgs failed to converge.*")
                 warnings.filterwarnings("ignore", category=FutureWarning)
+                warnings.filterwarnings("ignore", message=".*number of unique classes.*")  # 1 shot
                 model.fit(x, y)
             coef, intercept = model.coef_, model.intercept_
             if coef.shape[0] == 1:  # two classes: sklearn keeps one row, x·w + b for classes_[1]

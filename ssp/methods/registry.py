@@ -83,6 +83,8 @@ class MethodSpec:
         from ssp.methods.search import make_grid
 
         section = (cfg or {}).get(self.search_section or "", None)
+        if self.grid_builder is not None:
+            return self.grid_builder(self, section)
         if section is None:
             return make_grid(self.name)
         return make_grid(self.name, section["search_scale"], section["search_step"])

@@ -201,11 +201,66 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
         :class:`SearchResult`.
     """
     check_is_fitted(model, "text_features_")
+    if hasattr(model, "_search_scores"):
+        return _search_with_hook(model, val_features, val_labels, grid)
     if grid is None and _default_axes(model):
         return _default_search(model, val_features, val_labels)
     axes = _normalise_grid(model, grid)
     result = _search_grid(model, val_features, val_labels, axes)
     if grid is not None:
+        _warn_on_edges(result)
+    return result
+
+
+def _search_with_hook(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
+                      grid: Mapping[str, Any] | None) -> SearchResult:
+    """Search a model that scores its own grid: ``model._search_scores(val_features, val_labels,
+    axes)`` returns the number of correct validation predictions at every point,
+    ``[len(axes[a]) for a in axes]`` (axes: "routing" first, then the method's ``search_axes``).
+    ``grid=None``: the method's registry grid. Ties go to the first maximum, as on the other path."""
+    spec = _model_spec(model)
+    explicit = grid is not None
+    grid = dict(spec.grid(None) or {}) if grid is None else grid
+    if not isinstance(grid, Mapping):
+        raise TypeError(f"grid must be a dict of axis -> values, got {type(grid).__name__}")
+    allowed = ("routing",) + spec.search_axes
+    unknown = [k for k in grid if k not in allowed]
+    if unknown:
+        raise ValueError(f"{type(model).__name__} cannot search {unknown}; its grid axes are {allowed}")
+    axes: dict[str, Any] = {}
+    for axis in allowed:
+        if axis not in grid:
+            continue
+        if axis == "routing":
+            values = [grid[axis]] if isinstance(grid[axis], str) else list(grid[axis])
+            bad = [r for r in values if r not in ROUTINGS]
+            if not values or bad:
+                raise ValueError(f"grid['routing'] must list routings of {ROUTINGS}, got {values}")
+            if getattr(model, "projector_", None) is None:
+                raise ValueError("grid has 'routing' but the model has no projector; routing only matters "
+                                 "with an SSP projector (drop it from the grid)")
+            axes[axis] = values
+        else:
+            arr = np.asarray(grid[axis], dtype=np.float64).reshape(-1)
+            if arr.size == 0 or not np.isfinite(arr).all():
+                raise ValueError(f"grid[{axis!r}] must hold finite numbers, got {grid[axis]!r}")
+            axes[axis] = arr
+    n_val = int(np.shape(val_features)[0])
+    if n_val == 0:
+        raise ValueError("val_features is empty")
+    correct = np.asarray(model._search_scores(val_features, val_labels, axes))
+    scores = 100.0 * correct.astype(np.float64) / n_val
+    names = tuple(axes)
+    best_index = tuple(int(i) for i in np.unravel_index(int(np.argmax(scores)), scores.shape)) if scores.ndim else ()
+    best_params = {name: (axes[name][i] if name == "routing" else float(axes[name][i]))
+                   for name, i in zip(names, best_index)}
+    fixed = {k: getattr(model, k) for k in allowed if k not in axes and k in model.get_params()}
+    if best_params:
+        model.set_params(**best_params)
+    result = SearchResult(best_params_=best_params, best_score_=float(scores[best_index]), scores_=scores,
+                          grid_={k: (list(v) if k == "routing" else v.copy()) for k, v in axes.items()},
+                          param_names_=names, best_index_=best_index, n_val_=n_val, fixed_params_=fixed)
+    if explicit:
         _warn_on_edges(result)
     return result
 
