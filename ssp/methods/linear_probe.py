@@ -39,13 +39,19 @@ _DEFAULT_POINTS = 13
 
 
 def linear_probe_grid(spec: Any = None, section: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """``{"C": [n] float64}``: ``search_step`` values log-spaced over ``search_range`` of the
-    config section (default 1e-2 .. 1e4, 13 points: two per decade)."""
+    """``{"C": [n] float64}``: ``n = search_step[0]`` values log-spaced from ``search_from`` to
+    ``search_scale[0]`` (config section ``linear_probe``; default 1e-2 .. 1e4, 13 points)."""
     section = section or {}
-    low, high = (float(v) for v in section.get("search_range", _DEFAULT_RANGE))
-    n = check_int(section.get("search_step", _DEFAULT_POINTS), "linear_probe.search_step")
+    low = section.get("search_from", _DEFAULT_RANGE[0])
+    high = list(section.get("search_scale", [_DEFAULT_RANGE[1]]))[0]
+    n = check_int(list(section.get("search_step", [_DEFAULT_POINTS]))[0], "linear_probe.search_step")
+    try:
+        low, high = float(low), float(high)
+    except (TypeError, ValueError):
+        low = high = float("nan")
     if not (np.isfinite([low, high]).all() and 0 < low <= high):
-        raise ValueError(f"linear_probe.search_range must be two positive numbers low <= high, got {[low, high]}")
+        raise ValueError(f"linear_probe: search_from and search_scale must be positive numbers with "
+                         f"search_from <= search_scale, got {low!r} and {high!r}")
     return {"C": np.geomspace(low, high, n)}
 
 

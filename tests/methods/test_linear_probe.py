@@ -70,13 +70,17 @@ def test_search_fits_the_grid_and_keeps_the_first_best():
 
 def test_default_grid_and_config_grid():
     assert np.allclose(linear_probe_grid()["C"], np.geomspace(1e-2, 1e4, 13))
-    grid = linear_probe_grid(None, {"search_range": [0.1, 10], "search_step": 3})
+    grid = linear_probe_grid(None, {"search_from": 0.1, "search_scale": [10], "search_step": [3]})
     np.testing.assert_allclose(grid["C"], [0.1, 1.0, 10.0])
-    with pytest.raises(ValueError, match="search_range"):
-        linear_probe_grid(None, {"search_range": [0, 10]})
+    with pytest.raises(ValueError, match="search_from"):
+        linear_probe_grid(None, {"search_from": 0, "search_scale": [10]})
     from ssp.methods.registry import get_method
+    from ssp.run.config import load_config
 
-    assert get_method("linear-probe").grid({"linear_probe": {"search_range": [1, 100], "search_step": 3}})["C"][1] == 10
+    cfg = load_config("stanford_cars")
+    np.testing.assert_allclose(get_method("linear-probe").grid(cfg)["C"], np.geomspace(0.01, 1e4, 13))
+    cfg["linear_probe"].update(search_from=1.0, search_scale=[100.0], search_step=[3])
+    assert get_method("linear-probe").grid(cfg)["C"][1] == pytest.approx(10.0)
 
 
 def test_absent_class_is_never_predicted_and_two_classes_work():

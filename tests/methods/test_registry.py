@@ -68,7 +68,8 @@ def test_each_entry_builds_its_estimator_from_the_shipped_config(spec):
     grid = spec.grid(cfg)
     if spec.search_axes:
         sec = cfg[spec.search_section]
-        expected = make_grid(spec.name, sec["search_scale"], sec["search_step"])
+        expected = (spec.grid_builder(spec, sec) if spec.grid_builder is not None else
+                    make_grid(spec.name, sec["search_scale"], sec["search_step"]))
         assert list(grid) == list(spec.search_axes)
         for axis in spec.search_axes:
             np.testing.assert_array_equal(grid[axis], expected[axis])
