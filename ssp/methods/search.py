@@ -260,8 +260,12 @@ def _search_with_hook(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     result = SearchResult(best_params_=best_params, best_score_=float(scores[best_index]), scores_=scores,
                           grid_={k: (list(v) if k == "routing" else v.copy()) for k, v in axes.items()},
                           param_names_=names, best_index_=best_index, n_val_=n_val, fixed_params_=fixed)
-    if explicit:
-        _warn_on_edges(result)
+    if explicit:  # only a winner that is the grid's edge and beats the rest (accuracy often plateaus)
+        for axis, side, edge in _edge_axes(result, strict=True):
+            warnings.warn(f"validation_search: the best validation accuracy along {axis} is at the "
+                          f"{'largest' if side == 'upper' else 'smallest'} value of the given grid "
+                          f"({axis}={edge:.4g}), so the optimum may lie {'above' if side == 'upper' else 'below'} "
+                          f"it; extend grid[{axis!r}]", UserWarning, stacklevel=3)
     return result
 
 
