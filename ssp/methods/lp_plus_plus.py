@@ -252,9 +252,9 @@ class LPPlusPlus(_CLIPFeatureClassifier):
     def _progress_bar(self, total: int):
         if not self.progress or total == 0:
             return None
-        from tqdm.auto import tqdm
+        from ssp._utils import progress_bar
 
-        return tqdm(total=total, desc="training LP++", unit="step", leave=False)
+        return progress_bar(total, "training LP++", "step", leave=False)
 
     @staticmethod
     def _blend(state, inputs) -> torch.Tensor:
