@@ -39,20 +39,21 @@ _DEFAULT_POINTS = 13
 
 
 def linear_probe_grid(spec: Any = None, section: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """``{"C": [n] float64}``: ``n = search_step[0]`` values log-spaced from ``search_from`` to
-    ``search_scale[0]`` (config section ``linear_probe``; default 1e-2 .. 1e4, 13 points)."""
-    section = section or {}
-    low = section.get("search_from", _DEFAULT_RANGE[0])
-    high = list(section.get("search_scale", [_DEFAULT_RANGE[1]]))[0]
-    n = check_int(list(section.get("search_step", [_DEFAULT_POINTS]))[0], "linear_probe.search_step")
-    try:
-        low, high = float(low), float(high)
-    except (TypeError, ValueError):
-        low = high = float("nan")
-    if not (np.isfinite([low, high]).all() and 0 < low <= high):
-        raise ValueError(f"linear_probe: search_from and search_scale must be positive numbers with "
-                         f"search_from <= search_scale, got {low!r} and {high!r}")
-    return {"C": np.geomspace(low, high, n)}
+    """``{"C": [n] float64}``, log-spaced: the config section's ``search: {C: [low, high, points]}``
+    (both ends included), default ``[1e-2, 1e4, 13]`` (two points per decade)."""
+    given = (section or {}).get("search") or {}
+    if not isinstance(given, Mapping) or set(given) - {"C"}:
+        raise ValueError(f"config 'linear_probe.search' must be {{C: [low, high, points]}}, got {given!r}")
+    value = given.get("C", [*_DEFAULT_RANGE, _DEFAULT_POINTS])
+    ok = (isinstance(value, (list, tuple)) and len(value) == 3
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    if ok:
+        low, high, points = float(value[0]), float(value[1]), value[2]
+        ok = isinstance(points, int) and points >= 1 and 0 < low <= high < float("inf") and (points > 1 or low == high)
+    if not ok:
+        raise ValueError(f"config 'linear_probe.search.C' must be [low, high, points] with 0 < low <= high "
+                         f"and an integer points >= 1, got {value!r}")
+    return {"C": np.geomspace(low, high, points) if points > 1 else np.array([low])}
 
 
 def _params(cfg: Mapping[str, Any], dim: int) -> dict:
@@ -196,21 +197,17 @@ class LinearProbe(_CLIPFeatureClassifier):
         """(logits ``[M, C]`` at the current ``C``, None, None)."""
         return self._logits_in(x, routing), None, None
 
-    def _search_scores(self, val_features: ArrayLike, val_labels: ArrayLike,
-                       axes: Mapping[str, Any]) -> np.ndarray:
-        """Correct validation predictions at every grid point: ``[len(axes[a]) for a in axes]``
-        (axes: "routing" and/or "C", in that order). Fits every missing (view, C) first."""
+    def _search_scores(self, val_features: ArrayLike, val_labels: ArrayLike, axes: Mapping[str, Any],
+                       routing: str | None = None) -> np.ndarray:
+        """Correct validation predictions ``[len(axes["C"])]`` under ``routing`` (the search hook of
+        :func:`ssp.methods.search.validation_search`); fits every (view, C) not fitted yet."""
+        routing = _check_routing(self.routing if routing is None else routing)
         x = self._queries(val_features)
         y = check_labels(val_labels, x.shape[0], len(self.classes_), name="val_labels", device=self.device_)
-        routings = list(axes.get("routing", [self.routing]))
         values = [float(c) for c in np.asarray(axes.get("C", [self.C]), dtype=np.float64).ravel()]
-        correct = np.zeros((len(routings), len(values)), dtype=np.int64)
-        for r, routing in enumerate(routings):
-            _check_routing(routing)
-            self._fit_path(self._view(routing), values)
-            for i, c in enumerate(values):
-                with torch.no_grad():
-                    pred = self._logits_in(x, routing, c).argmax(dim=1)
-                correct[r, i] = int((pred == y).sum())
-        shape = [len(routings)] * ("routing" in axes) + [len(values)] * ("C" in axes)
-        return correct.reshape(shape)
+        self._fit_path(self._view(routing), values)
+        correct = np.zeros(len(values), dtype=np.int64)
+        for i, c in enumerate(values):
+            with torch.no_grad():
+                correct[i] = int((self._logits_in(x, routing, c).argmax(dim=1) == y).sum())
+        return correct

@@ -175,9 +175,9 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
 def _search_with_hook(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
                       grid: Mapping[str, Any] | None) -> SearchResult:
     """Search a model that scores its own grid: ``model._search_scores(val_features, val_labels,
-    axes)`` returns the number of correct validation predictions at every point,
-    ``[len(axes[a]) for a in axes]`` (axes: "routing" first, then the method's ``search_axes``).
-    ``grid=None``: the method's registry grid. Ties go to the first maximum, as on the other path."""
+    numeric, routing)`` returns the correct validation predictions at every point of the numeric
+    axes ``[len(numeric[a]) for a in search_axes]`` (an axis left out of the grid: the model's
+    value). ``grid=None``: the method's registry grid. Ties go to the first maximum."""
     spec = _model_spec(model)
     explicit = grid is not None
     grid = dict(spec.grid(None) or {}) if grid is None else grid
@@ -208,17 +208,22 @@ def _search_with_hook(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     n_val = int(np.shape(val_features)[0])
     if n_val == 0:
         raise ValueError("val_features is empty")
-    correct = np.asarray(model._search_scores(val_features, val_labels, axes))
-    scores = 100.0 * correct.astype(np.float64) / n_val
+    routings = axes.get("routing", [model.routing])
+    numeric = {a: axes[a] if a in axes else np.array([float(getattr(model, a))]) for a in spec.search_axes}
+    correct = np.stack([np.asarray(model._search_scores(val_features, val_labels, numeric, r), dtype=np.int64)
+                        for r in routings])
+    keep = ["routing" in axes] + [a in axes for a in spec.search_axes]
+    scores = (100.0 * correct.astype(np.float64) / n_val)
+    scores = scores.reshape([n for n, k in zip(scores.shape, keep) if k] or [])
     names = tuple(axes)
     best_index = tuple(int(i) for i in np.unravel_index(int(np.argmax(scores)), scores.shape)) if scores.ndim else ()
     best_params = {name: (axes[name][i] if name == "routing" else float(axes[name][i]))
                    for name, i in zip(names, best_index)}
-    fixed = {k: getattr(model, k) for k in allowed if k not in axes and k in model.get_params()}
+    fixed = {k: getattr(model, k) for k in allowed if k not in axes}
     if best_params:
         model.set_params(**best_params)
-    result = SearchResult(best_params_=best_params, best_score_=float(scores[best_index]), scores_=scores,
-                          grid_={k: (list(v) if k == "routing" else v.copy()) for k, v in axes.items()},
+    result = SearchResult(best_params_=best_params, best_score_=float(scores[best_index] if scores.ndim else scores),
+                          scores_=scores, grid_={k: (list(v) if k == "routing" else v.copy()) for k, v in axes.items()},
                           param_names_=names, best_index_=best_index, n_val_=n_val, fixed_params_=fixed)
     if explicit:  # only a winner that is the grid's edge and beats the rest (accuracy often plateaus)
         for axis, side, edge in _edge_axes(result, strict=True):

@@ -174,7 +174,9 @@ def validate_config(cfg: dict) -> None:
     for spec in dict.fromkeys(parse_method(m)[0] for m in methods):
         if spec.config_section is not None and not isinstance(cfg.get(spec.config_section), dict):
             raise ValueError(f"method {spec.name!r} needs the config section '{spec.config_section}'")
-        if spec.search_axes:
+        if spec.search_axes and spec.grid_builder is not None:
+            spec.grid(cfg)  # the builder checks its own keys, naming the bad one
+        elif spec.search_axes:
             sec = cfg.get(spec.search_section, {})
             n = len(spec.search_axes)
             for key in ("search_scale", "search_step"):

@@ -70,16 +70,16 @@ def test_search_fits_the_grid_and_keeps_the_first_best():
 
 def test_default_grid_and_config_grid():
     assert np.allclose(linear_probe_grid()["C"], np.geomspace(1e-2, 1e4, 13))
-    grid = linear_probe_grid(None, {"search_from": 0.1, "search_scale": [10], "search_step": [3]})
-    np.testing.assert_allclose(grid["C"], [0.1, 1.0, 10.0])
-    with pytest.raises(ValueError, match="search_from"):
-        linear_probe_grid(None, {"search_from": 0, "search_scale": [10]})
+    np.testing.assert_allclose(linear_probe_grid(None, {"search": {"C": [0.1, 10, 3]}})["C"], [0.1, 1.0, 10.0])
+    for bad in ({"C": [0, 10, 3]}, {"C": [1, 10]}, {"C": [1, 10, 2.5]}, {"beta": [1, 2, 2]}):
+        with pytest.raises(ValueError, match="linear_probe.search"):
+            linear_probe_grid(None, {"search": bad})
     from ssp.methods.registry import get_method
     from ssp.run.config import load_config
 
     cfg = load_config("stanford_cars")
     np.testing.assert_allclose(get_method("linear-probe").grid(cfg)["C"], np.geomspace(0.01, 1e4, 13))
-    cfg["linear_probe"].update(search_from=1.0, search_scale=[100.0], search_step=[3])
+    cfg["linear_probe"]["search"] = {"C": [1.0, 100.0, 3]}
     assert get_method("linear-probe").grid(cfg)["C"][1] == pytest.approx(10.0)
 
 
