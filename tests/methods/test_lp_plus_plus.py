@@ -93,6 +93,11 @@ def test_validation_keeps_the_last_best_step_and_never_sees_test_data():
     again = LPPlusPlus(epochs=model.best_epoch_, device="cpu").fit(support, labels, text_features=text)
     np.testing.assert_allclose(model.decision_function(queries), again.decision_function(queries), rtol=1e-12)
     assert 100 * model.score(val, val_y) == pytest.approx(max(best, initial))
+    # nothing left to search: validation_search scores the fitted model
+    from ssp.methods.search import validation_search
+
+    result = validation_search(model, val, val_y)
+    assert result.best_params_ == {} and result.best_score_ == pytest.approx(100 * model.score(val, val_y))
 
 
 def test_one_view_equals_the_keys_and_views_are_recorded():
