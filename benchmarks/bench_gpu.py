@@ -242,7 +242,7 @@ def extraction(gpu: torch.device) -> dict:
         for dtype in (torch.float16, torch.bfloat16):
             with torch.autocast("cuda", dtype=dtype):
                 backbone.encode_images(batch)  # warm-up
-                _, seconds = _timed(lambda: [backbone.encode_images(batch) for _ in range(8)], gpu)
+                _, seconds = _timed(lambda b=backbone: [b.encode_images(batch) for _ in range(8)], gpu)
             line[str(dtype).split(".")[-1]] = 8 * 256 / seconds
         print(f"  {name:<9}: " + ", ".join(f"{k} autocast {v:8.0f} images/s" for k, v in line.items()))
         out[name] = line

@@ -1,4 +1,4 @@
-"""Zero-shot CLIP / Tip-Adapter / APE / GDA / ProKeR on the real CLIP ViT-B/32 StanfordCars features.
+"""Zero-shot CLIP / Tip-Adapter / APE / GDA / ProKeR / LP++ / linear probe on the real CLIP ViT-B/32 StanfordCars features.
 
 Uses the Tip-Adapter cache in ``$SSP_DATA_ROOT/features/clip_vit_b32_tip_cache/stanford_cars``
 (default ``SSP_DATA_ROOT`` = ``../shared/data`` next to the repository). Only the validation split
@@ -6,6 +6,8 @@ was published, so it is split in two halves with a seeded permutation: hyper-par
 searched on the first half with the reference grids (the published Tip-Adapter / APE stanford_cars configs) and
 accuracy is reported once on the held-out half. GDA and ProKeR search their registered default grids
 (``gda.search`` / ``proker.search`` in the shipped config).
+LP++ selects its step on the first half; the linear probe
+searches C on it (the shipped grid); both report fit (training / C path) and predict times.
 
 The cache holds the mean of 10 augmented views per image (no per-view features), so GDA is fitted
 on those means (``training_inputs_ == "keys"``), not on every view as in its paper.
@@ -37,6 +39,30 @@ from ssp.methods.zero_shot import ZeroShotCLIP
 from ssp.run.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def _probes(cfg, support, labels, text, search, held, device) -> dict:
+    """LP++ and the linear probe: held-out accuracy, fit (LP++ training, the probe's C path) and
+    predict seconds."""
+    out = {}
+    lpp = get_method("lp++").build(cfg, n_features=support.shape[1], device=device)
+    t0 = time.perf_counter()
+    lpp.fit(support, labels, text_features=text, val_features=search[0], val_labels=search[1])
+    out["lpp_fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out["lpp"] = 100 * lpp.score(*held)
+    out["lpp_predict_s"] = time.perf_counter() - t0
+    out["lpp_best_step"] = lpp.best_epoch_
+    probe = get_method("linear-probe").build(cfg, n_features=support.shape[1], device=device)
+    t0 = time.perf_counter()
+    probe.fit(support, labels, text_features=text)
+    result = validation_search(probe, *search, get_method("linear-probe").grid(cfg))
+    out["probe_fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out["linear_probe"] = 100 * probe.score(*held)
+    out["probe_predict_s"] = time.perf_counter() - t0
+    out["probe_C"] = result.best_params_["C"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
             "proker": timed["proker"]["accuracy"],
             "gda_details": timed["gda"],
             "proker_details": timed["proker"],
+            **_probes(cfg, support, labels, text, (x_search, y_search), (x_held, y_held), args.device),
         }
         rows.append(row)
         print(f"{shots:>2} shots: zero-shot {row['zero_shot']:.2f}  Tip-Adapter {row['tip_adapter']:.2f}"
               f"  APE {row['ape']:.2f}  GDA {row['gda']:.2f}  ProKeR {row['proker']:.2f}"
+              f"  LP++ {row['lpp']:.2f}  linear probe {row['linear_probe']:.2f}"
               f"  (search {tip_time:.1f} s / {ape_time:.1f} s)", flush=True)
 
     print("\n| shots | zero-shot | Tip-Adapter | APE | Tip (β, α) | APE (β, α, γ) | search s (Tip / APE) |")
@@ -145,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\nGDA is fitted on the cache keys (the mean of 10 augmented views per image): the cache "
           "has no per-view features (training_inputs_ = "
           f"{rows[0]['gda_details']['training_inputs']!r}); the paper fits every view.")
+    print("\n| shots | LP++ | fit s | predict s | best step | linear probe | C | fit s (C path) | predict s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shots']} | {r['lpp']:.2f} | {r['lpp_fit_s']:.1f} | {r['lpp_predict_s']:.3f} "
+              f"| {r['lpp_best_step']} | {r['linear_probe']:.2f} | {r['probe_C']:.3g} | {r['probe_fit_s']:.1f} "
+              f"| {r['probe_predict_s']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=2))
     return 0

@@ -29,6 +29,8 @@ _LAZY = {
     "APET": "ssp.methods.finetuned",
     "GDA": "ssp.methods.gda",
     "ProKeR": "ssp.methods.proker",
+    "LPPlusPlus": "ssp.methods.lp_plus_plus",
+    "LinearProbe": "ssp.methods.linear_probe",
     "validation_search": "ssp.methods.search",
     "SearchResult": "ssp.methods.search",
     "make_grid": "ssp.methods.search",

@@ -108,6 +108,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                         "cannot rule out)")
     p.add_argument("--ssp-routing", nargs="+", choices=ROUTINGS,
                    help="SSP routings searched on validation")
+    p.add_argument("--prompts", metavar="SET",
+                   help="the sentences of the text classifier (images only): dataset (its templates, default), "
+                        "single ('a photo of a {}.'), clip-ensemble (CLIP's published templates for the dataset), "
+                        "a JSON file of per-class sentences (CuPL format), or NAME+FILE.json (both)")
     p.add_argument("--batch-size", type=_positive_int, help="feature-extraction batch size")
     p.add_argument("--num-workers", type=_workers, help="data-loader workers")
     p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
@@ -133,6 +137,7 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
             "quick_gelu": {None: None, "on": True, "off": False}.get(args.quick_gelu), "views": args.views,
             "val_policy": _val_policy(args.val_policy, prog), "batch_size": args.batch_size,
             "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
+            "prompts": args.prompts,
             "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing),
                                       ("score_precision", args.score_precision)) if v}}
 

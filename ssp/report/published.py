@@ -8,7 +8,7 @@ One CSV per source in ``ssp/report/published_numbers/`` (package data), long for
 Each file starts with ``#`` lines giving its provenance (paper, repository, file, commit,
 backbone, the protocol behind the numbers). Names are ssp's: datasets as in
 :func:`ssp.data.list_datasets`, methods ``zero-shot``, ``tip-adapter``, ``tip-adapter-f``,
-``ape``, ``ape-t`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
+``ape``, ``ape-t``, ``gda`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
 ``tip-x``), backbones as open_clip names (``RN50``, ``RN101``, ``ViT-B-32``, ``ViT-B-16``).
 Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count.
 Dataset :data:`AVERAGE` holds the 11-dataset means.
@@ -37,12 +37,14 @@ __all__ = ["SOURCES", "SOURCE_TITLES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPr
 SOURCES: dict[str, str] = {
     "tip_adapter_exp_log": "tip_adapter_exp_log.csv",
     "ape_results_notebook": "ape_results_notebook.csv",
+    "gda_exp_log": "gda_exp_log.csv",
 }
 
 #: Source id -> short human title (for tables).
 SOURCE_TITLES: dict[str, str] = {
     "tip_adapter_exp_log": "Tip-Adapter exp.log (RN50)",
     "ape_results_notebook": "APE APE_results.ipynb",
+    "gda_exp_log": "GDA exp.log (RN50, mean of 3 seeds)",
 }
 
 #: Dataset name of the 11-dataset mean rows.
@@ -98,6 +100,15 @@ PAPER_PRESETS: dict[str, PaperPreset] = {p.name: p for p in (
         sources=("ape_results_notebook", "tip_adapter_exp_log"),
         note="Zhu et al., APE (ICCV 2023), numbers from the repository's APE_results.ipynb "
              "(its Tip-Adapter baselines at 16 shots; other shots from Tip-Adapter's exp.log).",
+    ),
+    PaperPreset(
+        name="gda",
+        methods=("zero-shot", "tip-adapter", "gda"),
+        shots=_SHOTS, datasets=BENCHMARK_DATASETS, backbone="RN50",
+        sources=("gda_exp_log",),
+        note="Wang et al., GDA (ICLR 2024), Figure 1 numbers from the repository's exp.log (mean of seeds "
+             "1-3; its Tip-Adapter rows are Tip-Adapter's exp.log; CLIP's zero-shot row there used the "
+             "dataset templates).",
     ),
     PaperPreset(
         name="ssp",

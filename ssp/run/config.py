@@ -150,6 +150,9 @@ def _is_number(value: Any) -> bool:
 
 def validate_config(cfg: dict) -> None:
     """Raise ``ValueError`` naming the offending key for values the pipeline cannot use."""
+    prompts = cfg.get("prompts", "dataset")
+    if not isinstance(prompts, str) or not prompts.strip():
+        raise ValueError(f"config 'prompts' must be a prompt set name or a JSON file, got {prompts!r}")
     methods = cfg.get("methods")
     if not isinstance(methods, list) or not methods:
         raise ValueError(f"config 'methods' must be a non-empty list, got {methods!r}")

@@ -163,11 +163,17 @@ class ImageSource:
             raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
         lists = {name: (None if samples is None else sample_list_digest(samples, self.data.root))
                  for name, samples in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
+        from ssp.data.prompts import resolve_prompts
+
+        self.prompts = resolve_prompts(cfg.get("prompts"), dataset=self.data.name,
+                                       classnames=self.data.classnames, templates=self.data.templates)
         self._common = {
             "source": {"kind": "images", "image_lists": lists, "templates": list(self.data.templates)},
             "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
                          "precision": cfg["precision"], "quick_gelu": cfg.get("quick_gelu")},
             "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"]}}
+        if self.prompts.spec != "dataset":  # the default keeps the settings keys of earlier runs
+            self._common["prompts"] = self.prompts.record()
         self._needs_patches = False
 
     def common_settings(self) -> dict:
@@ -212,8 +218,11 @@ class ImageSource:
         t0 = time.perf_counter()
         text_key = {"kind": "text_classifier", "backbone": self.backbone.identity,
                     "classnames": data.classnames, "templates": data.templates}
+        if self.prompts.spec != "dataset":
+            text_key = {**text_key, "templates": None, "sentences": self.prompts.sentences}
         self.text = self.store.get_or_compute(
-            text_key, lambda: {"text": self.backbone.text_classifier(data.classnames, data.templates)},
+            text_key, lambda: {"text": self.backbone.text_classifier(data.classnames, [],
+                                                                      class_prompts=self.prompts.sentences)},
             recompute=recompute_text)["text"]
         self.test = self._features(data.test, split="test", desc="test")
         self.full_val = None
@@ -301,9 +310,11 @@ class ImageSource:
                        "split_file": None if path is None else str(path.resolve()),
                        "split_file_sha256": file_sha256(path) if path is not None and path.is_file() else None,
                        "extraction_world_size": self.world_size, **self._common["source"]},
-            "text_features": {"source": f"computed from the backbone's text encoder ({len(data.templates)} templates)",
-                              "templates": list(data.templates)},
-            "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}",
+            "text_features": {"source": f"computed from the backbone's text encoder ({self.prompts.source}; "
+                                        f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",
+                              "templates": list(self.prompts.templates), "prompts": self.prompts.record()},
+            "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
+                                + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}"),
         }
 
     def close(self, echo: Echo) -> None:
@@ -373,6 +384,10 @@ class TipCacheSource:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"Tip-Adapter cache folder {folder} does not exist")
+        if cfg.get("prompts", "dataset") != "dataset":
+            raise ValueError(f"prompts {cfg['prompts']!r}: a feature-cache folder has no text encoder to encode "
+                             "sentences with; its text classifier is its text_weights file or --text-features FILE "
+                             "(run from images to choose the prompts)")
         self.shots = available_shots(folder)
         if not self.shots:
             raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")

@@ -153,7 +153,8 @@ _BAD_PARAMS = [("alpha", "abc"), ("alpha", float("nan")), ("beta", None), ("beta
                ("criterion_weights", (1.0,)), ("criterion_weights", "ab"),
                ("criterion_weights", (0.5, "x")), ("device", "tpu"),
                ("patch_top_k", 0), ("class_top_k", np.bool_(True)), ("global_weight", -1.0),
-               ("rank", 1.5), ("rank_tol", "x")]
+               ("rank", 1.5), ("rank_tol", "x"), ("epochs", -1), ("momentum", 1.0), ("C", 0.0),
+               ("max_iter", 0)]
 
 
 @pytest.mark.parametrize("name", ESTIMATORS)

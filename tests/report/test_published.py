@@ -19,7 +19,7 @@ from ssp.report.published import (
     source_provenance,
 )
 
-TIP, APE_NB = "tip_adapter_exp_log", "ape_results_notebook"
+TIP, APE_NB, GDA = "tip_adapter_exp_log", "ape_results_notebook", "gda_exp_log"
 
 # (method, dataset, backbone, shots, accuracy), typed from exp.log
 TIP_CELLS = [
@@ -86,12 +86,34 @@ APE_CELLS = [
 ]
 
 
+# typed from GDA's exp.log ("ours" -> gda, CLIP -> zero-shot)
+GDA_CELLS = [
+    ("gda", "oxford_pets", "RN50", 1, 85.49),
+    ("gda", "oxford_flowers", "RN50", 16, 95.72),
+    ("gda", "fgvc_aircraft", "RN50", 4, 28.24),
+    ("gda", "eurosat", "RN50", 8, 81.70),
+    ("gda", "stanford_cars", "RN50", 16, 75.12),
+    ("gda", "imagenet", "RN50", 2, 61.23),
+    ("gda", "ucf101", "RN50", 16, 77.53),
+    ("tip-x", "sun397", "RN50", 16, 68.00),
+    ("tip-adapter", "dtd", "RN50", 8, 58.63),
+    ("calip", "caltech101", "RN50", None, 87.71),
+    ("zero-shot", "imagenet", "RN50", None, 58.18),
+    # the paper's 11-dataset RN50 averages
+    ("gda", AVERAGE, "RN50", 1, 62.19),
+    ("gda", AVERAGE, "RN50", 2, 66.19),
+    ("gda", AVERAGE, "RN50", 4, 69.77),
+    ("gda", AVERAGE, "RN50", 8, 73.31),
+    ("gda", AVERAGE, "RN50", 16, 76.05),
+]
+
+
 def _index(source):
     return {(r["method"], r["dataset"], r["backbone"], r["shots"]): r["accuracy"]
             for r in published_table(source)}
 
 
-@pytest.mark.parametrize("source,cells", [(TIP, TIP_CELLS), (APE_NB, APE_CELLS)])
+@pytest.mark.parametrize("source,cells", [(TIP, TIP_CELLS), (APE_NB, APE_CELLS), (GDA, GDA_CELLS)])
 def test_cells_equal_the_sources(source, cells):
     table = _index(source)
     for method, dataset, backbone, shots, value in cells:
@@ -133,7 +155,8 @@ def test_means_recomputed_from_the_rows(source):
             assert sum(rows.values()) / 11 == pytest.approx(means[key], abs=0.0051), key
             checked += 1
     # exp.log: zero-shot + 3 methods x 5 shots; notebook: zero-shot, CALIP, APE/APE-T x 5, 5 baselines at 16
-    assert checked == (16 if source == TIP else 2 + 10 + 5)
+    # GDA's exp.log: zero-shot, CALIP, Tip-Adapter / Tip-X / GDA x 5
+    assert checked == {TIP: 16, APE_NB: 2 + 10 + 5, GDA: 2 + 15}[source]
 
 
 def test_lookup_rules():
@@ -157,7 +180,7 @@ def test_names_and_presets():
     assert baseline_method("ape-t+ssp") == "ape-t" and baseline_method("ape") == "ape"
     from ssp.data import list_datasets
     assert set(BENCHMARK_DATASETS) <= set(list_datasets())
-    assert set(PAPER_PRESETS) == {"tip-adapter", "ape", "ssp"}
+    assert set(PAPER_PRESETS) == {"tip-adapter", "ape", "ssp", "gda"}
     for preset in PAPER_PRESETS.values():
         assert preset.datasets == BENCHMARK_DATASETS and preset.shots == (1, 2, 4, 8, 16)
         assert set(preset.sources) <= set(SOURCES)
@@ -170,3 +193,11 @@ def test_names_and_presets():
         assert "github.com" in text and "test set for ImageNet" in text
     assert "d0e2d6f8c5feb8b6ce937b757810761f7155d4d5" in source_provenance(TIP)
     assert "70460de74d1e967f8b4d270b3419373694758536" in source_provenance(APE_NB)
+    assert "c83409b5e3c29d2f49dc44fb8b361add2b49fbba" in source_provenance(GDA)
+
+
+def test_gda_table_is_complete():
+    rows = published_table(GDA)
+    assert len(rows) == 12 * (2 + 3 * 5)  # 11 datasets + the average
+    assert {r["dataset"] for r in rows} == set(BENCHMARK_DATASETS) | {AVERAGE}
+    assert PAPER_PRESETS["gda"].sources == (GDA,) and "gda" in PAPER_PRESETS["gda"].methods
