@@ -104,8 +104,6 @@ def fetch(urls: tuple[str, ...] | list[str] | str, dest: str | Path, *, md5: str
     that passes the check is returned at once. ``retries``: extra attempts per URL after a dropped
     connection, each resuming where the previous one stopped.
     """
-    from tqdm.auto import tqdm
-
     urls = (urls,) if isinstance(urls, str) else tuple(urls)
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -114,64 +112,66 @@ def fetch(urls: tuple[str, ...] | list[str] | str, dest: str | Path, *, md5: str
             return dest
         dest.unlink()  # a stale or damaged copy: fetch it again
     part = dest.with_name(dest.name + ".part")
-    errors = []
+    errors: list[str] = []
     for url in urls:
         for attempt in range(retries + 1):
-            start = part.stat().st_size if part.is_file() else 0
-            try:
-                response = _open(url, start, timeout)
-            except urllib.error.HTTPError as err:
-                if err.code == 416 and start:  # nothing left to send: the part file is complete
-                    break
-                errors.append(f"{url}: HTTP {err.code} {err.reason}")
+            outcome = _attempt(url, part, timeout=timeout, progress=progress, expect_html=expect_html,
+                               errors=errors, desc=dest.name)
+            if outcome != "retry":
                 break
-            except (urllib.error.URLError, OSError) as err:
-                errors.append(f"{url}: {getattr(err, 'reason', err)}")
-                if attempt < retries:
-                    time.sleep(min(2 ** attempt, 5))
-                    continue
-                break
-            with response:
-                kind = response.headers.get("Content-Type", "")
-                if "text/html" in kind and not expect_html:
-                    errors.append(f"{url}: the host sent a web page instead of the file (a moved link, a quota "
-                                  "or a login page)")
-                    break
-                resumed = response.status == 206 and start > 0
-                mode = "ab" if resumed else "wb"
-                length = response.headers.get("Content-Length")
-                total = (int(length) + (start if resumed else 0)) if length and length.isdigit() else None
-                try:
-                    with open(part, mode) as out, tqdm(total=total, initial=start if resumed else 0, unit="B",
-                                                       unit_scale=True, unit_divisor=1024, desc=dest.name,
-                                                       disable=not progress, leave=False) as bar:
-                        for block in iter(lambda: response.read(_CHUNK), b""):
-                            out.write(block)
-                            bar.update(len(block))
-                except (OSError, urllib.error.URLError) as err:  # dropped connection: resume on the next try
-                    errors.append(f"{url}: interrupted after {part.stat().st_size} bytes ({err})")
-                    if attempt < retries:
-                        continue
-                    break
-                if total is not None and part.stat().st_size < total:
-                    errors.append(f"{url}: interrupted after {part.stat().st_size} of {total} bytes")
-                    if attempt < retries:
-                        continue
-                    break
-            break
-        if part.is_file() and _complete(part, md5, sha256, errors, url):
+            time.sleep(min(0.2 * 2 ** attempt, 5))
+        if outcome == "done" and _complete(part, md5, sha256, url):
             os.replace(part, dest)
             return dest
-    tried = "; ".join(errors) or "no URL to try"
+    tried = "; ".join(dict.fromkeys(errors)) or "no URL to try"
     hint = (f"rerun the same command to resume ({part} holds {part.stat().st_size} bytes)" if part.is_file()
             else "check the network, or set $SSP_DATA_MIRROR / --mirror to a server holding the file")
     raise DownloadError(f"could not download {dest.name}: {tried}; {hint}")
 
 
-def _complete(part: Path, md5, sha256, errors: list[str], url: str) -> bool:
-    """True when ``part`` is the whole file; a checksum mismatch removes it and raises."""
-    if errors and errors[-1].startswith(f"{url}: interrupted"):
-        return False
+def _attempt(url: str, part: Path, *, timeout: float, progress: bool, expect_html: bool, errors: list[str],
+             desc: str) -> str:
+    """One request, appending to (or, without Range support, rewriting) ``part``: ``"done"`` when the
+    whole file arrived, ``"retry"`` after a dropped connection, ``"fail"`` otherwise."""
+    from tqdm.auto import tqdm
+
+    start = part.stat().st_size if part.is_file() else 0
+    try:
+        response = _open(url, start, timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and start:  # nothing left to send: the part file is complete
+            return "done"
+        errors.append(f"{url}: HTTP {err.code} {err.reason}")
+        return "fail"
+    except (urllib.error.URLError, OSError) as err:
+        errors.append(f"{url}: {getattr(err, 'reason', err)}")
+        return "retry"
+    with response:
+        if "text/html" in response.headers.get("Content-Type", "") and not expect_html:
+            errors.append(f"{url}: the host sent a web page instead of the file (a moved link, a quota or a "
+                          "login page)")
+            return "fail"
+        resumed = response.status == 206 and start > 0
+        length = response.headers.get("Content-Length")
+        total = (int(length) + (start if resumed else 0)) if length and length.isdigit() else None
+        try:
+            with open(part, "ab" if resumed else "wb") as out, tqdm(
+                    total=total, initial=start if resumed else 0, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=desc, disable=not progress, leave=False) as bar:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    bar.update(len(block))
+        except (OSError, urllib.error.URLError) as err:  # dropped connection: resume on the next try
+            errors.append(f"{url}: interrupted after {part.stat().st_size} bytes ({err})")
+            return "retry"
+    if total is not None and part.stat().st_size < total:
+        errors.append(f"{url}: interrupted after {part.stat().st_size} of {total} bytes")
+        return "retry"
+    return "done"
+
+
+def _complete(part: Path, md5, sha256, url: str) -> bool:
+    """True when ``part`` matches the checksums; a mismatch removes it and raises."""
     problem = check_file(part, md5=md5, sha256=sha256)
     if problem is None:
         return True
@@ -315,7 +315,6 @@ def ensure_split_file(source: DatasetSource, folder: Path, downloads: Path, *, m
             return target, [f"{target} differs from the official CoOp split file (sha256 {file_sha256(target)[:12]}..., "
                             f"official {split.sha256[:12]}...); kept. To use the official one, delete it and rerun"]
         return target, []
-    folder.mkdir(parents=True, exist_ok=True)
     vendored = packaged_split_file(split.filename)
     if vendored is not None:
         import gzip
@@ -327,7 +326,7 @@ def ensure_split_file(source: DatasetSource, folder: Path, downloads: Path, *, m
             shutil.copyfileobj(src, out)
         source_note = f"copied from the package ({vendored.name})"
     else:
-        urls = resource_urls(split.filename, split.urls)
+        urls = resource_urls(split.filename, split.urls, mirror)
         if not urls:
             raise DownloadError(f"no link known for {split.filename}; get it from {split.page} and put it at {target}")
         try:
@@ -340,6 +339,7 @@ def ensure_split_file(source: DatasetSource, folder: Path, downloads: Path, *, m
     if problem:
         tmp.unlink()
         raise DownloadError(f"{split.filename}: {problem}; get it from {split.page} and put it at {target}")
+    folder.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, target)
     pin = "sha256 matches the pinned digest" if split.sha256 else \
         f"no digest pinned by the package; sha256 {file_sha256(target)}"
@@ -377,13 +377,19 @@ def download_dataset(name: str, root: str | Path, *, mirror: str | None = None, 
     folder = dataset_folder(source, root)
     notes: list[str] = []
 
+    split_error = None
     if source.split is not None:
-        _, split_notes = ensure_split_file(source, folder, downloads, mirror=mirror, progress=progress)
-        notes += split_notes
+        try:
+            _, split_notes = ensure_split_file(source, folder, downloads, mirror=mirror, progress=progress)
+            notes += split_notes
+        except DownloadError as err:  # go on: the images may still come, the message says how to get the file
+            split_error = f"{source.name}: split file not fetched: {err}"
     if not source.fetchable:
-        if folder.is_dir() and _images_complete(source.name, folder):
+        if split_error is None and folder.is_dir() and _images_complete(source.name, folder):
             return _ready(source, folder, notes, "already in place")
-        return DownloadResult(source.name, "manual", folder, manual_steps(source, folder), notes=notes)
+        steps = manual_steps(source, folder)
+        return DownloadResult(source.name, "manual", folder, steps if split_error is None else f"{steps}\n{split_error}",
+                              notes=notes)
     if folder.is_dir() and _images_complete(source.name, folder):
         return _ready(source, folder, notes, "already downloaded" if (folder / MARKER).is_file() else "already in place")
 
@@ -414,6 +420,9 @@ def download_dataset(name: str, root: str | Path, *, mirror: str | None = None, 
         record["split_file"] = {"name": source.split.filename, "sha256": file_sha256(folder / source.split.filename),
                                 "official_sha256": source.split.sha256}
     write_json_atomic(folder / MARKER, record)
+    if split_error is not None:
+        return DownloadResult(source.name, "failed", folder, f"images laid out in {folder}, but {split_error}",
+                              notes=notes)
     if not keep_archives:
         for archive in archives:
             if archive.is_file():
@@ -438,10 +447,10 @@ def manual_steps(source: DatasetSource, folder: Path) -> str:
     from ssp.data.benchmarks import _BENCHMARKS
 
     lines = [f"{source.name}: the images cannot be downloaded automatically. Manual steps:",
-             "  " + source.manual.format(folder=folder)]
+             "  " + source.manual.replace("{folder}", str(folder))]
     if source.alternatives:
         lines.append("  Copies people use instead:")
-        lines += [f"   - {alt.format(folder=folder)}" for alt in source.alternatives]
+        lines += ["   - " + alt.replace("{folder}", str(folder)) for alt in source.alternatives]
     lines.append(f"  Layout that `ssp-data verify --root {folder.parent} {source.name}` accepts:")
     lines += ["    " + line for line in _BENCHMARKS[source.name].layout.splitlines()]
     if source.split is not None:
