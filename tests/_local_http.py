@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 import threading
 import zipfile
@@ -167,3 +168,16 @@ def write_tree(root: Path, members: dict[str, bytes]) -> None:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+
+
+def linked_copy(src: Path, dst: Path) -> Path:
+    """A temp copy of a real dataset folder: split file copied, every image a symbolic link."""
+    for dirpath, _, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name.endswith(".json"):
+                (dst / rel / name).write_bytes((Path(dirpath) / name).read_bytes())
+            else:
+                (dst / rel / name).symlink_to(Path(dirpath) / name)
+    return dst

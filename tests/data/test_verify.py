@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from _local_http import DTD_CLASSES, fake_dtd, write_tree
+from _local_http import DTD_CLASSES, fake_dtd, linked_copy, write_tree
 from ssp.data import DatasetNotFoundError
 from ssp.data.verify import check_dataset, verify_dataset, verify_root
 
@@ -22,19 +22,6 @@ def _dtd(tmp_path: Path) -> Path:
         tf.extractall(tmp_path, filter="data")
     (tmp_path / "dtd" / "split_zhou_DescribableTextures.json").write_bytes(split)
     return tmp_path / "dtd"
-
-
-def _linked_copy(src: Path, dst: Path) -> Path:
-    """A temp copy of a real dataset folder: split file copied, every image a symbolic link."""
-    for dirpath, _, files in os.walk(src):
-        rel = Path(dirpath).relative_to(src)
-        (dst / rel).mkdir(parents=True, exist_ok=True)
-        for name in files:
-            if name.endswith(".json"):
-                (dst / rel / name).write_bytes((Path(dirpath) / name).read_bytes())
-            else:
-                (dst / rel / name).symlink_to(Path(dirpath) / name)
-    return dst
 
 
 def test_real_subsets_pass_and_are_reported_as_subsets_of_the_official_split(data_root):
@@ -62,7 +49,7 @@ def test_official_split_file_is_recognised(data_root, tmp_path):
 
 
 def test_deleting_one_real_image_fails_naming_it_in_one_line(data_root, tmp_path):
-    copy = _linked_copy(data_root / "coop" / "dtd", tmp_path / "dtd")
+    copy = linked_copy(data_root / "coop" / "dtd", tmp_path / "dtd")
     victim = sorted((copy / "images").rglob("*.jpg"))[7]
     victim.unlink()
     report = verify_dataset("dtd", tmp_path)
