@@ -119,7 +119,8 @@ def fetch(urls: tuple[str, ...] | list[str] | str, dest: str | Path, *, md5: str
                                errors=errors, desc=dest.name)
             if outcome != "retry":
                 break
-            time.sleep(min(0.2 * 2 ** attempt, 5))
+            if attempt < retries:
+                time.sleep(min(0.2 * 2 ** attempt, 5))
         if outcome == "done" and _complete(part, md5, sha256, url):
             os.replace(part, dest)
             return dest

@@ -197,3 +197,26 @@ def run_manifest(splits: FewShotSplits, *, split_file_sha256: str | None = None)
     """The manifest recorded in one run JSON: the run's single draw."""
     return make_manifest(splits.dataset, [splits], val_policy=splits.val_policy,
                          split_file_sha256=split_file_sha256)
+
+
+def fewshot_splits(dataset: DatasetSplits, shots: int, seed: int, *, val_policy: str | int = "coop",
+                   manifest: dict | None = None) -> FewShotSplits:
+    """The draw of one run: :func:`make_fewshot_splits`, or the manifest's draw when a manifest is
+    given (its ``val_policy`` must be the run's, so that the recorded protocol is the one used)."""
+    if manifest is None:
+        return make_fewshot_splits(dataset, shots, seed, val_policy=val_policy)
+    policy = manifest.get("val_policy", "coop")
+    if policy != val_policy:
+        raise ManifestError(f"the split manifest's validation sets follow val_policy {policy!r}, the run "
+                            f"{val_policy!r}; run with --val-policy {policy} (or write a manifest with "
+                            f"--val-policy {val_policy})")
+    return splits_from_manifest(manifest, dataset, shots, seed)
+
+
+def check_run_manifest(manifest: dict, dataset: DatasetSplits, shots: Sequence[int], seeds: Sequence[int], *,
+                       val_policy: str | int = "coop") -> None:
+    """Check up front that ``manifest`` serves every (shots, seed) of a run on ``dataset``."""
+    check_dataset_matches(manifest, dataset)
+    for k in shots:
+        for s in seeds:
+            fewshot_splits(dataset, k, s, val_policy=val_policy, manifest=manifest)

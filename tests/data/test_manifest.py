@@ -118,3 +118,17 @@ def test_real_dtd_manifest_matches_the_sampler(data_root):
     again = draw_manifest(ds, [1, 16], [1, 2, 3])
     assert again["sha256"] == m["sha256"]  # deterministic
     assert splits_from_manifest(m, ds, 16, 3).support == make_fewshot_splits(ds, 16, 3).support
+
+
+def test_run_helpers_check_every_draw_and_the_validation_policy(tmp_path):
+    from ssp.data.manifest import check_run_manifest, fewshot_splits
+
+    ds = _toy(tmp_path)
+    m = draw_manifest(ds, [1, 2], [1])
+    assert fewshot_splits(ds, 2, 1, manifest=m).support == make_fewshot_splits(ds, 2, 1).support
+    assert fewshot_splits(ds, 2, 7).support == make_fewshot_splits(ds, 2, 7).support  # no manifest: the sampler
+    check_run_manifest(m, ds, [1, 2], [1])
+    with pytest.raises(ManifestError, match="no draw for 2-shot seed 2"):
+        check_run_manifest(m, ds, [1, 2], [1, 2])
+    with pytest.raises(ManifestError, match="val_policy 'coop', the run 'full'; run with --val-policy coop"):
+        check_run_manifest(m, ds, [1], [1], val_policy="full")
