@@ -128,7 +128,7 @@ def test_run_helpers_check_every_draw_and_the_validation_policy(tmp_path):
     assert fewshot_splits(ds, 2, 1, manifest=m).support == make_fewshot_splits(ds, 2, 1).support
     assert fewshot_splits(ds, 2, 7).support == make_fewshot_splits(ds, 2, 7).support  # no manifest: the sampler
     check_run_manifest(m, ds, [1, 2], [1])
-    with pytest.raises(ManifestError, match="no draw for 2-shot seed 2"):
+    with pytest.raises(ManifestError, match="no draw for 1-shot seed 2"):
         check_run_manifest(m, ds, [1, 2], [1, 2])
     with pytest.raises(ManifestError, match="val_policy 'coop', the run 'full'; run with --val-policy coop"):
         check_run_manifest(m, ds, [1], [1], val_policy="full")
