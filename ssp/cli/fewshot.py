@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -162,11 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "NCCL with one GPU per process; rank 0 runs the methods and writes every file).")
     p.add_argument("--dataset", help="dataset name (see --list-datasets); with --features, inferred from "
                                      "the folder name when it is a benchmark's")
-    p.add_argument("--root", default=os.environ.get("SSP_DATA_ROOT"),
+    p.add_argument("--root",
                    help="folder holding the dataset folder (or the dataset folder itself); default $SSP_DATA_ROOT")
     p.add_argument("--features", metavar="DIR",
-                   help="run on a Tip-Adapter / APE feature-cache folder (keys_<K>shots.pt, values_<K>shots.pt, "
-                        "val_f.pt, ...) instead of images: no backbone is loaded")
+                   help="run on a Tip-Adapter cache folder (keys_<K>shots.pt, values_<K>shots.pt, val_f.pt, ...) "
+                        "instead of images: no backbone is loaded")
     p.add_argument("--text-features", metavar="FILE",
                    help="text classifier for --features caches without one: [C, D] or [D, C], .pt/.npy/.safetensors")
     p.add_argument("--split-file", help="read the split JSON from this file instead of the dataset folder")
@@ -174,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "or a model-config JSON; with --features, a label for the cache's backbone")
     add_common_arguments(p)
     p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="reuse runs whose JSON already exists under --output with the same settings")
+    p.add_argument("--rerun", action="store_true",
+                   help="run again the runs whose JSON already exists under --output with the same settings "
+                        "(default: reuse them, so an interrupted command resumes where it stopped)")
     p.add_argument("--list-datasets", action="store_true", help="print the known datasets and exit")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results.md / results.png / summary.json from the JSONs in --output and exit")
@@ -220,23 +220,6 @@ def _signals_as_interrupts():
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook
-
-
-def _files_written_since(started: float, output: Path, cache_dir: str | None) -> int:
-    """Complete files (feature cache, run JSONs, reports) written since ``started``; temp files excluded."""
-    from ssp.features.store import FeatureStore
-
-    count = 0
-    for folder in (output, FeatureStore(cache_dir).root):
-        if not folder.is_dir():
-            continue
-        for path in folder.rglob("*"):
-            try:
-                if not path.name.startswith(".") and path.is_file() and path.stat().st_mtime >= started:
-                    count += 1
-            except OSError:
-                pass
-    return count
 
 
 def _val_policy(text: str | None, prog: str = "ssp-fewshot"):
@@ -284,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
+        if args.root or args.split_file:
+            flag = "--root" if args.root else "--split-file"
+            raise SystemExit(f"{prog}: error: {flag} and --features name two different sources of features; "
+                             f"give --features DIR (a Tip-Adapter cache folder) or {flag} (images), not both")
         if not Path(args.features).expanduser().is_dir():
-            raise SystemExit(f"{prog}: error: --features {args.features}: no such folder (a Tip-Adapter / APE "
-                             "cache folder holding keys_<K>shots.pt, values_<K>shots.pt, val_f.pt, ...)")
+            raise SystemExit(f"{prog}: error: --features {args.features}: no such folder (a Tip-Adapter cache "
+                             "folder holding keys_<K>shots.pt, values_<K>shots.pt, val_f.pt, ...)")
         if not args.dataset:
             args.dataset = cache_dataset_name(args.features)
             if not args.dataset:
@@ -294,13 +281,15 @@ def main(argv: list[str] | None = None) -> int:
                                  f"folder name; pass --dataset (configs ship for: {', '.join(builtin_config_names())})")
     elif args.text_features or args.test_from_val is not None:
         flag = "--text-features" if args.text_features else "--test-from-val"
-        raise SystemExit(f"{prog}: error: {flag} applies to feature caches; add --features DIR")
+        raise SystemExit(f"{prog}: error: {flag} applies to Tip-Adapter cache folders; add --features DIR")
+    else:
+        args.root = args.root or os.environ.get("SSP_DATA_ROOT")
     if not args.dataset:
-        raise SystemExit(f"{prog}: --dataset is required (configs ship for: {', '.join(builtin_config_names())})")
+        raise SystemExit(f"{prog}: error: --dataset is required (configs ship for: {', '.join(builtin_config_names())})")
     if not args.features and not args.root:
-        raise SystemExit(f"{prog}: --root is required (or set $SSP_DATA_ROOT): the folder that holds the "
+        raise SystemExit(f"{prog}: error: --root is required (or set $SSP_DATA_ROOT): the folder that holds the "
                          "dataset, see datasets/README.md for the expected layouts; or --features DIR for a "
-                         "Tip-Adapter / APE feature cache")
+                         "Tip-Adapter cache folder")
     overrides = config_overrides(args, prog)
     if args.features:
         overrides["backbone"] = None  # a label only: the cache's backbone is not loaded
@@ -309,46 +298,58 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
     from ssp.data import ImageLoadError
+    from ssp.run.pipeline import Interrupted, run_fewshot
+    from ssp.run.records import check_writable
 
-    started, main_rank = time.time(), True
+    main_rank = True
     try:
+        check_writable(args.output)
         with _signals_as_interrupts():
             if args.features:
-                from ssp.run.sources import run_fewshot_features
+                from ssp.run.sources import TipCacheSource
 
-                records, table = run_fewshot_features(
-                    cfg, folder=args.features, output_dir=args.output, test_from_val=args.test_from_val,
-                    text_features=args.text_features, text_layout=args.text_layout, backbone_name=args.backbone,
-                    device=args.device, skip_existing=args.skip_existing, progress=not args.no_progress)
+                source = TipCacheSource(cfg, folder=args.features, test_from_val=args.test_from_val,
+                                        text_features=args.text_features, text_layout=args.text_layout,
+                                        backbone_name=args.backbone, device=args.device)
+                records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
+                                             progress=not args.no_progress)
             else:
                 from ssp import distributed
-                from ssp.run.pipeline import run_fewshot
+                from ssp.run.sources import ImageSource
 
                 device = distributed.init_from_env(args.device) or args.device  # torchrun: one process group
                 main_rank = distributed.is_main()
                 try:
                     with random_weights_banner(cfg, show=main_rank):
-                        records, table = run_fewshot(
-                            cfg, root=args.root, output_dir=args.output, cache_dir=args.cache_dir,
-                            device=str(device), recompute=args.recompute, split_file=args.split_file,
-                            progress=not args.no_progress, skip_existing=args.skip_existing,
-                            echo=print if main_rank else (lambda _: None))
+                        source = ImageSource(cfg, root=args.root, cache_dir=args.cache_dir, device=str(device),
+                                             recompute=args.recompute, split_file=args.split_file,
+                                             progress=not args.no_progress)
+                        records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
+                                                     progress=not args.no_progress,
+                                                     echo=print if main_rank else (lambda _: None))
                 finally:
                     distributed.shutdown()
-    except KeyboardInterrupt as err:
+    except Interrupted as err:
+        if args.debug:
+            raise
+        signum = err.signum or signal.SIGINT
+        print(f"\n{prog}: interrupted ({signal.Signals(signum).name}); {err.completed} run(s) finished in this "
+              f"call and saved under {args.output}; rerun the same command to resume (finished runs are reused)",
+              file=sys.stderr)
+        raise SystemExit(128 + int(signum))
+    except KeyboardInterrupt as err:  # before the run loop started
         if args.debug:
             raise
         signum = getattr(err, "signum", signal.SIGINT)
-        done = _files_written_since(started, Path(args.output), args.cache_dir)
-        print(f"\n{prog}: interrupted ({signal.Signals(signum).name}); {done} file{'' if done == 1 else 's'} "
-              "complete, rerun the same command to resume", file=sys.stderr)
+        print(f"\n{prog}: interrupted ({signal.Signals(signum).name}) before any run finished",
+              file=sys.stderr)
         raise SystemExit(128 + int(signum))
     except ImageLoadError as err:
         if args.debug:
             raise
         raise SystemExit(f"{prog}: error: cannot read image {err.path} ({err.reason}); replace or delete it, "
                          "or rerun with --skip-bad-images to go on without it" if main_rank else 1)
-    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RuntimeError) as err:
         raise _fail(prog, err, args.debug)
     if not main_rank:
         return 0

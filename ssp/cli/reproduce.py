@@ -8,10 +8,12 @@ Examples::
     ssp-reproduce --paper ape --features-root caches/ --test-from-val 0.5 --output runs/ape --dry-run
     ssp-reproduce --root DATA --datasets dtd oxford_pets --backbones RN50 ViT-B-32 --output runs/suite
 
-Every run is one JSON under ``--output`` keyed by its settings (:mod:`ssp.report`); a run whose JSON
-exists with the same settings is skipped, so an interrupted suite resumes where it stopped and a
-second identical call does no work. Runs with other settings go to other keys: nothing is
-overwritten.
+Every run is one JSON under ``--output`` keyed by its settings (:mod:`ssp.run.records`); a run
+whose JSON exists with the same settings is skipped, so an interrupted suite resumes where it
+stopped and a second identical call does no work. Runs with other settings go to other keys:
+nothing is overwritten. Two suites started on one output folder share the work (a lock file per
+run). Each (dataset, backbone) is one :func:`ssp.run.pipeline.run_fewshot` call on an
+:class:`~ssp.run.sources.ImageSource` or a :class:`~ssp.run.sources.TipCacheSource`.
 """
 from __future__ import annotations
 
@@ -99,8 +101,7 @@ class Job:
     dataset: str
     backbone: str | None              # images: the open_clip model; caches: a label or None
     cfg: dict | None = None
-    folder: Path | None = None        # feature cache folder
-    source: object | None = None      # features_source.CacheSource
+    source: object | None = None      # ssp.run.sources.ImageSource / TipCacheSource
     label: str = ""
     todo: list[tuple[int, int, str]] = field(default_factory=list)
     done: list[tuple[int, int, str]] = field(default_factory=list)
@@ -124,14 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--features-root", metavar="DIR",
                      help="folder holding one Tip-Adapter / APE cache folder per dataset (DIR/<dataset>/)")
     add_common_arguments(p)
-    p.add_argument("--output", required=True, help="the suite's output tree")
+    p.add_argument("--output", help="the suite's output tree (required unless --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done; run nothing")
     return p
 
 
 def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
-    from ssp.run.records import find_run
-
     overrides = config_overrides(args, PROG)
     for key in ("shots", "methods", "seeds"):
         if overrides.get(key) is None and preset and preset.get(key) is not None:
@@ -156,9 +155,9 @@ def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
                                                          else backbone})
                 job.cfg = cfg
                 if args.features_root:
-                    _plan_features(job, args, find_run)
+                    _plan_features(job, args)
                 elif args.root:
-                    _plan_images(job, args, find_run)
+                    _plan_images(job, args)
                 else:  # --dry-run without a source: what would run, nothing checked
                     job.label = backbone or str(cfg["backbone"])
                     job.todo = [(k, s, m) for k in cfg["shots"] for s in cfg["seeds"] for m in cfg["methods"]]
@@ -167,56 +166,41 @@ def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
     return jobs
 
 
-def _plan_features(job: Job, args, find_run) -> None:
-    from ssp.run.pipeline import run_stub
-    from ssp.run.sources import (
-        features_common_settings,
-        open_cache_source,
-        runnable_methods,
-    )
+def _split_done(job: Job, args, methods: list[str]) -> None:
+    from ssp.run.pipeline import plan_runs
+    from ssp.run.records import find_run
+
+    for key, stub in plan_runs(job.cfg, job.source, methods).items():
+        done = args.output is not None and find_run(args.output, stub) is not None
+        (job.done if done else job.todo).append(key)
+
+
+def _plan_features(job: Job, args) -> None:
+    from ssp.run.sources import TipCacheSource
 
     folder = Path(args.features_root) / job.dataset
-    job.folder = folder
     if not folder.is_dir():
-        job.skipped.append(f"no cache folder {folder}")
+        job.skipped.append(f"no Tip-Adapter cache folder {folder}")
         return
-    source = open_cache_source(folder)
-    job.source = source
-    cfg = job.cfg
-    methods, reasons = runnable_methods(cfg["methods"], source)
-    job.skipped.extend(reasons)
-    missing = [k for k in cfg["shots"] if k not in source.shots]
+    source = TipCacheSource(job.cfg, folder=folder, test_from_val=args.test_from_val, backbone_name=job.backbone,
+                            device=args.device, check_shots=False)
+    job.source, job.label = source, source.label
+    missing = [k for k in job.cfg["shots"] if k not in source.shots]
     if missing:
         job.skipped.append(f"no keys_<K>shots.pt for shots {missing} in {folder}")
-    if args.test_from_val is None and not source.has_test:
-        raise ValueError(f"{folder} has no test features (test_f.pt / test_l.pt); pass --test-from-val 0.5")
-    job.label = f"{job.backbone}@cache" if job.backbone else f"cache-D{source.dim}"
-    common = features_common_settings(cfg, source, args.test_from_val)
-    for k in (k for k in cfg["shots"] if k in source.shots):
-        for s in cfg["seeds"]:
-            for m in methods:
-                stub = run_stub(dataset=job.dataset, backbone=job.label, method=m, shots=k, seed=s,
-                                common=common, cfg=cfg)
-                (job.done if find_run(args.output, stub) is not None else job.todo).append((k, s, m))
+        job.cfg = {**job.cfg, "shots": [k for k in job.cfg["shots"] if k in source.shots]}
+    methods, reasons = source.runnable(job.cfg["methods"])
+    job.skipped.extend(reasons)
+    _split_done(job, args, methods)
 
 
-def _plan_images(job: Job, args, find_run) -> None:
-    from ssp.backbone.weights import backbone_label
-    from ssp.data import get_dataset
-    from ssp.run.pipeline import images_common_settings, run_stub
+def _plan_images(job: Job, args) -> None:
+    from ssp.run.sources import ImageSource
 
-    if not args.root:
-        raise ValueError("choose a source: --root DIR (images) or --features-root DIR (feature caches)")
-    cfg = job.cfg
-    dataset = get_dataset(job.dataset, args.root)
-    job.label = backbone_label(cfg["backbone"], cfg["pretrained"])
-    common = images_common_settings(cfg, dataset)
-    for k in cfg["shots"]:
-        for s in cfg["seeds"]:
-            for m in cfg["methods"]:
-                stub = run_stub(dataset=dataset.name, backbone=job.label, method=m, shots=k, seed=s,
-                                common=common, cfg=cfg)
-                (job.done if find_run(args.output, stub) is not None else job.todo).append((k, s, m))
+    source = ImageSource(job.cfg, root=args.root, cache_dir=args.cache_dir, device=args.device,
+                         recompute=args.recompute, progress=not args.no_progress)
+    job.source, job.label = source, source.label
+    _split_done(job, args, source.runnable(job.cfg["methods"])[0])
 
 
 def _describe(job: Job, paper: dict | None) -> list[str]:
@@ -240,39 +224,46 @@ def _describe(job: Job, paper: dict | None) -> list[str]:
 
 
 def _execute(job: Job, args) -> list[dict]:
-    if args.features_root:
-        from ssp.run.sources import run_fewshot_features
-
-        records, _ = run_fewshot_features(
-            {**job.cfg, "shots": [k for k in job.cfg["shots"] if k in job.source.shots]},
-            folder=job.folder, output_dir=args.output, test_from_val=args.test_from_val,
-            backbone_name=job.backbone, device=args.device, skip_existing=True, write_table=False,
-            source=job.source)
-        return records
     from ssp.run.pipeline import run_fewshot
 
-    with random_weights_banner(job.cfg):
-        records, _ = run_fewshot(job.cfg, root=args.root, output_dir=args.output, cache_dir=args.cache_dir,
-                                 device=args.device, recompute=args.recompute, progress=not args.no_progress,
-                                 skip_existing=True, write_table=False)
+    with random_weights_banner(job.cfg, show=args.root is not None):
+        records, _ = run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, write_table=False,
+                                 progress=not args.no_progress)
     return records
 
 
+def _looked_for(args, jobs: list[Job]) -> str:
+    where = (f"Tip-Adapter cache folders {args.features_root}/<dataset>/" if args.features_root
+             else f"datasets under {args.root}")
+    return f"{where} for {', '.join(dict.fromkeys(j.dataset for j in jobs))}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ssp.run.pipeline import Interrupted
+    from ssp.run.records import check_writable
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
     logging.getLogger("ssp").setLevel(logging.INFO)
     if not args.root and not args.features_root and not args.dry_run:
         raise SystemExit(f"{PROG}: error: choose a source: --root DIR (images) or --features-root DIR "
-                         "(one Tip-Adapter / APE cache folder per dataset)")
+                         "(one Tip-Adapter cache folder per dataset)")
+    if not args.output and not args.dry_run:
+        raise SystemExit(f"{PROG}: error: --output DIR is required (the suite's output tree); a --dry-run "
+                         "plan needs none")
     if args.test_from_val is not None and not args.features_root:
-        raise SystemExit(f"{PROG}: error: --test-from-val applies to feature caches; add --features-root DIR")
+        raise SystemExit(f"{PROG}: error: --test-from-val applies to Tip-Adapter cache folders; add --features-root DIR")
+    for flag, folder in (("--root", args.root), ("--features-root", args.features_root)):
+        if folder and not Path(folder).expanduser().is_dir():
+            raise SystemExit(f"{PROG}: error: {flag} {folder}: no such folder")
     try:
+        if args.output and not args.dry_run:
+            check_writable(args.output)
         preset = _preset(args.paper) if args.paper else None
         jobs = _plan(args, preset)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as err:
         raise _fail(PROG, err, args.debug)
-    output = Path(args.output)
+    output = Path(args.output) if args.output else None
     n_todo = sum(len(j.todo) for j in jobs if not j.error)
     n_done = sum(len(j.done) for j in jobs if not j.error)
     if preset and preset.get("note"):
@@ -284,13 +275,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{PROG}] no --root / --features-root: listing the plan; nothing is checked for being done")
         for job in jobs:
             print("\n".join(_describe(job, preset)))
-        print(f"\n[{PROG}] dry run: {n_todo} run(s) to do, {n_done} already done under {output}")
+        where = f" under {output}" if output else ""
+        print(f"\n[{PROG}] dry run: {n_todo} run(s) to do, {n_done} already done{where}")
+        if (args.root or args.features_root) and n_todo + n_done == 0:
+            print(f"[{PROG}] error: no runs planned: found nothing to run among the {_looked_for(args, jobs)}",
+                  file=sys.stderr)
+            return 1
         return 1 if any(j.error for j in jobs) else 0
     for job in jobs:
         for reason in job.skipped:
             print(f"[{PROG}] {job.dataset}: {reason}")
         if job.error:
             print(f"[{PROG}] {job.dataset}: error: {job.error}", file=sys.stderr)
+    if n_todo + n_done == 0:
+        raise SystemExit(f"{PROG}: error: no runs planned: found nothing to run among the "
+                         f"{_looked_for(args, jobs)}; check the folder (see datasets/README.md for the layouts)")
     if n_todo == 0:
         print(f"[{PROG}] nothing to do: all {n_done} run(s) are already done under {output} (same settings)")
         if n_done and not (output / "results.md").is_file():
@@ -298,22 +297,28 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if any(j.error for j in jobs) else 0
     print(f"[{PROG}] {n_todo} run(s) to do, {n_done} already done under {output}")
     records: list[dict] = []
+    completed = 0
     failed = [j for j in jobs if j.error]
     try:
         for job in jobs:
             if job.error or not job.todo:
                 continue
             try:
-                records += _execute(job, args)
+                job_records = _execute(job, args)
+            except Interrupted:
+                raise
             except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
                 if args.debug:
                     raise
                 job.error = str(err)
                 failed.append(job)
                 print(f"[{PROG}] {job.dataset} ({job.label}): error: {err}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print(f"\n[{PROG}] interrupted; {len(records)} run(s) complete in this call, every finished run is saved "
-              f"under {output}: rerun the same command to resume", file=sys.stderr)
+                continue
+            records += job_records
+            completed += len(job.todo)
+    except Interrupted as err:
+        print(f"\n[{PROG}] interrupted; {completed + err.completed} run(s) finished in this call and saved under "
+              f"{output}: rerun the same command to resume", file=sys.stderr)
         return 130
     table = _suite_report(records, output, paper=args.paper)
     print()

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssp._utils import check_int, l2_normalize
+from ssp._utils import check_int, l2_normalize, progress_bar
 
 _LOCAL_STORAGE_DTYPE = torch.float16
 
@@ -214,7 +214,7 @@ def extract_features(
         batch_size: images per forward pass; default 256 on CUDA, 64 otherwise.
         num_workers: DataLoader workers; default min(4, CPUs, number of batches), 0 for one batch.
         seed: seeds the augmentation (per view and image; irrelevant when ``views == 1``).
-        progress: show a tqdm bar (only on a terminal, only on rank 0).
+        progress: show progress on rank 0 (a bar on a terminal, a line every 10 s in a log).
         patch_dtype: dtype of the returned patch features (float16 halves memory).
         view_dtype: dtype of the returned per-view features.
         skip_bad_images: an unreadable image raises :class:`ssp.data.ImageLoadError` naming it
@@ -236,7 +236,6 @@ def extract_features(
         into ``samples`` of the images encoded, N' rows everywhere) when ``skip_bad_images``.
         Every global, local and per-view feature has unit L2 norm.
     """
-    from tqdm.auto import tqdm
 
     from ssp import distributed as dist
     from ssp.data import ImageDataset
@@ -275,8 +274,7 @@ def extract_features(
     first_view_batches = math.ceil(n / batch_size)  # after these every image was read once
     bad: dict[int, str] = {}
 
-    bar = tqdm(total=total, desc=desc or "extracting features", unit="img",
-               disable=None if (progress and rank == 0) else True)
+    bar = progress_bar(total, desc or "extracting features", "img", enabled=progress and rank == 0)
     batches = iter(loader)
     try:
         with torch.inference_mode():

@@ -229,10 +229,9 @@ class _FineTuned:
     def _progress_bar(self, total_steps: int):
         if not self.progress or total_steps == 0:
             return None
-        from tqdm.auto import tqdm
+        from ssp._utils import progress_bar
 
-        return tqdm(total=total_steps, desc=f"training {type(self).__name__}", unit="step",
-                    leave=False)
+        return progress_bar(total_steps, f"training {type(self).__name__}", "step", leave=False)
 
     @no_grad
     def _accuracy(self, params, prepared: dict[str, torch.Tensor], labels: torch.Tensor) -> float:

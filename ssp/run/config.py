@@ -28,7 +28,10 @@ def _read_yaml(path: Path | Any) -> dict:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"config file {where}: not valid YAML ({problem}); fix the file at that line") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping at top level, got {type(data).__name__}")
     return data
@@ -185,6 +188,8 @@ def validate_config(cfg: dict) -> None:
         for name, value in (init or {}).items():
             if not _is_number(value):
                 raise ValueError(f"config '{spec.config_section}.init.{name}' must be a number, got {value!r}")
+    for method in methods:
+        _check_method_values(cfg, method)
     ssp_cfg = cfg.get("ssp", {})
     for key in ("rank", "routing"):
         if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:
@@ -195,3 +200,39 @@ def validate_config(cfg: dict) -> None:
     if ssp_cfg.get("score_precision", "auto") not in SCORE_PRECISIONS:
         raise ValueError(f"config 'ssp.score_precision' must be one of {', '.join(SCORE_PRECISIONS)}, "
                          f"got {ssp_cfg['score_precision']!r}")
+
+
+def _config_path(cfg: dict, sections: list[str], param: str) -> str:
+    """Where ``param`` of a method comes from in the merged config (``ape.n_channels``)."""
+    for sec in sections:
+        section = cfg.get(sec) or {}
+        if param in section:
+            return f"{sec}.{param}"
+        if param in (section.get("init") or {}):
+            return f"{sec}.init.{param}"
+    return param
+
+
+def _check_method_values(cfg: dict, method: str) -> None:
+    """Build ``method``'s estimator from ``cfg`` and run its parameter checks, so a bad value
+    (``ape.n_channels: -5``) is refused before anything runs, naming its key path."""
+    from ssp.methods.registry import parse_method
+
+    spec, _ = parse_method(method)
+    sections = [s for s in (spec.config_section, spec.search_section) if s]
+    try:
+        kwargs = spec.constructor_params(cfg, 1024)
+        model = spec.estimator(**kwargs)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"config for method {spec.name!r} ({', '.join(sections)}): {err}") from None
+    for check in ("_validate_params", "_check_training_params"):
+        fn = getattr(model, check, None)
+        if fn is None:
+            continue
+        try:
+            fn()
+        except (TypeError, ValueError) as err:
+            text = str(err)
+            names = [k for k in kwargs if k in text]
+            key = _config_path(cfg, sections, max(names, key=len)) if names else ", ".join(sections)
+            raise ValueError(f"config '{key}' (method {spec.name}): {text}") from None

@@ -1,25 +1,29 @@
-"""The few-shot protocol end to end: dataset -> backbone -> feature cache -> methods -> runs -> report.
+"""The run loop: one source of features -> methods -> run records -> report.
 
-Hyper-parameters (Tip-Adapter / APE grids, SSP routing and rank rule) are chosen on the
-validation split only; the test split is scored once per run with the chosen values.
+:func:`run_fewshot` runs every (shots, seed, method) of a config on a
+:class:`~ssp.run.sources.FeatureSource` (images through a backbone, or a Tip-Adapter cache folder):
+the same loop, the same run JSONs, the same resume rule, the same report for both.
+:func:`run_method` fits one method on a support set, chooses its hyper-parameters on the
+validation split only and scores the test split once.
 """
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from ssp import __version__
-from ssp._checks import is_random_weights
 from ssp._io import jsonable
 from ssp.features.types import Features
 from ssp.report.tables import write_report
-from ssp.run.records import write_run
+from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
+from ssp.run.sources import FeatureSource
+
+Echo = Callable[[str], None]
 
 
 @dataclass
@@ -30,6 +34,7 @@ class MethodResult:
     test_accuracy: float
     timings: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
 
 
 def accuracy(model, features: Features) -> float:
@@ -62,16 +67,6 @@ def training_details(model, *, views_given: bool) -> dict:
     return out
 
 
-def method_settings(cfg: dict, method: str) -> dict:
-    """The config sections ``method`` reads (its parameters, its grid, the SSP section for ``+ssp``):
-    the method part of a run's settings, so a change of another method's config keeps its runs."""
-    from ssp.methods.registry import parse_method
-
-    spec, use_ssp = parse_method(method)
-    sections = [s for s in (spec.config_section, spec.search_section) if s] + (["ssp"] if use_ssp else [])
-    return {sec: cfg.get(sec) for sec in dict.fromkeys(sections)}
-
-
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None,
                progress: bool = False) -> MethodResult:
@@ -81,7 +76,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
     ``progress`` shows their training progress bar. Warnings raised while fitting and searching
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
-    ``details["warnings"]``.
+    ``MethodResult.warnings`` (those of the chosen rank rule).
     """
     from ssp.methods.projector import SSPProjector
     from ssp.methods.registry import parse_method
@@ -90,7 +85,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     spec, use_ssp = parse_method(method)
     n_features = support.image_features.shape[1]
     timings: dict[str, float] = {}
-    candidates = []  # (val score, model, params, details)
+    candidates = []  # (val score, model, params, details, warnings)
     rank_rules = cfg["ssp"]["rank"] if use_ssp else [None]
     fit_kw: dict = {"patch_features": support.patch_features if use_ssp else None}
     extra: dict = {}
@@ -136,98 +131,16 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             details["n_channels"] = len(model.channels_)
         if spec.fine_tuned:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
-        fit_warnings = list(dict.fromkeys(str(w.message) for w in caught))
-        if fit_warnings:
-            details["warnings"] = fit_warnings
-        candidates.append((score, model, params, details))
+        candidates.append((score, model, params, details, list(dict.fromkeys(str(w.message) for w in caught))))
     # first maximum over rank rules wins (ties -> earlier candidate in the config's list)
     best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
-    score, model, params, details = candidates[best]
+    score, model, params, details, fit_warnings = candidates[best]
     if use_ssp and len(candidates) > 1:
         details["val_accuracy_per_rank_rule"] = {str(c[2]["rank"]): c[0] for c in candidates}
     t0 = time.perf_counter()
     test_acc = accuracy(model, test)
     timings["test_s"] = time.perf_counter() - t0
-    return MethodResult(method, params, score, test_acc, timings, details)
-
-
-def _index_by_path(samples, kept: torch.Tensor | None = None) -> dict[str, int]:
-    """Sample path -> row of the features (``kept``: the rows' sample indices when images were skipped)."""
-    rows = range(len(samples)) if kept is None else kept.tolist()
-    return {samples[i].path: row for row, i in enumerate(rows)}
-
-
-def _skipped(samples, features: "Features") -> list[str]:
-    """Paths of ``samples`` that have no row in ``features`` (unreadable images left out)."""
-    if features.kept is None or len(features.kept) == len(samples):
-        return []
-    kept = set(features.kept.tolist())
-    return [s.path for i, s in enumerate(samples) if i not in kept]
-
-
-def _extract_all(cfg: dict, dataset, backbone, store, needs_local: bool, recompute: bool, extract_kw: dict) -> None:
-    """Every feature file a run needs, extracted by all ranks together (torchrun): the same
-    cached_features calls as :func:`run_fewshot` makes, without keeping the results."""
-    from ssp.data import make_fewshot_splits
-    from ssp.features.store import cached_features
-
-    kw = dict(extract_kw, recompute=recompute)
-    cached_features(store, backbone, dataset.test, dataset=dataset.name, split="test", desc="test", **kw)
-    if dataset.val is not None:
-        cached_features(store, backbone, dataset.val, dataset=dataset.name, split="val", desc="val", **kw)
-    for shots in cfg["shots"]:
-        for seed in cfg["seeds"]:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
-                splits = make_fewshot_splits(dataset, shots, seed, val_policy=cfg["val_policy"])
-            cached_features(store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
-                            with_patches=needs_local, seed=seed, desc=f"support {shots}-shot seed {seed}", **kw)
-            if dataset.val is None:
-                cached_features(store, backbone, splits.val, dataset=dataset.name, split="train-as-val",
-                                desc=f"val {shots}-shot seed {seed}", **kw)
-
-
-def run_stub(*, dataset: str, backbone: str, method: str, shots: int, seed: int, common: dict,
-             cfg: dict) -> dict:
-    """The coordinates and settings of one run: enough to find its file (:func:`ssp.run.records.find_run`).
-    ``common`` holds the settings shared by every method (source, backbone, protocol)."""
-    from ssp._io import clean_floats
-    from ssp.run.records import settings_key
-
-    settings = clean_floats({**common, "method": method_settings(cfg, method)})
-    return {"dataset": dataset, "backbone": {"name": backbone}, "method": method, "shots": int(shots),
-            "seed": int(seed), "settings_key": settings_key(settings), "protocol_key": settings_key(common),
-            "settings": settings}
-
-
-def make_record(stub: dict, res: MethodResult, *, backbone: dict, protocol: dict, protocol_summary: str,
-                source: dict, text_features: dict, seeds: dict, timings: dict, warnings_: list[str],
-                cfg: dict, device) -> dict:
-    """The run JSON: coordinates, settings and their key, protocol, provenance, results."""
-    from ssp.run.records import environment
-
-    return {
-        "ssp_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **{k: stub[k] for k in ("dataset", "method", "shots", "seed")},
-        "backbone": {**backbone, "name": stub["backbone"]["name"]},
-        "settings_key": stub["settings_key"],
-        "protocol_key": stub["protocol_key"],
-        "protocol_summary": protocol_summary,
-        "protocol": protocol,
-        "source": source,
-        "text_features": text_features,
-        "seeds": seeds,
-        "hyperparameters": res.hyperparameters,
-        "val_accuracy": round(res.val_accuracy, 6),
-        "test_accuracy": round(res.test_accuracy, 6),
-        "details": res.details,
-        "timings": {k: round(float(v), 4) for k, v in {**timings, **res.timings}.items()},
-        "warnings": warnings_,
-        "environment": environment(device),
-        "settings": stub["settings"],
-        "config": cfg,
-    }
+    return MethodResult(method, params, score, test_acc, timings, details, fit_warnings)
 
 
 def fmt_params(params: dict) -> str:
@@ -235,167 +148,155 @@ def fmt_params(params: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "-"
 
 
-def echo_result(echo: Callable[[str], None], record: dict, *, reused: bool = False) -> None:
-    for msg in record.get("details", {}).get("warnings", []):
-        if not reused:
-            echo(f"[ssp] warning ({record['method']}): {msg}")
+def echo_result(echo: Echo, record: dict, *, reused: bool = False) -> None:
     echo(f"[ssp] {record['dataset']} {record['shots']}-shot seed {record['seed']} {record['method']:<16} "
          f"val {record['val_accuracy']:6.2f}  test {record['test_accuracy']:6.2f}  "
          f"{fmt_params(record.get('hyperparameters', {}))}" + ("  (done before: reused)" if reused else ""))
 
 
-def images_common_settings(cfg: dict, dataset) -> dict:
-    """Settings shared by every method of an images run (keyed into each run's settings)."""
-    from ssp.run.records import sample_list_digest
+class WarningLog:
+    """Prints each warning once per method and kind (numbers ignored), counts the rest, and
+    summarises at the end: a 75-run suite prints a handful of lines, not dozens."""
 
-    lists = {name: (None if samples is None else sample_list_digest(samples, dataset.root))
-             for name, samples in (("train", dataset.train), ("val", dataset.val), ("test", dataset.test))}
-    return {"source": {"kind": "images", "image_lists": lists, "templates": list(dataset.templates)},
-            "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
-                         "precision": cfg["precision"], "quick_gelu": cfg.get("quick_gelu")},
-            "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"]}}
+    def __init__(self, echo: Echo) -> None:
+        self.echo = echo
+        self.counts: dict[tuple[str, str], int] = {}
+
+    def add(self, method: str, messages: list[str]) -> None:
+        for msg in messages:
+            key = (method, re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", msg))
+            self.counts[key] = self.counts.get(key, 0) + 1
+            if self.counts[key] == 1:
+                self.echo(f"[ssp] warning ({method}): {msg}")
+
+    def summary(self) -> None:
+        repeated = {k: n for k, n in self.counts.items() if n > 1}
+        if repeated:
+            total = sum(self.counts.values())
+            self.echo(f"[ssp] {total} warning(s) in all, each shown once above ("
+                      + "; ".join(f"{m}: {n}x" for (m, _), n in repeated.items())
+                      + "); every run JSON lists its own under 'warnings'")
 
 
-def run_fewshot(cfg: dict, *, root: str | Path, output_dir: str | Path, cache_dir: str | Path | None = None,
-                device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
-                progress: bool = True, echo: Callable[[str], None] = print,
-                skip_existing: bool = False, write_table: bool = True) -> tuple[list[dict], str]:
-    """Run every (shots, seed, method) of ``cfg``; write one JSON per run and the report.
+class Interrupted(KeyboardInterrupt):
+    """An interrupted :func:`run_fewshot`: ``completed`` run files were written before it."""
 
-    ``skip_existing``: a run whose JSON exists under ``output_dir`` with the same settings is
-    reused, not recomputed (and nothing is extracted for a (shots, seed) whose runs all exist).
-    ``cfg["skip_bad_images"]``: leave unreadable images out (listed in each run's
-    ``skipped_images``) instead of stopping with an error. Under torchrun (an initialised
-    process group, see :mod:`ssp.distributed`) every rank extracts its share of the features
-    first; then rank 0 alone runs the methods and writes, the other ranks return ``([], "")``.
+    def __init__(self, completed: int, signum: int | None = None) -> None:
+        super().__init__(f"interrupted after {completed} run(s)")
+        self.completed, self.signum = completed, signum
 
-    Returns ``(records, table)`` (``table`` is ``""`` when ``write_table`` is False).
+
+def plan_runs(cfg: dict, source: FeatureSource, methods: list[str]) -> dict[tuple[int, int, str], dict]:
+    """``(shots, seed, method) -> run stub`` (coordinates + settings key) of every run of ``cfg``."""
+    common = source.common_settings()
+    return {(k, s, m): run_stub(dataset=source.dataset, backbone=source.label, method=m, shots=k, seed=s,
+                                common=common, cfg=cfg)
+            for k in cfg["shots"] for s in cfg["seeds"] for m in methods}
+
+
+def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, echo: Echo = print,
+                resume: bool = True, write_table: bool = True, progress: bool = True,
+                wait_for_others: float = 3600.0) -> tuple[list[dict], str]:
+    """Run every (shots, seed, method) of ``cfg`` on ``source``; write one JSON per run and the report.
+
+    ``resume``: a run whose JSON exists under ``output_dir`` with the same settings is reused, not
+    recomputed (nothing is extracted for a (shots, seed) whose runs all exist); ``False`` runs
+    everything again and replaces those files. A run another process is running (a live lock file,
+    :class:`~ssp.run.records.RunLock`) is left to it; its result is read back once written
+    (waiting at most ``wait_for_others`` seconds), so parallel invocations share the work.
+    On an interrupt, :class:`Interrupted` says how many run files this call completed.
+
+    Returns ``(records, table)`` (``table`` is ``""`` when ``write_table`` is False, and
+    ``([], "")`` on a torchrun rank other than 0).
     """
-    from ssp import distributed
-    from ssp._io import file_sha256
-    from ssp.backbone.model import load_backbone
-    from ssp.backbone.weights import backbone_label
-    from ssp.data import get_dataset, make_fewshot_splits
-    from ssp.features.store import FeatureStore, cached_features
-    from ssp.run.records import find_run
-
     output_dir = Path(output_dir)
-    dataset = get_dataset(cfg["dataset"], root, split_file=split_file)
-    common = images_common_settings(cfg, dataset)
-    label = backbone_label(cfg["backbone"], cfg["pretrained"])
-    stubs = {(shots, seed, method): run_stub(dataset=dataset.name, backbone=label, method=method, shots=shots,
-                                             seed=seed, common=common, cfg=cfg)
-             for shots in cfg["shots"] for seed in cfg["seeds"] for method in cfg["methods"]}
+    methods, reasons = source.runnable(list(cfg["methods"]))
+    for reason in reasons:
+        echo(f"[ssp] {reason}")
+    if not methods:
+        raise ValueError(f"nothing to run on {source.dataset}: " + "; ".join(reasons))
+    stubs = plan_runs(cfg, source, methods)
     done = {k: r for k, r in ((k, find_run(output_dir, st)) for k, st in stubs.items()) if r is not None} \
-        if skip_existing else {}
-    if skip_existing and len(done) == len(stubs):
-        echo(f"[ssp] {dataset.name} ({label}): all {len(stubs)} runs already done under {output_dir}; nothing to do")
-        for r in done.values():
-            echo_result(echo, r, reused=True)
-        records = list(done.values())
-        return records, (write_report(output_dir)[0] if write_table else "")
-    backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
-                             device=device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
-    store = FeatureStore(cache_dir)
-    extract_kw = {k: cfg[k] for k in ("batch_size", "num_workers") if cfg.get(k) is not None}
-    extract_kw["progress"] = progress
-    skip_bad = cfg.get("skip_bad_images", False)
-    if not isinstance(skip_bad, bool):
-        raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
-    extract_kw["skip_bad_images"] = skip_bad
-    needs_local = any(m.endswith("+ssp") for m in cfg["methods"])
-    recompute_text = recompute
-    if distributed.is_active():
-        _extract_all(cfg, dataset, backbone, store, needs_local, recompute, extract_kw)
-        distributed.barrier()
-        if not distributed.is_main():
+        if resume else {}
+    records: list[dict] = []
+    completed = 0
+    try:
+        if len(done) == len(stubs):
+            echo(f"[ssp] {source.dataset} ({source.label}): all {len(stubs)} runs already done under "
+                 f"{output_dir}; nothing to do")
+            for key in stubs:
+                echo_result(echo, done[key], reused=True)
+            return [done[k] for k in stubs], (write_report(output_dir)[0] if write_table else "")
+        if done:
+            echo(f"[ssp] {len(done)} of {len(stubs)} runs already done under {output_dir} (same settings): reused")
+        if not source.open(echo):
             return [], ""
-        # Everything is cached now: rank 0 goes on alone (reads, methods, writes).
-        extract_kw["distributed"], recompute = False, False
-        store.hits = -store.misses  # below, every file is read once more: count only files that existed before
-    echo(f"[ssp] {dataset.name}: {len(dataset.classnames)} classes, train/val/test = "
-         f"{len(dataset.train)}/{len(dataset.val) if dataset.val is not None else '-'}/{len(dataset.test)}; "
-         f"backbone {cfg['backbone']} ({cfg['pretrained']}) on {backbone.device}; cache {store.root}")
+        fields = source.record_fields()
+        text = source.text_classifier()
+        log = WarningLog(echo)
+        waiting: dict[tuple[int, int, str], RunLock] = {}
+        for shots in cfg["shots"]:
+            for seed in cfg["seeds"]:
+                todo = []
+                for m in methods:
+                    key = (shots, seed, m)
+                    if key in done:
+                        records.append(done[key])
+                        echo_result(echo, done[key], reused=True)
+                        continue
+                    lock = RunLock(output_dir, stubs[key])
+                    if lock.acquire():
+                        todo.append((m, lock))
+                    else:
+                        waiting[key] = lock
+                        echo(f"[ssp] {shots}-shot seed {seed} {m}: another process is running it; its result "
+                             "will be read back")
+                if not todo:
+                    continue
+                try:
+                    split = source.split(shots, seed, echo)
+                    for msg in split.warnings:
+                        echo(f"[ssp] warning: {msg}")
+                    for method, lock in todo:
+                        res = run_method(method, cfg, split.support, split.val, split.test, text,
+                                         device=source.device, seed=seed, progress=progress)
+                        log.add(method, res.warnings)
+                        record = make_record(stubs[(shots, seed, method)], res, **fields,
+                                             protocol=split.protocol, seeds=split.seeds, timings=split.timings,
+                                             warnings=split.warnings + res.warnings, cfg=cfg,
+                                             device=source.device, extra=split.extra)
+                        write_run(output_dir, record)
+                        lock.release()
+                        completed += 1
+                        records.append(record)
+                        echo_result(echo, record)
+                finally:
+                    for _, lock in todo:
+                        lock.release()
+        records += _read_back(output_dir, stubs, waiting, wait_for_others, echo)
+        log.summary()
+        source.close(echo)
+    except KeyboardInterrupt as err:
+        raise Interrupted(completed, getattr(err, "signum", None)) from err
+    return records, (write_report(output_dir)[0] if write_table else "")
 
-    t0 = time.perf_counter()
-    text_key = {"kind": "text_classifier", "backbone": backbone.identity,
-                "classnames": dataset.classnames, "templates": dataset.templates}
-    text = store.get_or_compute(
-        text_key, lambda: {"text": backbone.text_classifier(dataset.classnames, dataset.templates)},
-        recompute=recompute_text)["text"]
-    test = Features.from_dict(cached_features(store, backbone, dataset.test, dataset=dataset.name, split="test",
-                                              recompute=recompute, desc="test", **extract_kw))
-    full_val = None
-    if dataset.val is not None:
-        full_val = Features.from_dict(cached_features(store, backbone, dataset.val, dataset=dataset.name,
-                                                      split="val", recompute=recompute, desc="val", **extract_kw))
-        val_index = _index_by_path(dataset.val, full_val.kept)
-    shared_extract_s = time.perf_counter() - t0
-    split_path = Path(split_file) if split_file is not None else None
-    source = {"kind": "images", "dataset_root": str(Path(dataset.root).resolve()),
-              "split_file": None if split_path is None else str(split_path.resolve()),
-              "split_file_sha256": file_sha256(split_path) if split_path is not None and split_path.is_file() else None,
-              **common["source"]}
-    text_info = {"source": f"computed from the backbone's text encoder ({len(dataset.templates)} templates)",
-                 "templates": list(dataset.templates)}
-    backbone_info = {"model": cfg["backbone"], "pretrained": cfg["pretrained"], "identity": backbone.identity}
-    summary = (f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}")
 
-    records = []
-    for shots in cfg["shots"]:
-        for seed in cfg["seeds"]:
-            todo = [m for m in cfg["methods"] if (shots, seed, m) not in done]
-            for m in cfg["methods"]:
-                if (shots, seed, m) in done:
-                    records.append(done[(shots, seed, m)])
-                    echo_result(echo, done[(shots, seed, m)], reused=True)
-            if not todo:
-                continue
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                splits = make_fewshot_splits(dataset, shots, seed, val_policy=cfg["val_policy"])
-            sampling_warnings = [str(w.message) for w in caught]
-            for msg in sampling_warnings:
-                echo(f"[ssp] warning: {msg}")
-            t0 = time.perf_counter()
-            support = Features.from_dict(cached_features(
-                store, backbone, splits.support, dataset=dataset.name, split="train", views=cfg["views"],
-                with_patches=needs_local, seed=seed, recompute=recompute, desc=f"support {shots}-shot seed {seed}",
-                **extract_kw))
-            if full_val is not None:
-                val = full_val.subset(torch.tensor([val_index[s.path] for s in splits.val if s.path in val_index],
-                                                   dtype=torch.long))
-            else:  # ImageNet: validation carved from train images not used as shots
-                val = Features.from_dict(cached_features(
-                    store, backbone, splits.val, dataset=dataset.name, split="train-as-val", recompute=recompute,
-                    desc=f"val {shots}-shot seed {seed}", **extract_kw))
-            extract_s = time.perf_counter() - t0
-            skipped = {"test": _skipped(dataset.test, test), "support": _skipped(splits.support, support),
-                       "val": ([p for p in (s.path for s in splits.val) if p not in val_index]
-                               if full_val is not None else _skipped(splits.val, val))}
-            n_skipped = sum(map(len, skipped.values()))
-            if n_skipped:
-                echo(f"[ssp] {shots}-shot seed {seed}: {n_skipped} unreadable image(s) left out (--skip-bad-images): "
-                     + ", ".join(p for paths in skipped.values() for p in paths))
-            protocol = {"val_policy": cfg["val_policy"], "views": cfg["views"],
-                        "hyperparameters_chosen_on": "validation split",
-                        "n_support": len(support.labels), "n_val": len(val.labels),
-                        "n_test": len(test.labels), "n_classes": len(dataset.classnames)}
-            seeds = {"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
-                     "training": seed, "random_init": None if backbone.identity["weights"]["source"] != "random"
-                     else backbone.identity["weights"].get("seed")}
-            for method in todo:
-                res = run_method(method, cfg, support, val, test, text, device=backbone.device, seed=seed,
-                                 progress=progress)
-                record = make_record(stubs[(shots, seed, method)], res, backbone=backbone_info, protocol=protocol,
-                                     protocol_summary=summary, source=source, text_features=text_info,
-                                     seeds=seeds, timings={"shared_features_s": shared_extract_s,
-                                                           "support_val_features_s": extract_s},
-                                     warnings_=sampling_warnings, cfg=cfg, device=backbone.device)
-                record["skipped_images"] = skipped
-                write_run(output_dir, record)
-                records.append(record)
-                echo_result(echo, record)
-    echo(f"[ssp] feature cache {store.root}: {store.hits} file(s) reused, {store.misses} extracted")
-    table = write_report(output_dir)[0] if write_table else ""
-    return records, table
+def _read_back(output_dir: Path, stubs: dict, waiting: dict, timeout: float, echo: Echo) -> list[dict]:
+    """The runs other processes held locks on, once their files exist (polling)."""
+    out = []
+    deadline = time.monotonic() + timeout
+    for key, lock in waiting.items():
+        while True:
+            record = find_run(output_dir, stubs[key])
+            if record is not None:
+                out.append(record)
+                echo_result(echo, record, reused=True)
+                break
+            if not lock.locked_by_other():
+                raise RuntimeError(f"run {key} was being run by another process that stopped without writing "
+                                   f"its result ({lock.path}); rerun the same command to run it here")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"waited {timeout:.0f} s for another process to finish run {key} "
+                                   f"({lock.path}); rerun later")
+            time.sleep(2.0)
+    return out

@@ -1,12 +1,14 @@
-"""What a run JSON records so that a number can be traced and reproduced.
+"""Run records: one JSON file per (dataset, backbone, method, shots, seed, settings).
 
-* :func:`settings_key` -- a short hash of everything that changes a run's numbers; results of
-  different settings live under different keys and are never overwritten or mixed.
+* :func:`run_stub` -- a run's coordinates and settings, and :func:`settings_key`, a short hash of
+  everything that changes its numbers: results of different settings live under different keys and
+  are never overwritten or mixed.
+* :func:`make_record` -- the run JSON: coordinates, settings, protocol, provenance, results.
 * :func:`environment` -- command line, ssp version and git commit, library versions, platform.
-* :func:`file_sha256`, :func:`sample_list_digest` -- digests of inputs (split files, image lists,
-  feature-cache files).
-* :func:`clean_floats` -- drop float noise (``2.8600000000000003`` -> ``2.86``) before a value is
-  written or shown.
+* :func:`sample_list_digest` -- a digest of an image list.
+* :func:`run_filename`, :func:`find_run`, :func:`write_run` -- where a run's file lives, reading a
+  finished one back (resume), writing one atomically.
+* :class:`RunLock` -- a per-run lock file, so that parallel invocations share the work.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from ssp import __version__
 from ssp._io import canonical_json, clean_floats, write_json_atomic
 from ssp.report.tables import RUN_SUFFIX
 
@@ -72,8 +75,8 @@ def _version(module: str) -> str | None:
 
 
 def environment(device: Any = None) -> dict:
-    """The software and machine a run was made with."""
-    from ssp import __version__
+    """The software and machine a run was made with (``world_size``: processes under torchrun)."""
+    from ssp import distributed
 
     command = None
     if sys.argv and sys.argv[0]:
@@ -94,6 +97,7 @@ def environment(device: Any = None) -> dict:
         "open_clip": _version("open_clip"),
         "numpy": _version("numpy"),
         "device": None if device is None else str(device),
+        "world_size": distributed.env_world_size(),
     }
 
 
@@ -134,3 +138,133 @@ def find_run(output_dir: Path, record: dict) -> dict | None:
 
 def write_run(output_dir: Path, record: dict) -> Path:
     return write_json_atomic(Path(output_dir) / run_filename(record), record)
+
+
+def method_settings(cfg: dict, method: str) -> dict:
+    """The config sections ``method`` reads (its parameters, its grid, the SSP section for ``+ssp``):
+    the method part of a run's settings, so a change of another method's config keeps its runs."""
+    from ssp.methods.registry import parse_method
+
+    spec, use_ssp = parse_method(method)
+    sections = [s for s in (spec.config_section, spec.search_section) if s] + (["ssp"] if use_ssp else [])
+    return {sec: cfg.get(sec) for sec in dict.fromkeys(sections)}
+
+
+def run_stub(*, dataset: str, backbone: str, method: str, shots: int, seed: int, common: dict,
+             cfg: dict) -> dict:
+    """The coordinates and settings of one run: enough to find its file (:func:`find_run`).
+    ``common`` holds the settings shared by every method (source, backbone, protocol)."""
+    settings = clean_floats({**common, "method": method_settings(cfg, method)})
+    return {"dataset": dataset, "backbone": {"name": backbone}, "method": method, "shots": int(shots),
+            "seed": int(seed), "settings_key": settings_key(settings), "protocol_key": settings_key(common),
+            "settings": settings}
+
+
+def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, protocol_summary: str,
+                source: dict, text_features: dict, seeds: dict, timings: dict, warnings: list[str],
+                cfg: dict, device: Any, extra: dict | None = None) -> dict:
+    """The run JSON: coordinates, settings and their key, protocol, provenance, results
+    (``result``: a :class:`ssp.run.pipeline.MethodResult`). ``warnings`` is the run's one list of
+    warnings (sampling, fitting, search)."""
+    from datetime import datetime, timezone
+
+    return {
+        "ssp_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **{k: stub[k] for k in ("dataset", "method", "shots", "seed")},
+        "backbone": {**backbone, "name": stub["backbone"]["name"]},
+        "settings_key": stub["settings_key"],
+        "protocol_key": stub["protocol_key"],
+        "protocol_summary": protocol_summary,
+        "protocol": protocol,
+        "source": source,
+        "text_features": text_features,
+        "seeds": seeds,
+        "hyperparameters": result.hyperparameters,
+        "val_accuracy": round(result.val_accuracy, 6),
+        "test_accuracy": round(result.test_accuracy, 6),
+        "details": result.details,
+        "timings": {k: round(float(v), 4) for k, v in {**timings, **result.timings}.items()},
+        "warnings": list(warnings),
+        "environment": environment(device),
+        "settings": stub["settings"],
+        "config": cfg,
+        **(extra or {}),
+    }
+
+
+class RunLock:
+    """A lock file beside a run's JSON (``<file>.lock``, holding ``host pid``) while one process
+    runs it, so that parallel invocations on one output folder share the work instead of
+    duplicating it. A lock whose process is gone (same host) is stale and taken over."""
+
+    def __init__(self, output_dir: Path, stub: dict) -> None:
+        self.path = Path(output_dir) / (run_filename(stub) + ".lock")
+        self.held = False
+
+    def acquire(self) -> bool:
+        """Take the lock; False when a live process holds it."""
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale():
+                    return False
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self.held = True
+            return True
+        return False
+
+    def _stale(self) -> bool:
+        import socket
+
+        try:
+            host, pid = self.path.read_text().split()
+            pid_alive = True
+            if host == socket.gethostname():
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    pid_alive = False
+                except PermissionError:
+                    pass
+            return not pid_alive
+        except (OSError, ValueError):
+            return True  # unreadable or half-written: its writer died before finishing it
+
+    def locked_by_other(self) -> bool:
+        return self.path.exists() and not self.held and not self._stale()
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def check_writable(folder: str | os.PathLike[str]) -> Path:
+    """Raise, before any work, when results cannot be written to ``folder``: ``NotADirectoryError``
+    when it (or a parent) is a file, ``PermissionError`` when it (or the parent it would be created
+    in) is not writable. Nothing is created."""
+    import uuid
+
+    folder = Path(folder).expanduser()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"output folder {folder}: {existing} is a file, not a folder; choose another "
+                                 "--output")
+    probe = existing / f".ssp-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write to output folder {folder} ({err.strerror or err} in {existing}); "
+                              "choose a writable --output") from None
+    return folder

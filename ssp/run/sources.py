@@ -1,9 +1,15 @@
-"""The few-shot protocol on a Tip-Adapter / APE feature-cache folder: no images, no backbone.
+"""Where a run's features come from: one :class:`FeatureSource` protocol, two sources.
 
-One-way flow: cache folder (:func:`ssp.features.tip_cache.load_feature_cache`) -> :class:`Features`
-(support / validation / test) -> :func:`ssp.run.pipeline.run_method` -> run JSONs -> report.
+* :class:`ImageSource` -- a dataset of images (:mod:`ssp.data`) through a backbone
+  (:mod:`ssp.backbone`) into the feature store (:mod:`ssp.features.store`).
+* :class:`TipCacheSource` -- a Tip-Adapter cache folder (:mod:`ssp.features.tip_cache`): no
+  images, no backbone.
 
-Protocol on a cache (decisions, recorded in every run JSON):
+The run loop (:func:`ssp.run.pipeline.run_fewshot`) asks a source for the settings shared by every
+run (keyed into each run's file), opens it once when there is work to do, then asks it for the
+support / validation / test :class:`~ssp.features.types.Features` of each (shots, seed).
+
+Protocol on a Tip-Adapter cache folder (decisions, recorded in every run JSON):
 
 * **Support set.** A cache holds one few-shot draw per shot count (``keys_{K}shots.pt``, the mean
   of the augmented views of each support image), so the seed does not change the support set;
@@ -16,91 +22,317 @@ Protocol on a cache (decisions, recorded in every run JSON):
 * **Validation policy.** The same ``val_policy`` as the images path, applied to the (search
   part of the) validation features: ``coop`` keeps min(K, 4) per class, an int that many,
   ``full`` everything (what the Tip-Adapter / APE scripts use). Per class, the kept features are
-  the first ones of a seeded permutation (``default_rng([seed, K, 1, c])``, the stream of the
-  images path), of the features in file order.
+  the first ones of a seeded permutation (``default_rng([seed, K, 1, c])``), in file order.
 * **Text classifier.** ``text_weights*.pt`` in the folder, or a file given with
   ``text_features`` (``[C, D]`` or ``[D, C]``, ``.pt`` / ``.npy`` / ``.safetensors``). Without one
-  the methods that need text are skipped with a message; methods whose registry entry says
-  ``needs_text=False`` still run.
-* **SSP.** Tip-Adapter / APE caches hold no local (patch) features, so ``+ssp`` methods are
-  skipped with a message.
+  the methods that need text are skipped with a message.
+* **SSP.** Tip-Adapter cache folders hold no patch features, so ``+ssp`` methods are skipped
+  with a message.
 * **Fine-tuned methods** train on the cache keys (no per-view features exist in a cache); the
   run JSON says so (``details.training.training_inputs``).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
 
-from ssp.features.text import load_text_features
-from ssp.features.tip_cache import available_shots, load_feature_cache
 from ssp.features.types import Features
-from ssp.report.tables import write_report
-from ssp.run.pipeline import echo_result, make_record, run_method, run_stub
-from ssp.run.records import find_run, write_run
+
+__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "cache_dataset_name",
+           "split_validation"]
 
 _STAGE_VAL, _STAGE_TEST_FROM_VAL = 1, 2
+Echo = Callable[[str], None]
 
 
 @dataclass
-class CacheSource:
-    """A cache folder ready to run: its shot counts, text classifier and where each came from."""
+class Split:
+    """The features of one (shots, seed) and what its run JSONs record about them."""
 
-    folder: Path
-    shots: list[int]
-    text: torch.Tensor | None          # [C, D] or None
-    text_info: dict
-    n_classes: int
-    dim: int
-    has_test: bool
-    has_val: bool
-    file_digests: dict
+    support: Features
+    val: Features
+    test: Features
+    protocol: dict
+    seeds: dict
+    timings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
+
+
+class FeatureSource(Protocol):
+    """What the run loop needs from a source of features."""
+
+    dataset: str            # the dataset name of the runs
+    label: str              # the backbone label of the runs (``RN50@openai``, ``cache-D512``)
+    device: torch.device | str | None
+
+    def common_settings(self) -> dict:
+        """Settings shared by every run (source, backbone, protocol): part of each settings key."""
+
+    def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
+        """``(methods that can run here, one-line reasons for those skipped)``."""
+
+    def open(self, echo: Echo) -> bool:
+        """Load what every split shares (backbone, text classifier, test features); False when this
+        process has nothing more to do (a torchrun rank other than 0, after extraction)."""
+
+    def split(self, shots: int, seed: int, echo: Echo) -> Split:
+        """The support / validation / test features of one (shots, seed)."""
+
+    def record_fields(self) -> dict:
+        """``backbone``, ``source``, ``text_features`` and ``protocol_summary`` of the run JSONs."""
+
+    def text_classifier(self) -> torch.Tensor | None:
+        """``[C, D]`` text classifier (None: none available)."""
+
+    def close(self, echo: Echo) -> None:
+        """Report on the work done (e.g. the feature store's reuse counts)."""
+
+
+def _skip_ssp_and_textless(methods: list[str], *, has_patches: bool, has_text: bool,
+                           where: str) -> tuple[list[str], list[str]]:
+    from ssp.methods.registry import parse_method
+
+    run, no_patches, no_text = [], [], []
+    for m in methods:
+        spec, use_ssp = parse_method(m)
+        if use_ssp and not has_patches:
+            no_patches.append(m)
+        elif spec.needs_text and not has_text:
+            no_text.append(m)
+        else:
+            run.append(m)
+    reasons = []
+    if no_patches:
+        reasons.append(f"skipping {', '.join(no_patches)}: SSP needs patch features, and a Tip-Adapter cache "
+                       f"folder ({where}) holds global features only; run from images (--root) for the +ssp "
+                       "methods")
+    if no_text:
+        reasons.append(f"skipping {', '.join(no_text)}: {where} has no text classifier (text_weights*.pt); pass "
+                       "--text-features FILE ([C, D] or [D, C]; .pt, .npy or .safetensors)")
+    return run, reasons
+
+
+# ------------------------------------------------------------------------------------- images
+
+
+def _index_by_path(samples, kept: torch.Tensor | None = None) -> dict[str, int]:
+    """Sample path -> row of the features (``kept``: the rows' sample indices when images were skipped)."""
+    rows = range(len(samples)) if kept is None else kept.tolist()
+    return {samples[i].path: row for row, i in enumerate(rows)}
+
+
+def _skipped(samples, features: Features) -> list[str]:
+    """Paths of ``samples`` that have no row in ``features`` (unreadable images left out)."""
+    if features.kept is None or len(features.kept) == len(samples):
+        return []
+    kept = set(features.kept.tolist())
+    return [s.path for i, s in enumerate(samples) if i not in kept]
+
+
+class ImageSource:
+    """A dataset of images: the backbone's features, extracted once into the feature store.
+
+    ``cfg`` is the merged config (backbone, pretrained, precision, views, val_policy, batch_size,
+    num_workers, skip_bad_images). Under torchrun (an initialised process group, see
+    :mod:`ssp.distributed`) :meth:`open` has every rank extract its share of every feature file
+    the runs need; then rank 0 alone goes on (the other ranks' :meth:`open` returns False).
+    """
+
+    def __init__(self, cfg: dict, *, root: str | Path, cache_dir: str | Path | None = None,
+                 device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
+                 progress: bool = True) -> None:
+        from ssp.backbone.weights import backbone_label
+        from ssp.data import get_dataset
+        from ssp.run.records import sample_list_digest
+
+        self.cfg = cfg
+        self.data = get_dataset(cfg["dataset"], root, split_file=split_file)
+        self.dataset = self.data.name
+        self.label = backbone_label(cfg["backbone"], cfg["pretrained"])
+        self.cache_dir, self.device, self.recompute, self.progress = cache_dir, device, recompute, progress
+        self.split_file = Path(split_file) if split_file is not None else None
+        skip_bad = cfg.get("skip_bad_images", False)
+        if not isinstance(skip_bad, bool):
+            raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
+        lists = {name: (None if samples is None else sample_list_digest(samples, self.data.root))
+                 for name, samples in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
+        self._common = {
+            "source": {"kind": "images", "image_lists": lists, "templates": list(self.data.templates)},
+            "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
+                         "precision": cfg["precision"], "quick_gelu": cfg.get("quick_gelu")},
+            "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"]}}
+        self._needs_patches = False
+
+    def common_settings(self) -> dict:
+        return self._common
+
+    def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
+        self._needs_patches = any(m.endswith("+ssp") for m in methods)
+        return list(methods), []
+
+    def _extract_kw(self) -> dict:
+        cfg = self.cfg
+        kw = {k: cfg[k] for k in ("batch_size", "num_workers") if cfg.get(k) is not None}
+        kw.update(progress=self.progress, skip_bad_images=cfg.get("skip_bad_images", False))
+        return kw
+
+    def open(self, echo: Echo) -> bool:
+        from ssp import distributed
+        from ssp._checks import is_random_weights
+        from ssp.backbone.model import load_backbone
+        from ssp.features.store import FeatureStore
+
+        cfg, data = self.cfg, self.data
+        self.backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
+                                      device=self.device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
+        self.device = self.backbone.device
+        self.store = FeatureStore(self.cache_dir)
+        self._kw = self._extract_kw()
+        recompute_text = self.recompute
+        self.world_size = distributed.world_size() if distributed.is_active() else 1
+        if distributed.is_active():
+            self._extract_all()
+            distributed.barrier()
+            if not distributed.is_main():
+                return False
+            # Everything is in the store now: rank 0 goes on alone (reads, methods, writes).
+            self._kw["distributed"], self.recompute = False, False
+            self.store.hits = -self.store.misses  # every file is read once more below: count only older ones
+        echo(f"[ssp] {data.name}: {len(data.classnames)} classes, train/val/test = "
+             f"{len(data.train)}/{len(data.val) if data.val is not None else '-'}/{len(data.test)}; "
+             f"backbone {cfg['backbone']} ({cfg['pretrained']}) on {self.backbone.device}; "
+             f"feature store {self.store.root}")
+        t0 = time.perf_counter()
+        text_key = {"kind": "text_classifier", "backbone": self.backbone.identity,
+                    "classnames": data.classnames, "templates": data.templates}
+        self.text = self.store.get_or_compute(
+            text_key, lambda: {"text": self.backbone.text_classifier(data.classnames, data.templates)},
+            recompute=recompute_text)["text"]
+        self.test = self._features(data.test, split="test", desc="test")
+        self.full_val = None
+        if data.val is not None:
+            self.full_val = self._features(data.val, split="val", desc="val")
+            self.val_index = _index_by_path(data.val, self.full_val.kept)
+        self.shared_s = time.perf_counter() - t0
+        return True
+
+    def _features(self, samples, *, split: str, desc: str, **kw) -> Features:
+        from ssp.features.store import cached_features
+
+        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=self.data.name,
+                                                  split=split, recompute=self.recompute, desc=desc,
+                                                  **self._kw, **kw))
+
+    def _draw(self, shots: int, seed: int):
+        from ssp.data import make_fewshot_splits
+
+        return make_fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"])
+
+    def _extract_all(self) -> None:
+        """Every feature file the runs need, extracted by all ranks together (torchrun)."""
+        data, cfg = self.data, self.cfg
+        self._features(data.test, split="test", desc="test")
+        if data.val is not None:
+            self._features(data.val, split="val", desc="val")
+        for shots in cfg["shots"]:
+            for seed in cfg["seeds"]:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
+                    draw = self._draw(shots, seed)
+                self._features(draw.support, split="train", desc=f"support {shots}-shot seed {seed}",
+                               views=cfg["views"], with_patches=self._needs_patches, seed=seed)
+                if data.val is None:
+                    self._features(draw.val, split="train-as-val", desc=f"val {shots}-shot seed {seed}")
+
+    def split(self, shots: int, seed: int, echo: Echo) -> Split:
+        cfg = self.cfg
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            draw = self._draw(shots, seed)
+        sampling_warnings = [str(w.message) for w in caught]
+        t0 = time.perf_counter()
+        support = self._features(draw.support, split="train", desc=f"support {shots}-shot seed {seed}",
+                                 views=cfg["views"], with_patches=self._needs_patches, seed=seed)
+        if self.full_val is not None:
+            index = [self.val_index[s.path] for s in draw.val if s.path in self.val_index]
+            val = self.full_val.subset(torch.tensor(index, dtype=torch.long))
+        else:  # ImageNet: validation carved from train images not used as shots
+            val = self._features(draw.val, split="train-as-val", desc=f"val {shots}-shot seed {seed}")
+        extract_s = time.perf_counter() - t0
+        skipped = {"test": _skipped(self.data.test, self.test), "support": _skipped(draw.support, support),
+                   "val": ([p for p in (s.path for s in draw.val) if p not in self.val_index]
+                           if self.full_val is not None else _skipped(draw.val, val))}
+        n_skipped = sum(map(len, skipped.values()))
+        empty = sorted(set(range(len(self.data.classnames))) - set(support.labels.tolist()))
+        if empty:
+            names = ", ".join(f"{self.data.classnames[c]!r}" for c in empty)
+            raise ValueError(f"{shots}-shot seed {seed}: class(es) {names} have no readable support image left "
+                             f"after --skip-bad-images left out {', '.join(skipped['support'])}; replace those "
+                             "images or remove them from the dataset")
+        if n_skipped:
+            echo(f"[ssp] {shots}-shot seed {seed}: {n_skipped} unreadable image(s) left out (--skip-bad-images): "
+                 + ", ".join(p for paths in skipped.values() for p in paths))
+        identity = self.backbone.identity["weights"]
+        return Split(
+            support=support, val=val, test=self.test,
+            protocol={"val_policy": cfg["val_policy"], "views": cfg["views"],
+                      "hyperparameters_chosen_on": "validation split",
+                      "n_support": len(support.labels), "n_val": len(val.labels),
+                      "n_test": len(self.test.labels), "n_classes": len(self.data.classnames)},
+            seeds={"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
+                   "training": seed, "random_init": identity.get("seed") if identity["source"] == "random" else None},
+            timings={"shared_features_s": self.shared_s, "support_val_features_s": extract_s},
+            warnings=sampling_warnings, extra={"skipped_images": skipped})
+
+    def text_classifier(self) -> torch.Tensor:
+        return self.text
+
+    def record_fields(self) -> dict:
+        from ssp._io import file_sha256
+
+        cfg, data, path = self.cfg, self.data, self.split_file
+        return {
+            "backbone": {"model": cfg["backbone"], "pretrained": cfg["pretrained"], "identity": self.backbone.identity},
+            "source": {"kind": "images", "dataset_root": str(Path(data.root).resolve()),
+                       "split_file": None if path is None else str(path.resolve()),
+                       "split_file_sha256": file_sha256(path) if path is not None and path.is_file() else None,
+                       "extraction_world_size": self.world_size, **self._common["source"]},
+            "text_features": {"source": f"computed from the backbone's text encoder ({len(data.templates)} templates)",
+                              "templates": list(data.templates)},
+            "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}",
+        }
+
+    def close(self, echo: Echo) -> None:
+        echo(f"[ssp] feature store {self.store.root}: {self.store.hits} file(s) reused, "
+             f"{self.store.misses} extracted")
+
+
+# ------------------------------------------------------------------------ Tip-Adapter cache folders
+
+#: Folder names the published Tip-Adapter / APE caches and configs use -> ssp's dataset names.
+TIP_ADAPTER_NAMES = {"fgvc": "fgvc_aircraft", "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft",
+                     "flowers": "oxford_flowers", "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers",
+                     "pets": "oxford_pets", "oxfordpets": "oxford_pets", "cars": "stanford_cars",
+                     "stanfordcars": "stanford_cars", "caltech": "caltech101", "food": "food101",
+                     "food_101": "food101", "sun": "sun397", "ucf": "ucf101", "eurosat_rgb": "eurosat",
+                     "describabletextures": "dtd", "textures": "dtd"}
 
 
 def cache_dataset_name(folder: str | Path) -> str | None:
-    """The benchmark whose name is the folder's name (``.../stanford_cars`` -> ``stanford_cars``)."""
+    """The benchmark a Tip-Adapter cache folder holds, from its name: ssp's names
+    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``)."""
     from ssp.run.config import builtin_config_names
 
     name = Path(folder).expanduser().resolve().name.lower().replace("-", "_")
+    name = TIP_ADAPTER_NAMES.get(name, TIP_ADAPTER_NAMES.get(name.replace("_", ""), name))
     return name if name in builtin_config_names() else None
-
-
-def open_cache_source(folder: str | Path, *, text_features: str | Path | None = None,
-                      text_layout: str = "auto") -> CacheSource:
-    """Inspect a cache folder (reads the smallest shot count once) and load its text classifier."""
-    from ssp._io import file_sha256
-
-    folder = Path(folder).expanduser()
-    shots = available_shots(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"feature-cache folder {folder} does not exist")
-    if not shots:
-        raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter / APE cache folder")
-    probe = load_feature_cache(folder, shots[0])
-    n_classes, dim = probe.n_classes, probe.n_features
-    if text_features is not None:
-        path = Path(text_features).expanduser()
-        text = load_text_features(path, n_classes, dim, text_layout)
-        info = {"source": "file given with --text-features", "file": str(path.resolve()),
-                "sha256": file_sha256(path), "layout": text_layout, "templates": None}
-    elif probe.text_features is not None:
-        path = folder / probe.text_weights_file
-        text = probe.text_features
-        info = {"source": "the cache folder's text classifier", "file": str(path.resolve()),
-                "sha256": file_sha256(path), "layout": "DC (Tip-Adapter format)",
-                "templates": "not recorded in the cache"}
-    else:
-        text, info = None, {"source": None}
-    digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
-               if p.is_file() and p.suffix == ".pt"}
-    return CacheSource(folder=folder, shots=shots, text=text, text_info=info, n_classes=n_classes, dim=dim,
-                       has_test=probe.test_features is not None, has_val=probe.val_features is not None,
-                       file_digests=digests)
 
 
 def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,136 +368,135 @@ def _subsample_val(labels: torch.Tensor, policy, shots: int, seed: int) -> torch
     return torch.tensor(sorted(keep), dtype=torch.long)
 
 
-def runnable_methods(methods, source: CacheSource) -> tuple[list[str], list[str]]:
-    """``(methods that can run, one-line reasons for those skipped)`` on ``source``."""
-    from ssp.methods.registry import parse_method
+class TipCacheSource:
+    """A Tip-Adapter cache folder (``keys_<K>shots.pt``, ``values_<K>shots.pt``, ``val_f.pt``, ...).
 
-    run, skipped_ssp, skipped_text = [], [], []
-    for m in methods:
-        spec, use_ssp = parse_method(m)
-        if use_ssp:
-            skipped_ssp.append(m)
-        elif source.text is None and getattr(spec, "needs_text", True):
-            skipped_text.append(m)
+    Opening reads the smallest shot count once (C, D, which splits exist) and the text classifier
+    (``text_features``: a file, else the folder's ``text_weights*.pt``). ``backbone_name`` labels the
+    backbone the cache was extracted with (not verifiable from the files; default ``cache-D<D>``).
+    Errors (a missing folder, no keys files, no validation features, no test features without
+    ``test_from_val``, missing shot counts) are raised here, before any run.
+    """
+
+    def __init__(self, cfg: dict, *, folder: str | Path, test_from_val: float | None = None,
+                 text_features: str | Path | None = None, text_layout: str = "auto",
+                 backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
+        from ssp._io import file_sha256
+        from ssp._utils import resolve_device
+        from ssp.features.text import load_text_features
+        from ssp.features.tip_cache import available_shots, load_feature_cache
+        from ssp.run.records import settings_key
+
+        folder = Path(folder).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Tip-Adapter cache folder {folder} does not exist")
+        self.shots = available_shots(folder)
+        if not self.shots:
+            raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")
+        probe = load_feature_cache(folder, self.shots[0])
+        self.n_classes, self.dim = probe.n_classes, probe.n_features
+        if text_features is not None:
+            path = Path(text_features).expanduser()
+            self.text = load_text_features(path, self.n_classes, self.dim, text_layout)
+            self.text_info = {"source": "file given with --text-features", "file": str(path.resolve()),
+                              "sha256": file_sha256(path), "layout": text_layout, "templates": None}
+        elif probe.text_features is not None:
+            path = folder / probe.text_weights_file
+            self.text = probe.text_features
+            self.text_info = {"source": "the cache folder's text classifier", "file": str(path.resolve()),
+                              "sha256": file_sha256(path), "layout": "DC (Tip-Adapter format)",
+                              "templates": "not recorded in the cache"}
         else:
-            run.append(m)
-    reasons = []
-    if skipped_ssp:
-        reasons.append(f"skipping {', '.join(skipped_ssp)}: SSP needs local (patch) features, and a "
-                       f"Tip-Adapter / APE cache ({source.folder}) holds global features only; run from "
-                       "images (--root) for the +ssp methods")
-    if skipped_text:
-        reasons.append(f"skipping {', '.join(skipped_text)}: {source.folder} has no text classifier "
-                       "(text_weights*.pt); pass --text-features FILE ([C, D] or [D, C]; .pt, .npy or "
-                       ".safetensors)")
-    return run, reasons
+            self.text, self.text_info = None, {"source": None}
+        self.folder, self.cfg, self.test_from_val = folder, cfg, test_from_val
+        self.has_test, self.has_val = probe.test_features is not None, probe.val_features is not None
+        self.file_digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
+                             if p.is_file() and p.suffix == ".pt"}
+        self.dataset = cfg["dataset"]
+        self.label = f"{backbone_name}@cache" if backbone_name else f"cache-D{self.dim}"
+        self.backbone_name = backbone_name
+        self.device = resolve_device(device)
+        if check_shots:
+            missing = [k for k in cfg["shots"] if k not in self.shots]
+            if missing:
+                raise FileNotFoundError(f"{folder} has no keys_<K>shots.pt for shots {missing} "
+                                        f"(shot counts present: {self.shots})")
+        if not self.has_val:
+            raise FileNotFoundError(f"{folder} has no validation features (val_f.pt / val_l.pt): "
+                                    "hyper-parameters are chosen on validation data, so they are required")
+        if test_from_val is None and not self.has_test:
+            raise FileNotFoundError(f"{folder} has no test features (test_f.pt / test_l.pt); pass "
+                                    "--test-from-val 0.5 to split the validation features into a search part "
+                                    "and a test part (seeded per class)")
+        self._common = {"source": {"kind": "feature-cache", "files_digest": settings_key(self.file_digests),
+                                   "text_features_sha256": self.text_info.get("sha256")},
+                        "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
+        self._loaded: tuple[int, object] | None = None
 
+    def common_settings(self) -> dict:
+        return self._common
 
-def features_common_settings(cfg: dict, source: CacheSource, test_from_val: float | None) -> dict:
-    """Settings shared by every method of a feature-cache run (keyed into each run's settings)."""
-    from ssp.run.records import settings_key
+    def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
+        return _skip_ssp_and_textless(list(methods), has_patches=False, has_text=self.text is not None,
+                                      where=str(self.folder))
 
-    return {"source": {"kind": "feature-cache", "files_digest": settings_key(source.file_digests),
-                       "text_features_sha256": source.text_info.get("sha256")},
-            "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
+    def open(self, echo: Echo) -> bool:
+        if self.test_from_val is not None and self.has_test:
+            echo(f"[ssp] --test-from-val {self.test_from_val}: the test part is carved from validation; "
+                 f"{self.folder}/test_f.pt is not used")
+        echo(f"[ssp] {self.dataset} from {self.folder}: C={self.n_classes}, D={self.dim}, shots {self.shots}; "
+             f"text: {self.text_info.get('source') or 'none'}")
+        return True
 
+    def split(self, shots: int, seed: int, echo: Echo) -> Split:
+        from ssp.features.tip_cache import load_feature_cache
 
-def run_fewshot_features(cfg: dict, *, folder: str | Path, output_dir: str | Path,
-                         test_from_val: float | None = None, text_features: str | Path | None = None,
-                         text_layout: str = "auto", backbone_name: str | None = None, device=None,
-                         echo: Callable[[str], None] = print, skip_existing: bool = False,
-                         write_table: bool = True, source: CacheSource | None = None,
-                         progress: bool = True) -> tuple[list[dict], str]:
-    """Run every (shots, seed, method) of ``cfg`` on a cache folder; write one JSON per run and the
-    report. ``backbone_name`` labels the backbone the cache was extracted with (not verifiable
-    from the files; default ``cache-D<D>``). Returns ``(records, table)``."""
-    from ssp._utils import resolve_device
+        t0 = time.perf_counter()
+        if self._loaded is None or self._loaded[0] != shots:
+            self._loaded = (shots, load_feature_cache(self.folder, shots))
+        cache = self._loaded[1]
+        support = Features(cache.support_features, cache.support_labels)
+        val_x, val_y = cache.val_features, cache.val_labels
+        split = None
+        if self.test_from_val is not None:
+            search_idx, test_idx = split_validation(val_y, self.test_from_val, seed)
+            test = Features(val_x[test_idx], val_y[test_idx])
+            val_x, val_y = val_x[search_idx], val_y[search_idx]
+            split = {"fraction": self.test_from_val, "seed": seed, "stratified": "per class",
+                     "n_val_features": int(cache.val_labels.numel()), "n_search": int(search_idx.numel()),
+                     "n_test": int(test_idx.numel())}
+        else:
+            test = Features(cache.test_features, cache.test_labels)
+        policy = self.cfg["val_policy"]
+        keep = _subsample_val(val_y, policy, shots, seed)
+        val = Features(val_x[keep], val_y[keep])
+        return Split(
+            support=support, val=val, test=test,
+            protocol={"val_policy": policy, "views": "as in the cache (keys: mean of augmented views)",
+                      "hyperparameters_chosen_on": "validation split" + (" (search part)" if split else ""),
+                      "test_from_val": split, "n_support": int(support.labels.numel()),
+                      "n_val": int(val.labels.numel()), "n_test": int(test.labels.numel()),
+                      "n_classes": self.n_classes},
+            seeds={"few_shot_support": None, "test_from_val_split": seed if split else None,
+                   "validation_subsample": seed if policy != "full" else None, "training": seed},
+            timings={"load_features_s": time.perf_counter() - t0})
 
-    output_dir = Path(output_dir)
-    source = source or open_cache_source(folder, text_features=text_features, text_layout=text_layout)
-    missing = [k for k in cfg["shots"] if k not in source.shots]
-    if missing:
-        raise FileNotFoundError(f"{source.folder} has no keys_<K>shots.pt for shots {missing} "
-                                f"(shot counts present: {source.shots})")
-    if not source.has_val:
-        raise FileNotFoundError(f"{source.folder} has no validation features (val_f.pt / val_l.pt): "
-                                "hyper-parameters are chosen on validation data, so they are required")
-    if test_from_val is None and not source.has_test:
-        raise FileNotFoundError(f"{source.folder} has no test features (test_f.pt / test_l.pt); pass "
-                                "--test-from-val 0.5 to split the validation features into a search part "
-                                "and a test part (seeded per class)")
-    methods, reasons = runnable_methods(cfg["methods"], source)
-    for reason in reasons:
-        echo(f"[ssp] {reason}")
-    if not methods:
-        raise ValueError(f"nothing to run on {source.folder}: " + "; ".join(reasons))
-    if test_from_val is not None and source.has_test:
-        echo(f"[ssp] --test-from-val {test_from_val}: the test part is carved from validation; "
-             f"{source.folder}/test_f.pt is not used")
-    dataset = cfg["dataset"]
-    label = f"{backbone_name}@cache" if backbone_name else f"cache-D{source.dim}"
-    common = features_common_settings(cfg, source, test_from_val)
-    stubs = {(k, s, m): run_stub(dataset=dataset, backbone=label, method=m, shots=k, seed=s, common=common, cfg=cfg)
-             for k in cfg["shots"] for s in cfg["seeds"] for m in methods}
-    done = ({key: r for key, r in ((key, find_run(output_dir, st)) for key, st in stubs.items()) if r is not None}
-            if skip_existing else {})
-    device = resolve_device(device)
-    src_info = {"kind": "feature-cache", "folder": str(source.folder.resolve()), "files_sha256": source.file_digests,
-                "support_draw": "fixed by the cache (one draw per shot count; the seed does not change it)"}
-    summary = (f"feature cache {source.folder.name}, val {cfg['val_policy']}, "
-               + (f"test = {test_from_val:g} of val per class (seeded)" if test_from_val else "cache test split")
-               + f", text: {Path(source.text_info['file']).name if source.text_info.get('file') else 'none'}")
-    echo(f"[ssp] {dataset} from {source.folder}: C={source.n_classes}, D={source.dim}, shots {source.shots}; "
-         f"text: {source.text_info.get('source') or 'none'}; {len(done)} of {len(stubs)} runs already done")
+    def text_classifier(self) -> torch.Tensor | None:
+        return self.text
 
-    records = []
-    for shots in cfg["shots"]:
-        cache = None
-        for seed in cfg["seeds"]:
-            for m in methods:
-                if (shots, seed, m) in done:
-                    records.append(done[(shots, seed, m)])
-                    echo_result(echo, done[(shots, seed, m)], reused=True)
-            todo = [m for m in methods if (shots, seed, m) not in done]
-            if not todo:
-                continue
-            t0 = time.perf_counter()
-            if cache is None:
-                cache = load_feature_cache(source.folder, shots)
-            support = Features(cache.support_features, cache.support_labels)
-            val_x, val_y = cache.val_features, cache.val_labels
-            split = None
-            if test_from_val is not None:
-                search_idx, test_idx = split_validation(val_y, test_from_val, seed)
-                test = Features(val_x[test_idx], val_y[test_idx])
-                val_x, val_y = val_x[search_idx], val_y[search_idx]
-                split = {"fraction": test_from_val, "seed": seed, "stratified": "per class",
-                         "n_val_features": int(cache.val_labels.numel()), "n_search": int(search_idx.numel()),
-                         "n_test": int(test_idx.numel())}
-            else:
-                test = Features(cache.test_features, cache.test_labels)
-            keep = _subsample_val(val_y, cfg["val_policy"], shots, seed)
-            val = Features(val_x[keep], val_y[keep])
-            load_s = time.perf_counter() - t0
-            protocol = {"val_policy": cfg["val_policy"], "views": "as in the cache (keys: mean of augmented views)",
-                        "hyperparameters_chosen_on": "validation split" + (" (search part)" if split else ""),
-                        "test_from_val": split, "n_support": int(support.labels.numel()),
-                        "n_val": int(val.labels.numel()), "n_test": int(test.labels.numel()),
-                        "n_classes": source.n_classes}
-            seeds = {"few_shot_support": None, "test_from_val_split": seed if split else None,
-                     "validation_subsample": seed if cfg["val_policy"] != "full" else None, "training": seed}
-            for method in todo:
-                text = source.text if source.text is not None else None
-                res = run_method(method, cfg, support, val, test, text, device=device, seed=seed,
-                                 progress=progress)
-                record = make_record(stubs[(shots, seed, method)], res,
-                                     backbone={"model": backbone_name, "pretrained": None,
-                                               "note": "features read from a cache; backbone as labelled by the user"},
-                                     protocol=protocol, protocol_summary=summary, source=src_info,
-                                     text_features=source.text_info, seeds=seeds, timings={"load_features_s": load_s},
-                                     warnings_=[], cfg=cfg, device=device)
-                write_run(output_dir, record)
-                records.append(record)
-                echo_result(echo, record)
-    table = write_report(output_dir)[0] if write_table else ""
-    return records, table
+    def record_fields(self) -> dict:
+        text_file = self.text_info.get("file")
+        return {
+            "backbone": {"model": self.backbone_name, "pretrained": None,
+                         "note": "features read from a Tip-Adapter cache folder; backbone as labelled by the user"},
+            "source": {"kind": "feature-cache", "folder": str(self.folder.resolve()), "files_sha256": self.file_digests,
+                       "support_draw": "fixed by the cache (one draw per shot count; the seed does not change it)"},
+            "text_features": self.text_info,
+            "protocol_summary": (f"Tip-Adapter cache folder {self.folder.name}, val {self.cfg['val_policy']}, "
+                                 + (f"test = {self.test_from_val:g} of val per class (seeded)" if self.test_from_val
+                                    else "cache test split")
+                                 + f", text: {Path(text_file).name if text_file else 'none'}"),
+        }
+
+    def close(self, echo: Echo) -> None:
+        pass

@@ -60,9 +60,12 @@ def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, 
         assert (tmp_path / "out" / name).stat().st_size > 0
     assert "0 file(s) reused" in out
 
-    # second run: every feature file comes from the cache, results identical
+    # the same command again: every run is reused (resume by default), nothing is recomputed
     before = {p.name: json.loads(p.read_text())["test_accuracy"] for p in runs}
-    out2 = _run(capsys, *args)
+    out_resume = _run(capsys, *args)
+    assert f"all {len(runs)} runs already done" in out_resume and "extracted" not in out_resume
+    # --rerun: every run again, every feature file from the feature store, results identical
+    out2 = _run(capsys, *args, "--rerun")
     assert "0 extracted" in out2 and "0 file(s) reused" not in out2
     after = {p.name: json.loads(p.read_text())["test_accuracy"] for p in (tmp_path / "out").rglob("*.run.json")}
     assert after == before

@@ -77,7 +77,7 @@ def test_sigint_and_sigterm_during_extraction_are_short_and_clean(data_root, tmp
         assert proc.returncode == code, stderr[-2000:]
         last = stderr.strip().splitlines()[-1]
         assert last.startswith(f"ssp-fewshot: interrupted ({sig.name}); ") and "rerun" in last
-        assert "1 file complete" in last  # the text classifier
+        assert "0 run(s) finished in this call" in last  # stopped during extraction: no run yet
         assert "Traceback" not in stderr and len(stderr.splitlines()) < 15
         assert _temp_files(out, cache) == []        # clean-up ran
         assert not out.exists()                     # no run finished: nothing written there
