@@ -9,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from _local_http import LocalFiles, dtd_files, linked_copy, pin
+from _local_http import DTD_CLASSES, LocalFiles, dtd_files, linked_copy, pin
 from ssp.cli.data import main
 
 ASSETS = Path(__file__).parents[1] / "assets"
 REPO = Path(__file__).parents[2]
 
 
-def _fewshot(tmp_path: Path, root: Path, *extra: str) -> list[dict]:
+def _fewshot(tmp_path: Path, root: Path, *extra: str, out: str = "out") -> list[dict]:
     from ssp.cli.fewshot import main as fewshot
 
-    out = tmp_path / "out"
+    out = tmp_path / out
     assert fewshot(["--dataset", "dtd", "--root", str(root), "--backbone", str(ASSETS / "tiny-vit.json"),
                     "--pretrained", "none", "--views", "1", "--shots", "1", "--seeds", "1", "--methods", "zero-shot",
                     "tip-adapter", "--device", "cpu", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
@@ -43,6 +43,41 @@ def test_quick_start_download_then_fewshot(tmp_path, monkeypatch, capsys):
     records = _fewshot(tmp_path, data)
     assert sorted(r["method"] for r in records) == ["tip-adapter", "zero-shot"]
     assert all(r["protocol"]["n_classes"] == 3 and r["protocol"]["n_test"] == 3 for r in records)
+
+    # every run JSON records its exact support set; fed back, it reproduces the run
+    tip = next(r for r in records if r["method"] == "tip-adapter")
+    manifest = tip["split_manifest"]
+    (draw,) = manifest["draws"]
+    assert [label for _, label in draw["support"]] == [0, 1, 2]
+    assert all(path.startswith(f"images/{DTD_CLASSES[label]}/") for path, label in draw["support"])
+    assert tip["source"]["split_is_official"] is True  # the served split file matched the (test-pinned) digest
+    run_json = next((tmp_path / "out").rglob("1shot_seed1.run.json"))
+    again = _fewshot(tmp_path, data, "--split-manifest", str(run_json), out="out2")
+    tip2 = next(r for r in again if r["method"] == "tip-adapter")
+    assert tip2["split_manifest"]["draws"] == manifest["draws"]
+    assert tip2["test_accuracy"] == tip["test_accuracy"] and tip2["val_accuracy"] == tip["val_accuracy"]
+    assert tip2["source"]["split_manifest_given"] == manifest["sha256"]
+
+    # a hand-made manifest (the other train image of each class) is used as given, not the sampler's draw
+    from ssp.data import get_dataset
+    from ssp.data.manifest import _sha256
+
+    ds = get_dataset("dtd", data)
+    chosen = {path for path, _ in draw["support"]}
+    custom = [[f"images/{Path(s.path).parent.name}/{Path(s.path).name}", s.label] for s in ds.train
+              if f"images/{Path(s.path).parent.name}/{Path(s.path).name}" not in chosen]
+    hand = dict(manifest, draws=[dict(draw, support=custom, support_sha256=_sha256(custom))])
+    (tmp_path / "hand.json").write_text(json.dumps(hand))
+    third = _fewshot(tmp_path, data, "--split-manifest", str(tmp_path / "hand.json"), out="out3")
+    assert all(r["split_manifest"]["draws"][0]["support"] == custom for r in third)
+    assert custom != draw["support"] and len(custom) == 3
+
+    # a manifest made for another dataset is refused before any work, with the reason
+    other = dict(manifest, dataset="oxford_pets")
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="split manifest is for dataset 'oxford_pets', not 'dtd'"):
+        _fewshot(tmp_path, data, "--split-manifest", str(tmp_path / "other.json"), out="o3")
+    assert not (tmp_path / "o3").exists() or not any((tmp_path / "o3").rglob("*.run.json"))
 
 
 def test_verify_exit_codes_and_one_line_failure(data_root, tmp_path, capsys):
