@@ -19,6 +19,7 @@ names) and the manual steps plus the layouts ``ssp-data verify`` accepts.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -217,8 +218,14 @@ def _find(tree: Path, filename: str) -> Path | None:
 
 
 def _move(src: Path, dst: Path) -> None:
+    """A rename (no copy); across filesystems (a dataset folder linked elsewhere) a move."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)  # a rename: same filesystem, no copy
+    try:
+        os.replace(src, dst)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        shutil.move(str(src), str(dst))
 
 
 def _lay_out(resource: Resource, archive: Path, staging: Path, assembled: Path, keep: bool) -> None:
@@ -227,7 +234,7 @@ def _lay_out(resource: Resource, archive: Path, staging: Path, assembled: Path, 
     if not resource.extract:
         target = assembled / resource.moves[0][1]
         target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copy2 if keep else os.replace)(archive, target)
+        shutil.copy2(archive, target) if keep else _move(archive, target)
         return
     tree = extract_archive(archive, staging / f"{resource.filename}.d")
     if resource.inner:
@@ -257,7 +264,7 @@ def _commit(assembled: Path, final: Path) -> list[str]:
     ``final`` are kept, never overwritten. Returns notes on what was kept."""
     notes = []
     if not final.exists():
-        os.replace(assembled, final)
+        _move(assembled, final)
         return notes
     for entry in sorted(assembled.iterdir()):
         target = final / entry.name
@@ -265,7 +272,7 @@ def _commit(assembled: Path, final: Path) -> list[str]:
             notes.append(f"kept the existing {target} (the downloaded one was discarded; delete it and rerun "
                          "to replace it)")
         else:
-            os.replace(entry, target)
+            _move(entry, target)
     return notes
 
 
@@ -341,7 +348,7 @@ def ensure_split_file(source: DatasetSource, folder: Path, downloads: Path, *, m
         tmp.unlink()
         raise DownloadError(f"{split.filename}: {problem}; get it from {split.page} and put it at {target}")
     folder.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    _move(tmp, target)
     pin = "sha256 matches the pinned digest" if split.sha256 else \
         f"no digest pinned by the package; sha256 {file_sha256(target)}"
     return target, [f"split file {split.filename} {source_note} ({pin}); {SPLIT_CREDIT}"]
