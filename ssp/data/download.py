@@ -410,37 +410,49 @@ def download_dataset(name: str, root: str | Path, *, mirror: str | None = None, 
               "files": {}}
     archives = []
     try:
-        for resource in source.resources:
-            urls = resource_urls(resource.filename, resource.urls, mirror)
-            echo(f"[ssp-data] {source.name}: {resource.filename} <- {urls[0]}")
-            archive = fetch(urls, downloads / resource.filename, md5=resource.md5, sha256=resource.sha256,
-                            progress=progress)
-            record["files"][resource.filename] = {"url": urls[0], "md5": resource.md5,
-                                                  "sha256": file_sha256(archive), "bytes": archive.stat().st_size,
-                                                  "checksum_pinned_by": resource.pinned_by}
-            _lay_out(resource, archive, staging, assembled, keep_archives)
-            archives.append(archive)
+        _fetch_and_lay_out(source, downloads, staging, assembled, record, archives, mirror=mirror,
+                           keep_archives=keep_archives, progress=progress, echo=echo)
         folder.parent.mkdir(parents=True, exist_ok=True)
         notes += _commit(assembled, folder)
+    except DownloadError as err:
+        if split_error is not None:
+            raise DownloadError(f"{err}\n{split_error}") from err
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if source.split is not None and (folder / source.split.filename).is_file():
         record["split_file"] = {"name": source.split.filename, "sha256": file_sha256(folder / source.split.filename),
                                 "official_sha256": source.split.sha256}
     write_json_atomic(folder / MARKER, record)
-    if split_error is not None:
-        return DownloadResult(source.name, "failed", folder, f"images laid out in {folder}, but {split_error}",
-                              notes=notes)
     if not keep_archives:
         for archive in archives:
             if archive.is_file():
                 archive.unlink()
+    if split_error is not None:
+        return DownloadResult(source.name, "failed", folder, f"images laid out in {folder}, but {split_error}",
+                              notes=notes)
     if not _images_complete(source.name, folder):
         from ssp.data.verify import verify_dataset
 
         report = verify_dataset(source.name, folder, images="exists")
         return DownloadResult(source.name, "failed", folder, f"laid out, but {report.line()}", notes=notes)
     return _ready(source, folder, notes, "downloaded")
+
+
+def _fetch_and_lay_out(source: DatasetSource, downloads: Path, staging: Path, assembled: Path, record: dict,
+                       archives: list[Path], *, mirror: str | None, keep_archives: bool, progress: bool,
+                       echo: Callable[[str], None]) -> None:
+    """Download every archive of ``source`` (checksum first) and move its parts into ``assembled``."""
+    for resource in source.resources:
+        urls = resource_urls(resource.filename, resource.urls, mirror)
+        echo(f"[ssp-data] {source.name}: {resource.filename} <- {urls[0]}")
+        archive = fetch(urls, downloads / resource.filename, md5=resource.md5, sha256=resource.sha256,
+                        progress=progress)
+        record["files"][resource.filename] = {"url": urls[0], "md5": resource.md5,
+                                              "sha256": file_sha256(archive), "bytes": archive.stat().st_size,
+                                              "checksum_pinned_by": resource.pinned_by}
+        _lay_out(resource, archive, staging, assembled, keep_archives)
+        archives.append(archive)
 
 
 def _ready(source: DatasetSource, folder: Path, notes: list[str], how: str) -> DownloadResult:

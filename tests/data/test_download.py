@@ -179,3 +179,28 @@ def test_an_unreachable_host_says_how_to_get_the_file(tmp_path, monkeypatch):
         with pytest.raises(DownloadError, match=r"could not download dtd-r1\.0\.1\.tar\.gz: .*HTTP 404"):
             download_dataset("dtd", tmp_path, mirror=server.url, progress=False, echo=lambda _: None)
     assert not (tmp_path / "dtd").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_split_file_vendored_in_the_package_is_used_without_a_download(tmp_path, monkeypatch):
+    """Vendoring later = dropping the (gzipped) files into ssp/data/splits/: looked up first."""
+    import gzip
+
+    from ssp.data import sources
+
+    files = dtd_files()
+    pin(monkeypatch, "dtd", files)
+    vendored = tmp_path / "splits"
+    vendored.mkdir()
+    (vendored / "split_zhou_DescribableTextures.json.gz").write_bytes(
+        gzip.compress(files["split_zhou_DescribableTextures.json"]))
+    monkeypatch.setattr(sources, "PACKAGED_SPLITS", vendored)
+    with LocalFiles({"dtd-r1.0.1.tar.gz": files["dtd-r1.0.1.tar.gz"]}) as server:
+        result = download_dataset("dtd", tmp_path / "DATA", mirror=server.url, progress=False, echo=lambda _: None)
+        assert server.names() == ["dtd-r1.0.1.tar.gz"]
+    assert result.status == "ready" and any("copied from the package" in n for n in result.notes)
+    (vendored / "split_zhou_DescribableTextures.json.gz").write_bytes(gzip.compress(b'{"train": [], "val": [], "test": []}'))
+    from ssp.data.download import ensure_split_file
+
+    with pytest.raises(DownloadError, match="sha256 .*, expected"):
+        ensure_split_file(sources.dataset_source("dtd"), tmp_path / "DATA2" / "dtd", tmp_path / "dl", progress=False)
+    assert not (tmp_path / "DATA2").exists()
