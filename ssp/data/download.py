@@ -186,23 +186,35 @@ def _complete(part: Path, md5, sha256, url: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------- extracting
-def extract_archive(archive: Path, dest: Path) -> Path:
+def extract_archive(archive: Path, dest: Path, *, progress: bool = False) -> Path:
     """Extract a tar(.gz/.bz2/.xz) or zip archive into ``dest`` (created); members that would land
-    outside ``dest`` (absolute paths, ``..``, links out) are refused."""
+    outside ``dest`` (absolute paths, ``..``, links out) are refused. ``progress``: a bar counting
+    the extracted files."""
+    from tqdm.auto import tqdm
+
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
+    bar = tqdm(desc=f"extract {archive.name}", unit=" files", disable=not progress, leave=False)
+
+    def counted(members):
+        for member in members:
+            bar.update()
+            yield member
+
     if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for member in zf.namelist():
+        with zipfile.ZipFile(archive) as zf, bar:
+            names = zf.namelist()
+            for member in names:
                 target = (dest / member).resolve()
                 if target != root and root not in target.parents:
                     raise DownloadError(f"{archive.name}: member {member!r} would be written outside {dest}; "
                                         "refusing this archive")
-            zf.extractall(dest)
+            bar.total = len(names)
+            zf.extractall(dest, members=counted(names))
         return dest
     try:
-        with tarfile.open(archive) as tf:
-            tf.extractall(dest, filter="data")
+        with tarfile.open(archive) as tf, bar:
+            tf.extractall(dest, members=counted(tf), filter="data")
     except tarfile.FilterError as err:
         raise DownloadError(f"{archive.name}: {err}; refusing this archive") from err
     except (tarfile.TarError, EOFError, OSError) as err:
@@ -228,7 +240,8 @@ def _move(src: Path, dst: Path) -> None:
         shutil.move(str(src), str(dst))
 
 
-def _lay_out(resource: Resource, archive: Path, staging: Path, assembled: Path, keep: bool) -> None:
+def _lay_out(resource: Resource, archive: Path, staging: Path, assembled: Path, keep: bool,
+             progress: bool = False) -> None:
     """Extract ``archive`` (or its ``inner`` archive) and move its parts into ``assembled``; a plain
     file (``extract=False``) is moved, or copied when ``keep``."""
     if not resource.extract:
@@ -236,13 +249,13 @@ def _lay_out(resource: Resource, archive: Path, staging: Path, assembled: Path, 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(archive, target) if keep else _move(archive, target)
         return
-    tree = extract_archive(archive, staging / f"{resource.filename}.d")
+    tree = extract_archive(archive, staging / f"{resource.filename}.d", progress=progress)
     if resource.inner:
         inner = _find(tree, resource.inner)
         if inner is None:
             raise DownloadError(f"{resource.filename} holds no {resource.inner}: not the expected archive; "
                                 f"delete {archive} and rerun")
-        tree = extract_archive(inner, staging / f"{resource.inner}.d")
+        tree = extract_archive(inner, staging / f"{resource.inner}.d", progress=progress)
     for src_rel, dst_rel in resource.moves:
         if src_rel.endswith("/*"):
             src_dir = tree / src_rel[:-2]
@@ -451,7 +464,7 @@ def _fetch_and_lay_out(source: DatasetSource, downloads: Path, staging: Path, as
         record["files"][resource.filename] = {"url": urls[0], "md5": resource.md5,
                                               "sha256": file_sha256(archive), "bytes": archive.stat().st_size,
                                               "checksum_pinned_by": resource.pinned_by}
-        _lay_out(resource, archive, staging, assembled, keep_archives)
+        _lay_out(resource, archive, staging, assembled, keep_archives, progress)
         archives.append(archive)
 
 
