@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from ssp._checks import PRECISIONS, check_int, option
 from ssp._io import file_sha256
 from ssp._utils import deprecated_alias, l2_normalize, resolve_device, to_tensor, warn
-from ssp.backbone import weights as _weights
+import ssp.backbone.weights as _weights
 from ssp.data.base import check_templates, clean_classname
 
 """Seed of the random initialisation used when no pretrained weights are given."""

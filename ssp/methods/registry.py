@@ -18,8 +18,13 @@ method is one module with a decorated class, its config section and its tests.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ssp._checks import check_int
 
 __all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "method_names",
            "registered_methods", "spec_for_estimator", "SSP_SUFFIX"]
@@ -80,8 +85,6 @@ class MethodSpec:
         the method's default grid otherwise; ``None`` when nothing is searched."""
         if not self.search_axes:
             return None
-        from ssp.methods.search import make_grid
-
         section = (cfg or {}).get(self.search_section or "", None)
         if section is None:
             return make_grid(self.name)
@@ -165,3 +168,43 @@ def spec_for_estimator(estimator: Any) -> MethodSpec | None:
         if spec is not None:
             return spec
     return None
+
+
+def make_grid(method: str, search_scale: Sequence[float] | None = None,
+              search_step: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """The reference search grids of a registered method (the official Tip-Adapter and APE configs; docs/protocol.md).
+
+    ``β_i = 0.1 + i (s_β − 0.1) / n_β`` and ``α_i = 0.1 + i (s_α − 0.1) / n_α`` for
+    ``i = 0 .. n − 1`` and, for APE, ``γ_i = i s_γ / n_γ``: the upper bound ``s`` is never
+    reached and γ starts at 0. Values are computed with the reference's float expression.
+
+    Args:
+        method: a registered method with searched axes ("tip-adapter", "ape", ...) or one of
+            its registry aliases.
+        search_scale: ``(s_β, s_α)`` or ``(s_β, s_α, s_γ)``; default: the method's
+            ``default_scale`` in the registry.
+        search_step: ``(n_β, n_α)`` or ``(n_β, n_α, n_γ)``; default: its ``default_step``.
+
+    Returns:
+        ``{"beta": [n_β], "alpha": [n_α](, "gamma": [n_γ])}`` float64 arrays.
+    """
+    spec = get_method(method)
+    axes = spec.search_axes
+    if not axes:
+        raise ValueError(f"method {spec.name!r} has no hyper-parameters to search")
+    scale = tuple(spec.default_scale if search_scale is None else search_scale)
+    step = tuple(spec.default_step if search_step is None else search_step)
+    if len(scale) != len(axes) or len(step) != len(axes):
+        raise ValueError(
+            f"{spec.name} needs {len(axes)} values ({', '.join(axes)}) in search_scale and "
+            f"search_step, got {scale!r} and {step!r}"
+        )
+    grid = {}
+    for axis, s, n in zip(axes, scale, step):
+        s = float(s)
+        if not math.isfinite(s) or s <= 0:
+            raise ValueError(f"search_scale for {axis} must be a positive number, got {s}")
+        n = check_int(n, f"search_step for {axis}")
+        i = np.arange(int(n), dtype=np.float64)
+        grid[axis] = i * s / int(n) if axis == "gamma" else i * (s - 0.1) / int(n) + 0.1
+    return grid

@@ -30,16 +30,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from ssp._checks import ROUTINGS
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, check_int, check_is_fitted, check_labels, to_tensor
+from ssp._utils import ArrayLike, check_is_fitted, check_labels, to_tensor
 from ssp.methods.base import _AUTO_CHUNK_ELEMENTS
 from ssp.methods.cache_models import cache_kernel
-from ssp.methods.registry import MethodSpec, get_method, spec_for_estimator
+from ssp.methods.registry import MethodSpec, get_method, make_grid, spec_for_estimator  # noqa: F401  (make_grid: re-exported)
 
 __all__ = ["SearchResult", "validation_search", "make_grid"]
 
@@ -77,46 +77,6 @@ class SearchResult:
     n_val_: int
     fixed_params_: dict[str, Any] = field(default_factory=dict)
     stages_: list[dict[str, Any]] = field(default_factory=list)
-
-
-def make_grid(method: str, search_scale: Sequence[float] | None = None,
-              search_step: Sequence[int] | None = None) -> dict[str, np.ndarray]:
-    """The reference search grids of a method of :mod:`ssp.registry` (the official Tip-Adapter and APE configs; docs/protocol.md).
-
-    ``β_i = 0.1 + i (s_β − 0.1) / n_β`` and ``α_i = 0.1 + i (s_α − 0.1) / n_α`` for
-    ``i = 0 .. n − 1`` and, for APE, ``γ_i = i s_γ / n_γ``: the upper bound ``s`` is never
-    reached and γ starts at 0. Values are computed with the reference's float expression.
-
-    Args:
-        method: a registered method with searched axes ("tip-adapter", "ape", ...) or one of
-            its registry aliases.
-        search_scale: ``(s_β, s_α)`` or ``(s_β, s_α, s_γ)``; default: the method's
-            ``default_scale`` in the registry.
-        search_step: ``(n_β, n_α)`` or ``(n_β, n_α, n_γ)``; default: its ``default_step``.
-
-    Returns:
-        ``{"beta": [n_β], "alpha": [n_α](, "gamma": [n_γ])}`` float64 arrays.
-    """
-    spec = get_method(method)
-    axes = spec.search_axes
-    if not axes:
-        raise ValueError(f"method {spec.name!r} has no hyper-parameters to search")
-    scale = tuple(spec.default_scale if search_scale is None else search_scale)
-    step = tuple(spec.default_step if search_step is None else search_step)
-    if len(scale) != len(axes) or len(step) != len(axes):
-        raise ValueError(
-            f"{spec.name} needs {len(axes)} values ({', '.join(axes)}) in search_scale and "
-            f"search_step, got {scale!r} and {step!r}"
-        )
-    grid = {}
-    for axis, s, n in zip(axes, scale, step):
-        s = float(s)
-        if not math.isfinite(s) or s <= 0:
-            raise ValueError(f"search_scale for {axis} must be a positive number, got {s}")
-        n = check_int(n, f"search_step for {axis}")
-        i = np.arange(int(n), dtype=np.float64)
-        grid[axis] = i * s / int(n) if axis == "gamma" else i * (s - 0.1) / int(n) + 0.1
-    return grid
 
 
 def _model_spec(model: Any) -> MethodSpec:
@@ -456,17 +416,23 @@ def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, st
 
 
 def _warn_on_edges(result: SearchResult) -> None:
-    """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis."""
+    """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis
+    (saying "tie" when the edge only ties the chosen value, which the first-maximum rule kept)."""
     for axis, side, edge in _edge_axes(result):
         where = "largest" if side == "upper" else "smallest"
         beyond = "above" if side == "upper" else "below"
         how = ("e.g. a larger search_scale in make_grid" if side == "upper" else
                "make_grid starts beta and alpha at 0.1: pass smaller values explicitly")
+        chosen = result.best_params_[axis]
+        if chosen == edge:
+            what = f"the best validation accuracy along {axis} is reached at the {where} value of the given grid " \
+                   f"({axis}={edge:.4g}, chosen)"
+        else:
+            what = f"the chosen {axis}={chosen:.4g} ties with the {where} value of the given grid ({axis}={edge:.4g}): " \
+                   f"the validation accuracy is the same at both (the first maximum is kept)"
         warnings.warn(
-            f"validation_search: the best validation accuracy along {axis} is reached at the {where} "
-            f"value of the given grid ({axis}={edge:.4g}; chosen {axis}={result.best_params_[axis]:.4g}), "
-            f"so the optimum may lie {beyond} it; extend grid[{axis!r}] {beyond} {edge:.4g} ({how}) "
-            f"or pass grid=None for the adaptive default search",
+            f"validation_search: {what}, so the optimum may lie {beyond} the grid; extend grid[{axis!r}] "
+            f"{beyond} {edge:.4g} ({how}) or pass grid=None for the adaptive default search",
             UserWarning, stacklevel=3)
 
 
