@@ -27,17 +27,16 @@ from __future__ import annotations
 import copy
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
+import ssp.backbone.weights as _weights
 from ssp._checks import PRECISIONS, check_int, option
 from ssp._io import file_sha256
-from ssp._utils import deprecated_alias, l2_normalize, resolve_device, to_tensor, warn
-import ssp.backbone.weights as _weights
+from ssp._utils import l2_normalize, resolve_device, to_tensor, warn
 from ssp.data.base import check_templates, clean_classname
 
 """Seed of the random initialisation used when no pretrained weights are given."""
@@ -85,13 +84,6 @@ def n_patches(model_cfg: dict, image_size: int | None = None) -> int:
     vision_cfg = model_cfg["vision_cfg"]
     size = image_size if image_size is not None else vision_cfg.get("image_size", 224)
     return _grid_of(_square(size, "model config"), vision_cfg) ** 2
-
-
-def num_local_features(model_cfg: dict, image_size: int | None = None) -> int:
-    """Deprecated alias of :func:`n_patches`."""
-    warnings.warn("ssp.backbone.model.num_local_features is deprecated; use ssp.backbone.model.n_patches",
-                  DeprecationWarning, stacklevel=2)
-    return n_patches(model_cfg, image_size)
 
 
 def _uses_quick_gelu(model: torch.nn.Module) -> bool:
@@ -296,7 +288,7 @@ class Backbone:
         model: the open_clip model (eval mode, no grad).
         tokenizer: its open_clip tokenizer.
         model_name, pretrained, device, precision: as loaded.
-        n_features: D, the joint embedding width (``embed_dim`` is a deprecated alias).
+        n_features: D, the joint embedding width.
         image_size: native input side in pixels.
         n_patches: L, the number of patch features per image at ``image_size``
             (``num_local_features`` is a deprecated alias).
@@ -347,8 +339,6 @@ class Backbone:
                 f"precision={self.precision!r}, D={self.n_features}, L={self.n_patches}, "
                 f"image_size={self.image_size})")
 
-    embed_dim = deprecated_alias("n_features", "embed_dim")
-    num_local_features = deprecated_alias("n_patches", "num_local_features")
 
     # ---- construction helpers ----
     def _probe_n_features(self) -> int:

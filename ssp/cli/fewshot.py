@@ -111,12 +111,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="feature-extraction batch size")
     p.add_argument("--num-workers", type=_workers, help="data-loader workers")
     p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
-                   help="feature caches without test features: a seeded per-class split of the validation "
+                   help="Tip-Adapter cache folders without test features: a seeded per-class split of the validation "
                         "features, FRACTION of them becoming the test part (e.g. 0.5)")
     p.add_argument("--text-layout", choices=["auto", "CD", "DC"], default="auto",
                    help="orientation of --text-features: auto (from C and D), CD = [classes, dim], DC = [dim, classes]")
-    p.add_argument("--cache-dir", default=None,
-                   help="feature cache folder (default $SSP_CACHE_DIR, else ~/.cache/ssp)")
+    p.add_argument("--feature-store", metavar="DIR", default=None,
+                   help="feature store folder: extracted features, reused across runs (default $SSP_FEATURE_STORE, else ~/.cache/ssp)")
     p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable (corrupt, truncated) images out instead of stopping; they are listed "
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 main_rank = distributed.is_main()
                 try:
                     with random_weights_banner(cfg, show=main_rank):
-                        source = ImageSource(cfg, root=args.root, cache_dir=args.cache_dir, device=str(device),
+                        source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
                                              progress=not args.no_progress, split_manifest=manifest)
                         records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,

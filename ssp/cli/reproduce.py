@@ -1,5 +1,5 @@
 """``ssp-reproduce``: a resumable suite of few-shot runs, datasets x backbones x shots x seeds x
-methods, from images or from Tip-Adapter / APE feature caches, into one output tree.
+methods, from images or from Tip-Adapter cache folders, into one output tree.
 
 Examples::
 
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Run a resumable suite of few-shot runs (datasets x backbones x shots x seeds x methods) "
-                    "from images (--root) or Tip-Adapter / APE feature caches (--features-root) into one "
+                    "from images (--root) or Tip-Adapter cache folders (--features-root) into one "
                     "output tree, then write the tables and plots. Finished runs (same settings) are skipped.")
     p.add_argument("--paper", help="select the methods, shots and datasets of a paper's tables "
                                    "(tip-adapter, ape, ssp); --datasets / --shots / --methods still override")
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--root", help="folder holding the dataset folders (images)")
     src.add_argument("--features-root", metavar="DIR",
-                     help="folder holding one Tip-Adapter / APE cache folder per dataset (DIR/<dataset>/)")
+                     help="folder holding one Tip-Adapter cache folder per dataset (DIR/<dataset>/)")
     add_common_arguments(p)
     p.add_argument("--output", help="the suite's output tree (required unless --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="list what would run and what is already done; run nothing")
@@ -197,7 +197,7 @@ def _plan_features(job: Job, args) -> None:
 def _plan_images(job: Job, args) -> None:
     from ssp.run.sources import ImageSource
 
-    source = ImageSource(job.cfg, root=args.root, cache_dir=args.cache_dir, device=args.device,
+    source = ImageSource(job.cfg, root=args.root, store_dir=args.feature_store, device=args.device,
                          recompute=args.recompute, progress=not args.no_progress)
     job.source, job.label = source, source.label
     _split_done(job, args, source.runnable(job.cfg["methods"])[0])

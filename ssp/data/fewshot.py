@@ -170,3 +170,20 @@ def make_fewshot_splits(
         dataset=dataset, shots=shots, seed=seed, support=support, val=val,
         test=list(dataset.test), val_policy=val_policy,
     )
+
+
+def validation_subsample(labels: Sequence[int], val_policy: str | int, shots: int, seed: int) -> list[int]:
+    """Indices (sorted) of ``labels`` kept by ``val_policy`` for a (shots, seed) run: per class,
+    the first ``min(count, n_c)`` of the class's members (in the given order) under the seeded
+    permutation that :func:`make_fewshot_splits` uses for validation images; ``"full"`` keeps all.
+    For features without paths (a Tip-Adapter cache folder's ``val_f.pt``)."""
+    per_class = _val_count(val_policy, shots)
+    if per_class is None:
+        return list(range(len(labels)))
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        members[int(y)].append(i)
+    keep = []
+    for c in sorted(members):
+        keep.extend(_draw(members[c], min(per_class, len(members[c])), _rng(seed, shots, _STAGE_VAL, c)))
+    return sorted(keep)

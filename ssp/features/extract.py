@@ -5,7 +5,6 @@ import logging
 import math
 import os
 import random
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -164,22 +163,9 @@ def _bad_image_error(path: str, reason: str) -> Exception:
         "skip_bad_images=True to go on without it", path=path, reason=reason)
 
 
-def _renamed(value: Any, old_value: Any, old: str, new: str, func: str) -> Any:
-    """``value``, or the deprecated keyword's ``old_value`` when one was given (with a warning)."""
-    if old_value is None:
-        return value
-    warnings.warn(f"{func}(): '{old}' is deprecated; use '{new}'", DeprecationWarning, stacklevel=3)
-    return old_value
-
-
 def _backbone_shape(backbone) -> tuple[int, int]:
-    """(D, L) of a backbone; duck-typed backbones with the deprecated ``embed_dim`` /
-    ``num_local_features`` names still work, with a DeprecationWarning."""
-    if hasattr(backbone, "n_features") and hasattr(backbone, "n_patches"):
-        return int(backbone.n_features), int(backbone.n_patches)
-    warnings.warn(f"{type(backbone).__name__}: 'embed_dim' / 'num_local_features' are deprecated backbone "
-                  "attribute names; provide 'n_features' / 'n_patches'", DeprecationWarning, stacklevel=3)
-    return int(backbone.embed_dim), int(backbone.num_local_features)
+    """(D, L) of a backbone (:class:`ssp.backbone.model.Backbone` or a duck-typed stand-in)."""
+    return int(backbone.n_features), int(backbone.n_patches)
 
 
 def extract_features(
@@ -197,8 +183,6 @@ def extract_features(
     view_dtype: torch.dtype = torch.float32,
     skip_bad_images: bool = False,
     distributed: bool | None = None,
-    with_local: bool | None = None,
-    local_dtype: torch.dtype | None = None,
 ) -> Tensors:
     """Encode ``samples`` with ``backbone``.
 
@@ -225,7 +209,6 @@ def extract_features(
             process group and gather the results on every rank (identical to one process's);
             ``None`` (default): when a group of more than one process is initialised. Every
             rank must make the same call.
-        with_local, local_dtype: deprecated names of ``with_patches`` and ``patch_dtype``.
 
     Returns:
         The feature store's tensors (named as in the file; :meth:`ssp.features.types.Features.from_dict`
@@ -240,8 +223,6 @@ def extract_features(
     from ssp import distributed as dist
     from ssp.data import ImageDataset
 
-    with_patches = _renamed(with_patches, with_local, "with_local", "with_patches", "extract_features")
-    patch_dtype = _renamed(patch_dtype, local_dtype, "local_dtype", "patch_dtype", "extract_features")
     views = check_int(views, "views")
     n = len(samples)
     if n == 0:

@@ -50,7 +50,6 @@ from ssp.features.extract import (
     _VIEW_STORAGE_DTYPE,
     Tensors,
     _backbone_shape,
-    _renamed,
     _use_distributed,
     extract_features,
 )
@@ -116,8 +115,8 @@ class FeatureStore:
 
     @staticmethod
     def default_root() -> Path:
-        """``$SSP_CACHE_DIR``, else ``$XDG_CACHE_HOME/ssp``, else ``~/.cache/ssp``."""
-        env = os.environ.get("SSP_CACHE_DIR")
+        """``$SSP_FEATURE_STORE``, else ``$XDG_CACHE_HOME/ssp``, else ``~/.cache/ssp``."""
+        env = os.environ.get("SSP_FEATURE_STORE")
         if env:
             return Path(env).expanduser()
         xdg = os.environ.get("XDG_CACHE_HOME")
@@ -276,13 +275,11 @@ def feature_key(
     views: int = 1,
     with_patches: bool = False,
     seed: int = 0,
-    with_local: bool | None = None,
 ) -> dict[str, Any]:
     """The store key of :func:`cached_features` (everything that changes the numbers).
 
     ``samples`` is the list actually encoded: features computed without unreadable images
     (``skip_bad_images``) live under the key of the shorter list, never the full one."""
-    with_patches = _renamed(with_patches, with_local, "with_local", "with_patches", "feature_key")
     augmented = views > 1
     return {
         "kind": "features",
@@ -320,7 +317,6 @@ def cached_features(
     recompute: bool = False,
     skip_bad_images: bool = False,
     distributed: bool | None = None,
-    with_local: bool | None = None,
     **extract_kwargs: Any,
 ) -> Tensors:
     """:func:`extract_features` through ``store``: computed once, then loaded.
@@ -338,7 +334,7 @@ def cached_features(
     reading any image. ``distributed`` (default: when a process group of more than one
     process is initialised): rank 0 decides hit or miss, a miss is extracted by all ranks
     together, rank 0 alone writes; every rank returns the same tensors (on a hit the other
-    ranks read the file rank 0 found: the cache folder must be shared by the ranks).
+    ranks read the file rank 0 found: the feature store folder must be shared by the ranks).
 
     Returns ``{"global": [N, D] float32, "labels": [N] int64}``, plus ``"local": [N, L, D]``
     float32 (stored as float16) when ``with_patches``, ``"views": [E, N, D]`` float32 (each
@@ -348,9 +344,8 @@ def cached_features(
     """
     from ssp import distributed as dist
 
-    with_patches = _renamed(with_patches, with_local, "with_local", "with_patches", "cached_features")
     views = check_int(views, "views")
-    for bad in ("patch_dtype", "local_dtype", "view_dtype", "views", "with_patches", "seed"):
+    for bad in ("patch_dtype", "view_dtype", "views", "with_patches", "seed"):
         if bad in extract_kwargs:
             raise TypeError(f"cached_features() got an unexpected keyword argument {bad!r}")
     sharded = _use_distributed(distributed)
@@ -387,7 +382,7 @@ def cached_features(
             found = store.load(key_for(kept), validate=validator(kept))
             if found is None:
                 raise RuntimeError(f"rank {dist.rank()} cannot read {store.path_for(key_for(kept))}, "
-                                   "which rank 0 read: the feature cache folder must be shared by all ranks")
+                                   "which rank 0 read: the feature store folder must be shared by all ranks")
     if found is not None:
         store.hits += 1
     else:

@@ -5,8 +5,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ssp._utils import deprecated_alias
-
 
 @dataclass
 class Features:
@@ -42,6 +40,3 @@ class Features:
                         None if self.view_features is None else self.view_features[:, index],
                         None if self.kept is None else self.kept[index])
 
-    global_ = deprecated_alias("image_features", "global_")
-    local = deprecated_alias("patch_features", "local")
-    views = deprecated_alias("view_features", "views")

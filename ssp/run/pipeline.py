@@ -255,8 +255,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                     continue
                 try:
                     split = source.split(shots, seed, echo)
-                    for msg in split.warnings:
-                        echo(f"[ssp] warning: {msg}")
+                    log.add("sampling", split.warnings)
                     for method, lock in todo:
                         res = run_method(method, cfg, split.support, split.val, split.test, text,
                                          device=source.device, seed=seed, progress=progress)

@@ -111,7 +111,7 @@ def run_filename(record: dict) -> str:
     records without a ``settings_key`` (older files) keep the flat
     ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
     backbone = _safe(record["backbone"]["name"])
-    method = _safe(record["method"].replace("+", "_plus_"))
+    method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
     key = record.get("settings_key")
     if key:
         return (f"{_safe(record['dataset'])}/{backbone}/{method}/{_safe(key)}/"

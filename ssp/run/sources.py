@@ -47,7 +47,7 @@ from ssp.features.types import Features
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "cache_dataset_name",
            "split_validation"]
 
-_STAGE_VAL, _STAGE_TEST_FROM_VAL = 1, 2
+_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
 
 
@@ -145,7 +145,7 @@ class ImageSource:
     the runs need; then rank 0 alone goes on (the other ranks' :meth:`open` returns False).
     """
 
-    def __init__(self, cfg: dict, *, root: str | Path, cache_dir: str | Path | None = None,
+    def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
                  progress: bool = True, split_manifest: dict | None = None) -> None:
         from ssp.backbone.weights import backbone_label
@@ -166,7 +166,7 @@ class ImageSource:
             check_run_manifest(split_manifest, self.data, cfg["shots"], cfg["seeds"], val_policy=cfg["val_policy"])
         self.dataset = self.data.name
         self.label = backbone_label(cfg["backbone"], cfg["pretrained"])
-        self.cache_dir, self.device, self.recompute, self.progress = cache_dir, device, recompute, progress
+        self.store_dir, self.device, self.recompute, self.progress = store_dir, device, recompute, progress
         self.split_file = Path(split_file) if split_file is not None else None
         skip_bad = cfg.get("skip_bad_images", False)
         if not isinstance(skip_bad, bool):
@@ -205,7 +205,7 @@ class ImageSource:
         self.backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
                                       device=self.device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
         self.device = self.backbone.device
-        self.store = FeatureStore(self.cache_dir)
+        self.store = FeatureStore(self.store_dir)
         self._kw = self._extract_kw()
         recompute_text = self.recompute
         self.world_size = distributed.world_size() if distributed.is_active() else 1
@@ -373,20 +373,6 @@ def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
     return torch.tensor(sorted(search), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
 
 
-def _subsample_val(labels: torch.Tensor, policy, shots: int, seed: int) -> torch.Tensor:
-    """Indices kept by the validation policy (per class, seeded; see the module docstring)."""
-    if policy == "full":
-        return torch.arange(labels.numel())
-    per_class = min(shots, 4) if policy == "coop" else int(policy)
-    y = labels.cpu().numpy()
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        order = np.random.default_rng([int(seed), int(shots), _STAGE_VAL, int(c)]).permutation(idx.size)
-        keep.extend(idx[order[: min(per_class, idx.size)]].tolist())
-    return torch.tensor(sorted(keep), dtype=torch.long)
-
-
 class TipCacheSource:
     """A Tip-Adapter cache folder (``keys_<K>shots.pt``, ``values_<K>shots.pt``, ``val_f.pt``, ...).
 
@@ -447,7 +433,7 @@ class TipCacheSource:
             raise FileNotFoundError(f"{folder} has no test features (test_f.pt / test_l.pt); pass "
                                     "--test-from-val 0.5 to split the validation features into a search part "
                                     "and a test part (seeded per class)")
-        self._common = {"source": {"kind": "feature-cache", "files_digest": settings_key(self.file_digests),
+        self._common = {"source": {"kind": "tip-adapter-cache", "files_digest": settings_key(self.file_digests),
                                    "text_features_sha256": self.text_info.get("sha256")},
                         "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
         self._loaded: tuple[int, object] | None = None
@@ -468,6 +454,7 @@ class TipCacheSource:
         return True
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
+        from ssp.data.fewshot import validation_subsample
         from ssp.features.tip_cache import load_feature_cache
 
         t0 = time.perf_counter()
@@ -487,7 +474,7 @@ class TipCacheSource:
         else:
             test = Features(cache.test_features, cache.test_labels)
         policy = self.cfg["val_policy"]
-        keep = _subsample_val(val_y, policy, shots, seed)
+        keep = torch.tensor(validation_subsample(val_y.tolist(), policy, shots, seed), dtype=torch.long)
         val = Features(val_x[keep], val_y[keep])
         return Split(
             support=support, val=val, test=test,
@@ -508,7 +495,7 @@ class TipCacheSource:
         return {
             "backbone": {"model": self.backbone_name, "pretrained": None,
                          "note": "features read from a Tip-Adapter cache folder; backbone as labelled by the user"},
-            "source": {"kind": "feature-cache", "folder": str(self.folder.resolve()), "files_sha256": self.file_digests,
+            "source": {"kind": "tip-adapter-cache", "folder": str(self.folder.resolve()), "files_sha256": self.file_digests,
                        "support_draw": "fixed by the cache (one draw per shot count; the seed does not change it)"},
             "text_features": self.text_info,
             "protocol_summary": (f"Tip-Adapter cache folder {self.folder.name}, val {self.cfg['val_policy']}, "

@@ -395,7 +395,7 @@ def test_cli_offline_pretrained_tag_is_one_clean_error(tmp_path):
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "ssp.cli.fewshot", "--dataset", "dtd", "--root", str(root), "--backbone", "RN50",
-         "--pretrained", "openai", "--device", "cpu", "--output", str(out), "--cache-dir", str(cache),
+         "--pretrained", "openai", "--device", "cpu", "--output", str(out), "--feature-store", str(cache),
          "--no-progress"], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
         env=env, timeout=300)
     elapsed = time.perf_counter() - start

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ssp.cli.fewshot import main
-from ssp.run.config import METHODS
+from ssp.run.config import load_config
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
@@ -22,7 +22,7 @@ def _run(capsys, *args: str) -> str:
 
 def _common(tmp_path: Path, backbone: str = "tiny-rn.json") -> list[str]:
     return ["--backbone", str(ASSETS / backbone), "--pretrained", "none", "--device", "cpu",
-            "--views", "1", "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+            "--views", "1", "--output", str(tmp_path / "out"), "--feature-store", str(tmp_path / "cache"),
             "--no-progress"]
 
 
@@ -37,14 +37,15 @@ def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, 
     assert warnings.filters == filters  # cli.main leaves the process-wide warning filters alone
 
     runs = sorted((tmp_path / "out").rglob("*.run.json"))
-    assert len(runs) == len(METHODS) * 2  # every method x 2 shot counts x 1 seed
+    default_methods = load_config("dtd")["methods"]
+    assert len(runs) == len(default_methods) * 2  # every default method x 2 shot counts x 1 seed
     record = json.loads(runs[0].read_text())
     assert record["dataset"] == "dtd" and record["backbone"]["name"] == "tiny-rn@none"
     assert record["protocol"]["hyperparameters_chosen_on"] == "validation split"
     assert record["protocol"]["n_classes"] == 10 and record["protocol"]["n_test"] == 360
     for key in ("val_accuracy", "test_accuracy", "hyperparameters", "timings", "config", "seed"):
         assert key in record
-    (ssp_path,) = (tmp_path / "out/dtd/tiny-rn@none/ape_plus_ssp").glob("*/2shot_seed1.run.json")
+    (ssp_path,) = (tmp_path / "out/dtd/tiny-rn@none/ape+ssp").glob("*/2shot_seed1.run.json")
     ssp_run = json.loads(ssp_path.read_text())
     assert ssp_path.parent.name == ssp_run["settings_key"]
     assert ssp_run["hyperparameters"]["routing"] in ("paper", "vision", "reference")
@@ -54,7 +55,7 @@ def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, 
     # the table: one row per method, one column per shot count
     table = out[out.index("dtd | tiny-rn@none"):]
     assert "1-shot" in table and "2-shot" in table
-    for method in METHODS:
+    for method in default_methods:
         assert any(line.split()[0] == method for line in table.splitlines()[3:] if line.strip())
     for name in ("results.md", "results.png", "summary.json"):
         assert (tmp_path / "out" / name).stat().st_size > 0

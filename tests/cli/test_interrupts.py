@@ -26,7 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 def _args(data_root: Path, split: Path | None, out: Path, cache: Path, *extra: str) -> list[str]:
     args = ["--dataset", "dtd", "--root", str(data_root / "coop"),
             "--backbone", str(REPO / "tests/assets/tiny-rn.json"), "--pretrained", "none", "--device", "cpu",
-            "--views", "1", "--output", str(out), "--cache-dir", str(cache), "--no-progress", *extra]
+            "--views", "1", "--output", str(out), "--feature-store", str(cache), "--no-progress", *extra]
     return args + (["--split-file", str(split)] if split is not None else [])
 
 

@@ -55,11 +55,11 @@ QUIET = dict(progress=False, num_workers=0)
 # --------------------------------------------------------------------------------------------
 
 def test_default_root_honours_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("SSP_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("SSP_FEATURE_STORE", str(tmp_path / "a"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert FeatureStore.default_root() == tmp_path / "a"
     assert FeatureStore().root == tmp_path / "a"
-    monkeypatch.delenv("SSP_CACHE_DIR")
+    monkeypatch.delenv("SSP_FEATURE_STORE")
     assert FeatureStore.default_root() == tmp_path / "xdg" / "ssp"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

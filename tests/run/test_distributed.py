@@ -33,13 +33,13 @@ def test_torchrun_two_processes_store_identical_features(data_root, tmp_path, ca
               "--views", "2", "--batch-size", "2", "--num-workers", "0", "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     # the reference: one process, one thread (as each torchrun worker)
-    assert main([*common, "--output", str(one / "out"), "--cache-dir", str(one / "cache")]) == 0
+    assert main([*common, "--output", str(one / "out"), "--feature-store", str(one / "cache")]) == 0
     out_one = capsys.readouterr().out
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "ssp.cli.fewshot", *common, "--output", str(two / "out"), "--cache-dir", str(two / "cache")],
+         "-m", "ssp.cli.fewshot", *common, "--output", str(two / "out"), "--feature-store", str(two / "cache")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 

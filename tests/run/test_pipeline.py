@@ -1,5 +1,6 @@
-"""``ssp-fewshot --features`` and ``ssp-reproduce`` through real subprocesses on the real
-Tip-Adapter caches of ../shared/data, and the run keys that keep results of other settings apart."""
+"""``ssp-fewshot --features`` and ``ssp-reproduce`` on the real Tip-Adapter cache folders of
+$SSP_DATA_ROOT (in-process ``main(argv)``; one real subprocess as a smoke test), and the run keys
+that keep results of other settings apart."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 # small search grids (the shipped stanford_cars ranges, fewer steps): the tests stay fast
@@ -19,7 +21,11 @@ SMALL_GRIDS = "tip_adapter: {search_step: [20, 5]}\nape: {search_step: [20, 5, 4
 NOISE = re.compile(r"\d\.\d{9,}")  # float noise such as 2.8600000000000003
 
 
-def _cli(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+def _cli(module: str, *args) -> subprocess.CompletedProcess:
+    return run_cli(module, *args)
+
+
+def _subprocess_cli(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout, env=env)
@@ -49,7 +55,7 @@ def features_run(cars, tmp_path_factory):
     """One real --features run: zero-shot, Tip-Adapter, APE (and APE+SSP, which must be skipped)."""
     tmp = tmp_path_factory.mktemp("features")
     (tmp / "small.yaml").write_text(SMALL_GRIDS)
-    done = _cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "16", "--seeds", "1",
+    done = _subprocess_cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "16", "--seeds", "1",
                 "--methods", "zero-shot", "tip-adapter", "ape", "ape+ssp", "--config", tmp / "small.yaml",
                 "--device", "cpu", "--output", tmp / "out")
     return tmp / "out", done
@@ -79,7 +85,7 @@ def test_features_path_end_to_end_on_the_real_stanford_cars_cache(features_run):
     assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__ and env["open_clip"]
     assert env["command"].startswith("python -m ssp.cli.fewshot --features")
     assert ape["seeds"]["test_from_val_split"] == 1 and ape["settings_key"] in str(out / next(iter(runs)))
-    assert ape["source"]["kind"] == "feature-cache" and "keys_16shots.pt" in ape["source"]["files_sha256"]
+    assert ape["source"]["kind"] == "tip-adapter-cache" and "keys_16shots.pt" in ape["source"]["files_sha256"]
     # the same split (seed) for every method: zero-shot, Tip-Adapter and APE see the same test images
     assert len({r["protocol"]["n_test"] for r in runs.values() if r["shots"] == 16}) == 1
     # real features: the cache methods beat zero-shot clearly at 16 shots
@@ -253,7 +259,7 @@ def test_suite_from_images_plans_the_paths_it_writes(data_root, tmp_path):
     args = ["--root", data_root / "coop", "--datasets", "dtd", "--backbones", REPO / "tests/assets/tiny-rn.json",
             "--pretrained", "none", "--device", "cpu", "--views", "1", "--shots", "1", "--seeds", "1",
             "--methods", "zero-shot", "tip-adapter", "--config", tmp_path / "small.yaml", "--no-progress",
-            "--cache-dir", tmp_path / "cache", "--output", tmp_path / "suite"]
+            "--feature-store", tmp_path / "cache", "--output", tmp_path / "suite"]
     (tmp_path / "small.yaml").write_text(SMALL_GRIDS)
     first = _cli("ssp.cli.reproduce", *args)
     assert first.returncode == 0, first.stderr + first.stdout

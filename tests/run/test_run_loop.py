@@ -1,0 +1,251 @@
+"""The one run loop (ssp.run.pipeline.run_fewshot) and what a careless user meets through
+``ssp-fewshot`` / ``ssp-reproduce`` (in-process ``main(argv)``), on a small synthetic Tip-Adapter
+cache folder: resume, locks, interrupts, warnings, early checks of flags, config and output."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from _tip_cache_folder import write_tip_cache
+
+from ssp.cli import fewshot, reproduce
+from ssp.run import pipeline
+from ssp.run.config import load_config
+from ssp.run.pipeline import Interrupted, WarningLog, run_fewshot
+from ssp.run.records import RunLock, check_writable
+from ssp.run.sources import TipCacheSource, cache_dataset_name
+
+FAST = ["--shots", "1", "2", "--seeds", "1", "--methods", "zero-shot", "tip-adapter", "--no-progress",
+        "--device", "cpu"]
+
+
+@pytest.fixture()
+def cache(tmp_path) -> Path:
+    return write_tip_cache(tmp_path / "caches" / "dtd")
+
+
+def _main(module, argv, capsys):
+    code = module.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _fail(module, argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        module.main([str(a) for a in argv])
+    capsys.readouterr()
+    assert info.value.code not in (0, None)
+    message = str(info.value.code)
+    assert "Traceback" not in message and len(message.strip().splitlines()) <= 2, message
+    return message
+
+
+def _runs(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("*.run.json"))]
+
+
+def test_resume_is_the_default_and_rerun_redoes(cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--output", out], capsys)
+    assert code == 0 and len(_runs(out)) == 4
+    first = {r["method"] + str(r["shots"]): r["created"] for r in _runs(out)}
+    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--output", out], capsys)
+    assert code == 0 and "all 4 runs already done" in text
+    assert {r["method"] + str(r["shots"]): r["created"] for r in _runs(out)} == first
+    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--output", out, "--rerun"], capsys)
+    assert code == 0 and "already done" not in text and len(_runs(out)) == 4
+
+
+def test_interrupt_reports_the_runs_finished_in_this_call(cache, tmp_path, capsys, monkeypatch):
+    real = pipeline.run_method
+    calls = {"n": 0}
+
+    def interrupt_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_method", interrupt_third)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        fewshot.main([str(a) for a in ["--features", cache, *FAST, "--output", out]])
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert "2 run(s) finished in this call" in err and "rerun the same command to resume" in err
+    assert len(_runs(out)) == 2
+    # the suite says the same
+    monkeypatch.setattr(pipeline, "run_method", interrupt_third)
+    calls["n"] = 0
+    code, _, err = _main(reproduce, ["--features-root", cache.parent, "--datasets", "dtd", *FAST,
+                                     "--output", tmp_path / "suite"], capsys)
+    assert code == 130 and "2 run(s) finished in this call" in err
+
+
+def test_warnings_live_in_one_place_and_print_once(cache, tmp_path, capsys):
+    cfg_file = tmp_path / "grid.yaml"
+    # more APE channels than the 8 feature dimensions: clamped, with a warning in every run
+    cfg_file.write_text("ape: {n_channels: 50, search_step: [5, 3, 3]}\n")
+    out = tmp_path / "out"
+    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--seeds", "1", "2", "--methods", "ape",
+                                    "--config", cfg_file, "--output", out], capsys)
+    assert code == 0
+    records = _runs(out)
+    with_warnings = [r for r in records if r["warnings"]]
+    assert with_warnings and all("warnings" not in r["details"] for r in records)
+    printed = [line for line in text.splitlines() if line.startswith("[ssp] warning (ape)")]
+    assert len(printed) < sum(len(r["warnings"]) for r in records)   # each kind once, not per run
+    assert "each shown once above" in text
+
+
+def test_warning_log_groups_messages_that_differ_only_in_numbers():
+    lines = []
+    log = WarningLog(lines.append)
+    log.add("ape", ["optimum at alpha=2.855", "optimum at alpha=0.68", "n_channels=800 exceeds D=512"])
+    log.add("ape", ["n_channels=800 exceeds D=512"])
+    log.add("tip-adapter", ["optimum at alpha=1.5"])
+    log.summary()
+    assert lines[:3] == ["[ssp] warning (ape): optimum at alpha=2.855", "[ssp] warning (ape): n_channels=800 "
+                         "exceeds D=512", "[ssp] warning (tip-adapter): optimum at alpha=1.5"]
+    assert "5 warning(s) in all" in lines[3] and "ape: 2x" in lines[3]
+
+
+def test_a_run_another_live_process_holds_is_left_to_it(cache, tmp_path, capsys):
+    cfg = load_config("dtd", overrides={"shots": [1], "seeds": [1], "methods": ["zero-shot", "tip-adapter"]})
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        source = TipCacheSource(cfg, folder=cache, device="cpu")
+        stub = pipeline.plan_runs(cfg, source, ["tip-adapter"])[(1, 1, "tip-adapter")]
+        lock = RunLock(out, stub)
+        lock.path.parent.mkdir(parents=True)
+        lock.path.write_text(f"{os.uname().nodename} {holder.pid}\n")
+        with pytest.raises(RuntimeError, match="waited 0 s for another process"):
+            run_fewshot(cfg, source, output_dir=out, echo=lambda _: None, wait_for_others=0.1, write_table=False)
+        assert [r["method"] for r in _runs(out)] == ["zero-shot"]   # the free run was done here
+    finally:
+        holder.kill()
+        holder.wait()
+    # its holder is gone: the lock is stale, the run is taken over
+    records, _ = run_fewshot(cfg, TipCacheSource(cfg, folder=cache, device="cpu"), output_dir=out,
+                             echo=lambda _: None, write_table=False)
+    assert sorted(r["method"] for r in records) == ["tip-adapter", "zero-shot"] and not lock.path.exists()
+
+
+def test_run_lock_acquire_release():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        stub = {"dataset": "x", "backbone": {"name": "b"}, "method": "m", "shots": 1, "seed": 1, "settings_key": "k"}
+        a, b = RunLock(Path(d), stub), RunLock(Path(d), stub)
+        assert a.acquire() and not b.acquire() and b.locked_by_other()
+        a.release()
+        assert b.acquire()
+        b.release()
+        assert not b.path.exists()
+
+
+def test_conflicting_and_missing_flags_are_refused_before_any_work(cache, tmp_path, capsys):
+    msg = _fail(fewshot, ["--features", cache, "--root", tmp_path, *FAST, "--output", tmp_path / "o"], capsys)
+    assert "--root and --features" in msg
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_is_one_line_before_any_work(cache, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    msg = _fail(fewshot, ["--features", cache, *FAST, "--output", blocker / "out"], capsys)
+    assert "is a file, not a folder" in msg and "--output" in msg
+    msg = _fail(fewshot, ["--features", cache, *FAST, "--output", "/proc/ssp-out"], capsys)
+    assert "cannot write to output folder /proc/ssp-out" in msg and "writable --output" in msg
+    msg = _fail(reproduce, ["--features-root", cache.parent, "--datasets", "dtd", *FAST, "--output",
+                            blocker / "suite"], capsys)
+    assert "is a file, not a folder" in msg
+
+
+def test_check_writable_creates_nothing(tmp_path):
+    target = tmp_path / "a" / "b"
+    assert check_writable(target) == target and not (tmp_path / "a").exists()
+
+
+def test_bad_config_value_is_refused_before_any_run_naming_the_key(cache, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ape:\n  n_channels: -5\n")
+    out = tmp_path / "out"
+    msg = _fail(fewshot, ["--features", cache, *FAST, "--methods", "zero-shot", "ape", "--config", bad,
+                          "--output", out], capsys)
+    assert "config 'ape.n_channels'" in msg and "-5" in msg
+    assert not out.exists()  # zero-shot did not run first
+
+
+def test_yaml_syntax_error_names_file_line_column(cache, tmp_path, capsys):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("shots: [1, 2\nseeds: [1]\n")
+    msg = _fail(fewshot, ["--features", cache, *FAST, "--config", bad, "--output", tmp_path / "o"], capsys)
+    assert f"{bad}:2:" in msg and "not valid YAML" in msg and len(msg.splitlines()) == 1
+
+
+@pytest.mark.parametrize("name, expected", [("fgvc", "fgvc_aircraft"), ("stanford_cars", "stanford_cars"),
+                                            ("Oxford-Pets", "oxford_pets"), ("flowers102", "oxford_flowers"),
+                                            ("my_features", None)])
+def test_tip_adapter_cache_folder_names(tmp_path, name, expected):
+    (tmp_path / name).mkdir()
+    assert cache_dataset_name(tmp_path / name) == expected
+
+
+def test_reproduce_dry_run_needs_no_output(capsys):
+    code, text, _ = _main(reproduce, ["--paper", "ape", "--dry-run"], capsys)
+    assert code == 0 and "dry run:" in text and "run(s) to do" in text
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "wrong"])
+def test_reproduce_with_nothing_found_is_an_error(tmp_path, capsys, layout):
+    root = tmp_path / "caches"
+    if layout != "missing":
+        root.mkdir()
+    if layout == "wrong":
+        (root / "not_a_dataset").mkdir()
+    argv = ["--features-root", root, "--datasets", "dtd", "oxford_pets", *FAST, "--output", tmp_path / "o"]
+    msg = _fail(reproduce, argv, capsys)
+    assert ("no such folder" in msg) if layout == "missing" else ("no runs planned" in msg and "dtd" in msg)
+
+
+def test_world_size_is_recorded(cache, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _main(fewshot, ["--features", cache, *FAST, "--output", out], capsys)[0] == 0
+    assert all(r["environment"]["world_size"] == 1 for r in _runs(out))
+
+
+def test_progress_in_a_log_is_a_line_every_interval(capsys):
+    from ssp._utils import _LogProgress
+
+    clock = iter([0.0, 1.0, 11.0, 12.0, 25.0, 26.0, 27.0])
+    bar = _LogProgress(30, "extracting test", "img", interval=10.0)
+    bar._clock = lambda: next(clock)
+    bar._start = bar._last = 0.0
+    for _ in range(3):
+        bar.update(10)
+    bar.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) <= 3 and lines[-1].startswith("[ssp] extracting test: 30/30 img (100%)")
+
+
+def test_one_validation_subsampler_for_images_and_tip_adapter_cache_folders(tmp_path):
+    """A Tip-Adapter cache folder's validation features are subsampled by the images path's rule."""
+    import numpy as np
+
+    from ssp.data.base import DatasetSplits, Sample
+    from ssp.data.fewshot import make_fewshot_splits, validation_subsample
+
+    labels = np.random.default_rng(0).integers(0, 4, 40).tolist()
+    val = [Sample(f"v{i:03d}.jpg", y, f"c{y}") for i, y in enumerate(labels)]
+    train = [Sample(f"t{i:03d}.jpg", c, f"c{c}") for i in range(3) for c in range(4)]
+    ds = DatasetSplits("toy", tmp_path, [f"c{c}" for c in range(4)], ["{}"], train, val, [])
+    for policy, shots, seed in (("coop", 2, 1), ("coop", 16, 3), (3, 1, 2), ("full", 4, 1)):
+        drawn = {s.path for s in make_fewshot_splits(ds, shots, seed, val_policy=policy).val}
+        kept = validation_subsample(labels, policy, shots, seed)
+        assert {val[i].path for i in kept} == drawn and kept == sorted(kept)
