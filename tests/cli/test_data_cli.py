@@ -22,7 +22,7 @@ def _fewshot(tmp_path: Path, root: Path, *extra: str, out: str = "out") -> list[
     out = tmp_path / out
     assert fewshot(["--dataset", "dtd", "--root", str(root), "--backbone", str(ASSETS / "tiny-vit.json"),
                     "--pretrained", "none", "--views", "1", "--shots", "1", "--seeds", "1", "--methods", "zero-shot",
-                    "tip-adapter", "--device", "cpu", "--output", str(out), "--cache-dir", str(tmp_path / "cache"),
+                    "tip-adapter", "--device", "cpu", "--output", str(out), "--feature-store", str(tmp_path / "cache"),
                     "--no-progress", *extra]) == 0
     return [json.loads(p.read_text()) for p in sorted(out.rglob("*.run.json"))]
 
