@@ -242,13 +242,15 @@ def _cars_hint(report: DatasetReport, folder: Path) -> None:
 
 def verify_root(root: str | Path, names: list[str] | None = None, **kwargs) -> list[DatasetReport]:
     """Reports for ``names`` (every benchmark whose folder exists under ``root`` when ``None``)."""
-    from ssp.data.benchmarks import _BENCHMARKS, _canonical_name
+    from ssp.data.benchmarks import _BENCHMARKS, _canonical_name, _markers
 
     root = Path(root).expanduser()
     if names:
         keys = list(dict.fromkeys(_canonical_name(n) for n in names))
     else:
         keys = [k for k, b in _BENCHMARKS.items() if any((root / f).is_dir() for f in b.folders)]
+        if not keys:  # root may be one dataset's folder itself
+            keys = [k for k, b in _BENCHMARKS.items() if all((root / m).exists() for m in _markers(b))]
     return [verify_dataset(k, root, **kwargs) for k in keys]
 
 

@@ -91,8 +91,9 @@ def test_stanford_cars_doubled_mirror_layout_gets_the_fix(tmp_path):
 
 
 def test_verify_root_finds_only_present_folders_and_rejects_imagefolder(tmp_path):
-    _dtd(tmp_path)
+    folder = _dtd(tmp_path)
     assert [r.name for r in verify_root(tmp_path)] == ["dtd"]
+    assert [(r.name, r.folder) for r in verify_root(folder)] == [("dtd", folder)]  # the dataset folder itself
     with pytest.raises(ValueError, match="no fixed layout"):
         verify_dataset("imagefolder", tmp_path)
     assert check_dataset("imagefolder", tmp_path) is None
