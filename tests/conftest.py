@@ -44,3 +44,10 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_internet_for_downloads(monkeypatch):
+    """``ssp-data`` downloads in tests go to 127.0.0.1 only: a test that forgets its local server's
+    mirror gets a refused connection on a loopback port, never a request to a real host."""
+    monkeypatch.setenv("SSP_DATA_MIRROR", "http://127.0.0.1:9")

@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-features", metavar="FILE",
                    help="text classifier for --features caches without one: [C, D] or [D, C], .pt/.npy/.safetensors")
     p.add_argument("--split-file", help="read the split JSON from this file instead of the dataset folder")
+    p.add_argument("--split-manifest", metavar="FILE",
+                   help="use the exact support / validation images of a split manifest (from `ssp-data splits`, "
+                        "or a run JSON) instead of drawing them; refused if it does not match the dataset on disk")
     p.add_argument("--backbone", help="open_clip model name (RN50, ViT-B-32, ...), hf-hub:org/repo, "
                                       "or a model-config JSON; with --features, a label for the cache's backbone")
     add_common_arguments(p)
@@ -272,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
+        if args.split_manifest:
+            raise SystemExit(f"{prog}: error: --split-manifest applies to images (--root); a Tip-Adapter cache "
+                             "folder holds its own support draw (keys_<K>shots.pt)")
         if args.root or args.split_file:
             flag = "--root" if args.root else "--split-file"
             raise SystemExit(f"{prog}: error: {flag} and --features name two different sources of features; "
@@ -322,13 +328,18 @@ def main(argv: list[str] | None = None) -> int:
                 from ssp import distributed
                 from ssp.run.sources import ImageSource
 
+                manifest = None
+                if args.split_manifest:
+                    from ssp.data.manifest import load_manifest
+
+                    manifest = load_manifest(args.split_manifest)
                 device = distributed.init_from_env(args.device) or args.device  # torchrun: one process group
                 main_rank = distributed.is_main()
                 try:
                     with random_weights_banner(cfg, show=main_rank):
                         source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
-                                             progress=not args.no_progress)
+                                             progress=not args.no_progress, split_manifest=manifest)
                         records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                                      progress=not args.no_progress,
                                                      echo=print if main_rank else (lambda _: None))

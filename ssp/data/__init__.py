@@ -4,7 +4,8 @@
 >>> fs = make_fewshot_splits(ds, shots=16, seed=1)    # support: 16 per class, class-major
 >>> loader = torch.utils.data.DataLoader(ImageDataset(fs.support, preprocess), batch_size=64)
 
-Layouts and download notes: ``datasets/README.md`` and ``datasets/<name>.md`` in the repository.
+Download and checks: ``ssp-data download / verify / splits`` (:mod:`ssp.data.download`,
+:mod:`ssp.data.verify`, :mod:`ssp.data.manifest`). Layouts and download notes: ``datasets/README.md`` and ``datasets/<name>.md`` in the repository.
 """
 from ssp.data.base import (
     IMG_EXTENSIONS,
@@ -24,7 +25,18 @@ from ssp.data.benchmarks import (
     read_imagenet_classnames,
 )
 from ssp.data.fewshot import FewShotSplits, make_fewshot_splits
-from ssp.data.images import ImageDataset, ImageLoadError, load_image
+
+_IMAGES = ("ImageDataset", "ImageLoadError", "load_image")
+
+
+def __getattr__(name: str):
+    """The image loaders import torch: loaded on first use, so ``ssp-data`` starts without torch."""
+    if name in _IMAGES:
+        from ssp.data import images
+
+        return getattr(images, name)
+    raise AttributeError(f"module 'ssp.data' has no attribute {name!r}")
+
 
 __all__ = [
     "IMG_EXTENSIONS",

@@ -244,7 +244,8 @@ def _check_files_exist(ds: DatasetSplits, b_name: str, layout: str, image_dir: P
         )
 
 
-def _read_json_benchmark(b: _Benchmark, folder: Path, split_file: Path | None) -> DatasetSplits:
+def _read_json_benchmark(b: _Benchmark, folder: Path, split_file: Path | None,
+                         check_files: bool = True) -> DatasetSplits:
     image_dir = folder / b.image_dir if b.image_dir else folder
     split_path = Path(split_file) if split_file is not None else folder / b.split_name
     if not split_path.is_file():
@@ -257,7 +258,8 @@ def _read_json_benchmark(b: _Benchmark, folder: Path, split_file: Path | None) -
         raise _missing("image folder", image_dir, b.name, b.layout)
     ds = read_split_file(split_path, image_dir, name=b.name, templates=b.templates,
                          rename=b.rename, root=folder)
-    _check_files_exist(ds, b.name, b.layout, image_dir)
+    if check_files:
+        _check_files_exist(ds, b.name, b.layout, image_dir)
     return ds
 
 
@@ -283,7 +285,8 @@ def read_imagenet_classnames(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _read_imagenet(b: _Benchmark, folder: Path, split_file: Path | None) -> DatasetSplits:
+def _read_imagenet(b: _Benchmark, folder: Path, split_file: Path | None,
+                   check_files: bool = True) -> DatasetSplits:
     names_path = Path(split_file) if split_file is not None else folder / "classnames.txt"
     if not names_path.is_file():
         raise _missing("class-name file", names_path, b.name, b.layout,
@@ -327,7 +330,8 @@ def _read_imagenet(b: _Benchmark, folder: Path, split_file: Path | None) -> Data
     )
 
 
-def _read_fgvc(b: _Benchmark, folder: Path, split_file: Path | None) -> DatasetSplits:
+def _read_fgvc(b: _Benchmark, folder: Path, split_file: Path | None,
+               check_files: bool = True) -> DatasetSplits:
     meta = Path(split_file) if split_file is not None else folder
     if not meta.is_dir():
         raise ValueError(
@@ -365,11 +369,12 @@ def _read_fgvc(b: _Benchmark, folder: Path, split_file: Path | None) -> DatasetS
         splits[split] = samples
     ds = DatasetSplits(name=b.name, root=folder, classnames=classnames, templates=list(b.templates),
                        train=splits["train"], val=splits["val"], test=splits["test"])
-    _check_files_exist(ds, b.name, b.layout, image_dir)
+    if check_files:
+        _check_files_exist(ds, b.name, b.layout, image_dir)
     return ds
 
 
-_READERS: dict[str, Callable[[_Benchmark, Path, Path | None], DatasetSplits]] = {
+_READERS: dict[str, Callable[..., DatasetSplits]] = {
     "json": _read_json_benchmark,
     "imagenet": _read_imagenet,
     "fgvc": _read_fgvc,
@@ -433,6 +438,7 @@ def get_dataset(
     *,
     split_file: str | Path | None = None,
     templates: Sequence[str] | None = None,
+    check_files: bool = True,
 ) -> DatasetSplits:
     """Load a benchmark's train / val / test lists.
 
@@ -444,6 +450,8 @@ def get_dataset(
             ``variants.txt`` and ``images_variant_*.txt`` for FGVC Aircraft. Not used by
             ``imagefolder``.
         templates: prompt templates (each with ``"{}"``) replacing the dataset's defaults.
+        check_files: check that every image the split lists exists (``False``: read the split
+            definition only, e.g. to draw or check a split manifest without the images).
 
     Raises:
         DatasetNotFoundError: a folder, split file or listed image is missing; the message names
@@ -459,7 +467,8 @@ def get_dataset(
     else:
         b = _BENCHMARKS[key]
         folder = _resolve_dataset_dir(b, root)
-        ds = _READERS[b.kind](b, folder, Path(split_file).expanduser() if split_file is not None else None)
+        ds = _READERS[b.kind](b, folder, Path(split_file).expanduser() if split_file is not None else None,
+                              check_files=check_files)
     if templates is not None:
         ds.templates = check_templates(templates, "templates argument")
     return ds

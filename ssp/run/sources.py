@@ -147,13 +147,23 @@ class ImageSource:
 
     def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, split_manifest: dict | None = None) -> None:
         from ssp.backbone.weights import backbone_label
         from ssp.data import get_dataset
+        from ssp.data.manifest import check_run_manifest
+        from ssp.data.verify import check_dataset
         from ssp.run.records import sample_list_digest
 
         self.cfg = cfg
-        self.data = get_dataset(cfg["dataset"], root, split_file=split_file)
+        # the cheap part of `ssp-data verify` (split file readable, every listed image present):
+        # a broken layout stops here, in seconds, with its fix -- before any backbone or extraction
+        checked = check_dataset(cfg["dataset"], root, split_file=split_file)
+        self.data = get_dataset(cfg["dataset"], root, split_file=split_file, check_files=checked is None)
+        self.split_sha256 = checked.split_sha256 if checked is not None else None
+        self.split_official = checked.split_official if checked is not None else None
+        self.manifest = split_manifest
+        if split_manifest is not None:  # refused now, with the reason, if it does not fit the dataset on disk
+            check_run_manifest(split_manifest, self.data, cfg["shots"], cfg["seeds"], val_policy=cfg["val_policy"])
         self.dataset = self.data.name
         self.label = backbone_label(cfg["backbone"], cfg["pretrained"])
         self.store_dir, self.device, self.recompute, self.progress = store_dir, device, recompute, progress
@@ -174,6 +184,8 @@ class ImageSource:
             "protocol": {"val_policy": cfg["val_policy"], "views": cfg["views"]}}
         if self.prompts.spec != "dataset":  # the default keeps the settings keys of earlier runs
             self._common["prompts"] = self.prompts.record()
+        if split_manifest is not None:  # the given draws, not the sampler's: another settings key
+            self._common["protocol"]["split_manifest_sha256"] = split_manifest["sha256"]
         self._needs_patches = False
 
     def common_settings(self) -> dict:
@@ -240,9 +252,10 @@ class ImageSource:
                                                   **self._kw, **kw))
 
     def _draw(self, shots: int, seed: int):
-        from ssp.data import make_fewshot_splits
+        """The few-shot draw: the sampler's, or the given split manifest's."""
+        from ssp.data.manifest import fewshot_splits
 
-        return make_fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"])
+        return fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"], manifest=self.manifest)
 
     def _extract_all(self) -> None:
         """Every feature file the runs need, extracted by all ranks together (torchrun)."""
@@ -262,6 +275,7 @@ class ImageSource:
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
         from ssp.data.fewshot import check_support_after_skips
+        from ssp.data.manifest import run_manifest
 
         cfg = self.cfg
         with warnings.catch_warnings(record=True) as caught:
@@ -295,7 +309,9 @@ class ImageSource:
             seeds={"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
                    "training": seed, "random_init": identity.get("seed") if identity["source"] == "random" else None},
             timings={"shared_features_s": self.shared_s, "support_val_features_s": extract_s},
-            warnings=sampling_warnings, extra={"skipped_images": skipped})
+            warnings=sampling_warnings,
+            extra={"skipped_images": skipped,
+                   "split_manifest": run_manifest(draw, split_file_sha256=self.split_sha256)})
 
     def text_classifier(self) -> torch.Tensor:
         return self.text
@@ -309,6 +325,8 @@ class ImageSource:
             "source": {"kind": "images", "dataset_root": str(Path(data.root).resolve()),
                        "split_file": None if path is None else str(path.resolve()),
                        "split_file_sha256": file_sha256(path) if path is not None and path.is_file() else None,
+                       "split_definition_sha256": self.split_sha256, "split_is_official": self.split_official,
+                       "split_manifest_given": None if self.manifest is None else self.manifest["sha256"],
                        "extraction_world_size": self.world_size, **self._common["source"]},
             "text_features": {"source": f"computed from the backbone's text encoder ({self.prompts.source}; "
                                         f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",

@@ -1,0 +1,199 @@
+"""``ssp-data``: download, check and draw the few-shot splits of the benchmarks.
+
+Examples::
+
+    ssp-data download dtd oxford_pets --root DATA     # fetch (resume + checksum), lay out as ssp-fewshot reads
+    ssp-data download stanford_cars --root DATA       # split file + the manual steps for the images
+    ssp-data verify --root DATA                       # every dataset found under DATA
+    ssp-data verify --root DATA dtd --images decode   # decode every image too
+    ssp-data splits --dataset dtd --root DATA --shots 1 2 4 8 16 --seeds 1 2 3 -o dtd_splits.json
+    ssp-data list                                     # what can be fetched, split files and their digests
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+PROG = "ssp-data"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ssp.data.verify import IMAGE_CHECKS
+
+    p = argparse.ArgumentParser(prog=PROG, description="Download, verify and draw few-shot splits of the 11 "
+                                "few-shot benchmarks, in the layout ssp-fewshot reads (datasets/README.md).")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("download", help="fetch datasets (resume + checksum) and lay them out; manual steps "
+                                        "for those no library can fetch")
+    d.add_argument("names", nargs="+", metavar="NAME", help="benchmarks, e.g. dtd oxford_pets (see `ssp-data list`)")
+    d.add_argument("--root", required=True, help="data folder that receives <dataset>/ folders")
+    d.add_argument("--mirror", help="base URL serving every file under its file name, replacing the table's URLs "
+                                    "(default $SSP_DATA_MIRROR); checksums still apply")
+    d.add_argument("--keep-archives", action="store_true", help="keep the archives once laid out")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    v = sub.add_parser("verify", help="check datasets on disk: found / absent / missing / corrupt, counts, "
+                                      "the split file against the official one")
+    v.add_argument("names", nargs="*", metavar="NAME", help="benchmarks (default: every one found under --root)")
+    v.add_argument("--root", required=True, help="data folder (or one dataset folder with one NAME)")
+    v.add_argument("--split-file", help="read the split definition from this file (one NAME)")
+    v.add_argument("--images", choices=IMAGE_CHECKS, default="header",
+                   help="exists: listed files exist; header (default): each opens as an image; decode: each "
+                        "decodes fully (slowest)")
+    v.add_argument("--strict", action="store_true",
+                   help="fail when a split file differs from the official CoOp file (default: report it)")
+    v.add_argument("--json", metavar="FILE", help="also write the reports as JSON")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("splits", help="write the few-shot split manifest (exact support / validation images "
+                                      "per shots and seed) without running anything")
+    s.add_argument("--dataset", required=True, help="benchmark name")
+    s.add_argument("--root", required=True, help="data folder (only the split definition is read)")
+    s.add_argument("--split-file", help="read the split definition from this file")
+    s.add_argument("--shots", type=_positive, nargs="+", required=True, help="shot counts, e.g. 1 2 4 8 16")
+    s.add_argument("--seeds", type=_seed, nargs="+", required=True, help="seeds, e.g. 1 2 3")
+    s.add_argument("--val-policy", default="coop", help="coop (min(K,4) per class), full, or an integer per class")
+    s.add_argument("-o", "--output", required=True, help="manifest file to write (JSON)")
+
+    sub.add_parser("list", help="the download table: what is fetched, split files and their digests")
+    return p
+
+
+def _download(args) -> int:
+    from ssp.data.download import DownloadError, download_dataset
+
+    failed = 0
+    for name in dict.fromkeys(args.names):
+        try:
+            result = download_dataset(name, args.root, mirror=args.mirror, keep_archives=args.keep_archives,
+                                      progress=not args.no_progress)
+        except (DownloadError, ValueError, OSError) as err:
+            print(f"{PROG}: {name}: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        for note in result.notes:
+            print(f"  note: {note}")
+        print(result.message)
+        if result.status != "ready":
+            failed += 1
+    if failed:
+        print(f"{PROG}: {failed} dataset(s) not ready (see above)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _verify(args) -> int:
+    from ssp.data.verify import verify_dataset, verify_root
+
+    if args.split_file and len(args.names) != 1:
+        raise SystemExit(f"{PROG}: error: --split-file applies to one dataset; name it")
+    root = Path(args.root).expanduser()
+    if not root.is_dir():
+        raise SystemExit(f"{PROG}: error: --root {root}: no such folder")
+    kw = {"images": args.images, "strict": args.strict, "progress": not args.no_progress}
+    try:
+        if args.split_file:
+            reports = [verify_dataset(args.names[0], root, split_file=args.split_file, **kw)]
+        else:
+            reports = verify_root(root, args.names or None, **kw)
+    except ValueError as err:
+        raise SystemExit(f"{PROG}: error: {err}")
+    if not reports:
+        raise SystemExit(f"{PROG}: error: no dataset folder found under {root} (names: datasets/README.md); "
+                         f"name the datasets to check, or fetch one: ssp-data download dtd --root {root}")
+    for report in reports:
+        print(report.line())
+        for line in report.details():
+            print(line)
+    if args.json:
+        from ssp._io import write_json_atomic
+
+        write_json_atomic(args.json, [r.as_dict() for r in reports])
+    bad = [r.name for r in reports if not r.ok]
+    if bad:
+        print(f"{PROG}: not ready: {', '.join(bad)}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _splits(args) -> int:
+    from ssp._io import file_sha256, write_json_atomic
+    from ssp.data import DatasetNotFoundError, get_dataset
+    from ssp.data.manifest import draw_manifest
+    from ssp.data.verify import _split_path
+
+    policy = args.val_policy
+    if policy not in ("coop", "full"):
+        try:
+            policy = int(policy)
+        except ValueError:
+            policy = 0
+        if policy < 1:
+            raise SystemExit(f"{PROG}: error: --val-policy must be coop, full or a positive integer, "
+                             f"got {args.val_policy!r}")
+    try:
+        ds = get_dataset(args.dataset, args.root, split_file=args.split_file, check_files=False)
+    except (DatasetNotFoundError, ValueError) as err:
+        raise SystemExit(f"{PROG}: error: {str(err).splitlines()[0]}")
+    split = _split_path(ds.name, Path(ds.root), args.split_file) if ds.name != "imagefolder" else None
+    digest = file_sha256(split) if split is not None and split.is_file() else None
+    manifest = draw_manifest(ds, list(dict.fromkeys(args.shots)), list(dict.fromkeys(args.seeds)),
+                             val_policy=policy, split_file_sha256=digest)
+    out = write_json_atomic(args.output, manifest)
+    print(f"{ds.name}: {len(manifest['draws'])} draw(s) ({', '.join(str(k) for k in args.shots)} shots x seeds "
+          f"{', '.join(str(s) for s in args.seeds)}), sha256 {manifest['sha256']} -> {out}")
+    return 0
+
+
+def _list(_args) -> int:
+    from ssp.data.sources import list_sources, mirror_url
+
+    print(f"{'dataset':<15} {'images':<36} split file (sha256)")
+    for s in list_sources():
+        how = (", ".join(r.filename for r in s.resources) if s.fetchable else "manual (see download)")
+        if s.split is None:
+            split = s.split_note.split(":")[0]
+        else:
+            split = f"{s.split.filename} ({s.split.sha256[:12] + '...' if s.split.sha256 else 'no digest pinned'})"
+        print(f"{s.name:<15} {how[:36]:<36} {split}")
+    base = mirror_url()
+    if base:
+        print(f"\nmirror in use: {base}")
+    return 0
+
+
+_COMMANDS = {"download": _download, "verify": _verify, "splits": _splits, "list": _list}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; rerun the same command to resume (partial downloads are kept)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
