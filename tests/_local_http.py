@@ -145,16 +145,16 @@ def pin(monkeypatch, name: str, files: dict[str, bytes]) -> None:
     import dataclasses
     import hashlib
 
-    from ssp.data import sources
+    from ssp.data import catalog
 
-    src = sources._SOURCES[name]
+    src = catalog._CATALOG[name]
     resources = tuple(dataclasses.replace(r, md5=hashlib.md5(files[r.filename]).hexdigest())
                       for r in src.resources if r.filename in files)
     split = src.split
     if split is not None and split.filename in files:
         data = files[split.filename]
         split = dataclasses.replace(split, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
-    monkeypatch.setitem(sources._SOURCES, name, dataclasses.replace(src, resources=resources or src.resources,
+    monkeypatch.setitem(catalog._CATALOG, name, dataclasses.replace(src, resources=resources or src.resources,
                                                                     split=split))
 
 

@@ -166,7 +166,7 @@ def _splits(args) -> int:
 
 
 def _list(_args) -> int:
-    from ssp.data.sources import list_sources, mirror_url
+    from ssp.data.catalog import list_sources, mirror_url
 
     print(f"{'dataset':<15} {'images':<36} split file (sha256)")
     for s in list_sources():

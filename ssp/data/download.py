@@ -1,6 +1,6 @@
 """``ssp-data download``: fetch a benchmark (resume + checksum), lay it out as ``get_dataset`` reads it.
 
-Per dataset (table: :mod:`ssp.data.sources`):
+Per dataset (table: :mod:`ssp.data.catalog`):
 
 1. the CoOp split file: an existing one in the dataset folder is kept; else a copy vendored in
    ``ssp/data/splits/``; else a download, checked against the pinned sha256;
@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Callable
 
 from ssp._io import file_sha256, write_json_atomic
-from ssp.data.sources import (
+from ssp.data.catalog import (
     SPLIT_CREDIT,
-    DatasetSource,
+    CatalogEntry,
     Resource,
-    dataset_source,
+    catalog_entry,
     packaged_split_file,
     resource_urls,
 )
@@ -314,7 +314,7 @@ def human_size(n_bytes: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------- datasets
-def dataset_folder(source: DatasetSource, root: Path) -> Path:
+def dataset_folder(source: CatalogEntry, root: Path) -> Path:
     """The dataset's folder under ``root``: an existing one under any accepted name, else CoOp's name."""
     from ssp.data.benchmarks import _BENCHMARKS
 
@@ -324,7 +324,7 @@ def dataset_folder(source: DatasetSource, root: Path) -> Path:
     return root / source.folder
 
 
-def ensure_split_file(source: DatasetSource, folder: Path, downloads: Path, *, mirror: str | None = None,
+def ensure_split_file(source: CatalogEntry, folder: Path, downloads: Path, *, mirror: str | None = None,
                       progress: bool = True) -> tuple[Path | None, list[str]]:
     """Put the CoOp split file into ``folder`` (kept when present). Returns ``(path, notes)``."""
     split = source.split
@@ -391,7 +391,7 @@ def download_dataset(name: str, root: str | Path, *, mirror: str | None = None, 
     Returns a :class:`DownloadResult`; raises :class:`DownloadError` when a download or an archive
     fails (nothing half-extracted is left behind; a partial download stays as ``.part`` to resume).
     """
-    source = dataset_source(name)
+    source = catalog_entry(name)
     root = Path(root).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
     downloads = root / DOWNLOADS
@@ -452,7 +452,7 @@ def download_dataset(name: str, root: str | Path, *, mirror: str | None = None, 
     return _ready(source, folder, notes, "downloaded")
 
 
-def _fetch_and_lay_out(source: DatasetSource, downloads: Path, staging: Path, assembled: Path, record: dict,
+def _fetch_and_lay_out(source: CatalogEntry, downloads: Path, staging: Path, assembled: Path, record: dict,
                        archives: list[Path], *, mirror: str | None, keep_archives: bool, progress: bool,
                        echo: Callable[[str], None]) -> None:
     """Download every archive of ``source`` (checksum first) and move its parts into ``assembled``."""
@@ -468,14 +468,14 @@ def _fetch_and_lay_out(source: DatasetSource, downloads: Path, staging: Path, as
         archives.append(archive)
 
 
-def _ready(source: DatasetSource, folder: Path, notes: list[str], how: str) -> DownloadResult:
+def _ready(source: CatalogEntry, folder: Path, notes: list[str], how: str) -> DownloadResult:
     n_files, n_bytes = folder_size(folder)
     return DownloadResult(source.name, "ready", folder,
                           f"{source.name}: {how}, ready at {folder} ({n_files:,} files, {human_size(n_bytes)})",
                           n_files=n_files, n_bytes=n_bytes, notes=notes)
 
 
-def manual_steps(source: DatasetSource, folder: Path) -> str:
+def manual_steps(source: CatalogEntry, folder: Path) -> str:
     """The manual steps for a dataset no library can fetch, with the layout ``ssp-data verify`` accepts."""
     from ssp.data.benchmarks import _BENCHMARKS
 

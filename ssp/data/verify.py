@@ -10,7 +10,7 @@ Per dataset, :func:`verify_dataset` reports one status:
 
 It also gives the counts (train / val / test images and classes) against the split file found in
 the dataset folder, and compares that file with the official CoOp one (pinned sha256 and counts in
-:mod:`ssp.data.sources`): a different file (e.g. a filtered subset) is reported, not failed,
+:mod:`ssp.data.catalog`): a different file (e.g. a filtered subset) is reported, not failed,
 unless ``strict``. ``ssp-fewshot`` runs the cheap part (``images="exists"``) before extracting
 anything, through :func:`check_dataset`.
 """
@@ -85,9 +85,9 @@ class DatasetReport:
 
 
 def _fix_download(name: str, root: Path) -> str:
-    from ssp.data.sources import dataset_source
+    from ssp.data.catalog import catalog_entry
 
-    source = dataset_source(name)
+    source = catalog_entry(name)
     if source.fetchable:
         return f"ssp-data download {name} --root {root}"
     return f"follow the manual steps that `ssp-data download {name} --root {root}` prints (datasets/{name}.md)"
@@ -107,9 +107,9 @@ def _split_path(name: str, folder: Path, split_file: str | Path | None) -> Path 
 
 
 def _compare_with_official(report: DatasetReport, name: str) -> None:
-    from ssp.data.sources import dataset_source
+    from ssp.data.catalog import catalog_entry
 
-    split = dataset_source(name).split
+    split = catalog_entry(name).split
     if split is None or report.split_file is None:
         return
     if split.sha256 is None:

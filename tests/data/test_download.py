@@ -200,7 +200,7 @@ def test_a_split_file_vendored_in_the_package_is_used_without_a_download(tmp_pat
     """Vendoring later = dropping the (gzipped) files into ssp/data/splits/: looked up first."""
     import gzip
 
-    from ssp.data import sources
+    from ssp.data import catalog
 
     files = dtd_files()
     pin(monkeypatch, "dtd", files)
@@ -208,7 +208,7 @@ def test_a_split_file_vendored_in_the_package_is_used_without_a_download(tmp_pat
     vendored.mkdir()
     (vendored / "split_zhou_DescribableTextures.json.gz").write_bytes(
         gzip.compress(files["split_zhou_DescribableTextures.json"]))
-    monkeypatch.setattr(sources, "PACKAGED_SPLITS", vendored)
+    monkeypatch.setattr(catalog, "PACKAGED_SPLITS", vendored)
     with LocalFiles({"dtd-r1.0.1.tar.gz": files["dtd-r1.0.1.tar.gz"]}) as server:
         result = download_dataset("dtd", tmp_path / "DATA", mirror=server.url, progress=False, echo=lambda _: None)
         assert server.names() == ["dtd-r1.0.1.tar.gz"]
@@ -217,5 +217,5 @@ def test_a_split_file_vendored_in_the_package_is_used_without_a_download(tmp_pat
     from ssp.data.download import ensure_split_file
 
     with pytest.raises(DownloadError, match="sha256 .*, expected"):
-        ensure_split_file(sources.dataset_source("dtd"), tmp_path / "DATA2" / "dtd", tmp_path / "dl", progress=False)
+        ensure_split_file(catalog.catalog_entry("dtd"), tmp_path / "DATA2" / "dtd", tmp_path / "dl", progress=False)
     assert not (tmp_path / "DATA2").exists()

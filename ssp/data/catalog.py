@@ -1,6 +1,6 @@
 """Where each benchmark comes from: archives, checksums, layout moves, CoOp split files, manual steps.
 
-One :class:`DatasetSource` per benchmark of :mod:`ssp.data.benchmarks`. A source lists the
+One :class:`CatalogEntry` per benchmark of :mod:`ssp.data.benchmarks`. An entry lists the
 archives that a library already in our dependencies knows how to fetch (URLs and md5 as pinned by
 ``torchvision.datasets``), how their contents move into the CoOp layout, the CoOp split file
 (file name, size and sha256 of the official file, its public links), and, where no archive can be
@@ -85,7 +85,7 @@ class SplitFile:
 
 
 @dataclass(frozen=True)
-class DatasetSource:
+class CatalogEntry:
     """How to obtain one benchmark. ``resources`` empty = the images need manual steps."""
 
     name: str
@@ -103,8 +103,8 @@ class DatasetSource:
 
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
 
-_SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
-    DatasetSource(
+_CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
+    CatalogEntry(
         "dtd", "dtd",
         (Resource("dtd-r1.0.1.tar.gz", (f"{_VGG}/dtd/download/dtd-r1.0.1.tar.gz",),
                   md5="fff73e5086ae6bdbea199a49dfb8a4c1",
@@ -114,7 +114,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
                   (2820, 1128, 1692, 47), "CoOp: each class's images split 50 % / 20 % / 30 %"),
         "official CoOp split, sha256 pinned",
     ),
-    DatasetSource(
+    CatalogEntry(
         "oxford_pets", "oxford_pets",
         (Resource("images.tar.gz", (f"{_VGG}/pets/data/images.tar.gz",), md5="5c4f3ee8e5d25df40f4fd59a7f44e54c",
                   moves=(("images", "images"),)),
@@ -126,7 +126,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
                                          "official test list"),
         "official CoOp split, sha256 pinned",
     ),
-    DatasetSource(
+    CatalogEntry(
         "oxford_flowers", "oxford_flowers",
         (Resource("102flowers.tgz", (f"{_VGG}/flowers/102/102flowers.tgz",), md5="52808999861908f626f3c1f4e79d11fa",
                   moves=(("jpg", "jpg"),)),
@@ -137,7 +137,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
                   (4093, 1633, 2463, 102), "CoOp: each class's images split 50 % / 20 % / 30 %"),
         "official CoOp split, sha256 pinned",
     ),
-    DatasetSource(
+    CatalogEntry(
         "food101", "food-101",
         (Resource("food-101.tar.gz", ("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",),
                   md5="85eeb15f3717b99a5da872d97d918f87",
@@ -148,7 +148,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
         "CoOp split fetched from CoOp's link; the package pins no digest for it (its sha256 is recorded "
         "at download and in every run)",
     ),
-    DatasetSource(
+    CatalogEntry(
         "eurosat", "eurosat",
         (Resource("EuroSAT.zip", ("https://huggingface.co/datasets/torchgeo/eurosat/resolve/"
                                   "c877bcd43f099cd0196738f714544e355477f3fd/EuroSAT.zip",),
@@ -158,7 +158,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
                   (13500, 5400, 8100, 10), "CoOp: 13,500 / 5,400 / 8,100 images drawn per class"),
         "official CoOp split, sha256 pinned",
     ),
-    DatasetSource(
+    CatalogEntry(
         "fgvc_aircraft", "fgvc_aircraft",
         (Resource("fgvc-aircraft-2013b.tar.gz",
                   (f"{_VGG}/fgvc-aircraft/archives/fgvc-aircraft-2013b.tar.gz",),
@@ -167,7 +167,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
         "no CoOp file: the archive's own images_variant_{train,val,test}.txt lists (3,334 / 3,333 / 3,333), "
         "as CoOp reads them",
     ),
-    DatasetSource(
+    CatalogEntry(
         "sun397", "sun397",
         (Resource("SUN397.tar.gz", ("http://vision.princeton.edu/projects/2010/SUN/SUN397.tar.gz",),
                   md5="8ca2778205c41d23104230ba66911c7a", moves=(("SUN397", "SUN397"),)),),
@@ -177,7 +177,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
         "CoOp split fetched from CoOp's link; the package pins no digest for it (its sha256 is recorded "
         "at download and in every run)",
     ),
-    DatasetSource(
+    CatalogEntry(
         "caltech101", "caltech-101",
         (Resource("caltech-101.zip", ("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip",),
                   md5="3138e1922a9193bfa496528edbbc45d0", inner="101_ObjectCategories.tar.gz",
@@ -188,7 +188,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
                                            "each class split 50 % / 20 % / 30 %"),
         "official CoOp split, sha256 pinned",
     ),
-    DatasetSource(
+    CatalogEntry(
         "stanford_cars", "stanford_cars", (),
         SplitFile("split_zhou_StanfordCars.json", "1ObCFbaAgVu0I-k_Au-gIUcefirdAuizT",
                   "40acee7aa65c8e4727a32d90e884b7c3f8960b523422317e163f7af65432959d", 1855652,
@@ -211,7 +211,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
             "`ssp-data verify` then checks every image the split lists.",
         ),
     ),
-    DatasetSource(
+    CatalogEntry(
         "ucf101", "ucf101", (),
         SplitFile("split_zhou_UCF101.json", "1I0S0q91hJfsV9Gf4xDIjgDq4AqBNJb1y",
                   "d78cb834f7c5792ceaff2c5ee2d7c76a9e4086e48a3a6b01232989d29cbefdd8", 1557485,
@@ -230,7 +230,7 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
             "names but the folder lacks.",
         ),
     ),
-    DatasetSource(
+    CatalogEntry(
         "imagenet", "imagenet", (), None,
         "no split file: train images give the shots (validation is carved from the train images that are "
         "not shots), the official 50,000 validation images are the test set; classnames.txt (CoOp's copy of "
@@ -250,21 +250,21 @@ _SOURCES: dict[str, DatasetSource] = {s.name: s for s in [
 ]}
 
 
-def dataset_source(name: str) -> DatasetSource:
-    """The source of a registered benchmark (aliases accepted, as by ``get_dataset``)."""
+def catalog_entry(name: str) -> CatalogEntry:
+    """The catalog entry of a registered benchmark (aliases accepted, as by ``get_dataset``)."""
     from ssp.data.benchmarks import _canonical_name
 
     key = _canonical_name(name)
-    if key not in _SOURCES:
+    if key not in _CATALOG:
         raise ValueError(f"{name!r} is not downloadable: it is your own data; see datasets/imagefolder.md")
-    return _SOURCES[key]
+    return _CATALOG[key]
 
 
-def list_sources() -> list[DatasetSource]:
-    """Every benchmark's source, in the registry's order."""
+def list_sources() -> list[CatalogEntry]:
+    """Every benchmark's catalog entry, in the registry's order."""
     from ssp.data.benchmarks import list_datasets
 
-    return [_SOURCES[n] for n in list_datasets() if n in _SOURCES]
+    return [_CATALOG[n] for n in list_datasets() if n in _CATALOG]
 
 
 def mirror_url(mirror: str | None = None) -> str | None:
@@ -289,7 +289,7 @@ def packaged_split_file(filename: str) -> Path | None:
 
 def official_split(filename: str) -> SplitFile | None:
     """The table entry of a split file, by file name (``None`` for an unknown name)."""
-    for source in _SOURCES.values():
+    for source in _CATALOG.values():
         if source.split is not None and source.split.filename == filename:
             return source.split
     return None

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from ssp.data import list_datasets
-from ssp.data.sources import (
-    dataset_source,
+from ssp.data.catalog import (
+    catalog_entry,
     list_sources,
     mirror_url,
     packaged_split_file,
@@ -26,16 +26,16 @@ def test_every_benchmark_has_a_source_and_every_source_a_plan():
         else:
             assert s.manual and "{folder}" in s.manual and s.alternatives, s.name
         assert s.split is not None or "no" in s.split_note, s.name
-    assert not dataset_source("stanford_cars").fetchable  # the host is gone
+    assert not catalog_entry("stanford_cars").fetchable  # the host is gone
     with pytest.raises(ValueError, match="not downloadable"):
-        dataset_source("imagefolder")
+        catalog_entry("imagefolder")
 
 
 def test_checksums_and_urls_are_the_ones_torchvision_pins():
     from torchvision import datasets as tv
 
     def resource(name, filename):
-        return next(r for r in dataset_source(name).resources if r.filename == filename)
+        return next(r for r in catalog_entry(name).resources if r.filename == filename)
 
     assert (resource("dtd", "dtd-r1.0.1.tar.gz").urls[0], resource("dtd", "dtd-r1.0.1.tar.gz").md5) == (
         tv.DTD._URL, tv.DTD._MD5)
