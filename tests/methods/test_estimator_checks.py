@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _doubles import make_data
+from _doubles import CLASSES_ARE_TEXT_ROWS, CLASSIFIER_SKIPS, make_data, sklearn_checked
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ssp.methods.projector import SSPProjector
@@ -279,86 +279,24 @@ def test_a_subclass_setting_a_public_fitted_tensor_is_used_and_published():
 
 
 # ------------------------------------------------------------------ scikit-learn's estimator checks
-#
-# Every estimator's ``fit`` takes its side inputs by name (the text classifier, for the projector
-# also the global features). scikit-learn's checks call ``fit(X, y)``, so each estimator runs
-# through them as a subclass whose ``fit(X, y)`` supplies those side inputs from ``(X, y)``: the
-# text classifier is the class means of ``X`` (a class with no sample or a zero mean gets a fixed
-# unit vector), the projector's patches are ``X[:, None, :]``. Everything else -- validation,
-# fitted state, predictions, get_params / set_params / clone -- is the estimator's own code.
+# (UnmixProjector's run in tests/unmix/test_unmix_projector.py; the subclass and the shared skip
+# reasons are in tests/_doubles.py)
 
-
-def _side_text(X, y):
-    """A ``[C, D]`` text classifier for ``(X, y)``: class means of ``X``; when ``(X, y)`` cannot
-    give one (malformed input the estimator must reject itself) a fixed unit-row matrix of the
-    right width, so the estimator's own validation speaks."""
-    try:
-        x = np.asarray(X, dtype=np.float64)
-        labels = np.asarray(y)
-        ok = (x.ndim == 2 and labels.ndim == 1 and len(labels) == len(x) and x.shape[1] > 0
-              and len(x) > 0 and labels.dtype.kind in "iuf" and np.isfinite(labels).all()
-              and np.isfinite(x).all() and (labels == np.round(labels)).all() and labels.min() >= 0)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        shape = np.shape(X) if hasattr(X, "nnz") else np.asarray(X).shape
-        width = shape[1] if len(shape) == 2 and shape[1] > 0 else 1
-        return np.eye(2, width) + np.eye(2, width, 1)
-    labels = labels.astype(np.int64)
-    text = np.zeros((int(labels.max()) + 1, x.shape[1]))
-    np.add.at(text, labels, x)
-    fallback = np.eye(len(text), x.shape[1], 1) + np.eye(len(text), x.shape[1])
-    zero = np.linalg.norm(text, axis=1) == 0
-    text[zero] = fallback[zero]
-    return text
-
-
-def _checked(cls):
-    """``cls`` with ``fit(X, y)``: the side inputs come from ``(X, y)`` (see above)."""
-
-    def fit(self, X, y=None, **kwargs):
-        if issubclass(cls, SSPProjector):
-            sparse = hasattr(X, "nnz")  # the estimator must refuse it itself
-            patches = np.asarray(X)[:, None, :] if not sparse and np.asarray(X).ndim == 2 else X
-            return cls.fit(self, patches, y, image_features=X, text_features=_side_text(X, y), **kwargs)
-        return cls.fit(self, X, y, text_features=_side_text(X, y), **kwargs)
-
-    members = {"fit": fit, "__module__": __name__, "__qualname__": f"Checked{cls.__name__}",
-               "__doc__": f"{cls.__name__} fitted by scikit-learn's checks (side inputs from (X, y))."}
-    if issubclass(cls, SSPProjector):
-        members["fit_transform"] = lambda self, X, y=None: self.fit(X, y).transform(X)
-    return type(f"Checked{cls.__name__}", (cls,), members)
-
-
-_CHECKED = {cls.__name__: _checked(cls) for cls in
-            [*(spec.estimator for spec in SPECS.values()), SSPProjector, UnmixProjector]}
-globals().update({c.__name__: c for c in _CHECKED.values()})  # picklable by name
+_CHECKED = [sklearn_checked(spec.estimator, __name__) for spec in SPECS.values()]
+_CHECKED.append(sklearn_checked(SSPProjector, __name__, patches=True))
+globals().update({c.__name__: c for c in _CHECKED})  # picklable by name
 
 
 def _instances():
     out = []
-    for name, checked in _CHECKED.items():
+    for checked in _CHECKED:
         params = {"device": "cpu"}
-        if "epochs" in checked().get_params():  # fine-tuned / Unmix: one short training
+        if "epochs" in checked().get_params():  # fine-tuned: one short training
             params["epochs"] = 1
-        if name == "UnmixProjector":
-            params.update(progress=False, embed_dim=4, hidden_dim=8)
         out.append(checked(**params))
     return out
 
 
-# Checks that cannot apply, with the reason (strict: a listed check that passes fails the test).
-_LABELS_ARE_ROWS = ("labels are row indices 0..C-1 of the text classifier (class c is text row c), "
-                    "so string or arbitrary labels cannot be mapped to classes")
-_CLASSES_ARE_TEXT_ROWS = ("the classes are the text classifier's rows, not the labels seen in y: a support "
-                          "set showing one class still predicts among all C classes")
-_CLASSIFIER_SKIPS = {
-    "check_classifiers_classes": _LABELS_ARE_ROWS,
-    "check_classifiers_train": "decision_function gives one logit per text row, [M, C] for every C "
-                               "(scikit-learn expects [M] for two classes)",
-    "check_supervised_y_2d": "a column vector y [N, 1] is refused, not ravelled with a warning: an [N, C] "
-                             "multi-label array must not pass silently as labels",
-}
 _EVERY_CLASS_NEEDS_SUPPORT = ("every class (text row) needs at least one support sample; the check's labels "
                               "skip class 0 (e.g. y in {1, 2})")
 _SUPPORT_SKIPS = {name: _EVERY_CLASS_NEEDS_SUPPORT
@@ -366,13 +304,14 @@ _SUPPORT_SKIPS = {name: _EVERY_CLASS_NEEDS_SUPPORT
 
 
 def _expected_failures(estimator) -> dict[str, str]:
+    """Checks that cannot apply, with the reason (strict: a listed check that passes fails)."""
     if isinstance(estimator, SSPProjector):
         return dict(_SUPPORT_SKIPS)
-    skips = dict(_CLASSIFIER_SKIPS)
+    skips = dict(CLASSIFIER_SKIPS)
     if isinstance(estimator, SPECS["ape"].estimator):  # APE and APE-T
         skips.update(_SUPPORT_SKIPS, check_classifier_data_not_an_array=_EVERY_CLASS_NEEDS_SUPPORT)
     else:  # APE refuses the classes without support instead
-        skips["check_classifiers_one_label"] = _CLASSES_ARE_TEXT_ROWS
+        skips["check_classifiers_one_label"] = CLASSES_ARE_TEXT_ROWS
     return skips
 
 

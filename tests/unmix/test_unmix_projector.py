@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from _doubles import CLASSES_ARE_TEXT_ROWS, CLASSIFIER_SKIPS, sklearn_checked
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ssp.unmix import UnmixProjector, mfi_score
 from ssp.unmix.projector import dual_prompt_logits
@@ -145,3 +147,27 @@ def test_real_stanford_cars_mfi_drops_and_accuracy_holds(tip_cache_root):
     plain = acc(val_f[held], text)
     projected = acc(proj.transform_image(val_f[held]), t_proj)
     assert projected >= plain - 1.0, (plain, projected)
+
+
+# ------------------------------------------------------------------ scikit-learn's estimator checks
+
+CheckedUnmixProjector = sklearn_checked(UnmixProjector, __name__)  # fit(X, y): text from (X, y)
+
+
+def test_parameters_come_from_base_estimator():
+    from sklearn.base import BaseEstimator, clone
+
+    assert UnmixProjector.get_params is BaseEstimator.get_params
+    assert UnmixProjector.set_params is BaseEstimator.set_params
+    p = clone(UnmixProjector(embed_dim=8, seed=3))
+    assert p.get_params()["embed_dim"] == 8 and p.set_params(lr=0.1).lr == 0.1
+    with pytest.raises(ValueError, match="Invalid parameter 'nope'"):
+        p.set_params(nope=1)
+
+
+@parametrize_with_checks([CheckedUnmixProjector(device="cpu", epochs=1, progress=False, embed_dim=4, hidden_dim=8)],
+                         expected_failed_checks=lambda est: {**CLASSIFIER_SKIPS,
+                                                             "check_classifiers_one_label": CLASSES_ARE_TEXT_ROWS},
+                         xfail_strict=True)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
