@@ -91,11 +91,13 @@ class LinearProbe(_CLIPFeatureClassifier):
 
     def _fit(self, image_features, labels, text_features, patch_features) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
-        self._like = image_features[:0]
+        # the kind of the fitted arrays (numpy, or torch on the input's device): an empty tensor
+        self._like = image_features[:0] if isinstance(image_features, torch.Tensor) else None
         self._weights: dict[tuple[str, float], tuple] = {}
         present = torch.unique(self._torch.support_labels_)
         if present.numel() < 2:
-            raise ValueError("LinearProbe needs support samples of at least 2 classes")
+            raise ValueError("LinearProbe needs support samples of at least 2 classes; the support set has "
+                             "one class")
         self._fit_path(self._view(), [float(self.C)])
         self._use(self._view(), float(self.C))
 

@@ -95,7 +95,7 @@ def test_absent_class_is_never_predicted_and_two_classes_work():
     np.testing.assert_array_equal(model.predict(queries), sk.predict(_unit(queries)))
     np.testing.assert_allclose(np.diff(model.decision_function(queries), axis=1)[:, 0],
                                sk.decision_function(_unit(queries)), rtol=1e-10)
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(ValueError, match="at least 2 classes; the support set has one class"):
         LinearProbe(device="cpu").fit(support[labels == 0], labels[labels == 0], text_features=text)
 
 
