@@ -28,32 +28,13 @@ from ssp._checks import check_int, check_real
 from ssp._lazy import torch
 from ssp._utils import ArrayLike, check_labels, like_input
 from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
-from ssp.methods.registry import register_method
+from ssp.methods.registry import log_grid_builder, register_method
 
-__all__ = ["LinearProbe", "linear_probe_grid"]
+__all__ = ["LinearProbe"]
 
 # Default grid of C: log-spaced, 2 points per decade (the CLIP paper searched 1e-6 .. 1e6 by a
 # parametric binary search; on L2-normalised CLIP features the optimum lies well inside this range).
-_DEFAULT_RANGE = (1e-2, 1e4)
-_DEFAULT_POINTS = 13
-
-
-def linear_probe_grid(spec: Any = None, section: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
-    """``{"C": [n] float64}``, log-spaced: the config section's ``search: {C: [low, high, points]}``
-    (both ends included), default ``[1e-2, 1e4, 13]`` (two points per decade)."""
-    given = (section or {}).get("search") or {}
-    if not isinstance(given, Mapping) or set(given) - {"C"}:
-        raise ValueError(f"config 'linear_probe.search' must be {{C: [low, high, points]}}, got {given!r}")
-    value = given.get("C", [*_DEFAULT_RANGE, _DEFAULT_POINTS])
-    ok = (isinstance(value, (list, tuple)) and len(value) == 3
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
-    if ok:
-        low, high, points = float(value[0]), float(value[1]), value[2]
-        ok = isinstance(points, int) and points >= 1 and 0 < low <= high < float("inf") and (points > 1 or low == high)
-    if not ok:
-        raise ValueError(f"config 'linear_probe.search.C' must be [low, high, points] with 0 < low <= high "
-                         f"and an integer points >= 1, got {value!r}")
-    return {"C": np.geomspace(low, high, points) if points > 1 else np.array([low])}
+DEFAULT_GRID = {"C": (1e-2, 1e4, 13)}
 
 
 def _params(cfg: Mapping[str, Any], dim: int) -> dict:
@@ -62,8 +43,8 @@ def _params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 
 @register_method("linear-probe", title="Linear probe", config_section="linear_probe",
-                 search_section="linear_probe", search_axes=("C",), default_scale=(_DEFAULT_RANGE[1],),
-                 default_step=(_DEFAULT_POINTS,), params=_params, grid_builder=linear_probe_grid,
+                 search_section="linear_probe", search_axes=("C",), default_scale=(DEFAULT_GRID["C"][1],),
+                 default_step=(DEFAULT_GRID["C"][2],), params=_params, grid_builder=log_grid_builder(**DEFAULT_GRID),
                  aliases=("linearprobe", "linear-probe-clip", "logistic-regression"))
 class LinearProbe(_CLIPFeatureClassifier):
     """Logistic regression on the image features, ``x Wᵀ + b`` (CLIP paper's linear probe).
@@ -110,11 +91,13 @@ class LinearProbe(_CLIPFeatureClassifier):
 
     def _fit(self, image_features, labels, text_features, patch_features) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
-        self._like = image_features[:0]
+        # the kind of the fitted arrays (numpy, or torch on the input's device): an empty tensor
+        self._like = image_features[:0] if isinstance(image_features, torch.Tensor) else None
         self._weights: dict[tuple[str, float], tuple] = {}
         present = torch.unique(self._torch.support_labels_)
         if present.numel() < 2:
-            raise ValueError("LinearProbe needs support samples of at least 2 classes")
+            raise ValueError("LinearProbe needs support samples of at least 2 classes; the support set has "
+                             "one class")
         self._fit_path(self._view(), [float(self.C)])
         self._use(self._view(), float(self.C))
 
@@ -198,16 +181,20 @@ class LinearProbe(_CLIPFeatureClassifier):
         return self._logits_in(x, routing), None, None
 
     def _search_scores(self, val_features: ArrayLike, val_labels: ArrayLike, axes: Mapping[str, Any],
-                       routing: str | None = None) -> np.ndarray:
-        """Correct validation predictions ``[len(axes["C"])]`` under ``routing`` (the search hook of
-        :func:`ssp.methods.search.validation_search`); fits every (view, C) not fitted yet."""
-        routing = _check_routing(self.routing if routing is None else routing)
+                       routings: str | list[str] | None = None) -> np.ndarray:
+        """Correct validation predictions at every ``C`` of ``axes["C"]``: ``[len(C)]`` for one
+        routing, ``[len(routings), len(C)]`` for a list (the search hook of
+        :func:`ssp.methods.search.validation_search`). Fits every (view, C) not fitted yet."""
+        single = routings is None or isinstance(routings, str)
+        routings = [self.routing if routings is None else routings] if single else list(routings)
         x = self._queries(val_features)
         y = check_labels(val_labels, x.shape[0], len(self.classes_), name="val_labels", device=self.device_)
         values = [float(c) for c in np.asarray(axes.get("C", [self.C]), dtype=np.float64).ravel()]
-        self._fit_path(self._view(routing), values)
-        correct = np.zeros(len(values), dtype=np.int64)
-        for i, c in enumerate(values):
-            with torch.no_grad():
-                correct[i] = int((self._logits_in(x, routing, c).argmax(dim=1) == y).sum())
-        return correct
+        correct = np.zeros((len(routings), len(values)), dtype=np.int64)
+        for r, routing in enumerate(routings):
+            _check_routing(routing)
+            self._fit_path(self._view(routing), values)
+            for i, c in enumerate(values):
+                with torch.no_grad():
+                    correct[r, i] = int((self._logits_in(x, routing, c).argmax(dim=1) == y).sum())
+        return correct[0] if single else correct

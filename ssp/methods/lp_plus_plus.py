@@ -76,7 +76,8 @@ class LPPlusPlus(_CLIPFeatureClassifier):
 
     Fitted attributes: ``weights_`` [C, D], ``bias_`` [C], ``alpha_`` [C], ``initial_alpha_``
     (float), ``step_size_w_``, ``step_size_alpha_`` (floats), ``history_`` (one dict per step:
-    ``epoch`` 1-based, ``train_loss``, ``val_accuracy`` in percent or None), ``best_epoch_``
+    ``epoch`` 1-based, ``train_loss``, ``val_score``: validation accuracy as a fraction, or None),
+    ``best_epoch_``
     (0: the initialisation), ``selection_`` ("validation" | "last"), ``training_inputs_``
     ("views" | "keys"), ``n_views_``, ``n_steps_``, ``train_time_s_``, and those of every
     CLIP-feature classifier (``classes_``, ``text_features_``, ``projector_``, ...).
@@ -230,10 +231,10 @@ class LPPlusPlus(_CLIPFeatureClassifier):
                 bias = bias - step_w * velocity_b
                 if epoch % settings["alpha_every"] == 0:
                     alpha = alpha - step_alpha * alpha_grad
-                record = {"epoch": epoch, "train_loss": float(loss), "val_accuracy": None}
+                record = {"epoch": epoch, "train_loss": float(loss), "val_score": None}
                 if val is not None:
                     accuracy = self._accuracy((weights, bias, alpha), val_inputs, val[1])
-                    record["val_accuracy"] = accuracy
+                    record["val_score"] = accuracy
                     if accuracy >= best_accuracy:
                         best_accuracy, best_epoch, state = accuracy, epoch, (weights, bias, alpha)
                 history.append(record)
@@ -263,8 +264,9 @@ class LPPlusPlus(_CLIPFeatureClassifier):
         return z @ weights.T + bias + alpha * cosines
 
     def _accuracy(self, state, inputs, labels) -> float:
+        """Validation accuracy, a fraction in [0, 1] (the unit of ``score``)."""
         pred = self._blend(state, inputs).argmax(dim=1)
-        return 100.0 * float((pred == labels).double().mean())
+        return float((pred == labels).double().mean())
 
     # ---- queries --------------------------------------------------------------------------
 

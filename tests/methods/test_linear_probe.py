@@ -10,7 +10,7 @@ import torch
 from _doubles import LinearProjectorDouble, _unit, make_data
 from sklearn.linear_model import LogisticRegression
 
-from ssp.methods.linear_probe import LinearProbe, linear_probe_grid
+from ssp.methods.linear_probe import LinearProbe
 from ssp.methods.search import validation_search
 
 
@@ -54,7 +54,7 @@ def test_search_fits_the_grid_and_keeps_the_first_best():
     scores = []
     for c in grid["C"]:  # cold fits at each C give the same accuracies as the warm-started path
         pred = _sklearn_logits(support, labels, val, c, tol=1e-8).argmax(1)
-        scores.append(100 * np.mean(pred == val_y))
+        scores.append(np.mean(pred == val_y))
     np.testing.assert_allclose(result.scores_, scores)
     best = int(np.argmax(scores))
     assert result.best_params_ == {"C": grid["C"][best]} and model.C == grid["C"][best]
@@ -69,18 +69,19 @@ def test_search_fits_the_grid_and_keeps_the_first_best():
 
 
 def test_default_grid_and_config_grid():
-    assert np.allclose(linear_probe_grid()["C"], np.geomspace(1e-2, 1e4, 13))
-    np.testing.assert_allclose(linear_probe_grid(None, {"search": {"C": [0.1, 10, 3]}})["C"], [0.1, 1.0, 10.0])
-    for bad in ({"C": [0, 10, 3]}, {"C": [1, 10]}, {"C": [1, 10, 2.5]}, {"beta": [1, 2, 2]}):
-        with pytest.raises(ValueError, match="linear_probe.search"):
-            linear_probe_grid(None, {"search": bad})
     from ssp.methods.registry import get_method
     from ssp.run.config import load_config
 
+    spec = get_method("linear-probe")
+    np.testing.assert_allclose(spec.grid(None)["C"], np.geomspace(1e-2, 1e4, 13))
     cfg = load_config("stanford_cars")
-    np.testing.assert_allclose(get_method("linear-probe").grid(cfg)["C"], np.geomspace(0.01, 1e4, 13))
-    cfg["linear_probe"]["search"] = {"C": [1.0, 100.0, 3]}
-    assert get_method("linear-probe").grid(cfg)["C"][1] == pytest.approx(10.0)
+    np.testing.assert_allclose(spec.grid(cfg)["C"], np.geomspace(0.01, 1e4, 13))
+    cfg["linear_probe"]["search"] = {"C": [0.1, 10.0, 3]}
+    np.testing.assert_allclose(spec.grid(cfg)["C"], [0.1, 1.0, 10.0])
+    for bad in ({"C": [0, 10, 3]}, {"C": [1, 10]}, {"C": [1, 10, 2.5]}, {"beta": [1, 2, 2]}):
+        cfg["linear_probe"]["search"] = bad
+        with pytest.raises(ValueError, match="linear_probe.search"):
+            spec.grid(cfg)
 
 
 def test_absent_class_is_never_predicted_and_two_classes_work():
@@ -94,7 +95,7 @@ def test_absent_class_is_never_predicted_and_two_classes_work():
     np.testing.assert_array_equal(model.predict(queries), sk.predict(_unit(queries)))
     np.testing.assert_allclose(np.diff(model.decision_function(queries), axis=1)[:, 0],
                                sk.decision_function(_unit(queries)), rtol=1e-10)
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(ValueError, match="at least 2 classes; the support set has one class"):
         LinearProbe(device="cpu").fit(support[labels == 0], labels[labels == 0], text_features=text)
 
 
@@ -113,7 +114,12 @@ def test_routing_search_fits_each_view():
     assert result.scores_.shape == (2, 2) and result.param_names_ == ("routing", "C")
     language = _unit(_unit(support) @ a_l.T)
     ref = _sklearn_logits(language, labels, _unit(_unit(queries[:70]) @ a_l.T), 0.3).argmax(1)
-    assert result.scores_[1, 0] == pytest.approx(100 * np.mean(ref == query_labels[:70]))
+    assert result.scores_[1, 0] == pytest.approx(np.mean(ref == query_labels[:70]))
+    # the hook answers one routing or a list of them (all at once)
+    numeric = {"C": np.array([0.3, 3.0])}
+    both = model._search_scores(queries[:70], query_labels[:70], numeric, ["paper", "reference"])
+    one = model._search_scores(queries[:70], query_labels[:70], numeric, "reference")
+    assert both.shape == (2, 2) and (both[1] == one).all()
 
 
 def test_torch_in_torch_out_and_bad_settings():

@@ -83,21 +83,21 @@ def test_validation_keeps_the_last_best_step_and_never_sees_test_data():
     val, val_y = queries[:60], query_labels[:60]
     model = LPPlusPlus(epochs=40, device="cpu").fit(support, labels, text_features=text,
                                                     val_features=val, val_labels=val_y)
-    accuracies = [h["val_accuracy"] for h in model.history_]
+    accuracies = [h["val_score"] for h in model.history_]
     assert model.selection_ == "validation"
     best = max(accuracies)
-    initial = 100 * LPPlusPlus(epochs=0, device="cpu").fit(support, labels, text_features=text).score(val, val_y)
+    initial = LPPlusPlus(epochs=0, device="cpu").fit(support, labels, text_features=text).score(val, val_y)
     if best >= initial:
         assert model.best_epoch_ == max(i + 1 for i, a in enumerate(accuracies) if a == best)
     # the kept state is the state of that step: a fresh fit stopped there gives the same logits
     again = LPPlusPlus(epochs=model.best_epoch_, device="cpu").fit(support, labels, text_features=text)
     np.testing.assert_allclose(model.decision_function(queries), again.decision_function(queries), rtol=1e-12)
-    assert 100 * model.score(val, val_y) == pytest.approx(max(best, initial))
+    assert model.score(val, val_y) == pytest.approx(max(best, initial))
     # nothing left to search: validation_search scores the fitted model
     from ssp.methods.search import validation_search
 
     result = validation_search(model, val, val_y)
-    assert result.best_params_ == {} and result.best_score_ == pytest.approx(100 * model.score(val, val_y))
+    assert result.best_params_ == {} and result.best_score_ == pytest.approx(model.score(val, val_y))
 
 
 def test_one_view_equals_the_keys_and_views_are_recorded():

@@ -17,7 +17,7 @@ def _args(data_root: Path, tmp_path: Path, split: Path, *extra: str) -> list[str
     return ["--dataset", "dtd", "--root", str(data_root / "coop"), "--split-file", str(split),
             "--backbone", str(ASSETS / "tiny-rn.json"), "--pretrained", "none", "--device", "cpu",
             "--views", "1", "--shots", "1", "--seeds", "1", "--methods", "zero-shot",
-            "--num-workers", "0", "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+            "--num-workers", "0", "--output", str(tmp_path / "out"), "--feature-store", str(tmp_path / "cache"),
             "--no-progress", *extra]
 
 
