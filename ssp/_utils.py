@@ -268,18 +268,6 @@ def check_is_fitted(estimator: Any, attribute: str) -> None:
         )
 
 
-def deprecated_alias(new: str, old: str) -> property:
-    """A read-only property ``old`` that returns attribute ``new`` with a DeprecationWarning
-    (pointing at the caller); for public names renamed to the project's one name per concept."""
-
-    def get(self: Any) -> Any:
-        cls = type(self).__name__
-        warnings.warn(f"{cls}.{old} is deprecated; use {cls}.{new}", DeprecationWarning, stacklevel=2)
-        return getattr(self, new)
-
-    return property(get, doc=f"Deprecated alias of ``{new}``.")
-
-
 class _LogProgress:
     """A progress report for logs (standard error is not a terminal): one line every
     ``interval`` seconds and one at the end, instead of a bar's carriage-return updates."""

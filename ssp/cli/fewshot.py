@@ -248,7 +248,7 @@ def _fail(prog: str, err: BaseException, debug: bool) -> SystemExit:
     return SystemExit(f"{prog}: error: {err}\n(run with --debug for the full traceback)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     prog = "ssp-fewshot"
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
@@ -373,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"\n{len(records)} runs under {Path(args.output).resolve()} (results.md, results.png, summary.json)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ssp-fewshot``: messages name command-line flags, not Python arguments."""
+    from ssp._checks import cli_messages
+
+    with cli_messages():
+        return _main(argv)
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def _looked_for(args, jobs: list[Job]) -> str:
     return f"{where} for {', '.join(dict.fromkeys(j.dataset for j in jobs))}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     from ssp.run.pipeline import Interrupted
     from ssp.run.records import check_writable
 
@@ -329,6 +329,14 @@ def main(argv: list[str] | None = None) -> int:
               + "; ".join(f"{j.dataset}: {j.error}" for j in failed), file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ssp-reproduce``: messages name command-line flags, not Python arguments."""
+    from ssp._checks import cli_messages
+
+    with cli_messages():
+        return _main(argv)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -224,20 +225,21 @@ def _check_method_values(cfg: dict, method: str) -> None:
     from ssp.methods.registry import parse_method
 
     spec, _ = parse_method(method)
-    sections = [s for s in (spec.config_section, spec.search_section) if s]
+    sections = list(dict.fromkeys(s for s in (spec.config_section, spec.search_section) if s))
+    names = [k for sec in sections for k in {**(cfg.get(sec) or {}), **((cfg.get(sec) or {}).get("init") or {})}]
+
+    def refuse(err: Exception) -> ValueError:
+        text = str(err)
+        named = [k for k in names if re.search(rf"\b{re.escape(k)}\b", text)]
+        key = _config_path(cfg, sections, max(named, key=len)) if named else " / ".join(sections)
+        text = text.replace(f"{key} ", "", 1) if text.startswith(f"{key} ") else text
+        return ValueError(f"config '{key}' (method {spec.name}): {text}")
+
     try:
-        kwargs = spec.constructor_params(cfg, 1024)
-        model = spec.estimator(**kwargs)
+        model = spec.estimator(**spec.constructor_params(cfg, 1024))
+        for check in ("_validate_params", "_check_training_params"):
+            fn = getattr(model, check, None)
+            if fn is not None:
+                fn()
     except (TypeError, ValueError, KeyError) as err:
-        raise ValueError(f"config for method {spec.name!r} ({', '.join(sections)}): {err}") from None
-    for check in ("_validate_params", "_check_training_params"):
-        fn = getattr(model, check, None)
-        if fn is None:
-            continue
-        try:
-            fn()
-        except (TypeError, ValueError) as err:
-            text = str(err)
-            names = [k for k in kwargs if k in text]
-            key = _config_path(cfg, sections, max(names, key=len)) if names else ", ".join(sections)
-            raise ValueError(f"config '{key}' (method {spec.name}): {text}") from None
+        raise refuse(err) from None
