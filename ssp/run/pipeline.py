@@ -172,12 +172,15 @@ class WarningLog:
                 self.echo(f"[ssp] warning ({method}): {msg}")
 
     def summary(self) -> None:
-        repeated = {k: n for k, n in self.counts.items() if n > 1}
-        if repeated:
+        repeats: dict[str, int] = {}
+        for (method, _), n in self.counts.items():
+            if n > 1:
+                repeats[method] = repeats.get(method, 0) + n - 1
+        if repeats:
             total = sum(self.counts.values())
-            self.echo(f"[ssp] {total} warning(s) in all, each shown once above ("
-                      + "; ".join(f"{m}: {n}x" for (m, _), n in repeated.items())
-                      + "); every run JSON lists its own under 'warnings'")
+            self.echo(f"[ssp] {total} warning(s) in all, each kind shown once above; not shown again: "
+                      + ", ".join(f"{m} {n}" for m, n in repeats.items())
+                      + " (every run JSON lists its own under 'warnings')")
 
 
 class Interrupted(KeyboardInterrupt):
