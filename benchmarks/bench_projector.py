@@ -259,8 +259,8 @@ class DenseSSPAPE:
     ``U U^T``, every query projected by every class projector: a ``C x D x T`` tensor). APE
     (training-free, the SSP script's pre-search logits): ``cal_criterion`` on the projected text
     and keys, i.e. the inter-class similarity of every channel summed over every pair of classes
-    ``(i, j), i != j`` and every pair of their ``K + 1`` vectors (the published four loops; the
-    two inner ones vectorised here), the class variance of the text, the top channels;
+    ``(i, j), i != j`` and every pair of their ``K + 1`` vectors (the published four Python loops,
+    one ``D``-vector multiply-add per step), the class variance of the text, the top channels;
     then ``100 x^L W^T + alpha exp(-beta (1 - x^V_O K_O^T)) (Y * exp(gamma delta))`` with a dense
     one-hot ``Y``. Class-major support with equal shots (the published assumption).
     """
@@ -277,10 +277,13 @@ class DenseSSPAPE:
         shots = keys.shape[0] // n_classes
         feats = torch.cat([text[:, None], keys.view(n_classes, shots, dim)], 1)  # [C, K+1, D]
         sim = torch.zeros(dim, device=device)
-        for i in range(n_classes):  # cal_criterion: every pair of classes, every pair of vectors
+        for i in range(n_classes):  # cal_criterion as published: four loops, one vector per step
             for j in range(n_classes):
-                if i != j:
-                    sim += (feats[i][:, None, :] * feats[j][None, :, :]).sum((0, 1))
+                if i == j:
+                    continue
+                for m in range(shots + 1):
+                    for n in range(shots + 1):
+                        sim += feats[i, m] * feats[j, n]
         sim /= n_classes * (n_classes - 1) * (shots + 1) ** 2
         criterion = -self.weights[0] * sim + self.weights[1] * text.var(0)
         q = dim if self.n_channels is None else min(self.n_channels, dim)
