@@ -68,6 +68,9 @@ _BLOCK_BUDGET_BYTES = 512 * 2**20
 _SCORE_BLOCK_BYTES = 64 * 2**20
 
 _VIEWS = ("vision", "language")
+# Devices where the projection and the float64 re-scoring run one GEMM pair per picked class
+# (elsewhere: padded batched matmuls over groups of classes, few kernel launches).
+_PER_CLASS_DEVICES = ("cpu",)
 _LANGUAGE_PATHS = ("auto", "basis", "complement")
 
 
@@ -1226,7 +1229,7 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
     n_classes, width, dim = factors.shape
     out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
     flat = classes.reshape(-1)
-    if x.device.type == "cpu":  # each class's rows land contiguously: no scatter-add
+    if x.device.type in _PER_CLASS_DEVICES:  # each class's rows land contiguously: no scatter-add
         order = torch.argsort(flat, stable=True)
         rows = x[order // kappa]  # [P, D], class by class
         for c, start, stop in _class_ranges(flat, n_classes):
@@ -1256,7 +1259,7 @@ def _pair_energies(
     n_classes, width, dim = factors.shape
     out = torch.empty(query.numel(), dtype=torch.float64, device=x.device)
     x = x.double()
-    if x.device.type == "cpu":  # one GEMM per class (as in _grouped_project)
+    if x.device.type in _PER_CLASS_DEVICES:  # one GEMM per class (as in _grouped_project)
         order = torch.argsort(cls, stable=True)
         rows = x[query[order]]  # [P, D], class by class
         energy = torch.empty(order.numel(), dtype=torch.float64, device=x.device)
