@@ -927,10 +927,9 @@ def _select_classes(
     (as :func:`_top_classes` resolves exact ties of the working-precision scores).
     """
     n_classes, width, dim = factors.shape
-    sign = -1.0 if complement else 1.0
     if low is None:
         energy = _class_energies(x, factors.reshape(n_classes * width, dim).T, width, n_classes)
-        top, tied = _top_classes(energy.mul_(sign), kappa)
+        top, tied = _top_classes(energy.neg_() if complement else energy, kappa)
         return top, 0, int(tied.numel())
     energy, x_round = low.energies(x)
     bound = low.energy_bound(
@@ -938,11 +937,12 @@ def _select_classes(
         torch.linalg.vector_norm(x_round, dim=1),
         torch.linalg.vector_norm(x_round - x, dim=1),  # exact difference, rounded norm
     )
-    approx = energy.mul_(sign)
+    approx = energy.neg_() if complement else energy
     threshold = (approx - bound).topk(kappa, dim=1).values[:, -1:]  # kappa-th lower end
     query, cls = ((approx + bound) >= threshold).nonzero(as_tuple=True)
     del approx, bound, energy
-    exact = _pair_energies(x, query, cls, factors).mul_(sign)
+    exact = _pair_energies(x, query, cls, factors)
+    exact = exact.neg_() if complement else exact
     scores = torch.full((x.shape[0], n_classes), float("-inf"), dtype=torch.float64, device=x.device)
     scores[query, cls] = exact
     # float64 rounding of an energy <= ||x||^2 (factors with orthonormal rows): (D + w + 2) u
