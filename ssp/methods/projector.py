@@ -1236,7 +1236,10 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
             torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
         position = torch.empty_like(order)
         position[order] = torch.arange(order.numel(), device=x.device)
-        return rows[position].view(t, kappa, dim).sum(1)
+        position = position.view(t, kappa)
+        for j in range(kappa):  # kappa [t, D] gathers: no second [t kappa, D] buffer
+            out += rows[position[:, j]]
+        return out
     for group, pairs, rows, slots, most in _class_groups(flat, n_classes, width, dim, x.element_size()):
         queries = pairs // kappa
         padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
