@@ -132,8 +132,8 @@ def compare(rows: dict, tops: dict, preds: dict, proj, queries: np.ndarray, ref:
         rows[mode]["pred differ"] = int((preds[mode] != preds[ref]).sum())
         right = wrong = 0
         if differ.size:  # float64 scores of every class for (at most 50 of) those queries
-            x = torch.as_tensor(queries[differ[:50]], device=factors.device).double()
-            x = x / x.norm(dim=1, keepdim=True)
+            x = torch.as_tensor(queries[differ[:50]], device=factors.device)
+            x = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).double()  # as the projector sees it
             scores = sign * torch.linalg.vector_norm(torch.einsum("cwd,qd->qcw", factors, x), dim=2).square()
             exact = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kappa]
             exact = torch.sort(exact, dim=1).values.cpu().numpy()
