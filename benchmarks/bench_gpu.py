@@ -145,7 +145,8 @@ def compare(rows: dict, tops: dict, preds: dict, proj, queries: np.ndarray, ref:
 def report(title: str, rows: dict) -> None:
     keys = [k for k in COLUMNS if any(k in r for r in rows.values())]
     print(f"\n{title}")
-    width = {k: max(9, len(k) + 2) for k in keys}
+    width = {k: max(9, len(k) + 2, *(len(str(r.get(k, ""))) + 2 for r in rows.values()
+                                     if not isinstance(r.get(k), float))) for k in keys}
     print("  " + f"{'mode':<11}" + "".join(f"{k:>{width[k]}}" for k in keys))
     for mode, r in rows.items():
         cells = []
