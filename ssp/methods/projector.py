@@ -562,7 +562,7 @@ _TF32_UNIT = 2.0**-11  # TF32: 11 significant bits
 _F32_UNIT = 2.0**-24
 _F64_UNIT = 2.0**-53
 # Queries per probe of the auto calibration (support features stand in for queries).
-_PROBE_ROWS = {"cuda": 2048, "cpu": 256}
+_PROBE_ROWS = {"cuda": 2048, "cpu": 128}
 # In-memory calibration results: (device, threads, working dtype, C, w, D, kappa) -> timings.
 _CALIBRATION: dict[tuple, dict[str, float]] = {}
 _CALIBRATION_ENV = "SSP_SCORE_CALIBRATION"  # "1": also keep them in the user cache dir; a path: there
@@ -1216,6 +1216,30 @@ def _class_ranges(pair_class: torch.Tensor, n_classes: int) -> Iterator[tuple[in
             start += n
 
 
+def _split_classes(fn: Any, ranges: list[tuple[int, int, int]]) -> None:
+    """``fn(part)`` on contiguous parts of ``ranges`` (``(c, start, stop)``, balanced by pairs)
+    across ``torch.get_num_threads()`` Python threads running single-threaded BLAS (CPU).
+
+    Per-class GEMMs are small: one multi-threaded BLAS call each pays a thread wake-up that costs
+    more than the GEMM when the cores are shared (measured ~20 ms per call under load); parts
+    of the class list in parallel keep the cores busy without it. ``fn`` writes disjoint rows.
+    """
+    threads = min(torch.get_num_threads(), len(ranges))
+    if threads <= 1:
+        fn(ranges)
+        return
+    total = sum(stop - start for _, start, stop in ranges)
+    parts: list[list[tuple[int, int, int]]] = [[]]
+    done = 0
+    for item in ranges:
+        if done >= total * len(parts) / threads and len(parts) < threads:
+            parts.append([])
+        parts[-1].append(item)
+        done += item[2] - item[1]
+    with _lapack_threads(torch.device("cpu")), ThreadPoolExecutor(len(parts)) as pool:
+        list(pool.map(fn, parts))
+
+
 def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
 
@@ -1232,8 +1256,12 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
     if x.device.type in _PER_CLASS_DEVICES:  # each class's rows land contiguously: no scatter-add
         order = torch.argsort(flat, stable=True)
         rows = x[order // kappa]  # [P, D], class by class
-        for c, start, stop in _class_ranges(flat, n_classes):
-            torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
+
+        def project(ranges: list[tuple[int, int, int]]) -> None:
+            for c, start, stop in ranges:
+                torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
+
+        _split_classes(project, list(_class_ranges(flat, n_classes)))
         position = torch.empty_like(order)
         position[order] = torch.arange(order.numel(), device=x.device)
         position = position.view(t, kappa)
@@ -1266,8 +1294,12 @@ def _pair_energies(
         order = torch.argsort(cls, stable=True)
         rows = x[query[order]]  # [P, D], class by class
         energy = torch.empty(order.numel(), dtype=torch.float64, device=x.device)
-        for c, start, stop in _class_ranges(cls, n_classes):
-            energy[start:stop] = torch.linalg.vector_norm(rows[start:stop] @ factors[c].double().T, dim=1)
+
+        def score(ranges: list[tuple[int, int, int]]) -> None:
+            for c, start, stop in ranges:
+                energy[start:stop] = torch.linalg.vector_norm(rows[start:stop] @ factors[c].double().T, dim=1)
+
+        _split_classes(score, list(_class_ranges(cls, n_classes)))
         out[order] = energy.square_()
         return out
     for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, 8):
