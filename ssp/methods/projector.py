@@ -278,14 +278,15 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
         per_class = itemsize * (max_shots * (2 * n_patches + k) * dim + (max_rows + gram_size) * dim)
         per_class += 8 * (max_rows * dim + gram_size * dim + 3 * gram_size * gram_size)
-        classes_per_chunk = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
+        in_flight = max(1, torch.get_num_threads()) if device.type == "cpu" else 1  # chunks at once
+        classes_per_chunk = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // (per_class * in_flight))))
 
         class_sums = torch.zeros(n_classes, dim, dtype=dtype, device=device)
         factors = torch.zeros(n_classes, rank_bound, dim, dtype=dtype, device=device)
         class_ranks = torch.zeros(n_classes, dtype=torch.long, device=device)
         eps = torch.finfo(dtype).eps
 
-        for c0 in range(0, n_classes, classes_per_chunk):
+        def fit_chunk(c0: int) -> None:
             c1 = min(n_classes, c0 + classes_per_chunk)
             n_cls = c1 - c0
             first, last = starts_list[c0], starts_list[c1 - 1] + counts_list[c1 - 1]
@@ -329,6 +330,18 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             factors[c0:c1, : basis.shape[1]] = basis
             class_ranks[c0:c1] = ranks
             del stacked, basis
+
+        # CPU: two Python threads take alternate chunks with single-threaded BLAS/LAPACK (each
+        # chunk is many mid-sized ops whose thread wake-ups dominate on shared cores); the
+        # chunks are halved so that the memory in flight stays within the budget.
+        chunks = list(range(0, n_classes, classes_per_chunk))
+        threads = min(torch.get_num_threads(), len(chunks)) if device.type == "cpu" else 1
+        if threads <= 1:
+            for c0 in chunks:
+                fit_chunk(c0)
+        else:
+            with _lapack_threads(device), ThreadPoolExecutor(threads) as pool:
+                list(pool.map(fit_chunk, chunks))
 
         r_max = int(class_ranks.max())
         if r_max < factors.shape[1]:
