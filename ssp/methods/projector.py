@@ -1168,17 +1168,27 @@ def _class_energies(
         return torch.zeros(t, n_classes, dtype=out_dtype, device=x.device)
     energy = torch.empty(t, n_classes, dtype=out_dtype, device=x.device)
     step = int(max(1, min(n_classes, _SCORE_BLOCK_BYTES // max(1, t * width * x.element_size()))))
-    buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
-    for c0 in range(0, n_classes, step):
-        c1 = min(n_classes, c0 + step)
-        coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
-        block = operand[:, c0 * width : c1 * width].to(x.dtype)
-        if mm is None:
-            torch.matmul(x, block, out=coef)
-        else:
-            coef = mm(x, block, coef)
-        blocks = coef.view(t, c1 - c0, width).to(out_dtype)
-        energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
+    starts = list(range(0, n_classes, step))
+
+    def run(part: list[int]) -> None:
+        buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
+        for c0 in part:
+            c1 = min(n_classes, c0 + step)
+            coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
+            block = operand[:, c0 * width : c1 * width].to(x.dtype)
+            if mm is None:
+                torch.matmul(x, block, out=coef)
+            else:
+                coef = mm(x, block, coef)
+            blocks = coef.view(t, c1 - c0, width).to(out_dtype)
+            energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
+
+    threads = min(torch.get_num_threads(), len(starts)) if x.device.type in _PER_CLASS_DEVICES else 1
+    if threads <= 1:
+        run(starts)
+    else:  # CPU: independent single-threaded GEMMs per Python thread (no barrier between cores)
+        with _lapack_threads(x.device), ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, [starts[i::threads] for i in range(threads)]))
     return energy
 
 
