@@ -123,7 +123,7 @@ def ssp_ape(data: dict, device: torch.device, precision: str, tf32: bool = False
 
 def compare(rows: dict, tops: dict, preds: dict, proj, queries: np.ndarray, ref: str = "fp32") -> None:
     """Differences from ``ref`` and, for the differing queries, the float64 verdict."""
-    factors = proj._language_factors
+    factors = proj._language_factors.double()
     sign = -1.0 if proj.language_path_ == "complement" else 1.0
     kappa = tops[ref].shape[1]
     for mode in rows:
@@ -131,20 +131,22 @@ def compare(rows: dict, tops: dict, preds: dict, proj, queries: np.ndarray, ref:
         rows[mode]["top-k differ"] = int(differ.size)
         rows[mode]["pred differ"] = int((preds[mode] != preds[ref]).sum())
         right = wrong = 0
-        for i in differ[:50]:  # float64 scores of every class for a few queries
-            x = torch.as_tensor(queries[i], device=factors.device).double()
-            x = x / x.norm()
-            scores = sign * torch.linalg.vector_norm(factors.double() @ x, dim=1).square()
-            exact = np.sort(torch.sort(scores, descending=True, stable=True).indices[:kappa].cpu().numpy())
-            right += int((tops[mode][i] == exact).all())
-            wrong += int(not (tops[mode][i] == exact).all())
+        if differ.size:  # float64 scores of every class for (at most 50 of) those queries
+            x = torch.as_tensor(queries[differ[:50]], device=factors.device)
+            x = (x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)).double()  # as the projector sees it
+            scores = sign * torch.linalg.vector_norm(torch.einsum("cwd,qd->qcw", factors, x), dim=2).square()
+            exact = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kappa]
+            exact = torch.sort(exact, dim=1).values.cpu().numpy()
+            ok = (tops[mode][differ[:50]] == exact).all(axis=1)
+            right, wrong = int(ok.sum()), int((~ok).sum())
         rows[mode]["exact right"], rows[mode]["exact wrong"] = right, wrong
 
 
 def report(title: str, rows: dict) -> None:
     keys = [k for k in COLUMNS if any(k in r for r in rows.values())]
     print(f"\n{title}")
-    width = {k: max(9, len(k) + 2) for k in keys}
+    width = {k: max(9, len(k) + 2, *(len(str(r.get(k, ""))) + 2 for r in rows.values()
+                                     if not isinstance(r.get(k), float))) for k in keys}
     print("  " + f"{'mode':<11}" + "".join(f"{k:>{width[k]}}" for k in keys))
     for mode, r in rows.items():
         cells = []

@@ -17,12 +17,18 @@ small-dense  The published code's formulation (the SSP script main_our.py) at th
              projected queries; rank = numerical rank so that both compute the same thing.
 ssp-ape-imagenet  SSP + APE end to end (:func:`bench_ssp_ape`) at the ImageNet size.
 ssp-ape      SSP + APE end to end at the small size.
+ssp-ape-dense  The published SSP + APE re-implemented densely in float32 at the small size
+             (:class:`DenseSSPAPE`: C x D x D projectors, C x D x T projected queries, APE's
+             cal_criterion with its four Python loops); the summary compares ssp-ape,
+             ssp-ape-auto and ssp-ape-bf16 with it (time, peak memory above the inputs,
+             differing predictions).
 *-bf16       imagenet, small-ours, ssp-ape, ssp-ape-imagenet with ``score_precision="bfloat16"``
-             (exact mixed-precision language view); the plain cases run ``"float32"``. The summary
-             puts both side by side: time, memory, and the number of queries whose top-kappa
-             class set (and SSP + APE prediction) differs between the two, which must be 0.
-kernel       The hardware: CPU flags (AMX / AVX512-BF16), oneDNN bf16 support, what
-             ``score_precision="auto"`` picks, and float32 vs bfloat16 GEMM rates (GFLOP/s) on the
+             (exact: screen, bound, float64 re-scoring); the plain cases run ``"float32"``,
+             ssp-ape-auto runs ``"auto"``. The summary puts float32 and bfloat16 side by side:
+             time, memory, and the number of queries whose top-kappa class set (and SSP + APE
+             prediction) differs between the two.
+kernel       The hardware: CPU flags (AMX / AVX512-BF16), oneDNN bf16 support, the candidates
+             ``score_precision="auto"`` times, and float32 vs bfloat16 GEMM rates (GFLOP/s) on the
              language view's shape (a query chunk times a block of class bases).
 
 Synthetic data with CLIP-like structure: class means with an anisotropic spectrum, global image
@@ -35,6 +41,7 @@ Usage::
     python benchmarks/bench_projector.py --quick    # small smoke run (seconds)
     python benchmarks/bench_projector.py --device cuda --cases small-ours small-dense
     python benchmarks/bench_projector.py --cases kernel small-ours small-ours-bf16 small-dense ssp-ape ssp-ape-bf16
+    python benchmarks/bench_projector.py --cases kernel ssp-ape ssp-ape-dense ssp-ape-auto   # the CPU ratio
 """
 from __future__ import annotations
 
@@ -259,8 +266,8 @@ class DenseSSPAPE:
     ``U U^T``, every query projected by every class projector: a ``C x D x T`` tensor). APE
     (training-free, the SSP script's pre-search logits): ``cal_criterion`` on the projected text
     and keys, i.e. the inter-class similarity of every channel summed over every pair of classes
-    ``(i, j), i != j`` and every pair of their ``K + 1`` vectors (the published four loops; the
-    two inner ones vectorised here), the class variance of the text, the top channels;
+    ``(i, j), i != j`` and every pair of their ``K + 1`` vectors (the published four Python loops,
+    one ``D``-vector multiply-add per step), the class variance of the text, the top channels;
     then ``100 x^L W^T + alpha exp(-beta (1 - x^V_O K_O^T)) (Y * exp(gamma delta))`` with a dense
     one-hot ``Y``. Class-major support with equal shots (the published assumption).
     """
@@ -277,10 +284,13 @@ class DenseSSPAPE:
         shots = keys.shape[0] // n_classes
         feats = torch.cat([text[:, None], keys.view(n_classes, shots, dim)], 1)  # [C, K+1, D]
         sim = torch.zeros(dim, device=device)
-        for i in range(n_classes):  # cal_criterion: every pair of classes, every pair of vectors
+        for i in range(n_classes):  # cal_criterion as published: four loops, one vector per step
             for j in range(n_classes):
-                if i != j:
-                    sim += (feats[i][:, None, :] * feats[j][None, :, :]).sum((0, 1))
+                if i == j:
+                    continue
+                for m in range(shots + 1):
+                    for n in range(shots + 1):
+                        sim += feats[i, m] * feats[j, n]
         sim /= n_classes * (n_classes - 1) * (shots + 1) ** 2
         criterion = -self.weights[0] * sim + self.weights[1] * text.var(0)
         q = dim if self.n_channels is None else min(self.n_channels, dim)

@@ -70,6 +70,9 @@ _BLOCK_BUDGET_BYTES = 512 * 2**20
 _SCORE_BLOCK_BYTES = 64 * 2**20
 
 _VIEWS = ("vision", "language")
+# Devices where the projection and the float64 re-scoring run one GEMM pair per picked class
+# (elsewhere: padded batched matmuls over groups of classes, few kernel launches).
+_PER_CLASS_DEVICES = ("cpu",)
 _LANGUAGE_PATHS = ("auto", "basis", "complement")
 
 
@@ -275,14 +278,15 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
         per_class = itemsize * (max_shots * (2 * n_patches + k) * dim + (max_rows + gram_size) * dim)
         per_class += 8 * (max_rows * dim + gram_size * dim + 3 * gram_size * gram_size)
-        classes_per_chunk = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
+        in_flight = max(1, torch.get_num_threads()) if device.type == "cpu" else 1  # chunks at once
+        classes_per_chunk = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // (per_class * in_flight))))
 
         class_sums = torch.zeros(n_classes, dim, dtype=dtype, device=device)
         factors = torch.zeros(n_classes, rank_bound, dim, dtype=dtype, device=device)
         class_ranks = torch.zeros(n_classes, dtype=torch.long, device=device)
         eps = torch.finfo(dtype).eps
 
-        for c0 in range(0, n_classes, classes_per_chunk):
+        def fit_chunk(c0: int) -> None:
             c1 = min(n_classes, c0 + classes_per_chunk)
             n_cls = c1 - c0
             first, last = starts_list[c0], starts_list[c1 - 1] + counts_list[c1 - 1]
@@ -326,6 +330,18 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             factors[c0:c1, : basis.shape[1]] = basis
             class_ranks[c0:c1] = ranks
             del stacked, basis
+
+        # CPU: two Python threads take alternate chunks with single-threaded BLAS/LAPACK (each
+        # chunk is many mid-sized ops whose thread wake-ups dominate on shared cores); the
+        # chunks are halved so that the memory in flight stays within the budget.
+        chunks = list(range(0, n_classes, classes_per_chunk))
+        threads = min(torch.get_num_threads(), len(chunks)) if device.type == "cpu" else 1
+        if threads <= 1:
+            for c0 in chunks:
+                fit_chunk(c0)
+        else:
+            with _lapack_threads(device), ThreadPoolExecutor(threads) as pool:
+                list(pool.map(fit_chunk, chunks))
 
         r_max = int(class_ranks.max())
         if r_max < factors.shape[1]:
@@ -559,7 +575,7 @@ _TF32_UNIT = 2.0**-11  # TF32: 11 significant bits
 _F32_UNIT = 2.0**-24
 _F64_UNIT = 2.0**-53
 # Queries per probe of the auto calibration (support features stand in for queries).
-_PROBE_ROWS = {"cuda": 2048, "cpu": 256}
+_PROBE_ROWS = {"cuda": 2048, "cpu": 128}
 # In-memory calibration results: (device, threads, working dtype, C, w, D, kappa) -> timings.
 _CALIBRATION: dict[tuple, dict[str, float]] = {}
 _CALIBRATION_ENV = "SSP_SCORE_CALIBRATION"  # "1": also keep them in the user cache dir; a path: there
@@ -924,10 +940,9 @@ def _select_classes(
     (as :func:`_top_classes` resolves exact ties of the working-precision scores).
     """
     n_classes, width, dim = factors.shape
-    sign = -1.0 if complement else 1.0
     if low is None:
         energy = _class_energies(x, factors.reshape(n_classes * width, dim).T, width, n_classes)
-        top, tied = _top_classes(energy.mul_(sign), kappa)
+        top, tied = _top_classes(energy.neg_() if complement else energy, kappa)
         return top, 0, int(tied.numel())
     energy, x_round = low.energies(x)
     bound = low.energy_bound(
@@ -935,11 +950,12 @@ def _select_classes(
         torch.linalg.vector_norm(x_round, dim=1),
         torch.linalg.vector_norm(x_round - x, dim=1),  # exact difference, rounded norm
     )
-    approx = energy.mul_(sign)
+    approx = energy.neg_() if complement else energy
     threshold = (approx - bound).topk(kappa, dim=1).values[:, -1:]  # kappa-th lower end
     query, cls = ((approx + bound) >= threshold).nonzero(as_tuple=True)
     del approx, bound, energy
-    exact = _pair_energies(x, query, cls, factors).mul_(sign)
+    exact = _pair_energies(x, query, cls, factors)
+    exact = exact.neg_() if complement else exact
     scores = torch.full((x.shape[0], n_classes), float("-inf"), dtype=torch.float64, device=x.device)
     scores[query, cls] = exact
     # float64 rounding of an energy <= ||x||^2 (factors with orthonormal rows): (D + w + 2) u
@@ -1152,17 +1168,27 @@ def _class_energies(
         return torch.zeros(t, n_classes, dtype=out_dtype, device=x.device)
     energy = torch.empty(t, n_classes, dtype=out_dtype, device=x.device)
     step = int(max(1, min(n_classes, _SCORE_BLOCK_BYTES // max(1, t * width * x.element_size()))))
-    buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
-    for c0 in range(0, n_classes, step):
-        c1 = min(n_classes, c0 + step)
-        coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
-        block = operand[:, c0 * width : c1 * width].to(x.dtype)
-        if mm is None:
-            torch.matmul(x, block, out=coef)
-        else:
-            coef = mm(x, block, coef)
-        blocks = coef.view(t, c1 - c0, width).to(out_dtype)
-        energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
+    starts = list(range(0, n_classes, step))
+
+    def run(part: list[int]) -> None:
+        buffer = torch.empty(t * step * width, dtype=x.dtype, device=x.device)  # reused per block
+        for c0 in part:
+            c1 = min(n_classes, c0 + step)
+            coef = buffer[: t * (c1 - c0) * width].view(t, (c1 - c0) * width)
+            block = operand[:, c0 * width : c1 * width].to(x.dtype)
+            if mm is None:
+                torch.matmul(x, block, out=coef)
+            else:
+                coef = mm(x, block, coef)
+            blocks = coef.view(t, c1 - c0, width).to(out_dtype)
+            energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
+
+    threads = min(torch.get_num_threads(), len(starts)) if x.device.type in _PER_CLASS_DEVICES else 1
+    if threads <= 1:
+        run(starts)
+    else:  # CPU: independent single-threaded GEMMs per Python thread (no barrier between cores)
+        with _lapack_threads(x.device), ThreadPoolExecutor(threads) as pool:
+            list(pool.map(run, [starts[i::threads] for i in range(threads)]))
     return energy
 
 
@@ -1213,6 +1239,30 @@ def _class_ranges(pair_class: torch.Tensor, n_classes: int) -> Iterator[tuple[in
             start += n
 
 
+def _split_classes(fn: Any, ranges: list[tuple[int, int, int]]) -> None:
+    """``fn(part)`` on contiguous parts of ``ranges`` (``(c, start, stop)``, balanced by pairs)
+    across ``torch.get_num_threads()`` Python threads running single-threaded BLAS (CPU).
+
+    Per-class GEMMs are small: one multi-threaded BLAS call each pays a thread wake-up that costs
+    more than the GEMM when the cores are shared (measured ~20 ms per call under load); parts
+    of the class list in parallel keep the cores busy without it. ``fn`` writes disjoint rows.
+    """
+    threads = min(torch.get_num_threads(), len(ranges))
+    if threads <= 1:
+        fn(ranges)
+        return
+    total = sum(stop - start for _, start, stop in ranges)
+    parts: list[list[tuple[int, int, int]]] = [[]]
+    done = 0
+    for item in ranges:
+        if done >= total * len(parts) / threads and len(parts) < threads:
+            parts.append([])
+        parts[-1].append(item)
+        done += item[2] - item[1]
+    with _lapack_threads(torch.device("cpu")), ThreadPoolExecutor(len(parts)) as pool:
+        list(pool.map(fn, parts))
+
+
 def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
 
@@ -1226,14 +1276,21 @@ def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tens
     n_classes, width, dim = factors.shape
     out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
     flat = classes.reshape(-1)
-    if x.device.type == "cpu":  # each class's rows land contiguously: no scatter-add
+    if x.device.type in _PER_CLASS_DEVICES:  # each class's rows land contiguously: no scatter-add
         order = torch.argsort(flat, stable=True)
         rows = x[order // kappa]  # [P, D], class by class
-        for c, start, stop in _class_ranges(flat, n_classes):
-            torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
+
+        def project(ranges: list[tuple[int, int, int]]) -> None:
+            for c, start, stop in ranges:
+                torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
+
+        _split_classes(project, list(_class_ranges(flat, n_classes)))
         position = torch.empty_like(order)
         position[order] = torch.arange(order.numel(), device=x.device)
-        return rows[position].view(t, kappa, dim).sum(1)
+        position = position.view(t, kappa)
+        for j in range(kappa):  # kappa [t, D] gathers: no second [t kappa, D] buffer
+            out += rows[position[:, j]]
+        return out
     for group, pairs, rows, slots, most in _class_groups(flat, n_classes, width, dim, x.element_size()):
         queries = pairs // kappa
         padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
@@ -1256,12 +1313,16 @@ def _pair_energies(
     n_classes, width, dim = factors.shape
     out = torch.empty(query.numel(), dtype=torch.float64, device=x.device)
     x = x.double()
-    if x.device.type == "cpu":  # one GEMM per class (as in _grouped_project)
+    if x.device.type in _PER_CLASS_DEVICES:  # one GEMM per class (as in _grouped_project)
         order = torch.argsort(cls, stable=True)
         rows = x[query[order]]  # [P, D], class by class
         energy = torch.empty(order.numel(), dtype=torch.float64, device=x.device)
-        for c, start, stop in _class_ranges(cls, n_classes):
-            energy[start:stop] = torch.linalg.vector_norm(rows[start:stop] @ factors[c].double().T, dim=1)
+
+        def score(ranges: list[tuple[int, int, int]]) -> None:
+            for c, start, stop in ranges:
+                energy[start:stop] = torch.linalg.vector_norm(rows[start:stop] @ factors[c].double().T, dim=1)
+
+        _split_classes(score, list(_class_ranges(cls, n_classes)))
         out[order] = energy.square_()
         return out
     for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, 8):

@@ -271,3 +271,32 @@ def test_auto_skips_the_bound_of_a_screen_whose_gemm_alone_is_slower(monkeypatch
     assert p.score_precision_used_ == "float32" and p._low_precision is None
     assert p.score_timings_["bfloat16"] >= 1000 * 0.05 / projector_module._PROBE_ROWS["cpu"]
     assert p.score_timings_["bfloat16"] > p.score_timings_["float32"]
+
+
+@pytest.mark.parametrize("path", ["basis", "complement"])
+def test_gpu_code_paths_run_on_cpu(path, monkeypatch):
+    """The batched-matmul projection / re-scoring (GPU) and the bfloat16 GEMM with float32 output
+    (``torch.mm(..., out_dtype=float32)``, CUDA) give what the CPU paths give."""
+    (patches, images, text, queries), labels = _structured(seed=27)
+    kw = dict(patch_top_k=4, class_top_k=3)
+    p32 = fit(patches, labels, images, text, path, score_precision="float32", **kw)
+    low = fit(patches, labels, images, text, path, score_precision="bfloat16", **kw)
+    x = np.concatenate([queries, _near_tie_queries(p32, queries[:6].astype(np.float64), 3, n_steps=10)])
+    want = _selection(low, x), low.transform(x, view="language"), p32.transform(x, view="language")
+    monkeypatch.setattr(projector_module, "_PER_CLASS_DEVICES", ())
+    real_mm = torch.mm
+
+    def mm(a, b, *, out=None, out_dtype=None):  # CUDA's bf16 x bf16 -> float32: exact products
+        if out_dtype is None:
+            return real_mm(a, b, out=out)
+        return real_mm(a.to(out_dtype), b.to(out_dtype))
+
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(projector_module, "_MM_OUT_DTYPE", {"cpu": True})
+    monkeypatch.setattr(projector_module, "_fast_bfloat16", lambda device: True)
+    gpu_like = fit(patches, labels, images, text, path, score_precision="bfloat16", **kw)
+    assert gpu_like._low_precision.out_unit == 0.0 and low._low_precision.out_unit in (0.0, 2.0**-8)
+    assert _selection(gpu_like, x) == want[0] == _exact_top(_exact_scores(p32, x), 3)
+    np.testing.assert_allclose(gpu_like.transform(x, view="language"), want[1], atol=1e-6)
+    np.testing.assert_allclose(fit(patches, labels, images, text, path, score_precision="float32", **kw)
+                               .transform(x, view="language"), want[2], atol=1e-6)
