@@ -49,7 +49,8 @@ def _ssp_details(model) -> dict:
     return {"vision_rank": int(proj.vision_rank_), "class_rank_min": int(ranks.min()),
             "class_rank_max": int(ranks.max()), "class_rank_mean": float(ranks.double().mean()),
             "score_precision": getattr(proj, "score_precision_used_", None),
-            "score_kernel": getattr(proj, "score_kernel_", None)}
+            "score_kernel": getattr(proj, "score_kernel_", None),
+            "score_timings": jsonable(getattr(proj, "score_timings_", None))}
 
 
 def training_details(model, *, views_given: bool) -> dict:
