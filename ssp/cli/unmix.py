@@ -4,7 +4,7 @@ Subcommands (one JSON record per run in ``--output``, artefacts in a folder of t
 
     ssp-unmix analyze --text-features caches/stanford_cars/text_weights.pt
     ssp-unmix analyze --dataset voc --root DATA --backbone RN101 --pretrained openai
-    ssp-unmix train   --feature-cache caches/stanford_cars --shots 16
+    ssp-unmix train   --features caches/stanford_cars --shots 16
     ssp-unmix train   --dataset voc2007 --root DATA --split trainval
     ssp-unmix mlr     --dataset voc2007 --root DATA --projector runs/unmix/<run>/projector
     ssp-unmix segment --dataset voc --root DATA --projector runs/unmix/<run>/projector
@@ -47,8 +47,9 @@ def _common(p: argparse.ArgumentParser, *, backbone: bool = True) -> None:
         p.add_argument("--pretrained", default="openai",
                        help="open_clip tag, a local checkpoint, or 'none' (random weights: smoke tests only)")
         p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-        p.add_argument("--cache-dir", default=None,
-                       help="feature cache folder (default $SSP_CACHE_DIR, else ~/.cache/ssp)")
+        p.add_argument("--feature-store", metavar="DIR", default=None,
+                       help="feature store folder: extracted features, reused across runs (default "
+                            "$SSP_FEATURE_STORE, else ~/.cache/ssp)")
         p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
         p.add_argument("--recompute", action="store_true", help="ignore cached features")
     p.add_argument("--device", default="auto", help="auto (GPU if available), cpu, cuda, cuda:1, ...")
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fit the Unmix projectors; saves safetensors + JSON config")
     _common(t)
-    t.add_argument("--feature-cache", help="a Tip-Adapter / APE cache folder (keys_<K>shots.pt, values_<K>shots.pt, "
+    t.add_argument("--features", metavar="DIR", help="a Tip-Adapter cache folder (keys_<K>shots.pt, values_<K>shots.pt, "
                                            "val_f.pt, text_weights*.pt): train on its support features")
     t.add_argument("--shots", type=int, default=16, help="K support images per class (classification data)")
     t.add_argument("--select-on-val", action="store_true",
@@ -163,7 +164,7 @@ def _backbone(args):
 def _store(args):
     from ssp.features.store import FeatureStore
 
-    return FeatureStore(args.cache_dir)
+    return FeatureStore(args.feature_store)
 
 
 def _need(args, *names: str) -> None:
@@ -290,10 +291,10 @@ def _accuracy(x, t, y) -> float:
 def cmd_train(args) -> dict:
     from ssp.unmix.mfi import mfi_score
 
-    if args.feature_cache and args.dataset:
-        raise UsageError("give either --feature-cache DIR or --dataset NAME, not both")
-    if not args.feature_cache and not args.dataset:
-        raise UsageError("give --feature-cache DIR (a Tip-Adapter cache folder) or --dataset NAME with --root")
+    if args.features and args.dataset:
+        raise UsageError("give either --features DIR or --dataset NAME, not both")
+    if not args.features and not args.dataset:
+        raise UsageError("give --features DIR (a Tip-Adapter cache folder) or --dataset NAME with --root")
     projector = _projector_from_args(args)
     record: dict[str, Any] = {}
     if args.dataset and _is_multilabel(args.dataset):
@@ -317,17 +318,17 @@ def cmd_train(args) -> dict:
                       backbone=backbone.identity, image_size=args.image_size,
                       prompts=[POSITIVE_TEMPLATE, NEGATIVE_TEMPLATE])
     else:
-        if args.feature_cache:
+        if args.features:
             from ssp.features.tip_cache import load_feature_cache
 
-            cache = load_feature_cache(args.feature_cache, args.shots)
+            cache = load_feature_cache(args.features, args.shots)
             if cache.text_features is None:
-                raise UsageError(f"{args.feature_cache} has no text_weights*.pt file; the projector needs the "
+                raise UsageError(f"{args.features} has no text_weights*.pt file; the projector needs the "
                                  "class text features")
             text, support, labels = cache.text_features, cache.support_features, cache.support_labels
             splits = {"val": (cache.val_features, cache.val_labels), "test": (cache.test_features, cache.test_labels)}
-            label = Path(args.feature_cache).name
-            record.update(feature_cache=str(Path(args.feature_cache).resolve()), text_weights=cache.text_weights_file)
+            label = Path(args.features).name
+            record.update(tip_adapter_cache=str(Path(args.features).resolve()), text_weights=cache.text_weights_file)
         else:
             _need(args, "root")
             from ssp.data import get_dataset, make_fewshot_splits

@@ -403,7 +403,7 @@ class TipCacheSource:
         if not folder.is_dir():
             raise FileNotFoundError(f"Tip-Adapter cache folder {folder} does not exist")
         if cfg.get("prompts", "dataset") != "dataset":
-            raise ValueError(f"prompts {cfg['prompts']!r}: a feature-cache folder has no text encoder to encode "
+            raise ValueError(f"prompts {cfg['prompts']!r}: a Tip-Adapter cache folder has no text encoder to encode "
                              "sentences with; its text classifier is its text_weights file or --text-features FILE "
                              "(run from images to choose the prompts)")
         self.shots = available_shots(folder)

@@ -19,7 +19,7 @@ TINY = ["--backbone", str(REPO / "tests" / "assets" / "tiny-vit.json"), "--pretr
 
 
 def run(args, cache_dir, check=True):
-    env = dict(os.environ, SSP_CACHE_DIR=str(cache_dir), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, SSP_FEATURE_STORE=str(cache_dir), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "ssp.cli.unmix", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     if check:
@@ -31,7 +31,7 @@ def in_process(args, cache_dir, monkeypatch, capsys) -> tuple[int, str, str]:
     """The same entry point in this process (cheaper than a subprocess for follow-up calls)."""
     from ssp.cli.unmix import main
 
-    monkeypatch.setenv("SSP_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("SSP_FEATURE_STORE", str(cache_dir))
     code = main([str(a) for a in args])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -141,7 +141,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tmp_path, cache_dir, monkey
     for args, needle in ((["analyze", "--text-features", bad, "--output", out],
                           "weights.pt is not a tensor file: corrupt or not saved by torch.save"),
                          (["mlr", "--dataset", "dtd", "--root", tmp_path, "--output", out], "multi-label dataset"),
-                         (["train", "--output", out], "--feature-cache")):
+                         (["train", "--output", out], "--features")):
         code, _, err = in_process(args, cache_dir, monkeypatch, capsys)
         lines = err.strip().splitlines()
         assert code != 0 and len(lines) == 1 and lines[0].startswith(f"ssp-unmix {args[0]}: error:"), err

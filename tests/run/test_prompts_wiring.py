@@ -66,4 +66,4 @@ def test_feature_caches_refuse_prompts(tip_cache_root, tmp_path):
     with pytest.raises(SystemExit) as err:
         main(["--features", str(tip_cache_root / "stanford_cars"), "--test-from-val", "0.5", "--shots", "1",
               "--seeds", "1", "--methods", "zero-shot", "--prompts", "single", "--output", str(tmp_path / "out")])
-    assert "a feature-cache folder has no text encoder" in str(err.value) and "--text-features" in str(err.value)
+    assert "a Tip-Adapter cache folder has no text encoder" in str(err.value) and "--text-features" in str(err.value)
