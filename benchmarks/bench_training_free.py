@@ -7,7 +7,7 @@ image for GDA (its samples, N = E·C·K = 160,000), the per-image features for P
 Each method runs in its own process, so the peak resident memory (``ru_maxrss``) is its own.
 
     python benchmarks/bench_training_free.py [--classes 1000] [--shots 16] [--dim 1024] [--views 10]
-                                             [--n-test 10000] [--threads N] [--only gda|proker]
+                                             [--n-test 10000] [--threads N] [--only gda|proker] [--beta 4]
 """
 from __future__ import annotations
 
@@ -64,7 +64,10 @@ def run_one(method: str, args) -> dict:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = validation_search(model, d["val"], d["val_labels"])  # the registered default grid
+        grid = None  # the registered default grid
+        if method == "proker" and args.beta:  # the same lam axis, only these betas
+            grid = {"beta": args.beta, "lam": get_method("proker").grid(None)["lam"]}
+        result = validation_search(model, d["val"], d["val_labels"], grid)
     search_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     accuracy = 100 * model.score(d["test"], d["test_labels"])
@@ -88,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-test", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", choices=("gda", "proker"), default=None)
+    parser.add_argument("--beta", type=float, nargs="+", default=None,
+                        help="ProKeR: search only these betas (with the default lam axis); each costs one "
+                             "N x N eigendecomposition")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for method in ("gda", "proker"):
         cmd = [sys.executable, __file__, "--only", method] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k != "only" and v is not None]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("only", "beta") and v is not None]
+        cmd += ["--beta", *map(str, args.beta)] if args.beta else []
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)

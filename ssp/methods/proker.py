@@ -182,13 +182,15 @@ class ProKeR(_CLIPFeatureClassifier):
         return scale * logits
 
     def _search_scores(self, val_features: torch.Tensor, val_labels: torch.Tensor,
-                       axes: Mapping[str, np.ndarray], routing: str) -> np.ndarray:
-        """Correct validation predictions ``[B, L]`` at every ``(axes["beta"], axes["lam"])``.
+                       axes: Mapping[str, np.ndarray], routings: list[str]) -> np.ndarray:
+        """Correct validation predictions ``[R, B, L]`` for every routing and every
+        ``(axes["beta"], axes["lam"])``.
 
-        Per β: ``G = V diag(e) Vᵀ`` (one float64 eigendecomposition, about ``3 N²`` doubles of
-        memory with the workspace), ``Q = Vᵀ R`` and, per chunk of queries, ``k(x, X) V``; then
-        each λ costs one ``[m, N] @ [N, C]`` product. The best point's ``A`` is kept so that the
-        first prediction after the search needs no new factorisation."""
+        Per β: ``G = V diag(e) Vᵀ`` (one float64 eigendecomposition shared by every routing,
+        since ``G`` is built from the keys alone; about ``3 N²`` doubles of memory with the
+        workspace), ``Q = Vᵀ R`` and, per chunk of queries, ``k(x, X) V``; then each λ costs one
+        ``[m, N] @ [N, C]`` product. The best point's ``A`` is kept so that the first prediction
+        after the search needs no new factorisation."""
         self._check_fitted()
         betas = [float(b) for b in axes["beta"]]
         lams = [float(v) for v in axes["lam"]]
@@ -197,35 +199,39 @@ class ProKeR(_CLIPFeatureClassifier):
                 self._hyper(beta, lam)
         scale = _check_finite_param(self.logit_scale, "logit_scale")
         x = self._queries(val_features)
-        views = self._views(x, self._needed_views(routing))
-        cosines = self._cosines(views, routing).to(torch.float64)
-        query = views[self._route(routing)[2]].to(torch.float64)
         keys = self._torch.keys_.to(torch.float64)
-        residual = self._residual(routing)
-        n_keys = keys.shape[0]
-        rows = max(1, _SEARCH_CHUNK_ELEMENTS // max(n_keys, 1))
-        correct = np.zeros((len(betas), len(lams)), dtype=np.int64)
-        best = (-1, None)
+        per_routing = []
+        for routing in routings:  # the routing's zero-shot cosines, kernel queries, residual
+            views = self._views(x, self._needed_views(routing))
+            per_routing.append((self._cosines(views, routing).to(torch.float64),
+                                views[self._route(routing)[2]].to(torch.float64),
+                                self._residual(routing)))
+        rows = max(1, _SEARCH_CHUNK_ELEMENTS // max(keys.shape[0], 1))
+        correct = np.zeros((len(routings), len(betas), len(lams)), dtype=np.int64)
+        best: dict = {}  # routing index -> (count, key, solution)
         for b, beta in enumerate(betas):
             gram = rbf_gram(keys, keys, beta)
             eigenvalues, vectors = torch.linalg.eigh(gram)
             del gram
             eigenvalues = eigenvalues.clamp_min(0.0)  # G is positive semi-definite
-            projected = vectors.T @ residual                                  # Q [N, C]
             shrink = [lam / (eigenvalues + lam) for lam in lams]
-            for start in range(0, x.shape[0], rows):
-                basis = rbf_gram(query[start:start + rows], keys, beta) @ vectors   # [m, N]
-                truth = val_labels[start:start + rows]
-                for i, weights in enumerate(shrink):
-                    logits = scale * (cosines[start:start + rows] + basis @ (weights[:, None] * projected))
-                    correct[b, i] += int((logits.argmax(1) == truth).sum())
-                del basis
-            i = int(np.argmax(correct[b]))
-            if correct[b, i] > best[0]:  # first maximum in (beta, lam) order, as the search picks
-                solution = vectors @ (shrink[i][:, None] * projected)
-                best = (int(correct[b, i]), ((beta, lams[i], routing), solution.to(self.dtype_)))
-            del vectors, projected
-        if best[1] is not None:
-            key, solution = best[1]
-            self._solution_cache = {key: solution}
+            for r, (cosines, query, residual) in enumerate(per_routing):
+                projected = vectors.T @ residual                                  # Q [N, C]
+                for start in range(0, x.shape[0], rows):
+                    basis = rbf_gram(query[start:start + rows], keys, beta) @ vectors   # [m, N]
+                    truth = val_labels[start:start + rows]
+                    for i, weights in enumerate(shrink):
+                        logits = scale * (cosines[start:start + rows] + basis @ (weights[:, None] * projected))
+                        correct[r, b, i] += int((logits.argmax(1) == truth).sum())
+                    del basis
+                i = int(np.argmax(correct[r, b]))
+                if correct[r, b, i] > best.get(r, (-1,))[0]:  # first maximum in (beta, lam) order
+                    solution = (vectors @ (shrink[i][:, None] * projected)).to(self.dtype_)
+                    best[r] = (int(correct[r, b, i]), (beta, lams[i], routings[r]), solution)
+                del projected
+            del vectors
+        if best:  # keep the overall winner's solution (first maximum in routing order)
+            top = max(v[0] for v in best.values())
+            winner = min(r for r, v in best.items() if v[0] == top)
+            self._solution_cache = {best[winner][1]: best[winner][2]}
         return correct

@@ -256,7 +256,7 @@ def _pick(model: Any, axes: dict[str, Any], names: tuple[str, ...], scores: np.n
 
 def _has_hook(model: Any) -> bool:
     """Models that score their own grid: ``model._search_scores(val_features, val_labels, axes,
-    routing)`` -> correct counts ``[len(axes[a]) for a in axes]`` (int)."""
+    routings)`` -> correct counts ``[len(routings), *(len(axes[a]) for a in axes)]`` (int)."""
     return callable(getattr(model, "_search_scores", None))
 
 
@@ -265,8 +265,9 @@ def _hook_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
     """:func:`validation_search` for a model with a ``_search_scores`` hook (GDA, ProKeR, ...).
 
     ``grid=None`` searches the method's registered default grid (``spec.grid(None)``). The hook
-    counts the correct validation predictions at every point of the numeric axes (in
-    ``search_axes`` order, each at least the model's current value); routing, ties, edge warnings
+    counts the correct validation predictions for every routing and every point of the numeric
+    axes (in ``search_axes`` order, each at least the model's current value; all routings in one
+    call, so work they share is done once); ties, edge warnings
     and the :class:`SearchResult` are those of the cache models' search. The edge warning is
     given for the default grid too (it is fixed, not extended)."""
     spec = _model_spec(model)
@@ -284,12 +285,11 @@ def _hook_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
     if "routing" not in axes:
         fixed["routing"] = model.routing
     with torch.no_grad():
-        correct = np.stack([np.asarray(model._search_scores(x, y, numeric, routing), dtype=np.int64)
-                            for routing in routings])
+        correct = np.asarray(model._search_scores(x, y, numeric, list(routings)), dtype=np.int64)
     expected = (len(routings),) + tuple(len(v) for v in numeric.values())
     if correct.shape != expected:
-        raise RuntimeError(f"{type(model).__name__}._search_scores returned shape {correct.shape[1:]}, "
-                           f"expected {expected[1:]}")
+        raise RuntimeError(f"{type(model).__name__}._search_scores returned shape {correct.shape}, "
+                           f"expected {expected}")
     scores = correct.astype(np.float64) / n_val
     names = tuple(a for a in ("routing",) + spec.search_axes if a in axes)
     keep = ["routing" in axes] + [a in axes for a in spec.search_axes]

@@ -116,3 +116,21 @@ def test_real_stanford_cars_logits_equal_the_dense_formulas(tip_cache_root):
     model = ProKeR(beta=4.0, lam=0.1, device="cpu").fit(support, labels, text_features=text)
     expected = proker_reference(support.astype(np.float64), labels, text, queries, 4.0, 0.1)
     assert _rel_err(model.decision_function(queries), expected) < 1e-4
+
+
+def test_routings_share_one_search_and_match_predict(data):
+    """With a projector the routing is searched too (one eigendecomposition per beta for all)."""
+    text, support, labels, queries, query_labels = data
+    patches = np.repeat(support[:, None, :], 2, axis=1)
+    model = ProKeR(device="cpu", projector=LinearProjectorDouble(seed=1)).fit(
+        support, labels, text_features=text, patch_features=patches)
+    grid = {"routing": ["paper", "vision", "reference"], "beta": [1.0, 4.0], "lam": [0.1, 1.0]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = validation_search(model, queries, query_labels, grid)
+    assert result.param_names_ == ("routing", "beta", "lam") and result.scores_.shape == (3, 2, 2)
+    for r, routing in enumerate(grid["routing"]):
+        for b, beta in enumerate(grid["beta"]):
+            for i, lam in enumerate(grid["lam"]):
+                model.set_params(routing=routing, beta=beta, lam=lam)
+                assert result.scores_[r, b, i] == pytest.approx(model.score(queries, query_labels))
