@@ -162,7 +162,8 @@ class ProKeR(_CLIPFeatureClassifier):
             else:  # not numerically positive definite (tiny lam): a pivoted solve
                 del factor
                 solution = torch.linalg.solve(system, residual)
-            self._solution_cache = {key: (lam * solution).to(self.dtype_)}
+            self._solution_cache.clear()  # one entry: the latest (beta, lam, routing); memo, not state
+            self._solution_cache[key] = (lam * solution).to(self.dtype_)
         return self._solution_cache[key]
 
     # ---- logits ---------------------------------------------------------------------------
@@ -233,5 +234,6 @@ class ProKeR(_CLIPFeatureClassifier):
         if best:  # keep the overall winner's solution (first maximum in routing order)
             top = max(v[0] for v in best.values())
             winner = min(r for r, v in best.items() if v[0] == top)
-            self._solution_cache = {best[winner][1]: best[winner][2]}
+            self._solution_cache.clear()
+            self._solution_cache[best[winner][1]] = best[winner][2]
         return correct

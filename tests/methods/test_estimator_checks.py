@@ -310,6 +310,8 @@ def _expected_failures(estimator) -> dict[str, str]:
     skips = dict(CLASSIFIER_SKIPS)
     if isinstance(estimator, SPECS["ape"].estimator):  # APE and APE-T
         skips.update(_SUPPORT_SKIPS, check_classifier_data_not_an_array=_EVERY_CLASS_NEEDS_SUPPORT)
+    elif isinstance(estimator, SPECS["gda"].estimator):  # class means of every class are needed
+        skips.update(_SUPPORT_SKIPS, check_classifier_data_not_an_array=_EVERY_CLASS_NEEDS_SUPPORT)
     elif not isinstance(estimator, SPECS["linear-probe"].estimator):
         # APE refuses the classes without support instead; the linear probe refuses a one-class
         # support set (logistic regression needs two), as scikit-learn expects
