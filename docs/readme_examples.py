@@ -12,7 +12,8 @@ An example in README.md is a marker, a ```bash block with the command(s), and an
 
 Each command runs with ``bash -e`` in the repository root (``$SSP_DATA_ROOT`` and the relative
 ``../shared/data`` paths as the README shows them), and its output (stdout, then stderr) replaces
-the output block; ``head`` / ``tail`` keep the first / last lines with one ``...`` line between.
+the output block (the repository's absolute path shown relative); ``head`` / ``tail`` keep the
+first / last lines with one ``...`` line between.
 Output folders the commands name are removed first, so every example starts from nothing.
 
     python3 docs/readme_examples.py             # every example
@@ -81,7 +82,8 @@ def run(example: Example) -> str:
     if done.returncode != 0:
         raise SystemExit(f"example {example.name!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     print(f"{example.name}: {took:.1f} s", file=sys.stderr)
-    return trim(done.stdout + done.stderr, example.head, example.tail)
+    text = (done.stdout + done.stderr).replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    return trim(text, example.head, example.tail)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,7 +44,7 @@ __all__ = ["GDA", "DEFAULT_GRID"]
 
 # The default alpha grid: decades 1e-4 .. 1e4. The paper searches 1e-4 .. 1e2; the two extra
 # decades cover views (N = 10 C K): the GDA term scales like 1 / N, so its best alpha grows with N.
-# A finer grid overfits small validation sets (docs/baselines-gda.md).
+# A finer grid overfits small validation sets (docs/baselines.md).
 DEFAULT_GRID = {"alpha": (1e-4, 1e4, 9)}
 
 # Elements of one [queries, classes] logit block scored at once by the search.
