@@ -211,7 +211,7 @@ class DenseSSP:
             kept = torch.gather(z[c], 1, s_l.indices[..., None].expand(-1, -1, dim))
             rows_l.append(torch.cat([(s_l.values[..., None] * kept).reshape(-1, dim),
                                      self.lam * w[c][None]]))
-        from ssp.methods.projector import _lapack_threads
+        from ssp.methods.scoring import _lapack_threads
 
         m_v = torch.stack(rows_v)
         with _lapack_threads(device):
@@ -363,7 +363,7 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
 def bench_kernel(device: torch.device, dim: int = 1024, width: int = 481) -> dict:
     """Which kernels run: CPU flags, oneDNN bf16, the ``auto`` choice, GEMM rates (GFLOP/s) of
     a ``[t, D] x [D, classes * r]`` block (the language view's scoring GEMM)."""
-    from ssp.methods.projector import _SCREENS, _cpu_flags, _fast_bfloat16
+    from ssp.methods.scoring import _SCREENS, _cpu_flags, _fast_bfloat16
 
     flags = _cpu_flags()
     info: dict[str, Any] = dict(

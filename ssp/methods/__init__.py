@@ -10,6 +10,8 @@
     lp_plus_plus   :class:`LPPlusPlus`, a linear probe blended with the text logits (LP++)
     linear_probe   :class:`LinearProbe`, the CLIP paper's logistic-regression probe
     projector      :class:`SSPProjector`, the training-free vision / language subspace projector
+    scoring        its exact class scoring: screens (TF32, bfloat16) with rigorous bounds, float64
+                   re-scoring, `auto` by measurement
     search         validation-only hyper-parameter search
 
 Importing this package registers every built-in method (in this order: it is the order of

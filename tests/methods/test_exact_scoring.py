@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import ssp.methods.projector as projector_module
+import ssp.methods.scoring as scoring_module
 from ssp.methods.projector import SSPProjector
 
 SCREENS = ["bfloat16", "tfloat32"]
@@ -103,7 +104,7 @@ def test_screened_selection_is_exact_on_near_ties(screen, path):
     p32 = fit(patches, labels, images, text, path, score_precision="float32", **kw)
     low = fit(patches, labels, images, text, path, score_precision=screen, **kw)
     assert (p32.score_precision_used_, low.score_precision_used_) == ("float32", screen)
-    assert low.score_kernel_ == ("native" if screen == "bfloat16" and projector_module._fast_bfloat16(
+    assert low.score_kernel_ == ("native" if screen == "bfloat16" and scoring_module._fast_bfloat16(
         torch.device("cpu")) else "emulated")
     x = np.concatenate([queries, _near_tie_queries(p32, queries[:12].astype(np.float64), kappa)])
     exact = _exact_scores(p32, x)
@@ -185,7 +186,7 @@ def test_screen_error_bound_holds_and_is_not_a_blanket(screen, path):
 def test_tf32_rounding_is_round_to_nearest_on_ten_fraction_bits():
     a = torch.tensor([1.0 + 2.0**-10, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11, -(1.0 + 3 * 2.0**-11),
                       1.0 + 2.0**-11 + 2.0**-20, 3.0e-3, 0.0], dtype=torch.float32)
-    r = projector_module._round_tf32(a)
+    r = scoring_module._round_tf32(a)
     expected = [1.0 + 2.0**-10, 1.0, 1.0 + 2.0**-9, -(1.0 + 2.0**-9), 1.0 + 2.0**-10]
     assert r[:5].tolist() == expected  # exact, halfway cases to even
     assert abs(r[5].item() - 3.0e-3) <= 3.0e-3 * 2.0**-11 and r[6].item() == 0.0
@@ -195,32 +196,32 @@ def test_tf32_rounding_is_round_to_nearest_on_ten_fraction_bits():
 
 def test_auto_measures_and_never_picks_an_emulated_screen(monkeypatch):
     (patches, images, text, queries), labels = _structured(seed=23, n_classes=6, dim=32)
-    monkeypatch.setattr(projector_module, "_CALIBRATION", {})
+    monkeypatch.setattr(scoring_module, "_CALIBRATION", {})
     monkeypatch.delenv("SSP_SCORE_CALIBRATION", raising=False)
     kw = dict(patch_top_k=4, class_top_k=2)
     # no bfloat16 instructions (e.g. AVX2-only EPYC): no candidate, nothing timed, float32
-    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(scoring_module, "_cpu_flags", lambda: {"avx2", "fma"})
     p = fit(patches, labels, images, text, **kw)
     assert p.score_precision_used_ == "float32" and p._low_precision is None and p.score_timings_ == {}
-    assert projector_module._CALIBRATION == {}
+    assert scoring_module._CALIBRATION == {}
     p64 = fit(patches.astype(np.float64), labels, images, text, **kw)
     assert p64.score_precision_used_ == "float64" and p64.score_timings_ == {}
     # native bfloat16: both are timed and the faster one runs
-    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
+    monkeypatch.setattr(scoring_module, "_cpu_flags", lambda: {"avx512f", "amx_bf16"})
     pa = fit(patches, labels, images, text, **kw)
     timings = pa.score_timings_
     assert set(timings) == {"float32", "bfloat16"} and all(t > 0 for t in timings.values())
     assert pa.score_precision_used_ == min(timings, key=timings.get)
     # cached per device and size: a second fit reuses the measurement (forced here)
-    (key,) = projector_module._CALIBRATION
+    (key,) = scoring_module._CALIBRATION
     for winner, loser in (("bfloat16", "float32"), ("float32", "bfloat16")):
-        projector_module._CALIBRATION[key] = {winner: 1.0, loser: 2.0}
+        scoring_module._CALIBRATION[key] = {winner: 1.0, loser: 2.0}
         pw = fit(patches, labels, images, text, **kw)
         assert pw.score_precision_used_ == winner and pw.score_timings_ == {winner: 1.0, loser: 2.0}
         np.testing.assert_allclose(pw.transform(queries, view="language"), p.transform(queries, view="language"),
                                    atol=2e-6)
     # explicit requests are honoured without timing, emulated where not native
-    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: set())
+    monkeypatch.setattr(scoring_module, "_cpu_flags", lambda: set())
     pe = fit(patches, labels, images, text, score_precision="bfloat16", **kw)
     assert pe.score_kernel_ == "emulated" and pe.score_timings_ == {}
     np.testing.assert_allclose(pe.transform(queries, view="language"), p.transform(queries, view="language"),
@@ -233,13 +234,13 @@ def test_calibration_persists_in_a_json_file_when_asked(monkeypatch, tmp_path):
     (patches, images, text, _), labels = _structured(seed=24, n_classes=5, dim=32)
     store = tmp_path / "calibration.json"
     monkeypatch.setenv("SSP_SCORE_CALIBRATION", str(store))
-    monkeypatch.setattr(projector_module, "_CALIBRATION", {})
-    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(scoring_module, "_CALIBRATION", {})
+    monkeypatch.setattr(scoring_module, "_cpu_flags", lambda: {"avx512_bf16"})
     p = fit(patches, labels, images, text, patch_top_k=4, class_top_k=2)
     saved = json.loads(store.read_text())
     assert list(saved.values()) == [p.score_timings_]
     # a new process (empty memory) reads the file instead of measuring again
-    monkeypatch.setattr(projector_module, "_CALIBRATION", {})
+    monkeypatch.setattr(scoring_module, "_CALIBRATION", {})
     (key,) = saved
     saved[key] = {"float32": 5.0, "bfloat16": 1.0}
     store.write_text(json.dumps(saved))
@@ -253,10 +254,10 @@ def test_auto_skips_the_bound_of_a_screen_whose_gemm_alone_is_slower(monkeypatch
     import time
 
     (patches, images, text, _), labels = _structured(seed=25, n_classes=5, dim=32)
-    monkeypatch.setattr(projector_module, "_CALIBRATION", {})
+    monkeypatch.setattr(scoring_module, "_CALIBRATION", {})
     monkeypatch.delenv("SSP_SCORE_CALIBRATION", raising=False)
-    monkeypatch.setattr(projector_module, "_cpu_flags", lambda: {"amx_bf16"})
-    slow = projector_module._LowPrecisionScores.energies
+    monkeypatch.setattr(scoring_module, "_cpu_flags", lambda: {"amx_bf16"})
+    slow = scoring_module._LowPrecisionScores.energies
 
     def slow_energies(self, x):
         time.sleep(0.05)
@@ -265,11 +266,11 @@ def test_auto_skips_the_bound_of_a_screen_whose_gemm_alone_is_slower(monkeypatch
     def no_build(*args, **kwargs):
         raise AssertionError("the bound was built")
 
-    monkeypatch.setattr(projector_module._LowPrecisionScores, "energies", slow_energies)
-    monkeypatch.setattr(projector_module._LowPrecisionScores, "build", no_build)
+    monkeypatch.setattr(scoring_module._LowPrecisionScores, "energies", slow_energies)
+    monkeypatch.setattr(scoring_module._LowPrecisionScores, "build", no_build)
     p = fit(patches, labels, images, text, patch_top_k=4, class_top_k=2)
     assert p.score_precision_used_ == "float32" and p._low_precision is None
-    assert p.score_timings_["bfloat16"] >= 1000 * 0.05 / projector_module._PROBE_ROWS["cpu"]
+    assert p.score_timings_["bfloat16"] >= 1000 * 0.05 / scoring_module._PROBE_ROWS["cpu"]
     assert p.score_timings_["bfloat16"] > p.score_timings_["float32"]
 
 
@@ -284,6 +285,7 @@ def test_gpu_code_paths_run_on_cpu(path, monkeypatch):
     x = np.concatenate([queries, _near_tie_queries(p32, queries[:6].astype(np.float64), 3, n_steps=10)])
     want = _selection(low, x), low.transform(x, view="language"), p32.transform(x, view="language")
     monkeypatch.setattr(projector_module, "_PER_CLASS_DEVICES", ())
+    monkeypatch.setattr(scoring_module, "_PER_CLASS_DEVICES", ())
     real_mm = torch.mm
 
     def mm(a, b, *, out=None, out_dtype=None):  # CUDA's bf16 x bf16 -> float32: exact products
@@ -292,8 +294,8 @@ def test_gpu_code_paths_run_on_cpu(path, monkeypatch):
         return real_mm(a.to(out_dtype), b.to(out_dtype))
 
     monkeypatch.setattr(torch, "mm", mm)
-    monkeypatch.setattr(projector_module, "_MM_OUT_DTYPE", {"cpu": True})
-    monkeypatch.setattr(projector_module, "_fast_bfloat16", lambda device: True)
+    monkeypatch.setattr(scoring_module, "_MM_OUT_DTYPE", {"cpu": True})
+    monkeypatch.setattr(scoring_module, "_fast_bfloat16", lambda device: True)
     gpu_like = fit(patches, labels, images, text, path, score_precision="bfloat16", **kw)
     assert gpu_like._low_precision.out_unit == 0.0 and low._low_precision.out_unit in (0.0, 2.0**-8)
     assert _selection(gpu_like, x) == want[0] == _exact_top(_exact_scores(p32, x), 3)

@@ -312,8 +312,11 @@ def test_chunking_does_not_change_results(path, monkeypatch):
         for view in ("vision", "language"):
             np.testing.assert_allclose(proj.transform(queries, view=view), expected[view], atol=1e-12)
     # a tiny memory budget: one class per fit chunk, one query per chunk, one class per group
+    import ssp.methods.scoring as scoring_module
+
     monkeypatch.setattr(projector_module, "_BLOCK_BUDGET_BYTES", 1)
-    monkeypatch.setattr(projector_module, "_SCORE_BLOCK_BYTES", 1)  # one class per score block
+    monkeypatch.setattr(scoring_module, "_BLOCK_BUDGET_BYTES", 1)
+    monkeypatch.setattr(scoring_module, "_SCORE_BLOCK_BYTES", 1)  # one class per score block
     tiny = fit(patches, labels, images, text, path, patch_top_k=3, class_top_k=3)
     np.testing.assert_array_equal(tiny.class_ranks_, base.class_ranks_)
     np.testing.assert_allclose(tiny.text_features_, base.text_features_, atol=1e-12)
