@@ -11,7 +11,7 @@ An example in README.md is a marker, a ```bash block with the command(s), and an
     ```
 
 Each command runs with ``bash -e`` in the repository root (``$SSP_DATA_ROOT`` and the relative
-``../shared/data`` paths as the README shows them), and its output (stdout, then stderr) replaces
+``../shared/data`` paths as the README shows them), and its output (standard output and error, as a terminal shows them) replaces
 the output block (the repository's absolute path shown relative); ``head`` / ``tail`` keep the
 first / last lines with one ``...`` line between.
 Output folders the commands name are removed first, so every example starts from nothing.
@@ -23,6 +23,7 @@ Output folders the commands name are removed first, so every example starts from
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -77,12 +78,14 @@ def run(example: Example) -> str:
     for folder in output_folders(example.command):
         shutil.rmtree(ROOT / folder, ignore_errors=True)
     start = time.perf_counter()
-    done = subprocess.run(["bash", "-e", "-c", example.command], cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # standard output and error in the order a terminal shows
+    done = subprocess.run(["bash", "-e", "-c", example.command], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
     took = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"example {example.name!r} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"example {example.name!r} failed (exit {done.returncode}):\n{done.stdout[-3000:]}")
     print(f"{example.name}: {took:.1f} s", file=sys.stderr)
-    text = (done.stdout + done.stderr).replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
+    text = done.stdout.replace(str(ROOT) + "/", "").replace(str(ROOT), ".")
     return trim(text, example.head, example.tail)
 
 
