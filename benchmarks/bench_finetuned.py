@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ssp.features.tip_cache import load_feature_cache
+from ssp.features.tip_cache import load_tip_adapter_cache
 from ssp.methods.finetuned import APET, TipAdapterF
 from ssp.methods.registry import get_method
 from ssp.methods.search import validation_search
@@ -65,7 +65,7 @@ def stanford_cars(args) -> list[dict]:
     dev = dict(device=args.device)
     rows = []
     for shots in args.shots:
-        cache = load_feature_cache(folder, shots)
+        cache = load_tip_adapter_cache(folder, shots)
         n_val = cache.val_labels.shape[0]
         perm = torch.randperm(n_val, generator=torch.Generator().manual_seed(args.seed))
         sel, held = perm[: n_val // 2], perm[n_val // 2:]

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from ssp.features.tip_cache import load_feature_cache
+from ssp.features.tip_cache import load_tip_adapter_cache
 from ssp.methods.cache_models import APE, TipAdapter
 from ssp.methods.registry import get_method
 from ssp.methods.search import make_grid, validation_search
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows = []
     for shots in args.shots:
-        cache = load_feature_cache(folder, shots)
+        cache = load_tip_adapter_cache(folder, shots)
         for seed in args.seeds:
             n_val = cache.val_labels.shape[0]
             perm = torch.randperm(n_val, generator=torch.Generator().manual_seed(seed))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssp.features.tip_cache import load_feature_cache
+from ssp.features.tip_cache import load_tip_adapter_cache
 from ssp.methods.cache_models import APE, TipAdapter
 from ssp.methods.gda import GDA
 from ssp.methods.proker import ProKeR
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     tip_grid, ape_grid = get_method("tip-adapter").grid(cfg), get_method("ape").grid(cfg)
     rows = []
     for shots in args.shots:
-        cache = load_feature_cache(folder, shots)
+        cache = load_tip_adapter_cache(folder, shots)
         n_val = cache.val_labels.shape[0]
         if args.split == "numpy":
             perm = torch.as_tensor(np.random.default_rng(args.seed).permutation(n_val))

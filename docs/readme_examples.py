@@ -61,7 +61,7 @@ def examples(text: str) -> list[Example]:
 
 def output_folders(command: str) -> list[str]:
     """The ``--output`` folders a command writes (removed before it runs)."""
-    return re.findall(r"--output\s+(\S+)", command)
+    return re.findall(r"--(?:output|feature-store)\s+(\S+)", command)
 
 
 def trim(text: str, head: int | None, tail: int | None) -> str:

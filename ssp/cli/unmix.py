@@ -319,9 +319,9 @@ def cmd_train(args) -> dict:
                       prompts=[POSITIVE_TEMPLATE, NEGATIVE_TEMPLATE])
     else:
         if args.features:
-            from ssp.features.tip_cache import load_feature_cache
+            from ssp.features.tip_cache import load_tip_adapter_cache
 
-            cache = load_feature_cache(args.features, args.shots)
+            cache = load_tip_adapter_cache(args.features, args.shots)
             if cache.text_features is None:
                 raise UsageError(f"{args.features} has no text_weights*.pt file; the projector needs the "
                                  "class text features")

@@ -9,8 +9,8 @@
 from ssp.features.extract import extract_features
 from ssp.features.store import FeatureStore, cached_features
 from ssp.features.text import load_text_features
-from ssp.features.tip_cache import FeatureCache, load_feature_cache
+from ssp.features.tip_cache import TipAdapterCache, load_tip_adapter_cache
 from ssp.features.types import Features
 
-__all__ = ["Features", "extract_features", "FeatureStore", "cached_features", "FeatureCache",
-           "load_feature_cache", "load_text_features"]
+__all__ = ["Features", "extract_features", "FeatureStore", "cached_features", "TipAdapterCache",
+           "load_tip_adapter_cache", "load_text_features"]

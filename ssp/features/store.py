@@ -69,7 +69,7 @@ _STALE_TEMP_AGE_S = 3600.0  # temp files older than this are leftovers of a cras
 _log = logging.getLogger("ssp.features")
 
 
-class CacheWarning(UserWarning):
+class FeatureStoreWarning(UserWarning):
     """A cached file was unusable (truncated, corrupt, written for another key); it is rebuilt."""
 
 
@@ -139,7 +139,7 @@ class FeatureStore:
 
         A truncated or corrupt file, a file written for another key or format version, or
         one that ``validate`` rejects (it returns a reason string, or ``None`` when fine)
-        gives a :class:`CacheWarning` naming the file and the reason, and ``None``.
+        gives a :class:`FeatureStoreWarning` naming the file and the reason, and ``None``.
         """
         path = self.path_for(key)
         if not path.is_file():
@@ -157,7 +157,7 @@ class FeatureStore:
             reason = validate(tensors)
         if reason is not None:
             warnings.warn(f"ignoring cached features {path}: {reason}; they will be rebuilt",
-                          CacheWarning, stacklevel=2)
+                          FeatureStoreWarning, stacklevel=2)
             return None
         return tensors
 
@@ -325,7 +325,7 @@ def cached_features(
     (eval or train), dataset, split, :func:`sample_digest`, N, ``views``, ``with_patches``,
     the seed (only when ``views > 1``) and the format version. A loaded file is checked
     (tensor names, shapes against N / D / L / E, labels against the samples) and rebuilt with a
-    :class:`CacheWarning` if wrong. ``extract_kwargs`` (batch size, workers, progress, desc)
+    :class:`FeatureStoreWarning` if wrong. ``extract_kwargs`` (batch size, workers, progress, desc)
     do not change the numbers and are not part of the key.
 
     ``skip_bad_images=True``: unreadable images are left out (see :func:`extract_features`);

@@ -1,4 +1,4 @@
-"""Read existing Tip-Adapter / APE feature-cache folders.
+"""Read Tip-Adapter cache folders (the feature caches the published Tip-Adapter and APE scripts save).
 
 The published Tip-Adapter and APE scripts save one folder per dataset (``caches/<dataset>/``):
 
@@ -27,13 +27,13 @@ import torch
 
 from ssp._utils import check_int, check_labels, check_text_features, load_torch_file
 
-__all__ = ["FeatureCache", "load_feature_cache", "available_shots"]
+__all__ = ["TipAdapterCache", "load_tip_adapter_cache", "available_shots"]
 
 _KEYS_PATTERN = re.compile(r"^keys_(\d+)shots\.pt$")
 
 
 @dataclass
-class FeatureCache:
+class TipAdapterCache:
     """Features of one dataset at one shot count, read from a Tip-Adapter / APE cache folder.
 
     Attributes:
@@ -143,8 +143,8 @@ def _find_text_weights(folder: Path, text_weights: str | None) -> Path | None:
     return candidates[0]
 
 
-def load_feature_cache(folder: str | Path, shots: int, *,
-                       text_weights: str | None = None) -> FeatureCache:
+def load_tip_adapter_cache(folder: str | Path, shots: int, *,
+                       text_weights: str | None = None) -> TipAdapterCache:
     """Read a Tip-Adapter / APE cache folder at ``shots`` shots.
 
     Args:
@@ -155,7 +155,7 @@ def load_feature_cache(folder: str | Path, shots: int, *,
             result; several: an error asking to choose).
 
     Returns:
-        :class:`FeatureCache`; splits whose files are absent are ``None``.
+        :class:`TipAdapterCache`; splits whose files are absent are ``None``.
 
     Raises:
         FileNotFoundError: missing folder or missing keys/values for ``shots`` (the message lists
@@ -215,7 +215,7 @@ def load_feature_cache(folder: str | Path, shots: int, *,
         text_features = check_text_features(text.to(torch.float32), name=str(text_path),
                                             layout="DC").contiguous()
 
-    cache = FeatureCache(
+    cache = TipAdapterCache(
         support_features=support,
         support_labels=support_labels,
         val_features=val_features,

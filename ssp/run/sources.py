@@ -396,7 +396,7 @@ class TipCacheSource:
         from ssp._io import file_sha256
         from ssp._utils import resolve_device
         from ssp.features.text import load_text_features
-        from ssp.features.tip_cache import available_shots, load_feature_cache
+        from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key
 
         folder = Path(folder).expanduser()
@@ -409,7 +409,7 @@ class TipCacheSource:
         self.shots = available_shots(folder)
         if not self.shots:
             raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")
-        probe = load_feature_cache(folder, self.shots[0])
+        probe = load_tip_adapter_cache(folder, self.shots[0])
         self.n_classes, self.dim = probe.n_classes, probe.n_features
         if text_features is not None:
             path = Path(text_features).expanduser()
@@ -466,11 +466,11 @@ class TipCacheSource:
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
         from ssp.data.fewshot import validation_subsample
-        from ssp.features.tip_cache import load_feature_cache
+        from ssp.features.tip_cache import load_tip_adapter_cache
 
         t0 = time.perf_counter()
         if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_feature_cache(self.folder, shots))
+            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots))
         cache = self._loaded[1]
         support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels

@@ -19,8 +19,8 @@ from ssp._utils import l2_normalize
 from ssp.data import Sample
 from ssp.features.extract import _view_seed, extract_features
 from ssp.features.store import (
-    CacheWarning,
     FeatureStore,
+    FeatureStoreWarning,
     cached_features,
     feature_key,
     sample_digest,
@@ -128,7 +128,7 @@ def test_truncated_file_warns_and_returns_none(store, cut):
     data = path.read_bytes()
     keep = {"header": 20, "data": len(data) - 7, "empty": 0}[cut]
     path.write_bytes(data[:keep])
-    with pytest.warns(CacheWarning, match=re.escape(str(path))):
+    with pytest.warns(FeatureStoreWarning, match=re.escape(str(path))):
         assert store.load(key) is None
 
 
@@ -137,10 +137,10 @@ def test_garbage_file_warns(store):
     path = store.path_for(key)
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x00" * 64 + b"not a safetensors file")
-    with pytest.warns(CacheWarning, match="unreadable"):
+    with pytest.warns(FeatureStoreWarning, match="unreadable"):
         assert store.load(key) is None
     # get_or_compute rebuilds it
-    with pytest.warns(CacheWarning):
+    with pytest.warns(FeatureStoreWarning):
         out = store.get_or_compute(key, lambda: {"x": torch.ones(3)})
     assert torch.equal(out["x"], torch.ones(3))
     assert torch.equal(store.load(key)["x"], torch.ones(3))
@@ -150,7 +150,7 @@ def test_wrong_key_under_right_name_is_rejected(store):
     key_a, key_b = {"kind": "t", "v": "a"}, {"kind": "t", "v": "b"}
     path_a = store.save(key_a, {"x": torch.zeros(2)})
     shutil.copy(path_a, store.path_for(key_b))
-    with pytest.warns(CacheWarning, match="stored key differs"):
+    with pytest.warns(FeatureStoreWarning, match="stored key differs"):
         assert store.load(key_b) is None
     assert store.load(key_a) is not None
 
@@ -162,7 +162,7 @@ def test_foreign_safetensors_file_is_rejected(store):
     path = store.path_for(key)
     path.parent.mkdir(parents=True)
     save_file({"x": torch.zeros(2)}, str(path))  # no ssp metadata
-    with pytest.warns(CacheWarning, match="not an ssp feature-store file"):
+    with pytest.warns(FeatureStoreWarning, match="not an ssp feature-store file"):
         assert store.load(key) is None
 
 
@@ -473,7 +473,7 @@ def test_truncated_cache_file_is_rebuilt(store, samples):
     (path,) = _files(store.root)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     calls = bb.calls
-    with pytest.warns(CacheWarning, match=re.escape(str(path))):
+    with pytest.warns(FeatureStoreWarning, match=re.escape(str(path))):
         rebuilt = cached_features(store, bb, samples, **kw)
     assert bb.calls > calls
     for name in first:
@@ -507,7 +507,7 @@ def test_inconsistent_cache_content_is_rebuilt(store, samples, damage):
         bad["global"] = good["global"].clone()
         bad["global"][0, 0] = float("nan")
     store.save(key, bad)
-    with pytest.warns(CacheWarning, match=re.escape(str(store.path_for(key)))):
+    with pytest.warns(FeatureStoreWarning, match=re.escape(str(store.path_for(key)))):
         out = cached_features(store, bb, samples, batch_size=8, **QUIET, **kw)
     assert bb.calls > 0
     assert out["local"].shape == (n, 4, 8) and bool(torch.isfinite(out["global"]).all())
@@ -652,13 +652,13 @@ def test_old_format_file_is_never_read(store, samples):
     old = {"global": l2_normalize(torch.randn(n, 8)), "labels": torch.tensor([s.label for s in samples])}
     save_file(old, str(path), metadata={"format": "ssp-feature-store", "format_version": "1",
                                         "key": json.dumps(key, sort_keys=True, separators=(",", ":"))})
-    with pytest.warns(CacheWarning, match="format version 1"):
+    with pytest.warns(FeatureStoreWarning, match="format version 1"):
         out = cached_features(store, bb, samples, batch_size=8, **QUIET, **kw)
     assert bb.calls > 0 and out["views"].shape == (2, n, 8)
     assert not torch.equal(out["global"], old["global"])
     # a current-version file that lacks the views tensor is rebuilt too
     store.save(key, old)
-    with pytest.warns(CacheWarning, match="missing tensors"):
+    with pytest.warns(FeatureStoreWarning, match="missing tensors"):
         assert "views" in cached_features(store, bb, samples, batch_size=8, **QUIET, **kw)
 
 

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssp.features.tip_cache import FeatureCache, available_shots, load_feature_cache
+from ssp.features.tip_cache import (
+    TipAdapterCache,
+    available_shots,
+    load_tip_adapter_cache,
+)
 from ssp.methods.cache_models import APE, TipAdapter
 from ssp.methods.search import make_grid, validation_search
 from ssp.methods.zero_shot import ZeroShotCLIP
@@ -40,8 +44,8 @@ def write_cache(folder: Path, *, n_classes=4, shots=2, dim=8, block_order=(2, 0,
 
 def test_round_trip(tmp_path):
     keys, labels, text = write_cache(tmp_path / "ds", shots=3)
-    cache = load_feature_cache(tmp_path / "ds", 3)
-    assert isinstance(cache, FeatureCache) and cache.shots == 3 and cache.n_classes == 4
+    cache = load_tip_adapter_cache(tmp_path / "ds", 3)
+    assert isinstance(cache, TipAdapterCache) and cache.shots == 3 and cache.n_classes == 4
     assert cache.support_features.dtype == torch.float32 and cache.support_labels.dtype == torch.int64
     torch.testing.assert_close(cache.support_features, keys.half().float())
     torch.testing.assert_close(cache.support_labels, labels)  # file order is kept
@@ -53,7 +57,7 @@ def test_round_trip(tmp_path):
 
 def test_absent_optional_files_are_none(tmp_path):
     write_cache(tmp_path / "ds", with_text=False, with_test=False)
-    cache = load_feature_cache(tmp_path / "ds", 2)
+    cache = load_tip_adapter_cache(tmp_path / "ds", 2)
     assert cache.text_features is None and cache.text_weights_file is None
     assert cache.test_features is None and cache.test_labels is None
     assert cache.val_features is not None
@@ -61,16 +65,16 @@ def test_absent_optional_files_are_none(tmp_path):
 
 def test_missing_folder_and_shots(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_feature_cache(tmp_path / "nope", 1)
+        load_tip_adapter_cache(tmp_path / "nope", 1)
     write_cache(tmp_path / "ds", shots=2)
     write_cache(tmp_path / "ds", shots=4)
     with pytest.raises(FileNotFoundError, match=r"keys_8shots.pt not found \(shot counts present: \[2, 4\]\)"):
-        load_feature_cache(tmp_path / "ds", 8)
+        load_tip_adapter_cache(tmp_path / "ds", 8)
     (tmp_path / "ds" / "values_4shots.pt").unlink()
     with pytest.raises(FileNotFoundError, match="values_4shots.pt not found"):
-        load_feature_cache(tmp_path / "ds", 4)
+        load_tip_adapter_cache(tmp_path / "ds", 4)
     with pytest.raises(ValueError, match="positive int"):
-        load_feature_cache(tmp_path / "ds", 0)
+        load_tip_adapter_cache(tmp_path / "ds", 0)
 
 
 def _write_bytes(name, data):
@@ -111,17 +115,17 @@ def _unlink(name):
 def test_corrupt_and_inconsistent_files(tmp_path, damage, error, match):
     folder = tmp_path / "ds"
     write_cache(folder)
-    load_feature_cache(folder, 2)  # intact, it loads
+    load_tip_adapter_cache(folder, 2)  # intact, it loads
     damage(folder)
     with pytest.raises(error, match=match):
-        load_feature_cache(folder, 2)
+        load_tip_adapter_cache(folder, 2)
 
     write_cache(folder)
     keys = torch.randn(8, 8)
     keys[0, 0] = float("nan")
     torch.save(keys, folder / "keys_2shots.pt")
     with pytest.raises(ValueError, match="NaN"):
-        load_feature_cache(folder, 2)
+        load_tip_adapter_cache(folder, 2)
 
 
 def test_several_text_classifiers_need_a_choice(tmp_path):
@@ -129,11 +133,11 @@ def test_several_text_classifiers_need_a_choice(tmp_path):
     _, _, text = write_cache(folder)
     torch.save(-text, folder / "text_weights_cupl_t.pt")
     with pytest.raises(ValueError, match="several text classifiers"):
-        load_feature_cache(folder, 2)
-    cache = load_feature_cache(folder, 2, text_weights="text_weights_cupl_t.pt")
+        load_tip_adapter_cache(folder, 2)
+    cache = load_tip_adapter_cache(folder, 2, text_weights="text_weights_cupl_t.pt")
     torch.testing.assert_close(cache.text_features, -text.T)
     with pytest.raises(FileNotFoundError, match="missing.pt not found"):
-        load_feature_cache(folder, 2, text_weights="missing.pt")
+        load_tip_adapter_cache(folder, 2, text_weights="missing.pt")
 
 
 # ----------------------------------------------------------------------------- real caches
@@ -146,7 +150,7 @@ def test_real_caches_load(tip_cache_root, dataset):
     folder = tip_cache_root / dataset
     assert available_shots(folder) == [1, 2, 4, 8, 16]
     for shots in (1, 2, 4, 8, 16):
-        cache = load_feature_cache(folder, shots)
+        cache = load_tip_adapter_cache(folder, shots)
         n_classes = DATASETS[dataset]
         assert cache.n_classes == n_classes and cache.n_features == 512
         assert cache.support_features.shape == (n_classes * shots, 512)
@@ -170,7 +174,7 @@ def _half_split(n: int, seed: int = 0):
 def test_stanford_cars_tip_and_ape_beat_zero_shot(tip_cache_root):
     """16 shots, real CLIP ViT-B/32 features: search on half of the published val split, score
     on the other half (never seen by the search)."""
-    cache = load_feature_cache(tip_cache_root / "stanford_cars", 16)
+    cache = load_tip_adapter_cache(tip_cache_root / "stanford_cars", 16)
     search_idx, held_idx = _half_split(cache.val_labels.shape[0])
     x_search, y_search = cache.val_features[search_idx], cache.val_labels[search_idx]
     x_held, y_held = cache.val_features[held_idx], cache.val_labels[held_idx]
@@ -195,7 +199,7 @@ def test_stanford_cars_ssp_on_real_features(tip_cache_root):
     routing chosen on validation must not lose to plain Tip-Adapter on held-out data."""
     from ssp.methods.projector import SSPProjector
 
-    cache = load_feature_cache(tip_cache_root / "stanford_cars", 4)
+    cache = load_tip_adapter_cache(tip_cache_root / "stanford_cars", 4)
     search_idx, held_idx = _half_split(cache.val_labels.shape[0])
     x_search, y_search = cache.val_features[search_idx], cache.val_labels[search_idx]
     x_held, y_held = cache.val_features[held_idx], cache.val_labels[held_idx]

@@ -318,13 +318,13 @@ def test_search_with_projector_and_routing_axis():
 def test_stanford_cars_fine_tuning_beats_training_free(tip_cache_root):
     """16 shots, keys as training inputs; validation features split in two seeded halves:
     epoch selection and search on one, accuracy on the other (the published grids)."""
-    from ssp.features.tip_cache import load_feature_cache
+    from ssp.features.tip_cache import load_tip_adapter_cache
     from ssp.run.config import load_config
 
     folder = tip_cache_root / "stanford_cars"
     if not (folder / "keys_16shots.pt").is_file():
         pytest.skip(f"{folder} has no 16-shot cache")
-    cache = load_feature_cache(folder, 16)
+    cache = load_tip_adapter_cache(folder, 16)
     n = cache.val_labels.shape[0]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(1))
     sel, held = perm[: n // 2], perm[n // 2:]

@@ -132,12 +132,12 @@ def test_torch_float32_input_matches_within_float32_precision(data):
 
 
 def test_real_stanford_cars_logits_equal_the_dense_formulas(tip_cache_root):
-    from ssp.features.tip_cache import load_feature_cache
+    from ssp.features.tip_cache import load_tip_adapter_cache
 
     folder = tip_cache_root / "stanford_cars"
     if not (folder / "text_weights.pt").is_file():
         pytest.skip("stanford_cars cache with text_weights.pt not found")
-    cache = load_feature_cache(folder, 4)
+    cache = load_tip_adapter_cache(folder, 4)
     support, labels = cache.support_features.numpy(), cache.support_labels.numpy()
     text, queries = cache.text_features.numpy(), cache.val_features[:300].numpy()
     model = GDA(alpha=1.0, device="cpu").fit(support, labels, text_features=text)

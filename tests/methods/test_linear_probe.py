@@ -32,9 +32,9 @@ def test_logits_equal_sklearn_logistic_regression(c):
 
 
 def test_logits_equal_sklearn_on_real_features(tip_cache_root):
-    from ssp.features.tip_cache import load_feature_cache
+    from ssp.features.tip_cache import load_tip_adapter_cache
 
-    cache = load_feature_cache(tip_cache_root / "stanford_cars", 4)
+    cache = load_tip_adapter_cache(tip_cache_root / "stanford_cars", 4)
     keep = cache.support_labels < 25  # 25 of the 196 classes: a fast fit
     x, y = cache.support_features[keep].double().numpy(), cache.support_labels[keep].numpy()
     queries = cache.val_features[:300].double().numpy()

@@ -66,9 +66,9 @@ def test_logits_equal_a_dense_float64_implementation(epochs, alpha_every):
 
 
 def test_logits_equal_the_dense_implementation_on_real_features(tip_cache_root):
-    from ssp.features.tip_cache import load_feature_cache
+    from ssp.features.tip_cache import load_tip_adapter_cache
 
-    cache = load_feature_cache(tip_cache_root / "stanford_cars", 1)
+    cache = load_tip_adapter_cache(tip_cache_root / "stanford_cars", 1)
     support, labels = cache.support_features.double(), cache.support_labels
     text, queries = cache.text_features.double(), cache.val_features[:200].double()
     model = LPPlusPlus(epochs=30, device="cpu").fit(support.float(), labels, text_features=text.float())
@@ -138,9 +138,9 @@ def test_paper_routing_trains_on_the_projected_views():
 
 
 def test_clearly_beats_zero_shot_on_real_features(tip_cache_root):
-    from ssp.features.tip_cache import load_feature_cache
+    from ssp.features.tip_cache import load_tip_adapter_cache
 
-    cache = load_feature_cache(tip_cache_root / "stanford_cars", 4)
+    cache = load_tip_adapter_cache(tip_cache_root / "stanford_cars", 4)
     n = cache.val_labels.shape[0]
     perm = np.random.default_rng(0).permutation(n)
     search, held = perm[: n // 2], perm[n // 2:]
