@@ -260,6 +260,18 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
             )
         return projector
 
+    def _validation_pair(self, val_features, val_labels):
+        """``(x [M, D] as the model's queries, y [M])`` of a validation pair given at fit, or None."""
+        if val_features is None and val_labels is None:
+            return None
+        if val_features is None or val_labels is None:
+            raise ValueError("pass both val_features and val_labels (or neither)")
+        x = self._queries(val_features)
+        if x.shape[0] == 0:
+            raise ValueError("val_features is empty")
+        return x, check_labels(val_labels, x.shape[0], len(self.classes_), name="val_labels",
+                               device=self.device_)
+
     def _check_fitted(self) -> None:
         check_is_fitted(self, "text_features_")
         for name, frozen in self._fit_snapshot.items():

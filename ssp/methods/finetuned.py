@@ -54,7 +54,7 @@ from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 from ssp._lazy import no_grad, torch
-from ssp._utils import ArrayLike, check_int, check_labels, l2_normalize, to_tensor
+from ssp._utils import ArrayLike, check_int, l2_normalize, to_tensor
 from ssp.methods.base import _check_finite_param
 from ssp.methods.cache_models import APE, TipAdapter, cache_kernel, check_n_channels
 from ssp.methods.registry import register_method
@@ -141,20 +141,6 @@ class _FineTuned:
         self.training_inputs_ = "views"
         self.n_views_ = int(views.shape[0])
         return l2_normalize(views.to(self.dtype_))[:, self._torch.support_order_]
-
-    def _validation_pair(self, val_features, val_labels):
-        if val_features is None and val_labels is None:
-            return None
-        if val_features is None or val_labels is None:
-            raise ValueError("pass both val_features and val_labels (or neither)")
-        x = self._queries(val_features)
-        if x.shape[0] == 0:
-            raise ValueError("val_features is empty")
-        y = check_labels(val_labels, x.shape[0], len(self.classes_), name="val_labels",
-                         device=self.device_)
-        return x, y
-
-    # ---- the loop -----------------------------------------------------------------------
 
     def _train(self, inputs: torch.Tensor, val, settings: dict[str, Any]) -> None:
         epochs, batch_size = settings["epochs"], settings["batch_size"]

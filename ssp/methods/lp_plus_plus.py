@@ -44,7 +44,7 @@ from typing import Any, Mapping
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, check_labels, l2_normalize, to_tensor
+from ssp._utils import ArrayLike, l2_normalize, to_tensor
 from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
 from ssp.methods.registry import register_method
 
@@ -162,17 +162,6 @@ class LPPlusPlus(_CLIPFeatureClassifier):
         self.training_inputs_, self.n_views_ = "views", int(views.shape[0])
         views = l2_normalize(views.to(self.dtype_))[:, self._torch.support_order_]
         return views.reshape(-1, dim), labels.repeat(views.shape[0])
-
-    def _validation_pair(self, val_features, val_labels):
-        if val_features is None and val_labels is None:
-            return None
-        if val_features is None or val_labels is None:
-            raise ValueError("pass both val_features and val_labels (or neither)")
-        x = self._queries(val_features)
-        if x.shape[0] == 0:
-            raise ValueError("val_features is empty")
-        return x, check_labels(val_labels, x.shape[0], len(self.classes_), name="val_labels",
-                               device=self.device_)
 
     def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised rows ``x`` ``[n, D]`` -> (image-term inputs ``[n, D]``, text cosines ``[n, C]``)
