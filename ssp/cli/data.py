@@ -15,27 +15,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ssp.cli._args import int_at_least
+
 PROG = "ssp-data"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, help="benchmark name")
     s.add_argument("--root", required=True, help="data folder (only the split definition is read)")
     s.add_argument("--split-file", help="read the split definition from this file")
-    s.add_argument("--shots", type=_positive, nargs="+", required=True, help="shot counts, e.g. 1 2 4 8 16")
-    s.add_argument("--seeds", type=_seed, nargs="+", required=True, help="seeds, e.g. 1 2 3")
+    s.add_argument("--shots", type=int_at_least(1), nargs="+", required=True, help="shot counts, e.g. 1 2 4 8 16")
+    s.add_argument("--seeds", type=int_at_least(0), nargs="+", required=True, help="seeds, e.g. 1 2 3")
     s.add_argument("--val-policy", default="coop", help="coop (min(K,4) per class), full, or an integer per class")
     s.add_argument("-o", "--output", required=True, help="manifest file to write (JSON)")
 

@@ -25,6 +25,7 @@ from ssp._checks import (
     VAL_POLICIES,
     is_random_weights,
 )
+from ssp.cli._args import int_at_least, with_cli_messages
 from ssp.run.config import METHODS, builtin_config_names, load_config
 
 
@@ -43,25 +44,9 @@ def _rank_rule(text: str):
     raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
 
 
-def _int_at_least(minimum: int, note: str = ""):
-    """An argparse type: an integer >= ``minimum`` (``note`` explains the smallest value)."""
-    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be {what}{note}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-_workers = _int_at_least(0, " (0 = load in the main process)")
+_positive_int = int_at_least(1)
+_non_negative_int = int_at_least(0)
+_workers = int_at_least(0, " (0 = load in the main process)")
 
 
 def _fraction(text: str) -> float:
@@ -375,13 +360,7 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``ssp-fewshot``: messages name command-line flags, not Python arguments."""
-    from ssp._checks import cli_messages
-
-    with cli_messages():
-        return _main(argv)
-
+main = with_cli_messages(_main)
 
 if __name__ == "__main__":
     sys.exit(main())

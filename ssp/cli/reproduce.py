@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssp.cli._args import with_cli_messages
 from ssp.cli.fewshot import (
     _fail,
     add_common_arguments,
@@ -331,13 +332,7 @@ def _main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``ssp-reproduce``: messages name command-line flags, not Python arguments."""
-    from ssp._checks import cli_messages
-
-    with cli_messages():
-        return _main(argv)
-
+main = with_cli_messages(_main)
 
 if __name__ == "__main__":
     sys.exit(main())
