@@ -135,3 +135,19 @@ def sklearn_checked(cls, module: str, *, patches: bool = False) -> type:
     if patches:
         members["fit_transform"] = lambda self, X, y=None: self.fit(X, y).transform(X)
     return type(f"Checked{cls.__name__}", (cls,), members)
+
+
+def structured_projector_data(seed=0, n_classes=12, shots=3, n_patches=10, dim=64, n_queries=200):
+    """float32 support set and queries with CLIP-like structure (class means + noise)."""
+    rng = np.random.default_rng(seed)
+    means = _unit_rows(rng.normal(size=(n_classes, dim)))
+    labels = np.repeat(np.arange(n_classes), shots)
+    images = _unit_rows(means[labels] + 0.6 * _unit_rows(rng.normal(size=(labels.size, dim))))
+    patches = _unit_rows(0.6 * images[:, None] + _unit_rows(rng.normal(size=(labels.size, n_patches, dim))))
+    text = _unit_rows(means + 0.4 * _unit_rows(rng.normal(size=(n_classes, dim))))
+    queries = _unit_rows(means[rng.integers(0, n_classes, n_queries)] + 0.6 * _unit_rows(rng.normal(size=(n_queries, dim))))
+    return [a.astype(np.float32) for a in (patches, images, text, queries)], labels
+
+
+def _unit_rows(a: np.ndarray) -> np.ndarray:
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)

@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _doubles import structured_projector_data as _structured
 
 import ssp.methods.projector as projector_module
 import ssp.methods.scoring as scoring_module
@@ -21,20 +22,9 @@ from ssp.methods.projector import SSPProjector
 SCREENS = ["bfloat16", "tfloat32"]
 
 
+
 def _norm(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=-1, keepdims=True)
-
-
-def _structured(seed=0, n_classes=12, shots=3, n_patches=10, dim=64, n_queries=200):
-    """float32 support set and queries with CLIP-like structure (class means + noise)."""
-    rng = np.random.default_rng(seed)
-    means = _norm(rng.normal(size=(n_classes, dim)))
-    labels = np.repeat(np.arange(n_classes), shots)
-    images = _norm(means[labels] + 0.6 * _norm(rng.normal(size=(labels.size, dim))))
-    patches = _norm(0.6 * images[:, None] + _norm(rng.normal(size=(labels.size, n_patches, dim))))
-    text = _norm(means + 0.4 * _norm(rng.normal(size=(n_classes, dim))))
-    queries = _norm(means[rng.integers(0, n_classes, n_queries)] + 0.6 * _norm(rng.normal(size=(n_queries, dim))))
-    return [a.astype(np.float32) for a in (patches, images, text, queries)], labels
 
 
 def fit(patches, labels, images, text, path="auto", **params):

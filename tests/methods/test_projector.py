@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _doubles import structured_projector_data as _structured
+
+# ---------------------------------------------------------------------- dense reference (docs/method.md)
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -11,7 +14,6 @@ import ssp.methods.projector as projector_module
 from ssp.methods.projector import SSPProjector
 
 
-# ---------------------------------------------------------------------- dense reference (docs/method.md)
 def _norm(a: np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-300)
 
@@ -423,18 +425,6 @@ def test_bad_inputs_give_clear_errors():
 
 
 # ------------------------------------------------------------------ structured data
-def _structured(seed=0, n_classes=12, shots=3, n_patches=10, dim=64, n_queries=200):
-    """float32 support set and queries with CLIP-like structure (class means + noise)."""
-    rng = np.random.default_rng(seed)
-    means = _norm(rng.normal(size=(n_classes, dim)))
-    labels = np.repeat(np.arange(n_classes), shots)
-    images = _norm(means[labels] + 0.6 * _norm(rng.normal(size=(labels.size, dim))))
-    patches = _norm(0.6 * images[:, None] + _norm(rng.normal(size=(labels.size, n_patches, dim))))
-    text = _norm(means + 0.4 * _norm(rng.normal(size=(n_classes, dim))))
-    queries = _norm(means[rng.integers(0, n_classes, n_queries)] + 0.6 * _norm(rng.normal(size=(n_queries, dim))))
-    return [a.astype(np.float32) for a in (patches, images, text, queries)], labels
-
-
 # ----------------------------------------------------------------------- Cholesky-QR route
 @pytest.mark.parametrize("path", ["basis", "complement"])
 def test_cholesky_qr_route_gives_the_eigh_projectors(path, monkeypatch):
