@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's ssp, not an installed one
+
 import torch
 
 from ssp.features.tip_cache import load_tip_adapter_cache

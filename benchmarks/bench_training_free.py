@@ -8,6 +8,9 @@ Each method runs in its own process, so the peak resident memory (``ru_maxrss``)
 
     python benchmarks/bench_training_free.py [--classes 1000] [--shots 16] [--dim 1024] [--views 10]
                                              [--n-test 10000] [--threads N] [--only gda|proker] [--beta 4]
+                                             [--search-solver auto eigh cholesky]
+
+``--search-solver`` runs ProKeR once per solver named (each in its own process), side by side.
 """
 from __future__ import annotations
 
@@ -17,6 +20,9 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's ssp, not an installed one
 
 import torch
 
@@ -48,6 +54,13 @@ def make_data(n_classes: int, shots: int, dim: int, views: int, n_val_per_class:
                 test_labels=test_labels)
 
 
+def grid_lams(args) -> list[float]:
+    """ProKeR's default λ axis."""
+    from ssp.methods.registry import get_method
+
+    return list(get_method("proker").grid(None)["lam"])
+
+
 def run_one(method: str, args) -> dict:
     import warnings
 
@@ -57,6 +70,8 @@ def run_one(method: str, args) -> dict:
     d = make_data(args.classes, args.shots, args.dim, args.views, 4, args.n_test)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model = get_method(method).estimator(device="cpu")  # constructor defaults
+    if method == "proker":
+        model.set_params(search_solver=args.search_solver[0])
     fit_kw = {"view_features": d["views"]} if method == "gda" else {}
     t0 = time.perf_counter()
     model.fit(d["support"], d["labels"], text_features=d["text"], **fit_kw)
@@ -66,7 +81,7 @@ def run_one(method: str, args) -> dict:
         warnings.simplefilter("always")
         grid = None  # the registered default grid
         if method == "proker" and args.beta:  # the same lam axis, only these betas
-            grid = {"beta": args.beta, "lam": get_method("proker").grid(None)["lam"]}
+            grid = {"beta": args.beta, "lam": grid_lams(args)}
         result = validation_search(model, d["val"], d["val_labels"], grid)
     search_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -74,7 +89,14 @@ def run_one(method: str, args) -> dict:
     predict_s = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     grid_points = int(result.scores_.size)
-    return {"method": method, "n_samples": int(getattr(model, "n_samples_", len(d["labels"]))),
+    if method == "proker":
+        from ssp.methods.proker import search_solver_for
+
+        used = search_solver_for(args.search_solver[0], n_samples=len(d["labels"]), n_classes=args.classes,
+                                 n_queries=len(d["val_labels"]), dim=args.dim, n_lams=len(grid_lams(args)))
+        method = f"proker ({args.search_solver[0]}: {used})" if args.search_solver[0] == "auto" else f"proker ({used})"
+    return {"method": method,
+            "n_samples": int(getattr(model, "n_samples_", len(d["labels"]))),
             "grid_points": grid_points, "best_params": result.best_params_,
             "val_accuracy": result.best_accuracy_pct_, "test_accuracy": accuracy, "fit_s": fit_s,
             "search_s": search_s, "predict_s": predict_s, "n_test": args.n_test,
@@ -90,10 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", type=int, default=10)
     parser.add_argument("--n-test", type=int, default=10000)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--only", choices=("gda", "proker"), default=None)
+    parser.add_argument("--methods", nargs="+", choices=("gda", "proker"), default=["gda", "proker"])
+    parser.add_argument("--only", choices=("gda", "proker"), default=None,
+                        help="run one method in this process and print its JSON row (what the driver calls)")
+    parser.add_argument("--search-solver", nargs="+", default=["auto"], choices=("auto", "eigh", "cholesky"),
+                        help="ProKeR's search solver(s); several: one ProKeR row each")
     parser.add_argument("--beta", type=float, nargs="+", default=None,
-                        help="ProKeR: search only these betas (with the default lam axis); each costs one "
-                             "N x N eigendecomposition")
+                        help="ProKeR: search only these betas (with the default lam axis)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(args.only, args)), flush=True)
         return 0
     rows = []
-    for method in ("gda", "proker"):
-        cmd = [sys.executable, __file__, "--only", method] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("only", "beta") and v is not None]
+    jobs = [("gda", "auto")] if "gda" in args.methods else []
+    jobs += [("proker", solver) for solver in args.search_solver if "proker" in args.methods]
+    for method, solver in jobs:
+        cmd = [sys.executable, __file__, "--only", method, "--search-solver", solver] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("only", "beta", "search_solver", "methods") and v is not None]
         cmd += ["--beta", *map(str, args.beta)] if args.beta else []
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout  # stderr shown
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)
-        print(f"{method}: fit {row['fit_s']:.1f} s, default search {row['search_s']:.1f} s "
+        print(f"{row['method']}: fit {row['fit_s']:.1f} s, default search {row['search_s']:.1f} s "
               f"({row['grid_points']} points), predict {row['predict_s']:.1f} s ({row['n_test']} queries), "
               f"peak RSS {row['peak_rss_gib']:.2f} GiB (data alone {row['data_rss_gib']:.2f} GiB); "
               f"chosen {row['best_params']}", flush=True)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from _doubles import LinearProjectorDouble, _unit, make_data
 
-from ssp.methods.proker import ProKeR
+from ssp.methods.proker import ProKeR, _ridge_solver, search_solver_for
 from ssp.methods.search import validation_search
 
 
@@ -72,9 +72,10 @@ def test_projected_features_go_through_the_same_formulas(data):
     assert _rel_err(model.decision_function(queries), expected) < 1e-10
 
 
-def test_search_scores_every_point_like_predict(data):
+@pytest.mark.parametrize("solver", ["eigh", "cholesky"])
+def test_search_scores_every_point_like_predict(data, solver):
     text, support, labels, queries, query_labels = data
-    model = ProKeR(device="cpu").fit(support, labels, text_features=text)
+    model = ProKeR(search_solver=solver, device="cpu").fit(support, labels, text_features=text)
     grid = {"beta": [0.5, 2.0, 8.0], "lam": [0.01, 0.1, 1.0, 10.0]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an edge winner may warn
@@ -118,11 +119,12 @@ def test_real_stanford_cars_logits_equal_the_dense_formulas(tip_cache_root):
     assert _rel_err(model.decision_function(queries), expected) < 1e-4
 
 
-def test_routings_share_one_search_and_match_predict(data):
-    """With a projector the routing is searched too (one eigendecomposition per beta for all)."""
+@pytest.mark.parametrize("solver", ["eigh", "cholesky"])
+def test_routings_share_one_search_and_match_predict(data, solver):
+    """With a projector the routing is searched too (one factorisation per beta, or per lam, for all)."""
     text, support, labels, queries, query_labels = data
     patches = np.repeat(support[:, None, :], 2, axis=1)
-    model = ProKeR(device="cpu", projector=LinearProjectorDouble(seed=1)).fit(
+    model = ProKeR(device="cpu", search_solver=solver, projector=LinearProjectorDouble(seed=1)).fit(
         support, labels, text_features=text, patch_features=patches)
     grid = {"routing": ["paper", "vision", "reference"], "beta": [1.0, 4.0], "lam": [0.1, 1.0]}
     with warnings.catch_warnings():
@@ -134,3 +136,46 @@ def test_routings_share_one_search_and_match_predict(data):
             for i, lam in enumerate(grid["lam"]):
                 model.set_params(routing=routing, beta=beta, lam=lam)
                 assert result.scores_[r, b, i] == pytest.approx(model.score(queries, query_labels))
+
+
+def test_both_search_solvers_give_the_same_scores_and_winner(data):
+    text, support, labels, queries, query_labels = data
+    grid = {"beta": [0.5, 2.0, 8.0], "lam": [1e-3, 0.01, 0.1, 1.0, 10.0, 100.0]}
+    results, logits = {}, {}
+    for solver in ("eigh", "cholesky"):
+        model = ProKeR(search_solver=solver, device="cpu").fit(support, labels, text_features=text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results[solver] = validation_search(model, queries, query_labels, grid)
+        logits[solver] = model.decision_function(queries)  # the winner's kept solution
+    np.testing.assert_array_equal(results["eigh"].scores_, results["cholesky"].scores_)
+    assert results["eigh"].best_params_ == results["cholesky"].best_params_
+    assert _rel_err(logits["eigh"], logits["cholesky"]) < 1e-8
+
+
+def test_auto_solver_picks_the_eigendecomposition_only_for_long_lam_axes():
+    size = dict(n_samples=16000, n_classes=1000, n_queries=4000, dim=1024)
+    assert search_solver_for("auto", n_lams=11, **size) == "cholesky"   # the default grid
+    assert search_solver_for("auto", n_lams=40, **size) == "eigh"
+    assert search_solver_for("eigh", n_lams=1, **size) == "eigh"
+    picks = [search_solver_for("auto", n_lams=n, **size) for n in range(1, 60)]
+    assert picks == sorted(picks, key=lambda s: s == "eigh")  # one switch, cholesky then eigh
+
+
+def test_unknown_search_solver_is_refused(data):
+    text, support, labels, _, _ = data
+    with pytest.raises(ValueError, match="search_solver must be one of auto, eigh, cholesky, got 'svd'"):
+        ProKeR(search_solver="svd").fit(support, labels, text_features=text)
+
+
+def test_ridge_solver_falls_back_to_lu_when_not_positive_definite():
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.standard_normal((6, 6)))
+    gram = basis @ np.diag([3.0, 2.0, 1.0, 0.5, -0.4, -0.2]) @ basis.T   # indefinite
+    residual = rng.standard_normal((6, 3))
+    lam = 0.1
+    expected = lam * np.linalg.solve(gram + lam * np.eye(6), residual)
+    g = torch.from_numpy(gram)
+    solved = _ridge_solver(g, lam, overwrite=False)(torch.from_numpy(residual))
+    np.testing.assert_allclose(solved.numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(g.numpy(), gram)  # not overwritten
