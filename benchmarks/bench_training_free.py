@@ -54,7 +54,7 @@ def make_data(n_classes: int, shots: int, dim: int, views: int, n_val_per_class:
                 test_labels=test_labels)
 
 
-def grid_lams(args) -> list[float]:
+def grid_lams() -> list[float]:
     """ProKeR's default λ axis."""
     from ssp.methods.registry import get_method
 
@@ -81,7 +81,7 @@ def run_one(method: str, args) -> dict:
         warnings.simplefilter("always")
         grid = None  # the registered default grid
         if method == "proker" and args.beta:  # the same lam axis, only these betas
-            grid = {"beta": args.beta, "lam": grid_lams(args)}
+            grid = {"beta": args.beta, "lam": grid_lams()}
         result = validation_search(model, d["val"], d["val_labels"], grid)
     search_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -93,8 +93,8 @@ def run_one(method: str, args) -> dict:
         from ssp.methods.proker import search_solver_for
 
         used = search_solver_for(args.search_solver[0], n_samples=len(d["labels"]), n_classes=args.classes,
-                                 n_queries=len(d["val_labels"]), dim=args.dim, n_lams=len(grid_lams(args)))
-        method = f"proker ({args.search_solver[0]}: {used})" if args.search_solver[0] == "auto" else f"proker ({used})"
+                                 n_queries=len(d["val_labels"]), dim=args.dim, n_lams=len(grid_lams()))
+        method = f"proker (auto: {used})" if args.search_solver[0] == "auto" else f"proker ({used})"
     return {"method": method,
             "n_samples": int(getattr(model, "n_samples_", len(d["labels"]))),
             "grid_points": grid_points, "best_params": result.best_params_,

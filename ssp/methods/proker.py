@@ -50,7 +50,7 @@ from ssp.methods.registry import log_grid_builder, register_method
 __all__ = ["ProKeR", "DEFAULT_GRID", "SEARCH_SOLVERS", "search_solver_for"]
 
 # beta: octaves 1 .. 16 (exp(-beta (1 - cos)) at CLIP's cosines: from nearly linear to sharp);
-# lam: half-decades 1e-3 .. 1e2. Each beta costs one eigendecomposition of G.
+# lam: half-decades 1e-3 .. 1e2. Each beta builds G once (search_solver: how each lam is solved).
 DEFAULT_GRID = {"beta": (1.0, 16.0, 5), "lam": (1e-3, 1e2, 11)}
 
 # Elements of one [queries, support] kernel chunk in the search (float64: 128 MiB).
@@ -285,18 +285,18 @@ class ProKeR(_CLIPFeatureClassifier):
                     keep_if_best(r, b, i, lambda: vectors @ (shrink[i][:, None] * projected))
                     del projected
                 del vectors
-                continue
-            for i, lam in enumerate(lams):
-                solve = _ridge_solver(gram, lam, overwrite=False)
-                for r, (cosines, query, residual) in enumerate(per_routing):
-                    solution = solve(residual)                                        # A [N, C]
-                    for rows_ in chunks:
-                        logits = scale * (cosines[rows_] + rbf_gram(query[rows_], keys, beta) @ solution)
-                        correct[r, b, i] += int((logits.argmax(1) == val_labels[rows_]).sum())
-                    keep_if_best(r, b, i, lambda: solution)
-                    del solution
-                del solve
-            del gram
+            else:
+                for i, lam in enumerate(lams):
+                    solve = _ridge_solver(gram, lam, overwrite=False)
+                    for r, (cosines, query, residual) in enumerate(per_routing):
+                        solution = solve(residual)                                    # A [N, C]
+                        for rows_ in chunks:
+                            logits = scale * (cosines[rows_] + rbf_gram(query[rows_], keys, beta) @ solution)
+                            correct[r, b, i] += int((logits.argmax(1) == val_labels[rows_]).sum())
+                        keep_if_best(r, b, i, lambda: solution)
+                        del solution
+                    del solve
+                del gram
         if best:  # keep the overall winner's solution (first maximum in routing order)
             top = max(v[0] for v in best.values())
             winner = min(r for r, v in best.items() if v[0] == top)
