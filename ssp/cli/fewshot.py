@@ -26,7 +26,8 @@ from ssp._checks import (
     is_random_weights,
 )
 from ssp.cli._args import int_at_least, with_cli_messages
-from ssp.run.config import METHODS, builtin_config_names, load_config
+from ssp.methods.registry import canonical_name, method_help
+from ssp.run.config import builtin_config_names, load_config
 
 
 def _rank_rule(text: str):
@@ -42,6 +43,14 @@ def _rank_rule(text: str):
     if value >= 1 and value.is_integer():
         return int(value)
     raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
+
+
+def _method_name(text: str) -> str:
+    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``)."""
+    try:
+        return canonical_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 _positive_int = int_at_least(1)
@@ -75,8 +84,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file applied on top of the shipped dataset config")
     p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
-    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
-                   help=f"methods to run (default: the config's list); choose from {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", type=_method_name, metavar="METHOD",
+                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
