@@ -39,7 +39,7 @@ from ssp.report.published import (
     published_backbones,
     published_lookup,
 )
-from ssp.report.tables import _mean_std, _method_order
+from ssp.report.tables import _mean_std, _method_order, is_random_backbone
 
 __all__ = ["Comparison", "compare_with_published", "format_comparison_markdown", "comparison_csv", "comparison_json",
            "plot_comparison", "write_comparison", "is_random_backbone", "RANDOM_WEIGHTS_STAMP"]
@@ -73,16 +73,6 @@ class Comparison:
     rows: list[dict[str, Any]]
     protocol: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-
-
-def is_random_backbone(records: Iterable[dict]) -> bool:
-    """True when any record's backbone is randomly initialised (no pretrained weights)."""
-    for r in records:
-        backbone = r.get("backbone", {})
-        weights = (backbone.get("identity") or {}).get("weights") or {}
-        if weights.get("source") == "random" or str(backbone.get("name", "")).endswith("@none"):
-            return True
-    return False
 
 
 def _backbone_model(record: dict) -> str | None:
