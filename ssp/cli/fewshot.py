@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 from ssp._checks import (
@@ -26,6 +25,7 @@ from ssp._checks import (
     is_random_weights,
 )
 from ssp.cli._args import int_at_least, with_cli_messages
+from ssp.cli._args import random_weights_banner as _random_weights_banner
 from ssp.methods.registry import canonical_name, method_help
 from ssp.run.config import builtin_config_names, load_config
 
@@ -136,18 +136,9 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
                                       ("score_precision", args.score_precision)) if v}}
 
 
-@contextlib.contextmanager
 def random_weights_banner(cfg: dict, show: bool = True):
-    """With ``pretrained: none``, print one loud banner and silence the per-load warning that
-    says the same, for the duration of the block only (the process's filters are restored)."""
-    with warnings.catch_warnings():
-        if is_random_weights(cfg.get("pretrained")):
-            banner = "!" * 78
-            warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")  # the banner says it once
-            if show:
-                print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are "
-                      f"MEANINGLESS;\n  use this only to smoke-test the pipeline.\n{banner}", file=sys.stderr)
-        yield
+    """With ``pretrained: none``, one banner when the backbone loads (:func:`ssp.cli._args.random_weights_banner`)."""
+    return _random_weights_banner(is_random_weights(cfg.get("pretrained")), what="Accuracies", show=show)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,7 +356,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 0
     print()
     print(table)
-    print(f"\n{len(records)} runs under {Path(args.output).resolve()} (results.md, results.png, summary.json)")
+    print(f"\n{len(records)} runs under {args.output} (results.md, results.png, summary.json)")
     return 0
 
 

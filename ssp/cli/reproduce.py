@@ -23,12 +23,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssp.cli._args import with_cli_messages
+from ssp._checks import is_random_weights
+from ssp.cli._args import random_weights_banner, with_cli_messages
 from ssp.cli.fewshot import (
     _fail,
     add_common_arguments,
     config_overrides,
-    random_weights_banner,
 )
 from ssp.report.published import PAPER_PRESETS
 from ssp.run.config import builtin_config_names, load_config
@@ -276,9 +276,8 @@ def _describe(job: Job, paper: dict | None, args) -> list[str]:
 def _execute(job: Job, args) -> list[dict]:
     from ssp.run.pipeline import run_fewshot
 
-    with random_weights_banner(job.cfg, show=args.root is not None):
-        records, _ = run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, write_table=False,
-                                 progress=not args.no_progress)
+    records, _ = run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, write_table=False,
+                             progress=not args.no_progress)
     return records
 
 
@@ -349,23 +348,26 @@ def _main(argv: list[str] | None = None) -> int:
     records: list[dict] = []
     completed = 0
     failed = [j for j in jobs if j.error]
+    # one banner for the whole suite, when a randomly initialised backbone is first loaded
+    random = args.root is not None and any(is_random_weights(j.cfg.get("pretrained")) for j in jobs if j.cfg)
     try:
-        for job in jobs:
-            if job.error or not job.todo:
-                continue
-            try:
-                job_records = _execute(job, args)
-            except Interrupted:
-                raise
-            except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
-                if args.debug:
+        with random_weights_banner(random):
+            for job in jobs:
+                if job.error or not job.todo:
+                    continue
+                try:
+                    job_records = _execute(job, args)
+                except Interrupted:
                     raise
-                job.error = str(err)
-                failed.append(job)
-                print(f"[{PROG}] {job.dataset} ({job.label}): error: {err}", file=sys.stderr)
-                continue
-            records += job_records
-            completed += len(job.todo)
+                except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+                    if args.debug:
+                        raise
+                    job.error = str(err)
+                    failed.append(job)
+                    print(f"[{PROG}] {job.dataset} ({job.label}): error: {err}", file=sys.stderr)
+                    continue
+                records += job_records
+                completed += len(job.todo)
     except Interrupted as err:
         print(f"\n[{PROG}] interrupted; {completed + err.completed} run(s) finished in this call and saved under "
               f"{output}: rerun the same command to resume", file=sys.stderr)
@@ -373,7 +375,7 @@ def _main(argv: list[str] | None = None) -> int:
     table = _suite_report(records, output, paper=args.paper)
     print()
     print(table)
-    print(f"\n[{PROG}] {n_todo} run(s) done now, {n_done} reused; results under {output.resolve()}")
+    print(f"\n[{PROG}] {n_todo} run(s) done now, {n_done} reused; results under {output}")
     if failed:
         print(f"[{PROG}] error: {len(failed)} dataset(s) failed: "
               + "; ".join(f"{j.dataset}: {j.error}" for j in failed), file=sys.stderr)

@@ -90,3 +90,24 @@ def test_paper_help_lists_every_preset(capsys):
     described = help_text.split("--paper PAPER ", 1)[1].split("--datasets")[0]
     for name in PAPER_PRESETS:
         assert name in described, name
+
+
+def test_a_reused_run_prints_what_the_fresh_run_printed(tmp_path, capsys):
+    """One formatting of stored values (alpha=12.35 fresh, 12.36 reused, before), the same table
+    with its settings line, and the closing line names --output as given."""
+    from ssp.cli import fewshot
+
+    cache = write_tip_cache(tmp_path / "caches" / "dtd", dim=8)
+    argv = ["--features", cache, "--shots", "1", "2", "--seeds", "1", "--methods", "zero-shot", "tip-adapter",
+            "lpp", "--no-progress", "--device", "cpu", "--output", tmp_path / "out"]
+    outputs = []
+    for _ in range(2):
+        assert fewshot.main([str(a) for a in argv]) == 0
+        outputs.append(capsys.readouterr().out)
+    fresh, reused = ([line.split("  (done before")[0] for line in text.splitlines() if "-shot seed " in line]
+                     for text in outputs)
+    assert fresh and fresh == reused
+    assert any("lp++" in line for line in fresh)           # the alias ran as the canonical method
+    table = lambda text: text[text.index("dtd | cache-D8"):]  # noqa: E731
+    assert table(outputs[0]) == table(outputs[1]) and "settings " in table(outputs[1])
+    assert outputs[0].rstrip().endswith(f"runs under {tmp_path / 'out'} (results.md, results.png, summary.json)")
