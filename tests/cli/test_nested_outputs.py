@@ -14,7 +14,7 @@ def _fewshot(cache, output, *extra):
 
 
 def test_nested_output_folder_sequence(tmp_path):
-    cache = write_tip_cache(tmp_path / "cache", n_classes=10)
+    cache = write_tip_cache(tmp_path / "cache")
     runs = tmp_path / "runs"
     first = _fewshot(cache, runs)
     assert first.returncode == 0, first.stderr
@@ -39,7 +39,7 @@ def test_nested_output_folder_sequence(tmp_path):
 
 
 def test_a_run_file_off_its_place_is_not_read_and_is_named(tmp_path, caplog):
-    cache = write_tip_cache(tmp_path / "cache", n_classes=10)
+    cache = write_tip_cache(tmp_path / "cache")
     runs = tmp_path / "runs"
     assert _fewshot(cache, runs).returncode == 0
     (path,) = runs.rglob("zero-shot/*/1shot_seed1.run.json")
@@ -55,7 +55,7 @@ def test_a_run_file_off_its_place_is_not_read_and_is_named(tmp_path, caplog):
 
 
 def test_report_of_a_folder_holding_only_nested_runs_points_at_them(tmp_path):
-    cache = write_tip_cache(tmp_path / "cache", n_classes=10)
+    cache = write_tip_cache(tmp_path / "cache")
     runs = tmp_path / "runs"
     assert _fewshot(cache, runs / "demo").returncode == 0
     done = run_cli("ssp.cli.fewshot", "--report-only", "--output", runs)
