@@ -83,8 +83,13 @@ def _write_json(path: str, payload, flag: str):
 
 
 def _download(args) -> int:
+    from ssp.data.catalog import mirror_url
     from ssp.data.download import DownloadError, download_dataset
 
+    try:
+        mirror_url(args.mirror)
+    except ValueError as err:
+        raise SystemExit(f"{PROG}: error: {err}")
     failed = 0
     for name in dict.fromkeys(args.names):
         try:
