@@ -284,7 +284,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                         log.add(method, res.warnings)
                         record = make_record(stubs[(shots, seed, method)], res, **fields,
                                              protocol=split.protocol, seeds=split.seeds, timings=split.timings,
-                                             warnings=split.warnings + res.warnings, cfg=cfg,
+                                             warnings=split.warnings + res.warnings, cfg=source.recorded_config(cfg),
                                              device=source.device, extra=split.extra)
                         write_run(output_dir, record)
                         lock.release()
