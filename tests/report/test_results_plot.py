@@ -62,9 +62,10 @@ def test_results_png_legend_is_beside_the_data(tmp_path, figures):
 
 
 def test_random_weights_are_marked_in_results_md_png_and_summary(tmp_path, figures):
+    from ssp.run.records import write_run
+
     for r in _records(["zero-shot", "ape"], backbone="ViT-B-32@none", source="random"):
-        path = tmp_path / f"{r['method']}-{r['shots']}.run.json"
-        path.write_text(json.dumps(r))
+        write_run(tmp_path, r)
     table, paths = write_report(tmp_path)
     assert RANDOM_WEIGHTS_LINE in table and RANDOM_WEIGHTS_LINE in paths["table"].read_text()
     assert json.loads(paths["summary"].read_text())["random_weights"] is True
