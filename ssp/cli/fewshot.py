@@ -115,6 +115,25 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+#: Flags of images only (backbone weights, extraction): a Tip-Adapter cache folder holds features
+#: already extracted, so they are refused with one rather than silently ignored.
+IMAGE_ONLY_FLAGS = {"pretrained": "--pretrained", "precision": "--precision", "quick_gelu": "--quick-gelu",
+                    "views": "--views", "batch_size": "--batch-size", "num_workers": "--num-workers",
+                    "feature_store": "--feature-store", "recompute": "--recompute",
+                    "skip_bad_images": "--skip-bad-images"}
+
+
+def refuse_image_flags(args: argparse.Namespace, prog: str, source_flag: str) -> None:
+    """Exit naming the image-only flags given with a Tip-Adapter cache source (``source_flag``)."""
+    given = [flag for dest, flag in IMAGE_ONLY_FLAGS.items()
+             if getattr(args, dest, None) is not None and getattr(args, dest) is not False]
+    if given:
+        one = len(given) == 1
+        raise SystemExit(f"{prog}: error: {' '.join(given)} appl{'ies' if one else 'y'} to images (--root); "
+                         f"{source_flag} reads features already extracted, so {'it' if one else 'they'} would "
+                         f"change nothing: drop {'it' if one else 'them'}")
+
+
 def config_overrides(args: argparse.Namespace, prog: str) -> dict:
     """The command-line values that override the YAML configs (``None`` = not given)."""
     return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
@@ -264,6 +283,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
+        refuse_image_flags(args, prog, "--features")
         if args.split_manifest:
             raise SystemExit(f"{prog}: error: --split-manifest applies to images (--root); a Tip-Adapter cache "
                              "folder holds its own support draw (keys_<K>shots.pt)")

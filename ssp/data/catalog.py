@@ -293,3 +293,18 @@ def official_split(filename: str) -> SplitFile | None:
         if source.split is not None and source.split.filename == filename:
             return source.split
     return None
+
+
+#: Class counts of the benchmarks whose catalog entry has no split file with counts.
+_CLASS_COUNTS = {"fgvc_aircraft": 100, "imagenet": 1000}
+
+
+def benchmark_class_count(name: str) -> int | None:
+    """The number of classes of a benchmark under the CoOp protocol (``None``: not a benchmark)."""
+    try:
+        entry = catalog_entry(name)
+    except ValueError:
+        return None
+    if entry.split is not None and entry.split.counts is not None:
+        return entry.split.counts[3]
+    return _CLASS_COUNTS.get(entry.name)

@@ -277,13 +277,13 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                     split = source.split(shots, seed, echo)
                     log.add("sampling", split.warnings)
                     for method, lock in todo:
-                        outcome = spec.evaluate(method, cfg, split, text, device=source.device, seed=seed,
-                                                progress=progress)
+                        outcome = spec.evaluate(method, cfg, split, text, run_method=run_method,
+                                                device=source.device, seed=seed, progress=progress)
                         res = outcome.result
                         log.add(method, res.warnings)
                         record = make_record(stubs[(shots, seed, method)], res, **fields,
                                              protocol=split.protocol, seeds=split.seeds, timings=split.timings,
-                                             warnings=split.warnings + res.warnings, cfg=cfg,
+                                             warnings=split.warnings + res.warnings, cfg=source.recorded_config(cfg),
                                              device=source.device,
                                              extra={**split.extra, **spec.record_fields(), **outcome.fields})
                         write_run(output_dir, record)

@@ -16,13 +16,13 @@ seeded order)::
     register_protocol(Protocol(name="test-time", title="...", evaluate=my_evaluate,
                                settings={"name": "test-time", ...}, table_metrics=(...), ...))
 
-* **What it gets.** ``evaluate(method, cfg, split, text, *, device, seed, progress)``, called once
+* **What it gets.** ``evaluate(method, cfg, split, text, *, run_method, device, seed, progress)``, called once
   per (shots, seed, method) by :func:`ssp.run.pipeline.run_fewshot`: the method name (``"gda"``,
   ``"ape+ssp"``), the merged config, the source's :class:`~ssp.run.sources.Split` of that (shots,
   seed) (``support`` / ``val`` / ``test`` :class:`~ssp.features.types.Features`, every class, labels
   ``0..C-1``; ``protocol`` and ``seeds`` dicts recorded as they are) and the ``[C, D]`` text
-  classifier. :func:`ssp.run.pipeline.run_method` fits, searches and scores one method on given
-  features and returns the fitted model too.
+  classifier; ``run_method`` (:func:`ssp.run.pipeline.run_method`, passed in) fits, searches and
+  scores one method on given features and returns the fitted model too (``result.model``).
 * **What it returns.** An :class:`Outcome`: ``result`` (a
   :class:`~ssp.run.pipeline.MethodResult`: ``hyperparameters``, ``val_accuracy``,
   ``test_accuracy``, timings, details, warnings: the record's common fields) and ``fields``, more
@@ -65,7 +65,7 @@ class Protocol:
     Attributes:
         name: the ``--protocol`` value and the records' ``protocol_name``.
         title: one line for ``--help`` and the docs.
-        evaluate: ``(method, cfg, split, text, *, device, seed, progress) -> Outcome``.
+        evaluate: ``(method, cfg, split, text, *, run_method, device, seed, progress) -> Outcome``.
         settings: merged into every run's ``protocol`` settings (empty for the default protocol).
         table_metrics: record fields the report tables show (``("test_accuracy",)`` by default).
         result_line: ``record -> str``, the results part of the console line of a run.
@@ -112,10 +112,8 @@ def protocol_names() -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------- fewshot
 
 
-def _evaluate_fewshot(method: str, cfg: dict, split, text: torch.Tensor, *, device=None, seed=None,
-                      progress: bool = False) -> Outcome:
-    from ssp.run.pipeline import run_method
-
+def _evaluate_fewshot(method: str, cfg: dict, split, text: torch.Tensor, *, run_method: Callable, device=None,
+                      seed=None, progress: bool = False) -> Outcome:
     result = run_method(method, cfg, split.support, split.val, split.test, text, device=device, seed=seed,
                         progress=progress)
     result.model = None
@@ -155,10 +153,9 @@ def _restrict(features, low: int, high: int):
     return out
 
 
-def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, device=None, seed=None,
-                       progress: bool = False) -> Outcome:
+def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run_method: Callable, device=None,
+                       seed=None, progress: bool = False) -> Outcome:
     from ssp.methods.registry import parse_method
-    from ssp.run.pipeline import run_method
 
     n_classes = int(text.shape[0])
     n_base, n_new = base_new_split(n_classes)

@@ -47,7 +47,7 @@ def test_coop_subsample_classes_rule():
 
 @pytest.mark.parametrize("name", protocol_names())
 def test_every_protocol_runs_on_a_cache_and_records_its_metrics(name, tmp_path):
-    folder = write_tip_cache(tmp_path / "dtd", n_classes=5, shots=(2,), n_val=6, n_test=6)
+    folder = write_tip_cache(tmp_path / "dtd", shots=(2,), n_val=4, n_test=3)
     cfg = load_config("dtd", overrides={"shots": [2], "seeds": [1], "methods": ["zero-shot", "gda"]})
     records, table = run_fewshot(cfg, TipCacheSource(cfg, folder=folder, device="cpu"), output_dir=tmp_path / "out",
                                  echo=lambda _: None, progress=False, protocol=name)
@@ -73,7 +73,7 @@ def test_fewshot_settings_keys_are_unchanged_by_the_protocol_table(tmp_path):
 
 
 def test_base2new_through_the_cli_matches_dense_numpy(tmp_path, capsys):
-    folder = write_tip_cache(tmp_path / "dtd", n_classes=7, shots=(2,), n_val=5, n_test=6, seed=3)
+    folder = write_tip_cache(tmp_path / "dtd", shots=(2,), n_val=4, n_test=3, seed=3)
     out = tmp_path / "out"
     code = fewshot.main(["--features", str(folder), "--protocol", "base2new", "--shots", "2", "--seeds", "1",
                          "--methods", "zero-shot", "tip-adapter", "gda", "linear-probe", "--device", "cpu",
@@ -85,14 +85,14 @@ def test_base2new_through_the_cli_matches_dense_numpy(tmp_path, capsys):
     x = _unit(torch.load(folder / "test_f.pt").double().numpy())
     y = torch.load(folder / "test_l.pt").numpy()
     w = _unit(torch.load(folder / "text_weights.pt", map_location="cpu").T.double().numpy())
-    n_base = math.ceil(7 / 2)
+    n_base = math.ceil(47 / 2)
     base, new = y < n_base, y >= n_base
     zs_base = 100 * np.mean((x[base] @ w[:n_base].T).argmax(1) == y[base])
     zs_new = 100 * np.mean((x[new] @ w[n_base:].T).argmax(1) == y[new] - n_base)
     zs = runs["zero-shot"]
     assert zs["base_accuracy"] == round(zs_base, 6) and zs["new_accuracy"] == round(zs_new, 6)
     assert zs["harmonic_mean"] == round(harmonic_mean(zs_base, zs_new), 6)
-    assert zs["class_split"]["base"] == [0, 4] and zs["class_split"]["new"] == [4, 7]
+    assert zs["class_split"]["base"] == [0, 24] and zs["class_split"]["new"] == [24, 47]
     assert zs["class_split"]["n_test_base"] == int(base.sum()) and zs["class_split"]["n_support"] == 2 * n_base
     for method, record in runs.items():
         assert record["protocol_name"] == "base2new" and record["new_classes"]["rule"]
