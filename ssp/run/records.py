@@ -108,9 +108,9 @@ def _safe(text: str) -> str:
 
 
 def run_filename(record: dict) -> str:
-    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe);
-    records without a ``settings_key`` (older files) keep the flat
-    ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
+    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe):
+    where a run's file lives in its output folder; records without a ``settings_key`` (older
+    files) keep the flat ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
     backbone = _safe(record["backbone"]["name"])
     method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
     key = record.get("settings_key")
