@@ -27,6 +27,7 @@ from ssp._checks import (
 )
 from ssp.cli._args import int_at_least, with_cli_messages
 from ssp.run.config import METHODS, builtin_config_names, load_config
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
 
 
 def _rank_rule(text: str):
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a run JSON) instead of drawing them; refused if it does not match the dataset on disk")
     p.add_argument("--backbone", help="open_clip model name (RN50, ViT-B-32, ...), hf-hub:org/repo, "
                                       "or a model-config JSON; with --features, a label for the cache's backbone")
+    p.add_argument("--protocol", choices=protocol_names(), default=DEFAULT_PROTOCOL,
+                   help="evaluation protocol: " + "; ".join(f"{n} = {PROTOCOLS[n].title}" for n in protocol_names())
+                        + " (docs/protocol.md)")
     add_common_arguments(p)
     p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
     p.add_argument("--rerun", action="store_true",
@@ -328,7 +332,7 @@ def _main(argv: list[str] | None = None) -> int:
                                         text_features=args.text_features, text_layout=args.text_layout,
                                         backbone_name=args.backbone, device=args.device)
                 records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                             progress=not args.no_progress)
+                                             progress=not args.no_progress, protocol=args.protocol)
             else:
                 from ssp import distributed
                 from ssp.run.sources import ImageSource
@@ -346,7 +350,7 @@ def _main(argv: list[str] | None = None) -> int:
                                              recompute=args.recompute, split_file=args.split_file,
                                              progress=not args.no_progress, split_manifest=manifest)
                         records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                                     progress=not args.no_progress,
+                                                     progress=not args.no_progress, protocol=args.protocol,
                                                      echo=print if main_rank else (lambda _: None))
                 finally:
                     distributed.shutdown()

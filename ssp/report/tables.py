@@ -191,8 +191,44 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
     return path
 
 
+def protocol_name(record: dict) -> str:
+    """The protocol a run was made under (records of the default few-shot protocol name none)."""
+    return str(record.get("protocol_name") or "fewshot")
+
+
+def format_metrics_table(records: list[dict]) -> str:
+    """Runs of a protocol with several results per run (``table_metrics``: base / new / harmonic
+    mean, ...): one block per (dataset, backbone, settings, shots), methods as rows, the metrics
+    as columns, ``mean ± std`` over seeds."""
+    metrics = list(records[0].get("table_metrics") or ["test_accuracy"])
+    per_metric = {m: summarize(records, m) for m in metrics}
+    blocks = []
+    keys = sorted({(r["dataset"], r["backbone"], r["protocol_key"], r["shots"]) for r in per_metric[metrics[0]]})
+    for dataset, backbone, protocol, shots in keys:
+        cell, seeds, described = {}, set(), None
+        for m in metrics:
+            for r in per_metric[m]:
+                if (r["dataset"], r["backbone"], r["protocol_key"], r["shots"]) == (dataset, backbone, protocol, shots):
+                    cell[(r["method"], m)] = f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
+                    seeds.update(r["seeds"])
+                    described = r.get("protocol")
+        header = ["method"] + [m.replace("_accuracy", "").replace("_", " ") for m in metrics]
+        body = [[meth] + [cell.get((meth, m), "-") for m in metrics]
+                for meth in _method_order({meth for meth, _ in cell})]
+        widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
+        fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(row, widths)))
+        spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed (no std):"
+        title = (f"{dataset} | {backbone} | {protocol_name(records[0])}, {shots}-shot | accuracy (%), {spread} "
+                 f"{sorted(seeds)}\n  settings {protocol}: {described or 'not recorded'}")
+        blocks.append("\n".join([title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]))
+    return "\n\n".join(blocks)
+
+
 def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
-    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``."""
+    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``.
+    Few-shot runs get the shots x methods table and plot; runs of other protocols (base-to-new, ...)
+    a table of their own metrics per protocol."""
     output_dir = Path(output_dir)
     skipped: list[Path] = []
     records = load_runs(output_dir, skipped=skipped)
@@ -205,15 +241,25 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
         logging.getLogger(__name__).info(
             "report of %s: %d run file(s) of other output folders inside it not read (%s)", output_dir,
             len(skipped), ", ".join(map(str, nested)))
-    summary = summarize(records)
-    val_summary = summarize(records, "val_accuracy")
-    table = format_table(summary)
-    val_table = format_table(val_summary)
-    paths = {
-        "summary": write_json_atomic(output_dir / "summary.json", {"test": summary, "val": val_summary}),
-        "table": output_dir / "results.md",
-        "plot": plot_summary(summary, output_dir / "results.png"),
-    }
-    write_text_atomic(paths["table"], f"```\n{table}\n```\n\nValidation accuracy of the chosen "
-                                       f"hyper-parameters:\n\n```\n{val_table}\n```\n")
+    by_protocol: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_protocol[protocol_name(r)].append(r)
+    fewshot = by_protocol.pop("fewshot", [])
+    tables, summaries, paths = [], {}, {}
+    if fewshot:
+        summary = summarize(fewshot)
+        val_summary = summarize(fewshot, "val_accuracy")
+        tables.append(format_table(summary))
+        summaries.update(test=summary, val=val_summary)
+        paths["plot"] = plot_summary(summary, output_dir / "results.png")
+    for name, runs in sorted(by_protocol.items()):
+        tables.append(format_metrics_table(runs))
+        summaries[name] = {m: summarize(runs, m) for m in runs[0].get("table_metrics") or ["test_accuracy"]}
+    table = "\n\n".join(tables)
+    paths["summary"] = write_json_atomic(output_dir / "summary.json", summaries)
+    paths["table"] = output_dir / "results.md"
+    text = f"```\n{table}\n```\n"
+    if fewshot:
+        text += f"\nValidation accuracy of the chosen hyper-parameters:\n\n```\n{format_table(summaries['val'])}\n```\n"
+    write_text_atomic(paths["table"], text)
     return table, paths
