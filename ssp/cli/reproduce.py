@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssp._checks import is_random_weights
-from ssp.cli._args import random_weights_banner, with_cli_messages
+from ssp.cli._args import fail, random_weights_banner, with_cli_messages
 from ssp.cli.fewshot import (
-    _fail,
     add_common_arguments,
     config_overrides,
     refuse_image_flags,
@@ -277,9 +276,7 @@ def _describe(job: Job, paper: dict | None, args) -> list[str]:
 def _execute(job: Job, args) -> list[dict]:
     from ssp.run.pipeline import run_fewshot
 
-    records, _ = run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, write_table=False,
-                             progress=not args.no_progress)
-    return records
+    return run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, progress=not args.no_progress)
 
 
 def _looked_for(args, jobs: list[Job]) -> str:
@@ -314,7 +311,7 @@ def _main(argv: list[str] | None = None) -> int:
         preset = _preset(args.paper) if args.paper else None
         jobs = _plan(args, preset)
     except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as err:
-        raise _fail(PROG, err, args.debug)
+        raise fail(PROG, err, args.debug)
     output = Path(args.output) if args.output else None
     n_todo = sum(len(j.todo) for j in jobs if not j.error)
     n_done = sum(len(j.done) for j in jobs if not j.error)

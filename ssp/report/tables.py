@@ -1,4 +1,5 @@
-"""Results: one JSON per run, aggregation over seeds, a text table and a plot.
+"""The report stage's tables: the run files (written by :mod:`ssp.run.records`) aggregated over
+seeds into a text table, ``summary.json`` and a plot.
 
 A *run* is one (dataset, backbone, method, shots, seed) under one set of *settings* (everything
 else that changes its numbers: data source, validation policy, views, precision, the method's
@@ -18,25 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
-
-RUN_SUFFIX = ".run.json"
-
-
-def _safe(text: str) -> str:
-    return str(text).replace("/", "_").replace(":", "_").replace("\\", "_")
-
-
-def run_filename(record: dict) -> str:
-    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe):
-    where a run's file lives in its output folder; records without a ``settings_key`` (older
-    files) keep the flat ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
-    backbone = _safe(record["backbone"]["name"])
-    method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
-    key = record.get("settings_key")
-    if key:
-        return (f"{_safe(record['dataset'])}/{backbone}/{method}/{_safe(key)}/"
-                f"{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}")
-    return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
+from ssp.run.records import RUN_SUFFIX, find_runs, run_filename
 
 
 def load_runs(output_dir: Path, *, skipped: list[Path] | None = None) -> list[dict]:
@@ -47,7 +30,7 @@ def load_runs(output_dir: Path, *, skipped: list[Path] | None = None) -> list[di
     place, so two files of one run cannot both be read."""
     output_dir = Path(output_dir)
     records = []
-    for path in sorted(output_dir.rglob(f"*{RUN_SUFFIX}")):
+    for path in find_runs(output_dir):
         try:
             record = json.loads(path.read_text())
             own = path.relative_to(output_dir).as_posix() == run_filename(record)
@@ -81,7 +64,7 @@ def nested_output_folders(output_dir: Path, paths: Iterable[Path]) -> list[Path]
     return folders
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
+def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -113,7 +96,7 @@ def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[di
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{dataset} / {backbone} / {method} / {shots}-shot: several runs of seed "
                              f"{sorted(seeds)} with the same settings; remove the duplicates")
-        mean, std = _mean_std([float(r[metric]) for r in runs])
+        mean, std = mean_std([float(r[metric]) for r in runs])
         rows.append({"dataset": dataset, "backbone": backbone, "protocol_key": protocol,
                      "random_weights": is_random_backbone(runs),
                      "protocol": runs[0].get("protocol_summary"), "method": method, "shots": shots,
@@ -135,7 +118,7 @@ def is_random_backbone(records: Iterable[dict]) -> bool:
 RANDOM_WEIGHTS_LINE = "RANDOM WEIGHTS (--pretrained none): the accuracies are meaningless"
 
 
-def _method_order(methods: Iterable[str]) -> list[str]:
+def method_order(methods: Iterable[str]) -> list[str]:
     from ssp.methods.registry import method_names
 
     order = {m: i for i, m in enumerate(method_names())}
@@ -157,7 +140,7 @@ def format_table(summary: list[dict]) -> str:
         cell = {(r["method"], r["shots"]): f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
                 for r in rows}
         header = ["method"] + [f"{k}-shot" for k in shots]
-        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in _method_order({r["method"] for r in rows})]
+        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in method_order({r["method"] for r in rows})]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))
@@ -212,13 +195,13 @@ def plot_summary(summary: list[dict], path: Path, *, random_weights: bool = Fals
     import matplotlib.pyplot as plt
 
     keys = sorted({(r["dataset"], r["backbone"], r.get("protocol_key", "-")) for r in summary})
-    methods = _method_order({r["method"] for r in summary})
+    methods = method_order({r["method"] for r in summary})
     styles = method_styles(methods)
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys) + 2.2, 4.2), squeeze=False)
     for ax, (dataset, backbone, protocol) in zip(axes[0], keys):
         rows = [r for r in summary
                 if (r["dataset"], r["backbone"], r.get("protocol_key", "-")) == (dataset, backbone, protocol)]
-        for method in _method_order({r["method"] for r in rows}):
+        for method in method_order({r["method"] for r in rows}):
             pts = sorted((r["shots"], r["mean"], r["std"] or 0.0) for r in rows if r["method"] == method)
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, capsize=3, label=method, ms=5, lw=1.5, **styles[method])
@@ -248,8 +231,44 @@ def plot_summary(summary: list[dict], path: Path, *, random_weights: bool = Fals
     return path
 
 
+def protocol_name(record: dict) -> str:
+    """The protocol a run was made under (records of the default few-shot protocol name none)."""
+    return str(record.get("protocol_name") or "fewshot")
+
+
+def format_metrics_table(records: list[dict]) -> str:
+    """Runs of a protocol with several results per run (``table_metrics``: base / new / harmonic
+    mean, ...): one block per (dataset, backbone, settings, shots), methods as rows, the metrics
+    as columns, ``mean ± std`` over seeds."""
+    metrics = list(records[0].get("table_metrics") or ["test_accuracy"])
+    per_metric = {m: summarize(records, m) for m in metrics}
+    blocks = []
+    keys = sorted({(r["dataset"], r["backbone"], r["protocol_key"], r["shots"]) for r in per_metric[metrics[0]]})
+    for dataset, backbone, protocol, shots in keys:
+        cell, seeds, described = {}, set(), None
+        for m in metrics:
+            for r in per_metric[m]:
+                if (r["dataset"], r["backbone"], r["protocol_key"], r["shots"]) == (dataset, backbone, protocol, shots):
+                    cell[(r["method"], m)] = f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
+                    seeds.update(r["seeds"])
+                    described = r.get("protocol")
+        header = ["method"] + [m.replace("_accuracy", "").replace("_", " ") for m in metrics]
+        body = [[meth] + [cell.get((meth, m), "-") for m in metrics]
+                for meth in method_order({meth for meth, _ in cell})]
+        widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
+        fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(row, widths)))
+        spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed (no std):"
+        title = (f"{dataset} | {backbone} | {protocol_name(records[0])}, {shots}-shot | accuracy (%), {spread} "
+                 f"{sorted(seeds)}\n  settings {protocol}: {described or 'not recorded'}")
+        blocks.append("\n".join([title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]))
+    return "\n\n".join(blocks)
+
+
 def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
-    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``."""
+    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``.
+    Few-shot runs get the shots x methods table and plot; runs of other protocols (base-to-new, ...)
+    a table of their own metrics per protocol."""
     output_dir = Path(output_dir)
     skipped: list[Path] = []
     records = load_runs(output_dir, skipped=skipped)
@@ -262,17 +281,26 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
         logging.getLogger(__name__).info(
             "report of %s: %d run file(s) of other output folders inside it not read (%s)", output_dir,
             len(skipped), ", ".join(map(str, nested)))
-    summary = summarize(records)
-    val_summary = summarize(records, "val_accuracy")
-    table = format_table(summary)
-    val_table = format_table(val_summary)
+    by_protocol: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_protocol[protocol_name(r)].append(r)
+    fewshot = by_protocol.pop("fewshot", [])
     random_weights = is_random_backbone(records)
-    paths = {
-        "summary": write_json_atomic(output_dir / "summary.json", {"test": summary, "val": val_summary,
-                                                                   "random_weights": random_weights}),
-        "table": output_dir / "results.md",
-        "plot": plot_summary(summary, output_dir / "results.png", random_weights=random_weights),
-    }
-    write_text_atomic(paths["table"], f"```\n{table}\n```\n\nValidation accuracy of the chosen "
-                                       f"hyper-parameters:\n\n```\n{val_table}\n```\n")
+    tables, summaries, paths = [], {"random_weights": random_weights}, {}
+    if fewshot:
+        summary = summarize(fewshot)
+        val_summary = summarize(fewshot, "val_accuracy")
+        tables.append(format_table(summary))
+        summaries.update(test=summary, val=val_summary)
+        paths["plot"] = plot_summary(summary, output_dir / "results.png", random_weights=random_weights)
+    for name, runs in sorted(by_protocol.items()):
+        tables.append(format_metrics_table(runs))
+        summaries[name] = {m: summarize(runs, m) for m in runs[0].get("table_metrics") or ["test_accuracy"]}
+    table = "\n\n".join(tables)
+    paths["summary"] = write_json_atomic(output_dir / "summary.json", summaries)
+    paths["table"] = output_dir / "results.md"
+    text = (f"**{RANDOM_WEIGHTS_LINE}**\n\n" if random_weights else "") + f"```\n{table}\n```\n"
+    if fewshot:
+        text += f"\nValidation accuracy of the chosen hyper-parameters:\n\n```\n{format_table(summaries['val'])}\n```\n"
+    write_text_atomic(paths["table"], text)
     return table, paths
