@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ssp._io import write_json_atomic
-from ssp.cli._args import with_cli_messages
+from ssp.cli._args import int_at_least, with_cli_messages
 
 MULTILABEL_NAMES = ("voc", "voc2007", "voc2012", "coco", "coco2014", "coco2017")
 POSITIVE_TEMPLATE = "A photo of a {}."
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class names for plots and confusers: a text file with one name per line, or "
                         "split:FILE to read them from a CoOp split JSON (split_zhou_<Name>.json) in label order")
     a.add_argument("--projector", help="a trained projector (path without suffix): also report the MFI after it")
-    a.add_argument("--top-k", type=int, default=3, help="top confusers listed per class")
+    a.add_argument("--top-k", type=int_at_least(1), default=3, help="top confusers listed per class")
 
     t = sub.add_parser("train", help="fit the Unmix projectors; saves safetensors + JSON config")
     _common(t)
