@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 from ssp._io import jsonable
+from ssp._utils.progress import step_progress
 from ssp.features.types import Features
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
 from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
@@ -77,7 +78,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     choose its hyper-parameters on ``val``, score ``test`` once.
 
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
-    ``progress`` shows their training progress bar. Warnings raised while fitting and searching
+    ``progress`` shows their training progress bar, and the progress of long searches (ProKeR's
+    search, the linear probe's C path). Warnings raised while fitting and searching
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
     ``MethodResult.warnings`` (those of the chosen rank rule).
     """
@@ -115,7 +117,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             grid["routing"] = list(routings)
         details: dict = {}
         # warnings of fit and search (a clamped n_channels, a winner on the grid's edge) go into the record
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, step_progress(progress):
             warnings.simplefilter("always")
             t0 = time.perf_counter()
             model.fit(support.image_features, support.labels, text_features=text_features, **fit_kw)
