@@ -63,6 +63,9 @@ class Split:
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
+    #: distribution-shift targets: name -> (test features with target labels, [C_target] source class
+    #: index of each target class); scored by the protocol with logits restricted to those classes
+    targets: dict = field(default_factory=dict)
 
 
 class FeatureSource(Protocol):
@@ -150,7 +153,8 @@ class ImageSource:
 
     def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
-                 progress: bool = True, split_manifest: dict | None = None) -> None:
+                 progress: bool = True, split_manifest: dict | None = None,
+                 eval_on: list[str] | None = None) -> None:
         from ssp.backbone.weights import backbone_label
         from ssp.data import get_dataset
         from ssp.data.manifest import check_run_manifest
@@ -189,6 +193,10 @@ class ImageSource:
             self._common["prompts"] = self.prompts.record()
         if split_manifest is not None:  # the given draws, not the sampler's: another settings key
             self._common["protocol"]["split_manifest_sha256"] = split_manifest["sha256"]
+        self.targets = shift_targets(self.data, eval_on or [], root)
+        if self.targets:  # runs without --eval-on keep their settings keys
+            self._common["eval_on"] = {t.name: {"image_list": sample_list_digest(t.data.test, t.data.root),
+                                                "class_ids": list(t.data.class_ids)} for t in self.targets}
         self._needs_patches = False
 
     def common_settings(self) -> dict:
@@ -243,6 +251,11 @@ class ImageSource:
                                                                       class_prompts=self.prompts.sentences)},
             recompute=recompute_text)["text"]
         self.test = self._features(data.test, split="test", desc="test")
+        self.target_features = {}
+        for t in self.targets:
+            feats = Features.from_dict(cached_features_for(self, t.data.test, dataset=t.name, split="test",
+                                                           desc=f"test {t.name}"))
+            self.target_features[t.name] = (feats, t.source_index)
         self.full_val = None
         if data.val is not None:
             self.full_val = self._features(data.val, split="val", desc="val")
@@ -315,7 +328,7 @@ class ImageSource:
             seeds={"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
                    "training": seed, "random_init": identity.get("seed") if identity["source"] == "random" else None},
             timings={"shared_features_s": self.shared_s, "support_val_features_s": extract_s},
-            warnings=sampling_warnings,
+            warnings=sampling_warnings, targets=self.target_features,
             extra={"skipped_images": skipped,
                    "split_manifest": run_manifest(draw, split_file_sha256=self.split_sha256)})
 
@@ -344,6 +357,51 @@ class ImageSource:
     def close(self, echo: Echo) -> None:
         echo(f"[ssp] feature store {self.store.root}: {self.store.hits} file(s) reused, "
              f"{self.store.misses} extracted")
+
+
+def cached_features_for(source: "ImageSource", samples, *, dataset: str, split: str, desc: str) -> dict:
+    """The feature store's tensors of ``samples`` under ``source``'s backbone and extraction settings."""
+    from ssp.features.store import cached_features
+
+    return cached_features(source.store, source.backbone, samples, dataset=dataset, split=split,
+                           recompute=source.recompute, desc=desc, **source._kw)
+
+
+@dataclass
+class ShiftTarget:
+    """A test-only dataset whose classes are a subset of the source's (``--eval-on``)."""
+
+    name: str
+    data: object                 # ssp.data.DatasetSplits
+    source_index: torch.Tensor   # [C_target]: the source class of each target class
+
+
+def shift_targets(source, specs: list[str], root) -> list[ShiftTarget]:
+    """Read ``--eval-on`` targets (``NAME``: a dataset under ``root``; ``NAME=DIR``: that folder)
+    and map each target class onto the source's by class id (WordNet id), never by name."""
+    from ssp.data import get_dataset
+
+    out = []
+    for spec in specs:
+        name, _, folder = str(spec).partition("=")
+        data = get_dataset(name, folder or root)
+        if not data.test:
+            raise ValueError(f"--eval-on {spec}: {data.root} holds no test image")
+        if source.class_ids is None or data.class_ids is None:
+            raise ValueError(f"--eval-on {spec}: {source.name} and {data.name} must both have class ids (WordNet "
+                             f"ids, as ImageNet and its variants do) to map classes by id; "
+                             f"{data.name if data.class_ids is None else source.name} has none")
+        index = {c: i for i, c in enumerate(source.class_ids)}
+        unknown = [c for c in data.class_ids if c not in index]
+        if unknown:
+            raise ValueError(f"--eval-on {spec}: {len(unknown)} class(es) of {data.name} are not classes of "
+                             f"{source.name} (e.g. {', '.join(unknown[:3])}); a target's classes must be a subset "
+                             f"of the source's")
+        out.append(ShiftTarget(data.name, data, torch.tensor([index[c] for c in data.class_ids], dtype=torch.long)))
+    names = [t.name for t in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--eval-on names a dataset twice: {names}")
+    return out
 
 
 # ------------------------------------------------------------------------ Tip-Adapter cache folders
