@@ -497,7 +497,7 @@ class TipCacheSource:
         self.shots = available_shots(folder)
         if not self.shots:
             raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")
-        probe = load_tip_adapter_cache(folder, self.shots[0])
+        probe = load_tip_adapter_cache(folder, self.shots[0], read_text=text_features is None)
         self.n_classes, self.dim = probe.n_classes, probe.n_features
         check_cache_dataset(folder, cfg["dataset"], self.n_classes)
         if text_features is not None:
@@ -563,7 +563,7 @@ class TipCacheSource:
 
         t0 = time.perf_counter()
         if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots))
+            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots, read_text=False))  # read once, above
         cache = self._loaded[1]
         support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels
