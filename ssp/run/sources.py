@@ -42,7 +42,9 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ssp.data.benchmarks import canonical_name
 from ssp.features.types import Features
+from ssp.run.config import builtin_config_names
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
            "check_cache_dataset", "split_validation"]
@@ -193,6 +195,8 @@ class ImageSource:
             self._common["prompts"] = self.prompts.record()
         if split_manifest is not None:  # the given draws, not the sampler's: another settings key
             self._common["protocol"]["split_manifest_sha256"] = split_manifest["sha256"]
+        from ssp.run.shift import shift_targets
+
         self.targets = shift_targets(self.data, eval_on or [], root)
         if self.targets:  # runs without --eval-on keep their settings keys
             self._common["eval_on"] = {t.name: {"image_list": sample_list_digest(t.data.test, t.data.root),
@@ -251,11 +255,8 @@ class ImageSource:
                                                                       class_prompts=self.prompts.sentences)},
             recompute=recompute_text)["text"]
         self.test = self._features(data.test, split="test", desc="test")
-        self.target_features = {}
-        for t in self.targets:
-            feats = Features.from_dict(cached_features_for(self, t.data.test, dataset=t.name, split="test",
-                                                           desc=f"test {t.name}"))
-            self.target_features[t.name] = (feats, t.source_index)
+        self.target_features = {t.name: (self._features(t.data.test, split="test", desc=f"test {t.name}",
+                                                        dataset=t.name), t.source_index) for t in self.targets}
         self.full_val = None
         if data.val is not None:
             self.full_val = self._features(data.val, split="val", desc="val")
@@ -263,10 +264,10 @@ class ImageSource:
         self.shared_s = time.perf_counter() - t0
         return True
 
-    def _features(self, samples, *, split: str, desc: str, **kw) -> Features:
+    def _features(self, samples, *, split: str, desc: str, dataset: str | None = None, **kw) -> Features:
         from ssp.features.store import cached_features
 
-        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=self.data.name,
+        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=dataset or self.data.name,
                                                   split=split, recompute=self.recompute, desc=desc,
                                                   **self._kw, **kw))
 
@@ -280,6 +281,8 @@ class ImageSource:
         """Every feature file the runs need, extracted by all ranks together (torchrun)."""
         data, cfg = self.data, self.cfg
         self._features(data.test, split="test", desc="test")
+        for t in self.targets:
+            self._features(t.data.test, split="test", desc=f"test {t.name}", dataset=t.name)
         if data.val is not None:
             self._features(data.val, split="val", desc="val")
         for shots in cfg["shots"]:
@@ -359,70 +362,21 @@ class ImageSource:
              f"{self.store.misses} extracted")
 
 
-def cached_features_for(source: "ImageSource", samples, *, dataset: str, split: str, desc: str) -> dict:
-    """The feature store's tensors of ``samples`` under ``source``'s backbone and extraction settings."""
-    from ssp.features.store import cached_features
-
-    return cached_features(source.store, source.backbone, samples, dataset=dataset, split=split,
-                           recompute=source.recompute, desc=desc, **source._kw)
-
-
-@dataclass
-class ShiftTarget:
-    """A test-only dataset whose classes are a subset of the source's (``--eval-on``)."""
-
-    name: str
-    data: object                 # ssp.data.DatasetSplits
-    source_index: torch.Tensor   # [C_target]: the source class of each target class
-
-
-def shift_targets(source, specs: list[str], root) -> list[ShiftTarget]:
-    """Read ``--eval-on`` targets (``NAME``: a dataset under ``root``; ``NAME=DIR``: that folder)
-    and map each target class onto the source's by class id (WordNet id), never by name."""
-    from ssp.data import get_dataset
-
-    out = []
-    for spec in specs:
-        name, _, folder = str(spec).partition("=")
-        data = get_dataset(name, folder or root)
-        if not data.test:
-            raise ValueError(f"--eval-on {spec}: {data.root} holds no test image")
-        if source.class_ids is None or data.class_ids is None:
-            raise ValueError(f"--eval-on {spec}: {source.name} and {data.name} must both have class ids (WordNet "
-                             f"ids, as ImageNet and its variants do) to map classes by id; "
-                             f"{data.name if data.class_ids is None else source.name} has none")
-        index = {c: i for i, c in enumerate(source.class_ids)}
-        unknown = [c for c in data.class_ids if c not in index]
-        if unknown:
-            raise ValueError(f"--eval-on {spec}: {len(unknown)} class(es) of {data.name} are not classes of "
-                             f"{source.name} (e.g. {', '.join(unknown[:3])}); a target's classes must be a subset "
-                             f"of the source's")
-        out.append(ShiftTarget(data.name, data, torch.tensor([index[c] for c in data.class_ids], dtype=torch.long)))
-    names = [t.name for t in out]
-    if len(set(names)) != len(names):
-        raise ValueError(f"--eval-on names a dataset twice: {names}")
-    return out
-
-
 # ------------------------------------------------------------------------ Tip-Adapter cache folders
-
-#: Folder names the published Tip-Adapter / APE caches and configs use -> ssp's dataset names.
-TIP_ADAPTER_NAMES = {"fgvc": "fgvc_aircraft", "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft",
-                     "flowers": "oxford_flowers", "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers",
-                     "pets": "oxford_pets", "oxfordpets": "oxford_pets", "cars": "stanford_cars",
-                     "stanfordcars": "stanford_cars", "caltech": "caltech101", "food": "food101",
-                     "food_101": "food101", "sun": "sun397", "ucf": "ucf101", "eurosat_rgb": "eurosat",
-                     "describabletextures": "dtd", "textures": "dtd"}
-
 
 def cache_dataset_name(folder: str | Path) -> str | None:
     """The benchmark a Tip-Adapter cache folder holds, from its name: ssp's names
-    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``)."""
-    from ssp.run.config import builtin_config_names
-
+    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``; the aliases
+    of :data:`ssp.data.benchmarks.ALIASES`). None when the name is no benchmark's."""
     name = Path(folder).expanduser().resolve().name.lower().replace("-", "_")
-    name = TIP_ADAPTER_NAMES.get(name, TIP_ADAPTER_NAMES.get(name.replace("_", ""), name))
-    return name if name in builtin_config_names() else None
+    for spelling in dict.fromkeys((name, name.replace("_", ""))):
+        try:
+            key = canonical_name(spelling)
+        except ValueError:
+            continue
+        if key in builtin_config_names():
+            return key
+    return None
 
 
 #: Config keys of images only (backbone weights, extraction, prompts): a Tip-Adapter cache folder
@@ -482,7 +436,7 @@ class TipCacheSource:
                  text_features: str | Path | None = None, text_layout: str = "auto",
                  backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
         from ssp._io import file_sha256
-        from ssp._utils import resolve_device
+        from ssp._utils.devices import resolve_device
         from ssp.features.text import load_text_features
         from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key
