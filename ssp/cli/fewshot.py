@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 from ssp._checks import (
@@ -26,7 +25,9 @@ from ssp._checks import (
     is_random_weights,
 )
 from ssp.cli._args import fail, int_at_least, with_cli_messages
-from ssp.run.config import METHODS, builtin_config_names, load_config
+from ssp.cli._args import random_weights_banner as _random_weights_banner
+from ssp.methods.registry import canonical_name, method_help
+from ssp.run.config import builtin_config_names, load_config
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
 
 
@@ -43,6 +44,14 @@ def _rank_rule(text: str):
     if value >= 1 and value.is_integer():
         return int(value)
     raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
+
+
+def _method_name(text: str) -> str:
+    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``)."""
+    try:
+        return canonical_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 _positive_int = int_at_least(1)
@@ -76,8 +85,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file applied on top of the shipped dataset config")
     p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
-    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
-                   help=f"methods to run (default: the config's list); choose from {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", type=_method_name, metavar="METHOD",
+                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
@@ -147,18 +156,9 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
                                       ("score_precision", args.score_precision)) if v}}
 
 
-@contextlib.contextmanager
 def random_weights_banner(cfg: dict, show: bool = True):
-    """With ``pretrained: none``, print one loud banner and silence the per-load warning that
-    says the same, for the duration of the block only (the process's filters are restored)."""
-    with warnings.catch_warnings():
-        if is_random_weights(cfg.get("pretrained")):
-            banner = "!" * 78
-            warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")  # the banner says it once
-            if show:
-                print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are "
-                      f"MEANINGLESS;\n  use this only to smoke-test the pipeline.\n{banner}", file=sys.stderr)
-        yield
+    """With ``pretrained: none``, one banner when the backbone loads (:func:`ssp.cli._args.random_weights_banner`)."""
+    return _random_weights_banner(is_random_weights(cfg.get("pretrained")), what="Accuracies", show=show)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,7 +382,7 @@ def _main(argv: list[str] | None = None) -> int:
         raise fail(prog, err, args.debug)
     print()
     print(table)
-    print(f"\n{len(records)} runs under {Path(args.output).resolve()} (results.md, results.png, summary.json)")
+    print(f"\n{len(records)} runs under {args.output} (results.md, results.png, summary.json)")
     return 0
 
 

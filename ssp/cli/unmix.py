@@ -16,7 +16,6 @@ import datetime as _dt
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +153,11 @@ def _base_record(args, command: str, run_id: str) -> dict:
 def _backbone(args):
     from ssp.backbone.model import load_backbone
 
-    if str(args.pretrained).lower() == "none":
-        warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-        print("!" * 78 + "\n  --pretrained none: RANDOMLY INITIALISED backbone. Scores below are MEANINGLESS;\n"
-              "  use this only to smoke-test the pipeline.\n" + "!" * 78, file=sys.stderr)
-    return load_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision,
-                         cache_dir=None)
+    from ssp.cli._args import random_weights_banner
+
+    with random_weights_banner(str(args.pretrained).lower() == "none", what="Scores"):
+        return load_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision,
+                             cache_dir=None)
 
 
 def _store(args):

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ssp._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
-from ssp.methods.registry import method_names, parse_method
+from ssp.methods.registry import canonical_name, method_help, method_names, parse_method
 
 # every runnable method name (each with its "+ssp" variant), from the method registry
 METHODS = method_names()
@@ -142,8 +142,24 @@ def load_config(dataset: str, config_file: str | Path | None = None,
         data = {k: v for k, v in overrides.items() if v is not None}
         check_keys(data, schema, "overrides")
         cfg = merge(cfg, data)
+    cfg["methods"] = canonical_methods(cfg.get("methods"))
     validate_config(cfg)
     return cfg
+
+
+def canonical_methods(methods: Any) -> Any:
+    """A list of method names with each alias replaced by its canonical name (``lpp`` ->
+    ``lp++``, ``lpp+ssp`` -> ``lp+++ssp``); unknown names and non-lists are returned as given,
+    for :func:`validate_config` to refuse."""
+    if not isinstance(methods, list):
+        return methods
+    out = []
+    for m in methods:
+        try:
+            out.append(canonical_name(m) if isinstance(m, str) else m)
+        except ValueError:
+            out.append(m)
+    return list(dict.fromkeys(out))
 
 
 #: Config values a *run* refuses although the estimator accepts them: 0 training steps would report
@@ -196,7 +212,7 @@ def validate_config(cfg: dict) -> None:
         raise ValueError(f"config 'methods' must be a non-empty list, got {methods!r}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(method_help())}")
     for key in ("shots", "seeds"):
         values = cfg.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, int) for v in values):

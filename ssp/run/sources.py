@@ -369,7 +369,9 @@ class ImageSource:
                                         f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",
                               "templates": list(self.prompts.templates), "prompts": self.prompts.record()},
             "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
-                                + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}"),
+                                + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}")
+                                + ("" if self.manifest is None else
+                                   f", support from split manifest {self.manifest['sha256'][:10]}"),
         }
 
     def close(self, echo: Echo) -> None:
