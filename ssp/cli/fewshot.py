@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (see --list-datasets); with --features, inferred from "
                                      "the folder name when it is a benchmark's")
     p.add_argument("--root",
-                   help="folder holding the dataset folder (or the dataset folder itself); default $SSP_DATA_ROOT")
+                   help="folder holding the dataset folder directly or in its coop/ subfolder (or the dataset "
+                        "folder itself); default $SSP_DATA_ROOT")
     p.add_argument("--features", metavar="DIR",
                    help="run on a Tip-Adapter cache folder (keys_<K>shots.pt, values_<K>shots.pt, val_f.pt, ...) "
                         "instead of images: no backbone is loaded")
@@ -313,8 +314,8 @@ def _main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{prog}: error: --dataset is required (configs ship for: {', '.join(builtin_config_names())})")
     if not args.features and not args.root:
         raise SystemExit(f"{prog}: error: --root is required (or set $SSP_DATA_ROOT): the folder that holds the "
-                         "dataset, see datasets/README.md for the expected layouts; or --features DIR for a "
-                         "Tip-Adapter cache folder")
+                         "dataset folder (directly or in coop/); fetch one with `ssp-data download dtd --root DATA`, "
+                         "see datasets/README.md for the layouts; or --features DIR for a Tip-Adapter cache folder")
     overrides = config_overrides(args, prog)
     if args.features:
         overrides["backbone"] = None  # a label only: the cache's backbone is not loaded

@@ -280,13 +280,14 @@ def _cars_hint(report: DatasetReport, folder: Path) -> None:
 
 def verify_root(root: str | Path, names: list[str] | None = None, **kwargs) -> list[DatasetReport]:
     """Reports for ``names`` (every benchmark whose folder exists under ``root`` when ``None``)."""
-    from ssp.data.benchmarks import BENCHMARKS, canonical_name, dataset_markers
+    from ssp.data.benchmarks import BENCHMARKS, canonical_name, data_folders, dataset_markers
 
     root = Path(root).expanduser()
     if names:
         keys = list(dict.fromkeys(canonical_name(n) for n in names))
     else:
-        keys = [k for k, b in BENCHMARKS.items() if any((root / f).is_dir() for f in b.folders)]
+        keys = [k for k, b in BENCHMARKS.items()
+                if any((base / f).is_dir() for base in data_folders(root) for f in b.folders)]
         if not keys:  # root may be one dataset's folder itself
             keys = [k for k, b in BENCHMARKS.items() if all((root / m).exists() for m in dataset_markers(b))]
     return [verify_dataset(k, root, **kwargs) for k in keys]

@@ -480,6 +480,7 @@ def test_fgvc_aircraft_official_lists(tmp_path):
         get_dataset("fgvc_aircraft", tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:.*no train images left for the carved validation set")
 def test_unreadable_shots_are_replaced_by_seeded_readable_train_images_of_their_class():
     from ssp.data.fewshot import replace_unreadable_shots
 
