@@ -17,9 +17,10 @@ LAYERS = {
     "ssp.data": 3,
     "ssp.backbone": 4,
     "ssp.features": 5, "ssp.methods": 5,
-    "ssp.report": 6, "ssp.unmix": 6,
-    "ssp.run": 7,
-    "ssp.cli": 8,
+    "ssp.metrics": 6,                                    # logits -> numbers
+    "ssp.report": 7, "ssp.unmix": 7,
+    "ssp.run": 8,
+    "ssp.cli": 9,
 }
 
 

@@ -10,36 +10,14 @@ of truth (as in CLIP_benchmark).
 """
 from __future__ import annotations
 
-import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
+from ssp.report.runs import RUN_SUFFIX, load_run_files, load_runs, mean_std, method_order
 
-RUN_SUFFIX = ".run.json"
-
-
-def load_runs(output_dir: Path) -> list[dict]:
-    """Every run record under ``output_dir`` (recursively), sorted by (dataset, backbone, method, shots, seed)."""
-    records = []
-    for path in sorted(Path(output_dir).rglob(f"*{RUN_SUFFIX}")):
-        try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"results file {path} is unreadable ({err}); delete it or re-run that run") from err
-    records.sort(key=lambda r: (r["dataset"], r["backbone"]["name"], r["method"], r["shots"], r["seed"]))
-    return records
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # sample std, as papers report
-    return mean, math.sqrt(var)
+__all__ = ["RUN_SUFFIX", "load_runs", "summarize", "format_table", "plot_summary", "write_report"]
 
 
 def _protocol_key(record: dict) -> str:
@@ -65,19 +43,12 @@ def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[di
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{dataset} / {backbone} / {method} / {shots}-shot: several runs of seed "
                              f"{sorted(seeds)} with the same settings; remove the duplicates")
-        mean, std = _mean_std([float(r[metric]) for r in runs])
+        mean, std = mean_std([float(r[metric]) for r in runs])
         rows.append({"dataset": dataset, "backbone": backbone, "protocol_key": protocol,
                      "protocol": runs[0].get("protocol_summary"), "method": method, "shots": shots,
                      "mean": round(mean, 6), "std": None if std is None else round(std, 6),
                      "seeds": sorted(seeds), "metric": metric})
     return rows
-
-
-def _method_order(methods: Iterable[str]) -> list[str]:
-    from ssp.methods.registry import method_names
-
-    order = {m: i for i, m in enumerate(method_names())}
-    return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))
 
 
 def format_table(summary: list[dict]) -> str:
@@ -95,7 +66,7 @@ def format_table(summary: list[dict]) -> str:
         cell = {(r["method"], r["shots"]): f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
                 for r in rows}
         header = ["method"] + [f"{k}-shot" for k in shots]
-        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in _method_order({r["method"] for r in rows})]
+        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in method_order({r["method"] for r in rows})]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))
@@ -122,7 +93,7 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
     for ax, (dataset, backbone, protocol) in zip(axes[0], keys):
         rows = [r for r in summary
                 if (r["dataset"], r["backbone"], r.get("protocol_key", "-")) == (dataset, backbone, protocol)]
-        for method in _method_order({r["method"] for r in rows}):
+        for method in method_order({r["method"] for r in rows}):
             pts = sorted((r["shots"], r["mean"], r["std"] or 0.0) for r in rows if r["method"] == method)
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method,
@@ -143,10 +114,16 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
     return path
 
 
-def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
-    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``."""
+def write_report(output_dir: Path, *, page: bool = True) -> tuple[str, dict[str, Path]]:
+    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``,
+    ``results.png``, ``calibration.md`` (runs with reliability metrics) and, with ``page``, the
+    results page ``index.html`` (:mod:`ssp.report.html`, plots in ``plots/``)."""
+    from ssp.report.html import write_results_page
+    from ssp.report.reliability import format_calibration_table
+
     output_dir = Path(output_dir)
-    records = load_runs(output_dir)
+    runs = load_run_files([output_dir]) if Path(output_dir).is_dir() else []
+    records = [r for _, r in runs]
     if not records:
         raise FileNotFoundError(f"no run results (*{RUN_SUFFIX}) under {output_dir}")
     summary = summarize(records)
@@ -160,4 +137,9 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
     }
     write_text_atomic(paths["table"], f"```\n{table}\n```\n\nValidation accuracy of the chosen "
                                        f"hyper-parameters:\n\n```\n{val_table}\n```\n")
+    calibration = format_calibration_table(records)
+    if calibration:
+        paths["calibration"] = write_text_atomic(output_dir / "calibration.md", calibration + "\n")
+    if page:
+        paths["page"] = write_results_page(runs, output_dir)
     return table, paths

@@ -7,7 +7,8 @@
 * :func:`environment` -- command line, ssp version and git commit, library versions, platform.
 * :func:`sample_list_digest` -- a digest of an image list.
 * :func:`run_filename`, :func:`find_run`, :func:`write_run` -- where a run's file lives, reading a
-  finished one back (resume), writing one atomically.
+  finished one back (resume), writing one atomically, with its per-sample / per-class arrays in a
+  compressed ``.samples.npz`` beside it (named in the JSON with its SHA-256).
 * :class:`RunLock` -- a per-run lock file, so that parallel invocations share the work.
 """
 from __future__ import annotations
@@ -24,10 +25,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ssp import __version__
-from ssp._io import canonical_json, clean_floats, write_json_atomic
+from ssp._io import atomic_path, canonical_json, clean_floats, file_sha256, write_json_atomic
 from ssp.report.tables import RUN_SUFFIX
 
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
+SAMPLES_SUFFIX = ".samples.npz"
 
 
 def settings_key(settings: Any) -> str:
@@ -136,8 +138,21 @@ def find_run(output_dir: Path, record: dict) -> dict | None:
     return existing
 
 
-def write_run(output_dir: Path, record: dict) -> Path:
-    return write_json_atomic(Path(output_dir) / run_filename(record), record)
+def write_run(output_dir: Path, record: dict, samples: dict | None = None) -> Path:
+    """Write ``record`` atomically; ``samples`` (name -> numpy array) go first into
+    ``<run>.samples.npz`` beside it, which the record's ``samples`` field names with its SHA-256
+    and array shapes (the JSON is the run's completion mark, so it is written last)."""
+    import numpy as np
+
+    path = Path(output_dir) / run_filename(record)
+    if samples:
+        npz = path.with_name(path.name[: -len(RUN_SUFFIX)] + SAMPLES_SUFFIX)
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **samples)
+        record["samples"] = {"file": npz.name, "sha256": file_sha256(npz), "format": "npz",
+                             "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in samples.items()}}
+    return write_json_atomic(path, record)
 
 
 def method_settings(cfg: dict, method: str) -> dict:
@@ -154,7 +169,7 @@ def run_stub(*, dataset: str, backbone: str, method: str, shots: int, seed: int,
              cfg: dict) -> dict:
     """The coordinates and settings of one run: enough to find its file (:func:`find_run`).
     ``common`` holds the settings shared by every method (source, backbone, protocol)."""
-    settings = clean_floats({**common, "method": method_settings(cfg, method)})
+    settings = clean_floats({**common, "method": method_settings(cfg, method), "metrics": cfg.get("metrics")})
     return {"dataset": dataset, "backbone": {"name": backbone}, "method": method, "shots": int(shots),
             "seed": int(seed), "settings_key": settings_key(settings), "protocol_key": settings_key(common),
             "settings": settings}
@@ -183,6 +198,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "hyperparameters": result.hyperparameters,
         "val_accuracy": round(result.val_accuracy, 6),
         "test_accuracy": round(result.test_accuracy, 6),
+        **({"reliability": result.reliability} if getattr(result, "reliability", None) is not None else {}),
         "details": result.details,
         "timings": {k: round(float(v), 4) for k, v in {**timings, **result.timings}.items()},
         "warnings": list(warnings),
