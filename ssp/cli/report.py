@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ssp.report.reliability import format_calibration_table
-    from ssp.report.runs import RUN_SUFFIX, load_run_files
+    from ssp.report.reliability import format_calibration_table, load_run_files
     from ssp.report.tables import format_table, summarize
+    from ssp.run.records import RUN_SUFFIX
 
     try:
         runs = load_run_files(args.runs)

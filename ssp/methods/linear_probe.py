@@ -26,7 +26,7 @@ import numpy as np
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, check_labels, like_input
+from ssp._utils.arrays import ArrayLike, check_labels, like_input
 from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
 from ssp.methods.registry import log_grid_builder, register_method
 
@@ -60,6 +60,9 @@ class LinearProbe(_CLIPFeatureClassifier):
     ``n_iter_`` (L-BFGS iterations of that fit), ``fitted_C_`` (the values with weights), and
     those of every CLIP-feature classifier (``classes_``, ``text_features_``, ``projector_``, ...).
     """
+
+    new_class_rule = ("zero-shot CLIP: the probe has no text term, so classes without shots are scored by "
+                      "s * x t^T with their text (vision-projected query and text with an SSP projector)")
 
     _fit_time_params = ("projector", "max_iter", "tol")
     _real_params = ("C", "tol")

@@ -44,7 +44,8 @@ from typing import Any, Mapping
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, l2_normalize, to_tensor
+from ssp._utils.arrays import ArrayLike, to_tensor
+from ssp._utils.normalize import l2_normalize
 from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
 from ssp.methods.registry import register_method
 
@@ -82,6 +83,10 @@ class LPPlusPlus(_CLIPFeatureClassifier):
     ("views" | "keys"), ``n_views_``, ``n_steps_``, ``train_time_s_``, and those of every
     CLIP-feature classifier (``classes_``, ``text_features_``, ``projector_``, ...).
     """
+
+    new_class_rule = ("zero-shot: the text term x t^T of the new classes with one common multiplier (a class "
+                      "without shots has no learned alpha or W), i.e. zero-shot CLIP's ranking; with an SSP "
+                      "projector query and text are vision-projected")
 
     _fit_time_params = ("projector", "routing", "epochs", "alpha_every", "init_alpha_scale",
                         "momentum", "seed")
@@ -242,7 +247,7 @@ class LPPlusPlus(_CLIPFeatureClassifier):
     def _progress_bar(self, total: int):
         if not self.progress or total == 0:
             return None
-        from ssp._utils import progress_bar
+        from ssp._utils.progress import progress_bar
 
         return progress_bar(total, "training LP++", "step", leave=False)
 

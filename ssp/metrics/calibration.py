@@ -23,7 +23,8 @@ from scipy.special import softmax as _softmax
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
 
 
-def _logits(logits) -> np.ndarray:
+def as_logits(logits) -> np.ndarray:
+    """``logits`` as a float64 ``[M, C]`` array (C >= 2, finite), or a ValueError saying what is wrong."""
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2 or z.shape[1] < 2:
         raise ValueError(f"logits must be [M, C] with C >= 2, got shape {z.shape}")
@@ -32,7 +33,8 @@ def _logits(logits) -> np.ndarray:
     return z
 
 
-def _labels(labels, n: int, n_classes: int) -> np.ndarray:
+def as_labels(labels, n: int, n_classes: int) -> np.ndarray:
+    """``labels`` as an int64 ``[n]`` array of values in ``0..n_classes-1``, or a ValueError."""
     y = np.asarray(labels)
     if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be {n} integers, got shape {y.shape} and dtype {y.dtype}")
@@ -43,7 +45,7 @@ def _labels(labels, n: int, n_classes: int) -> np.ndarray:
 
 def softmax(logits) -> np.ndarray:
     """Row-wise softmax ``[M, C]`` (float64)."""
-    return _softmax(_logits(logits), axis=1)
+    return _softmax(as_logits(logits), axis=1)
 
 
 def calibration_bins(confidence, correct, n_bins: int = 15) -> dict[str, np.ndarray]:
@@ -76,8 +78,8 @@ def calibration_errors(confidence, correct, n_bins: int = 15) -> tuple[float, fl
 
 def negative_log_likelihood(logits, labels) -> float:
     """Mean ``-log softmax(logits)[y]`` (nats) of logits ``[M, C]`` and labels ``[M]``."""
-    z = _logits(logits)
-    y = _labels(labels, z.shape[0], z.shape[1])
+    z = as_logits(logits)
+    y = as_labels(labels, z.shape[0], z.shape[1])
     return float(-np.mean(log_softmax(z, axis=1)[np.arange(len(y)), y]))
 
 
@@ -86,15 +88,15 @@ def brier_score(probs, labels) -> float:
     from sklearn.metrics import brier_score_loss
 
     p = np.asarray(probs, dtype=np.float64)
-    y = _labels(labels, p.shape[0], p.shape[1])
+    y = as_labels(labels, p.shape[0], p.shape[1])
     return float(brier_score_loss(y, p, labels=np.arange(p.shape[1]), scale_by_half=False))
 
 
 def fit_temperature(logits, labels, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature ``T`` in ``bounds`` minimising the NLL of ``logits / T`` on (validation)
     ``logits`` ``[M, C]`` and ``labels`` ``[M]``: a bounded scalar search on ``log T``."""
-    z = _logits(logits)
-    y = _labels(labels, z.shape[0], z.shape[1])
+    z = as_logits(logits)
+    y = as_labels(labels, z.shape[0], z.shape[1])
     if not len(y):
         raise ValueError("fitting a temperature needs at least one sample")
     rows = np.arange(len(y))

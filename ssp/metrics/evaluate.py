@@ -19,8 +19,8 @@ import numpy as np
 
 from ssp.metrics.calibration import (
     TEMPERATURE_BOUNDS,
-    _labels,
-    _logits,
+    as_labels,
+    as_logits,
     brier_score,
     calibration_errors,
     fit_temperature,
@@ -61,10 +61,10 @@ def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: floa
 
     ``metrics`` is JSON-ready (see the module docstring); ``samples`` is :func:`sample_table`'s
     per-sample arrays, from which ECE, accuracy and conformal coverage can be recomputed."""
-    z = _logits(test_logits)
-    y = _labels(test_labels, z.shape[0], z.shape[1])
-    zv = _logits(val_logits)
-    yv = _labels(val_labels, zv.shape[0], zv.shape[1])
+    z = as_logits(test_logits)
+    y = as_labels(test_labels, z.shape[0], z.shape[1])
+    zv = as_logits(val_logits)
+    yv = as_labels(val_labels, zv.shape[0], zv.shape[1])
     if zv.shape[1] != z.shape[1]:
         raise ValueError(f"validation logits have C={zv.shape[1]} classes, test logits C={z.shape[1]}")
     if not len(y) or not len(yv):

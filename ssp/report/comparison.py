@@ -37,7 +37,7 @@ from ssp.report.published import (
     canonical_backbone,
     published_lookup,
 )
-from ssp.report.runs import mean_std, method_order
+from ssp.report.tables import mean_std, method_order
 
 __all__ = ["Comparison", "compare_with_published", "format_comparison_markdown", "comparison_csv", "comparison_json",
            "plot_comparison", "write_comparison", "is_random_backbone", "RANDOM_WEIGHTS_STAMP"]

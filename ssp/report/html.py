@@ -27,7 +27,7 @@ from ssp._io import write_text_atomic
 from ssp.report.plots import plot_per_class, plot_reliability_diagrams, plot_risk_coverage
 from ssp.report.published import baseline_method, canonical_backbone, published_lookup
 from ssp.report.reliability import COLUMNS, group_key, load_samples, reliability_rows
-from ssp.report.runs import method_order
+from ssp.report.stats import method_order
 
 PAGE = "index.html"
 _PROVENANCE_KEYS = ("created", "settings_key", "protocol_key", "protocol_summary", "protocol", "source",

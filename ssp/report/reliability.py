@@ -8,13 +8,15 @@ have neither: they still appear in every table, with empty reliability cells.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
-from ssp.report.runs import mean_std, method_order
+from ssp.report.stats import mean_std, method_order
+from ssp.run.records import RUN_SUFFIX
 
 #: (column, path into a record's ``reliability``, display scale, digits) of the reliability tables:
 #: fractions are shown in percent (scale 100)
@@ -35,6 +37,35 @@ COLUMNS: tuple[tuple[str, tuple[str, ...], float, int], ...] = (
     ("APS cov", ("conformal", "aps", "coverage"), 100.0, 2),
     ("APS size", ("conformal", "aps", "mean_set_size"), 1.0, 2),
 )
+
+
+def _sort_key(record: dict) -> tuple:
+    return (record["dataset"], record["backbone"]["name"], record["method"], record["shots"], record["seed"])
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"results file {path} is unreadable ({err}); delete it or re-run that run") from err
+
+
+def load_run_files(paths: Iterable[str | Path]) -> list[tuple[Path, dict]]:
+    """``(file, record)`` of every run JSON in ``paths`` (files, or folders searched recursively),
+    sorted like :func:`load_runs`; a path that does not exist or is neither is an error naming it."""
+    found: dict[Path, None] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.update(dict.fromkeys(sorted(p.rglob(f"*{RUN_SUFFIX}"))))
+        elif p.is_file() and p.name.endswith(RUN_SUFFIX):
+            found[p] = None
+        elif p.exists():
+            raise ValueError(f"{p} is not a run file (*{RUN_SUFFIX}) or a folder of them")
+        else:
+            raise FileNotFoundError(f"{p} does not exist; pass run folders or *{RUN_SUFFIX} files")
+    out = [(path, _read(path)) for path in found]
+    out.sort(key=lambda pr: _sort_key(pr[1]))
+    return out
 
 
 def load_samples(run_file: str | Path, record: dict) -> dict[str, np.ndarray] | None:

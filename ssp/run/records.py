@@ -6,9 +6,10 @@
 * :func:`make_record` -- the run JSON: coordinates, settings, protocol, provenance, results.
 * :func:`environment` -- command line, ssp version and git commit, library versions, platform.
 * :func:`sample_list_digest` -- a digest of an image list.
-* :func:`run_filename`, :func:`find_run`, :func:`write_run` -- where a run's file lives, reading a
-  finished one back (resume), writing one atomically, with its per-sample / per-class arrays in a
-  compressed ``.samples.npz`` beside it (named in the JSON with its SHA-256).
+* :func:`run_filename`, :func:`find_run`, :func:`write_run`, :func:`find_runs` -- where a run's file
+  lives (``*`` :data:`RUN_SUFFIX`), reading a finished one back (resume), writing one atomically
+  (with its per-sample / per-class arrays in a compressed ``.samples.npz`` beside it, named in the
+  JSON with its SHA-256), the paths of every run file under a folder.
 * :class:`RunLock` -- a per-run lock file, so that parallel invocations share the work.
 """
 from __future__ import annotations
@@ -26,9 +27,13 @@ from typing import Any, Iterable
 
 from ssp import __version__
 from ssp._io import atomic_path, canonical_json, clean_floats, file_sha256, write_json_atomic
-from ssp.report.tables import RUN_SUFFIX
 
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
+#: The ending of every run file's name (the report stage finds runs by it).
+RUN_SUFFIX = ".run.json"
+#: The reliability settings of defaults.yaml (``metrics``): runs under them keep their pre-metrics keys.
+DEFAULT_METRICS = {"conformal_alpha": 0.1, "calibration_bins": 15}
+#: The ending of a run's per-sample / per-class arrays file, beside its JSON.
 SAMPLES_SUFFIX = ".samples.npz"
 
 
@@ -109,9 +114,9 @@ def _safe(text: str) -> str:
 
 
 def run_filename(record: dict) -> str:
-    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe);
-    records without a ``settings_key`` (older files) keep the flat
-    ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
+    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe):
+    where a run's file lives in its output folder; records without a ``settings_key`` (older
+    files) keep the flat ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
     backbone = _safe(record["backbone"]["name"])
     method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
     key = record.get("settings_key")
@@ -155,6 +160,11 @@ def write_run(output_dir: Path, record: dict, samples: dict | None = None) -> Pa
     return write_json_atomic(path, record)
 
 
+def find_runs(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run files under ``output_dir`` (recursively, sorted by path); none when it is no folder."""
+    return sorted(Path(output_dir).rglob(f"*{RUN_SUFFIX}"))
+
+
 def method_settings(cfg: dict, method: str) -> dict:
     """The config sections ``method`` reads (its parameters, its grid, the SSP section for ``+ssp``):
     the method part of a run's settings, so a change of another method's config keeps its runs."""
@@ -169,7 +179,11 @@ def run_stub(*, dataset: str, backbone: str, method: str, shots: int, seed: int,
              cfg: dict) -> dict:
     """The coordinates and settings of one run: enough to find its file (:func:`find_run`).
     ``common`` holds the settings shared by every method (source, backbone, protocol)."""
-    settings = clean_floats({**common, "method": method_settings(cfg, method), "metrics": cfg.get("metrics")})
+    metrics = {**DEFAULT_METRICS, **(cfg.get("metrics") or {})}
+    # the reliability settings join the key only when they differ from the defaults, so runs made
+    # before reliability metrics existed keep their keys (and report with empty reliability cells)
+    settings = clean_floats({**common, "method": method_settings(cfg, method),
+                             **({"metrics": metrics} if metrics != DEFAULT_METRICS else {})})
     return {"dataset": dataset, "backbone": {"name": backbone}, "method": method, "shots": int(shots),
             "seed": int(seed), "settings_key": settings_key(settings), "protocol_key": settings_key(common),
             "settings": settings}

@@ -14,8 +14,7 @@ from _runs_with_samples import write_fake_runs
 
 from ssp.cli import report as report_cli
 from ssp.report.html import page_data, write_results_page
-from ssp.report.reliability import format_calibration_table, load_samples
-from ssp.report.runs import load_run_files
+from ssp.report.reliability import format_calibration_table, load_run_files, load_samples
 from ssp.report.tables import write_report
 
 
