@@ -57,6 +57,9 @@ class MethodSpec:
             reads its own keys of ``search_section`` (and checks them, naming the bad key).
         uses_views: ``fit`` also takes ``view_features`` ``[E, N, D]`` (the augmented views of
             the support images), as the fine-tuned methods do.
+        test_time: adapts while streaming over the test split, with no labelled support: runs
+            under the test-time protocol only (``fit(text_features=...)``, then ``predict`` over the
+            stream in order).
     """
 
     name: str
@@ -73,6 +76,7 @@ class MethodSpec:
     needs_text: bool = True
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
+    test_time: bool = False
 
     def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
         """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
