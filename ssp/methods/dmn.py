@@ -67,7 +67,7 @@ class DMNZeroShot(_StreamingClassifier):
         device: torch device; ``None`` = CUDA if available else CPU.
 
     Fitted attributes: ``classes_``, ``text_features_`` [C, D], ``n_features_in_``, ``device_``,
-    ``dtype_``; after a stream, ``stream_`` (memory counts of the last stream).
+    ``dtype_``. :meth:`stream` returns the scores and the memory's counts.
     """
 
     def __init__(self, *, memory_size: int = 50, beta: float = 5.5, memory_weight: float = 1.0,
@@ -114,8 +114,8 @@ class DMNZeroShot(_StreamingClassifier):
             t0 = t1
         lam = float(self.memory_weight)
         mixture = (p + lam * torch.softmax(memory_logits, dim=1)) / (1.0 + lam)
-        self.stream_ = {"queries": n, "memory": replay.summary(n_classes, pred_np)}
-        return torch.log(mixture).clamp_min(torch.finfo(mixture.dtype).min)
+        summary = {"queries": n, "memory": replay.summary(n_classes, pred_np)}
+        return torch.log(mixture).clamp_min(torch.finfo(mixture.dtype).min), summary
 
     def _block(self, replay, pred: np.ndarray, t0: int, n: int, n_classes: int):
         """The next block ``[t0, t1)``: as long as ``T · C · width`` stays within the element

@@ -86,6 +86,11 @@ class MethodSpec:
               device: Any = None, **extra: Any) -> Any:
         """A new, unfitted estimator configured from ``cfg`` (``extra`` overrides)."""
         kwargs = {**self.constructor_params(cfg, n_features), **extra}
+        if self.test_time:  # no labelled support: nothing to fit SSP's projector on
+            if projector is not None:
+                raise ValueError(f"{self.name} is a test-time method and takes no projector (SSP is fitted "
+                                 "on labelled support patches, which a test-time stream has none of)")
+            return self.estimator(**kwargs, device=device)
         return self.estimator(**kwargs, projector=projector, device=device)
 
     def grid(self, cfg: Mapping[str, Any] | None = None) -> dict | None:

@@ -13,7 +13,7 @@ import numpy as np
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, resolve_device
+from ssp._utils import ArrayLike, like_input, resolve_device
 from ssp.methods.base import _CLIPFeatureClassifier
 
 __all__ = ["replay_memory", "Replay", "BLOCK_ELEMENTS"]
@@ -101,10 +101,10 @@ class _StreamingClassifier(_CLIPFeatureClassifier):
 
     ``fit`` learns the text classifier only. :meth:`decision_function` / :meth:`predict` stream
     over ``X`` **in the given order**, each call from an empty memory: the same ``X`` in the same
-    order gives the same output, and a different order may not. After a call, ``stream_``
-    summarises the memories of that stream (sizes, evictions). No projector: SSP's projector is
+    order gives the same output, and a different order may not. :meth:`stream` also returns what
+    the memories did (sizes, evictions); nothing of a stream is kept on the model. No projector: SSP's projector is
     fitted on labelled support patches, which a test-time stream does not have.
-    Subclasses define ``_stream(x) -> logits`` and ``_check_stream_params()``.
+    Subclasses define ``_stream(x) -> (logits, summary)`` and ``_check_stream_params()``.
     """
 
     _needs_support = False
@@ -134,9 +134,17 @@ class _StreamingClassifier(_CLIPFeatureClassifier):
         """``logit_scale · x Wᵀ`` ``[M, C]`` for normalised queries ``x``."""
         return float(self.logit_scale) * (x @ self._torch.text_features_.T)
 
+    def stream(self, X: ArrayLike) -> tuple[ArrayLike, dict]:
+        """Stream over ``X`` ``[M, D]`` in order: ``(logits [M, C] of X's kind, summary)``, the
+        summary counting what each memory admitted, evicted and held at the end."""
+        self._check_fitted()
+        self._validate_params()  # set_params may have changed them after fit
+        logits, summary = self._stream(self._queries(X))
+        return like_input(logits, X), summary
+
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         self._validate_params()  # set_params may have changed them after fit
-        return self._stream(x)
+        return self._stream(x)[0]
 
     def _stream(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -86,7 +86,7 @@ class TDA(_StreamingClassifier):
     repository); ssp's per-dataset configs carry each dataset's published values.
 
     Fitted attributes: ``classes_``, ``text_features_`` [C, D], ``n_features_in_``, ``device_``,
-    ``dtype_``; after a stream, ``stream_`` (cache counts of the last stream).
+    ``dtype_``. :meth:`stream` returns the logits and the caches' counts.
     """
 
     def __init__(self, *, pos_shot_capacity: int = 3, pos_alpha: float = 2.0, pos_beta: float = 5.0,
@@ -137,13 +137,16 @@ class TDA(_StreamingClassifier):
         lo, hi = _check_bounds(self.neg_entropy_bounds, "neg_entropy_bounds")
         m_lo, m_hi = _check_bounds(self.neg_mask_bounds, "neg_mask_bounds")
         caches = []   # (replay, alpha, beta, values: None = one-hot pseudo-labels)
+        summary: dict = {"queries": n}
         if self.pos_shot_capacity:
-            caches.append((replay_memory(pred_np, loss_np, self.pos_shot_capacity),
-                           float(self.pos_alpha), float(self.pos_beta), None))
+            replay = replay_memory(pred_np, loss_np, self.pos_shot_capacity)
+            caches.append((replay, float(self.pos_alpha), float(self.pos_beta), None))
+            summary["positive"] = replay.summary(n_classes, pred_np)
         if self.neg_shot_capacity:
             replay = replay_memory(pred_np, loss_np, self.neg_shot_capacity, (h > lo) & (h < hi))
             mask = ((p > m_lo) & (p < m_hi)).to(z.dtype)
             caches.append((replay, -float(self.neg_alpha), float(self.neg_beta), mask))
+            summary["negative"] = replay.summary(n_classes, pred_np)
         logits = z.clone()
         capacity = n_classes * (int(self.pos_shot_capacity) + int(self.neg_shot_capacity))
         rows = self._block_rows(capacity)
@@ -163,10 +166,7 @@ class TDA(_StreamingClassifier):
                     logits[t0:t1].index_add_(1, pred[keys], kernel, alpha=alpha)
                 else:
                     logits[t0:t1].addmm_(kernel, values[keys], alpha=alpha)
-        self.stream_ = {"queries": n, **{name: r.summary(n_classes, pred_np) for name, (r, *_)
-                                         in zip(("positive", "negative") if self.pos_shot_capacity
-                                                else ("negative",), caches)}}
-        return logits
+        return logits, summary
 
     def _block_rows(self, capacity: int) -> int:
         """Queries per block: a block of ``T`` reads at most ``capacity + T`` entries, so

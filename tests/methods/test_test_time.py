@@ -105,13 +105,13 @@ def test_stream_exercises_every_rule():
     the negative band admits queries, and the negative masks mark more than one class."""
     text, queries, _ = _stream()
     model = TDA(device="cpu").fit(text_features=text)
-    model.predict(queries)
-    pos, neg = model.stream_["positive"], model.stream_["negative"]
+    logits, summary = model.stream(queries)
+    np.testing.assert_array_equal(logits, model.decision_function(queries))
+    pos, neg = summary["positive"], summary["negative"]
     assert pos["evicted"] >= 5 and pos["classes_filled"] == 6
     assert neg["admitted"] >= 5 and neg["evicted"] >= 1
     dmn = DMNZeroShot(memory_size=4, device="cpu").fit(text_features=text)
-    dmn.predict(queries)
-    assert dmn.stream_["memory"]["evicted"] >= 5
+    assert dmn.stream(queries)[1]["memory"]["evicted"] >= 5
 
 
 @pytest.mark.parametrize("params", [
