@@ -27,7 +27,7 @@ from ssp._checks import (
 )
 from ssp.cli._args import int_at_least, with_cli_messages
 from ssp.run.config import METHODS, builtin_config_names, load_config
-from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_names
 
 
 def _rank_rule(text: str):
@@ -315,6 +315,8 @@ def _main(argv: list[str] | None = None) -> int:
         overrides["backbone"] = None  # a label only: the cache's backbone is not loaded
     try:
         cfg = load_config(args.dataset, args.config, overrides)
+        cfg = get_protocol(args.protocol).configure(cfg, shots_given=args.shots is not None,
+                                                    methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
     from ssp.data import ImageLoadError

@@ -31,7 +31,7 @@ Echo = Callable[[str], None]
 class MethodResult:
     method: str
     hyperparameters: dict
-    val_accuracy: float
+    val_accuracy: float | None      # None: nothing chosen on validation (test-time protocol)
     test_accuracy: float
     timings: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
@@ -228,7 +228,9 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     """
     output_dir = Path(output_dir)
     spec = get_protocol(protocol)
-    methods, reasons = source.runnable(list(cfg["methods"]))
+    methods, reasons = spec.runnable(list(cfg["methods"]))
+    methods, more = source.runnable(methods) if methods else ([], [])
+    reasons += more
     for reason in reasons:
         echo(f"[ssp] {reason}")
     if not methods:

@@ -164,7 +164,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "text_features": text_features,
         "seeds": seeds,
         "hyperparameters": result.hyperparameters,
-        "val_accuracy": round(result.val_accuracy, 6),
+        "val_accuracy": None if result.val_accuracy is None else round(result.val_accuracy, 6),
         "test_accuracy": round(result.test_accuracy, 6),
         "details": result.details,
         "timings": {k: round(float(v), 4) for k, v in {**timings, **result.timings}.items()},

@@ -269,7 +269,7 @@ class ImageSource:
         self._features(data.test, split="test", desc="test")
         if data.val is not None:
             self._features(data.val, split="val", desc="val")
-        for shots in cfg["shots"]:
+        for shots in [k for k in cfg["shots"] if k > 0]:   # 0 shots (test-time): the test split only
             for seed in cfg["seeds"]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
@@ -284,6 +284,9 @@ class ImageSource:
         from ssp.data.manifest import run_manifest
 
         cfg = self.cfg
+        if shots == 0:
+            return _test_only_split(self.test, len(self.data.classnames), seed,
+                                    extra={"skipped_images": {"test": _skipped(self.data.test, self.test)}})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             draw = self._draw(shots, seed)
@@ -391,6 +394,17 @@ def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> Non
                          f"{hint}")
 
 
+def _test_only_split(test: Features, n_classes: int, seed: int, extra: dict | None = None) -> Split:
+    """The split of a 0-shot (test-time) run: the test features only, empty support and validation."""
+    dim = test.image_features.shape[1]
+    empty = Features(test.image_features.new_zeros(0, dim), test.labels.new_zeros(0))
+    return Split(support=empty, val=empty, test=test,
+                 protocol={"n_support": 0, "n_val": 0, "n_test": int(test.labels.numel()), "n_classes": n_classes,
+                           "hyperparameters_chosen_on": "none: the methods' published defaults (no labels)"},
+                 seeds={"few_shot_support": None, "validation_subsample": None, "test_stream": seed},
+                 extra=dict(extra or {}))
+
+
 def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded per-class split of validation indices into ``(search, test)``: for class ``c`` a
     permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
@@ -464,7 +478,7 @@ class TipCacheSource:
         self.backbone_name = backbone_name
         self.device = resolve_device(device)
         if check_shots:
-            missing = [k for k in cfg["shots"] if k not in self.shots]
+            missing = [k for k in cfg["shots"] if k > 0 and k not in self.shots]   # 0: test split only
             if missing:
                 raise FileNotFoundError(f"{folder} has no keys_<K>shots.pt for shots {missing} "
                                         f"(shot counts present: {self.shots})")
@@ -504,9 +518,24 @@ class TipCacheSource:
         from ssp.features.tip_cache import load_tip_adapter_cache
 
         t0 = time.perf_counter()
-        if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots))
+        wanted = shots or self.shots[0]   # 0 shots (test-time): any cache file holds val / test
+        if self._loaded is None or self._loaded[0] != wanted:
+            self._loaded = (wanted, load_tip_adapter_cache(self.folder, wanted))
         cache = self._loaded[1]
+        if shots == 0:
+            if self.test_from_val is not None:
+                _, test_idx = split_validation(cache.val_labels, self.test_from_val, seed)
+                test = Features(cache.val_features[test_idx], cache.val_labels[test_idx])
+                carved = {"fraction": self.test_from_val, "seed": seed, "stratified": "per class",
+                          "n_val_features": int(cache.val_labels.numel()), "n_test": int(test_idx.numel()),
+                          "note": "the same test part as the few-shot runs of this seed"}
+            else:
+                test, carved = Features(cache.test_features, cache.test_labels), None
+            out = _test_only_split(test, self.n_classes, seed)
+            out.protocol["test_from_val"] = carved
+            out.seeds["test_from_val_split"] = seed if carved else None
+            out.timings["load_features_s"] = time.perf_counter() - t0
+            return out
         support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels
         split = None
