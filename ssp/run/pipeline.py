@@ -228,6 +228,9 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     """
     output_dir = Path(output_dir)
     spec = get_protocol(protocol)
+    if spec.shots is not None and list(cfg["shots"]) != list(spec.shots):
+        raise ValueError(f"protocol {spec.name} runs with shots {list(spec.shots)}, the config says {cfg['shots']}: "
+                         f"pass the config through get_protocol({spec.name!r}).configure(cfg)")
     methods, reasons = spec.runnable(list(cfg["methods"]))
     methods, more = source.runnable(methods) if methods else ([], [])
     reasons += more
