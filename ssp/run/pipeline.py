@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -21,22 +20,10 @@ from ssp._io import jsonable
 from ssp.features.types import Features
 from ssp.report.tables import write_report
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
-from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
+from ssp.run.records import MethodResult, RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class MethodResult:
-    method: str
-    hyperparameters: dict
-    val_accuracy: float | None      # None: nothing chosen on validation (test-time protocol)
-    test_accuracy: float
-    timings: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
-    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def accuracy(model, features: Features) -> float:

@@ -315,7 +315,7 @@ def _evaluate_test_time(method: str, cfg: dict, split, text: torch.Tensor, *, ru
     pred = torch.as_tensor(logits).argmax(1).cpu()
     accuracy = float((pred == stream.labels.cpu()).double().mean() * 100)
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.constructor_params(cfg, n_features).items()}
-    from ssp.run.pipeline import MethodResult  # at call time: the pipeline imports this module
+    from ssp.run.records import MethodResult
 
     # no validation accuracy: nothing is searched (the published hyper-parameters are used)
     result = MethodResult(method, params, None, accuracy, timings, details,

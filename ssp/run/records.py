@@ -19,6 +19,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,6 +29,20 @@ from ssp._io import canonical_json, clean_floats, write_json_atomic
 from ssp.report.tables import RUN_SUFFIX, run_filename  # noqa: F401 (the layout is the report's)
 
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
+
+
+@dataclass
+class MethodResult:
+    """What one run of one method produced: the results part of its run JSON (:func:`make_record`)."""
+
+    method: str
+    hyperparameters: dict
+    val_accuracy: float | None      # None: nothing chosen on validation (test-time protocol)
+    test_accuracy: float
+    timings: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
+    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def settings_key(settings: Any) -> str:

@@ -17,7 +17,7 @@ from ssp.methods import TDA, DMNZeroShot
 from ssp.run.config import load_config
 from ssp.run.pipeline import run_fewshot
 from ssp.run.protocols import get_protocol, stream_order
-from ssp.run.sources import TipCacheSource, split_validation
+from ssp.run.sources import split_validation
 
 ASSETS = Path(__file__).parents[1] / "assets"
 
