@@ -161,6 +161,9 @@ def read_class_prompts(path: str | Path, classnames: Sequence[str]) -> list[list
     repeated spaces ignored; keys of other classes are ignored. Errors name the file and the
     bad entry."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"prompts {path} is a folder; give a JSON file of per-class sentences "
+                         "(e.g. a CuPL file) or one of " + ", ".join(PROMPT_SETS))
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {path} not found; give a JSON file of per-class sentences "
                                 "or one of " + ", ".join(PROMPT_SETS))

@@ -144,7 +144,7 @@ def _find_text_weights(folder: Path, text_weights: str | None) -> Path | None:
 
 
 def load_tip_adapter_cache(folder: str | Path, shots: int, *,
-                       text_weights: str | None = None) -> TipAdapterCache:
+                       text_weights: str | None = None, read_text: bool = True) -> TipAdapterCache:
     """Read a Tip-Adapter / APE cache folder at ``shots`` shots.
 
     Args:
@@ -153,6 +153,8 @@ def load_tip_adapter_cache(folder: str | Path, shots: int, *,
         text_weights: file name of the ``[D, C]`` text classifier inside ``folder``; ``None``
             uses the single ``text_weights*.pt`` file if there is one (no file: ``None`` in the
             result; several: an error asking to choose).
+        read_text: False leaves the folder's text classifier unread (``text_features`` None), e.g.
+            when another file replaces it.
 
     Returns:
         :class:`TipAdapterCache`; splits whose files are absent are ``None``.
@@ -204,7 +206,7 @@ def load_tip_adapter_cache(folder: str | Path, shots: int, *,
     test_features, test_labels = _split(folder, "test", dim, n_classes)
 
     text_features = None
-    text_path = _find_text_weights(folder, text_weights)
+    text_path = _find_text_weights(folder, text_weights) if read_text else None
     if text_path is not None:
         text = _load_tensor(text_path)
         if text.ndim != 2 or tuple(text.shape) != (dim, n_classes):

@@ -453,7 +453,7 @@ class TipCacheSource:
         self.shots = available_shots(folder)
         if not self.shots:
             raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")
-        probe = load_tip_adapter_cache(folder, self.shots[0])
+        probe = load_tip_adapter_cache(folder, self.shots[0], read_text=text_features is None)
         self.n_classes, self.dim = probe.n_classes, probe.n_features
         check_cache_dataset(folder, cfg["dataset"], self.n_classes)
         if text_features is not None:
@@ -520,7 +520,7 @@ class TipCacheSource:
         t0 = time.perf_counter()
         wanted = shots or self.shots[0]   # 0 shots (test-time): any cache file holds val / test
         if self._loaded is None or self._loaded[0] != wanted:
-            self._loaded = (wanted, load_tip_adapter_cache(self.folder, wanted))
+            self._loaded = (wanted, load_tip_adapter_cache(self.folder, wanted, read_text=False))  # read once, above
         cache = self._loaded[1]
         if shots == 0:
             if self.test_from_val is not None:
