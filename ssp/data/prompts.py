@@ -81,10 +81,10 @@ SINGLE_TEMPLATE = "a photo of a {}."
 
 def clip_templates(dataset: str) -> tuple[list[str], str]:
     """CLIP's published template ensemble for ``dataset``: ``(templates, where from)``."""
-    from ssp.data.benchmarks import _canonical_name
+    from ssp.data.benchmarks import canonical_name
 
     try:
-        key = _canonical_name(dataset)
+        key = canonical_name(dataset)
     except (KeyError, ValueError):
         key = str(dataset)
     if key in _CLIP_TEMPLATES:

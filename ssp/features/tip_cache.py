@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ssp._utils import check_int, check_labels, check_text_features, load_torch_file
+from ssp._checks import check_int
+from ssp._utils.arrays import check_labels, check_text_features
+from ssp._utils.torch_files import load_torch_file
 
 __all__ = ["TipAdapterCache", "load_tip_adapter_cache", "available_shots"]
 

@@ -42,7 +42,9 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ssp.data.benchmarks import canonical_name
 from ssp.features.types import Features
+from ssp.run.config import builtin_config_names
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
            "check_cache_dataset", "split_validation"]
@@ -351,23 +353,19 @@ class ImageSource:
 
 # ------------------------------------------------------------------------ Tip-Adapter cache folders
 
-#: Folder names the published Tip-Adapter / APE caches and configs use -> ssp's dataset names.
-TIP_ADAPTER_NAMES = {"fgvc": "fgvc_aircraft", "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft",
-                     "flowers": "oxford_flowers", "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers",
-                     "pets": "oxford_pets", "oxfordpets": "oxford_pets", "cars": "stanford_cars",
-                     "stanfordcars": "stanford_cars", "caltech": "caltech101", "food": "food101",
-                     "food_101": "food101", "sun": "sun397", "ucf": "ucf101", "eurosat_rgb": "eurosat",
-                     "describabletextures": "dtd", "textures": "dtd"}
-
-
 def cache_dataset_name(folder: str | Path) -> str | None:
     """The benchmark a Tip-Adapter cache folder holds, from its name: ssp's names
-    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``)."""
-    from ssp.run.config import builtin_config_names
-
+    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``; the aliases
+    of :data:`ssp.data.benchmarks.ALIASES`). None when the name is no benchmark's."""
     name = Path(folder).expanduser().resolve().name.lower().replace("-", "_")
-    name = TIP_ADAPTER_NAMES.get(name, TIP_ADAPTER_NAMES.get(name.replace("_", ""), name))
-    return name if name in builtin_config_names() else None
+    for spelling in dict.fromkeys((name, name.replace("_", ""))):
+        try:
+            key = canonical_name(spelling)
+        except ValueError:
+            continue
+        if key in builtin_config_names():
+            return key
+    return None
 
 
 #: Config keys of images only (backbone weights, extraction, prompts): a Tip-Adapter cache folder
@@ -438,7 +436,7 @@ class TipCacheSource:
                  text_features: str | Path | None = None, text_layout: str = "auto",
                  backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
         from ssp._io import file_sha256
-        from ssp._utils import resolve_device
+        from ssp._utils.devices import resolve_device
         from ssp.features.text import load_text_features
         from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key

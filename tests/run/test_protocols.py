@@ -13,6 +13,7 @@ from _dtd_subset import dtd_subset
 from _tip_cache_folder import write_tip_cache
 
 from ssp.cli import fewshot
+from ssp.report.tables import write_report
 from ssp.run.config import load_config
 from ssp.run.pipeline import plan_runs, run_fewshot
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, base_new_split, get_protocol, harmonic_mean, protocol_names
@@ -52,8 +53,9 @@ def test_every_protocol_runs_on_a_cache_and_records_its_metrics(name, tmp_path):
     cfg = spec.configure(load_config("dtd", overrides={"shots": [2], "seeds": [1], "methods": ["zero-shot", "gda"]}),
                          methods_given=True)
     methods, _ = spec.runnable(cfg["methods"])     # test-time: zero-shot only (GDA needs shots)
-    records, table = run_fewshot(cfg, TipCacheSource(cfg, folder=folder, device="cpu"), output_dir=tmp_path / "out",
-                                 echo=lambda _: None, progress=False, protocol=name)
+    records = run_fewshot(cfg, TipCacheSource(cfg, folder=folder, device="cpu"), output_dir=tmp_path / "out",
+                          echo=lambda _: None, progress=False, protocol=name)
+    table, _ = write_report(tmp_path / "out")
     assert len(records) == len(methods) >= 1 and table
     for record in records:
         assert record.get("protocol_name", DEFAULT_PROTOCOL) == name
