@@ -13,7 +13,8 @@ import numpy as np
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, like_input, resolve_device
+from ssp._utils.arrays import ArrayLike, like_input
+from ssp._utils.devices import resolve_device
 from ssp.methods.base import _CLIPFeatureClassifier
 
 __all__ = ["replay_memory", "Replay", "BLOCK_ELEMENTS"]

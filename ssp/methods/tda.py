@@ -36,7 +36,7 @@ import numpy as np
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike
+from ssp._utils.arrays import ArrayLike
 from ssp.methods.registry import register_method
 from ssp.methods.stream import BLOCK_ELEMENTS, _StreamingClassifier, replay_memory
 
