@@ -215,16 +215,29 @@ def dataset_markers(b: Benchmark) -> tuple[str, ...]:
     return tuple(m for m in (b.split_name, b.image_dir) if m)
 
 
+#: The one data-location rule: a data root holds the dataset folders directly or in this subfolder
+#: (``$SSP_DATA_ROOT/coop/dtd``, the layout of the CoOp benchmarks beside other data).
+COOP_SUBFOLDER = "coop"
+
+
+def data_folders(root: Path) -> list[Path]:
+    """The folders of ``root`` that may hold dataset folders: ``root`` and ``root/coop``."""
+    sub = root / COOP_SUBFOLDER
+    return [root, sub] if sub.is_dir() else [root]
+
+
 def resolve_dataset_dir(b: Benchmark, root: Path) -> Path:
-    """``root/<folder>`` when it exists, else ``root`` itself when it holds the dataset's files."""
+    """``root/<folder>`` (or ``root/coop/<folder>``) when it exists, else ``root`` itself when it
+    holds the dataset's files."""
     if not root.is_dir():
         raise _missing("data folder", root, b.name, b.layout)
-    for folder in b.folders:
-        if (root / folder).is_dir():
-            return root / folder
+    for base in data_folders(root):
+        for folder in b.folders:
+            if (base / folder).is_dir():
+                return base / folder
     if any((root / m).exists() for m in dataset_markers(b)):
         return root
-    looked = ", ".join(str(root / f) for f in b.folders)
+    looked = ", ".join(str(base / f) for base in (root, root / COOP_SUBFOLDER) for f in b.folders)
     raise _missing(
         f"dataset folder for '{b.name}'", root, b.name, b.layout,
         f"Looked for {looked}, and for {', '.join(dataset_markers(b))} directly inside {root}.",

@@ -253,28 +253,33 @@ def _cars_hint(report: DatasetReport, folder: Path) -> None:
 
 def verify_root(root: str | Path, names: list[str] | None = None, **kwargs) -> list[DatasetReport]:
     """Reports for ``names`` (every benchmark whose folder exists under ``root`` when ``None``)."""
-    from ssp.data.benchmarks import BENCHMARKS, canonical_name, dataset_markers
+    from ssp.data.benchmarks import BENCHMARKS, canonical_name, data_folders, dataset_markers
 
     root = Path(root).expanduser()
     if names:
         keys = list(dict.fromkeys(canonical_name(n) for n in names))
     else:
-        keys = [k for k, b in BENCHMARKS.items() if any((root / f).is_dir() for f in b.folders)]
+        keys = [k for k, b in BENCHMARKS.items()
+                if any((base / f).is_dir() for base in data_folders(root) for f in b.folders)]
         if not keys:  # root may be one dataset's folder itself
             keys = [k for k, b in BENCHMARKS.items() if all((root / m).exists() for m in dataset_markers(b))]
     return [verify_dataset(k, root, **kwargs) for k in keys]
 
 
-def check_dataset(name: str, root: str | Path, *, split_file: str | Path | None = None) -> DatasetReport | None:
+def check_dataset(name: str, root: str | Path, *, split_file: str | Path | None = None,
+                  missing_ok: bool = False) -> DatasetReport | None:
     """The cheap check ``ssp-fewshot`` runs before extraction: raise :class:`DatasetNotFoundError`
-    (one line + the fix) when the split definition or a listed image is missing. Returns the report
-    (``None`` for ``imagefolder``, whose own reader checks its folders)."""
+    (one line + the fix) when the split definition or a listed image is missing. ``missing_ok``
+    (``--skip-bad-images``): missing images are bad images, left out later, not an error here.
+    Returns the report (``None`` for ``imagefolder``, whose own reader checks its folders)."""
     from ssp.data.benchmarks import BENCHMARKS, canonical_name
 
     key = canonical_name(name)
     if key not in BENCHMARKS:
         return None
     report = verify_dataset(key, root, split_file=split_file, images="exists")
+    if missing_ok and report.status == "missing" and report.missing:
+        return report
     if not report.ok:
         lines = [report.line()] + [line for line in report.details(limit=5) if not line.startswith("  note")]
         raise DatasetNotFoundError("\n".join(lines))
