@@ -423,15 +423,13 @@ def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> Non
                          f"{hint}")
 
 
-def _test_only_split(test: Features, n_classes: int, seed: int, extra: dict | None = None) -> Split:
+def _test_only_split(test: Features, n_classes: int, seed: int, extra: dict | None = None, timings=None) -> Split:
     """The split of a 0-shot (test-time) run: the test features only, empty support and validation."""
-    dim = test.image_features.shape[1]
-    empty = Features(test.image_features.new_zeros(0, dim), test.labels.new_zeros(0))
-    return Split(support=empty, val=empty, test=test,
+    empty = Features(test.image_features[:0], test.labels[:0])
+    return Split(support=empty, val=empty, test=test, extra=dict(extra or {}), timings=dict(timings or {}),
                  protocol={"n_support": 0, "n_val": 0, "n_test": int(test.labels.numel()), "n_classes": n_classes,
                            "hyperparameters_chosen_on": "none: the methods' published defaults (no labels)"},
-                 seeds={"few_shot_support": None, "validation_subsample": None, "test_stream": seed},
-                 extra=dict(extra or {}))
+                 seeds={"few_shot_support": None, "validation_subsample": None, "test_stream": seed})
 
 
 def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -551,21 +549,6 @@ class TipCacheSource:
         if self._loaded is None or self._loaded[0] != wanted:
             self._loaded = (wanted, load_tip_adapter_cache(self.folder, wanted, read_text=False))  # read once, above
         cache = self._loaded[1]
-        if shots == 0:
-            if self.test_from_val is not None:
-                _, test_idx = split_validation(cache.val_labels, self.test_from_val, seed)
-                test = Features(cache.val_features[test_idx], cache.val_labels[test_idx])
-                carved = {"fraction": self.test_from_val, "seed": seed, "stratified": "per class",
-                          "n_val_features": int(cache.val_labels.numel()), "n_test": int(test_idx.numel()),
-                          "note": "the same test part as the few-shot runs of this seed"}
-            else:
-                test, carved = Features(cache.test_features, cache.test_labels), None
-            out = _test_only_split(test, self.n_classes, seed)
-            out.protocol["test_from_val"] = carved
-            out.seeds["test_from_val_split"] = seed if carved else None
-            out.timings["load_features_s"] = time.perf_counter() - t0
-            return out
-        support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels
         split = None
         if self.test_from_val is not None:
@@ -577,6 +560,11 @@ class TipCacheSource:
                      "n_test": int(test_idx.numel())}
         else:
             test = Features(cache.test_features, cache.test_labels)
+        if shots == 0:   # test-time: the test part only (the same as the few-shot runs of this seed)
+            out = _test_only_split(test, self.n_classes, seed, timings={"load_features_s": time.perf_counter() - t0})
+            out.protocol["test_from_val"], out.seeds["test_from_val_split"] = split, seed if split else None
+            return out
+        support = Features(cache.support_features, cache.support_labels)
         policy = self.cfg["val_policy"]
         keep = torch.tensor(validation_subsample(val_y.tolist(), policy, shots, seed), dtype=torch.long)
         val = Features(val_x[keep], val_y[keep])
