@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=protocol_names(), default=DEFAULT_PROTOCOL,
                    help="evaluation protocol: " + "; ".join(f"{n} = {PROTOCOLS[n].title}" for n in protocol_names())
                         + " (docs/protocol.md)")
+    p.add_argument("--eval-on", nargs="+", metavar="TARGET",
+                   help="distribution shift: after fitting and searching on --dataset, score each TARGET's test split "
+                        "with the logits restricted to its classes (mapped by class id), e.g. imagenet_v2 "
+                        "imagenet_sketch imagenet_a imagenet_r (read under --root), or NAME=DIR for a folder elsewhere")
     add_common_arguments(p)
     p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
     p.add_argument("--rerun", action="store_true",
@@ -276,6 +280,12 @@ def _main(argv: list[str] | None = None) -> int:
         print(table)
         print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
         return 0
+    if args.eval_on and args.protocol != DEFAULT_PROTOCOL:
+        raise SystemExit(f"{prog}: error: --eval-on scores the model fitted on every class of --dataset (protocol "
+                         f"fewshot); it does not combine with --protocol {args.protocol}")
+    if args.eval_on and args.features:
+        raise SystemExit(f"{prog}: error: --eval-on reads the targets' images through the backbone; it needs --root "
+                         "(images), not --features (a Tip-Adapter cache folder)")
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
@@ -346,7 +356,8 @@ def _main(argv: list[str] | None = None) -> int:
                     with random_weights_banner(cfg, show=main_rank):
                         source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
-                                             progress=not args.no_progress, split_manifest=manifest)
+                                             progress=not args.no_progress, split_manifest=manifest,
+                                             eval_on=_unique(args.eval_on, "--eval-on", prog))
                         records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                               progress=not args.no_progress, protocol=args.protocol,
                                               echo=print if main_rank else (lambda _: None))

@@ -264,7 +264,8 @@ def format_metrics_table(records: list[dict]) -> str:
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))
         spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed (no std):"
-        title = (f"{dataset} | {backbone} | {protocol_name(records[0])}, {shots}-shot | accuracy (%), {spread} "
+        kind = "distribution shift" if records[0].get("eval_on") else protocol_name(records[0])
+        title = (f"{dataset} | {backbone} | {kind}, {shots}-shot | accuracy (%), {spread} "
                  f"{sorted(seeds)}\n  settings {protocol}: {described or 'not recorded'}")
         blocks.append("\n".join([title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]))
     return "\n\n".join(blocks)
@@ -303,8 +304,9 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
             "report of %s: %d run file(s) of other output folders inside it not read (%s)", output_dir,
             len(skipped), ", ".join(map(str, nested)))
     by_protocol: dict[str, list[dict]] = defaultdict(list)
-    for r in records:
-        by_protocol[protocol_name(r)].append(r)
+    for r in records:  # few-shot runs with --eval-on targets get a table of their own metrics
+        by_protocol[protocol_name(r) if not (protocol_name(r) == "fewshot" and r.get("table_metrics"))
+                    else "shift"].append(r)
     fewshot = by_protocol.pop("fewshot", [])
     random_weights = is_random_backbone(records)
     tables, summaries, paths = [], {"random_weights": random_weights}, {}

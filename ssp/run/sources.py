@@ -65,6 +65,9 @@ class Split:
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
+    #: distribution-shift targets: name -> (test features with target labels, [C_target] source class
+    #: index of each target class); scored by the protocol with logits restricted to those classes
+    targets: dict = field(default_factory=dict)
 
 
 class FeatureSource(Protocol):
@@ -166,7 +169,8 @@ class ImageSource:
 
     def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
-                 progress: bool = True, split_manifest: dict | None = None) -> None:
+                 progress: bool = True, split_manifest: dict | None = None,
+                 eval_on: list[str] | None = None) -> None:
         from ssp.backbone.weights import backbone_label
         from ssp.data import get_dataset
         from ssp.data.manifest import check_run_manifest
@@ -205,6 +209,12 @@ class ImageSource:
             self._common["prompts"] = self.prompts.record()
         if split_manifest is not None:  # the given draws, not the sampler's: another settings key
             self._common["protocol"]["split_manifest_sha256"] = split_manifest["sha256"]
+        from ssp.run.shift import shift_targets
+
+        self.targets = shift_targets(self.data, eval_on or [], root)
+        if self.targets:  # runs without --eval-on keep their settings keys
+            self._common["eval_on"] = {t.name: {"image_list": sample_list_digest(t.data.test, t.data.root),
+                                                "class_ids": list(t.data.class_ids)} for t in self.targets}
         self._needs_patches = False
 
     def common_settings(self) -> dict:
@@ -259,6 +269,8 @@ class ImageSource:
                                                                       class_prompts=self.prompts.sentences)},
             recompute=recompute_text)["text"]
         self.test = self._features(data.test, split="test", desc="test")
+        self.target_features = {t.name: (self._features(t.data.test, split="test", desc=f"test {t.name}",
+                                                        dataset=t.name), t.source_index) for t in self.targets}
         self.full_val = None
         if data.val is not None:
             self.full_val = self._features(data.val, split="val", desc="val")
@@ -266,10 +278,10 @@ class ImageSource:
         self.shared_s = time.perf_counter() - t0
         return True
 
-    def _features(self, samples, *, split: str, desc: str, **kw) -> Features:
+    def _features(self, samples, *, split: str, desc: str, dataset: str | None = None, **kw) -> Features:
         from ssp.features.store import cached_features
 
-        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=self.data.name,
+        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=dataset or self.data.name,
                                                   split=split, recompute=self.recompute, desc=desc,
                                                   **self._kw, **kw))
 
@@ -283,6 +295,8 @@ class ImageSource:
         """Every feature file the runs need, extracted by all ranks together (torchrun)."""
         data, cfg = self.data, self.cfg
         self._features(data.test, split="test", desc="test")
+        for t in self.targets:
+            self._features(t.data.test, split="test", desc=f"test {t.name}", dataset=t.name)
         if data.val is not None:
             self._features(data.val, split="val", desc="val")
         for shots in [k for k in cfg["shots"] if k > 0]:   # 0 shots (test-time): the test split only
@@ -348,7 +362,7 @@ class ImageSource:
             seeds={"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
                    "training": seed, "random_init": identity.get("seed") if identity["source"] == "random" else None},
             timings={"shared_features_s": self.shared_s, "support_val_features_s": extract_s},
-            warnings=sampling_warnings,
+            warnings=sampling_warnings, targets=self.target_features,
             extra={"skipped_images": skipped, "replaced_shots": replacements,
                    "split_manifest": run_manifest(draw, split_file_sha256=self.split_sha256,
                                                   replacements=replacements)})
