@@ -35,39 +35,20 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from ssp.data.benchmarks import canonical_name
 from ssp.features.types import Features
 from ssp.run.config import builtin_config_names
+from ssp.run.splits import Split, split_validation, test_only_split
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
            "check_cache_dataset", "split_validation"]
 
-_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
-
-
-@dataclass
-class Split:
-    """The features of one (shots, seed) and what its run JSONs record about them."""
-
-    support: Features
-    val: Features
-    test: Features
-    protocol: dict
-    seeds: dict
-    timings: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
-    #: distribution-shift targets: name -> (test features with target labels, [C_target] source class
-    #: index of each target class); scored by the protocol with logits restricted to those classes
-    targets: dict = field(default_factory=dict)
 
 
 class FeatureSource(Protocol):
@@ -315,7 +296,7 @@ class ImageSource:
 
         cfg = self.cfg
         if shots == 0:
-            return _test_only_split(self.test, len(self.data.classnames), seed,
+            return test_only_split(self.test, len(self.data.classnames), seed,
                                     extra={"skipped_images": {"test": _skipped(self.data.test, self.test)}})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -437,34 +418,6 @@ def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> Non
                          f"{hint}")
 
 
-def _test_only_split(test: Features, n_classes: int, seed: int, extra: dict | None = None, timings=None) -> Split:
-    """The split of a 0-shot (test-time) run: the test features only, empty support and validation."""
-    empty = Features(test.image_features[:0], test.labels[:0])
-    return Split(support=empty, val=empty, test=test, extra=dict(extra or {}), timings=dict(timings or {}),
-                 protocol={"n_support": 0, "n_val": 0, "n_test": int(test.labels.numel()), "n_classes": n_classes,
-                           "hyperparameters_chosen_on": "none: the methods' published defaults (no labels)"},
-                 seeds={"few_shot_support": None, "validation_subsample": None, "test_stream": seed})
-
-
-def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split of validation indices into ``(search, test)``: for class ``c`` a
-    permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
-    ``round(fraction * n_c)`` indices (at least one, and at most ``n_c - 1`` when ``n_c >= 2``) go
-    to the test part. Both parts are sorted (file order)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"test_from_val must be a fraction in (0, 1), got {fraction}")
-    y = labels.cpu().numpy()
-    search, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        perm = idx[np.random.default_rng([int(seed), _STAGE_TEST_FROM_VAL, int(c)]).permutation(idx.size)]
-        n_test = int(round(fraction * idx.size))
-        n_test = min(max(n_test, 1), idx.size - 1) if idx.size >= 2 else 0
-        test.extend(perm[:n_test].tolist())
-        search.extend(perm[n_test:].tolist())
-    return torch.tensor(sorted(search), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
-
-
 class TipCacheSource:
     """A Tip-Adapter cache folder (``keys_<K>shots.pt``, ``values_<K>shots.pt``, ``val_f.pt``, ...).
 
@@ -575,7 +528,7 @@ class TipCacheSource:
         else:
             test = Features(cache.test_features, cache.test_labels)
         if shots == 0:   # test-time: the test part only (the same as the few-shot runs of this seed)
-            out = _test_only_split(test, self.n_classes, seed, timings={"load_features_s": time.perf_counter() - t0})
+            out = test_only_split(test, self.n_classes, seed, timings={"load_features_s": time.perf_counter() - t0})
             out.protocol["test_from_val"], out.seeds["test_from_val_split"] = split, seed if split else None
             return out
         support = Features(cache.support_features, cache.support_labels)
