@@ -21,6 +21,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,6 +36,22 @@ RUN_SUFFIX = ".run.json"
 DEFAULT_METRICS = {"conformal_alpha": 0.1, "calibration_bins": 15}
 #: The ending of a run's per-sample / per-class arrays file, beside its JSON.
 SAMPLES_SUFFIX = ".samples.npz"
+
+
+@dataclass
+class MethodResult:
+    """What one run of one method produced: the results part of its run JSON (:func:`make_record`)."""
+
+    method: str
+    hyperparameters: dict
+    val_accuracy: float | None      # None: nothing chosen on validation (test-time protocol)
+    test_accuracy: float
+    timings: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
+    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
+    reliability: dict | None = None     # ssp.metrics.reliability's metrics of the test logits
+    samples: dict | None = field(default=None, repr=False)   # per-sample / per-class arrays, saved beside the JSON
 
 
 def settings_key(settings: Any) -> str:
@@ -211,7 +228,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "text_features": text_features,
         "seeds": seeds,
         "hyperparameters": result.hyperparameters,
-        "val_accuracy": round(result.val_accuracy, 6),
+        "val_accuracy": None if result.val_accuracy is None else round(result.val_accuracy, 6),
         "test_accuracy": round(result.test_accuracy, 6),
         **({"reliability": result.reliability} if getattr(result, "reliability", None) is not None else {}),
         "details": result.details,
