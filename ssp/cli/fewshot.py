@@ -75,8 +75,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file applied on top of the shipped dataset config")
     p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
-    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
-                   help=f"methods to run (default: the config's list); choose from {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"methods to run (default: the config's list); choose from {', '.join(METHODS)}, or a "
+                        "method of a module the config's method_modules names")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")

@@ -90,7 +90,7 @@ def test_search_scores_every_point_like_predict(data, solver):
     assert result.best_params_ == {"beta": grid["beta"][b], "lam": grid["lam"][i]}
     expected = proker_reference(support, labels, text, queries, grid["beta"][b], grid["lam"][i])
     assert _rel_err(best, expected) < 1e-8
-    with pytest.raises(ValueError, match="lam must be > 0"):
+    with pytest.raises(ValueError, match="lam must be a finite real number > 0"):
         validation_search(model, queries, query_labels, {"lam": [0.0, 1.0]})
 
 

@@ -16,7 +16,7 @@ from ssp.methods.registry import (
     registered_methods,
     spec_for_estimator,
 )
-from ssp.methods.search import make_grid, validation_search
+from ssp.methods import make_grid, validation_search
 from ssp.run.config import METHODS, load_config
 
 
