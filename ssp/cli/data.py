@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssp.cli._args import int_at_least
+from ssp.cli._args import int_at_least, with_cli_messages
 
 PROG = "ssp-data"
 
@@ -63,9 +63,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _output_file(path: str, flag: str) -> None:
+    """Exit, before any work, when ``flag``'s file cannot be written."""
+    from ssp._io import check_writable_file
+
+    try:
+        check_writable_file(path)
+    except OSError as err:
+        raise SystemExit(f"{PROG}: error: {flag}: {err}; choose another file")
+
+
+def _write_json(path: str, payload, flag: str):
+    from ssp._io import write_json_atomic
+
+    try:
+        return write_json_atomic(path, payload)
+    except OSError as err:
+        raise SystemExit(f"{PROG}: error: {flag} {path}: cannot write it ({err.strerror or err}); choose another file")
+
+
 def _download(args) -> int:
+    from ssp.data.catalog import mirror_url
     from ssp.data.download import DownloadError, download_dataset
 
+    try:
+        mirror_url(args.mirror)
+    except ValueError as err:
+        raise SystemExit(f"{PROG}: error: {err}")
     failed = 0
     for name in dict.fromkeys(args.names):
         try:
@@ -93,6 +117,8 @@ def _verify(args) -> int:
     root = Path(args.root).expanduser()
     if not root.is_dir():
         raise SystemExit(f"{PROG}: error: --root {root}: no such folder")
+    if args.json:
+        _output_file(args.json, "--json")
     kw = {"images": args.images, "strict": args.strict, "progress": not args.no_progress}
     try:
         if args.split_file:
@@ -109,9 +135,7 @@ def _verify(args) -> int:
         for line in report.details():
             print(line)
     if args.json:
-        from ssp._io import write_json_atomic
-
-        write_json_atomic(args.json, [r.as_dict() for r in reports])
+        _write_json(args.json, [r.as_dict() for r in reports], "--json")
     bad = [r.name for r in reports if not r.ok]
     if bad:
         print(f"{PROG}: not ready: {', '.join(bad)}", file=sys.stderr)
@@ -119,10 +143,10 @@ def _verify(args) -> int:
 
 
 def _splits(args) -> int:
-    from ssp._io import file_sha256, write_json_atomic
+    from ssp._io import file_sha256
     from ssp.data import DatasetNotFoundError, get_dataset
     from ssp.data.manifest import draw_manifest
-    from ssp.data.verify import _split_path
+    from ssp.data.verify import split_path
 
     policy = args.val_policy
     if policy not in ("coop", "full"):
@@ -133,15 +157,16 @@ def _splits(args) -> int:
         if policy < 1:
             raise SystemExit(f"{PROG}: error: --val-policy must be coop, full or a positive integer, "
                              f"got {args.val_policy!r}")
+    _output_file(args.output, "-o/--output")
     try:
         ds = get_dataset(args.dataset, args.root, split_file=args.split_file, check_files=False)
     except (DatasetNotFoundError, ValueError) as err:
         raise SystemExit(f"{PROG}: error: {str(err).splitlines()[0]}")
-    split = _split_path(ds.name, Path(ds.root), args.split_file) if ds.name != "imagefolder" else None
+    split = split_path(ds.name, Path(ds.root), args.split_file) if ds.name != "imagefolder" else None
     digest = file_sha256(split) if split is not None and split.is_file() else None
     manifest = draw_manifest(ds, list(dict.fromkeys(args.shots)), list(dict.fromkeys(args.seeds)),
                              val_policy=policy, split_file_sha256=digest)
-    out = write_json_atomic(args.output, manifest)
+    out = _write_json(args.output, manifest, "-o/--output")
     print(f"{ds.name}: {len(manifest['draws'])} draw(s) ({', '.join(str(k) for k in args.shots)} shots x seeds "
           f"{', '.join(str(s) for s in args.seeds)}), sha256 {manifest['sha256']} -> {out}")
     return 0
@@ -167,7 +192,7 @@ def _list(_args) -> int:
 _COMMANDS = {"download": _download, "verify": _verify, "splits": _splits, "list": _list}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
@@ -176,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
 
+
+main = with_cli_messages(_main)
 
 if __name__ == "__main__":
     sys.exit(main())

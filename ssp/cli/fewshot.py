@@ -25,8 +25,9 @@ from ssp._checks import (
     VAL_POLICIES,
     is_random_weights,
 )
-from ssp.cli._args import int_at_least, with_cli_messages
+from ssp.cli._args import fail, int_at_least, with_cli_messages
 from ssp.run.config import METHODS, builtin_config_names, load_config
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
 
 
 def _rank_rule(text: str):
@@ -115,6 +116,25 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+#: Flags of images only (backbone weights, extraction): a Tip-Adapter cache folder holds features
+#: already extracted, so they are refused with one rather than silently ignored.
+IMAGE_ONLY_FLAGS = {"pretrained": "--pretrained", "precision": "--precision", "quick_gelu": "--quick-gelu",
+                    "views": "--views", "batch_size": "--batch-size", "num_workers": "--num-workers",
+                    "feature_store": "--feature-store", "recompute": "--recompute",
+                    "skip_bad_images": "--skip-bad-images"}
+
+
+def refuse_image_flags(args: argparse.Namespace, prog: str, source_flag: str) -> None:
+    """Exit naming the image-only flags given with a Tip-Adapter cache source (``source_flag``)."""
+    given = [flag for dest, flag in IMAGE_ONLY_FLAGS.items()
+             if getattr(args, dest, None) is not None and getattr(args, dest) is not False]
+    if given:
+        one = len(given) == 1
+        raise SystemExit(f"{prog}: error: {' '.join(given)} appl{'ies' if one else 'y'} to images (--root); "
+                         f"{source_flag} reads features already extracted, so {'it' if one else 'they'} would "
+                         f"change nothing: drop {'it' if one else 'them'}")
+
+
 def config_overrides(args: argparse.Namespace, prog: str) -> dict:
     """The command-line values that override the YAML configs (``None`` = not given)."""
     return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
@@ -165,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a run JSON) instead of drawing them; refused if it does not match the dataset on disk")
     p.add_argument("--backbone", help="open_clip model name (RN50, ViT-B-32, ...), hf-hub:org/repo, "
                                       "or a model-config JSON; with --features, a label for the cache's backbone")
+    p.add_argument("--protocol", choices=protocol_names(), default=DEFAULT_PROTOCOL,
+                   help="evaluation protocol: " + "; ".join(f"{n} = {PROTOCOLS[n].title}" for n in protocol_names())
+                        + " (docs/protocol.md)")
     add_common_arguments(p)
     p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
     p.add_argument("--rerun", action="store_true",
@@ -228,12 +251,6 @@ def _val_policy(text: str | None, prog: str = "ssp-fewshot"):
     return value
 
 
-def _fail(prog: str, err: BaseException, debug: bool) -> SystemExit:
-    if debug:
-        raise err
-    return SystemExit(f"{prog}: error: {err}\n(run with --debug for the full traceback)")
-
-
 def _main(argv: list[str] | None = None) -> int:
     prog = "ssp-fewshot"
     args = build_parser().parse_args(argv)
@@ -245,22 +262,24 @@ def _main(argv: list[str] | None = None) -> int:
         print("\n".join(list_datasets()))
         return 0
     if args.report_only:
-        from ssp.report.tables import RUN_SUFFIX, write_report
+        from ssp.report.tables import write_report
+        from ssp.run.records import RUN_SUFFIX, find_runs
 
         out = Path(args.output)
-        if not out.is_dir() or not any(out.rglob(f"*{RUN_SUFFIX}")):
+        if not find_runs(out):
             raise SystemExit(f"{prog}: error: --report-only: no run results (*{RUN_SUFFIX}) under {out}; "
                              "point --output at a folder written by ssp-fewshot or ssp-reproduce")
         try:
             table, paths = write_report(out)
         except (ValueError, OSError) as err:
-            raise _fail(prog, err, args.debug)
+            raise fail(prog, err, args.debug)
         print(table)
         print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
         return 0
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
+        refuse_image_flags(args, prog, "--features")
         if args.split_manifest:
             raise SystemExit(f"{prog}: error: --split-manifest applies to images (--root); a Tip-Adapter cache "
                              "folder holds its own support draw (keys_<K>shots.pt)")
@@ -308,8 +327,8 @@ def _main(argv: list[str] | None = None) -> int:
                 source = TipCacheSource(cfg, folder=args.features, test_from_val=args.test_from_val,
                                         text_features=args.text_features, text_layout=args.text_layout,
                                         backbone_name=args.backbone, device=args.device)
-                records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                             progress=not args.no_progress)
+                records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
+                                      progress=not args.no_progress, protocol=args.protocol)
             else:
                 from ssp import distributed
                 from ssp.run.sources import ImageSource
@@ -326,9 +345,9 @@ def _main(argv: list[str] | None = None) -> int:
                         source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
                                              progress=not args.no_progress, split_manifest=manifest)
-                        records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                                     progress=not args.no_progress,
-                                                     echo=print if main_rank else (lambda _: None))
+                        records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
+                                              progress=not args.no_progress, protocol=args.protocol,
+                                              echo=print if main_rank else (lambda _: None))
                 finally:
                     distributed.shutdown()
     except Interrupted as err:
@@ -352,9 +371,15 @@ def _main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{prog}: error: cannot read image {err.path} ({err.reason}); replace or delete it, "
                          "or rerun with --skip-bad-images to go on without it" if main_rank else 1)
     except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RuntimeError) as err:
-        raise _fail(prog, err, args.debug)
+        raise fail(prog, err, args.debug)
     if not main_rank:
         return 0
+    from ssp.report.tables import write_report
+
+    try:
+        table, _ = write_report(args.output)
+    except (ValueError, OSError) as err:
+        raise fail(prog, err, args.debug)
     print()
     print(table)
     print(f"\n{len(records)} runs under {Path(args.output).resolve()} (results.md, results.png, summary.json)")

@@ -76,14 +76,9 @@ import numpy as np
 
 from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
-from ssp._utils import (
-    ArrayLike,
-    check_labels,
-    check_text_features,
-    l2_normalize,
-    to_tensor,
-    warn,
-)
+from ssp._utils.arrays import ArrayLike, check_labels, check_text_features, to_tensor
+from ssp._utils.normalize import l2_normalize
+from ssp._utils.warn import warn
 from ssp.methods.base import AUTO_CHUNK_ELEMENTS, SEARCH_BLOCK_ELEMENTS, CLIPFeatureClassifier
 from ssp.methods.params import Fraction, Integer, Options, Pair, Real, check_param
 from ssp.methods.registry import register_method

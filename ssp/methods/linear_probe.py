@@ -26,7 +26,7 @@ import numpy as np
 
 from ssp._checks import ROUTINGS, check_int
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, check_labels, like_input
+from ssp._utils.arrays import ArrayLike, check_labels, like_input
 from ssp.methods.base import CLIPFeatureClassifier, check_routing
 from ssp.methods.params import Integer, Options, Real
 from ssp.methods.registry import log_grid_builder, register_method
@@ -59,6 +59,9 @@ class LinearProbe(CLIPFeatureClassifier):
     """
 
     _fit_time_params = ("projector", "max_iter", "tol")
+    new_class_rule = ("zero-shot CLIP: the probe has no text term, so classes without shots are scored by "
+                      "s * x t^T with their text (vision-projected query and text with an SSP projector)")
+
     _parameter_constraints = {"C": [Real(0, closed="neither")], "max_iter": [Integer(1)],
                               "tol": [Real(0, closed="neither")], "routing": [Options(ROUTINGS)]}
 

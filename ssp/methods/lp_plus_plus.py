@@ -47,7 +47,8 @@ from typing import Any, Mapping
 
 from ssp._checks import ROUTINGS
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, l2_normalize, to_tensor
+from ssp._utils.arrays import ArrayLike, to_tensor
+from ssp._utils.normalize import l2_normalize
 from ssp.methods.base import CLIPFeatureClassifier
 from ssp.methods.params import Boolean, Integer, Options, Real
 from ssp.methods.registry import register_method
@@ -89,6 +90,10 @@ class LPPlusPlus(CLIPFeatureClassifier):
 
     _fit_time_params = ("projector", "routing", "epochs", "alpha_every", "init_alpha_scale",
                         "momentum", "seed")
+    new_class_rule = ("zero-shot: the text term x t^T of the new classes with one common multiplier (a class "
+                      "without shots has no learned alpha or W), i.e. zero-shot CLIP's ranking; with an SSP "
+                      "projector query and text are vision-projected")
+
     _parameter_constraints = {"epochs": [Integer(0)], "alpha_every": [Integer(1)],
                               "init_alpha_scale": [Real(0)], "momentum": [Real(0, 1, closed="left")],
                               "seed": [Integer(0)], "progress": [Boolean()], "routing": [Options(ROUTINGS)]}
@@ -231,7 +236,7 @@ class LPPlusPlus(CLIPFeatureClassifier):
     def _progress_bar(self, total: int):
         if not self.progress or total == 0:
             return None
-        from ssp._utils import progress_bar
+        from ssp._utils.progress import progress_bar
 
         return progress_bar(total, "training LP++", "step", leave=False)
 

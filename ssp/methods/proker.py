@@ -44,7 +44,7 @@ import numpy as np
 
 from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike
+from ssp._utils.arrays import ArrayLike
 from ssp.methods.base import CLIPFeatureClassifier
 from ssp.methods.cache_models import LINEAR_KERNEL_BETA
 from ssp.methods.params import Integer, Options, Real, check_param

@@ -37,7 +37,8 @@ import numpy as np
 
 from ssp._checks import ROUTINGS
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, check_is_fitted, check_labels, to_tensor
+from ssp._utils.arrays import ArrayLike, check_labels, to_tensor
+from ssp._utils.fitted import check_is_fitted
 from ssp.methods.registry import MethodSpec, spec_for_estimator
 
 __all__ = ["SearchResult", "SearchAxis", "validation_search"]

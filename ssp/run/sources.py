@@ -42,10 +42,12 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ssp.data.benchmarks import canonical_name
 from ssp.features.types import Features
+from ssp.run.config import builtin_config_names
 
-__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "cache_dataset_name",
-           "split_validation"]
+__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
+           "check_cache_dataset", "split_validation"]
 
 _STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
@@ -74,6 +76,9 @@ class FeatureSource(Protocol):
 
     def common_settings(self) -> dict:
         """Settings shared by every run (source, backbone, protocol): part of each settings key."""
+
+    def recorded_config(self, cfg: dict) -> dict:
+        """The part of ``cfg`` this source uses: the ``config`` of its run JSONs."""
 
     def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
         """``(methods that can run here, one-line reasons for those skipped)``."""
@@ -190,6 +195,9 @@ class ImageSource:
 
     def common_settings(self) -> dict:
         return self._common
+
+    def recorded_config(self, cfg: dict) -> dict:
+        return cfg
 
     def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
         self._needs_patches = any(m.endswith("+ssp") for m in methods)
@@ -342,23 +350,43 @@ class ImageSource:
 
 # ------------------------------------------------------------------------ Tip-Adapter cache folders
 
-#: Folder names the published Tip-Adapter / APE caches and configs use -> ssp's dataset names.
-TIP_ADAPTER_NAMES = {"fgvc": "fgvc_aircraft", "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft",
-                     "flowers": "oxford_flowers", "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers",
-                     "pets": "oxford_pets", "oxfordpets": "oxford_pets", "cars": "stanford_cars",
-                     "stanfordcars": "stanford_cars", "caltech": "caltech101", "food": "food101",
-                     "food_101": "food101", "sun": "sun397", "ucf": "ucf101", "eurosat_rgb": "eurosat",
-                     "describabletextures": "dtd", "textures": "dtd"}
-
-
 def cache_dataset_name(folder: str | Path) -> str | None:
     """The benchmark a Tip-Adapter cache folder holds, from its name: ssp's names
-    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``)."""
-    from ssp.run.config import builtin_config_names
-
+    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``; the aliases
+    of :data:`ssp.data.benchmarks.ALIASES`). None when the name is no benchmark's."""
     name = Path(folder).expanduser().resolve().name.lower().replace("-", "_")
-    name = TIP_ADAPTER_NAMES.get(name, TIP_ADAPTER_NAMES.get(name.replace("_", ""), name))
-    return name if name in builtin_config_names() else None
+    for spelling in dict.fromkeys((name, name.replace("_", ""))):
+        try:
+            key = canonical_name(spelling)
+        except ValueError:
+            continue
+        if key in builtin_config_names():
+            return key
+    return None
+
+
+#: Config keys of images only (backbone weights, extraction, prompts): a Tip-Adapter cache folder
+#: holds extracted features, so its runs neither use nor record them.
+IMAGE_ONLY_KEYS = ("pretrained", "precision", "quick_gelu", "views", "batch_size", "num_workers",
+                   "skip_bad_images", "prompts")
+
+
+def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> None:
+    """Refuse a Tip-Adapter cache folder filed under another dataset: its folder name names another
+    benchmark, or its class count is not the dataset's (under the CoOp protocol)."""
+    from ssp.data.catalog import benchmark_class_count, list_sources
+
+    named = cache_dataset_name(folder)
+    if named is not None and named != dataset:
+        raise ValueError(f"Tip-Adapter cache folder {folder} holds {named} (its folder name), not {dataset}: "
+                         f"run it as --dataset {named}, or rename the folder if its name is wrong")
+    expected = benchmark_class_count(dataset)
+    if expected is not None and expected != n_classes:
+        same = [s.name for s in list_sources() if benchmark_class_count(s.name) == n_classes]
+        hint = f" ({', '.join(same)} {'has' if len(same) == 1 else 'have'} {n_classes})" if same else ""
+        raise ValueError(f"Tip-Adapter cache folder {folder} holds {n_classes} classes, {dataset} has {expected}: "
+                         f"these are not {dataset}'s features; run it with the dataset it was extracted from"
+                         f"{hint}")
 
 
 def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,7 +422,7 @@ class TipCacheSource:
                  text_features: str | Path | None = None, text_layout: str = "auto",
                  backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
         from ssp._io import file_sha256
-        from ssp._utils import resolve_device
+        from ssp._utils.devices import resolve_device
         from ssp.features.text import load_text_features
         from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key
@@ -409,8 +437,9 @@ class TipCacheSource:
         self.shots = available_shots(folder)
         if not self.shots:
             raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")
-        probe = load_tip_adapter_cache(folder, self.shots[0])
+        probe = load_tip_adapter_cache(folder, self.shots[0], read_text=text_features is None)
         self.n_classes, self.dim = probe.n_classes, probe.n_features
+        check_cache_dataset(folder, cfg["dataset"], self.n_classes)
         if text_features is not None:
             path = Path(text_features).expanduser()
             self.text = load_text_features(path, self.n_classes, self.dim, text_layout)
@@ -452,6 +481,10 @@ class TipCacheSource:
     def common_settings(self) -> dict:
         return self._common
 
+    def recorded_config(self, cfg: dict) -> dict:
+        """The config without the image-only keys (:data:`IMAGE_ONLY_KEYS`): a cache run uses none."""
+        return {k: v for k, v in cfg.items() if k not in IMAGE_ONLY_KEYS}
+
     def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
         return _skip_ssp_and_textless(list(methods), has_patches=False, has_text=self.text is not None,
                                       where=str(self.folder))
@@ -470,7 +503,7 @@ class TipCacheSource:
 
         t0 = time.perf_counter()
         if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots))
+            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots, read_text=False))  # read once, above
         cache = self._loaded[1]
         support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels

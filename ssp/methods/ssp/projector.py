@@ -45,17 +45,11 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from ssp._checks import SCORE_PRECISIONS
 from ssp._lazy import torch
-from ssp._utils import (
-    ArrayLike,
-    check_features,
-    check_is_fitted,
-    check_labels,
-    check_text_features,
-    l2_normalize,
-    like_input,
-    resolve_device,
-    to_tensor,
-)
+from ssp._utils.arrays import (ArrayLike, check_features, check_labels, check_text_features, like_input,
+                               to_tensor)
+from ssp._utils.devices import resolve_device
+from ssp._utils.fitted import check_is_fitted
+from ssp._utils.normalize import l2_normalize
 from ssp.methods.params import Fraction, Integer, Options, Real, ValidatedFit
 from ssp.methods.ssp.parallel import BLOCK_BUDGET_BYTES, lapack_threads
 from ssp.methods.ssp.scoring import choose_scoring, select_classes
