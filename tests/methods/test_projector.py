@@ -421,11 +421,12 @@ def test_bad_inputs_give_clear_errors():
     np.testing.assert_allclose(listed.transform(queries), proj.transform(queries), atol=1e-12)
     SSPProjector(patch_top_k=3).fit(np.round(10 * patches).astype(int), labels, image_features=images,
                                     text_features=text)
-    # a failed fit leaves a fitted projector untouched
-    before = proj.transform(queries, view="language")
+    # a failed fit leaves the projector unfitted (the fit template of every estimator), never
+    # half-fitted nor silently keeping the previous fit
     with pytest.raises(ValueError):
         proj.fit(patches, np.where(labels == 3, 0, labels), image_features=images, text_features=text)
-    np.testing.assert_array_equal(proj.transform(queries, view="language"), before)
+    with pytest.raises(NotFittedError):
+        proj.transform(queries, view="language")
 
 
 # ------------------------------------------------------------------ structured data
