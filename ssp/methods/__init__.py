@@ -13,6 +13,9 @@
     proker         :class:`ProKeR`, kernel ridge regression around zero-shot CLIP (training-free)
     lp_plus_plus   :class:`LPPlusPlus`, a linear probe blended with the text logits (LP++)
     linear_probe   :class:`LinearProbe`, the CLIP paper's logistic-regression probe
+    tda            :class:`TDA`, test-time positive / negative caches of the stream (no shots)
+    dmn            :class:`DMNZeroShot`, DMN-ZS's dynamic memory of the stream (no shots)
+    stream         what the test-time methods share (memory replay, the streaming base class)
     ssp            :class:`SSPProjector`, the training-free vision / language subspace projector,
                    and its exact class scoring (a subpackage)
 
@@ -30,6 +33,8 @@ from ssp.methods import gda  # noqa: F401
 from ssp.methods import proker  # noqa: F401
 from ssp.methods import lp_plus_plus  # noqa: F401
 from ssp.methods import linear_probe  # noqa: F401
+from ssp.methods import tda  # noqa: F401
+from ssp.methods import dmn  # noqa: F401
 from ssp.methods.cache_models import APE, TipAdapter
 from ssp.methods.finetuned import APET, TipAdapterF
 from ssp.methods.gda import GDA
@@ -38,11 +43,14 @@ from ssp.methods.lp_plus_plus import LPPlusPlus
 from ssp.methods.proker import ProKeR
 from ssp.methods.ssp import SSPProjector
 from ssp.methods.base import CLIPFeatureClassifier
+from ssp.methods.dmn import DMNZeroShot
 from ssp.methods.registry import MethodSpec, get_method, make_grid, method_names, parse_method, register_method
 from ssp.methods.search import SearchAxis, SearchResult, validation_search
+from ssp.methods.tda import TDA
 from ssp.methods.zero_shot import ZeroShotCLIP
 
 __all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "GDA", "ProKeR", "LPPlusPlus", "LinearProbe",
+           "TDA", "DMNZeroShot",
            "SSPProjector", "CLIPFeatureClassifier", "MethodSpec", "SearchAxis",
            "register_method", "get_method", "method_names", "parse_method", "validation_search",
            "SearchResult", "make_grid"]
