@@ -28,7 +28,7 @@ from ssp.cli._args import fail, int_at_least, with_cli_messages
 from ssp.cli._args import random_weights_banner as _random_weights_banner
 from ssp.methods.registry import canonical_name, method_help
 from ssp.run.config import builtin_config_names, load_config
-from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_names
 
 
 def _rank_rule(text: str):
@@ -112,6 +112,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
                    help="Tip-Adapter cache folders without test features: a seeded per-class split of the validation "
                         "features, FRACTION of them becoming the test part (e.g. 0.5)")
+    p.add_argument("--conformal-alpha", type=_fraction, metavar="ALPHA",
+                   help="split conformal prediction sets (calibrated on validation) target 1 - ALPHA coverage "
+                        "(default 0.1: 90%%)")
     p.add_argument("--text-layout", choices=["auto", "CD", "DC"], default="auto",
                    help="orientation of --text-features: auto (from C and D), CD = [classes, dim], DC = [dim, classes]")
     p.add_argument("--feature-store", metavar="DIR", default=None,
@@ -153,6 +156,7 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
             "val_policy": _val_policy(args.val_policy, prog), "batch_size": args.batch_size,
             "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
             "prompts": args.prompts,
+            "metrics": {"conformal_alpha": args.conformal_alpha} if args.conformal_alpha is not None else None,
             "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing),
                                       ("score_precision", args.score_precision)) if v}}
 
@@ -189,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=protocol_names(), default=DEFAULT_PROTOCOL,
                    help="evaluation protocol: " + "; ".join(f"{n} = {PROTOCOLS[n].title}" for n in protocol_names())
                         + " (docs/protocol.md)")
+    p.add_argument("--eval-on", nargs="+", metavar="TARGET",
+                   help="distribution shift: after fitting and searching on --dataset, score each TARGET's test split "
+                        "with the logits restricted to its classes (mapped by class id), e.g. imagenet_v2 "
+                        "imagenet_sketch imagenet_a imagenet_r (read under --root), or NAME=DIR for a folder elsewhere")
     add_common_arguments(p)
     p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
     p.add_argument("--rerun", action="store_true",
@@ -277,6 +285,12 @@ def _main(argv: list[str] | None = None) -> int:
         print(table)
         print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
         return 0
+    if args.eval_on and args.protocol != DEFAULT_PROTOCOL:
+        raise SystemExit(f"{prog}: error: --eval-on scores the model fitted on every class of --dataset (protocol "
+                         f"fewshot); it does not combine with --protocol {args.protocol}")
+    if args.eval_on and args.features:
+        raise SystemExit(f"{prog}: error: --eval-on reads the targets' images through the backbone; it needs --root "
+                         "(images), not --features (a Tip-Adapter cache folder)")
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
@@ -312,6 +326,8 @@ def _main(argv: list[str] | None = None) -> int:
         overrides["backbone"] = None  # a label only: the cache's backbone is not loaded
     try:
         cfg = load_config(args.dataset, args.config, overrides)
+        cfg = get_protocol(args.protocol).configure(cfg, shots_given=args.shots is not None,
+                                                    methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
     from ssp.data import ImageLoadError
@@ -345,7 +361,8 @@ def _main(argv: list[str] | None = None) -> int:
                     with random_weights_banner(cfg, show=main_rank):
                         source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
-                                             progress=not args.no_progress, split_manifest=manifest)
+                                             progress=not args.no_progress, split_manifest=manifest,
+                                             eval_on=_unique(args.eval_on, "--eval-on", prog))
                         records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                               progress=not args.no_progress, protocol=args.protocol,
                                               echo=print if main_rank else (lambda _: None))

@@ -103,6 +103,8 @@ def split_path(name: str, folder: Path, split_file: str | Path | None) -> Path |
         return folder / b.split_name
     if b.kind == "imagenet":
         return folder / "classnames.txt"
+    if b.kind == "imagenet_variant" and (folder / "classnames.txt").is_file():
+        return folder / "classnames.txt"
     return None
 
 
@@ -234,11 +236,36 @@ def verify_dataset(name: str, root: str | Path, *, split_file: str | Path | None
             report.fix = ("replace the file(s) from the original archive, or run ssp-fewshot with "
                           "--skip-bad-images to leave them out (recorded in each run)")
             return report
+    if b.kind == "imagenet_variant":
+        _check_variant(report, key, ds)
+        if not report.ok:
+            return report
     if strict and report.split_official is False:
         report.status = "corrupt"
         report.problem = report.notes[-1]
         report.fix = f"move {report.split_file} away and run ssp-data download {key} --root {parent}"
     return report
+
+
+def _check_variant(report: DatasetReport, key: str, ds) -> None:
+    """An ImageNet variant: the official release's class list and image count."""
+    from ssp.data.benchmarks import IMAGENET_VARIANTS, shipped_class_ids
+
+    expected = IMAGENET_VARIANTS[key][1]
+    shipped = shipped_class_ids(key)
+    if ds.class_ids != shipped:
+        report.notes.append(f"{report.split_file.name if report.split_file else 'the class list'} lists "
+                            f"{len(ds.class_ids)} classes, not the release's {len(shipped)} "
+                            f"(ssp/data/class_subsets/{IMAGENET_VARIANTS[key][0]}): your own subset")
+    if len(ds.test) != expected:
+        counts: dict[str, int] = {}
+        for sample in ds.test:
+            counts[sample.label] = counts.get(sample.label, 0) + 1
+        empty = [ds.class_ids[c] for c in range(ds.n_classes) if c not in counts]
+        report.status = "missing"
+        report.problem = (f"{len(ds.test):,} images in {report.folder}, the release has {expected:,}"
+                          + (f"; class folder(s) without images: {', '.join(empty[:5])}" if empty else ""))
+        report.fix = f"restore the missing images (re-extract the archive), or {_fix_download(key, report.root)}"
 
 
 def _cars_hint(report: DatasetReport, folder: Path) -> None:

@@ -59,8 +59,11 @@ def _check_class_major(fs: FewShotSplits) -> None:
 
 
 # --------------------------------------------------------------------------------------------- registry
-def test_registry_lists_the_eleven_benchmarks_and_imagefolder():
-    assert list_datasets() == BENCHMARKS + ["imagefolder"]
+SHIFT_TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+
+
+def test_registry_lists_the_eleven_benchmarks_the_shift_targets_and_imagefolder():
+    assert list_datasets() == BENCHMARKS + SHIFT_TARGETS + ["imagefolder"]
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*dtd"):
         get_dataset("mnist", "/nowhere")
 
