@@ -124,8 +124,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="feature store folder: extracted features, reused across runs (default $SSP_FEATURE_STORE, else ~/.cache/ssp)")
     p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave unreadable (corrupt, truncated) images out instead of stopping; they are listed "
-                        "in the log and in each run JSON (skipped_images)")
+                   help="leave unreadable (corrupt, truncated, missing) images out instead of stopping; they are "
+                        "listed in the log and in each run JSON (skipped_images); a support shot left out is "
+                        "replaced by another training image of its class (seeded, recorded in replaced_shots)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
