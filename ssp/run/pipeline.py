@@ -94,7 +94,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
     ``MethodResult.warnings`` (those of the chosen rank rule).
     """
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
     from ssp.methods.registry import parse_method
     from ssp.methods.search import validation_search
 
