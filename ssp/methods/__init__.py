@@ -7,6 +7,7 @@
     finetuned      their fine-tuned variants: :class:`TipAdapterF`, :class:`APET`
     gda            :class:`GDA`, Gaussian discriminant analysis (training-free)
     proker         :class:`ProKeR`, kernel ridge regression around zero-shot CLIP (training-free)
+    timo           :class:`TIMO`, :class:`TIMOS`: GDA with image-guided text and text-guided image
     lp_plus_plus   :class:`LPPlusPlus`, a linear probe blended with the text logits (LP++)
     linear_probe   :class:`LinearProbe`, the CLIP paper's logistic-regression probe
     projector      :class:`SSPProjector`, the training-free vision / language subspace projector
@@ -24,6 +25,7 @@ from ssp.methods import cache_models  # noqa: F401
 from ssp.methods import finetuned  # noqa: F401
 from ssp.methods import gda  # noqa: F401
 from ssp.methods import proker  # noqa: F401
+from ssp.methods import timo  # noqa: F401
 from ssp.methods import lp_plus_plus  # noqa: F401
 from ssp.methods import linear_probe  # noqa: F401
 from ssp.methods.cache_models import APE, TipAdapter
@@ -34,10 +36,11 @@ from ssp.methods.lp_plus_plus import LPPlusPlus
 from ssp.methods.proker import ProKeR
 from ssp.methods.projector import SSPProjector
 from ssp.methods.registry import MethodSpec, get_method, method_names, parse_method, register_method
+from ssp.methods.timo import TIMO, TIMOS
 from ssp.methods.search import SearchResult, make_grid, validation_search
 from ssp.methods.zero_shot import ZeroShotCLIP
 
-__all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "GDA", "ProKeR", "LPPlusPlus", "LinearProbe",
+__all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "GDA", "ProKeR", "TIMO", "TIMOS", "LPPlusPlus", "LinearProbe",
            "SSPProjector", "MethodSpec",
            "register_method", "get_method", "method_names", "parse_method", "validation_search",
            "SearchResult", "make_grid"]

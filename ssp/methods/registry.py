@@ -57,6 +57,8 @@ class MethodSpec:
             reads its own keys of ``search_section`` (and checks them, naming the bad key).
         uses_views: ``fit`` also takes ``view_features`` ``[E, N, D]`` (the augmented views of
             the support images), as the fine-tuned methods do.
+        uses_prompts: ``fit`` also takes ``prompt_features`` ``[C, P, D]`` (each class's prompts
+            encoded one by one) when the source has them (TIMO weighs them).
     """
 
     name: str
@@ -73,6 +75,7 @@ class MethodSpec:
     needs_text: bool = True
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
+    uses_prompts: bool = False
 
     def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
         """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
