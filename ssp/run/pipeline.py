@@ -70,14 +70,16 @@ def training_details(model, *, views_given: bool) -> dict:
 
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None,
-               progress: bool = False) -> MethodResult:
+               progress: bool = False, prompt_features: torch.Tensor | None = None) -> MethodResult:
     """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
     choose its hyper-parameters on ``val``, score ``test`` once.
 
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
     ``progress`` shows their training progress bar. Warnings raised while fitting and searching
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
-    ``MethodResult.warnings`` (those of the chosen rank rule).
+    ``MethodResult.warnings`` (those of the chosen rank rule). ``prompt_features`` ``[C, P, D]``
+    (each class's prompts encoded one by one) go to the methods that weigh prompts (TIMO); ``None``:
+    they get the text classifier as the single prompt of each class.
     """
     from ssp.methods.projector import SSPProjector
     from ssp.methods.registry import parse_method
@@ -92,6 +94,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     extra: dict = {}
     if spec.uses_views:
         fit_kw["view_features"] = support.view_features
+    if spec.uses_prompts:
+        fit_kw["prompt_features"] = prompt_features
     if spec.fine_tuned:
         fit_kw.update(val_features=val.image_features, val_labels=val.labels,
                       view_features=support.view_features)
@@ -134,6 +138,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             details["n_channels"] = len(model.channels_)
         if spec.fine_tuned or spec.uses_views:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
+        if callable(getattr(model, "fit_details", None)):  # what the method reports about its fit
+            details.update(jsonable(model.fit_details()))
         candidates.append((score, model, params, details, list(dict.fromkeys(str(w.message) for w in caught))))
     # first maximum over rank rules wins (ties -> earlier candidate in the config's list)
     best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
@@ -215,6 +221,8 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     Returns ``(records, table)`` (``table`` is ``""`` when ``write_table`` is False, and
     ``([], "")`` on a torchrun rank other than 0).
     """
+    from ssp.methods.registry import parse_method
+
     output_dir = Path(output_dir)
     methods, reasons = source.runnable(list(cfg["methods"]))
     for reason in reasons:
@@ -237,8 +245,9 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
             echo(f"[ssp] {len(done)} of {len(stubs)} runs already done under {output_dir} (same settings): reused")
         if not source.open(echo):
             return [], ""
-        fields = source.record_fields()
         text = source.text_classifier()
+        prompts = source.prompt_features() if any(parse_method(m)[0].uses_prompts for m in methods) else None
+        fields = source.record_fields()
         log = WarningLog(echo)
         waiting: dict[tuple[int, int, str], RunLock] = {}
         for shots in cfg["shots"]:
@@ -264,7 +273,8 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                     log.add("sampling", split.warnings)
                     for method, lock in todo:
                         res = run_method(method, cfg, split.support, split.val, split.test, text,
-                                         device=source.device, seed=seed, progress=progress)
+                                         device=source.device, seed=seed, progress=progress,
+                                         prompt_features=prompts)
                         log.add(method, res.warnings)
                         record = make_record(stubs[(shots, seed, method)], res, **fields,
                                              protocol=split.protocol, seeds=split.seeds, timings=split.timings,

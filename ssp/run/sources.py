@@ -91,6 +91,9 @@ class FeatureSource(Protocol):
     def text_classifier(self) -> torch.Tensor | None:
         """``[C, D]`` text classifier (None: none available)."""
 
+    def prompt_features(self) -> torch.Tensor | None:
+        """``[C, P, D]`` per-prompt text features (None: one prompt per class, the classifier)."""
+
     def close(self, echo: Echo) -> None:
         """Report on the work done (e.g. the feature store's reuse counts)."""
 
@@ -316,6 +319,22 @@ class ImageSource:
     def text_classifier(self) -> torch.Tensor:
         return self.text
 
+    def prompt_features(self) -> torch.Tensor | None:
+        """Each class's prompts encoded one by one, through the feature store (keyed on the
+        backbone, the sentences and the prompt file's sha256): ``[C, P, D]``, ``P`` the smallest
+        number of sentences of a class; ``None`` when every class has one prompt."""
+        from ssp.features.text import encode_prompts, prompt_tensor
+
+        if max(len(s) for s in self.prompts.sentences) < 2:
+            return None
+        key = {"kind": "prompt_features", "backbone": self.backbone.identity, "classnames": self.data.classnames,
+               "prompts": self.prompts.spec if self.prompts.file is None else None,
+               "file_sha256": self.prompts.file_sha256, "sentences": self.prompts.sentences}
+        stored = self.store.get_or_compute(key, lambda: encode_prompts(self.backbone, self.prompts.sentences),
+                                           recompute=self.recompute)
+        tensor, self.prompt_info = prompt_tensor(stored["prompts"], stored["counts"])
+        return tensor
+
     def record_fields(self) -> dict:
         from ssp._io import file_sha256
 
@@ -330,7 +349,8 @@ class ImageSource:
                        "extraction_world_size": self.world_size, **self._common["source"]},
             "text_features": {"source": f"computed from the backbone's text encoder ({self.prompts.source}; "
                                         f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",
-                              "templates": list(self.prompts.templates), "prompts": self.prompts.record()},
+                              "templates": list(self.prompts.templates), "prompts": self.prompts.record(),
+                              **({"prompt_features": self.prompt_info} if getattr(self, "prompt_info", None) else {})},
             "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
                                 + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}"),
         }
@@ -392,7 +412,8 @@ class TipCacheSource:
 
     def __init__(self, cfg: dict, *, folder: str | Path, test_from_val: float | None = None,
                  text_features: str | Path | None = None, text_layout: str = "auto",
-                 backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
+                 backbone_name: str | None = None, device=None, check_shots: bool = True,
+                 prompt_features: str | Path | None = None) -> None:
         from ssp._io import file_sha256
         from ssp._utils import resolve_device
         from ssp.features.text import load_text_features
@@ -424,6 +445,15 @@ class TipCacheSource:
                               "templates": "not recorded in the cache"}
         else:
             self.text, self.text_info = None, {"source": None}
+        self.prompts = None
+        if prompt_features is not None:
+            from ssp.features.text import load_prompt_features
+
+            path = Path(prompt_features).expanduser()
+            self.prompts = load_prompt_features(path, self.n_classes, self.dim)
+            self.text_info = {**self.text_info, "prompt_features": {
+                "file": str(path.resolve()), "sha256": file_sha256(path),
+                "prompts_per_class": int(self.prompts.shape[1])}}
         self.folder, self.cfg, self.test_from_val = folder, cfg, test_from_val
         self.has_test, self.has_val = probe.test_features is not None, probe.val_features is not None
         self.file_digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
@@ -447,6 +477,8 @@ class TipCacheSource:
         self._common = {"source": {"kind": "tip-adapter-cache", "files_digest": settings_key(self.file_digests),
                                    "text_features_sha256": self.text_info.get("sha256")},
                         "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
+        if self.prompts is not None:  # only then: earlier runs keep their settings keys
+            self._common["source"]["prompt_features_sha256"] = self.text_info["prompt_features"]["sha256"]
         self._loaded: tuple[int, object] | None = None
 
     def common_settings(self) -> dict:
@@ -500,6 +532,9 @@ class TipCacheSource:
 
     def text_classifier(self) -> torch.Tensor | None:
         return self.text
+
+    def prompt_features(self) -> torch.Tensor | None:
+        return self.prompts
 
     def record_fields(self) -> dict:
         text_file = self.text_info.get("file")
