@@ -179,7 +179,7 @@ class ImageSource:
         from ssp.data.prompts import resolve_prompts
 
         self.prompts = resolve_prompts(cfg.get("prompts"), dataset=self.data.name,
-                                       classnames=self.data.classnames, templates=self.data.templates)
+                                       classnames=self.data.classnames, templates=self.data.templates, root=root)
         self._common = {
             "source": {"kind": "images", "image_lists": lists, "templates": list(self.data.templates)},
             "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
