@@ -64,6 +64,27 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+def check_writable_file(path: str | os.PathLike[str]) -> Path:
+    """Raise, before any work, when a file cannot be written at ``path``: ``IsADirectoryError``
+    when it is a folder, ``NotADirectoryError`` when a parent is a file, ``PermissionError`` when
+    the folder it would go in (or be created in) is not writable. Nothing is created."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path, e.g. {path / 'out.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
+    probe = folder / f".ssp-write-test-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"cannot write {path}: {folder} is not writable ({err.strerror or err})") from None
+    return path
+
+
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
     """``payload`` as indented JSON (values through :func:`jsonable`, float noise removed by
     :func:`clean_floats`; NaN / inf written as null), atomically."""

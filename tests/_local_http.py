@@ -141,7 +141,7 @@ def fake_dtd(per_split: tuple[int, int, int] = (2, 1, 1)) -> tuple[bytes, bytes]
 
 def pin(monkeypatch, name: str, files: dict[str, bytes]) -> None:
     """Point the download table's checksums of ``name`` at the fake files (md5 for archives,
-    sha256 and size for the split file)."""
+    sha256 and size for the split file; a fake split file replaces the package's)."""
     import dataclasses
     import hashlib
 
@@ -154,6 +154,8 @@ def pin(monkeypatch, name: str, files: dict[str, bytes]) -> None:
     if split is not None and split.filename in files:
         data = files[split.filename]
         split = dataclasses.replace(split, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        # the fake split file is served, not the one shipped in the package
+        monkeypatch.setattr(catalog, "PACKAGED_SPLITS", Path(__file__).parent / "no-shipped-splits")
     monkeypatch.setitem(catalog._CATALOG, name, dataclasses.replace(src, resources=resources or src.resources,
                                                                     split=split))
 

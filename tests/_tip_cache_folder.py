@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 
-def write_tip_cache(folder: Path, *, n_classes: int = 4, shots=(1, 2), dim: int = 8, n_val: int = 6,
+def write_tip_cache(folder: Path, *, n_classes: int = 47, shots=(1, 2), dim: int = 8, n_val: int = 6,
                     n_test: int = 5, with_text: bool = True, with_test: bool = True, seed: int = 0) -> Path:
     """keys_<K>shots.pt [D, N] fp16, values [N, C] fp16 one-hot, val/test features with every class
     present (``n_val`` / ``n_test`` per class), text_weights.pt [D, C]; class-structured features so

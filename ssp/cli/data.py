@@ -96,9 +96,33 @@ def _download_prompts(args) -> int:
     return 1 if failed else 0
 
 
+def _output_file(path: str, flag: str) -> None:
+    """Exit, before any work, when ``flag``'s file cannot be written."""
+    from ssp._io import check_writable_file
+
+    try:
+        check_writable_file(path)
+    except OSError as err:
+        raise SystemExit(f"{PROG}: error: {flag}: {err}; choose another file")
+
+
+def _write_json(path: str, payload, flag: str):
+    from ssp._io import write_json_atomic
+
+    try:
+        return write_json_atomic(path, payload)
+    except OSError as err:
+        raise SystemExit(f"{PROG}: error: {flag} {path}: cannot write it ({err.strerror or err}); choose another file")
+
+
 def _download(args) -> int:
+    from ssp.data.catalog import mirror_url
     from ssp.data.download import DownloadError, download_dataset
 
+    try:
+        mirror_url(args.mirror)
+    except ValueError as err:
+        raise SystemExit(f"{PROG}: error: {err}")
     if args.names[0].lower() == "prompts":
         return _download_prompts(args)
     failed = 0
@@ -138,6 +162,8 @@ def _verify(args) -> int:
         for _, _, line in reports:
             print(line)
         return 0 if all(ok for _, ok, _ in reports) else 1
+    if args.json:
+        _output_file(args.json, "--json")
     kw = {"images": args.images, "strict": args.strict, "progress": not args.no_progress}
     try:
         if args.split_file:
@@ -154,9 +180,7 @@ def _verify(args) -> int:
         for line in report.details():
             print(line)
     if args.json:
-        from ssp._io import write_json_atomic
-
-        write_json_atomic(args.json, [r.as_dict() for r in reports])
+        _write_json(args.json, [r.as_dict() for r in reports], "--json")
     bad = [r.name for r in reports if not r.ok]
     if bad:
         print(f"{PROG}: not ready: {', '.join(bad)}", file=sys.stderr)
@@ -164,7 +188,7 @@ def _verify(args) -> int:
 
 
 def _splits(args) -> int:
-    from ssp._io import file_sha256, write_json_atomic
+    from ssp._io import file_sha256
     from ssp.data import DatasetNotFoundError, get_dataset
     from ssp.data.manifest import draw_manifest
     from ssp.data.verify import _split_path
@@ -178,6 +202,7 @@ def _splits(args) -> int:
         if policy < 1:
             raise SystemExit(f"{PROG}: error: --val-policy must be coop, full or a positive integer, "
                              f"got {args.val_policy!r}")
+    _output_file(args.output, "-o/--output")
     try:
         ds = get_dataset(args.dataset, args.root, split_file=args.split_file, check_files=False)
     except (DatasetNotFoundError, ValueError) as err:
@@ -186,7 +211,7 @@ def _splits(args) -> int:
     digest = file_sha256(split) if split is not None and split.is_file() else None
     manifest = draw_manifest(ds, list(dict.fromkeys(args.shots)), list(dict.fromkeys(args.seeds)),
                              val_policy=policy, split_file_sha256=digest)
-    out = write_json_atomic(args.output, manifest)
+    out = _write_json(args.output, manifest, "-o/--output")
     print(f"{ds.name}: {len(manifest['draws'])} draw(s) ({', '.join(str(k) for k in args.shots)} shots x seeds "
           f"{', '.join(str(s) for s in args.seeds)}), sha256 {manifest['sha256']} -> {out}")
     return 0

@@ -27,6 +27,7 @@ from ssp._checks import (
 )
 from ssp.cli._args import int_at_least, with_cli_messages
 from ssp.run.config import METHODS, builtin_config_names, load_config
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
 
 
 def _rank_rule(text: str):
@@ -114,6 +115,25 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
 
+#: Flags of images only (backbone weights, extraction): a Tip-Adapter cache folder holds features
+#: already extracted, so they are refused with one rather than silently ignored.
+IMAGE_ONLY_FLAGS = {"pretrained": "--pretrained", "precision": "--precision", "quick_gelu": "--quick-gelu",
+                    "views": "--views", "batch_size": "--batch-size", "num_workers": "--num-workers",
+                    "feature_store": "--feature-store", "recompute": "--recompute",
+                    "skip_bad_images": "--skip-bad-images"}
+
+
+def refuse_image_flags(args: argparse.Namespace, prog: str, source_flag: str) -> None:
+    """Exit naming the image-only flags given with a Tip-Adapter cache source (``source_flag``)."""
+    given = [flag for dest, flag in IMAGE_ONLY_FLAGS.items()
+             if getattr(args, dest, None) is not None and getattr(args, dest) is not False]
+    if given:
+        one = len(given) == 1
+        raise SystemExit(f"{prog}: error: {' '.join(given)} appl{'ies' if one else 'y'} to images (--root); "
+                         f"{source_flag} reads features already extracted, so {'it' if one else 'they'} would "
+                         f"change nothing: drop {'it' if one else 'them'}")
+
+
 def config_overrides(args: argparse.Namespace, prog: str) -> dict:
     """The command-line values that override the YAML configs (``None`` = not given)."""
     return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
@@ -167,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or a run JSON) instead of drawing them; refused if it does not match the dataset on disk")
     p.add_argument("--backbone", help="open_clip model name (RN50, ViT-B-32, ...), hf-hub:org/repo, "
                                       "or a model-config JSON; with --features, a label for the cache's backbone")
+    p.add_argument("--protocol", choices=protocol_names(), default=DEFAULT_PROTOCOL,
+                   help="evaluation protocol: " + "; ".join(f"{n} = {PROTOCOLS[n].title}" for n in protocol_names())
+                        + " (docs/protocol.md)")
     add_common_arguments(p)
     p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
     p.add_argument("--rerun", action="store_true",
@@ -263,6 +286,7 @@ def _main(argv: list[str] | None = None) -> int:
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
+        refuse_image_flags(args, prog, "--features")
         if args.split_manifest:
             raise SystemExit(f"{prog}: error: --split-manifest applies to images (--root); a Tip-Adapter cache "
                              "folder holds its own support draw (keys_<K>shots.pt)")
@@ -313,7 +337,7 @@ def _main(argv: list[str] | None = None) -> int:
                                         backbone_name=args.backbone, device=args.device,
                                         prompt_features=args.prompt_features)
                 records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                             progress=not args.no_progress)
+                                             progress=not args.no_progress, protocol=args.protocol)
             else:
                 from ssp import distributed
                 from ssp.run.sources import ImageSource
@@ -331,7 +355,7 @@ def _main(argv: list[str] | None = None) -> int:
                                              recompute=args.recompute, split_file=args.split_file,
                                              progress=not args.no_progress, split_manifest=manifest)
                         records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                                     progress=not args.no_progress,
+                                                     progress=not args.no_progress, protocol=args.protocol,
                                                      echo=print if main_rank else (lambda _: None))
                 finally:
                     distributed.shutdown()

@@ -29,6 +29,7 @@ from ssp.cli.fewshot import (
     add_common_arguments,
     config_overrides,
     random_weights_banner,
+    refuse_image_flags,
 )
 from ssp.run.config import builtin_config_names, load_config
 
@@ -252,6 +253,8 @@ def _main(argv: list[str] | None = None) -> int:
     if not args.output and not args.dry_run:
         raise SystemExit(f"{PROG}: error: --output DIR is required (the suite's output tree); a --dry-run "
                          "plan needs none")
+    if args.features_root:
+        refuse_image_flags(args, PROG, "--features-root")
     if args.test_from_val is not None and not args.features_root:
         raise SystemExit(f"{PROG}: error: --test-from-val applies to Tip-Adapter cache folders; add --features-root DIR")
     for flag, folder in (("--root", args.root), ("--features-root", args.features_root)):

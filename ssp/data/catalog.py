@@ -6,9 +6,9 @@ archives that a library already in our dependencies knows how to fetch (URLs and
 (file name, size and sha256 of the official file, its public links), and, where no archive can be
 fetched (licence, host gone), the manual steps and the layouts that ``ssp-data verify`` accepts.
 
-The split files themselves are not shipped: ``ssp-data download`` fetches them and checks them
-against the pinned sha256. A copy placed in ``ssp/data/splits/`` (the package-data folder) is used
-first, without any download: see :func:`packaged_split_file`.
+Seven split files ship with the package, gzipped, in ``ssp/data/splits/`` (credit and digests in
+its ``SOURCES.md``): ``ssp-data download`` copies them without any network and checks them against
+the pinned sha256 (:func:`packaged_split_file`); those of Food-101 and SUN397 are fetched.
 
 Mirrors: set ``$SSP_DATA_MIRROR`` (or pass ``mirror=`` / ``--mirror``) to a base URL that serves
 every file under its plain file name (``<mirror>/dtd-r1.0.1.tar.gz``,
@@ -27,7 +27,7 @@ COOP_DATASETS_PAGE = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 #: Credit for the split files (CoOp, MIT licence).
 SPLIT_CREDIT = ("CoOp split files by Kaiyang Zhou et al. (Learning to Prompt for Vision-Language Models, "
                 "IJCV 2022), https://github.com/KaiyangZhou/CoOp, MIT licence")
-#: Folder inside the package where split files may be vendored (looked up before any download).
+#: Folder inside the package holding the shipped split files (looked up before any download).
 PACKAGED_SPLITS = Path(__file__).resolve().parent / "splits"
 
 
@@ -268,9 +268,23 @@ def list_sources() -> list[CatalogEntry]:
 
 
 def mirror_url(mirror: str | None = None) -> str | None:
-    """The mirror base URL: ``mirror`` when given, else ``$SSP_DATA_MIRROR``, else ``None``."""
+    """The mirror base URL: ``mirror`` when given, else ``$SSP_DATA_MIRROR``, else ``None``. A local
+    folder becomes its ``file://`` URL; anything else that is not an http(s)/ftp/file URL is a
+    ``ValueError`` saying what a mirror is."""
     value = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
-    return value.rstrip("/") if value else None
+    if not value:
+        return None
+    if "://" not in value:
+        if Path(value).expanduser().is_dir():
+            return Path(value).expanduser().resolve().as_uri()
+        where = "--mirror" if mirror is not None else f"${MIRROR_ENV}"
+        raise ValueError(f"{where} {value!r} is neither a URL nor a folder: give the base URL of a server (or a "
+                         "local folder) holding every file under its own name, e.g. https://host/ssp-data or "
+                         "/mnt/mirror (see `ssp-data list` for the file names)")
+    if value.split("://", 1)[0].lower() not in ("http", "https", "ftp", "file"):
+        raise ValueError(f"mirror {value!r}: only http://, https://, ftp:// and file:// URLs (or a local folder) "
+                         "can be fetched")
+    return value.rstrip("/")
 
 
 def resource_urls(filename: str, urls: tuple[str, ...], mirror: str | None = None) -> tuple[str, ...]:
@@ -293,3 +307,18 @@ def official_split(filename: str) -> SplitFile | None:
         if source.split is not None and source.split.filename == filename:
             return source.split
     return None
+
+
+#: Class counts of the benchmarks whose catalog entry has no split file with counts.
+_CLASS_COUNTS = {"fgvc_aircraft": 100, "imagenet": 1000}
+
+
+def benchmark_class_count(name: str) -> int | None:
+    """The number of classes of a benchmark under the CoOp protocol (``None``: not a benchmark)."""
+    try:
+        entry = catalog_entry(name)
+    except ValueError:
+        return None
+    if entry.split is not None and entry.split.counts is not None:
+        return entry.split.counts[3]
+    return _CLASS_COUNTS.get(entry.name)

@@ -97,13 +97,14 @@ def _open(url: str, start: int, timeout: float):
 
 def fetch(urls: tuple[str, ...] | list[str] | str, dest: str | Path, *, md5: str | None = None,
           sha256: str | None = None, progress: bool = True, retries: int = 2, timeout: float = 60.0,
-          expect_html: bool = False) -> Path:
+          expect_html: bool = False, by_hand: str | Path | None = None) -> Path:
     """Download ``dest`` from the first URL that works, resuming ``dest.part`` if it exists.
 
     The file is checked against ``md5`` / ``sha256`` (when given) before it is renamed to ``dest``;
     a mismatch deletes the partial file and raises :class:`DownloadError`. An existing ``dest``
     that passes the check is returned at once. ``retries``: extra attempts per URL after a dropped
-    connection, each resuming where the previous one stopped.
+    connection, each resuming where the previous one stopped. ``by_hand``: where a file fetched by
+    hand goes (named in the errors; default ``dest``).
     """
     urls = (urls,) if isinstance(urls, str) else tuple(urls)
     dest = Path(dest)
@@ -122,7 +123,7 @@ def fetch(urls: tuple[str, ...] | list[str] | str, dest: str | Path, *, md5: str
                 break
             if attempt < retries:
                 time.sleep(min(0.2 * 2 ** attempt, 5))
-        if outcome == "done" and _complete(part, md5, sha256, url):
+        if outcome == "done" and _complete(part, md5, sha256, url, Path(by_hand or dest)):
             os.replace(part, dest)
             return dest
     tried = "; ".join(dict.fromkeys(errors)) or "no URL to try"
@@ -172,7 +173,7 @@ def _attempt(url: str, part: Path, *, timeout: float, progress: bool, expect_htm
     return "done"
 
 
-def _complete(part: Path, md5, sha256, url: str) -> bool:
+def _complete(part: Path, md5, sha256, url: str, by_hand: Path) -> bool:
     """True when ``part`` matches the checksums; a mismatch removes it and raises."""
     problem = check_file(part, md5=md5, sha256=sha256)
     if problem is None:
@@ -180,9 +181,9 @@ def _complete(part: Path, md5, sha256, url: str) -> bool:
     part.unlink()
     name = part.name[: -len(".part")]
     raise DownloadError(
-        f"checksum mismatch for {name} from {url}: {problem}; the partial file was deleted and nothing was "
-        "extracted. Rerun to download it again; if it fails again the host serves another file: fetch it by "
-        f"hand, check it, and put it at {part.with_name(name)}")
+        f"checksum mismatch for {name} from {url}: {problem}; the download was deleted and nothing was "
+        f"extracted. Rerun to download it again; if it fails again, that URL serves another file than the "
+        f"pinned one: fetch {name} by hand, check it, and put it at {by_hand}")
 
 
 # --------------------------------------------------------------------------------------------- extracting
@@ -351,10 +352,9 @@ def ensure_split_file(source: CatalogEntry, folder: Path, downloads: Path, *, mi
         if not urls:
             raise DownloadError(f"no link known for {split.filename}; get it from {split.page} and put it at {target}")
         try:
-            tmp = fetch(urls, downloads / split.filename, sha256=split.sha256, progress=progress)
+            tmp = fetch(urls, downloads / split.filename, sha256=split.sha256, progress=progress, by_hand=target)
         except DownloadError as err:
-            raise DownloadError(f"{err}. By hand: open {split.page}, download {split.filename} and put it at "
-                                f"{target}") from err
+            raise DownloadError(f"{err} (the file's page: {split.page})") from err
         source_note = "downloaded"
     problem = check_file(tmp, sha256=split.sha256) if split.sha256 else _split_problem(tmp)
     if problem:
@@ -395,6 +395,16 @@ def download_dataset(name: str, root: str | Path, *, mirror: str | None = None, 
     root = Path(root).expanduser().absolute()
     root.mkdir(parents=True, exist_ok=True)
     downloads = root / DOWNLOADS
+    try:
+        return _download_dataset(source, root, downloads, mirror=mirror, keep_archives=keep_archives,
+                                 progress=progress, echo=echo)
+    finally:
+        if downloads.is_dir() and not any(downloads.iterdir()):
+            downloads.rmdir()  # nothing kept to resume: no empty folder left behind
+
+
+def _download_dataset(source: CatalogEntry, root: Path, downloads: Path, *, mirror: str | None,
+                      keep_archives: bool, progress: bool, echo: Callable[[str], None]) -> DownloadResult:
     folder = dataset_folder(source, root)
     notes: list[str] = []
 

@@ -96,8 +96,22 @@ def load_manifest(path: str | Path) -> dict:
     return content
 
 
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _check_entries(items: Any, field: str, source: str) -> None:
+    if not isinstance(items, list):
+        raise ManifestError(f"{source}: {field} must be a list of [relative_path, label], "
+                            f"got {type(items).__name__} {str(items)[:60]!r}")
+    for i, item in enumerate(items):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and _is_int(item[1], 0)):
+            raise ManifestError(f"{source}: {field}[{i}] must be [relative_path, label], got {str(item)[:80]!r}")
+
+
 def check_format(manifest: Any, source: str = "split manifest") -> None:
-    """The manifest's structure (not its agreement with a dataset); digests are rechecked."""
+    """The manifest's structure (not its agreement with a dataset), field by field, each error
+    naming ``source`` (the file) and the field; digests are rechecked."""
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise ManifestError(f"{source} is not a split manifest (format {got!r}, expected {MANIFEST_FORMAT!r}); "
@@ -105,11 +119,38 @@ def check_format(manifest: Any, source: str = "split manifest") -> None:
     for key in ("dataset", "classnames", "draws"):
         if key not in manifest:
             raise ManifestError(f"{source}: no {key!r} entry")
-    for draw in manifest["draws"]:
+    if not isinstance(manifest["dataset"], str):
+        raise ManifestError(f"{source}: dataset must be a name, got {manifest['dataset']!r}")
+    names = manifest["classnames"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ManifestError(f"{source}: classnames must be a list of class names")
+    policy = manifest.get("val_policy", "coop")
+    if policy not in ("coop", "full") and not _is_int(policy, 1):
+        raise ManifestError(f"{source}: val_policy must be coop, full or a positive integer, got {policy!r}")
+    draws = manifest["draws"]
+    if not isinstance(draws, list):
+        raise ManifestError(f"{source}: draws must be a list of draws (objects with shots, seed, support, val), "
+                            f"got {type(draws).__name__}")
+    for i, draw in enumerate(draws):
+        where = f"draws[{i}]"
+        if not isinstance(draw, dict):
+            raise ManifestError(f"{source}: {where} must be a draw (an object with shots, seed, support, val), "
+                                f"got {str(draw)[:60]!r}")
+        for key, minimum, what in (("shots", 1, "a positive integer"), ("seed", 0, "an integer >= 0")):
+            if key not in draw:
+                raise ManifestError(f"{source}: {where} has no {key!r}")
+            if not _is_int(draw[key], minimum):
+                raise ManifestError(f"{source}: {where}.{key} must be {what}, got {draw[key]!r}")
+        where = f"{where} ({draw['shots']}-shot seed {draw['seed']})"
+        if "support" not in draw:
+            raise ManifestError(f"{source}: {where} has no 'support' list")
+        _check_entries(draw["support"], f"{where}.support", source)
+        if draw.get("val") is not None:
+            _check_entries(draw["val"], f"{where}.val", source)
         for key in ("support", "val"):
             items, digest = draw.get(key), draw.get(f"{key}_sha256")
             if items is not None and _sha256(items) != digest:
-                raise ManifestError(f"{source}: the {key} list of {draw.get('shots')}-shot seed {draw.get('seed')} "
+                raise ManifestError(f"{source}: the {key} list of {draw['shots']}-shot seed {draw['seed']} "
                                     f"does not match its {key}_sha256 (edited by hand?)")
 
 

@@ -196,7 +196,14 @@ def verify_dataset(name: str, root: str | Path, *, split_file: str | Path | None
     except (ValueError, OSError) as err:
         report.status = "corrupt"
         report.problem = str(err).splitlines()[0]
-        report.fix = f"delete {report.split_file} and run {_fix_download(key, parent)}" if report.split_file else None
+        if split_file is not None:  # the user's own file: fix it, or use the dataset's
+            report.fix = (f"correct {split_file} (a JSON object with lists 'train', 'val' and 'test' of "
+                          "[relative_path, label, classname]), or leave out --split-file to use the dataset's "
+                          "own split file")
+        elif report.split_file:
+            report.fix = f"delete {report.split_file} and run {_fix_download(key, parent)}"
+        else:
+            report.fix = None
         return report
     if report.split_file is not None and report.split_file.is_file():
         report.split_sha256 = file_sha256(report.split_file)

@@ -360,3 +360,34 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # ---- classes without shots (the base-to-new protocol) --------------------------------
+
+    #: What the model does for classes it has no shots of, recorded in base-to-new run JSONs. A
+    #: method whose paper defines a transfer overrides it and :meth:`new_class_logits`.
+    new_class_rule = ("zero-shot: the method's zero-shot term over the new classes' text, s * x t^T; with an "
+                      "SSP projector the vision projector (built from the base support patches) carries over: "
+                      "queries and new-class text both vision-projected; the per-class language projectors "
+                      "need shots and are not used")
+
+    def new_class_logits(self, X: ArrayLike, text_features: ArrayLike) -> ArrayLike:
+        """Logits ``[M, C_new]`` of queries ``X`` ``[M, D]`` over classes this model has no
+        shots of, given their text classifier ``[C_new, D]`` (:attr:`new_class_rule`)."""
+        self._check_fitted()
+        x, text = self._new_class_inputs(X, text_features)
+        scale = float(getattr(self, "logit_scale", 100.0))
+        return like_input(scale * (x @ text.T), X)
+
+    def _new_class_inputs(self, X: ArrayLike, text_features: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised queries ``[M, D]`` and new-class text ``[C_new, D]``, both vision-projected
+        when the model has a projector."""
+        x = self._queries(X)
+        text = check_text_features(text_features, device=self.device_)
+        if text.shape[1] != self.n_features_in_:
+            raise ValueError(f"new-class text_features have D={text.shape[1]}, the model was fitted with "
+                             f"D={self.n_features_in_}")
+        text = l2_normalize(text.to(self.dtype_))
+        if self.projector_ is not None:
+            x, text = (l2_normalize(to_tensor(self.projector_.transform(z, view="vision"), "projector view 'vision'",
+                                              device=self.device_, dtype=self.dtype_)) for z in (x, text))
+        return x, text

@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, l2_normalize, to_tensor, warn
+from ssp._utils import ArrayLike, l2_normalize, like_input, to_tensor, warn
 from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
 from ssp.methods.registry import log_grid_builder, register_method
 
@@ -49,6 +49,11 @@ DEFAULT_GRID = {"alpha": (1e-4, 1e4, 9)}
 
 # Elements of one [queries, classes] logit block scored at once by the search.
 _BLOCK_ELEMENTS = 1 << 24
+
+# New classes (base-to-new protocol), as in the published main_base2new.py: the base samples nearest
+# each new class's text embedding, and how many copies of the text embedding join them in its mean.
+NEW_CLASS_NEIGHBOURS = 64
+NEW_CLASS_TEXT_COPIES = 16
 
 
 class ClassMoments:
@@ -161,6 +166,7 @@ class GDA(_CLIPFeatureClassifier):
             self._torch = SimpleNamespace()
             self._fit_common(image_features, labels, text_features, patch_features)
             self._fit_gaussian(view_features)
+            self._transfer_views = view_features  # a reference, read by new_class_logits only
             self._publish(image_features)
         except BaseException:
             self._reset_fitted()
@@ -255,3 +261,61 @@ class GDA(_CLIPFeatureClassifier):
                 for i, alpha in enumerate(alphas):
                     correct[r, i] += int(((zero_shot + alpha * gda).argmax(1) == truth).sum())
         return correct
+
+    # ---- classes without shots (base-to-new) --------------------------------------------
+
+    new_class_rule = (
+        f"GDA transfer (Wang et al., ICLR 2024, main_base2new.py): a new class's mean is the mean of the "
+        f"{NEW_CLASS_NEIGHBOURS} base training samples nearest its text embedding t (cosine) together with "
+        f"{NEW_CLASS_TEXT_COPIES} copies of t; its precision D * ((k-1) S_c + tr(S_c) I)^-1 with S_c the covariance "
+        f"of those k samples around t, averaged over the new classes; W, b as for base classes, alpha as chosen on "
+        f"base validation, plus the zero-shot term; with an SSP projector everything lives in the vision-projected "
+        f"space (the vision projector carries over; the per-class language projectors need shots)")
+
+    def new_class_logits(self, X: ArrayLike, text_features: ArrayLike) -> ArrayLike:
+        """Logits ``[M, C_new]`` over classes without shots (:attr:`new_class_rule`):
+        ``s · x tᵀ + α (x W_new + b_new)`` with ``W_new, b_new`` synthesised from the base
+        training samples nearest each new class's text ``[C_new, D]``."""
+        self._check_fitted()
+        alpha = _check_finite_param(self.alpha, "alpha")
+        x, text = self._new_class_inputs(X, text_features)
+        means, precision, k = self._new_class_gaussians(text.to(torch.float64))
+        weights = precision @ means.T
+        bias = math.log(1.0 / text.shape[0]) - 0.5 * ((means @ precision) * means).sum(1)
+        logits = float(self.logit_scale) * (x @ text.T) + alpha * (x.to(torch.float64) @ weights + bias).to(self.dtype_)
+        self.new_class_details_ = {"neighbours": k, "text_copies": NEW_CLASS_TEXT_COPIES,
+                                   "samples": self.training_inputs_, "n_samples": self.n_samples_}
+        return like_input(logits, X)
+
+    def _new_class_gaussians(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(means [C_new, D], shared precision [D, D], k)`` (float64) for unit text ``[C_new, D]``.
+
+        The nearest samples are found block by block (a running top-k, no [C_new, E N] matrix);
+        each class's ``((k-1) S_c + tr(S_c) I)^-1`` comes from a ``k x k`` solve (Woodbury:
+        ``(a I + Zᵀ Z)^-1 = (I - Zᵀ (a I + Z Zᵀ)^-1 Z) / a`` with ``Z`` the k samples minus t)."""
+        n_new, dim = text.shape
+        k = min(NEW_CLASS_NEIGHBOURS, self.n_samples_)
+        best_sim = torch.full((n_new, 0), -math.inf, dtype=torch.float64, device=self.device_)
+        best_rows = torch.zeros((n_new, 0, dim), dtype=torch.float64, device=self.device_)
+        for block in self._samples(getattr(self, "_transfer_views", None)):
+            kept = best_sim.shape[1]
+            top = torch.cat([best_sim, text @ block.T], dim=1).topk(min(k, kept + block.shape[0]), dim=1)
+            from_kept = top.indices < kept
+            old = torch.gather(best_rows, 1, top.indices.clamp(max=max(kept - 1, 0))[:, :, None].expand(-1, -1, dim)) \
+                if kept else torch.zeros(n_new, top.indices.shape[1], dim, dtype=torch.float64, device=self.device_)
+            new = block[(top.indices - kept).clamp(min=0)]
+            best_sim, best_rows = top.values, torch.where(from_kept[:, :, None], old, new)
+        means = (best_rows.sum(1) + NEW_CLASS_TEXT_COPIES * text) / (k + NEW_CLASS_TEXT_COPIES)
+        precision = torch.zeros(dim, dim, dtype=torch.float64, device=self.device_)
+        eye_k = torch.eye(k, dtype=torch.float64, device=self.device_)
+        for c in range(n_new):
+            z = best_rows[c] - text[c]                     # [k, D], centred on the text embedding
+            a = float((z * z).sum()) / max(k - 1, 1)        # tr(S_c); (k-1) S_c = zᵀ z
+            if a <= 0:
+                continue                                    # pinv(0) = 0: no GDA term from this class
+            inner = torch.linalg.solve(a * eye_k + z @ z.T, z)   # [k, D]
+            inv = -(z.T @ inner)
+            inv.diagonal().add_(1.0)
+            precision += inv / a
+        precision *= dim / n_new
+        return means, precision, k

@@ -61,6 +61,9 @@ class LinearProbe(_CLIPFeatureClassifier):
     those of every CLIP-feature classifier (``classes_``, ``text_features_``, ``projector_``, ...).
     """
 
+    new_class_rule = ("zero-shot CLIP: the probe has no text term, so classes without shots are scored by "
+                      "s * x t^T with their text (vision-projected query and text with an SSP projector)")
+
     _fit_time_params = ("projector", "max_iter", "tol")
     _real_params = ("C", "tol")
 

@@ -83,6 +83,10 @@ class LPPlusPlus(_CLIPFeatureClassifier):
     CLIP-feature classifier (``classes_``, ``text_features_``, ``projector_``, ...).
     """
 
+    new_class_rule = ("zero-shot: the text term x t^T of the new classes with one common multiplier (a class "
+                      "without shots has no learned alpha or W), i.e. zero-shot CLIP's ranking; with an SSP "
+                      "projector query and text are vision-projected")
+
     _fit_time_params = ("projector", "routing", "epochs", "alpha_every", "init_alpha_scale",
                         "momentum", "seed")
     _real_params = ("init_alpha_scale", "momentum")

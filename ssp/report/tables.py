@@ -11,6 +11,7 @@ of truth (as in CLIP_benchmark).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -21,16 +22,63 @@ from ssp._io import atomic_path, write_json_atomic, write_text_atomic
 RUN_SUFFIX = ".run.json"
 
 
-def load_runs(output_dir: Path) -> list[dict]:
-    """Every run record under ``output_dir`` (recursively), sorted by (dataset, backbone, method, shots, seed)."""
+def _safe(text: str) -> str:
+    return str(text).replace("/", "_").replace(":", "_").replace("\\", "_")
+
+
+def run_filename(record: dict) -> str:
+    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe):
+    where a run's file lives in its output folder; records without a ``settings_key`` (older
+    files) keep the flat ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
+    backbone = _safe(record["backbone"]["name"])
+    method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
+    key = record.get("settings_key")
+    if key:
+        return (f"{_safe(record['dataset'])}/{backbone}/{method}/{_safe(key)}/"
+                f"{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}")
+    return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
+
+
+def load_runs(output_dir: Path, *, skipped: list[Path] | None = None) -> list[dict]:
+    """The run records of the output folder ``output_dir``, sorted by (dataset, backbone, method,
+    shots, seed): every ``*.run.json`` at the place :func:`run_filename` gives it. Run files
+    elsewhere below it (another output folder nested inside, e.g. ``runs/demo`` under ``runs``)
+    are not this folder's runs: they are left out and appended to ``skipped``. One run has one
+    place, so two files of one run cannot both be read."""
+    output_dir = Path(output_dir)
     records = []
-    for path in sorted(Path(output_dir).rglob(f"*{RUN_SUFFIX}")):
+    for path in sorted(output_dir.rglob(f"*{RUN_SUFFIX}")):
         try:
-            records.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            own = path.relative_to(output_dir).as_posix() == run_filename(record)
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"results file {path} is unreadable ({err}); delete it or re-run that run") from err
+        except (KeyError, TypeError, AttributeError):
+            raise ValueError(f"results file {path} is not a run JSON written by ssp (no dataset, backbone, "
+                             "method, shots or seed); move it out of the results folder") from None
+        if not own:
+            if skipped is not None:
+                skipped.append(path)
+            continue
+        records.append(record)
     records.sort(key=lambda r: (r["dataset"], r["backbone"]["name"], r["method"], r["shots"], r["seed"]))
     return records
+
+
+def nested_output_folders(output_dir: Path, paths: Iterable[Path]) -> list[Path]:
+    """The output folders (below ``output_dir``) that the run files ``paths`` belong to; a file
+    at no run's place counts as its own folder."""
+    folders = []
+    for path in paths:
+        try:
+            rel = run_filename(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            rel = Path(path).name
+        text = Path(path).as_posix()
+        folder = Path(text[: -len(rel)]) if text.endswith("/" + rel) else Path(path).parent
+        if folder not in folders:
+            folders.append(folder)
+    return folders
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -143,21 +191,75 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
     return path
 
 
+def protocol_name(record: dict) -> str:
+    """The protocol a run was made under (records of the default few-shot protocol name none)."""
+    return str(record.get("protocol_name") or "fewshot")
+
+
+def format_metrics_table(records: list[dict]) -> str:
+    """Runs of a protocol with several results per run (``table_metrics``: base / new / harmonic
+    mean, ...): one block per (dataset, backbone, settings, shots), methods as rows, the metrics
+    as columns, ``mean ± std`` over seeds."""
+    metrics = list(records[0].get("table_metrics") or ["test_accuracy"])
+    per_metric = {m: summarize(records, m) for m in metrics}
+    blocks = []
+    keys = sorted({(r["dataset"], r["backbone"], r["protocol_key"], r["shots"]) for r in per_metric[metrics[0]]})
+    for dataset, backbone, protocol, shots in keys:
+        cell, seeds, described = {}, set(), None
+        for m in metrics:
+            for r in per_metric[m]:
+                if (r["dataset"], r["backbone"], r["protocol_key"], r["shots"]) == (dataset, backbone, protocol, shots):
+                    cell[(r["method"], m)] = f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
+                    seeds.update(r["seeds"])
+                    described = r.get("protocol")
+        header = ["method"] + [m.replace("_accuracy", "").replace("_", " ") for m in metrics]
+        body = [[meth] + [cell.get((meth, m), "-") for m in metrics]
+                for meth in _method_order({meth for meth, _ in cell})]
+        widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
+        fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(row, widths)))
+        spread = "mean ± std over seeds" if len(seeds) > 1 else "one seed (no std):"
+        title = (f"{dataset} | {backbone} | {protocol_name(records[0])}, {shots}-shot | accuracy (%), {spread} "
+                 f"{sorted(seeds)}\n  settings {protocol}: {described or 'not recorded'}")
+        blocks.append("\n".join([title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]))
+    return "\n\n".join(blocks)
+
+
 def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
-    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``."""
+    """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``.
+    Few-shot runs get the shots x methods table and plot; runs of other protocols (base-to-new, ...)
+    a table of their own metrics per protocol."""
     output_dir = Path(output_dir)
-    records = load_runs(output_dir)
+    skipped: list[Path] = []
+    records = load_runs(output_dir, skipped=skipped)
+    nested = nested_output_folders(output_dir, skipped)
     if not records:
-        raise FileNotFoundError(f"no run results (*{RUN_SUFFIX}) under {output_dir}")
-    summary = summarize(records)
-    val_summary = summarize(records, "val_accuracy")
-    table = format_table(summary)
-    val_table = format_table(val_summary)
-    paths = {
-        "summary": write_json_atomic(output_dir / "summary.json", {"test": summary, "val": val_summary}),
-        "table": output_dir / "results.md",
-        "plot": plot_summary(summary, output_dir / "results.png"),
-    }
-    write_text_atomic(paths["table"], f"```\n{table}\n```\n\nValidation accuracy of the chosen "
-                                       f"hyper-parameters:\n\n```\n{val_table}\n```\n")
+        elsewhere = (f" (only in other output folders inside it: {', '.join(map(str, nested))}; point "
+                     "--output at one of them)" if nested else "")
+        raise FileNotFoundError(f"no run results (*{RUN_SUFFIX}) in the output folder {output_dir}{elsewhere}")
+    if nested:
+        logging.getLogger(__name__).info(
+            "report of %s: %d run file(s) of other output folders inside it not read (%s)", output_dir,
+            len(skipped), ", ".join(map(str, nested)))
+    by_protocol: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_protocol[protocol_name(r)].append(r)
+    fewshot = by_protocol.pop("fewshot", [])
+    tables, summaries, paths = [], {}, {}
+    if fewshot:
+        summary = summarize(fewshot)
+        val_summary = summarize(fewshot, "val_accuracy")
+        tables.append(format_table(summary))
+        summaries.update(test=summary, val=val_summary)
+        paths["plot"] = plot_summary(summary, output_dir / "results.png")
+    for name, runs in sorted(by_protocol.items()):
+        tables.append(format_metrics_table(runs))
+        summaries[name] = {m: summarize(runs, m) for m in runs[0].get("table_metrics") or ["test_accuracy"]}
+    table = "\n\n".join(tables)
+    paths["summary"] = write_json_atomic(output_dir / "summary.json", summaries)
+    paths["table"] = output_dir / "results.md"
+    text = f"```\n{table}\n```\n"
+    if fewshot:
+        text += f"\nValidation accuracy of the chosen hyper-parameters:\n\n```\n{format_table(summaries['val'])}\n```\n"
+    write_text_atomic(paths["table"], text)
     return table, paths

@@ -13,13 +13,14 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from ssp._io import jsonable
 from ssp.features.types import Features
 from ssp.report.tables import write_report
+from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
 from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
 
@@ -35,6 +36,7 @@ class MethodResult:
     timings: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
+    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def accuracy(model, features: Features) -> float:
@@ -149,7 +151,18 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     t0 = time.perf_counter()
     test_acc = accuracy(model, test)
     timings["test_s"] = time.perf_counter() - t0
-    return MethodResult(method, params, score, test_acc, timings, details, fit_warnings)
+    return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model)
+
+
+def _with_prompts(prompts: torch.Tensor) -> Callable[..., MethodResult]:
+    """:func:`run_method` that also passes the per-prompt text features ``[C, P, D]``; a protocol
+    fitting on the first ``C' < C`` classes (base-to-new) gets their first ``C'`` rows."""
+
+    def fit_one(method, cfg, support, val, test, text_features, **kw):
+        return run_method(method, cfg, support, val, test, text_features,
+                          prompt_features=prompts[: int(text_features.shape[0])], **kw)
+
+    return fit_one
 
 
 def fmt_params(params: dict) -> str:
@@ -158,8 +171,11 @@ def fmt_params(params: dict) -> str:
 
 
 def echo_result(echo: Echo, record: dict, *, reused: bool = False) -> None:
+    from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
+
+    line = get_protocol(record.get("protocol_name", DEFAULT_PROTOCOL)).result_line
     echo(f"[ssp] {record['dataset']} {record['shots']}-shot seed {record['seed']} {record['method']:<16} "
-         f"val {record['val_accuracy']:6.2f}  test {record['test_accuracy']:6.2f}  "
+         f"{line(record)}  "
          f"{fmt_params(record.get('hyperparameters', {}))}" + ("  (done before: reused)" if reused else ""))
 
 
@@ -198,9 +214,14 @@ class Interrupted(KeyboardInterrupt):
         self.completed, self.signum = completed, signum
 
 
-def plan_runs(cfg: dict, source: FeatureSource, methods: list[str]) -> dict[tuple[int, int, str], dict]:
-    """``(shots, seed, method) -> run stub`` (coordinates + settings key) of every run of ``cfg``."""
+def plan_runs(cfg: dict, source: FeatureSource, methods: list[str],
+              protocol: str = DEFAULT_PROTOCOL) -> dict[tuple[int, int, str], dict]:
+    """``(shots, seed, method) -> run stub`` (coordinates + settings key) of every run of ``cfg``
+    under ``protocol`` (a name of :mod:`ssp.run.protocols`; its settings join the protocol part)."""
     common = source.common_settings()
+    extra = get_protocol(protocol).settings
+    if extra:
+        common = {**common, "protocol": {**common.get("protocol", {}), "evaluation": extra}}
     return {(k, s, m): run_stub(dataset=source.dataset, backbone=source.label, method=m, shots=k, seed=s,
                                 common=common, cfg=cfg)
             for k in cfg["shots"] for s in cfg["seeds"] for m in methods}
@@ -208,8 +229,9 @@ def plan_runs(cfg: dict, source: FeatureSource, methods: list[str]) -> dict[tupl
 
 def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, echo: Echo = print,
                 resume: bool = True, write_table: bool = True, progress: bool = True,
-                wait_for_others: float = 3600.0) -> tuple[list[dict], str]:
-    """Run every (shots, seed, method) of ``cfg`` on ``source``; write one JSON per run and the report.
+                wait_for_others: float = 3600.0, protocol: str = DEFAULT_PROTOCOL) -> tuple[list[dict], str]:
+    """Run every (shots, seed, method) of ``cfg`` on ``source`` under ``protocol`` (a name of
+    :mod:`ssp.run.protocols`: ``fewshot``, ``base2new``, ...); write one JSON per run and the report.
 
     ``resume``: a run whose JSON exists under ``output_dir`` with the same settings is reused, not
     recomputed (nothing is extracted for a (shots, seed) whose runs all exist); ``False`` runs
@@ -224,12 +246,13 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     from ssp.methods.registry import parse_method
 
     output_dir = Path(output_dir)
+    spec = get_protocol(protocol)
     methods, reasons = source.runnable(list(cfg["methods"]))
     for reason in reasons:
         echo(f"[ssp] {reason}")
     if not methods:
         raise ValueError(f"nothing to run on {source.dataset}: " + "; ".join(reasons))
-    stubs = plan_runs(cfg, source, methods)
+    stubs = plan_runs(cfg, source, methods, protocol)
     done = {k: r for k, r in ((k, find_run(output_dir, st)) for k, st in stubs.items()) if r is not None} \
         if resume else {}
     records: list[dict] = []
@@ -246,8 +269,11 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
         if not source.open(echo):
             return [], ""
         text = source.text_classifier()
+        if spec.needs_text and text is None:
+            raise ValueError(f"protocol {spec.name} needs a text classifier, and {source.dataset} has none")
         prompts = source.prompt_features() if any(parse_method(m)[0].uses_prompts for m in methods) else None
         fields = source.record_fields()
+        fit_one = run_method if prompts is None else _with_prompts(prompts)
         log = WarningLog(echo)
         waiting: dict[tuple[int, int, str], RunLock] = {}
         for shots in cfg["shots"]:
@@ -272,14 +298,15 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                     split = source.split(shots, seed, echo)
                     log.add("sampling", split.warnings)
                     for method, lock in todo:
-                        res = run_method(method, cfg, split.support, split.val, split.test, text,
-                                         device=source.device, seed=seed, progress=progress,
-                                         prompt_features=prompts)
+                        outcome = spec.evaluate(method, cfg, split, text, run_method=fit_one,
+                                                device=source.device, seed=seed, progress=progress)
+                        res = outcome.result
                         log.add(method, res.warnings)
                         record = make_record(stubs[(shots, seed, method)], res, **fields,
                                              protocol=split.protocol, seeds=split.seeds, timings=split.timings,
-                                             warnings=split.warnings + res.warnings, cfg=cfg,
-                                             device=source.device, extra=split.extra)
+                                             warnings=split.warnings + res.warnings, cfg=source.recorded_config(cfg),
+                                             device=source.device,
+                                             extra={**split.extra, **spec.record_fields(), **outcome.fields})
                         write_run(output_dir, record)
                         lock.release()
                         completed += 1

@@ -25,7 +25,7 @@ from typing import Any, Iterable
 
 from ssp import __version__
 from ssp._io import canonical_json, clean_floats, write_json_atomic
-from ssp.report.tables import RUN_SUFFIX
+from ssp.report.tables import RUN_SUFFIX, run_filename  # noqa: F401 (the layout is the report's)
 
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
 
@@ -100,23 +100,6 @@ def environment(device: Any = None) -> dict:
         "world_size": distributed.env_world_size(),
     }
 
-
-
-def _safe(text: str) -> str:
-    return str(text).replace("/", "_").replace(":", "_").replace("\\", "_")
-
-
-def run_filename(record: dict) -> str:
-    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe);
-    records without a ``settings_key`` (older files) keep the flat
-    ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
-    backbone = _safe(record["backbone"]["name"])
-    method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
-    key = record.get("settings_key")
-    if key:
-        return (f"{_safe(record['dataset'])}/{backbone}/{method}/{_safe(key)}/"
-                f"{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}")
-    return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
 
 
 def find_run(output_dir: Path, record: dict) -> dict | None:

@@ -44,8 +44,8 @@ import torch
 
 from ssp.features.types import Features
 
-__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "cache_dataset_name",
-           "split_validation"]
+__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
+           "check_cache_dataset", "split_validation"]
 
 _STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
@@ -74,6 +74,9 @@ class FeatureSource(Protocol):
 
     def common_settings(self) -> dict:
         """Settings shared by every run (source, backbone, protocol): part of each settings key."""
+
+    def recorded_config(self, cfg: dict) -> dict:
+        """The part of ``cfg`` this source uses: the ``config`` of its run JSONs."""
 
     def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
         """``(methods that can run here, one-line reasons for those skipped)``."""
@@ -193,6 +196,9 @@ class ImageSource:
 
     def common_settings(self) -> dict:
         return self._common
+
+    def recorded_config(self, cfg: dict) -> dict:
+        return cfg
 
     def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
         self._needs_patches = any(m.endswith("+ssp") for m in methods)
@@ -381,6 +387,30 @@ def cache_dataset_name(folder: str | Path) -> str | None:
     return name if name in builtin_config_names() else None
 
 
+#: Config keys of images only (backbone weights, extraction, prompts): a Tip-Adapter cache folder
+#: holds extracted features, so its runs neither use nor record them.
+IMAGE_ONLY_KEYS = ("pretrained", "precision", "quick_gelu", "views", "batch_size", "num_workers",
+                   "skip_bad_images", "prompts")
+
+
+def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> None:
+    """Refuse a Tip-Adapter cache folder filed under another dataset: its folder name names another
+    benchmark, or its class count is not the dataset's (under the CoOp protocol)."""
+    from ssp.data.catalog import benchmark_class_count, list_sources
+
+    named = cache_dataset_name(folder)
+    if named is not None and named != dataset:
+        raise ValueError(f"Tip-Adapter cache folder {folder} holds {named} (its folder name), not {dataset}: "
+                         f"run it as --dataset {named}, or rename the folder if its name is wrong")
+    expected = benchmark_class_count(dataset)
+    if expected is not None and expected != n_classes:
+        same = [s.name for s in list_sources() if benchmark_class_count(s.name) == n_classes]
+        hint = f" ({', '.join(same)} {'has' if len(same) == 1 else 'have'} {n_classes})" if same else ""
+        raise ValueError(f"Tip-Adapter cache folder {folder} holds {n_classes} classes, {dataset} has {expected}: "
+                         f"these are not {dataset}'s features; run it with the dataset it was extracted from"
+                         f"{hint}")
+
+
 def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded per-class split of validation indices into ``(search, test)``: for class ``c`` a
     permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
@@ -432,6 +462,7 @@ class TipCacheSource:
             raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")
         probe = load_tip_adapter_cache(folder, self.shots[0])
         self.n_classes, self.dim = probe.n_classes, probe.n_features
+        check_cache_dataset(folder, cfg["dataset"], self.n_classes)
         if text_features is not None:
             path = Path(text_features).expanduser()
             self.text = load_text_features(path, self.n_classes, self.dim, text_layout)
@@ -483,6 +514,10 @@ class TipCacheSource:
 
     def common_settings(self) -> dict:
         return self._common
+
+    def recorded_config(self, cfg: dict) -> dict:
+        """The config without the image-only keys (:data:`IMAGE_ONLY_KEYS`): a cache run uses none."""
+        return {k: v for k, v in cfg.items() if k not in IMAGE_ONLY_KEYS}
 
     def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
         return _skip_ssp_and_textless(list(methods), has_patches=False, has_text=self.text is not None,

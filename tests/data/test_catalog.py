@@ -82,4 +82,29 @@ def test_mirror_replaces_urls_and_the_package_folder_is_looked_up(monkeypatch):
     monkeypatch.setenv("SSP_DATA_MIRROR", "http://127.0.0.1:8000/files/")
     assert resource_urls("a.tar.gz", urls) == ("http://127.0.0.1:8000/files/a.tar.gz",)
     assert resource_urls("a.tar.gz", urls, "http://other") == ("http://other/a.tar.gz",)
-    assert packaged_split_file("split_zhou_DescribableTextures.json") is None  # not vendored (yet)
+    assert packaged_split_file("split_zhou_DescribableTextures.json").name == "split_zhou_DescribableTextures.json.gz"
+    assert packaged_split_file("split_zhou_SUN397.json") is None  # large: fetched, not shipped
+
+
+def test_the_shipped_split_files_are_the_official_ones():
+    """Seven gzipped CoOp split files ship in the package: each decompresses to the pinned sha256,
+    holds the official counts, and is credited in SOURCES.md."""
+    import gzip
+    import hashlib
+    import json
+
+    from ssp.data.catalog import PACKAGED_SPLITS, list_sources
+
+    shipped = sorted(p.name for p in PACKAGED_SPLITS.glob("*.json.gz"))
+    assert len(shipped) == 7
+    credit = (PACKAGED_SPLITS / "SOURCES.md").read_text()
+    assert "MIT" in credit and "github.com/KaiyangZhou/CoOp" in credit
+    by_file = {s.split.filename: s.split for s in list_sources() if s.split is not None}
+    for name in shipped:
+        split = by_file[name[:-3]]
+        data = gzip.decompress((PACKAGED_SPLITS / name).read_bytes())
+        assert hashlib.sha256(data).hexdigest() == split.sha256 and len(data) == split.size, name
+        content = json.loads(data)
+        counts = tuple(len(content[k]) for k in ("train", "val", "test"))
+        assert counts + (len({e[1] for e in content["train"]}),) == split.counts, name
+        assert split.sha256 in credit, name

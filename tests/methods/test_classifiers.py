@@ -520,3 +520,31 @@ def test_shipped_channel_counts_are_fractions_of_d_and_fit_every_backbone_withou
                 warnings.simplefilter("error")
                 model.fit(support, labels, text_features=text)
             assert len(model.channels_) == round(cfg[section]["n_channels"] * dim)
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "tip-adapter", "ape", "proker", "linear-probe"])
+def test_new_classes_without_a_transfer_get_the_zero_shot_term_through_the_vision_projector(method):
+    """Base-to-new: classes without shots are scored by s x t^T; with a projector the vision
+    projector carries over (query and text vision-projected), the language projectors do not."""
+    from ssp.methods.registry import get_method
+    from ssp.run.config import load_config
+
+    gen = np.random.default_rng(0)
+    n_base, dim = 4, 12
+    text = _unit(gen.normal(size=(n_base + 3, dim)))
+    y = np.repeat(np.arange(n_base), 3)
+    x = _unit(text[y] + 0.4 * gen.normal(size=(len(y), dim)))
+    patches = np.repeat(x[:, None, :], 2, axis=1)
+    queries = _unit(gen.normal(size=(9, dim)))
+    spec = get_method(method)
+    cfg = load_config("dtd")
+    for projector in (None, LinearProjectorDouble(seed=3)):
+        model = spec.build(cfg, n_features=dim, projector=projector, device="cpu")
+        model.fit(x, y, text_features=text[:n_base], patch_features=None if projector is None else patches)
+        got = model.new_class_logits(queries, text[n_base:])
+        q, t = queries, text[n_base:]
+        if projector is not None:
+            a_v, _ = LinearProjectorDouble.maps(3, dim)
+            q, t = _unit(_unit(q) @ a_v.T), _unit(_unit(t) @ a_v.T)
+        np.testing.assert_allclose(got, 100 * _unit(q) @ _unit(t).T, rtol=1e-6, atol=1e-5)
+        assert "zero-shot" in model.new_class_rule

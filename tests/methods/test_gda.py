@@ -1,6 +1,7 @@
 """GDA against a dense float64 implementation of its formulas (synthetic and real features)."""
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -165,3 +166,41 @@ def test_the_runner_fits_gda_on_the_views_and_records_it(data):
     model = GDA(alpha=with_views.hyperparameters["alpha"], device="cpu").fit(
         support, labels, text_features=text, view_features=views)
     assert with_views.test_accuracy == pytest.approx(100 * model.score(queries[30:], query_labels[30:]))
+
+
+def test_new_class_transfer_matches_the_published_construction_densely():
+    """Base-to-new: the new classes' means / precision as in GDA's main_base2new.py (the 64 samples
+    nearest each text embedding plus 16 copies of it; a per-class KS precision around the text,
+    averaged), here with dense pinv in float64 and more samples than neighbours."""
+    gen = torch.Generator().manual_seed(0)
+    n_classes, dim, shots, n_views, n_base = 6, 16, 30, 3, 3
+    unit = lambda t: torch.nn.functional.normalize(t, dim=-1)  # noqa: E731
+    text = unit(torch.randn(n_classes, dim, generator=gen, dtype=torch.float64))
+    y = torch.arange(n_base).repeat_interleave(shots)
+    x = unit(text[y] + 0.5 * torch.randn(len(y), dim, generator=gen, dtype=torch.float64))
+    views = unit(x[None] + 0.3 * torch.randn(n_views, len(y), dim, generator=gen, dtype=torch.float64))
+    model = GDA(alpha=0.7, device="cpu").fit(x, y, text_features=text[:n_base], view_features=views)
+    new_text = text[n_base:]
+    queries = unit(torch.randn(10, dim, generator=gen, dtype=torch.float64))
+    got = model.new_class_logits(queries, new_text)
+
+    samples = views.reshape(-1, dim)
+    k = 64
+    assert samples.shape[0] > k
+
+    def neighbours(w):
+        return samples[torch.topk(w @ samples.T, k=k).indices]
+
+    def covariance(v, mu):
+        return (v - mu).T @ (v - mu) / (v.shape[0] - 1)
+
+    mu = torch.stack([torch.cat([neighbours(w), w[None].repeat(16, 1)]).mean(0) for w in new_text])
+    precision = torch.stack([
+        dim * torch.linalg.pinv((k - 1) * covariance(neighbours(w), w[None])
+                                + covariance(neighbours(w), w[None]).trace() * torch.eye(dim, dtype=torch.float64))
+        for w in new_text]).mean(0)
+    weights = precision @ mu.T
+    bias = math.log(1 / len(new_text)) - 0.5 * torch.einsum("nd,dc,nc->n", mu, precision, mu)
+    reference = 100 * queries @ new_text.T + 0.7 * (queries @ weights + bias)
+    torch.testing.assert_close(got, reference, rtol=0, atol=1e-9)
+    assert model.new_class_details_["neighbours"] == k
