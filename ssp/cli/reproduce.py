@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "from images (--root) or Tip-Adapter cache folders (--features-root) into one "
                     "output tree, then write the tables and plots. Finished runs (same settings) are skipped.")
     p.add_argument("--paper", help="select the methods, shots and datasets of a paper's tables "
-                                   "(tip-adapter, ape, ssp); --datasets / --shots / --methods still override")
+                                   "(tip-adapter, ape, gda, timo, ssp); --datasets / --shots / --methods still override")
     p.add_argument("--datasets", nargs="+", help=f"datasets (configs ship for: {', '.join(builtin_config_names())})")
     p.add_argument("--backbones", nargs="+", help="open_clip backbones for --root (default: the config's); with "
                                                   "--features-root, one label for the caches' backbone")
@@ -137,6 +137,8 @@ def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
     for key in ("shots", "methods", "seeds"):
         if overrides.get(key) is None and preset and preset.get(key) is not None:
             overrides[key] = list(preset[key])
+    if preset and preset.get("prompts") and overrides.get("prompts") is None and args.root:
+        overrides["prompts"] = preset["prompts"]   # the paper's text (images only)
     datasets = args.datasets or (list(preset["datasets"]) if preset else None)
     if not datasets:
         raise ValueError("choose the datasets: --datasets NAME ... or --paper NAME")

@@ -6,7 +6,7 @@ encoded one by one)::
 
     clf = TIMO(gamma=50).fit(keys, labels, text_features=text, prompt_features=prompts,
                              view_features=views)
-    validation_search(clf, val_x, val_y)          # alpha (TIMO); gamma, beta, alpha (TIMO-S)
+    validation_search(clf, val_x, val_y)          # alpha (TIMO); gamma, text_fraction, alpha (TIMO-S)
     clf.predict(test_x)
 
 With support samples of ``C`` classes, unit prompts ``t_{c,p}`` and the unit class prototypes
@@ -23,7 +23,7 @@ With support samples of ``C`` classes, unit prompts ``t_{c,p}`` and the unit cla
 
 TIMO uses ``β = P`` and a fixed ``γ`` (50; 1 on ImageNet, 100 on Flowers102, as released) and
 searches ``α``. TIMO-S also searches ``γ`` (5, 10, ..., 100) and ``β`` (10 counts from 1 to
-``2P``: ``beta`` in [0, 1] maps to ``int(1 + beta (2P − 1))``). ``gamma_selection`` says how
+``2P``: ``text_fraction`` in [0, 1] maps to ``int(1 + text_fraction (2P − 1))``). ``gamma_selection`` says how
 ``γ`` is chosen: ``"zero-shot"`` (the released code: the first ``γ`` whose IGT head alone is most
 accurate on validation, then ``β`` and ``α``) or ``"joint"`` (all three on TIMO's own validation
 accuracy). docs/baselines.md lists where this follows the released code and where it is ours.
@@ -33,7 +33,7 @@ The released code adds the zero-shot term with the factor on it (``α' x t̃ᵀ 
 module's ``α = 10⁻² … 10⁶`` (:data:`DEFAULT_GRID`).
 
 With one prompt per class IGT has nothing to weigh (every weight is 1): ``fit`` warns, and TIMO is
-GDA with the text head as ``β`` extra samples per class. ``gamma`` and ``beta`` may change after
+GDA with the text head as ``β`` extra samples per class. ``gamma`` and ``text_fraction`` may change after
 ``fit`` (the search sets them): the head and the Gaussians of new values are computed from the
 stored moments when first used. With ``projector=SSPProjector(...)`` the image samples and the
 text samples of TGI are vision-projected (as in GDA), the IGT weights come from the unprojected
@@ -54,9 +54,9 @@ from ssp.methods.registry import register_method
 
 __all__ = ["TIMO", "TIMOS", "DEFAULT_GRID", "igt_weights", "prompt_weights", "igt_text", "text_sample_count"]
 
-#: Default search grids: alpha log-spaced [low, high, points]; gamma and beta as value lists.
+#: Default search grids: alpha log-spaced [low, high, points]; gamma and text_fraction as value lists.
 DEFAULT_GRID = {"alpha": (1e-2, 1e6, 9), "gamma": tuple(float(g) for g in range(5, 101, 5)),
-                "beta": tuple(float(b) for b in np.linspace(0.0, 1.0, 10))}
+                "text_fraction": tuple(float(b) for b in np.linspace(0.0, 1.0, 10))}
 GAMMA_SELECTIONS = ("zero-shot", "joint")
 _BLOCK_ELEMENTS = 1 << 24
 
@@ -79,12 +79,12 @@ def igt_text(weights: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
     return l2_normalize(torch.einsum("cp,cpd->cd", weights, prompts))
 
 
-def text_sample_count(beta: float | None, n_prompts: int) -> int:
-    """TGI's text samples per class: ``P`` for ``beta=None`` (TIMO), else ``int(1 + beta (2P − 1))``
+def text_sample_count(text_fraction: float | None, n_prompts: int) -> int:
+    """TGI's text samples per class: ``P`` for ``text_fraction=None`` (TIMO), else ``int(1 + text_fraction (2P − 1))``
     (TIMO-S's scale: 0 -> 1, 1 -> 2P)."""
-    if beta is None:
+    if text_fraction is None:
         return n_prompts
-    return max(1, int(1 + float(beta) * (2 * n_prompts - 1) + 1e-9))
+    return max(1, int(1 + float(text_fraction) * (2 * n_prompts - 1) + 1e-9))
 
 
 def _timo_params(cfg: Mapping[str, Any], dim: int) -> dict:
@@ -98,7 +98,7 @@ def _timo_s_params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 def _grid_builder(*axes: str):
     """Grid of ``axes``: :data:`DEFAULT_GRID`, overridden by ``timo.search`` in the config
-    (``alpha: [low, high, points]`` log-spaced; ``gamma`` / ``beta``: lists of values)."""
+    (``alpha: [low, high, points]`` log-spaced; ``gamma`` / ``text_fraction``: lists of values)."""
 
     def build(spec: Any, section: Mapping[str, Any] | None) -> dict:
         given = (section or {}).get("search") or {}
@@ -115,12 +115,12 @@ def _grid_builder(*axes: str):
                 else:
                     arr = np.asarray([float(v) for v in value], dtype=np.float64)
                     ok = arr.size > 0 and bool(np.isfinite(arr).all()) and (
-                        axis != "beta" or bool(((arr >= 0) & (arr <= 1)).all()))
+                        axis != "text_fraction" or bool(((arr >= 0) & (arr <= 1)).all()))
             except (TypeError, ValueError):
                 ok = False
             if not ok:
                 form = "[low, high, points] with 0 < low <= high" if axis == "alpha" else (
-                    "a list of numbers in [0, 1]" if axis == "beta" else "a list of numbers")
+                    "a list of numbers in [0, 1]" if axis == "text_fraction" else "a list of numbers")
                 raise ValueError(f"config '{spec.search_section}.search.{axis}' must be {form}, got {value!r}")
             grid[axis] = arr
         return grid
@@ -137,26 +137,26 @@ class TIMO(_CLIPFeatureClassifier):
     Args:
         alpha: weight α of the GDA term (searched on validation).
         gamma: IGT temperature γ.
-        beta: ``None``: ``P`` text samples per class (TIMO); a number in [0, 1]:
-            ``int(1 + beta (2P − 1))`` (TIMO-S's scale, :func:`text_sample_count`).
+        text_fraction: ``None``: ``P`` text samples per class (TIMO); a number in [0, 1]:
+            ``int(1 + text_fraction (2P − 1))`` (TIMO-S's scale, :func:`text_sample_count`).
         projector, routing: SSP projector and routing (the GDA term plays the cache term's part).
         logit_scale: zero-shot scale s.
         device: torch device; ``None`` = CUDA if available else CPU.
 
     Fitted attributes: those of :class:`~ssp.methods.gda.GDA` (``class_means_``, ``precision_``,
-    ``weights_``, ``bias_`` at the fitted ``gamma`` / ``beta``), plus ``matching_scores_`` [C, P],
+    ``weights_``, ``bias_`` at the fitted ``gamma`` / ``text_fraction``), plus ``matching_scores_`` [C, P],
     ``igt_weights_`` [C, P], ``igt_text_features_`` [C, D], ``n_prompts_`` (P),
     ``n_text_samples_`` (β per class), ``training_inputs_``, ``n_views_``, ``n_samples_``.
     """
 
     _real_params = ("alpha", "gamma", "logit_scale")
 
-    def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, beta: float | None = None,
+    def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  projector: Any = None, routing: str = "paper", logit_scale: float = 100.0,
                  device: str | torch.device | None = None) -> None:
         self.alpha = alpha
         self.gamma = gamma
-        self.beta = beta
+        self.text_fraction = text_fraction
         self.projector = projector
         self.routing = routing
         self.logit_scale = logit_scale
@@ -164,8 +164,8 @@ class TIMO(_CLIPFeatureClassifier):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        if self.beta is not None:
-            _check_beta(self.beta)
+        if self.text_fraction is not None:
+            _check_beta(self.text_fraction)
 
     def fit(self, image_features: ArrayLike, labels: ArrayLike, *, text_features: ArrayLike,
             prompt_features: ArrayLike | None = None, view_features: ArrayLike | None = None,
@@ -192,7 +192,7 @@ class TIMO(_CLIPFeatureClassifier):
                               given=prompt_features is not None)
             self._fit_image_moments(view_features)
             self._state_cache: dict = {}
-            state = self._state(float(self.gamma), self.beta)
+            state = self._state(float(self.gamma), self.text_fraction)
             for name in ("class_means_", "precision_", "weights_", "bias_", "igt_weights_", "igt_text_features_"):
                 setattr(self._torch, name, state[name])
             self.n_text_samples_ = state["n_text"]
@@ -294,9 +294,9 @@ class TIMO(_CLIPFeatureClassifier):
         self.n_samples_ = int(moments.counts.sum())
         return {"class_means_": means, "precision_": precision, "weights_": weights, "bias_": bias}
 
-    def _state(self, gamma: float, beta: float | None) -> dict:
-        """IGT head and TGI Gaussians at ``(gamma, beta)`` (cached per value)."""
-        n_text = text_sample_count(beta, self.n_prompts_)
+    def _state(self, gamma: float, text_fraction: float | None) -> dict:
+        """IGT head and TGI Gaussians at ``(gamma, text_fraction)`` (cached per value)."""
+        n_text = text_sample_count(text_fraction, self.n_prompts_)
         key_h, key_g = ("heads", float(gamma)), ("gauss", n_text)
         cache = self._state_cache
         if key_h not in cache:
@@ -318,9 +318,9 @@ class TIMO(_CLIPFeatureClassifier):
 
     def _current_state(self) -> dict:
         gamma = _check_finite_param(self.gamma, "gamma")
-        if self.beta is not None:
-            _check_beta(self.beta)
-        return self._state(gamma, self.beta)
+        if self.text_fraction is not None:
+            _check_beta(self.text_fraction)
+        return self._state(gamma, self.text_fraction)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         alpha = _check_finite_param(self.alpha, "alpha")
@@ -336,21 +336,22 @@ class TIMO(_CLIPFeatureClassifier):
         (``ssp.methods.search``): one Gaussian per β, one head per γ, each α an arg-max."""
         self._check_fitted()
         gammas = [float(g) for g in axes.get("gamma", [self.gamma])]
-        betas = [float(b) for b in axes["beta"]] if "beta" in axes else [self.beta]
+        fractions = [float(b) for b in axes["text_fraction"]] if "text_fraction" in axes else [self.text_fraction]
         alphas = [float(a) for a in axes["alpha"]]
         x = self._queries(val_features)
         rows = max(1, _BLOCK_ELEMENTS // max(len(self.classes_), 1))
-        correct = np.zeros((len(routings), len(gammas), len(betas), len(alphas)), dtype=np.int64)
+        correct = np.zeros((len(routings), len(gammas), len(fractions), len(alphas)), dtype=np.int64)
         head_correct = np.zeros((len(routings), len(gammas)), dtype=np.int64)
-        for b, beta in enumerate(betas):
-            for g, gamma in enumerate(gammas):
-                state = self._state(gamma, beta)
-                for r, routing in enumerate(routings):
-                    for start in range(0, x.shape[0], rows):
-                        zero_shot, gda = self._parts(x[start:start + rows], state, routing)
-                        truth = val_labels[start:start + rows]
-                        if b == 0:
-                            head_correct[r, g] += int((zero_shot.argmax(1) == truth).sum())
+        states = [[self._state(gamma, text_fraction) for text_fraction in fractions] for gamma in gammas]
+        for r, routing in enumerate(routings):
+            for start in range(0, x.shape[0], rows):
+                chunk, truth = x[start:start + rows], val_labels[start:start + rows]
+                # the zero-shot term depends on gamma only, the GDA term on text_fraction only
+                zero_shots = [self._parts(chunk, states[g][0], routing)[0] for g in range(len(gammas))]
+                gdas = [self._parts(chunk, states[0][b], routing)[1] for b in range(len(fractions))]
+                for g, zero_shot in enumerate(zero_shots):
+                    head_correct[r, g] += int((zero_shot.argmax(1) == truth).sum())
+                    for b, gda in enumerate(gdas):
                         for a, alpha in enumerate(alphas):
                             correct[r, g, b, a] += int(((zero_shot + alpha * gda).argmax(1) == truth).sum())
         if self._selection() == "zero-shot" and len(gammas) > 1:
@@ -378,18 +379,18 @@ class TIMO(_CLIPFeatureClassifier):
                 "training_inputs": self.training_inputs_, "n_samples": self.n_samples_}
 
 
-def _check_beta(beta: Any) -> float:
-    value = _check_finite_param(beta, "beta")
+def _check_beta(text_fraction: Any) -> float:
+    value = _check_finite_param(text_fraction, "text_fraction")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"beta must be None (P text samples per class) or in [0, 1], got {beta!r}")
+        raise ValueError(f"text_fraction must be None (P text samples per class) or in [0, 1], got {text_fraction!r}")
     return value
 
 
 @register_method("timo-s", title="TIMO-S", config_section="timo", search_section="timo",
-                 search_axes=("gamma", "beta", "alpha"), params=_timo_s_params, uses_views=True,
-                 uses_prompts=True, grid_builder=_grid_builder("gamma", "beta", "alpha"), aliases=("timos",))
+                 search_axes=("gamma", "text_fraction", "alpha"), params=_timo_s_params, uses_views=True,
+                 uses_prompts=True, grid_builder=_grid_builder("gamma", "text_fraction", "alpha"), aliases=("timos",))
 class TIMOS(TIMO):
-    """TIMO-S: TIMO with ``gamma`` and ``beta`` searched on validation too (module docstring).
+    """TIMO-S: TIMO with ``gamma`` and ``text_fraction`` searched on validation too (module docstring).
 
     Args:
         gamma_selection: ``"zero-shot"`` (released code: γ by the IGT head's own validation
@@ -397,10 +398,10 @@ class TIMOS(TIMO):
         others: as :class:`TIMO`.
     """
 
-    def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, beta: float | None = None,
+    def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  gamma_selection: str = "zero-shot", projector: Any = None, routing: str = "paper",
                  logit_scale: float = 100.0, device: str | torch.device | None = None) -> None:
-        super().__init__(alpha=alpha, gamma=gamma, beta=beta, projector=projector, routing=routing,
+        super().__init__(alpha=alpha, gamma=gamma, text_fraction=text_fraction, projector=projector, routing=routing,
                          logit_scale=logit_scale, device=device)
         self.gamma_selection = gamma_selection
 

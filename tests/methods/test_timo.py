@@ -68,12 +68,12 @@ def data():
     return text, support, labels, queries, query_labels, views, prompts
 
 
-@pytest.mark.parametrize("alpha, gamma, beta", [(0.5, 50.0, None), (3.0, 7.0, 0.6), (0.01, 1.0, 0.0)])
-def test_logits_equal_the_dense_formulas(data, alpha, gamma, beta):
+@pytest.mark.parametrize("alpha, gamma, text_fraction", [(0.5, 50.0, None), (3.0, 7.0, 0.6), (0.01, 1.0, 0.0)])
+def test_logits_equal_the_dense_formulas(data, alpha, gamma, text_fraction):
     text, support, labels, queries, _, views, prompts = data
-    model = TIMO(alpha=alpha, gamma=gamma, beta=beta, device="cpu").fit(
+    model = TIMO(alpha=alpha, gamma=gamma, text_fraction=text_fraction, device="cpu").fit(
         support, labels, text_features=text, prompt_features=prompts, view_features=views)
-    n_text = text_sample_count(beta, prompts.shape[1])
+    n_text = text_sample_count(text_fraction, prompts.shape[1])
     expected, w = timo_reference(support, labels, views, prompts, queries, alpha=alpha, gamma=gamma, n_text=n_text)
     assert _rel_err(model.decision_function(queries), expected) < 1e-4
     assert _rel_err(model.decision_function(queries), expected) < 1e-10     # float64 in, float64 out
@@ -126,15 +126,15 @@ def test_bad_prompt_features_are_refused(data):
     bad[2, 1] = 0.0
     with pytest.raises(ValueError, match=r"prompt_features\[2, 1\] is zero"):
         TIMO().fit(support, labels, text_features=text, prompt_features=bad)
-    with pytest.raises(ValueError, match="beta must be None"):
-        TIMO(beta=1.5).fit(support, labels, text_features=text, prompt_features=prompts)
+    with pytest.raises(ValueError, match="text_fraction must be None"):
+        TIMO(text_fraction=1.5).fit(support, labels, text_features=text, prompt_features=prompts)
     with pytest.raises(ValueError, match="gamma_selection"):
         TIMOS(gamma_selection="best").fit(support, labels, text_features=text, prompt_features=prompts)
 
 
-def _released_search(data, gammas, betas, alphas, selection):
+def _released_search(data, gammas, fractions, alphas, selection):
     """TIMO-S's search as a plain loop: gamma first ("zero-shot": the IGT head's accuracy), then
-    the first (beta, alpha) maximum; "joint": the first (gamma, beta, alpha) maximum."""
+    the first (text_fraction, alpha) maximum; "joint": the first (gamma, text_fraction, alpha) maximum."""
     text, support, labels, queries, query_labels, views, prompts = data
     best, best_key = -1, None
     head_best, head_gamma = -1, None
@@ -146,7 +146,7 @@ def _released_search(data, gammas, betas, alphas, selection):
     for g in gammas:
         if selection == "zero-shot" and g != head_gamma:
             continue
-        for b in betas:
+        for b in fractions:
             for a in alphas:
                 n_text = text_sample_count(b, prompts.shape[1])
                 logits, _ = timo_reference(support, labels, views, prompts, queries, alpha=a, gamma=g, n_text=n_text)
@@ -159,15 +159,15 @@ def _released_search(data, gammas, betas, alphas, selection):
 @pytest.mark.parametrize("selection", ["zero-shot", "joint"])
 def test_timo_s_search_equals_the_plain_loop(data, selection):
     text, support, labels, queries, query_labels, views, prompts = data
-    grid = {"gamma": [1.0, 5.0, 50.0], "beta": [0.0, 0.5, 1.0], "alpha": [0.01, 1.0, 100.0]}
+    grid = {"gamma": [1.0, 5.0, 50.0], "text_fraction": [0.0, 0.5, 1.0], "alpha": [0.01, 1.0, 100.0]}
     model = TIMOS(gamma_selection=selection, device="cpu").fit(
         support, labels, text_features=text, prompt_features=prompts, view_features=views)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # an edge winner warns
         result = validation_search(model, queries, query_labels, grid)
-    best, (g, b, a) = _released_search(data, grid["gamma"], grid["beta"], grid["alpha"], selection)
-    assert result.param_names_ == ("gamma", "beta", "alpha")
-    assert result.best_params_ == {"gamma": g, "beta": b, "alpha": a}
+    best, (g, b, a) = _released_search(data, grid["gamma"], grid["text_fraction"], grid["alpha"], selection)
+    assert result.param_names_ == ("gamma", "text_fraction", "alpha")
+    assert result.best_params_ == {"gamma": g, "text_fraction": b, "alpha": a}
     assert round(result.best_score_ * len(query_labels)) == best
     assert model.score(queries, query_labels) * len(query_labels) == pytest.approx(best)
 
@@ -187,10 +187,10 @@ def test_timo_searches_alpha_on_the_registered_grid(data):
 def test_registry_entries():
     timo, timo_s = get_method("timo"), get_method("TIMO-S")
     assert timo.uses_prompts and timo_s.uses_prompts and timo.uses_views
-    assert timo.search_axes == ("alpha",) and timo_s.search_axes == ("gamma", "beta", "alpha")
+    assert timo.search_axes == ("alpha",) and timo_s.search_axes == ("gamma", "text_fraction", "alpha")
     grid = timo_s.grid({"timo": {"search": {"gamma": [10, 20]}}})
-    assert list(grid["gamma"]) == [10.0, 20.0] and len(grid["beta"]) == 10
-    with pytest.raises(ValueError, match=r"timo.search.beta' must be a list of numbers in \[0, 1\]"):
-        timo_s.grid({"timo": {"search": {"beta": [2.0]}}})
+    assert list(grid["gamma"]) == [10.0, 20.0] and len(grid["text_fraction"]) == 10
+    with pytest.raises(ValueError, match=r"timo.search.text_fraction' must be a list of numbers in \[0, 1\]"):
+        timo_s.grid({"timo": {"search": {"text_fraction": [2.0]}}})
     assert [text_sample_count(b, 50) for b in np.linspace(0, 1, 10)] == \
         [int(t) for t in torch.linspace(1, 100, 10)]  # the released code's counts
