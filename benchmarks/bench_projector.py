@@ -409,7 +409,7 @@ def bench_kernel(device: torch.device, dim: int = 1024, width: int = 481) -> dic
 
 # ---------------------------------------------------------------------------------- driver
 def worker(case: str, quick: bool, device_name: str | None, out_dir: Path) -> None:
-    from ssp._utils import resolve_device
+    from ssp._utils.devices import resolve_device
 
     device = resolve_device(device_name)
     if case == "kernel":

@@ -7,10 +7,11 @@ Data flows one way, one package per stage (each imports only the ones above it h
     ssp.features   feature extraction, the feature store, Tip-Adapter cache folders
     ssp.methods    the method registry and estimators: zero-shot, cache models (Tip-Adapter, APE),
                    fine-tuned adapters, the SSP projector, validation search
-    ssp.unmix      Unmix-CLIP: MFI analysis, projectors, multi-label recognition, segmentation
-    ssp.report     tables, plots, published numbers and comparisons
+    ssp.unmix      Unmix-CLIP (beside the methods): MFI analysis, projectors, multi-label
+                   recognition, segmentation
     ssp.run        configuration, feature sources, the run loop, run records
-    ssp.cli        ssp-fewshot, ssp-reproduce, ssp-unmix
+    ssp.report     tables, plots, published numbers and comparisons, read from the run records
+    ssp.cli        ssp-fewshot, ssp-reproduce, ssp-unmix, ssp-data
 
 Attributes are imported lazily so ``import ssp`` stays cheap (no open_clip import).
 """

@@ -1,7 +1,8 @@
-"""Torch-free vocabularies and scalar checks shared by the library, the config and the CLI.
+"""Torch-free vocabularies and scalar checks shared by the library, the config and the CLI, and
+how messages name a setting (:func:`option`: a Python argument, or a command-line flag inside
+:func:`cli_messages`, which every command-line entry point enters: :func:`ssp.cli._args.with_cli_messages`).
 
-Kept free of torch so ``ssp-fewshot --help`` and config validation import nothing heavy;
-:mod:`ssp._utils` re-exports the checks for the library code.
+Kept free of torch so ``ssp-fewshot --help`` and config validation import nothing heavy.
 """
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import contextlib
 import contextvars
 import math
 import numbers
-import sys
 from typing import Any, Iterator
 
 __all__ = ["ROUTINGS", "PRECISIONS", "VAL_POLICIES", "RANDOM_WEIGHTS", "is_random_weights",
            "check_int", "check_real", "option", "cli_messages"]
 
-#: How an SSP projector's views enter a classifier's terms (see :mod:`ssp.classifiers`).
+#: How an SSP projector's views enter a classifier's terms (see :mod:`ssp.methods.base`).
 ROUTINGS = ("paper", "reference", "vision")
 #: Backbone precisions (:func:`ssp.backbone.model.load_backbone`).
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -59,7 +59,7 @@ def check_real(value: Any, name: str, *, minimum: float | None = None) -> float:
 
 # ------------------------------------------------------------------ naming options in messages
 
-_CLI = contextvars.ContextVar("ssp_cli_messages", default=None)
+_CLI = contextvars.ContextVar("ssp_cli_messages", default=False)
 
 
 @contextlib.contextmanager
@@ -73,24 +73,11 @@ def cli_messages(active: bool = True) -> Iterator[None]:
         _CLI.reset(token)
 
 
-def _in_cli() -> bool:
-    explicit = _CLI.get()
-    if explicit is not None:
-        return explicit
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    if spec is not None and spec.name.startswith("ssp.cli."):  # python -m ssp.cli.fewshot
-        return True
-    # a console script (ssp-fewshot: `from ssp.cli.fewshot import main`)
-    main_fn = getattr(main, "main", None)
-    return any(getattr(sys.modules.get(f"ssp.cli.{name}"), "main", object()) is main_fn
-               for name in ("fewshot", "reproduce", "unmix", "data"))
-
-
 def option(python: str, cli: str) -> str:
-    """How a message names a setting: ``cli`` (e.g. ``"--quick-gelu on"``) when the process runs
-    ssp's command line, ``python`` (e.g. ``"quick_gelu=True"``) otherwise."""
-    return cli if _in_cli() else python
+    """How a message names a setting: ``cli`` (e.g. ``"--quick-gelu on"``) inside
+    :func:`cli_messages` (a command-line tool's ``main``), ``python`` (e.g. ``"quick_gelu=True"``)
+    otherwise."""
+    return cli if _CLI.get() else python
 
 
 def _is_bool(value: Any) -> bool:

@@ -83,7 +83,7 @@ def init_from_env(device: str | torch.device | None = "auto") -> torch.device | 
         return None
     import torch.distributed as dist
 
-    from ssp._utils import resolve_device
+    from ssp._utils.devices import resolve_device
 
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")

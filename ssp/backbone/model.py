@@ -36,7 +36,10 @@ import torch.nn.functional as F
 import ssp.backbone.weights as _weights
 from ssp._checks import PRECISIONS, check_int, option
 from ssp._io import file_sha256
-from ssp._utils import l2_normalize, resolve_device, to_tensor, warn
+from ssp._utils.arrays import to_tensor
+from ssp._utils.devices import resolve_device
+from ssp._utils.normalize import l2_normalize
+from ssp._utils.warn import warn
 from ssp.data.base import check_templates, clean_classname
 
 """Seed of the random initialisation used when no pretrained weights are given."""
@@ -137,7 +140,7 @@ def load_backbone(
             ``"laion2b_s34b_b79k"``, ...); or a local checkpoint (.pt/.pth/.bin/.safetensors,
             OpenAI TorchScript archives included). For ``hf-hub:`` names None means the hub's
             weights.
-        device: resolved with ``ssp._utils.resolve_device`` (None/"auto" -> CUDA if available).
+        device: resolved with ``ssp._utils.devices.resolve_device`` (None/"auto" -> CUDA if available).
         precision: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (open_clip's OpenAI-style mixed precision:
             low-precision conv/linear weights, float32 LayerNorm); outputs are always float32.
         quick_gelu: force QuickGELU on/off; None decides from the weights (``resolve_quick_gelu``).

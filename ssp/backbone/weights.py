@@ -137,7 +137,7 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     a legacy pickle."""
     import struct
 
-    from ssp._utils import is_torch_file
+    from ssp._utils.torch_files import is_torch_file
 
     path = Path(path)
     if path.suffix.lower() == ".safetensors":

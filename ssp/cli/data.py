@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ssp.cli._args import int_at_least
+from ssp.cli._args import int_at_least, with_cli_messages
 
 PROG = "ssp-data"
 
@@ -191,7 +191,7 @@ def _splits(args) -> int:
     from ssp._io import file_sha256
     from ssp.data import DatasetNotFoundError, get_dataset
     from ssp.data.manifest import draw_manifest
-    from ssp.data.verify import _split_path
+    from ssp.data.verify import split_path
 
     policy = args.val_policy
     if policy not in ("coop", "full"):
@@ -207,7 +207,7 @@ def _splits(args) -> int:
         ds = get_dataset(args.dataset, args.root, split_file=args.split_file, check_files=False)
     except (DatasetNotFoundError, ValueError) as err:
         raise SystemExit(f"{PROG}: error: {str(err).splitlines()[0]}")
-    split = _split_path(ds.name, Path(ds.root), args.split_file) if ds.name != "imagefolder" else None
+    split = split_path(ds.name, Path(ds.root), args.split_file) if ds.name != "imagefolder" else None
     digest = file_sha256(split) if split is not None and split.is_file() else None
     manifest = draw_manifest(ds, list(dict.fromkeys(args.shots)), list(dict.fromkeys(args.seeds)),
                              val_policy=policy, split_file_sha256=digest)
@@ -237,7 +237,7 @@ def _list(_args) -> int:
 _COMMANDS = {"download": _download, "verify": _verify, "splits": _splits, "list": _list}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
 
+
+main = with_cli_messages(_main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -25,7 +25,7 @@ from ssp._checks import (
     VAL_POLICIES,
     is_random_weights,
 )
-from ssp.cli._args import int_at_least, with_cli_messages
+from ssp.cli._args import fail, int_at_least, with_cli_messages
 from ssp.run.config import METHODS, builtin_config_names, load_config
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
 
@@ -253,12 +253,6 @@ def _val_policy(text: str | None, prog: str = "ssp-fewshot"):
     return value
 
 
-def _fail(prog: str, err: BaseException, debug: bool) -> SystemExit:
-    if debug:
-        raise err
-    return SystemExit(f"{prog}: error: {err}\n(run with --debug for the full traceback)")
-
-
 def _main(argv: list[str] | None = None) -> int:
     prog = "ssp-fewshot"
     args = build_parser().parse_args(argv)
@@ -270,16 +264,17 @@ def _main(argv: list[str] | None = None) -> int:
         print("\n".join(list_datasets()))
         return 0
     if args.report_only:
-        from ssp.report.tables import RUN_SUFFIX, write_report
+        from ssp.report.tables import write_report
+        from ssp.run.records import RUN_SUFFIX, find_runs
 
         out = Path(args.output)
-        if not out.is_dir() or not any(out.rglob(f"*{RUN_SUFFIX}")):
+        if not find_runs(out):
             raise SystemExit(f"{prog}: error: --report-only: no run results (*{RUN_SUFFIX}) under {out}; "
                              "point --output at a folder written by ssp-fewshot or ssp-reproduce")
         try:
             table, paths = write_report(out)
         except (ValueError, OSError) as err:
-            raise _fail(prog, err, args.debug)
+            raise fail(prog, err, args.debug)
         print(table)
         print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
         return 0
@@ -336,8 +331,8 @@ def _main(argv: list[str] | None = None) -> int:
                                         text_features=args.text_features, text_layout=args.text_layout,
                                         backbone_name=args.backbone, device=args.device,
                                         prompt_features=args.prompt_features)
-                records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                             progress=not args.no_progress, protocol=args.protocol)
+                records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
+                                      progress=not args.no_progress, protocol=args.protocol)
             else:
                 from ssp import distributed
                 from ssp.run.sources import ImageSource
@@ -354,9 +349,9 @@ def _main(argv: list[str] | None = None) -> int:
                         source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
                                              progress=not args.no_progress, split_manifest=manifest)
-                        records, table = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
-                                                     progress=not args.no_progress, protocol=args.protocol,
-                                                     echo=print if main_rank else (lambda _: None))
+                        records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
+                                              progress=not args.no_progress, protocol=args.protocol,
+                                              echo=print if main_rank else (lambda _: None))
                 finally:
                     distributed.shutdown()
     except Interrupted as err:
@@ -380,9 +375,15 @@ def _main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{prog}: error: cannot read image {err.path} ({err.reason}); replace or delete it, "
                          "or rerun with --skip-bad-images to go on without it" if main_rank else 1)
     except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError, RuntimeError) as err:
-        raise _fail(prog, err, args.debug)
+        raise fail(prog, err, args.debug)
     if not main_rank:
         return 0
+    from ssp.report.tables import write_report
+
+    try:
+        table, _ = write_report(args.output)
+    except (ValueError, OSError) as err:
+        raise fail(prog, err, args.debug)
     print()
     print(table)
     print(f"\n{len(records)} runs under {Path(args.output).resolve()} (results.md, results.png, summary.json)")

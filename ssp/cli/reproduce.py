@@ -23,9 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssp.cli._args import with_cli_messages
+from ssp.cli._args import fail, with_cli_messages
 from ssp.cli.fewshot import (
-    _fail,
     add_common_arguments,
     config_overrides,
     random_weights_banner,
@@ -231,9 +230,7 @@ def _execute(job: Job, args) -> list[dict]:
     from ssp.run.pipeline import run_fewshot
 
     with random_weights_banner(job.cfg, show=args.root is not None):
-        records, _ = run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, write_table=False,
-                                 progress=not args.no_progress)
-    return records
+        return run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, progress=not args.no_progress)
 
 
 def _looked_for(args, jobs: list[Job]) -> str:
@@ -268,7 +265,7 @@ def _main(argv: list[str] | None = None) -> int:
         preset = _preset(args.paper) if args.paper else None
         jobs = _plan(args, preset)
     except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as err:
-        raise _fail(PROG, err, args.debug)
+        raise fail(PROG, err, args.debug)
     output = Path(args.output) if args.output else None
     n_todo = sum(len(j.todo) for j in jobs if not j.error)
     n_done = sum(len(j.done) for j in jobs if not j.error)

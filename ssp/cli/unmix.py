@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ssp._io import write_json_atomic
+from ssp.cli._args import with_cli_messages
 
 MULTILABEL_NAMES = ("voc", "voc2007", "voc2012", "coco", "coco2014", "coco2017")
 POSITIVE_TEMPLATE = "A photo of a {}."
@@ -283,7 +284,7 @@ def _projector_from_args(args):
 
 
 def _accuracy(x, t, y) -> float:
-    from ssp._utils import l2_normalize
+    from ssp._utils.normalize import l2_normalize
 
     return float(((l2_normalize(x) @ l2_normalize(t).T).argmax(1).cpu() == y.cpu()).float().mean()) * 100
 
@@ -383,7 +384,7 @@ def cmd_train(args) -> dict:
 def cmd_mlr(args) -> dict:
     import torch
 
-    from ssp._utils import l2_normalize
+    from ssp._utils.normalize import l2_normalize
     from ssp.unmix.data import get_multilabel_dataset
     from ssp.unmix.features import dense_features
     from ssp.unmix.metrics import mean_average_precision
@@ -519,14 +520,11 @@ def cmd_segment(args) -> dict:
 COMMANDS = {"analyze": cmd_analyze, "train": cmd_train, "mlr": cmd_mlr, "segment": cmd_segment}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
-    from ssp._checks import cli_messages
-
     try:
-        with cli_messages():  # messages name flags (--text-layout DC), not Python arguments
-            result = COMMANDS[args.command](args)
+        result = COMMANDS[args.command](args)
     except UsageError as err:
         if args.debug:
             raise
@@ -540,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"record: {result['json']}")
     return 0
+
+
+main = with_cli_messages(_main)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ EUROSAT_CLASSNAMES = {
 
 
 @dataclass(frozen=True)
-class _Benchmark:
+class Benchmark:
     name: str
     folders: tuple[str, ...]  # folder names under the parent data root; the first is CoOp's
     kind: str  # "json" | "imagenet" | "fgvc"
@@ -76,10 +76,10 @@ def _json_layout(folder: str, image_dir: str, split_name: str, images: str) -> s
     )
 
 
-_BENCHMARKS: dict[str, _Benchmark] = {
+BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
-        _Benchmark(
+        Benchmark(
             "imagenet", ("imagenet",), "imagenet", "images", None, IMAGENET_TEMPLATES,
             "imagenet/   (any folder name; give its parent folder or this folder as root)\n"
             "    classnames.txt               '<wnid> <class name>' per line, defines the class order\n"
@@ -88,35 +88,35 @@ _BENCHMARKS: dict[str, _Benchmark] = {
             "(used as test)",
             markers=("classnames.txt", "images/train"),
         ),
-        _Benchmark(
+        Benchmark(
             "caltech101", ("caltech-101", "caltech101"), "json", "101_ObjectCategories",
             "split_zhou_Caltech101.json", ("a photo of a {}.",),
             _json_layout("caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json",
                          "<category>/image_XXXX.jpg"),
         ),
-        _Benchmark(
+        Benchmark(
             "oxford_pets", ("oxford_pets",), "json", "images", "split_zhou_OxfordPets.json",
             ("a photo of a {}, a type of pet.",),
             _json_layout("oxford_pets", "images", "split_zhou_OxfordPets.json", "<Breed>_<n>.jpg"),
         ),
-        _Benchmark(
+        Benchmark(
             "stanford_cars", ("stanford_cars",), "json", "", "split_zhou_StanfordCars.json",
             ("a photo of a {}.",),
             "stanford_cars/   (give its parent folder or this folder as root)\n"
             "    cars_train/*.jpg\n    cars_test/*.jpg\n    split_zhou_StanfordCars.json",
             markers=("split_zhou_StanfordCars.json", "cars_train"),
         ),
-        _Benchmark(
+        Benchmark(
             "oxford_flowers", ("oxford_flowers",), "json", "jpg", "split_zhou_OxfordFlowers.json",
             ("a photo of a {}, a type of flower.",),
             _json_layout("oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "image_XXXXX.jpg"),
         ),
-        _Benchmark(
+        Benchmark(
             "food101", ("food-101", "food101"), "json", "images", "split_zhou_Food101.json",
             ("a photo of {}, a type of food.",),
             _json_layout("food-101", "images", "split_zhou_Food101.json", "<class>/<id>.jpg"),
         ),
-        _Benchmark(
+        Benchmark(
             "fgvc_aircraft", ("fgvc_aircraft",), "fgvc", "images", None,
             ("a photo of a {}, a type of aircraft.",),
             "fgvc_aircraft/   (the data/ folder of fgvc-aircraft-2013b, renamed)\n"
@@ -124,23 +124,23 @@ _BENCHMARKS: dict[str, _Benchmark] = {
             "    images_variant_train.txt\n    images_variant_val.txt\n    images_variant_test.txt",
             markers=("variants.txt", "images_variant_train.txt"),
         ),
-        _Benchmark(
+        Benchmark(
             "sun397", ("sun397",), "json", "SUN397", "split_zhou_SUN397.json",
             ("a photo of a {}.",),
             _json_layout("sun397", "SUN397", "split_zhou_SUN397.json", "<letter>/<category>/.../*.jpg"),
         ),
-        _Benchmark(
+        Benchmark(
             "dtd", ("dtd",), "json", "images", "split_zhou_DescribableTextures.json",
             ("{} texture.",),
             _json_layout("dtd", "images", "split_zhou_DescribableTextures.json", "<class>/<class>_XXXX.jpg"),
         ),
-        _Benchmark(
+        Benchmark(
             "eurosat", ("eurosat",), "json", "2750", "split_zhou_EuroSAT.json",
             ("a centered satellite photo of {}.",),
             _json_layout("eurosat", "2750", "split_zhou_EuroSAT.json", "<Class>/<Class>_<n>.jpg"),
             rename=EUROSAT_CLASSNAMES,
         ),
-        _Benchmark(
+        Benchmark(
             "ucf101", ("ucf101",), "json", "UCF-101-midframes", "split_zhou_UCF101.json",
             ("a photo of a person doing {}.",),
             _json_layout("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
@@ -157,37 +157,40 @@ IMAGEFOLDER_LAYOUT = (
     "    templates.txt             optional: one prompt template with '{}' per line"
 )
 
-_ALIASES = {
-    "caltech-101": "caltech101", "pets": "oxford_pets", "oxfordpets": "oxford_pets",
+#: Other spellings of the benchmarks' names (lower case), the folder names of the published
+#: Tip-Adapter / APE caches and configs included (``fgvc``, ``sun``, ``ucf``, ...): the one table.
+ALIASES = {
+    "caltech-101": "caltech101", "caltech": "caltech101", "pets": "oxford_pets", "oxfordpets": "oxford_pets",
     "cars": "stanford_cars", "stanfordcars": "stanford_cars", "flowers": "oxford_flowers",
-    "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers", "food-101": "food101",
-    "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft", "describabletextures": "dtd",
+    "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers", "food-101": "food101", "food_101": "food101",
+    "food": "food101", "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft", "fgvc": "fgvc_aircraft",
+    "describabletextures": "dtd", "textures": "dtd", "sun": "sun397", "ucf": "ucf101", "eurosat_rgb": "eurosat",
     "image_folder": "imagefolder",
 }
 
 
 def list_datasets() -> list[str]:
     """Registry names accepted by :func:`get_dataset`."""
-    return list(_BENCHMARKS) + ["imagefolder"]
+    return list(BENCHMARKS) + ["imagefolder"]
 
 
 def benchmark_templates(name: str) -> list[str]:
     """The prompt templates of a registered benchmark (CoOp, Zhou et al., IJCV 2022)."""
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key == "imagefolder":
         return ["a photo of a {}."]
-    return list(_BENCHMARKS[key].templates)
+    return list(BENCHMARKS[key].templates)
 
 
-def _canonical_name(name: str) -> str:
+def canonical_name(name: str) -> str:
     key = str(name).strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _BENCHMARKS and key != "imagefolder":
+    key = ALIASES.get(key, key)
+    if key not in BENCHMARKS and key != "imagefolder":
         import difflib
 
-        spellings = list_datasets() + list(_ALIASES)
+        spellings = list_datasets() + list(ALIASES)
         close = difflib.get_close_matches(key.replace("-", "_"), spellings, n=1, cutoff=0.6)
-        hint = f"did you mean {_ALIASES.get(close[0], close[0])!r}? " if close else ""
+        hint = f"did you mean {ALIASES.get(close[0], close[0])!r}? " if close else ""
         raise ValueError(f"unknown dataset {name!r}; {hint}choose one of {list_datasets()}")
     return key
 
@@ -206,25 +209,25 @@ def _missing(what: str, path: Path | str, name: str, layout: str, hint: str = ""
 # ---------------------------------------------------------------------------------------------
 # Folder resolution
 # ---------------------------------------------------------------------------------------------
-def _markers(b: _Benchmark) -> tuple[str, ...]:
+def dataset_markers(b: Benchmark) -> tuple[str, ...]:
     if b.markers is not None:
         return b.markers
     return tuple(m for m in (b.split_name, b.image_dir) if m)
 
 
-def _resolve_dataset_dir(b: _Benchmark, root: Path) -> Path:
+def resolve_dataset_dir(b: Benchmark, root: Path) -> Path:
     """``root/<folder>`` when it exists, else ``root`` itself when it holds the dataset's files."""
     if not root.is_dir():
         raise _missing("data folder", root, b.name, b.layout)
     for folder in b.folders:
         if (root / folder).is_dir():
             return root / folder
-    if any((root / m).exists() for m in _markers(b)):
+    if any((root / m).exists() for m in dataset_markers(b)):
         return root
     looked = ", ".join(str(root / f) for f in b.folders)
     raise _missing(
         f"dataset folder for '{b.name}'", root, b.name, b.layout,
-        f"Looked for {looked}, and for {', '.join(_markers(b))} directly inside {root}.",
+        f"Looked for {looked}, and for {', '.join(dataset_markers(b))} directly inside {root}.",
     )
 
 
@@ -244,7 +247,7 @@ def _check_files_exist(ds: DatasetSplits, b_name: str, layout: str, image_dir: P
         )
 
 
-def _read_json_benchmark(b: _Benchmark, folder: Path, split_file: Path | None,
+def _read_json_benchmark(b: Benchmark, folder: Path, split_file: Path | None,
                          check_files: bool = True) -> DatasetSplits:
     image_dir = folder / b.image_dir if b.image_dir else folder
     split_path = Path(split_file) if split_file is not None else folder / b.split_name
@@ -285,7 +288,7 @@ def read_imagenet_classnames(path: str | Path) -> list[tuple[str, str]]:
     return pairs
 
 
-def _read_imagenet(b: _Benchmark, folder: Path, split_file: Path | None,
+def _read_imagenet(b: Benchmark, folder: Path, split_file: Path | None,
                    check_files: bool = True) -> DatasetSplits:
     names_path = Path(split_file) if split_file is not None else folder / "classnames.txt"
     if not names_path.is_file():
@@ -330,7 +333,7 @@ def _read_imagenet(b: _Benchmark, folder: Path, split_file: Path | None,
     )
 
 
-def _read_fgvc(b: _Benchmark, folder: Path, split_file: Path | None,
+def _read_fgvc(b: Benchmark, folder: Path, split_file: Path | None,
                check_files: bool = True) -> DatasetSplits:
     meta = Path(split_file) if split_file is not None else folder
     if not meta.is_dir():
@@ -457,7 +460,7 @@ def get_dataset(
         DatasetNotFoundError: a folder, split file or listed image is missing; the message names
             the path, the expected layout and the ``datasets/<name>.md`` card.
     """
-    key = _canonical_name(name)
+    key = canonical_name(name)
     root = Path(root).expanduser()
     if key == "imagefolder":
         if split_file is not None:
@@ -465,8 +468,8 @@ def get_dataset(
                              f"{option('split_file', '--split-file')}")
         ds = _read_imagefolder(root)
     else:
-        b = _BENCHMARKS[key]
-        folder = _resolve_dataset_dir(b, root)
+        b = BENCHMARKS[key]
+        folder = resolve_dataset_dir(b, root)
         ds = _READERS[b.kind](b, folder, Path(split_file).expanduser() if split_file is not None else None,
                               check_files=check_files)
     if templates is not None:

@@ -252,9 +252,9 @@ _CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
 
 def catalog_entry(name: str) -> CatalogEntry:
     """The catalog entry of a registered benchmark (aliases accepted, as by ``get_dataset``)."""
-    from ssp.data.benchmarks import _canonical_name
+    from ssp.data.benchmarks import canonical_name
 
-    key = _canonical_name(name)
+    key = canonical_name(name)
     if key not in _CATALOG:
         raise ValueError(f"{name!r} is not downloadable: it is your own data; see datasets/imagefolder.md")
     return _CATALOG[key]

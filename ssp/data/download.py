@@ -317,9 +317,9 @@ def human_size(n_bytes: int) -> str:
 # --------------------------------------------------------------------------------------------- datasets
 def dataset_folder(source: CatalogEntry, root: Path) -> Path:
     """The dataset's folder under ``root``: an existing one under any accepted name, else CoOp's name."""
-    from ssp.data.benchmarks import _BENCHMARKS
+    from ssp.data.benchmarks import BENCHMARKS
 
-    for name in _BENCHMARKS[source.name].folders:
+    for name in BENCHMARKS[source.name].folders:
         if (root / name).is_dir():
             return root / name
     return root / source.folder
@@ -487,7 +487,7 @@ def _ready(source: CatalogEntry, folder: Path, notes: list[str], how: str) -> Do
 
 def manual_steps(source: CatalogEntry, folder: Path) -> str:
     """The manual steps for a dataset no library can fetch, with the layout ``ssp-data verify`` accepts."""
-    from ssp.data.benchmarks import _BENCHMARKS
+    from ssp.data.benchmarks import BENCHMARKS
 
     lines = [f"{source.name}: the images cannot be downloaded automatically. Manual steps:",
              "  " + source.manual.replace("{folder}", str(folder))]
@@ -495,7 +495,7 @@ def manual_steps(source: CatalogEntry, folder: Path) -> str:
         lines.append("  Copies people use instead:")
         lines += ["   - " + alt.replace("{folder}", str(folder)) for alt in source.alternatives]
     lines.append(f"  Layout that `ssp-data verify --root {folder.parent} {source.name}` accepts:")
-    lines += ["    " + line for line in _BENCHMARKS[source.name].layout.splitlines()]
+    lines += ["    " + line for line in BENCHMARKS[source.name].layout.splitlines()]
     if source.split is not None:
         lines.append(f"  Split file: {source.split.filename} ({source.split_note}); {source.split.page}")
     else:

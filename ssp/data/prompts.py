@@ -84,10 +84,10 @@ SINGLE_TEMPLATE = "a photo of a {}."
 
 def clip_templates(dataset: str) -> tuple[list[str], str]:
     """CLIP's published template ensemble for ``dataset``: ``(templates, where from)``."""
-    from ssp.data.benchmarks import _canonical_name
+    from ssp.data.benchmarks import canonical_name
 
     try:
-        key = _canonical_name(dataset)
+        key = canonical_name(dataset)
     except (KeyError, ValueError):
         key = str(dataset)
     if key in _CLIP_TEMPLATES:
@@ -165,6 +165,9 @@ def read_class_prompts(path: str | Path, classnames: Sequence[str]) -> list[list
     repeated spaces ignored; keys of other classes are ignored. Errors name the file and the
     bad entry."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"prompts {path} is a folder; give a JSON file of per-class sentences "
+                         "(e.g. a CuPL file) or one of " + ", ".join(PROMPT_SETS))
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {path} not found; give a JSON file of per-class sentences "
                                 "or one of " + ", ".join(PROMPT_SETS))

@@ -93,12 +93,12 @@ def _fix_download(name: str, root: Path) -> str:
     return f"follow the manual steps that `ssp-data download {name} --root {root}` prints (datasets/{name}.md)"
 
 
-def _split_path(name: str, folder: Path, split_file: str | Path | None) -> Path | None:
-    from ssp.data.benchmarks import _BENCHMARKS
+def split_path(name: str, folder: Path, split_file: str | Path | None) -> Path | None:
+    from ssp.data.benchmarks import BENCHMARKS
 
     if split_file is not None:
         return Path(split_file).expanduser()
-    b = _BENCHMARKS[name]
+    b = BENCHMARKS[name]
     if b.kind == "json":
         return folder / b.split_name
     if b.kind == "imagenet":
@@ -160,22 +160,22 @@ def verify_dataset(name: str, root: str | Path, *, split_file: str | Path | None
         strict: a split file that differs from the official CoOp one is a problem, not a note.
     """
     from ssp.data.benchmarks import (
-        _BENCHMARKS,
-        _canonical_name,
-        _resolve_dataset_dir,
+        BENCHMARKS,
+        canonical_name,
+        resolve_dataset_dir,
         get_dataset,
     )
 
     if images not in IMAGE_CHECKS:
         raise ValueError(f"images must be one of {IMAGE_CHECKS}, got {images!r}")
-    key = _canonical_name(name)
-    if key not in _BENCHMARKS:
+    key = canonical_name(name)
+    if key not in BENCHMARKS:
         raise ValueError(f"{name!r} has no fixed layout to verify; get_dataset('imagefolder', ...) checks its folders")
-    b = _BENCHMARKS[key]
+    b = BENCHMARKS[key]
     root = Path(root).expanduser().absolute()
     report = DatasetReport(key, "ok", root, layout=b.layout)
     try:
-        folder = _resolve_dataset_dir(b, root)
+        folder = resolve_dataset_dir(b, root)
     except DatasetNotFoundError:
         report.status = "absent"
         report.problem = f"no {key} folder under {root} (looked for {', '.join(b.folders)}/)"
@@ -183,7 +183,7 @@ def verify_dataset(name: str, root: str | Path, *, split_file: str | Path | None
         return report
     report.folder = folder
     parent = folder.parent
-    report.split_file = _split_path(key, folder, split_file)
+    report.split_file = split_path(key, folder, split_file)
     try:
         ds = get_dataset(key, folder, split_file=split_file, check_files=False)
     except DatasetNotFoundError as err:
@@ -253,15 +253,15 @@ def _cars_hint(report: DatasetReport, folder: Path) -> None:
 
 def verify_root(root: str | Path, names: list[str] | None = None, **kwargs) -> list[DatasetReport]:
     """Reports for ``names`` (every benchmark whose folder exists under ``root`` when ``None``)."""
-    from ssp.data.benchmarks import _BENCHMARKS, _canonical_name, _markers
+    from ssp.data.benchmarks import BENCHMARKS, canonical_name, dataset_markers
 
     root = Path(root).expanduser()
     if names:
-        keys = list(dict.fromkeys(_canonical_name(n) for n in names))
+        keys = list(dict.fromkeys(canonical_name(n) for n in names))
     else:
-        keys = [k for k, b in _BENCHMARKS.items() if any((root / f).is_dir() for f in b.folders)]
+        keys = [k for k, b in BENCHMARKS.items() if any((root / f).is_dir() for f in b.folders)]
         if not keys:  # root may be one dataset's folder itself
-            keys = [k for k, b in _BENCHMARKS.items() if all((root / m).exists() for m in _markers(b))]
+            keys = [k for k, b in BENCHMARKS.items() if all((root / m).exists() for m in dataset_markers(b))]
     return [verify_dataset(k, root, **kwargs) for k in keys]
 
 
@@ -269,10 +269,10 @@ def check_dataset(name: str, root: str | Path, *, split_file: str | Path | None 
     """The cheap check ``ssp-fewshot`` runs before extraction: raise :class:`DatasetNotFoundError`
     (one line + the fix) when the split definition or a listed image is missing. Returns the report
     (``None`` for ``imagefolder``, whose own reader checks its folders)."""
-    from ssp.data.benchmarks import _BENCHMARKS, _canonical_name
+    from ssp.data.benchmarks import BENCHMARKS, canonical_name
 
-    key = _canonical_name(name)
-    if key not in _BENCHMARKS:
+    key = canonical_name(name)
+    if key not in BENCHMARKS:
         return None
     report = verify_dataset(key, root, split_file=split_file, images="exists")
     if not report.ok:

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssp._utils import check_int, l2_normalize, progress_bar
+from ssp._checks import check_int
+from ssp._utils.normalize import l2_normalize
+from ssp._utils.progress import progress_bar
 
-_LOCAL_STORAGE_DTYPE = torch.float16
-
-
-_VIEW_STORAGE_DTYPE = torch.float16
-
+#: Storage dtypes of patch features ``[N, L, D]`` and augmented-view features ``[V, N, D]`` in the
+#: feature store (global features stay float32).
+LOCAL_STORAGE_DTYPE = torch.float16
+VIEW_STORAGE_DTYPE = torch.float16
 
 Tensors = dict[str, torch.Tensor]
 
@@ -95,7 +96,8 @@ def _default_num_workers(n_batches: int) -> int:
     return 0 if workers <= 1 else workers
 
 
-def _use_distributed(distributed: bool | None) -> bool:
+def use_distributed(distributed: bool | None) -> bool:
+    """Whether an extraction is sharded over a torchrun process group: ``None`` = when one is active."""
     from ssp import distributed as dist
 
     if distributed is None:
@@ -163,7 +165,7 @@ def _bad_image_error(path: str, reason: str) -> Exception:
         "skip_bad_images=True to go on without it", path=path, reason=reason)
 
 
-def _backbone_shape(backbone) -> tuple[int, int]:
+def backbone_shape(backbone) -> tuple[int, int]:
     """(D, L) of a backbone (:class:`ssp.backbone.model.Backbone` or a duck-typed stand-in)."""
     return int(backbone.n_features), int(backbone.n_patches)
 
@@ -231,7 +233,7 @@ def extract_features(
     if batch_size is None:
         batch_size = 256 if device.type == "cuda" else 64
     batch_size = check_int(batch_size, "batch_size")
-    sharded = _use_distributed(distributed)
+    sharded = use_distributed(distributed)
     world, rank = (dist.world_size(), dist.rank()) if sharded else (1, 0)
     total = n * views
     # The single-process batches; rank r encodes batches r, r + world, ...
@@ -250,7 +252,7 @@ def extract_features(
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(int(seed)),
     )
-    dim, n_patches = _backbone_shape(backbone)
+    dim, n_patches = backbone_shape(backbone)
     acc = _Accumulator(n, views, dim, n_patches, with_patches, patch_dtype, view_dtype)
     first_view_batches = math.ceil(n / batch_size)  # after these every image was read once
     bad: dict[int, str] = {}

@@ -44,13 +44,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ssp._io import atomic_path
-from ssp._utils import check_int
+from ssp._checks import check_int
 from ssp.features.extract import (
-    _LOCAL_STORAGE_DTYPE,
-    _VIEW_STORAGE_DTYPE,
+    LOCAL_STORAGE_DTYPE,
+    VIEW_STORAGE_DTYPE,
     Tensors,
-    _backbone_shape,
-    _use_distributed,
+    backbone_shape,
+    use_distributed,
     extract_features,
 )
 
@@ -229,7 +229,7 @@ def _check_metadata(meta: Mapping[str, str], wanted_key: str) -> str | None:
 
 
 def _remove_stale_temps(path: Path) -> None:
-    """Delete leftovers of crashed writes for ``path`` (:func:`ssp._utils.atomic_path` temp
+    """Delete leftovers of crashed writes for ``path`` (:func:`ssp._io.atomic_path` temp
     files older than an hour)."""
     now = time.time()
     for tmp in path.parent.glob(f".{path.stem}.*.tmp"):
@@ -348,10 +348,10 @@ def cached_features(
     for bad in ("patch_dtype", "view_dtype", "views", "with_patches", "seed"):
         if bad in extract_kwargs:
             raise TypeError(f"cached_features() got an unexpected keyword argument {bad!r}")
-    sharded = _use_distributed(distributed)
+    sharded = use_distributed(distributed)
     main = not sharded or dist.is_main()
     n = len(samples)
-    dim, n_patches = _backbone_shape(backbone)
+    dim, n_patches = backbone_shape(backbone)
 
     def key_for(kept: list[int] | None) -> dict[str, Any]:
         subset = samples if kept is None else [samples[i] for i in kept]
@@ -389,7 +389,7 @@ def cached_features(
         store.misses += 1
         extract_kwargs.setdefault("desc", f"{dataset}/{split} features")
         found = extract_features(backbone, samples, views=views, with_patches=with_patches, seed=seed,
-                                 patch_dtype=_LOCAL_STORAGE_DTYPE, view_dtype=_VIEW_STORAGE_DTYPE,
+                                 patch_dtype=LOCAL_STORAGE_DTYPE, view_dtype=VIEW_STORAGE_DTYPE,
                                  skip_bad_images=skip_bad_images, distributed=sharded,
                                  **extract_kwargs)
         kept_t = found.pop("kept", None)
@@ -426,9 +426,9 @@ def _validate_features(t: Tensors, labels: torch.Tensor, dim: int, n_patches: in
     n = labels.shape[0]
     expected = {"global": ((n, dim), torch.float32), "labels": ((n,), torch.int64)}
     if with_patches:
-        expected["local"] = ((n, n_patches, dim), _LOCAL_STORAGE_DTYPE)
+        expected["local"] = ((n, n_patches, dim), LOCAL_STORAGE_DTYPE)
     if views > 1:
-        expected["views"] = ((views, n, dim), _VIEW_STORAGE_DTYPE)
+        expected["views"] = ((views, n, dim), VIEW_STORAGE_DTYPE)
     missing = sorted(set(expected) - set(t))
     if missing:
         return f"missing tensors {missing} (has {sorted(t)})"

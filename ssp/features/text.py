@@ -1,6 +1,6 @@
 """Text-classifier files: one ``[C, D]`` or ``[D, C]`` tensor in a ``.pt`` / ``.npy`` /
 ``.safetensors`` file, read as ``[C, D]`` float32 and checked by the rule every estimator applies
-(:func:`ssp._utils.check_text_features`). ``ssp-fewshot --text-features`` and
+(:func:`ssp._utils.arrays.check_text_features`). ``ssp-fewshot --text-features`` and
 ``ssp-unmix analyze --text-features`` both read through :func:`load_text_features`.
 
 Per-prompt text features ``[C, P, D]`` (each class's prompts encoded one by one, for methods that
@@ -15,12 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssp._utils import (
-    TEXT_LAYOUTS,
-    check_text_features,
-    load_torch_file,
-    unit_norm_axis,
-)
+from ssp._utils.arrays import check_text_features, TEXT_LAYOUTS
+from ssp._utils.normalize import unit_norm_axis
+from ssp._utils.torch_files import load_torch_file
 
 __all__ = ["load_text_features", "KNOWN_WIDTHS", "encode_prompts", "prompt_tensor", "load_prompt_features"]
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from ssp._utils import check_int, check_labels, check_text_features, load_torch_file
+from ssp._checks import check_int
+from ssp._utils.arrays import check_labels, check_text_features
+from ssp._utils.torch_files import load_torch_file
 
 __all__ = ["TipAdapterCache", "load_tip_adapter_cache", "available_shots"]
 
@@ -144,7 +146,7 @@ def _find_text_weights(folder: Path, text_weights: str | None) -> Path | None:
 
 
 def load_tip_adapter_cache(folder: str | Path, shots: int, *,
-                       text_weights: str | None = None) -> TipAdapterCache:
+                       text_weights: str | None = None, read_text: bool = True) -> TipAdapterCache:
     """Read a Tip-Adapter / APE cache folder at ``shots`` shots.
 
     Args:
@@ -153,6 +155,8 @@ def load_tip_adapter_cache(folder: str | Path, shots: int, *,
         text_weights: file name of the ``[D, C]`` text classifier inside ``folder``; ``None``
             uses the single ``text_weights*.pt`` file if there is one (no file: ``None`` in the
             result; several: an error asking to choose).
+        read_text: False leaves the folder's text classifier unread (``text_features`` None), e.g.
+            when another file replaces it.
 
     Returns:
         :class:`TipAdapterCache`; splits whose files are absent are ``None``.
@@ -204,7 +208,7 @@ def load_tip_adapter_cache(folder: str | Path, shots: int, *,
     test_features, test_labels = _split(folder, "test", dim, n_classes)
 
     text_features = None
-    text_path = _find_text_weights(folder, text_weights)
+    text_path = _find_text_weights(folder, text_weights) if read_text else None
     if text_path is not None:
         text = _load_tensor(text_path)
         if text.ndim != 2 or tuple(text.shape) != (dim, n_classes):

@@ -7,20 +7,19 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
-from ssp._checks import ROUTINGS, check_real
+from ssp._checks import ROUTINGS, check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import (
+from ssp._utils.arrays import (
     ArrayLike,
     check_features,
-    check_int,
-    check_is_fitted,
     check_labels,
     check_text_features,
-    l2_normalize,
     like_input,
-    resolve_device,
     to_tensor,
 )
+from ssp._utils.devices import resolve_device
+from ssp._utils.fitted import check_is_fitted
+from ssp._utils.normalize import l2_normalize
 
 # routing -> (zero-shot query view, zero-shot text, cache query view); used with a projector.
 _ROUTES = {

@@ -70,17 +70,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from ssp._checks import check_real
+from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import (
-    ArrayLike,
-    check_int,
-    check_labels,
-    check_text_features,
-    l2_normalize,
-    to_tensor,
-    warn,
-)
+from ssp._utils.arrays import ArrayLike, check_labels, check_text_features, to_tensor
+from ssp._utils.normalize import l2_normalize
+from ssp._utils.warn import warn
 from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
 from ssp.methods.registry import register_method
 

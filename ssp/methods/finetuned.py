@@ -54,7 +54,9 @@ from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 from ssp._lazy import no_grad, torch
-from ssp._utils import ArrayLike, check_int, l2_normalize, to_tensor
+from ssp._checks import check_int
+from ssp._utils.arrays import ArrayLike, to_tensor
+from ssp._utils.normalize import l2_normalize
 from ssp.methods.base import _check_finite_param
 from ssp.methods.cache_models import APE, TipAdapter, cache_kernel, check_n_channels
 from ssp.methods.registry import register_method
@@ -215,7 +217,7 @@ class _FineTuned:
     def _progress_bar(self, total_steps: int):
         if not self.progress or total_steps == 0:
             return None
-        from ssp._utils import progress_bar
+        from ssp._utils.progress import progress_bar
 
         return progress_bar(total_steps, f"training {type(self).__name__}", "step", leave=False)
 

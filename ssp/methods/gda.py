@@ -36,7 +36,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, l2_normalize, like_input, to_tensor, warn
+from ssp._utils.arrays import ArrayLike, like_input, to_tensor
+from ssp._utils.normalize import l2_normalize
+from ssp._utils.warn import warn
 from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
 from ssp.methods.registry import log_grid_builder, register_method
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, check_labels, like_input
+from ssp._utils.arrays import ArrayLike, check_labels, like_input
 from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
 from ssp.methods.registry import log_grid_builder, register_method
 

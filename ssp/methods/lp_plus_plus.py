@@ -44,7 +44,8 @@ from typing import Any, Mapping
 
 from ssp._checks import check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, l2_normalize, to_tensor
+from ssp._utils.arrays import ArrayLike, to_tensor
+from ssp._utils.normalize import l2_normalize
 from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
 from ssp.methods.registry import register_method
 
@@ -246,7 +247,7 @@ class LPPlusPlus(_CLIPFeatureClassifier):
     def _progress_bar(self, total: int):
         if not self.progress or total == 0:
             return None
-        from ssp._utils import progress_bar
+        from ssp._utils.progress import progress_bar
 
         return progress_bar(total, "training LP++", "step", leave=False)
 

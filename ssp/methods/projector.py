@@ -45,17 +45,17 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from ssp._checks import SCORE_PRECISIONS, check_int, check_real
 from ssp._lazy import torch
-from ssp._utils import (
+from ssp._utils.arrays import (
     ArrayLike,
     check_features,
-    check_is_fitted,
     check_labels,
     check_text_features,
-    l2_normalize,
     like_input,
-    resolve_device,
     to_tensor,
 )
+from ssp._utils.devices import resolve_device
+from ssp._utils.fitted import check_is_fitted
+from ssp._utils.normalize import l2_normalize
 from ssp.methods.scoring import (
     _BLOCK_BUDGET_BYTES,
     _PER_CLASS_DEVICES,

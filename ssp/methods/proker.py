@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ssp._lazy import torch
-from ssp._utils import ArrayLike
+from ssp._utils.arrays import ArrayLike
 from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
 from ssp.methods.registry import log_grid_builder, register_method
 

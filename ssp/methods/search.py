@@ -37,7 +37,8 @@ import numpy as np
 
 from ssp._checks import ROUTINGS
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, check_is_fitted, check_labels, to_tensor
+from ssp._utils.arrays import ArrayLike, check_labels, to_tensor
+from ssp._utils.fitted import check_is_fitted
 from ssp.methods.base import _AUTO_CHUNK_ELEMENTS
 from ssp.methods.cache_models import cache_kernel
 from ssp.methods.registry import MethodSpec, get_method, make_grid, spec_for_estimator  # noqa: F401  (make_grid: re-exported)

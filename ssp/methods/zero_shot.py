@@ -4,9 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ssp._lazy import torch
-from ssp._utils import (
-    ArrayLike,
-)
+from ssp._utils.arrays import ArrayLike
 from ssp.methods.base import _CLIPFeatureClassifier
 from ssp.methods.registry import register_method
 

@@ -37,7 +37,7 @@ from ssp.report.published import (
     canonical_backbone,
     published_lookup,
 )
-from ssp.report.tables import _mean_std, _method_order
+from ssp.report.tables import mean_std, method_order
 
 __all__ = ["Comparison", "compare_with_published", "format_comparison_markdown", "comparison_csv", "comparison_json",
            "plot_comparison", "write_comparison", "is_random_backbone", "RANDOM_WEIGHTS_STAMP"]
@@ -159,7 +159,7 @@ def compare_with_published(records: Iterable[dict], *, metric: str = "test_accur
             cells[(r["method"], r["dataset"], int(r["shots"]))][int(r["seed"])] = float(r[metric])
         dataset_rows = []
         for (method, dataset, shots), by_seed in cells.items():
-            mean, std = _mean_std([by_seed[s] for s in sorted(by_seed)])
+            mean, std = mean_std([by_seed[s] for s in sorted(by_seed)])
             reference = baseline_method(method)
             pub = published_lookup(reference, dataset, shots, model, sources)
             dataset_rows.append({
@@ -180,7 +180,7 @@ def compare_with_published(records: Iterable[dict], *, metric: str = "test_accur
                      "tables are not available to ssp.")
     if any(p["random_weights"] for p in protocol["backbones"].values()):
         notes.append("Random backbone weights: the accuracies are meaningless (smoke test).")
-    order = _method_order(methods)
+    order = method_order(methods)
     rows.sort(key=lambda row: (row["backbone"], order.index(row["method"]), row["kind"] == "average",
                                _dataset_key(row["dataset"]), row["shots"]))
     return Comparison(rows=rows, protocol=protocol, notes=notes)
@@ -201,14 +201,14 @@ def _average_rows(backbone_name: str, model: str, cells: dict, sources: Sequence
     for method, shots in keys:
         per_dataset = {d: by_seed for (m, d, k), by_seed in cells.items() if m == method and k == shots}
         datasets = sorted(per_dataset, key=_dataset_key)
-        means = [_mean_std(list(per_dataset[d].values()))[0] for d in datasets]
+        means = [mean_std(list(per_dataset[d].values()))[0] for d in datasets]
         mean = sum(means) / len(means)
         seed_sets = {tuple(sorted(per_dataset[d])) for d in datasets}
         std = None
         if len(seed_sets) == 1:
             seeds = list(next(iter(seed_sets)))
             per_seed = [sum(per_dataset[d][s] for d in datasets) / len(datasets) for s in seeds]
-            std = _mean_std(per_seed)[1]
+            std = mean_std(per_seed)[1]
         else:
             seeds = sorted({s for d in datasets for s in per_dataset[d]})
         reference = baseline_method(method)
@@ -379,10 +379,10 @@ def plot_comparison(comparison: Comparison, path: str | Path, *, backbone: str |
     if backbone not in backbones:
         raise ValueError(f"no runs with backbone {backbone!r}; the records have {backbones}")
     rows = [r for r in comparison.rows if r["backbone"] == backbone]
-    methods = _method_order({r["method"] for r in rows})
+    methods = method_order({r["method"] for r in rows})
     # published curves: every method's own, and X's for X+ssp runs
-    published_methods = _method_order({r["published_method"] for r in rows if r["published_method"]})
-    colours = _colours(_method_order(set(methods) | set(published_methods)))
+    published_methods = method_order({r["published_method"] for r in rows if r["published_method"]})
+    colours = _colours(method_order(set(methods) | set(published_methods)))
     panels: list[str] = []
     for r in rows:
         if r["label"] not in panels:

@@ -1,4 +1,5 @@
-"""Results: one JSON per run, aggregation over seeds, a text table and a plot.
+"""The report stage's tables: the run files (written by :mod:`ssp.run.records`) aggregated over
+seeds into a text table, ``summary.json`` and a plot.
 
 A *run* is one (dataset, backbone, method, shots, seed) under one set of *settings* (everything
 else that changes its numbers: data source, validation policy, views, precision, the method's
@@ -18,25 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
-
-RUN_SUFFIX = ".run.json"
-
-
-def _safe(text: str) -> str:
-    return str(text).replace("/", "_").replace(":", "_").replace("\\", "_")
-
-
-def run_filename(record: dict) -> str:
-    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe):
-    where a run's file lives in its output folder; records without a ``settings_key`` (older
-    files) keep the flat ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
-    backbone = _safe(record["backbone"]["name"])
-    method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
-    key = record.get("settings_key")
-    if key:
-        return (f"{_safe(record['dataset'])}/{backbone}/{method}/{_safe(key)}/"
-                f"{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}")
-    return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
+from ssp.run.records import RUN_SUFFIX, find_runs, run_filename
 
 
 def load_runs(output_dir: Path, *, skipped: list[Path] | None = None) -> list[dict]:
@@ -47,7 +30,7 @@ def load_runs(output_dir: Path, *, skipped: list[Path] | None = None) -> list[di
     place, so two files of one run cannot both be read."""
     output_dir = Path(output_dir)
     records = []
-    for path in sorted(output_dir.rglob(f"*{RUN_SUFFIX}")):
+    for path in find_runs(output_dir):
         try:
             record = json.loads(path.read_text())
             own = path.relative_to(output_dir).as_posix() == run_filename(record)
@@ -81,7 +64,7 @@ def nested_output_folders(output_dir: Path, paths: Iterable[Path]) -> list[Path]
     return folders
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
+def mean_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
     mean = sum(values) / len(values)
     if len(values) < 2:
@@ -113,7 +96,7 @@ def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[di
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{dataset} / {backbone} / {method} / {shots}-shot: several runs of seed "
                              f"{sorted(seeds)} with the same settings; remove the duplicates")
-        mean, std = _mean_std([float(r[metric]) for r in runs])
+        mean, std = mean_std([float(r[metric]) for r in runs])
         rows.append({"dataset": dataset, "backbone": backbone, "protocol_key": protocol,
                      "protocol": runs[0].get("protocol_summary"), "method": method, "shots": shots,
                      "mean": round(mean, 6), "std": None if std is None else round(std, 6),
@@ -121,7 +104,7 @@ def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[di
     return rows
 
 
-def _method_order(methods: Iterable[str]) -> list[str]:
+def method_order(methods: Iterable[str]) -> list[str]:
     from ssp.methods.registry import method_names
 
     order = {m: i for i, m in enumerate(method_names())}
@@ -143,7 +126,7 @@ def format_table(summary: list[dict]) -> str:
         cell = {(r["method"], r["shots"]): f"{r['mean']:.2f}" + ("" if r["std"] is None else f" ± {r['std']:.2f}")
                 for r in rows}
         header = ["method"] + [f"{k}-shot" for k in shots]
-        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in _method_order({r["method"] for r in rows})]
+        body = [[m] + [cell.get((m, k), "-") for k in shots] for m in method_order({r["method"] for r in rows})]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))
@@ -170,7 +153,7 @@ def plot_summary(summary: list[dict], path: Path) -> Path:
     for ax, (dataset, backbone, protocol) in zip(axes[0], keys):
         rows = [r for r in summary
                 if (r["dataset"], r["backbone"], r.get("protocol_key", "-")) == (dataset, backbone, protocol)]
-        for method in _method_order({r["method"] for r in rows}):
+        for method in method_order({r["method"] for r in rows}):
             pts = sorted((r["shots"], r["mean"], r["std"] or 0.0) for r in rows if r["method"] == method)
             xs, ys, es = zip(*pts)
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method,
@@ -214,7 +197,7 @@ def format_metrics_table(records: list[dict]) -> str:
                     described = r.get("protocol")
         header = ["method"] + [m.replace("_accuracy", "").replace("_", " ") for m in metrics]
         body = [[meth] + [cell.get((meth, m), "-") for m in metrics]
-                for meth in _method_order({meth for meth, _ in cell})]
+                for meth in method_order({meth for meth, _ in cell})]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))

@@ -1,8 +1,9 @@
-"""The run loop: one source of features -> methods -> run records -> report.
+"""The run loop: one source of features -> methods -> run records.
 
 :func:`run_fewshot` runs every (shots, seed, method) of a config on a
 :class:`~ssp.run.sources.FeatureSource` (images through a backbone, or a Tip-Adapter cache folder):
-the same loop, the same run JSONs, the same resume rule, the same report for both.
+the same loop, the same run JSONs, the same resume rule for both. It writes run records only;
+the report stage (:func:`ssp.report.tables.write_report`) reads them back into tables.
 :func:`run_method` fits one method on a support set, chooses its hyper-parameters on the
 validation split only and scores the test split once.
 """
@@ -19,7 +20,6 @@ import torch
 
 from ssp._io import jsonable
 from ssp.features.types import Features
-from ssp.report.tables import write_report
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
 from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
@@ -228,10 +228,10 @@ def plan_runs(cfg: dict, source: FeatureSource, methods: list[str],
 
 
 def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, echo: Echo = print,
-                resume: bool = True, write_table: bool = True, progress: bool = True,
-                wait_for_others: float = 3600.0, protocol: str = DEFAULT_PROTOCOL) -> tuple[list[dict], str]:
+                resume: bool = True, progress: bool = True, wait_for_others: float = 3600.0,
+                protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
     """Run every (shots, seed, method) of ``cfg`` on ``source`` under ``protocol`` (a name of
-    :mod:`ssp.run.protocols`: ``fewshot``, ``base2new``, ...); write one JSON per run and the report.
+    :mod:`ssp.run.protocols`: ``fewshot``, ``base2new``, ...); write one JSON per run.
 
     ``resume``: a run whose JSON exists under ``output_dir`` with the same settings is reused, not
     recomputed (nothing is extracted for a (shots, seed) whose runs all exist); ``False`` runs
@@ -240,8 +240,8 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     (waiting at most ``wait_for_others`` seconds), so parallel invocations share the work.
     On an interrupt, :class:`Interrupted` says how many run files this call completed.
 
-    Returns ``(records, table)`` (``table`` is ``""`` when ``write_table`` is False, and
-    ``([], "")`` on a torchrun rank other than 0).
+    Returns the records of every run of ``cfg`` (``[]`` on a torchrun rank other than 0); the
+    tables are the report stage's (:func:`ssp.report.tables.write_report` on ``output_dir``).
     """
     from ssp.methods.registry import parse_method
 
@@ -263,11 +263,11 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                  f"{output_dir}; nothing to do")
             for key in stubs:
                 echo_result(echo, done[key], reused=True)
-            return [done[k] for k in stubs], (write_report(output_dir)[0] if write_table else "")
+            return [done[k] for k in stubs]
         if done:
             echo(f"[ssp] {len(done)} of {len(stubs)} runs already done under {output_dir} (same settings): reused")
         if not source.open(echo):
-            return [], ""
+            return []
         text = source.text_classifier()
         if spec.needs_text and text is None:
             raise ValueError(f"protocol {spec.name} needs a text classifier, and {source.dataset} has none")
@@ -320,7 +320,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
         source.close(echo)
     except KeyboardInterrupt as err:
         raise Interrupted(completed, getattr(err, "signum", None)) from err
-    return records, (write_report(output_dir)[0] if write_table else "")
+    return records
 
 
 def _read_back(output_dir: Path, stubs: dict, waiting: dict, timeout: float, echo: Echo) -> list[dict]:

@@ -6,8 +6,9 @@
 * :func:`make_record` -- the run JSON: coordinates, settings, protocol, provenance, results.
 * :func:`environment` -- command line, ssp version and git commit, library versions, platform.
 * :func:`sample_list_digest` -- a digest of an image list.
-* :func:`run_filename`, :func:`find_run`, :func:`write_run` -- where a run's file lives, reading a
-  finished one back (resume), writing one atomically.
+* :func:`run_filename`, :func:`find_run`, :func:`write_run`, :func:`find_runs` -- where a run's file
+  lives (``*`` :data:`RUN_SUFFIX`), reading a finished one back (resume), writing one atomically,
+  the paths of every run file under a folder.
 * :class:`RunLock` -- a per-run lock file, so that parallel invocations share the work.
 """
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Any, Iterable
 
 from ssp import __version__
 from ssp._io import canonical_json, clean_floats, write_json_atomic
-from ssp.report.tables import RUN_SUFFIX, run_filename  # noqa: F401 (the layout is the report's)
-
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
+#: The ending of every run file's name (the report stage finds runs by it).
+RUN_SUFFIX = ".run.json"
 
 
 def settings_key(settings: Any) -> str:
@@ -102,6 +103,23 @@ def environment(device: Any = None) -> dict:
 
 
 
+def _safe(text: str) -> str:
+    return str(text).replace("/", "_").replace(":", "_").replace("\\", "_")
+
+
+def run_filename(record: dict) -> str:
+    """``<dataset>/<backbone>/<method>/<settings_key>/<K>shot_seed<S>.run.json`` (filesystem-safe):
+    where a run's file lives in its output folder; records without a ``settings_key`` (older
+    files) keep the flat ``<dataset>/<backbone>/<method>_<K>shot_seed<S>.run.json``."""
+    backbone = _safe(record["backbone"]["name"])
+    method = _safe(record["method"])  # "ape+ssp": "+" is safe in file names on every system
+    key = record.get("settings_key")
+    if key:
+        return (f"{_safe(record['dataset'])}/{backbone}/{method}/{_safe(key)}/"
+                f"{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}")
+    return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
+
+
 def find_run(output_dir: Path, record: dict) -> dict | None:
     """The finished run under ``output_dir`` with ``record``'s coordinates and the same settings
     (``record`` needs dataset, backbone name, method, shots, seed, settings_key, settings), or None.
@@ -121,6 +139,11 @@ def find_run(output_dir: Path, record: dict) -> dict | None:
 
 def write_run(output_dir: Path, record: dict) -> Path:
     return write_json_atomic(Path(output_dir) / run_filename(record), record)
+
+
+def find_runs(output_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run files under ``output_dir`` (recursively, sorted by path); none when it is no folder."""
+    return sorted(Path(output_dir).rglob(f"*{RUN_SUFFIX}"))
 
 
 def method_settings(cfg: dict, method: str) -> dict:

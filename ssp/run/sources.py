@@ -42,7 +42,9 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ssp.data.benchmarks import canonical_name
 from ssp.features.types import Features
+from ssp.run.config import builtin_config_names
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
            "check_cache_dataset", "split_validation"]
@@ -368,23 +370,19 @@ class ImageSource:
 
 # ------------------------------------------------------------------------ Tip-Adapter cache folders
 
-#: Folder names the published Tip-Adapter / APE caches and configs use -> ssp's dataset names.
-TIP_ADAPTER_NAMES = {"fgvc": "fgvc_aircraft", "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft",
-                     "flowers": "oxford_flowers", "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers",
-                     "pets": "oxford_pets", "oxfordpets": "oxford_pets", "cars": "stanford_cars",
-                     "stanfordcars": "stanford_cars", "caltech": "caltech101", "food": "food101",
-                     "food_101": "food101", "sun": "sun397", "ucf": "ucf101", "eurosat_rgb": "eurosat",
-                     "describabletextures": "dtd", "textures": "dtd"}
-
-
 def cache_dataset_name(folder: str | Path) -> str | None:
     """The benchmark a Tip-Adapter cache folder holds, from its name: ssp's names
-    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``)."""
-    from ssp.run.config import builtin_config_names
-
+    (``.../stanford_cars``) and the names the published caches use (``.../fgvc``; the aliases
+    of :data:`ssp.data.benchmarks.ALIASES`). None when the name is no benchmark's."""
     name = Path(folder).expanduser().resolve().name.lower().replace("-", "_")
-    name = TIP_ADAPTER_NAMES.get(name, TIP_ADAPTER_NAMES.get(name.replace("_", ""), name))
-    return name if name in builtin_config_names() else None
+    for spelling in dict.fromkeys((name, name.replace("_", ""))):
+        try:
+            key = canonical_name(spelling)
+        except ValueError:
+            continue
+        if key in builtin_config_names():
+            return key
+    return None
 
 
 #: Config keys of images only (backbone weights, extraction, prompts): a Tip-Adapter cache folder
@@ -445,7 +443,7 @@ class TipCacheSource:
                  backbone_name: str | None = None, device=None, check_shots: bool = True,
                  prompt_features: str | Path | None = None) -> None:
         from ssp._io import file_sha256
-        from ssp._utils import resolve_device
+        from ssp._utils.devices import resolve_device
         from ssp.features.text import load_text_features
         from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key
@@ -460,7 +458,7 @@ class TipCacheSource:
         self.shots = available_shots(folder)
         if not self.shots:
             raise FileNotFoundError(f"{folder} holds no keys_<K>shots.pt file: not a Tip-Adapter cache folder")
-        probe = load_tip_adapter_cache(folder, self.shots[0])
+        probe = load_tip_adapter_cache(folder, self.shots[0], read_text=text_features is None)
         self.n_classes, self.dim = probe.n_classes, probe.n_features
         check_cache_dataset(folder, cfg["dataset"], self.n_classes)
         if text_features is not None:
@@ -537,7 +535,7 @@ class TipCacheSource:
 
         t0 = time.perf_counter()
         if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots))
+            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots, read_text=False))  # read once, above
         cache = self._loaded[1]
         support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels

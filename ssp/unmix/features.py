@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from ssp._utils import l2_normalize
+from ssp._utils.normalize import l2_normalize
 from ssp.data import ImageDataset, Sample
 from ssp.features.store import FeatureStore, sample_digest
 from ssp.unmix.segment import backbone_normalization

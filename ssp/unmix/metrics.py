@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ssp._utils import ArrayLike
+from ssp._utils.arrays import ArrayLike
 
 __all__ = ["average_precision", "mean_average_precision", "confusion_matrix", "iou_from_confusion",
            "mean_iou", "ConfusionMatrix"]

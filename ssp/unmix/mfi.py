@@ -8,7 +8,7 @@ projection is ``1 - MFI_after / MFI_before``.
 Every function takes the classifier as ``[C, D]`` (``layout="CD"``, one row per class) or
 ``[D, C]`` (``layout="DC"``, one column per class: how Tip-Adapter / APE and most repositories
 save it). A ``[D, C]`` classifier passed as ``"CD"`` is recognised by its unit-norm columns and
-refused (:func:`ssp._utils.check_text_features`, the rule every estimator applies): it would
+refused (:func:`ssp._utils.arrays.check_text_features`, the rule every estimator applies): it would
 otherwise be read as ``D`` classes of width ``C``. Inputs of any floating dtype (float16,
 bfloat16, float32, float64) are accepted; the similarities are computed in float64.
 """
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from ssp._io import atomic_path
-from ssp._utils import ArrayLike, check_text_features, l2_normalize, like_input
+from ssp._utils.arrays import ArrayLike, check_text_features, like_input
+from ssp._utils.normalize import l2_normalize
 
 __all__ = ["mfi_matrix", "mfi_score", "mfi_drop", "top_confusers", "mfi_summary",
            "cluster_order", "plot_mfi_heatmap", "plot_mfi_histogram", "MAX_LABELLED_CLASSES"]

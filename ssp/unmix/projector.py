@@ -20,18 +20,18 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
 from ssp._io import atomic_path
-from ssp._utils import (
+from ssp._utils.arrays import (
     ArrayLike,
     check_features,
-    check_is_fitted,
     check_label_dtype,
     check_labels,
     check_text_features,
-    l2_normalize,
     like_input,
-    resolve_device,
     to_tensor,
 )
+from ssp._utils.devices import resolve_device
+from ssp._utils.fitted import check_is_fitted
+from ssp._utils.normalize import l2_normalize
 from ssp.unmix.losses import MFI_FORMS, asymmetric_loss, mfi_loss
 
 __all__ = ["UnmixProjector", "dual_prompt_logits", "FORMAT_VERSION"]

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from ssp._io import atomic_path
-from ssp._utils import check_text_features, l2_normalize
+from ssp._utils.arrays import check_text_features
+from ssp._utils.normalize import l2_normalize
 
 __all__ = ["ZeroShotSegmenter", "BACKGROUND_MODES", "DEFAULT_BACKGROUND_PROMPTS", "voc_palette",
            "save_palette_mask", "save_side_by_side", "window_starts", "backbone_normalization"]

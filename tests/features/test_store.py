@@ -15,7 +15,7 @@ import torch
 from _fake_backbone import FakeBackbone, _write_images
 from PIL import Image
 
-from ssp._utils import l2_normalize
+from ssp._utils.normalize import l2_normalize
 from ssp.data import Sample
 from ssp.features.extract import _view_seed, extract_features
 from ssp.features.store import (

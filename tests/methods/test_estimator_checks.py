@@ -84,9 +84,7 @@ def test_every_estimator_refuses_a_transposed_text_classifier(name):
 
 def test_one_int_rule_accepts_numpy_integers_and_rejects_bools():
     from ssp._checks import check_int
-    from ssp._utils import check_int as utils_check_int
 
-    assert utils_check_int is check_int
     assert check_int(np.int64(2), "views") == 2 and type(check_int(np.int32(3), "views")) is int
     assert check_int(0, "seed", minimum=0) == 0 and check_int(None, "n", allow_none=True) is None
     for bad in (True, np.bool_(True), 2.0, "2", 0, -1, None):

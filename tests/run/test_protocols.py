@@ -13,6 +13,7 @@ from _dtd_subset import dtd_subset
 from _tip_cache_folder import write_tip_cache
 
 from ssp.cli import fewshot
+from ssp.report.tables import write_report
 from ssp.run.config import load_config
 from ssp.run.pipeline import plan_runs, run_fewshot
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, base_new_split, get_protocol, harmonic_mean, protocol_names
@@ -49,8 +50,9 @@ def test_coop_subsample_classes_rule():
 def test_every_protocol_runs_on_a_cache_and_records_its_metrics(name, tmp_path):
     folder = write_tip_cache(tmp_path / "dtd", shots=(2,), n_val=4, n_test=3)
     cfg = load_config("dtd", overrides={"shots": [2], "seeds": [1], "methods": ["zero-shot", "gda"]})
-    records, table = run_fewshot(cfg, TipCacheSource(cfg, folder=folder, device="cpu"), output_dir=tmp_path / "out",
-                                 echo=lambda _: None, progress=False, protocol=name)
+    records = run_fewshot(cfg, TipCacheSource(cfg, folder=folder, device="cpu"), output_dir=tmp_path / "out",
+                          echo=lambda _: None, progress=False, protocol=name)
+    table, _ = write_report(tmp_path / "out")
     spec = get_protocol(name)
     assert len(records) == 2 and table
     for record in records:

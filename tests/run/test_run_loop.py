@@ -125,14 +125,14 @@ def test_a_run_another_live_process_holds_is_left_to_it(cache, tmp_path, capsys)
         lock.path.parent.mkdir(parents=True)
         lock.path.write_text(f"{os.uname().nodename} {holder.pid}\n")
         with pytest.raises(RuntimeError, match="waited 0 s for another process"):
-            run_fewshot(cfg, source, output_dir=out, echo=lambda _: None, wait_for_others=0.1, write_table=False)
+            run_fewshot(cfg, source, output_dir=out, echo=lambda _: None, wait_for_others=0.1)
         assert [r["method"] for r in _runs(out)] == ["zero-shot"]   # the free run was done here
     finally:
         holder.kill()
         holder.wait()
     # its holder is gone: the lock is stale, the run is taken over
-    records, _ = run_fewshot(cfg, TipCacheSource(cfg, folder=cache, device="cpu"), output_dir=out,
-                             echo=lambda _: None, write_table=False)
+    records = run_fewshot(cfg, TipCacheSource(cfg, folder=cache, device="cpu"), output_dir=out,
+                          echo=lambda _: None)
     assert sorted(r["method"] for r in records) == ["tip-adapter", "zero-shot"] and not lock.path.exists()
 
 
@@ -221,10 +221,10 @@ def test_world_size_is_recorded(cache, tmp_path, capsys):
 
 
 def test_progress_in_a_log_is_a_line_every_interval(capsys):
-    from ssp._utils import _LogProgress
+    from ssp._utils.progress import LogProgress
 
     clock = iter([0.0, 1.0, 11.0, 12.0, 25.0, 26.0, 27.0])
-    bar = _LogProgress(30, "extracting test", "img", interval=10.0)
+    bar = LogProgress(30, "extracting test", "img", interval=10.0)
     bar._clock = lambda: next(clock)
     bar._start = bar._last = 0.0
     for _ in range(3):

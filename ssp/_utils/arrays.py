@@ -1,35 +1,21 @@
-"""Small shared helpers: array conversion, devices, input validation, atomic file writes.
+"""Array inputs: numpy arrays or torch tensors in, checked tensors out, and results back in the
+kind the caller gave.
 
 Every public estimator accepts numpy arrays or torch tensors and returns the kind it was given
-(predictions, transforms and fitted array attributes; see :mod:`ssp.classifiers`). Internally
+(predictions, transforms and fitted array attributes; see :mod:`ssp.methods.base`). Internally
 everything is a torch tensor on ``self.device_``.
 """
 from __future__ import annotations
 
-import os
-import sys
-import warnings
 from typing import Any
 
 import numpy as np
 
-from ssp._checks import check_int, check_real, option  # noqa: F401  (re-exported: one home for both)
+from ssp._checks import option
 from ssp._lazy import torch
+from ssp._utils.normalize import unit_norm_axis
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"`` -> first CUDA device if available, else CPU; anything else as given."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={str(device)!r} was requested but CUDA is not available on this machine; "
-            "pass device='cpu' or device='auto'."
-        )
-    return device
 
 
 def to_tensor(
@@ -133,17 +119,6 @@ def check_labels(labels: ArrayLike, n_samples: int, n_classes: int | None = None
 #: Spellings of a text classifier's orientation: ``"CD"`` = one row per class ``[C, D]``,
 #: ``"DC"`` = one column per class ``[D, C]`` (the Tip-Adapter / APE file layout).
 TEXT_LAYOUTS = ("CD", "DC")
-# a class vector counts as unit-norm within this tolerance (fp16-stored classifiers included)
-_UNIT_TOL = 1e-2
-
-
-def unit_norm_axis(t: torch.Tensor) -> str | None:
-    """Which side of a 2-D tensor holds unit-norm vectors: ``"rows"``, ``"columns"``, ``"both"``
-    or ``None`` (neither; e.g. raw, unnormalised embeddings)."""
-    t = t.detach().to(torch.float64)
-    rows = bool(((t.norm(dim=1) - 1).abs() < _UNIT_TOL).all())
-    cols = bool(((t.norm(dim=0) - 1).abs() < _UNIT_TOL).all())
-    return {(True, True): "both", (True, False): "rows", (False, True): "columns"}.get((rows, cols))
 
 
 def check_text_layout(layout: str, name: str = "layout") -> str:
@@ -194,123 +169,8 @@ def _first(items: list, limit: int = 10) -> str:
     return f"{items[:limit]}{' ...' if len(items) > limit else ''} ({len(items)} rows)"
 
 
-def is_torch_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` starts like a file written by ``torch.save`` (a zip archive, or the
-    legacy pickle format); read from the first bytes only."""
-    import zipfile
-
-    try:
-        if zipfile.is_zipfile(path):
-            return True
-        with open(path, "rb") as f:
-            return f.read(1) == b"\x80"  # pickle protocol >= 2
-    except OSError:
-        return False
-
-
-def load_torch_file(path: str | os.PathLike, *, what: str = "tensor file") -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line errors naming
-    the file: a corrupt or foreign file says so (not torch's advice to disable
-    ``weights_only``, wrong for a damaged file), a pickle holding other Python objects names
-    the object."""
-    import pickle
-    import re
-
-    if not is_torch_file(path):
-        raise ValueError(f"{path} is not a {what}: corrupt or not saved by torch.save")
-    try:
-        with warnings.catch_warnings():  # torch's pickle-protocol note says nothing about the file
-            warnings.filterwarnings("ignore", message=".*pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-        if found:
-            raise ValueError(f"{path} holds a Python object ({found.group(1)}), not only tensors; save "
-                             "plain tensors (or dicts / lists of tensors) with torch.save") from None
-        raise ValueError(f"{path} is not a {what}: corrupt or not saved by torch.save") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, AttributeError, ImportError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a {what}: corrupt, truncated or not saved by torch.save "
-                         f"({type(err).__name__}: {first})") from None
-
-
 def like_input(t: torch.Tensor, reference: ArrayLike) -> ArrayLike:
     """Return ``t`` as the same kind as ``reference``: numpy, or a tensor on its device."""
     if isinstance(reference, torch.Tensor):
         return t.to(reference.device)
     return t.detach().cpu().numpy()
-
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
-
-
-def warn(message: str, category: type[Warning] = UserWarning) -> None:
-    """``warnings.warn`` attributed to the first caller outside the ``ssp`` package, so the
-    warning names the user's line however deep inside the library it was raised."""
-    frame, level = sys._getframe(1), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
-
-
-def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
-    """Unit L2 norm along ``dim`` (zero vectors stay zero)."""
-    return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
-
-
-def check_is_fitted(estimator: Any, attribute: str) -> None:
-    """Raise sklearn's NotFittedError when ``attribute`` is missing."""
-    from sklearn.exceptions import NotFittedError
-
-    if not hasattr(estimator, attribute):
-        raise NotFittedError(
-            f"This {type(estimator).__name__} instance is not fitted yet; call 'fit' first."
-        )
-
-
-class _LogProgress:
-    """A progress report for logs (standard error is not a terminal): one line every
-    ``interval`` seconds and one at the end, instead of a bar's carriage-return updates."""
-
-    def __init__(self, total: int, desc: str, unit: str, interval: float) -> None:
-        import time
-
-        self.total, self.desc, self.unit, self.interval = int(total), desc, unit, interval
-        self.n, self._postfix = 0, ""
-        self._clock = time.monotonic
-        self._start = self._last = self._clock()
-
-    def _line(self) -> None:
-        elapsed = self._clock() - self._start
-        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        print(f"[ssp] {self.desc}: {self.n}/{self.total} {self.unit}{pct}, {elapsed:.0f} s{self._postfix}",
-              file=sys.stderr, flush=True)
-        self._last = self._clock()
-
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        if self._clock() - self._last >= self.interval:
-            self._line()
-
-    def set_postfix(self, **values: Any) -> None:
-        self._postfix = "; " + " ".join(f"{k}={v}" for k, v in values.items())
-
-    def close(self) -> None:
-        if self.n:
-            self._line()
-
-
-def progress_bar(total: int, desc: str, unit: str, *, enabled: bool = True, leave: bool = True,
-                 interval: float = 10.0) -> Any:
-    """A tqdm bar on a terminal; a line every ``interval`` seconds in a log (standard error
-    redirected), so long extractions show progress there without flooding it. ``enabled=False``:
-    silent. The object has tqdm's ``update`` / ``set_postfix`` / ``close``."""
-    if not enabled:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, disable=True)
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, desc=desc, unit=unit, leave=leave)
-    return _LogProgress(total, desc, unit, interval)
