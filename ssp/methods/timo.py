@@ -47,7 +47,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from ssp._lazy import torch
-from ssp._utils import ArrayLike, l2_normalize, to_tensor, warn
+from ssp._utils.arrays import ArrayLike, to_tensor
+from ssp._utils.normalize import l2_normalize
+from ssp._utils.warn import warn
 from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
 from ssp.methods.gda import ClassMoments, linear_discriminant, shared_gaussian
 from ssp.methods.registry import register_method
