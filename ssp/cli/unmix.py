@@ -16,12 +16,11 @@ import datetime as _dt
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ssp._io import write_json_atomic
-from ssp.cli._args import with_cli_messages
+from ssp.cli._args import int_at_least, with_cli_messages
 
 MULTILABEL_NAMES = ("voc", "voc2007", "voc2012", "coco", "coco2014", "coco2017")
 POSITIVE_TEMPLATE = "A photo of a {}."
@@ -92,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class names for plots and confusers: a text file with one name per line, or "
                         "split:FILE to read them from a CoOp split JSON (split_zhou_<Name>.json) in label order")
     a.add_argument("--projector", help="a trained projector (path without suffix): also report the MFI after it")
-    a.add_argument("--top-k", type=int, default=3, help="top confusers listed per class")
+    a.add_argument("--top-k", type=int_at_least(1), default=3, help="top confusers listed per class")
 
     t = sub.add_parser("train", help="fit the Unmix projectors; saves safetensors + JSON config")
     _common(t)
@@ -154,12 +153,11 @@ def _base_record(args, command: str, run_id: str) -> dict:
 def _backbone(args):
     from ssp.backbone.model import load_backbone
 
-    if str(args.pretrained).lower() == "none":
-        warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-        print("!" * 78 + "\n  --pretrained none: RANDOMLY INITIALISED backbone. Scores below are MEANINGLESS;\n"
-              "  use this only to smoke-test the pipeline.\n" + "!" * 78, file=sys.stderr)
-    return load_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision,
-                         cache_dir=None)
+    from ssp.cli._args import random_weights_banner
+
+    with random_weights_banner(str(args.pretrained).lower() == "none", what="Scores"):
+        return load_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision,
+                             cache_dir=None)
 
 
 def _store(args):

@@ -26,7 +26,7 @@ import numpy as np
 
 from ssp._checks import check_int
 
-__all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "method_names",
+__all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "canonical_name", "method_names",
            "registered_methods", "spec_for_estimator", "log_grid_builder", "SSP_SUFFIX"]
 
 SSP_SUFFIX = "+ssp"
@@ -192,6 +192,30 @@ def parse_method(name: str) -> tuple[MethodSpec, bool]:
     text = str(name)
     use_ssp = _key(text).endswith(SSP_SUFFIX)
     return get_method(text[: -len(SSP_SUFFIX)] if use_ssp else text), use_ssp
+
+
+def canonical_name(name: str) -> str:
+    """The name runs, tables and run files use for ``name``, an alias accepted everywhere a
+    method is named (``--methods``, a config's ``methods``, ``ssp-reproduce``): ``"lpp"`` ->
+    ``"lp++"``, ``"lpp+ssp"`` -> ``"lp+++ssp"``, ``"tip"`` -> ``"tip-adapter"``. Unknown names
+    raise ``ValueError`` listing the choices."""
+    try:
+        spec, use_ssp = parse_method(name)
+    except ValueError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_help())}") from None
+    return spec.name + (SSP_SUFFIX if use_ssp else "")
+
+
+def method_help() -> list[str]:
+    """Every method for a help text or an error, each followed by its ``+ssp`` variant; a name
+    holding '+' also shows its plain alias: ``"lp++ (or lpp)"``, ``"lp+++ssp (or lpp+ssp)"``."""
+    _load()
+    out = []
+    for s in _REGISTRY.values():
+        plain = next((a for a in s.aliases if "+" in s.name and a.replace("-", "").isalnum()), None)
+        out.append(f"{s.name} (or {plain})" if plain else s.name)
+        out.append(f"{s.name}{SSP_SUFFIX} (or {plain}{SSP_SUFFIX})" if plain else s.name + SSP_SUFFIX)
+    return out
 
 
 def registered_methods() -> tuple[MethodSpec, ...]:

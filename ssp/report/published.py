@@ -30,7 +30,7 @@ from importlib import resources
 
 __all__ = ["SOURCES", "SOURCE_TITLES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPreset", "PAPER_PRESETS", "published_table",
            "published_value", "published_lookup", "source_provenance", "canonical_backbone",
-           "baseline_method"]
+           "baseline_method", "published_backbones", "compared_backbone"]
 
 #: Source id -> file in ``ssp/report/published_numbers/``. Order = default preference when several sources
 #: give the same (method, dataset, backbone, shots).
@@ -144,6 +144,21 @@ def canonical_backbone(name: str) -> str:
     if base.endswith("-quickgelu"):
         base = base[: -len("-quickgelu")]
     return base
+
+
+def published_backbones() -> list[str]:
+    """The backbones (open_clip names) some shipped source has numbers for."""
+    return sorted({row[3] for source in SOURCES for row in _load(source)})
+
+
+def compared_backbone(model: str | None) -> str | None:
+    """The published backbone whose numbers runs of backbone ``model`` are put beside: its
+    open_clip name when a shipped source has numbers for it, else None (nothing compared).
+    A cache labelled by no one (``cache-D512``) is never compared with another backbone's numbers."""
+    if not model:
+        return None
+    name = canonical_backbone(model)
+    return name if name in published_backbones() else None
 
 
 def baseline_method(method: str) -> str:

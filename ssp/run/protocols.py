@@ -116,12 +116,36 @@ def _evaluate_fewshot(method: str, cfg: dict, split, text: torch.Tensor, *, run_
                       seed=None, progress: bool = False) -> Outcome:
     result = run_method(method, cfg, split.support, split.val, split.test, text, device=device, seed=seed,
                         progress=progress)
+    fields = score_targets(result.model, getattr(split, "targets", None) or {})
     result.model = None
-    return Outcome(result)
+    return Outcome(result, fields)
+
+
+def score_targets(model, targets: dict) -> dict:
+    """Distribution shift (``--eval-on``): each target's test split scored once by the model fitted
+    and searched on the source, with the logits restricted to the target's classes (mapped by class
+    id), so a class outside the target is never predicted. Returns the run-JSON fields:
+    ``eval_on`` (per target: accuracy, counts) and ``<target>_accuracy``, and ``table_metrics``."""
+    if not targets:
+        return {}
+    out: dict = {"eval_on": {}}
+    for name, (features, source_index) in targets.items():
+        t0 = time.perf_counter()
+        logits = torch.as_tensor(model.decision_function(features.image_features))
+        pred = logits[:, source_index.to(logits.device)].argmax(1).cpu()
+        acc = float((pred == features.labels.cpu()).double().mean() * 100)
+        out["eval_on"][name] = {"accuracy": round(acc, 6), "n_test": int(features.labels.numel()),
+                                "n_classes": int(source_index.numel()),
+                                "classes": "mapped onto the source's by class id; logits restricted to them",
+                                "test_s": round(time.perf_counter() - t0, 4)}
+        out[f"{name}_accuracy"] = round(acc, 6)
+    out["table_metrics"] = ["test_accuracy"] + [f"{name}_accuracy" for name in targets]
+    return out
 
 
 def _fewshot_line(record: dict) -> str:
-    return f"val {record['val_accuracy']:6.2f}  test {record['test_accuracy']:6.2f}"
+    shift = "".join(f"  {name} {r['accuracy']:6.2f}" for name, r in (record.get("eval_on") or {}).items())
+    return f"val {record['val_accuracy']:6.2f}  test {record['test_accuracy']:6.2f}" + shift
 
 
 register_protocol(Protocol(

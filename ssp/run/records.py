@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ssp import __version__
-from ssp._io import canonical_json, clean_floats, write_json_atomic
+from ssp._io import canonical_json, clean_floats, jsonable, write_json_atomic
+
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
 #: The ending of every run file's name (the report stage finds runs by it).
 RUN_SUFFIX = ".run.json"
@@ -174,7 +175,8 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
     warnings (sampling, fitting, search)."""
     from datetime import datetime, timezone
 
-    return {
+    # the values as stored (float noise removed), so a fresh run prints what a reused one will
+    return clean_floats(jsonable({
         "ssp_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **{k: stub[k] for k in ("dataset", "method", "shots", "seed")},
@@ -196,7 +198,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "settings": stub["settings"],
         "config": cfg,
         **(extra or {}),
-    }
+    }))
 
 
 class RunLock:

@@ -65,6 +65,9 @@ class Split:
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
+    #: distribution-shift targets: name -> (test features with target labels, [C_target] source class
+    #: index of each target class); scored by the protocol with logits restricted to those classes
+    targets: dict = field(default_factory=dict)
 
 
 class FeatureSource(Protocol):
@@ -136,6 +139,20 @@ def _index_by_path(samples, kept: torch.Tensor | None = None) -> dict[str, int]:
     return {samples[i].path: row for row, i in enumerate(rows)}
 
 
+def _readable_with(load_image):
+    """``sample -> bool``: whether its image file exists and decodes."""
+    from ssp.data import ImageLoadError
+
+    def readable(sample) -> bool:
+        try:
+            load_image(sample.path)
+        except ImageLoadError:
+            return False
+        return True
+
+    return readable
+
+
 def _skipped(samples, features: Features) -> list[str]:
     """Paths of ``samples`` that have no row in ``features`` (unreadable images left out)."""
     if features.kept is None or len(features.kept) == len(samples):
@@ -155,7 +172,8 @@ class ImageSource:
 
     def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
-                 progress: bool = True, split_manifest: dict | None = None) -> None:
+                 progress: bool = True, split_manifest: dict | None = None,
+                 eval_on: list[str] | None = None) -> None:
         from ssp.backbone.weights import backbone_label
         from ssp.data import get_dataset
         from ssp.data.manifest import check_run_manifest
@@ -165,7 +183,10 @@ class ImageSource:
         self.cfg = cfg
         # the cheap part of `ssp-data verify` (split file readable, every listed image present):
         # a broken layout stops here, in seconds, with its fix -- before any backbone or extraction
-        checked = check_dataset(cfg["dataset"], root, split_file=split_file)
+        skip_bad = cfg.get("skip_bad_images", False)
+        if not isinstance(skip_bad, bool):
+            raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
+        checked = check_dataset(cfg["dataset"], root, split_file=split_file, missing_ok=skip_bad)
         self.data = get_dataset(cfg["dataset"], root, split_file=split_file, check_files=checked is None)
         self.split_sha256 = checked.split_sha256 if checked is not None else None
         self.split_official = checked.split_official if checked is not None else None
@@ -176,9 +197,6 @@ class ImageSource:
         self.label = backbone_label(cfg["backbone"], cfg["pretrained"])
         self.store_dir, self.device, self.recompute, self.progress = store_dir, device, recompute, progress
         self.split_file = Path(split_file) if split_file is not None else None
-        skip_bad = cfg.get("skip_bad_images", False)
-        if not isinstance(skip_bad, bool):
-            raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
         lists = {name: (None if samples is None else sample_list_digest(samples, self.data.root))
                  for name, samples in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
         from ssp.data.prompts import resolve_prompts
@@ -194,6 +212,12 @@ class ImageSource:
             self._common["prompts"] = self.prompts.record()
         if split_manifest is not None:  # the given draws, not the sampler's: another settings key
             self._common["protocol"]["split_manifest_sha256"] = split_manifest["sha256"]
+        from ssp.run.shift import shift_targets
+
+        self.targets = shift_targets(self.data, eval_on or [], root)
+        if self.targets:  # runs without --eval-on keep their settings keys
+            self._common["eval_on"] = {t.name: {"image_list": sample_list_digest(t.data.test, t.data.root),
+                                                "class_ids": list(t.data.class_ids)} for t in self.targets}
         self._needs_patches = False
 
     def common_settings(self) -> dict:
@@ -248,6 +272,8 @@ class ImageSource:
                                                                       class_prompts=self.prompts.sentences)},
             recompute=recompute_text)["text"]
         self.test = self._features(data.test, split="test", desc="test")
+        self.target_features = {t.name: (self._features(t.data.test, split="test", desc=f"test {t.name}",
+                                                        dataset=t.name), t.source_index) for t in self.targets}
         self.full_val = None
         if data.val is not None:
             self.full_val = self._features(data.val, split="val", desc="val")
@@ -255,10 +281,10 @@ class ImageSource:
         self.shared_s = time.perf_counter() - t0
         return True
 
-    def _features(self, samples, *, split: str, desc: str, **kw) -> Features:
+    def _features(self, samples, *, split: str, desc: str, dataset: str | None = None, **kw) -> Features:
         from ssp.features.store import cached_features
 
-        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=self.data.name,
+        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=dataset or self.data.name,
                                                   split=split, recompute=self.recompute, desc=desc,
                                                   **self._kw, **kw))
 
@@ -272,6 +298,8 @@ class ImageSource:
         """Every feature file the runs need, extracted by all ranks together (torchrun)."""
         data, cfg = self.data, self.cfg
         self._features(data.test, split="test", desc="test")
+        for t in self.targets:
+            self._features(t.data.test, split="test", desc=f"test {t.name}", dataset=t.name)
         if data.val is not None:
             self._features(data.val, split="val", desc="val")
         for shots in cfg["shots"]:
@@ -301,8 +329,22 @@ class ImageSource:
             val = self.full_val.subset(torch.tensor(index, dtype=torch.long))
         else:  # ImageNet: validation carved from train images not used as shots
             val = self._features(draw.val, split="train-as-val", desc=f"val {shots}-shot seed {seed}")
+        bad_shots = _skipped(draw.support, support)
+        replacements = []
+        if bad_shots:  # each unreadable shot replaced by a readable train image of its class (seeded)
+            from ssp.data import load_image
+            from ssp.data.fewshot import replace_unreadable_shots
+
+            draw, replacements = replace_unreadable_shots(draw, bad_shots, _readable_with(load_image))
+            if replacements:
+                support = self._features(draw.support, split="train", desc=f"support {shots}-shot seed {seed}",
+                                         views=cfg["views"], with_patches=self._needs_patches, seed=seed)
+                for r in replacements:
+                    echo(f"[ssp] {shots}-shot seed {seed}: class {r['class']} ({r['classname']!r}): unreadable shot "
+                         f"{r['replaced']} replaced by {r['by']} (--skip-bad-images; seeded draw from the train split)")
         extract_s = time.perf_counter() - t0
-        skipped = {"test": _skipped(self.data.test, self.test), "support": _skipped(draw.support, support),
+        bad_shots = list(dict.fromkeys(bad_shots + _skipped(draw.support, support)))
+        skipped = {"test": _skipped(self.data.test, self.test), "support": bad_shots,
                    "val": ([p for p in (s.path for s in draw.val) if p not in self.val_index]
                            if self.full_val is not None else _skipped(draw.val, val))}
         n_skipped = sum(map(len, skipped.values()))
@@ -320,9 +362,10 @@ class ImageSource:
             seeds={"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
                    "training": seed, "random_init": identity.get("seed") if identity["source"] == "random" else None},
             timings={"shared_features_s": self.shared_s, "support_val_features_s": extract_s},
-            warnings=sampling_warnings,
-            extra={"skipped_images": skipped,
-                   "split_manifest": run_manifest(draw, split_file_sha256=self.split_sha256)})
+            warnings=sampling_warnings, targets=self.target_features,
+            extra={"skipped_images": skipped, "replaced_shots": replacements,
+                   "split_manifest": run_manifest(draw, split_file_sha256=self.split_sha256,
+                                                  replacements=replacements)})
 
     def text_classifier(self) -> torch.Tensor:
         return self.text
@@ -360,7 +403,9 @@ class ImageSource:
                               "templates": list(self.prompts.templates), "prompts": self.prompts.record(),
                               **({"prompt_features": self.prompt_info} if getattr(self, "prompt_info", None) else {})},
             "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
-                                + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}"),
+                                + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}")
+                                + ("" if self.manifest is None else
+                                   f", support from split manifest {self.manifest['sha256'][:10]}"),
         }
 
     def close(self, echo: Echo) -> None:
