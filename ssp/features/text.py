@@ -19,7 +19,8 @@ from ssp._utils.arrays import check_text_features, TEXT_LAYOUTS
 from ssp._utils.normalize import unit_norm_axis
 from ssp._utils.torch_files import load_torch_file
 
-__all__ = ["load_text_features", "KNOWN_WIDTHS", "encode_prompts", "prompt_tensor", "load_prompt_features"]
+__all__ = ["load_text_features", "KNOWN_WIDTHS", "encode_prompts", "prompt_tensor", "load_prompt_features",
+           "prompt_features_file", "stored_prompt_features"]
 
 _TEXT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 #: Embedding widths D of the CLIP models ssp knows; with neither C nor D given, the side of a
@@ -203,3 +204,30 @@ def load_prompt_features(path: str | Path, n_classes: int, dim: int) -> torch.Te
         c, p = torch.nonzero(bad)[0].tolist()
         raise ValueError(f"prompt-features file {path}: prompt [{c}, {p}] is zero or not finite")
     return (t / norms[:, :, None]).contiguous()
+
+
+def prompt_features_file(path: str | Path | None, n_classes: int, dim: int) -> tuple[torch.Tensor | None, dict | None]:
+    """:func:`load_prompt_features` and what a run records about the file (path, sha256, ``P``);
+    ``(None, None)`` for no file."""
+    from ssp._io import file_sha256
+
+    if path is None:
+        return None, None
+    path = Path(path).expanduser()
+    tensor = load_prompt_features(path, n_classes, dim)
+    return tensor, {"file": str(path.resolve()), "sha256": file_sha256(path), "prompts_per_class": int(tensor.shape[1])}
+
+
+def stored_prompt_features(store, backbone, classnames, prompts, *, recompute: bool = False
+                           ) -> tuple[torch.Tensor | None, dict | None]:
+    """Each class's prompts (a resolved :class:`ssp.data.prompts.Prompts`) encoded one by one
+    through the feature ``store``, keyed on the backbone, the sentences and the prompt file's
+    sha256: ``([C, P, D], info)`` (:func:`prompt_tensor`), or ``(None, None)`` when every class
+    has a single prompt."""
+    if max(len(s) for s in prompts.sentences) < 2:
+        return None, None
+    key = {"kind": "prompt_features", "backbone": backbone.identity, "classnames": list(classnames),
+           "prompts": prompts.spec if prompts.file is None else None, "file_sha256": prompts.file_sha256,
+           "sentences": prompts.sentences}
+    stored = store.get_or_compute(key, lambda: encode_prompts(backbone, prompts.sentences), recompute=recompute)
+    return prompt_tensor(stored["prompts"], stored["counts"])

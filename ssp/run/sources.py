@@ -39,17 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from ssp.data.benchmarks import canonical_name
+from ssp.data.fewshot import test_from_val_split
+from ssp.features.text import load_text_features, prompt_features_file, stored_prompt_features
 from ssp.features.types import Features
 from ssp.run.config import builtin_config_names
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
            "check_cache_dataset", "split_validation"]
 
-_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
 
 
@@ -371,19 +371,8 @@ class ImageSource:
         return self.text
 
     def prompt_features(self) -> torch.Tensor | None:
-        """Each class's prompts encoded one by one, through the feature store (keyed on the
-        backbone, the sentences and the prompt file's sha256): ``[C, P, D]``, ``P`` the smallest
-        number of sentences of a class; ``None`` when every class has one prompt."""
-        from ssp.features.text import encode_prompts, prompt_tensor
-
-        if max(len(s) for s in self.prompts.sentences) < 2:
-            return None
-        key = {"kind": "prompt_features", "backbone": self.backbone.identity, "classnames": self.data.classnames,
-               "prompts": self.prompts.spec if self.prompts.file is None else None,
-               "file_sha256": self.prompts.file_sha256, "sentences": self.prompts.sentences}
-        stored = self.store.get_or_compute(key, lambda: encode_prompts(self.backbone, self.prompts.sentences),
-                                           recompute=self.recompute)
-        tensor, self.prompt_info = prompt_tensor(stored["prompts"], stored["counts"])
+        tensor, self.prompt_info = stored_prompt_features(self.store, self.backbone, self.data.classnames,
+                                                          self.prompts, recompute=self.recompute)
         return tensor
 
     def record_fields(self) -> dict:
@@ -455,22 +444,9 @@ def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> Non
 
 
 def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split of validation indices into ``(search, test)``: for class ``c`` a
-    permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
-    ``round(fraction * n_c)`` indices (at least one, and at most ``n_c - 1`` when ``n_c >= 2``) go
-    to the test part. Both parts are sorted (file order)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"test_from_val must be a fraction in (0, 1), got {fraction}")
-    y = labels.cpu().numpy()
-    search, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        perm = idx[np.random.default_rng([int(seed), _STAGE_TEST_FROM_VAL, int(c)]).permutation(idx.size)]
-        n_test = int(round(fraction * idx.size))
-        n_test = min(max(n_test, 1), idx.size - 1) if idx.size >= 2 else 0
-        test.extend(perm[:n_test].tolist())
-        search.extend(perm[n_test:].tolist())
-    return torch.tensor(sorted(search), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
+    """:func:`ssp.data.fewshot.test_from_val_split` of ``labels`` as ``(search, test)`` int64 tensors."""
+    search, test = test_from_val_split(labels.cpu().numpy(), fraction, seed)
+    return torch.as_tensor(search, dtype=torch.long), torch.as_tensor(test, dtype=torch.long)
 
 
 class TipCacheSource:
@@ -489,7 +465,6 @@ class TipCacheSource:
                  prompt_features: str | Path | None = None) -> None:
         from ssp._io import file_sha256
         from ssp._utils.devices import resolve_device
-        from ssp.features.text import load_text_features
         from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key
 
@@ -519,15 +494,8 @@ class TipCacheSource:
                               "templates": "not recorded in the cache"}
         else:
             self.text, self.text_info = None, {"source": None}
-        self.prompts = None
-        if prompt_features is not None:
-            from ssp.features.text import load_prompt_features
-
-            path = Path(prompt_features).expanduser()
-            self.prompts = load_prompt_features(path, self.n_classes, self.dim)
-            self.text_info = {**self.text_info, "prompt_features": {
-                "file": str(path.resolve()), "sha256": file_sha256(path),
-                "prompts_per_class": int(self.prompts.shape[1])}}
+        self.prompts, prompt_info = prompt_features_file(prompt_features, self.n_classes, self.dim)  # [C, P, D]
+        self.text_info = {**self.text_info, **({"prompt_features": prompt_info} if prompt_info else {})}
         self.folder, self.cfg, self.test_from_val = folder, cfg, test_from_val
         self.has_test, self.has_val = probe.test_features is not None, probe.val_features is not None
         self.file_digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
@@ -551,8 +519,8 @@ class TipCacheSource:
         self._common = {"source": {"kind": "tip-adapter-cache", "files_digest": settings_key(self.file_digests),
                                    "text_features_sha256": self.text_info.get("sha256")},
                         "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
-        if self.prompts is not None:  # only then: earlier runs keep their settings keys
-            self._common["source"]["prompt_features_sha256"] = self.text_info["prompt_features"]["sha256"]
+        if prompt_info:  # only then: earlier runs keep their settings keys
+            self._common["source"]["prompt_features_sha256"] = prompt_info["sha256"]
         self._loaded: tuple[int, object] | None = None
 
     def common_settings(self) -> dict:
