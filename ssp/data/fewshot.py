@@ -266,25 +266,3 @@ def check_support_after_skips(support: Sequence[Sample], kept: Sequence[int] | N
             f"could not be read, nor any other training image of the class; replace the unreadable image(s) "
             f"or drop {option('skip_bad_images=True', '--skip-bad-images')}"
         )
-
-
-_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
-
-
-def test_from_val_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class split of validation indices into ``(search, test)`` (int64 arrays): for
-    class ``c`` a permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
-    ``round(fraction * n_c)`` indices (at least one, and at most ``n_c - 1`` when ``n_c >= 2``) go
-    to the test part. Both parts are sorted (file order)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"test_from_val must be a fraction in (0, 1), got {fraction}")
-    y = np.asarray(labels)
-    search, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        perm = idx[np.random.default_rng([int(seed), _STAGE_TEST_FROM_VAL, int(c)]).permutation(idx.size)]
-        n_test = int(round(fraction * idx.size))
-        n_test = min(max(n_test, 1), idx.size - 1) if idx.size >= 2 else 0
-        test.extend(perm[:n_test].tolist())
-        search.extend(perm[n_test:].tolist())
-    return np.array(sorted(search), dtype=np.int64), np.array(sorted(test), dtype=np.int64)

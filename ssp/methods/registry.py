@@ -59,6 +59,9 @@ class MethodSpec:
             the support images), as the fine-tuned methods do.
         uses_prompts: ``fit`` also takes ``prompt_features`` ``[C, P, D]`` (each class's prompts
             encoded one by one) when the source has them (TIMO weighs them).
+        test_time: adapts while streaming over the test split, with no labelled support: runs
+            under the test-time protocol only (``fit(text_features=...)``, then ``predict`` over the
+            stream in order).
     """
 
     name: str
@@ -76,6 +79,7 @@ class MethodSpec:
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
     uses_prompts: bool = False
+    test_time: bool = False
 
     def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
         """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
@@ -85,6 +89,11 @@ class MethodSpec:
               device: Any = None, **extra: Any) -> Any:
         """A new, unfitted estimator configured from ``cfg`` (``extra`` overrides)."""
         kwargs = {**self.constructor_params(cfg, n_features), **extra}
+        if self.test_time:  # no labelled support: nothing to fit SSP's projector on
+            if projector is not None:
+                raise ValueError(f"{self.name} is a test-time method and takes no projector (SSP is fitted "
+                                 "on labelled support patches, which a test-time stream has none of)")
+            return self.estimator(**kwargs, device=device)
         return self.estimator(**kwargs, projector=projector, device=device)
 
     def grid(self, cfg: Mapping[str, Any] | None = None) -> dict | None:
