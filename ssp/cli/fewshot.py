@@ -112,6 +112,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
                    help="Tip-Adapter cache folders without test features: a seeded per-class split of the validation "
                         "features, FRACTION of them becoming the test part (e.g. 0.5)")
+    p.add_argument("--conformal-alpha", type=_fraction, metavar="ALPHA",
+                   help="split conformal prediction sets (calibrated on validation) target 1 - ALPHA coverage "
+                        "(default 0.1: 90%%)")
     p.add_argument("--text-layout", choices=["auto", "CD", "DC"], default="auto",
                    help="orientation of --text-features: auto (from C and D), CD = [classes, dim], DC = [dim, classes]")
     p.add_argument("--feature-store", metavar="DIR", default=None,
@@ -152,6 +155,7 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
             "val_policy": _val_policy(args.val_policy, prog), "batch_size": args.batch_size,
             "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
             "prompts": args.prompts,
+            "metrics": {"conformal_alpha": args.conformal_alpha} if args.conformal_alpha is not None else None,
             "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing),
                                       ("score_precision", args.score_precision)) if v}}
 

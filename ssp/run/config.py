@@ -250,6 +250,13 @@ def validate_config(cfg: dict) -> None:
     for method in methods:
         _check_method_values(cfg, method)
     _check_run_values(cfg, methods)
+    metrics = cfg.get("metrics") or {}
+    alpha = metrics.get("conformal_alpha", 0.1)
+    if not (_is_number(alpha) and 0 < alpha < 1):
+        raise ValueError(f"config 'metrics.conformal_alpha' must be a number in (0, 1) (0.1: 90% coverage), got {alpha!r}")
+    bins = metrics.get("calibration_bins", 15)
+    if not (isinstance(bins, int) and not isinstance(bins, bool) and bins >= 1):
+        raise ValueError(f"config 'metrics.calibration_bins' must be an integer >= 1, got {bins!r}")
     ssp_cfg = cfg.get("ssp", {})
     for key in ("rank", "routing"):
         if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:

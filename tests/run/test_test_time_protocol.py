@@ -137,5 +137,5 @@ def test_test_time_from_images(data_root, tmp_path, capsys):
     for record in runs.values():
         assert record["shots"] == 0 and record["protocol"]["n_test"] == 9 == record["stream_order"]["n"]
         assert record["skipped_images"] == {"test": []}
-    # the test and validation splits only: a support draw would be a third feature file
-    assert len(list((tmp_path / "store" / "features").rglob("*.safetensors"))) == 2
+    # the test split only: neither validation nor a support draw is extracted
+    assert len(list((tmp_path / "store" / "features").rglob("*.safetensors"))) == 1
