@@ -47,11 +47,13 @@ def _rank_rule(text: str):
 
 
 def _method_name(text: str) -> str:
-    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``)."""
+    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``). A name the
+    table does not know yet is kept: the config's ``method_modules`` may register it, and the
+    config check refuses it otherwise (listing the choices)."""
     try:
         return canonical_name(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    except ValueError:
+        return text
 
 
 _positive_int = int_at_least(1)
@@ -86,7 +88,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
     p.add_argument("--methods", nargs="+", type=_method_name, metavar="METHOD",
-                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}")
+                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}, "
+                        "or a method of a module the config's method_modules names")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
@@ -121,8 +124,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="feature store folder: extracted features, reused across runs (default $SSP_FEATURE_STORE, else ~/.cache/ssp)")
     p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave unreadable (corrupt, truncated) images out instead of stopping; they are listed "
-                        "in the log and in each run JSON (skipped_images)")
+                   help="leave unreadable (corrupt, truncated, missing) images out instead of stopping; they are "
+                        "listed in the log and in each run JSON (skipped_images); a support shot left out is "
+                        "replaced by another training image of its class (seeded, recorded in replaced_shots)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 

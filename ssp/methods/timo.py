@@ -30,7 +30,7 @@ accuracy). docs/baselines.md lists where this follows the released code and wher
 
 The released code adds the zero-shot term with the factor on it (``α' x t̃ᵀ + x W + b``); for
 ``arg max`` that is ``s x t̃ᵀ + (s / α') (x W + b)``, so its grid ``α' = 10⁻⁴ … 10⁴`` is this
-module's ``α = 10⁻² … 10⁶`` (:data:`DEFAULT_GRID`).
+module's ``α = 10⁻² … 10⁶`` (the default ``timo.search.alpha``).
 
 With one prompt per class IGT has nothing to weigh (every weight is 1): ``fit`` warns, and TIMO is
 GDA with the text head as ``β`` extra samples per class. ``gamma`` and ``text_fraction`` may change after
@@ -41,24 +41,23 @@ features, and the projected head is the weighted sum of the prompts' language vi
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
 
+from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, to_tensor
 from ssp._utils.normalize import l2_normalize
 from ssp._utils.warn import warn
-from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
+from ssp.methods.base import CLIPFeatureClassifier
 from ssp.methods.gda import ClassMoments, linear_discriminant, shared_gaussian
-from ssp.methods.registry import register_method
+from ssp.methods.params import Options, Real
+from ssp.methods.registry import default_config, register_method
+from ssp.methods.search import SearchAxis
 
-__all__ = ["TIMO", "TIMOS", "DEFAULT_GRID", "igt_weights", "prompt_weights", "igt_text", "text_sample_count"]
+__all__ = ["TIMO", "TIMOS", "igt_weights", "prompt_weights", "igt_text", "text_sample_count"]
 
-#: Default search grids: alpha log-spaced [low, high, points]; gamma and text_fraction as value lists.
-DEFAULT_GRID = {"alpha": (1e-2, 1e6, 9), "gamma": tuple(float(g) for g in range(5, 101, 5)),
-                "text_fraction": tuple(float(b) for b in np.linspace(0.0, 1.0, 10))}
 GAMMA_SELECTIONS = ("zero-shot", "joint")
 _BLOCK_ELEMENTS = 1 << 24
 
@@ -99,16 +98,17 @@ def _timo_s_params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 
 def _grid_builder(*axes: str):
-    """Grid of ``axes``: :data:`DEFAULT_GRID`, overridden by ``timo.search`` in the config
-    (``alpha: [low, high, points]`` log-spaced; ``gamma`` / ``text_fraction``: lists of values)."""
+    """Grid of ``axes`` from ``timo.search`` (an axis left out: the default config's): ``alpha:
+    [low, high, points]`` log-spaced; ``gamma`` / ``text_fraction``: lists of values."""
 
     def build(spec: Any, section: Mapping[str, Any] | None) -> dict:
+        defaults = (default_config().get(spec.search_section) or {}).get("search") or {}
         given = (section or {}).get("search") or {}
         if not isinstance(given, Mapping):
             raise ValueError(f"config '{spec.search_section}.search' must map axes to values, got {given!r}")
         grid = {}
         for axis in axes:
-            value = given.get(axis, DEFAULT_GRID[axis])
+            value = given.get(axis, defaults.get(axis))
             try:
                 if axis == "alpha":
                     low, high, points = value
@@ -132,7 +132,7 @@ def _grid_builder(*axes: str):
 
 @register_method("timo", title="TIMO", config_section="timo", search_section="timo", search_axes=("alpha",),
                  params=_timo_params, uses_views=True, uses_prompts=True, grid_builder=_grid_builder("alpha"))
-class TIMO(_CLIPFeatureClassifier):
+class TIMO(CLIPFeatureClassifier):
     """TIMO (Li et al., AAAI 2025): GDA with image-guided text and text-guided image samples
     (module docstring).
 
@@ -151,7 +151,9 @@ class TIMO(_CLIPFeatureClassifier):
     ``n_text_samples_`` (β per class), ``training_inputs_``, ``n_views_``, ``n_samples_``.
     """
 
-    _real_params = ("alpha", "gamma", "logit_scale")
+    _parameter_constraints = {"alpha": [Real()], "gamma": [Real()], "text_fraction": [Real(0.0, 1.0), None],
+                              "routing": [Options(ROUTINGS)], "logit_scale": [Real()]}
+    search_space = {"alpha": SearchAxis(minimum=0.0)}
 
     def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  projector: Any = None, routing: str = "paper", logit_scale: float = 100.0,
@@ -163,11 +165,6 @@ class TIMO(_CLIPFeatureClassifier):
         self.routing = routing
         self.logit_scale = logit_scale
         self.device = device
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if self.text_fraction is not None:
-            _check_beta(self.text_fraction)
 
     def fit(self, image_features: ArrayLike, labels: ArrayLike, *, text_features: ArrayLike,
             prompt_features: ArrayLike | None = None, view_features: ArrayLike | None = None,
@@ -185,24 +182,20 @@ class TIMO(_CLIPFeatureClassifier):
 
         A failed fit leaves the model unfitted, never half-fitted.
         """
-        self._reset_fitted()
-        try:
-            self._validate_params()
-            self._torch = SimpleNamespace()
-            self._fit_common(image_features, labels, text_features, patch_features)
-            self._fit_prompts(text_features if prompt_features is None else prompt_features,
-                              given=prompt_features is not None)
-            self._fit_image_moments(view_features)
-            self._state_cache: dict = {}
-            state = self._state(float(self.gamma), self.text_fraction)
-            for name in ("class_means_", "precision_", "weights_", "bias_", "igt_weights_", "igt_text_features_"):
-                setattr(self._torch, name, state[name])
-            self.n_text_samples_ = state["n_text"]
-            self._publish(image_features)
-        except BaseException:
-            self._reset_fitted()
-            raise
-        return self
+        return super().fit(image_features, labels, text_features=text_features, prompt_features=prompt_features,
+                           view_features=view_features, patch_features=patch_features)
+
+    def _fit(self, image_features, labels, text_features, patch_features=None, view_features=None,
+             prompt_features=None) -> None:
+        self._fit_common(image_features, labels, text_features, patch_features)
+        self._fit_prompts(text_features if prompt_features is None else prompt_features,
+                          given=prompt_features is not None)
+        self._fit_image_moments(view_features)
+        self._state_cache: dict = {}
+        state = self._state(float(self.gamma), self.text_fraction)
+        for name in ("class_means_", "precision_", "weights_", "bias_", "igt_weights_", "igt_text_features_"):
+            setattr(self._torch, name, state[name])
+        self.n_text_samples_ = state["n_text"]
 
     # ---- fitting ------------------------------------------------------------------------
 
@@ -319,20 +312,18 @@ class TIMO(_CLIPFeatureClassifier):
         return zero_shot, gda
 
     def _current_state(self) -> dict:
-        gamma = _check_finite_param(self.gamma, "gamma")
-        if self.text_fraction is not None:
-            _check_beta(self.text_fraction)
-        return self._state(gamma, self.text_fraction)
+        self._validate_params()  # gamma / text_fraction may have been set after fit
+        return self._state(float(self.gamma), self.text_fraction)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = _check_finite_param(self.alpha, "alpha")
+        alpha = check_real(self.alpha, "alpha")
         zero_shot, gda = self._parts(x, self._current_state())
         return zero_shot + alpha * gda
 
     def _selection(self) -> str:
         return "joint"
 
-    def _search_scores(self, val_features: torch.Tensor, val_labels: torch.Tensor,
+    def search_counts(self, val_features: torch.Tensor, val_labels: torch.Tensor,
                        axes: Mapping[str, np.ndarray], routings: list[str]) -> np.ndarray:
         """Correct validation predictions ``[R, *axes]`` for every routing and grid point
         (``ssp.methods.search``): one Gaussian per β, one head per γ, each α an arg-max."""
@@ -381,13 +372,6 @@ class TIMO(_CLIPFeatureClassifier):
                 "training_inputs": self.training_inputs_, "n_samples": self.n_samples_}
 
 
-def _check_beta(text_fraction: Any) -> float:
-    value = _check_finite_param(text_fraction, "text_fraction")
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"text_fraction must be None (P text samples per class) or in [0, 1], got {text_fraction!r}")
-    return value
-
-
 @register_method("timo-s", title="TIMO-S", config_section="timo", search_section="timo",
                  search_axes=("gamma", "text_fraction", "alpha"), params=_timo_s_params, uses_views=True,
                  uses_prompts=True, grid_builder=_grid_builder("gamma", "text_fraction", "alpha"), aliases=("timos",))
@@ -400,17 +384,16 @@ class TIMOS(TIMO):
         others: as :class:`TIMO`.
     """
 
+    _parameter_constraints = {**TIMO._parameter_constraints, "gamma_selection": [Options(GAMMA_SELECTIONS)]}
+    search_space = {"gamma": SearchAxis(minimum=0.0), "text_fraction": SearchAxis(minimum=0.0),
+                    "alpha": SearchAxis(minimum=0.0)}
+
     def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  gamma_selection: str = "zero-shot", projector: Any = None, routing: str = "paper",
                  logit_scale: float = 100.0, device: str | torch.device | None = None) -> None:
         super().__init__(alpha=alpha, gamma=gamma, text_fraction=text_fraction, projector=projector, routing=routing,
                          logit_scale=logit_scale, device=device)
         self.gamma_selection = gamma_selection
-
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if self.gamma_selection not in GAMMA_SELECTIONS:
-            raise ValueError(f"gamma_selection must be one of {GAMMA_SELECTIONS}, got {self.gamma_selection!r}")
 
     def _selection(self) -> str:
         return self.gamma_selection

@@ -16,10 +16,12 @@ from typing import Any
 import yaml
 
 from ssp._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
-from ssp.methods.registry import canonical_name, method_help, method_names, parse_method
+from ssp.methods.params import validate_params
+from ssp.methods.registry import (canonical_name, load_method_modules, method_help, method_names, parse_method,
+                                  registered_methods)
 
 # every runnable method name (each with its "+ssp" variant), from the method registry
-METHODS = method_names()
+METHODS = method_names()  # the built-in methods (a config's method_modules may register more)
 
 
 def _read_yaml(path: Path | Any) -> dict:
@@ -135,6 +137,7 @@ def load_config(dataset: str, config_file: str | Path | None = None,
         cfg = merge(cfg, data)
     if config_file is not None:
         data = _read_yaml(Path(config_file))
+        _add_method_modules(data, schema, f"config file {config_file}")
         check_keys(data, schema, f"config file {config_file}")
         cfg = merge(cfg, data)
     cfg["dataset"] = dataset
@@ -145,6 +148,20 @@ def load_config(dataset: str, config_file: str | Path | None = None,
     cfg["methods"] = canonical_methods(cfg.get("methods"))
     validate_config(cfg)
     return cfg
+
+
+def _add_method_modules(data: dict, schema: dict, where: str) -> None:
+    """Import the modules ``data['method_modules']`` names (methods defined outside ssp register
+    on import) and accept their config sections, which ``defaults.yaml`` does not hold (their
+    values are checked by the estimators' constraint tables)."""
+    modules = data.get("method_modules") or []
+    if not isinstance(modules, list):
+        raise ValueError(f"{where}: config key 'method_modules' must be a list of module names, got {modules!r}")
+    load_method_modules(modules, f"{where}: 'method_modules'")
+    for spec in registered_methods():
+        for section in (spec.config_section, spec.search_section):
+            if section and section not in schema and isinstance(data.get(section), dict):
+                schema[section] = copy.deepcopy(data[section])
 
 
 def canonical_methods(methods: Any) -> Any:
@@ -210,7 +227,9 @@ def validate_config(cfg: dict) -> None:
     methods = cfg.get("methods")
     if not isinstance(methods, list) or not methods:
         raise ValueError(f"config 'methods' must be a non-empty list, got {methods!r}")
-    unknown = [m for m in methods if m not in METHODS]
+    load_method_modules(cfg.get("method_modules") or [])
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(method_help())}")
     for key in ("shots", "seeds"):
@@ -297,10 +316,6 @@ def _check_method_values(cfg: dict, method: str) -> None:
         return ValueError(f"config '{key}' (method {spec.name}): {text}")
 
     try:
-        model = spec.estimator(**spec.constructor_params(cfg, 1024))
-        for check in ("_validate_params", "_check_training_params"):
-            fn = getattr(model, check, None)
-            if fn is not None:
-                fn()
+        validate_params(spec.estimator(**spec.constructor_params(cfg, 1024)))
     except (TypeError, ValueError, KeyError) as err:
         raise refuse(err) from None

@@ -96,7 +96,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     (each class's prompts encoded one by one) go to the methods that weigh prompts (TIMO); ``None``:
     they get the text classifier as the single prompt of each class.
     """
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
     from ssp.methods.registry import parse_method
     from ssp.methods.search import validation_search
 

@@ -126,7 +126,7 @@ def test_bad_prompt_features_are_refused(data):
     bad[2, 1] = 0.0
     with pytest.raises(ValueError, match=r"prompt_features\[2, 1\] is zero"):
         TIMO().fit(support, labels, text_features=text, prompt_features=bad)
-    with pytest.raises(ValueError, match="text_fraction must be None"):
+    with pytest.raises(ValueError, match="text_fraction must be"):
         TIMO(text_fraction=1.5).fit(support, labels, text_features=text, prompt_features=prompts)
     with pytest.raises(ValueError, match="gamma_selection"):
         TIMOS(gamma_selection="best").fit(support, labels, text_features=text, prompt_features=prompts)
