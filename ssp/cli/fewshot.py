@@ -150,6 +150,26 @@ def refuse_image_flags(args: argparse.Namespace, prog: str, source_flag: str) ->
                          f"change nothing: drop {'it' if one else 'them'}")
 
 
+def note_ignored_config_keys(config_file: str | None, prog: str) -> None:
+    """Say which keys of the user's config file apply to images only (ignored with a Tip-Adapter
+    cache folder, and left out of the run JSONs' ``config``)."""
+    if not config_file:
+        return
+    import yaml
+
+    try:
+        given = yaml.safe_load(Path(config_file).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # load_config has read it already; nothing more to say
+    from ssp.run.sources import IMAGE_ONLY_KEYS
+
+    ignored = [k for k in IMAGE_ONLY_KEYS if isinstance(given, dict) and k in given]
+    if ignored:
+        print(f"{prog}: note: {', '.join(ignored)} of {config_file} appl{'ies' if len(ignored) == 1 else 'y'} to "
+              "images only: ignored with a Tip-Adapter cache folder (and not recorded in the run JSONs)",
+              file=sys.stderr)
+
+
 def config_overrides(args: argparse.Namespace, prog: str) -> dict:
     """The command-line values that override the YAML configs (``None`` = not given)."""
     return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
@@ -337,6 +357,8 @@ def _main(argv: list[str] | None = None) -> int:
                                                     methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
+    if args.features:
+        note_ignored_config_keys(args.config, prog)
     from ssp.data import ImageLoadError
     from ssp.run.pipeline import Interrupted, run_fewshot
     from ssp.run.records import check_writable

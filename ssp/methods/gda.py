@@ -137,7 +137,7 @@ class GDA(CLIPFeatureClassifier):
     """
 
     _parameter_constraints = {"alpha": [Real()], "routing": [Options(ROUTINGS)], "logit_scale": [Real()]}
-    search_space = {"alpha": SearchAxis(minimum=0.0)}
+    search_space = {"alpha": SearchAxis(minimum=0.0, sane=(1e-5, 1e5))}  # one decade past the default grid
 
     def __init__(self, *, alpha: float = 1.0, projector: Any = None, routing: str = "paper",
                  logit_scale: float = 100.0, device: str | torch.device | None = None) -> None:

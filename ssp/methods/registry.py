@@ -10,10 +10,13 @@ parameters and its search grid come from in the merged config::
     model = spec.build(cfg, n_features=512, projector=None, device="cpu")
     grid = spec.grid(cfg)                    # {"beta": [...], "alpha": [...]} from cfg["tip_adapter"]
 
-The table holds the classes. Reading it imports :mod:`ssp.methods` (every method module);
-those modules import torch lazily (:mod:`ssp._lazy`), so ``ssp-fewshot --help`` stays fast.
-Every method also runs with an SSP projector: ``"<name>+ssp"`` (:func:`parse_method`). A new
-method is one module with a decorated class, its config section and its tests.
+The table holds the classes. Reading it imports :mod:`ssp.methods` and every other module of
+that package (a new method module needs no import anywhere), and a config's ``method_modules``
+imports methods kept outside the package (:func:`load_method_modules`). Method modules import
+torch lazily (:mod:`ssp._lazy`), so ``ssp-fewshot --help`` stays fast. Every method also runs with
+an SSP projector: ``"<name>+ssp"`` (:func:`parse_method`). A new method is one module with a
+decorated class, its config section (``configs/defaults.yaml``, the one home of every default:
+:func:`default_config`) and its tests.
 """
 from __future__ import annotations
 
