@@ -28,7 +28,7 @@ from ssp.cli._args import fail, int_at_least, with_cli_messages
 from ssp.cli._args import random_weights_banner as _random_weights_banner
 from ssp.methods.registry import canonical_name, method_help, registered_methods
 from ssp.run.config import builtin_config_names, load_config
-from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_names
 
 
 def _rank_rule(text: str):
@@ -47,11 +47,13 @@ def _rank_rule(text: str):
 
 
 def _method_name(text: str) -> str:
-    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``)."""
+    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``). A name the
+    table does not know yet is kept: the config's ``method_modules`` may register it, and the
+    config check refuses it otherwise (listing the choices)."""
     try:
         return canonical_name(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    except ValueError:
+        return text
 
 
 _positive_int = int_at_least(1)
@@ -86,7 +88,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
     p.add_argument("--methods", nargs="+", type=_method_name, metavar="METHOD",
-                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}")
+                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}, "
+                        "or a method of a module the config's method_modules names")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
@@ -113,14 +116,18 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
                    help="Tip-Adapter cache folders without test features: a seeded per-class split of the validation "
                         "features, FRACTION of them becoming the test part (e.g. 0.5)")
+    p.add_argument("--conformal-alpha", type=_fraction, metavar="ALPHA",
+                   help="split conformal prediction sets (calibrated on validation) target 1 - ALPHA coverage "
+                        "(default 0.1: 90%%)")
     p.add_argument("--text-layout", choices=["auto", "CD", "DC"], default="auto",
                    help="orientation of --text-features: auto (from C and D), CD = [classes, dim], DC = [dim, classes]")
     p.add_argument("--feature-store", metavar="DIR", default=None,
                    help="feature store folder: extracted features, reused across runs (default $SSP_FEATURE_STORE, else ~/.cache/ssp)")
     p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave unreadable (corrupt, truncated) images out instead of stopping; they are listed "
-                        "in the log and in each run JSON (skipped_images)")
+                   help="leave unreadable (corrupt, truncated, missing) images out instead of stopping; they are "
+                        "listed in the log and in each run JSON (skipped_images); a support shot left out is "
+                        "replaced by another training image of its class (seeded, recorded in replaced_shots)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -144,6 +151,26 @@ def refuse_image_flags(args: argparse.Namespace, prog: str, source_flag: str) ->
                          f"change nothing: drop {'it' if one else 'them'}")
 
 
+def note_ignored_config_keys(config_file: str | None, prog: str) -> None:
+    """Say which keys of the user's config file apply to images only (ignored with a Tip-Adapter
+    cache folder, and left out of the run JSONs' ``config``)."""
+    if not config_file:
+        return
+    import yaml
+
+    try:
+        given = yaml.safe_load(Path(config_file).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # load_config has read it already; nothing more to say
+    from ssp.run.sources import IMAGE_ONLY_KEYS
+
+    ignored = [k for k in IMAGE_ONLY_KEYS if isinstance(given, dict) and k in given]
+    if ignored:
+        print(f"{prog}: note: {', '.join(ignored)} of {config_file} appl{'ies' if len(ignored) == 1 else 'y'} to "
+              "images only: ignored with a Tip-Adapter cache folder (and not recorded in the run JSONs)",
+              file=sys.stderr)
+
+
 def config_overrides(args: argparse.Namespace, prog: str) -> dict:
     """The command-line values that override the YAML configs (``None`` = not given)."""
     return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
@@ -153,6 +180,7 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
             "val_policy": _val_policy(args.val_policy, prog), "batch_size": args.batch_size,
             "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
             "prompts": args.prompts,
+            "metrics": {"conformal_alpha": args.conformal_alpha} if args.conformal_alpha is not None else None,
             "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing),
                                       ("score_precision", args.score_precision)) if v}}
 
@@ -180,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of images: no backbone is loaded")
     p.add_argument("--text-features", metavar="FILE",
                    help="text classifier for --features caches without one: [C, D] or [D, C], .pt/.npy/.safetensors")
+    p.add_argument("--prompt-features", metavar="FILE",
+                   help="per-prompt text features for --features caches, [C, P, D] (.pt/.npy/.safetensors): the "
+                        "prompts TIMO weighs (from images, --prompts gives them)")
     p.add_argument("--split-file", help="read the split JSON from this file instead of the dataset folder")
     p.add_argument("--split-manifest", metavar="FILE",
                    help="use the exact support / validation images of a split manifest (from `ssp-data splits`, "
@@ -306,8 +337,9 @@ def _main(argv: list[str] | None = None) -> int:
             if not args.dataset:
                 raise SystemExit(f"{prog}: error: cannot tell the dataset of --features {args.features} from its "
                                  f"folder name; pass --dataset (configs ship for: {', '.join(builtin_config_names())})")
-    elif args.text_features or args.test_from_val is not None:
-        flag = "--text-features" if args.text_features else "--test-from-val"
+    elif args.text_features or args.prompt_features or args.test_from_val is not None:
+        flag = ("--text-features" if args.text_features else
+                "--prompt-features" if args.prompt_features else "--test-from-val")
         raise SystemExit(f"{prog}: error: {flag} applies to Tip-Adapter cache folders; add --features DIR")
     else:
         args.root = args.root or os.environ.get("SSP_DATA_ROOT")
@@ -322,8 +354,12 @@ def _main(argv: list[str] | None = None) -> int:
         overrides["backbone"] = None  # a label only: the cache's backbone is not loaded
     try:
         cfg = load_config(args.dataset, args.config, overrides)
+        cfg = get_protocol(args.protocol).configure(cfg, shots_given=args.shots is not None,
+                                                    methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
+    if args.features:
+        note_ignored_config_keys(args.config, prog)
     from ssp.data import ImageLoadError
     from ssp.run.pipeline import Interrupted, run_fewshot
     from ssp.run.records import check_writable
@@ -337,7 +373,8 @@ def _main(argv: list[str] | None = None) -> int:
 
                 source = TipCacheSource(cfg, folder=args.features, test_from_val=args.test_from_val,
                                         text_features=args.text_features, text_layout=args.text_layout,
-                                        backbone_name=args.backbone, device=args.device)
+                                        backbone_name=args.backbone, device=args.device,
+                                        prompt_features=args.prompt_features)
                 records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                       progress=not args.no_progress, protocol=args.protocol)
             else:

@@ -28,6 +28,7 @@ from ssp.cli._args import fail, random_weights_banner, with_cli_messages
 from ssp.cli.fewshot import (
     add_common_arguments,
     config_overrides,
+    note_ignored_config_keys,
     refuse_image_flags,
 )
 from ssp.report.published import PAPER_PRESETS
@@ -39,18 +40,16 @@ PROG = "ssp-reproduce"
 # ---------------------------------------------------------------------- published numbers
 
 
-def _preset(name: str) -> dict:
-    """The methods, shots, datasets, backbone, published sources and note of a paper's tables
-    (:data:`ssp.report.published.PAPER_PRESETS`). Methods ssp cannot run (not in the method registry)
-    are dropped and listed in ``skipped_methods``."""
+def _preset(name: str, track: str = "fewshot") -> dict:
+    """The methods, shots, datasets, backbone, published sources, protocol and note of a paper's
+    tables (``track``: fewshot, base2new, shift; :func:`ssp.report.published.paper_preset`). Methods
+    ssp cannot run (not in the method registry) are dropped and listed in ``skipped_methods``."""
     from dataclasses import asdict
 
     from ssp.methods.registry import canonical_name
-    from ssp.report.published import PAPER_PRESETS
+    from ssp.report.published import paper_preset
 
-    if name not in PAPER_PRESETS:
-        raise ValueError(f"--paper {name!r}: choose from {', '.join(sorted(PAPER_PRESETS))}")
-    preset = asdict(PAPER_PRESETS[name])
+    preset = asdict(paper_preset(name, track))
     runnable, skipped = [], []
     for m in preset["methods"]:
         try:
@@ -65,8 +64,8 @@ def _published_value(preset: dict | None, dataset: str, method: str, shots: int,
     """The published accuracy a cell is compared against (shown by ``--dry-run``), for the
     published ``backbone`` the job's runs are compared with (None: nothing compared): X+ssp is
     compared against X's published number (no SSP paper numbers are available)."""
-    if preset is None or backbone is None:
-        return None
+    if preset is None or backbone is None or preset.get("protocol", "fewshot") != "fewshot" or preset.get("eval_on"):
+        return None  # base-to-new / shift: compared after the runs (comparison-<protocol>.md)
     from ssp.report.published import baseline_method, published_value
 
     return published_value(baseline_method(method), dataset, shots, backbone=backbone,
@@ -101,7 +100,7 @@ def _compared_backbone(job: "Job", args) -> str | None:
     return compared_backbone(job.backbone or (job.cfg or {}).get("backbone"))
 
 
-def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None) -> str:
+def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None, track: str = "fewshot") -> str:
     """Tables and plots of the whole output tree: the per-dataset report
     (:func:`ssp.report.tables.write_report`) and the comparison with the published numbers
     (:func:`ssp.report.comparison.write_comparison`: Markdown, CSV, JSON and a PNG per backbone), one
@@ -112,6 +111,15 @@ def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = 
 
     table, _ = write_report(output_dir)
     runs = load_runs(output_dir)
+    if paper and track != "fewshot":
+        from ssp.report.protocol_comparison import write_protocol_comparison
+
+        preset = _preset(paper, track)
+        wanted = [r for r in runs if (r.get("protocol_name") == "base2new") == (track == "base2new")
+                  and bool(r.get("eval_on")) == (track == "shift")]
+        written = write_protocol_comparison(wanted, output_dir, preset["sources"][0])
+        return "\n\n".join([table, written["markdown"].read_text(),
+                             "written: " + ", ".join(str(p) for p in written.values())])
     by_protocol: dict[str, list[dict]] = {}
     for r in runs:
         by_protocol.setdefault(str(r.get("protocol_key", "")), []).append(r)
@@ -154,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paper", choices=sorted(PAPER_PRESETS), metavar="PAPER",
                    help=f"select the methods, shots and datasets of a paper's tables ({', '.join(PAPER_PRESETS)}) "
                         "and list the published value of each cell; --datasets / --shots / --methods still override")
+    p.add_argument("--track", choices=["fewshot", "base2new", "shift"], default="fewshot",
+                   help="with --paper: which of its tables (fewshot, base2new: the base-to-new protocol, shift: "
+                        "16-shot ImageNet -> ImageNet-V2 / Sketch / A / R); default fewshot")
     p.add_argument("--datasets", nargs="+", help=f"datasets (configs ship for: {', '.join(builtin_config_names())})")
     p.add_argument("--backbones", nargs="+", help="open_clip backbones for --root (default: the config's); with "
                                                   "--features-root, one label for the caches' backbone")
@@ -169,9 +180,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
     overrides = config_overrides(args, PROG)
+    if args.track != "fewshot" and not preset:
+        raise ValueError(f"--track {args.track} selects a paper's table: add --paper NAME")
+    if preset and preset.get("eval_on") and args.features_root:
+        raise ValueError(f"--track {args.track} scores the ImageNet variants' images: it needs --root (images), "
+                         "not --features-root")
     for key in ("shots", "methods", "seeds"):
         if overrides.get(key) is None and preset and preset.get(key) is not None:
             overrides[key] = list(preset[key])
+    if preset and preset.get("prompts") and overrides.get("prompts") is None and args.root:
+        overrides["prompts"] = preset["prompts"]   # the paper's text (images only)
     datasets = args.datasets or (list(preset["datasets"]) if preset else None)
     if not datasets:
         raise ValueError("choose the datasets: --datasets NAME ... or --paper NAME")
@@ -207,7 +225,7 @@ def _split_done(job: Job, args, methods: list[str]) -> None:
     from ssp.run.pipeline import plan_runs
     from ssp.run.records import find_run
 
-    for key, stub in plan_runs(job.cfg, job.source, methods).items():
+    for key, stub in plan_runs(job.cfg, job.source, methods, args.protocol).items():
         done = args.output is not None and find_run(args.output, stub) is not None
         (job.done if done else job.todo).append(key)
 
@@ -236,7 +254,7 @@ def _plan_images(job: Job, args) -> None:
     from ssp.run.sources import ImageSource
 
     source = ImageSource(job.cfg, root=args.root, store_dir=args.feature_store, device=args.device,
-                         recompute=args.recompute, progress=not args.no_progress)
+                         recompute=args.recompute, progress=not args.no_progress, eval_on=list(args.eval_on))
     job.source, job.label = source, source.label
     _split_done(job, args, source.runnable(job.cfg["methods"])[0])
 
@@ -276,7 +294,8 @@ def _describe(job: Job, paper: dict | None, args) -> list[str]:
 def _execute(job: Job, args) -> list[dict]:
     from ssp.run.pipeline import run_fewshot
 
-    return run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, progress=not args.no_progress)
+    return run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, progress=not args.no_progress,
+                       protocol=args.protocol)
 
 
 def _looked_for(args, jobs: list[Job]) -> str:
@@ -300,6 +319,7 @@ def _main(argv: list[str] | None = None) -> int:
                          "plan needs none")
     if args.features_root:
         refuse_image_flags(args, PROG, "--features-root")
+        note_ignored_config_keys(args.config, PROG)
     if args.test_from_val is not None and not args.features_root:
         raise SystemExit(f"{PROG}: error: --test-from-val applies to Tip-Adapter cache folders; add --features-root DIR")
     for flag, folder in (("--root", args.root), ("--features-root", args.features_root)):
@@ -308,7 +328,11 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         if args.output and not args.dry_run:
             check_writable(args.output)
-        preset = _preset(args.paper) if args.paper else None
+        preset = _preset(args.paper, args.track) if args.paper else None
+        if args.track != "fewshot" and not preset:
+            raise ValueError(f"--track {args.track} selects a paper's table: add --paper NAME")
+        args.protocol = preset["protocol"] if preset else "fewshot"
+        args.eval_on = tuple(preset["eval_on"]) if preset else ()
         jobs = _plan(args, preset)
     except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as err:
         raise fail(PROG, err, args.debug)
@@ -342,7 +366,7 @@ def _main(argv: list[str] | None = None) -> int:
     if n_todo == 0:
         print(f"[{PROG}] nothing to do: all {n_done} run(s) are already done under {output} (same settings)")
         if n_done and not (output / "results.md").is_file():
-            print(_suite_report([], output, paper=args.paper))
+            print(_suite_report([], output, paper=args.paper, track=args.track))
         return 1 if any(j.error for j in jobs) else 0
     print(f"[{PROG}] {n_todo} run(s) to do, {n_done} already done under {output}")
     records: list[dict] = []
@@ -372,7 +396,7 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"\n[{PROG}] interrupted; {completed + err.completed} run(s) finished in this call and saved under "
               f"{output}: rerun the same command to resume", file=sys.stderr)
         return 130
-    table = _suite_report(records, output, paper=args.paper)
+    table = _suite_report(records, output, paper=args.paper, track=args.track)
     print()
     print(table)
     print(f"\n[{PROG}] {n_todo} run(s) done now, {n_done} reused; results under {output}")

@@ -8,9 +8,10 @@ One CSV per source in ``ssp/report/published_numbers/`` (package data), long for
 Each file starts with ``#`` lines giving its provenance (paper, repository, file, commit,
 backbone, the protocol behind the numbers). Names are ssp's: datasets as in
 :func:`ssp.data.list_datasets`, methods ``zero-shot``, ``tip-adapter``, ``tip-adapter-f``,
-``ape``, ``ape-t``, ``gda`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
+``ape``, ``ape-t``, ``gda``, ``timo``, ``timo-s`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
 ``tip-x``), backbones as open_clip names (``RN50``, ``RN101``, ``ViT-B-32``, ``ViT-B-16``).
-Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count.
+Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count;
+the test-time sources (TDA, DMN-ZS: no labelled shots) have ``shots`` = 0.
 Dataset :data:`AVERAGE` holds the 11-dataset means.
 
 ::
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 __all__ = ["SOURCES", "SOURCE_TITLES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPreset", "PAPER_PRESETS", "published_table",
+           "PROTOCOL_SOURCES", "PAPER_TRACKS", "SHIFT_TARGETS", "paper_preset", "published_protocol_summary",
            "published_value", "published_lookup", "source_provenance", "canonical_backbone",
            "baseline_method", "published_backbones", "compared_backbone"]
 
@@ -38,6 +40,9 @@ SOURCES: dict[str, str] = {
     "tip_adapter_exp_log": "tip_adapter_exp_log.csv",
     "ape_results_notebook": "ape_results_notebook.csv",
     "gda_exp_log": "gda_exp_log.csv",
+    "timo_outputs": "timo_outputs.csv",
+    "tda_readme": "tda_readme.csv",
+    "dmn_zs_log": "dmn_zs_log.csv",
 }
 
 #: Source id -> short human title (for tables).
@@ -45,6 +50,9 @@ SOURCE_TITLES: dict[str, str] = {
     "tip_adapter_exp_log": "Tip-Adapter exp.log (RN50)",
     "ape_results_notebook": "APE APE_results.ipynb",
     "gda_exp_log": "GDA exp.log (RN50, mean of 3 seeds)",
+    "timo_outputs": "TIMO outputs/TIMO*.txt (RN50, mean of 3 seeds)",
+    "tda_readme": "TDA README (RN50, test-time)",
+    "dmn_zs_log": "DMN log (ViT-B/16, test-time; memory weight searched on test)",
 }
 
 #: Dataset name of the 11-dataset mean rows.
@@ -71,6 +79,8 @@ class PaperPreset:
         backbone: open_clip name of the tables' backbone.
         sources: published sources compared against, in order of preference.
         note: one line said beside the results (what the comparison is, and is not).
+        prompts: the ``--prompts`` choice of the paper's text when run from images (``None``: the
+            config's); Tip-Adapter cache folders keep their own text classifier.
     """
 
     name: str
@@ -80,6 +90,10 @@ class PaperPreset:
     backbone: str
     sources: tuple[str, ...]
     note: str
+    prompts: str | None = None
+    protocol: str = "fewshot"            # ssp.run.protocols name the runs are made under
+    eval_on: tuple[str, ...] = ()        # distribution-shift targets (ssp-fewshot --eval-on)
+    seeds: tuple[int, ...] | None = None  # None: the config's
 
 
 _SHOTS = (1, 2, 4, 8, 16)
@@ -109,6 +123,16 @@ PAPER_PRESETS: dict[str, PaperPreset] = {p.name: p for p in (
         note="Wang et al., GDA (ICLR 2024), Figure 1 numbers from the repository's exp.log (mean of seeds "
              "1-3; its Tip-Adapter rows are Tip-Adapter's exp.log; CLIP's zero-shot row there used the "
              "dataset templates).",
+    ),
+    PaperPreset(
+        name="timo",
+        methods=("zero-shot", "gda", "timo", "timo-s"),
+        shots=_SHOTS, datasets=BENCHMARK_DATASETS, backbone="RN50",
+        sources=("timo_outputs", "gda_exp_log"),
+        note="Li et al., TIMO (AAAI 2025), per-seed numbers of the repository's outputs/TIMO.txt and "
+             "outputs/TIMO_S.txt (mean of seeds 1-3; text: dataset templates + CuPL sentences, run with "
+             "--prompts dataset+cupl); GDA's and zero-shot's rows from GDA's exp.log.",
+        prompts="dataset+cupl",
     ),
     PaperPreset(
         name="ssp",
@@ -240,3 +264,95 @@ def published_value(method: str, dataset: str, shots: int, backbone: str = "RN50
     """
     rec = published_lookup(method, dataset, shots, backbone, source)
     return None if rec is None else rec["accuracy"]
+
+
+# ---------------------------------------------------------------- base-to-new and distribution shift
+
+#: Published per-seed results of the other protocols: source id -> (protocol, file). One row per
+#: (method, dataset, backbone, shots, seed, metric): ``metric`` is a run-JSON field
+#: (``base_accuracy``, ``new_accuracy``; ``test_accuracy``, ``imagenet_r_accuracy``, ...).
+PROTOCOL_SOURCES: dict[str, tuple[str, str]] = {
+    "gda_base2new_log": ("base2new", "gda_base2new_log.csv"),
+    "gda_robustness_log": ("shift", "gda_robustness_log.csv"),
+}
+SOURCE_TITLES.update({"gda_base2new_log": "GDA logs/base2new.log (ViT-B/16, 3 seeds)",
+                      "gda_robustness_log": "GDA logs/robustness.log (3 seeds)"})
+_PROTOCOL_FIELDS = ("source", "method", "dataset", "backbone", "shots", "seed", "metric", "accuracy")
+
+#: ``--paper NAME --track TRACK`` presets of ``ssp-reproduce`` beyond the few-shot tables.
+SHIFT_TARGETS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+PAPER_TRACKS: dict[str, dict[str, PaperPreset]] = {
+    "gda": {
+        "base2new": PaperPreset(
+            name="gda", methods=("zero-shot", "gda"), shots=(16,), datasets=BENCHMARK_DATASETS, backbone="ViT-B-16",
+            sources=("gda_base2new_log",), protocol="base2new", seeds=(1, 2, 3),
+            note="Wang et al., GDA (ICLR 2024), base-to-new table (ViT-B/16, 16 shots, seeds 1-3) from the "
+                 "repository's logs/base2new.log; harmonic mean of the seed means, as CoCoOp reports."),
+        "shift": PaperPreset(
+            name="gda", methods=("zero-shot", "gda"), shots=(16,), datasets=("imagenet",), backbone="ViT-B-16",
+            sources=("gda_robustness_log",), protocol="fewshot", eval_on=SHIFT_TARGETS, seeds=(1, 2, 3),
+            note="Wang et al., GDA (ICLR 2024), distribution-shift table (16-shot ImageNet -> V2 / Sketch / A / R, "
+                 "3 seeds) from the repository's logs/robustness.log."),
+    },
+}
+
+
+def paper_preset(paper: str, track: str = "fewshot") -> PaperPreset:
+    """The preset of ``paper``'s ``track`` table (``fewshot``: :data:`PAPER_PRESETS`)."""
+    if paper not in PAPER_PRESETS:
+        raise ValueError(f"--paper {paper!r}: choose from {', '.join(sorted(PAPER_PRESETS))}")
+    if track == "fewshot":
+        return PAPER_PRESETS[paper]
+    tracks = PAPER_TRACKS.get(paper, {})
+    if track not in tracks:
+        raise ValueError(f"--paper {paper} --track {track}: {paper} publishes "
+                         f"{', '.join(['fewshot', *tracks]) if tracks else 'few-shot tables only'}")
+    return tracks[track]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_protocol(source: str) -> tuple[tuple, ...]:
+    if source not in PROTOCOL_SOURCES:
+        raise ValueError(f"unknown published source {source!r}; choose from {list(PROTOCOL_SOURCES)}")
+    name = PROTOCOL_SOURCES[source][1]
+    text = (resources.files("ssp.report") / "published_numbers" / name).read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO("".join(line for line in io.StringIO(text) if not line.startswith("#"))))
+    if tuple(reader.fieldnames or ()) != _PROTOCOL_FIELDS:
+        raise ValueError(f"ssp/report/published_numbers/{name}: columns {reader.fieldnames}, expected "
+                         f"{list(_PROTOCOL_FIELDS)}")
+    return tuple((r["source"], r["method"], r["dataset"], r["backbone"], int(r["shots"]), int(r["seed"]),
+                  r["metric"], float(r["accuracy"])) for r in reader)
+
+
+def published_protocol_summary(source: str, *, backbone: str | None = None) -> list[dict]:
+    """Mean and sample std over seeds of every (method, dataset, backbone, shots, metric) of a
+    protocol source. Base-to-new sources also get ``harmonic_mean`` (of the seed means, as CoCoOp
+    reports it) and, when all 11 benchmarks are there, the :data:`AVERAGE` rows (the mean of the
+    per-dataset means; its harmonic mean from the average base and new)."""
+    from statistics import mean, stdev
+
+    want = None if backbone is None else canonical_backbone(backbone)
+    cells: dict[tuple, list[float]] = {}
+    for _, method, dataset, bb, shots, _seed, metric, value in _load_protocol(source):
+        if want is None or bb == want:
+            cells.setdefault((method, dataset, bb, shots, metric), []).append(value)
+    rows = [{"source": source, "method": m, "dataset": d, "backbone": b, "shots": k, "metric": metric,
+             "mean": mean(v), "std": stdev(v) if len(v) > 1 else None, "n_seeds": len(v)}
+            for (m, d, b, k, metric), v in cells.items()]
+    if PROTOCOL_SOURCES[source][0] == "base2new":
+        by = {(r["method"], r["dataset"], r["backbone"], r["shots"], r["metric"]): r["mean"] for r in rows}
+        groups = {(m, b, k) for m, _, b, k, _ in by}
+        for m, b, k in sorted(groups):
+            datasets = sorted({d for mm, d, bb, kk, _ in by if (mm, bb, kk) == (m, b, k)})
+            for d in datasets:
+                base, new = by[(m, d, b, k, "base_accuracy")], by[(m, d, b, k, "new_accuracy")]
+                rows.append({"source": source, "method": m, "dataset": d, "backbone": b, "shots": k,
+                             "metric": "harmonic_mean", "mean": 2 * base * new / (base + new), "std": None,
+                             "n_seeds": None})
+            if set(BENCHMARK_DATASETS) <= set(datasets):
+                avg = {metric: mean(by[(m, d, b, k, metric)] for d in BENCHMARK_DATASETS)
+                       for metric in ("base_accuracy", "new_accuracy")}
+                avg["harmonic_mean"] = 2 * avg["base_accuracy"] * avg["new_accuracy"] / sum(avg.values())
+                rows += [{"source": source, "method": m, "dataset": AVERAGE, "backbone": b, "shots": k,
+                          "metric": metric, "mean": v, "std": None, "n_seeds": None} for metric, v in avg.items()]
+    return rows

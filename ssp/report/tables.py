@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
+from ssp.report.stats import mean_std, method_order
 from ssp.run.records import RUN_SUFFIX, find_runs, run_filename
 
 
@@ -64,15 +64,6 @@ def nested_output_folders(output_dir: Path, paths: Iterable[Path]) -> list[Path]
     return folders
 
 
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # sample std, as papers report
-    return mean, math.sqrt(var)
-
-
 def _protocol_key(record: dict) -> str:
     return str(record.get("protocol_key") or "-")
 
@@ -116,13 +107,6 @@ def is_random_backbone(records: Iterable[dict]) -> bool:
 
 
 RANDOM_WEIGHTS_LINE = "RANDOM WEIGHTS (--pretrained none): the accuracies are meaningless"
-
-
-def method_order(methods: Iterable[str]) -> list[str]:
-    from ssp.methods.registry import method_names
-
-    order = {m: i for i, m in enumerate(method_names())}
-    return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))
 
 
 def format_table(summary: list[dict]) -> str:
@@ -255,6 +239,11 @@ def format_metrics_table(records: list[dict]) -> str:
         header = ["method"] + [m.replace("_accuracy", "").replace("_", " ") for m in metrics]
         body = [[meth] + [cell.get((meth, m), "-") for m in metrics]
                 for meth in method_order({meth for meth, _ in cell})]
+        if any(r.get("compare_published") for r in records if r["dataset"] == dataset):
+            published = [_published_cell(meth, dataset, shots, backbone) for meth, *_ in body]
+            if any(p != "-" for p in published):
+                header.append("published")
+                body = [row + [p] for row, p in zip(body, published)]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))
@@ -266,10 +255,68 @@ def format_metrics_table(records: list[dict]) -> str:
     return "\n\n".join(blocks)
 
 
-def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
+def _published_cell(method: str, dataset: str, shots: int, backbone: str) -> str:
+    """The published accuracy of ``method`` on ``dataset`` at ``shots``: the run's backbone when a
+    source has it, else the first source's backbone, named (``57.78 (RN50, tda_readme)``)."""
+    from ssp.report.published import canonical_backbone, published_lookup, published_table
+
+    name = method.split(" [")[0]
+    rec = published_lookup(name, dataset, shots, backbone=backbone.split("@", 1)[0])
+    if rec is None:
+        rows = [r for r in published_table(method=name, dataset=dataset) if r["shots"] == shots]
+        rec = rows[0] if rows else None
+    if rec is None:
+        return "-"
+    same = rec["backbone"] == canonical_backbone(backbone.split("@", 1)[0])
+    return f"{rec['accuracy']:.2f}" + ("" if same else f" ({rec['backbone']}, {rec['source']})")
+
+
+def plot_metrics(records: list[dict], path: Path) -> Path:
+    """Runs of a protocol with several results (base / new / harmonic mean, or source and shift
+    targets): one panel per (dataset, backbone, shots), grouped bars (a group per method, a bar
+    per metric, error bars = std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(records[0].get("table_metrics") or ["test_accuracy"])
+    per_metric = {m: summarize(records, m) for m in metrics}
+    keys = sorted({(r["dataset"], r["backbone"], r["shots"]) for r in per_metric[metrics[0]]})
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    width = 0.8 / len(metrics)
+    for ax, (dataset, backbone, shots) in zip(axes[0], keys):
+        methods = method_order({r["method"] for r in per_metric[metrics[0]]
+                                if (r["dataset"], r["backbone"], r["shots"]) == (dataset, backbone, shots)})
+        for i, metric in enumerate(metrics):
+            cell = {r["method"]: r for r in per_metric[metric]
+                    if (r["dataset"], r["backbone"], r["shots"]) == (dataset, backbone, shots)}
+            xs = [j + (i - (len(metrics) - 1) / 2) * width for j, m in enumerate(methods) if m in cell]
+            ax.bar(xs, [cell[m]["mean"] for m in methods if m in cell], width=width,
+                   yerr=[cell[m]["std"] or 0.0 for m in methods if m in cell], capsize=2,
+                   label=metric.replace("_accuracy", "").replace("_", " "))
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{dataset} ({backbone}), {shots}-shot", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(output_dir: Path, *, page: bool = True) -> tuple[str, dict[str, Path]]:
     """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``.
     Few-shot runs get the shots x methods table and plot; runs of other protocols (base-to-new, ...)
-    a table of their own metrics per protocol."""
+    a table of their own metrics per protocol. Runs with reliability metrics add ``calibration.md``
+    (:mod:`ssp.report.reliability`); ``page`` writes the results page ``index.html`` with its
+    ``plots/`` (:mod:`ssp.report.html`)."""
+    from ssp.report.html import write_results_page
+    from ssp.report.reliability import format_calibration_table
+
     output_dir = Path(output_dir)
     skipped: list[Path] = []
     records = load_runs(output_dir, skipped=skipped)
@@ -297,6 +344,7 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
         paths["plot"] = plot_summary(summary, output_dir / "results.png", random_weights=random_weights)
     for name, runs in sorted(by_protocol.items()):
         tables.append(format_metrics_table(runs))
+        paths[f"plot_{name}"] = plot_metrics(runs, output_dir / f"results-{name}.png")
         summaries[name] = {m: summarize(runs, m) for m in runs[0].get("table_metrics") or ["test_accuracy"]}
     table = "\n\n".join(tables)
     paths["summary"] = write_json_atomic(output_dir / "summary.json", summaries)
@@ -305,4 +353,9 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
     if fewshot:
         text += f"\nValidation accuracy of the chosen hyper-parameters:\n\n```\n{format_table(summaries['val'])}\n```\n"
     write_text_atomic(paths["table"], text)
+    calibration = format_calibration_table(records)
+    if calibration:
+        paths["calibration"] = write_text_atomic(output_dir / "calibration.md", calibration + "\n")
+    if page:
+        paths["page"] = write_results_page([(output_dir / run_filename(r), r) for r in records], output_dir)
     return table, paths

@@ -12,38 +12,51 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
+import numpy as np
 import torch
 
 from ssp._io import jsonable
 from ssp._utils.progress import step_progress
 from ssp.features.types import Features
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
-from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
+from ssp.run.records import MethodResult, RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class MethodResult:
-    method: str
-    hyperparameters: dict
-    val_accuracy: float
-    test_accuracy: float
-    timings: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
-    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def accuracy(model, features: Features) -> float:
     """Top-1 accuracy in percent."""
     pred = torch.as_tensor(model.predict(features.image_features))
     return float((pred.cpu() == features.labels.cpu()).double().mean() * 100)
+
+
+def logits_of(model, features: Features) -> np.ndarray:
+    """The model's logits ``[M, C]`` on ``features`` as a float64 numpy array."""
+    logits = model.decision_function(features.image_features)
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().cpu().numpy()
+    return np.asarray(logits, dtype=np.float64)
+
+
+def evaluate(model, val: Features, test: Features, *, alpha: float = 0.1,
+             n_bins: int = 15) -> tuple[float, dict, dict]:
+    """``(test accuracy %, reliability metrics, per-sample and per-class arrays)`` of a fitted model:
+    test logits computed once; the validation logits are the only calibration data."""
+    from ssp.metrics import per_class_results, reliability
+
+    test_logits = logits_of(model, test)
+    labels = test.labels.cpu().numpy().astype(np.int64)
+    prediction = test_logits.argmax(axis=1)
+    test_acc = float(np.mean(prediction == labels) * 100)
+    metrics, samples = reliability(test_logits, labels, logits_of(model, val),
+                                   val.labels.cpu().numpy().astype(np.int64), alpha=alpha, n_bins=n_bins)
+    per_class = per_class_results(labels, prediction, test_logits.shape[1])
+    samples.update({f"class_{k}": v for k, v in per_class.items()})
+    return test_acc, metrics, samples
 
 
 def _ssp_details(model) -> dict:
@@ -73,7 +86,7 @@ def training_details(model, *, views_given: bool) -> dict:
 
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None,
-               progress: bool = False) -> MethodResult:
+               progress: bool = False, prompt_features: torch.Tensor | None = None) -> MethodResult:
     """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
     choose its hyper-parameters on ``val``, score ``test`` once.
 
@@ -81,9 +94,11 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     ``progress`` shows their training progress bar, and the progress of long searches (ProKeR's
     search, the linear probe's C path). Warnings raised while fitting and searching
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
-    ``MethodResult.warnings`` (those of the chosen rank rule).
+    ``MethodResult.warnings`` (those of the chosen rank rule). ``prompt_features`` ``[C, P, D]``
+    (each class's prompts encoded one by one) go to the methods that weigh prompts (TIMO); ``None``:
+    they get the text classifier as the single prompt of each class.
     """
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
     from ssp.methods.registry import parse_method
     from ssp.methods.search import validation_search
 
@@ -96,6 +111,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     extra: dict = {}
     if spec.uses_views:
         fit_kw["view_features"] = support.view_features
+    if spec.uses_prompts:
+        fit_kw["prompt_features"] = prompt_features
     if spec.fine_tuned:
         fit_kw.update(val_features=val.image_features, val_labels=val.labels,
                       view_features=support.view_features)
@@ -138,6 +155,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             details["n_channels"] = len(model.channels_)
         if spec.fine_tuned or spec.uses_views:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
+        if callable(getattr(model, "fit_details", None)):  # what the method reports about its fit
+            details.update(jsonable(model.fit_details()))
         candidates.append((score, model, params, details, list(dict.fromkeys(str(w.message) for w in caught))))
     # first maximum over rank rules wins (ties -> earlier candidate in the config's list)
     best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
@@ -145,9 +164,23 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     if use_ssp and len(candidates) > 1:
         details["val_accuracy_per_rank_rule"] = {str(c[2]["rank"]): c[0] for c in candidates}
     t0 = time.perf_counter()
-    test_acc = accuracy(model, test)
+    m = cfg.get("metrics") or {}
+    test_acc, metrics, samples = evaluate(model, val, test, alpha=m.get("conformal_alpha", 0.1),
+                                          n_bins=m.get("calibration_bins", 15))
     timings["test_s"] = time.perf_counter() - t0
-    return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model)
+    return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model=model,
+                        reliability=metrics, samples=samples)
+
+
+def _with_prompts(prompts: torch.Tensor) -> Callable[..., MethodResult]:
+    """:func:`run_method` that also passes the per-prompt text features ``[C, P, D]``; a protocol
+    fitting on the first ``C' < C`` classes (base-to-new) gets their first ``C'`` rows."""
+
+    def fit_one(method, cfg, support, val, test, text_features, **kw):
+        return run_method(method, cfg, support, val, test, text_features,
+                          prompt_features=prompts[: int(text_features.shape[0])], **kw)
+
+    return fit_one
 
 
 def fmt_params(params: dict) -> str:
@@ -244,9 +277,16 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     Returns the records of every run of ``cfg`` (``[]`` on a torchrun rank other than 0); the
     tables are the report stage's (:func:`ssp.report.tables.write_report` on ``output_dir``).
     """
+    from ssp.methods.registry import parse_method
+
     output_dir = Path(output_dir)
     spec = get_protocol(protocol)
-    methods, reasons = source.runnable(list(cfg["methods"]))
+    if spec.shots is not None and list(cfg["shots"]) != list(spec.shots):
+        raise ValueError(f"protocol {spec.name} runs with shots {list(spec.shots)}, the config says {cfg['shots']}: "
+                         f"pass the config through get_protocol({spec.name!r}).configure(cfg)")
+    methods, reasons = spec.runnable(list(cfg["methods"]))
+    methods, more = source.runnable(methods) if methods else ([], [])
+    reasons += more
     for reason in reasons:
         echo(f"[ssp] {reason}")
     if not methods:
@@ -267,10 +307,12 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
             echo(f"[ssp] {len(done)} of {len(stubs)} runs already done under {output_dir} (same settings): reused")
         if not source.open(echo):
             return []
-        fields = source.record_fields()
         text = source.text_classifier()
         if spec.needs_text and text is None:
             raise ValueError(f"protocol {spec.name} needs a text classifier, and {source.dataset} has none")
+        prompts = source.prompt_features() if any(parse_method(m)[0].uses_prompts for m in methods) else None
+        fields = source.record_fields()
+        fit_one = run_method if prompts is None else _with_prompts(prompts)
         log = WarningLog(echo)
         waiting: dict[tuple[int, int, str], RunLock] = {}
         for shots in cfg["shots"]:
@@ -295,7 +337,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                     split = source.split(shots, seed, echo)
                     log.add("sampling", split.warnings)
                     for method, lock in todo:
-                        outcome = spec.evaluate(method, cfg, split, text, run_method=run_method,
+                        outcome = spec.evaluate(method, cfg, split, text, run_method=fit_one,
                                                 device=source.device, seed=seed, progress=progress)
                         res = outcome.result
                         log.add(method, res.warnings)
@@ -304,7 +346,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                                              warnings=split.warnings + res.warnings, cfg=source.recorded_config(cfg),
                                              device=source.device,
                                              extra={**split.extra, **spec.record_fields(), **outcome.fields})
-                        write_run(output_dir, record)
+                        write_run(output_dir, record, samples=res.samples)
                         lock.release()
                         completed += 1
                         records.append(record)

@@ -35,39 +35,21 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from ssp.data.benchmarks import canonical_name
+from ssp.features.text import load_text_features, prompt_features_file, stored_prompt_features
 from ssp.features.types import Features
 from ssp.run.config import builtin_config_names
+from ssp.run.splits import Split, split_validation, test_only_split
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
            "check_cache_dataset", "split_validation"]
 
-_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
-
-
-@dataclass
-class Split:
-    """The features of one (shots, seed) and what its run JSONs record about them."""
-
-    support: Features
-    val: Features
-    test: Features
-    protocol: dict
-    seeds: dict
-    timings: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
-    #: distribution-shift targets: name -> (test features with target labels, [C_target] source class
-    #: index of each target class); scored by the protocol with logits restricted to those classes
-    targets: dict = field(default_factory=dict)
 
 
 class FeatureSource(Protocol):
@@ -98,6 +80,9 @@ class FeatureSource(Protocol):
 
     def text_classifier(self) -> torch.Tensor | None:
         """``[C, D]`` text classifier (None: none available)."""
+
+    def prompt_features(self) -> torch.Tensor | None:
+        """``[C, P, D]`` per-prompt text features (None: one prompt per class, the classifier)."""
 
     def close(self, echo: Echo) -> None:
         """Report on the work done (e.g. the feature store's reuse counts)."""
@@ -199,7 +184,7 @@ class ImageSource:
         from ssp.data.prompts import resolve_prompts
 
         self.prompts = resolve_prompts(cfg.get("prompts"), dataset=self.data.name,
-                                       classnames=self.data.classnames, templates=self.data.templates)
+                                       classnames=self.data.classnames, templates=self.data.templates, root=root)
         self._common = {
             "source": {"kind": "images", "image_lists": lists, "templates": list(self.data.templates)},
             "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
@@ -272,7 +257,7 @@ class ImageSource:
         self.target_features = {t.name: (self._features(t.data.test, split="test", desc=f"test {t.name}",
                                                         dataset=t.name), t.source_index) for t in self.targets}
         self.full_val = None
-        if data.val is not None:
+        if data.val is not None and any(self.cfg["shots"]):   # 0 shots only (test-time): no validation read
             self.full_val = self._features(data.val, split="val", desc="val")
             self.val_index = _index_by_path(data.val, self.full_val.kept)
         self.shared_s = time.perf_counter() - t0
@@ -297,9 +282,9 @@ class ImageSource:
         self._features(data.test, split="test", desc="test")
         for t in self.targets:
             self._features(t.data.test, split="test", desc=f"test {t.name}", dataset=t.name)
-        if data.val is not None:
+        if data.val is not None and any(cfg["shots"]):
             self._features(data.val, split="val", desc="val")
-        for shots in cfg["shots"]:
+        for shots in [k for k in cfg["shots"] if k > 0]:   # 0 shots (test-time): the test split only
             for seed in cfg["seeds"]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
@@ -314,6 +299,9 @@ class ImageSource:
         from ssp.data.manifest import run_manifest
 
         cfg = self.cfg
+        if shots == 0:
+            return test_only_split(self.test, len(self.data.classnames), seed,
+                                    extra={"skipped_images": {"test": _skipped(self.data.test, self.test)}})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             draw = self._draw(shots, seed)
@@ -367,6 +355,11 @@ class ImageSource:
     def text_classifier(self) -> torch.Tensor:
         return self.text
 
+    def prompt_features(self) -> torch.Tensor | None:
+        tensor, self.prompt_info = stored_prompt_features(self.store, self.backbone, self.data.classnames,
+                                                          self.prompts, recompute=self.recompute)
+        return tensor
+
     def record_fields(self) -> dict:
         from ssp._io import file_sha256
 
@@ -381,7 +374,8 @@ class ImageSource:
                        "extraction_world_size": self.world_size, **self._common["source"]},
             "text_features": {"source": f"computed from the backbone's text encoder ({self.prompts.source}; "
                                         f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",
-                              "templates": list(self.prompts.templates), "prompts": self.prompts.record()},
+                              "templates": list(self.prompts.templates), "prompts": self.prompts.record(),
+                              **({"prompt_features": self.prompt_info} if getattr(self, "prompt_info", None) else {})},
             "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
                                 + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}")
                                 + ("" if self.manifest is None else
@@ -434,25 +428,6 @@ def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> Non
                          f"{hint}")
 
 
-def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split of validation indices into ``(search, test)``: for class ``c`` a
-    permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
-    ``round(fraction * n_c)`` indices (at least one, and at most ``n_c - 1`` when ``n_c >= 2``) go
-    to the test part. Both parts are sorted (file order)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"test_from_val must be a fraction in (0, 1), got {fraction}")
-    y = labels.cpu().numpy()
-    search, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        perm = idx[np.random.default_rng([int(seed), _STAGE_TEST_FROM_VAL, int(c)]).permutation(idx.size)]
-        n_test = int(round(fraction * idx.size))
-        n_test = min(max(n_test, 1), idx.size - 1) if idx.size >= 2 else 0
-        test.extend(perm[:n_test].tolist())
-        search.extend(perm[n_test:].tolist())
-    return torch.tensor(sorted(search), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
-
-
 class TipCacheSource:
     """A Tip-Adapter cache folder (``keys_<K>shots.pt``, ``values_<K>shots.pt``, ``val_f.pt``, ...).
 
@@ -465,10 +440,10 @@ class TipCacheSource:
 
     def __init__(self, cfg: dict, *, folder: str | Path, test_from_val: float | None = None,
                  text_features: str | Path | None = None, text_layout: str = "auto",
-                 backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
+                 backbone_name: str | None = None, device=None, check_shots: bool = True,
+                 prompt_features: str | Path | None = None) -> None:
         from ssp._io import file_sha256
         from ssp._utils.devices import resolve_device
-        from ssp.features.text import load_text_features
         from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key
 
@@ -498,6 +473,8 @@ class TipCacheSource:
                               "templates": "not recorded in the cache"}
         else:
             self.text, self.text_info = None, {"source": None}
+        self.prompts, prompt_info = prompt_features_file(prompt_features, self.n_classes, self.dim)  # [C, P, D]
+        self.text_info = {**self.text_info, **({"prompt_features": prompt_info} if prompt_info else {})}
         self.folder, self.cfg, self.test_from_val = folder, cfg, test_from_val
         self.has_test, self.has_val = probe.test_features is not None, probe.val_features is not None
         self.file_digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
@@ -507,7 +484,7 @@ class TipCacheSource:
         self.backbone_name = backbone_name
         self.device = resolve_device(device)
         if check_shots:
-            missing = [k for k in cfg["shots"] if k not in self.shots]
+            missing = [k for k in cfg["shots"] if k > 0 and k not in self.shots]   # 0: test split only
             if missing:
                 raise FileNotFoundError(f"{folder} has no keys_<K>shots.pt for shots {missing} "
                                         f"(shot counts present: {self.shots})")
@@ -521,6 +498,8 @@ class TipCacheSource:
         self._common = {"source": {"kind": "tip-adapter-cache", "files_digest": settings_key(self.file_digests),
                                    "text_features_sha256": self.text_info.get("sha256")},
                         "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
+        if prompt_info:  # only then: earlier runs keep their settings keys
+            self._common["source"]["prompt_features_sha256"] = prompt_info["sha256"]
         self._loaded: tuple[int, object] | None = None
 
     def common_settings(self) -> dict:
@@ -547,10 +526,10 @@ class TipCacheSource:
         from ssp.features.tip_cache import load_tip_adapter_cache
 
         t0 = time.perf_counter()
-        if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots, read_text=False))  # read once, above
+        wanted = shots or self.shots[0]   # 0 shots (test-time): any cache file holds val / test
+        if self._loaded is None or self._loaded[0] != wanted:
+            self._loaded = (wanted, load_tip_adapter_cache(self.folder, wanted, read_text=False))  # read once, above
         cache = self._loaded[1]
-        support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels
         split = None
         if self.test_from_val is not None:
@@ -562,6 +541,11 @@ class TipCacheSource:
                      "n_test": int(test_idx.numel())}
         else:
             test = Features(cache.test_features, cache.test_labels)
+        if shots == 0:   # test-time: the test part only (the same as the few-shot runs of this seed)
+            out = test_only_split(test, self.n_classes, seed, timings={"load_features_s": time.perf_counter() - t0})
+            out.protocol["test_from_val"], out.seeds["test_from_val_split"] = split, seed if split else None
+            return out
+        support = Features(cache.support_features, cache.support_labels)
         policy = self.cfg["val_policy"]
         keep = torch.tensor(validation_subsample(val_y.tolist(), policy, shots, seed), dtype=torch.long)
         val = Features(val_x[keep], val_y[keep])
@@ -578,6 +562,9 @@ class TipCacheSource:
 
     def text_classifier(self) -> torch.Tensor | None:
         return self.text
+
+    def prompt_features(self) -> torch.Tensor | None:
+        return self.prompts
 
     def record_fields(self) -> dict:
         text_file = self.text_info.get("file")

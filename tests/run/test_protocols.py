@@ -49,18 +49,20 @@ def test_coop_subsample_classes_rule():
 @pytest.mark.parametrize("name", protocol_names())
 def test_every_protocol_runs_on_a_cache_and_records_its_metrics(name, tmp_path):
     folder = write_tip_cache(tmp_path / "dtd", shots=(2,), n_val=4, n_test=3)
-    cfg = load_config("dtd", overrides={"shots": [2], "seeds": [1], "methods": ["zero-shot", "gda"]})
+    spec = get_protocol(name)
+    cfg = spec.configure(load_config("dtd", overrides={"shots": [2], "seeds": [1], "methods": ["zero-shot", "gda"]}),
+                         methods_given=True)
+    methods, _ = spec.runnable(cfg["methods"])     # test-time: zero-shot only (GDA needs shots)
     records = run_fewshot(cfg, TipCacheSource(cfg, folder=folder, device="cpu"), output_dir=tmp_path / "out",
                           echo=lambda _: None, progress=False, protocol=name)
     table, _ = write_report(tmp_path / "out")
-    spec = get_protocol(name)
-    assert len(records) == 2 and table
+    assert len(records) == len(methods) >= 1 and table
     for record in records:
         assert record.get("protocol_name", DEFAULT_PROTOCOL) == name
         assert all(isinstance(record[m], float) for m in spec.table_metrics)
     if name != DEFAULT_PROTOCOL:  # a protocol's runs get their own settings key
-        fewshot_stub = plan_runs(cfg, TipCacheSource(cfg, folder=folder), ["gda"])
-        assert records[1]["settings_key"] != next(iter(fewshot_stub.values()))["settings_key"]
+        fewshot_stub = plan_runs(cfg, TipCacheSource(cfg, folder=folder), [methods[-1]])
+        assert records[-1]["settings_key"] != next(iter(fewshot_stub.values()))["settings_key"]
 
 
 def test_fewshot_settings_keys_are_unchanged_by_the_protocol_table(tmp_path):
@@ -95,6 +97,14 @@ def test_base2new_through_the_cli_matches_dense_numpy(tmp_path, capsys):
     assert zs["base_accuracy"] == round(zs_base, 6) and zs["new_accuracy"] == round(zs_new, 6)
     assert zs["harmonic_mean"] == round(harmonic_mean(zs_base, zs_new), 6)
     assert zs["class_split"]["base"] == [0, 24] and zs["class_split"]["new"] == [24, 47]
+    # the new classes' reliability: the base validation's temperature, computed like this dense NLL
+    z = 100 * x[new] @ w[n_base:].T
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    nll = -logp[np.arange(int(new.sum())), y[new] - n_base].mean()
+    assert zs["reliability_new"]["raw"]["nll"] == pytest.approx(nll, rel=1e-6)
+    assert zs["reliability_new"]["temperature"] == zs["reliability"]["temperature"]
+    assert zs["reliability"]["n_test"] == int(base.sum()) and "conformal" not in zs["reliability_new"]
     assert zs["class_split"]["n_test_base"] == int(base.sum()) and zs["class_split"]["n_support"] == 2 * n_base
     for method, record in runs.items():
         assert record["protocol_name"] == "base2new" and record["new_classes"]["rule"]
