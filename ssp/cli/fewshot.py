@@ -315,22 +315,20 @@ def _main(argv: list[str] | None = None) -> int:
     from ssp.data import ImageLoadError
     from ssp.run.pipeline import Interrupted, run_fewshot
     from ssp.run.records import check_writable
+    from ssp.run.sources import make_source
 
     main_rank = True
     try:
         check_writable(args.output)
         with _signals_as_interrupts():
             if args.features:
-                from ssp.run.sources import TipCacheSource
-
-                source = TipCacheSource(cfg, folder=args.features, test_from_val=args.test_from_val,
-                                        text_features=args.text_features, text_layout=args.text_layout,
-                                        backbone_name=args.backbone, device=args.device)
+                source = make_source(cfg, features=args.features, test_from_val=args.test_from_val,
+                                     text_features=args.text_features, text_layout=args.text_layout,
+                                     backbone_name=args.backbone, device=args.device)
                 records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                       progress=not args.no_progress, protocol=args.protocol)
             else:
                 from ssp import distributed
-                from ssp.run.sources import ImageSource
 
                 manifest = None
                 if args.split_manifest:
@@ -341,7 +339,7 @@ def _main(argv: list[str] | None = None) -> int:
                 main_rank = distributed.is_main()
                 try:
                     with random_weights_banner(cfg, show=main_rank):
-                        source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
+                        source = make_source(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
                                              progress=not args.no_progress, split_manifest=manifest)
                         records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,

@@ -42,12 +42,29 @@ from typing import Callable, Protocol
 import numpy as np
 import torch
 
+from ssp import distributed
+from ssp._checks import is_random_weights
+from ssp._io import file_sha256
+from ssp._utils.devices import resolve_device
+from ssp.backbone.model import load_backbone
+from ssp.backbone.weights import backbone_label
+from ssp.data import get_dataset
 from ssp.data.benchmarks import canonical_name
+from ssp.data.catalog import benchmark_class_count, list_sources
+from ssp.data.fewshot import check_support_after_skips, validation_subsample
+from ssp.data.manifest import check_run_manifest, fewshot_splits, run_manifest
+from ssp.data.prompts import resolve_prompts
+from ssp.data.verify import check_dataset
+from ssp.features.store import FeatureStore, cached_features
+from ssp.features.text import load_text_features
+from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
 from ssp.features.types import Features
+from ssp.methods.registry import parse_method
 from ssp.run.config import builtin_config_names
+from ssp.run.records import sample_list_digest, settings_key
 
-__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
-           "check_cache_dataset", "split_validation"]
+__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "make_source", "IMAGE_ONLY_KEYS",
+           "cache_dataset_name", "check_cache_dataset", "split_validation"]
 
 _STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
@@ -59,7 +76,7 @@ class Split:
 
     support: Features
     val: Features
-    test: Features
+    test: Features | None     # None: a cache folder without test features, opened with require_test=False
     protocol: dict
     seeds: dict
     timings: dict = field(default_factory=dict)
@@ -102,8 +119,6 @@ class FeatureSource(Protocol):
 
 def _skip_ssp_and_textless(methods: list[str], *, has_patches: bool, has_text: bool,
                            where: str) -> tuple[list[str], list[str]]:
-    from ssp.methods.registry import parse_method
-
     run, no_patches, no_text = [], [], []
     for m in methods:
         spec, use_ssp = parse_method(m)
@@ -153,12 +168,6 @@ class ImageSource:
     def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
                  progress: bool = True, split_manifest: dict | None = None) -> None:
-        from ssp.backbone.weights import backbone_label
-        from ssp.data import get_dataset
-        from ssp.data.manifest import check_run_manifest
-        from ssp.data.verify import check_dataset
-        from ssp.run.records import sample_list_digest
-
         self.cfg = cfg
         # the cheap part of `ssp-data verify` (split file readable, every listed image present):
         # a broken layout stops here, in seconds, with its fix -- before any backbone or extraction
@@ -178,7 +187,6 @@ class ImageSource:
             raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
         lists = {name: (None if samples is None else sample_list_digest(samples, self.data.root))
                  for name, samples in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
-        from ssp.data.prompts import resolve_prompts
 
         self.prompts = resolve_prompts(cfg.get("prompts"), dataset=self.data.name,
                                        classnames=self.data.classnames, templates=self.data.templates)
@@ -210,11 +218,6 @@ class ImageSource:
         return kw
 
     def open(self, echo: Echo) -> bool:
-        from ssp import distributed
-        from ssp._checks import is_random_weights
-        from ssp.backbone.model import load_backbone
-        from ssp.features.store import FeatureStore
-
         cfg, data = self.cfg, self.data
         self.backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
                                       device=self.device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
@@ -253,16 +256,12 @@ class ImageSource:
         return True
 
     def _features(self, samples, *, split: str, desc: str, **kw) -> Features:
-        from ssp.features.store import cached_features
-
         return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=self.data.name,
                                                   split=split, recompute=self.recompute, desc=desc,
                                                   **self._kw, **kw))
 
     def _draw(self, shots: int, seed: int):
         """The few-shot draw: the sampler's, or the given split manifest's."""
-        from ssp.data.manifest import fewshot_splits
-
         return fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"], manifest=self.manifest)
 
     def _extract_all(self) -> None:
@@ -282,9 +281,6 @@ class ImageSource:
                     self._features(draw.val, split="train-as-val", desc=f"val {shots}-shot seed {seed}")
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
-        from ssp.data.fewshot import check_support_after_skips
-        from ssp.data.manifest import run_manifest
-
         cfg = self.cfg
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -325,8 +321,6 @@ class ImageSource:
         return self.text
 
     def record_fields(self) -> dict:
-        from ssp._io import file_sha256
-
         cfg, data, path = self.cfg, self.data, self.split_file
         return {
             "backbone": {"model": cfg["backbone"], "pretrained": cfg["pretrained"], "identity": self.backbone.identity},
@@ -374,8 +368,6 @@ IMAGE_ONLY_KEYS = ("pretrained", "precision", "quick_gelu", "views", "batch_size
 def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> None:
     """Refuse a Tip-Adapter cache folder filed under another dataset: its folder name names another
     benchmark, or its class count is not the dataset's (under the CoOp protocol)."""
-    from ssp.data.catalog import benchmark_class_count, list_sources
-
     named = cache_dataset_name(folder)
     if named is not None and named != dataset:
         raise ValueError(f"Tip-Adapter cache folder {folder} holds {named} (its folder name), not {dataset}: "
@@ -415,18 +407,15 @@ class TipCacheSource:
     (``text_features``: a file, else the folder's ``text_weights*.pt``). ``backbone_name`` labels the
     backbone the cache was extracted with (not verifiable from the files; default ``cache-D<D>``).
     Errors (a missing folder, no keys files, no validation features, no test features without
-    ``test_from_val``, missing shot counts) are raised here, before any run.
+    ``test_from_val``, missing shot counts) are raised here, before any run. ``require_test=False``
+    accepts a folder without test features (splits then have ``test=None``): for training on the
+    support set alone (``ssp-unmix train``), never for the few-shot protocol.
     """
 
     def __init__(self, cfg: dict, *, folder: str | Path, test_from_val: float | None = None,
                  text_features: str | Path | None = None, text_layout: str = "auto",
-                 backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
-        from ssp._io import file_sha256
-        from ssp._utils.devices import resolve_device
-        from ssp.features.text import load_text_features
-        from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
-        from ssp.run.records import settings_key
-
+                 backbone_name: str | None = None, device=None, check_shots: bool = True,
+                 require_test: bool = True) -> None:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"Tip-Adapter cache folder {folder} does not exist")
@@ -469,7 +458,7 @@ class TipCacheSource:
         if not self.has_val:
             raise FileNotFoundError(f"{folder} has no validation features (val_f.pt / val_l.pt): "
                                     "hyper-parameters are chosen on validation data, so they are required")
-        if test_from_val is None and not self.has_test:
+        if test_from_val is None and not self.has_test and require_test:
             raise FileNotFoundError(f"{folder} has no test features (test_f.pt / test_l.pt); pass "
                                     "--test-from-val 0.5 to split the validation features into a search part "
                                     "and a test part (seeded per class)")
@@ -498,9 +487,6 @@ class TipCacheSource:
         return True
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
-        from ssp.data.fewshot import validation_subsample
-        from ssp.features.tip_cache import load_tip_adapter_cache
-
         t0 = time.perf_counter()
         if self._loaded is None or self._loaded[0] != shots:
             self._loaded = (shots, load_tip_adapter_cache(self.folder, shots, read_text=False))  # read once, above
@@ -516,7 +502,7 @@ class TipCacheSource:
                      "n_val_features": int(cache.val_labels.numel()), "n_search": int(search_idx.numel()),
                      "n_test": int(test_idx.numel())}
         else:
-            test = Features(cache.test_features, cache.test_labels)
+            test = None if cache.test_features is None else Features(cache.test_features, cache.test_labels)
         policy = self.cfg["val_policy"]
         keep = torch.tensor(validation_subsample(val_y.tolist(), policy, shots, seed), dtype=torch.long)
         val = Features(val_x[keep], val_y[keep])
@@ -525,7 +511,7 @@ class TipCacheSource:
             protocol={"val_policy": policy, "views": "as in the cache (keys: mean of augmented views)",
                       "hyperparameters_chosen_on": "validation split" + (" (search part)" if split else ""),
                       "test_from_val": split, "n_support": int(support.labels.numel()),
-                      "n_val": int(val.labels.numel()), "n_test": int(test.labels.numel()),
+                      "n_val": int(val.labels.numel()), "n_test": 0 if test is None else int(test.labels.numel()),
                       "n_classes": self.n_classes},
             seeds={"few_shot_support": None, "test_from_val_split": seed if split else None,
                    "validation_subsample": seed if policy != "full" else None, "training": seed},
@@ -550,3 +536,41 @@ class TipCacheSource:
 
     def close(self, echo: Echo) -> None:
         pass
+
+
+def make_source(cfg: dict, *, root: str | Path | None = None, features: str | Path | None = None,
+                device=None, split_file: str | Path | None = None, split_manifest: dict | None = None,
+                store_dir: str | Path | None = None, recompute: bool = False, progress: bool = True,
+                test_from_val: float | None = None, text_features: str | Path | None = None,
+                text_layout: str = "auto", backbone_name: str | None = None, check_shots: bool = True,
+                require_test: bool = True) -> FeatureSource:
+    """The one way the command-line tools build a feature source: images under ``root`` through
+    the config's backbone (:class:`ImageSource`), or a Tip-Adapter cache folder ``features``
+    (:class:`TipCacheSource`). Exactly one of the two; the options of the other source are
+    refused (``ValueError`` naming them) rather than silently ignored.
+
+    ``cfg`` holds what the source reads: ``dataset``, ``shots``, ``seeds``, ``val_policy``, and for
+    images ``backbone``, ``pretrained``, ``precision``, ``views`` (``quick_gelu``, ``batch_size``,
+    ``num_workers``, ``skip_bad_images``, ``prompts`` optional).
+    """
+    if (root is None) == (features is None):
+        raise ValueError("a feature source is images (root=DATA_ROOT) or a Tip-Adapter cache folder "
+                         "(features=DIR): give exactly one")
+    if features is not None:
+        given = [name for name, value in (("split_file", split_file), ("split_manifest", split_manifest),
+                                          ("store_dir", store_dir)) if value is not None]
+        if recompute:
+            given.append("recompute")
+        if given:
+            raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images (root=...); "
+                             "a Tip-Adapter cache folder holds features already extracted")
+        return TipCacheSource(cfg, folder=features, test_from_val=test_from_val, text_features=text_features,
+                              text_layout=text_layout, backbone_name=backbone_name, device=device,
+                              check_shots=check_shots, require_test=require_test)
+    given = [name for name, value in (("test_from_val", test_from_val), ("text_features", text_features))
+             if value is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to Tip-Adapter cache folders "
+                         "(features=DIR), not to images")
+    return ImageSource(cfg, root=root, store_dir=store_dir, device=device, recompute=recompute,
+                       split_file=split_file, progress=progress, split_manifest=split_manifest)
