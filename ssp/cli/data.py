@@ -19,6 +19,9 @@ from ssp.cli._args import int_at_least, with_cli_messages
 
 PROG = "ssp-data"
 
+# Each command imports its ssp.data modules inside itself: `ssp-data` starts fast and never imports
+# torch (ssp.data's image loaders are the only part that needs it).
+
 
 def build_parser() -> argparse.ArgumentParser:
     from ssp.data.verify import IMAGE_CHECKS

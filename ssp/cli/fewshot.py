@@ -27,6 +27,9 @@ from ssp._checks import (
 )
 from ssp.cli._args import fail, int_at_least, with_cli_messages
 from ssp.run.config import METHODS, builtin_config_names, load_config
+
+# The run stage's sources, loop and records (torch, open_clip) and the report are imported inside
+# _main, after parsing: `ssp-fewshot --help` stays fast.
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
 
 

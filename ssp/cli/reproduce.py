@@ -32,6 +32,9 @@ from ssp.cli.fewshot import (
 )
 from ssp.run.config import builtin_config_names, load_config
 
+# The run stage's sources, loop and records (torch, open_clip) and the report are imported inside the
+# functions that use them, after parsing: `ssp-reproduce --help` and `--dry-run` plans stay fast.
+
 PROG = "ssp-reproduce"
 
 

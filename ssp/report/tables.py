@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
+from ssp.methods.registry import method_names
 from ssp.run.records import RUN_SUFFIX, find_runs, run_filename
 
 
@@ -105,8 +106,6 @@ def summarize(records: Iterable[dict], metric: str = "test_accuracy") -> list[di
 
 
 def method_order(methods: Iterable[str]) -> list[str]:
-    from ssp.methods.registry import method_names
-
     order = {m: i for i, m in enumerate(method_names())}
     return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))
 

@@ -20,6 +20,9 @@ import torch
 
 from ssp._io import jsonable
 from ssp.features.types import Features
+from ssp.methods.projector import SSPProjector
+from ssp.methods.registry import parse_method
+from ssp.methods.search import validation_search
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
 from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
@@ -73,7 +76,7 @@ def training_details(model, *, views_given: bool) -> dict:
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None,
                progress: bool = False) -> MethodResult:
-    """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
+    """Fit ``method`` (a name of :mod:`ssp.methods.registry`, optionally ``+ssp``) on the support set,
     choose its hyper-parameters on ``val``, score ``test`` once.
 
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
@@ -81,10 +84,6 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
     ``MethodResult.warnings`` (those of the chosen rank rule).
     """
-    from ssp.methods.projector import SSPProjector
-    from ssp.methods.registry import parse_method
-    from ssp.methods.search import validation_search
-
     spec, use_ssp = parse_method(method)
     n_features = support.image_features.shape[1]
     timings: dict[str, float] = {}
@@ -154,8 +153,6 @@ def fmt_params(params: dict) -> str:
 
 
 def echo_result(echo: Echo, record: dict, *, reused: bool = False) -> None:
-    from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
-
     line = get_protocol(record.get("protocol_name", DEFAULT_PROTOCOL)).result_line
     echo(f"[ssp] {record['dataset']} {record['shots']}-shot seed {record['seed']} {record['method']:<16} "
          f"{line(record)}  "

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ssp._lazy import torch
+from ssp.methods.registry import parse_method
 
 __all__ = ["Protocol", "Outcome", "register_protocol", "get_protocol", "protocol_names", "PROTOCOLS",
            "base_new_split", "harmonic_mean", "DEFAULT_PROTOCOL"]
@@ -155,8 +156,6 @@ def _restrict(features, low: int, high: int):
 
 def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run_method: Callable, device=None,
                        seed=None, progress: bool = False) -> Outcome:
-    from ssp.methods.registry import parse_method
-
     n_classes = int(text.shape[0])
     n_base, n_new = base_new_split(n_classes)
     support, val, test_base = (_restrict(f, 0, n_base) for f in (split.support, split.val, split.test))

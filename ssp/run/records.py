@@ -24,8 +24,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from ssp import __version__
+from ssp import __version__, distributed
 from ssp._io import canonical_json, clean_floats, write_json_atomic
+from ssp.methods.registry import parse_method
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
 #: The ending of every run file's name (the report stage finds runs by it).
 RUN_SUFFIX = ".run.json"
@@ -77,8 +78,6 @@ def _version(module: str) -> str | None:
 
 def environment(device: Any = None) -> dict:
     """The software and machine a run was made with (``world_size``: processes under torchrun)."""
-    from ssp import distributed
-
     command = None
     if sys.argv and sys.argv[0]:
         argv0 = Path(sys.argv[0])
@@ -149,8 +148,6 @@ def find_runs(output_dir: str | os.PathLike[str]) -> list[Path]:
 def method_settings(cfg: dict, method: str) -> dict:
     """The config sections ``method`` reads (its parameters, its grid, the SSP section for ``+ssp``):
     the method part of a run's settings, so a change of another method's config keeps its runs."""
-    from ssp.methods.registry import parse_method
-
     spec, use_ssp = parse_method(method)
     sections = [s for s in (spec.config_section, spec.search_section) if s] + (["ssp"] if use_ssp else [])
     return {sec: cfg.get(sec) for sec in dict.fromkeys(sections)}
