@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,10 @@ PROG = "ssp-data"
 
 # Each command imports its ssp.data modules inside itself: `ssp-data` starts fast and never imports
 # torch (ssp.data's image loaders are the only part that needs it).
+
+
+def _data_root() -> str | None:
+    return os.environ.get("SSP_DATA_ROOT") or None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="fetch datasets (resume + checksum) and lay them out; manual steps "
                                         "for those no library can fetch")
     d.add_argument("names", nargs="+", metavar="NAME", help="benchmarks, e.g. dtd oxford_pets (see `ssp-data list`)")
-    d.add_argument("--root", required=True, help="data folder that receives <dataset>/ folders")
+    d.add_argument("--root", default=_data_root(), required=_data_root() is None,
+                   help="data folder that receives <dataset>/ folders (in its coop/ subfolder when it has one); "
+                        "default $SSP_DATA_ROOT")
     d.add_argument("--mirror", help="base URL serving every file under its file name, replacing the table's URLs "
                                     "(default $SSP_DATA_MIRROR); checksums still apply")
     d.add_argument("--keep-archives", action="store_true", help="keep the archives once laid out")
@@ -42,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", help="check datasets on disk: found / absent / missing / corrupt, counts, "
                                       "the split file against the official one")
     v.add_argument("names", nargs="*", metavar="NAME", help="benchmarks (default: every one found under --root)")
-    v.add_argument("--root", required=True, help="data folder (or one dataset folder with one NAME)")
+    v.add_argument("--root", default=_data_root(), required=_data_root() is None,
+                   help="data folder holding <dataset>/ folders directly or in its coop/ subfolder (or one dataset "
+                        "folder with one NAME); default $SSP_DATA_ROOT")
     v.add_argument("--split-file", help="read the split definition from this file (one NAME)")
     v.add_argument("--images", choices=IMAGE_CHECKS, default="header",
                    help="exists: listed files exist; header (default): each opens as an image; decode: each "
@@ -55,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("splits", help="write the few-shot split manifest (exact support / validation images "
                                       "per shots and seed) without running anything")
     s.add_argument("--dataset", required=True, help="benchmark name")
-    s.add_argument("--root", required=True, help="data folder (only the split definition is read)")
+    s.add_argument("--root", default=_data_root(), required=_data_root() is None,
+                   help="data folder (only the split definition is read); default $SSP_DATA_ROOT")
     s.add_argument("--split-file", help="read the split definition from this file")
     s.add_argument("--shots", type=int_at_least(1), nargs="+", required=True, help="shot counts, e.g. 1 2 4 8 16")
     s.add_argument("--seeds", type=int_at_least(0), nargs="+", required=True, help="seeds, e.g. 1 2 3")

@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 
 from ssp._checks import (
@@ -26,11 +25,13 @@ from ssp._checks import (
     is_random_weights,
 )
 from ssp.cli._args import fail, int_at_least, with_cli_messages
-from ssp.run.config import METHODS, builtin_config_names, load_config
+from ssp.cli._args import random_weights_banner as _random_weights_banner
+from ssp.methods.registry import canonical_name, method_help
+from ssp.run.config import builtin_config_names, load_config
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_names
 
 # The run stage's sources, loop and records (torch, open_clip) and the report are imported inside
 # _main, after parsing: `ssp-fewshot --help` stays fast.
-from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
 
 
 def _rank_rule(text: str):
@@ -46,6 +47,14 @@ def _rank_rule(text: str):
     if value >= 1 and value.is_integer():
         return int(value)
     raise argparse.ArgumentTypeError(f"rank rule {text!r}: use none, an integer cap, or a fraction in (0, 1)")
+
+
+def _method_name(text: str) -> str:
+    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``)."""
+    try:
+        return canonical_name(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 _positive_int = int_at_least(1)
@@ -79,8 +88,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML file applied on top of the shipped dataset config")
     p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
-    p.add_argument("--methods", nargs="+", choices=METHODS, metavar="METHOD",
-                   help=f"methods to run (default: the config's list); choose from {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", type=_method_name, metavar="METHOD",
+                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
@@ -150,18 +159,9 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
                                       ("score_precision", args.score_precision)) if v}}
 
 
-@contextlib.contextmanager
 def random_weights_banner(cfg: dict, show: bool = True):
-    """With ``pretrained: none``, print one loud banner and silence the per-load warning that
-    says the same, for the duration of the block only (the process's filters are restored)."""
-    with warnings.catch_warnings():
-        if is_random_weights(cfg.get("pretrained")):
-            banner = "!" * 78
-            warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")  # the banner says it once
-            if show:
-                print(f"{banner}\n  --pretrained none: RANDOMLY INITIALISED backbone. Accuracies below are "
-                      f"MEANINGLESS;\n  use this only to smoke-test the pipeline.\n{banner}", file=sys.stderr)
-        yield
+    """With ``pretrained: none``, one banner when the backbone loads (:func:`ssp.cli._args.random_weights_banner`)."""
+    return _random_weights_banner(is_random_weights(cfg.get("pretrained")), what="Accuracies", show=show)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset name (see --list-datasets); with --features, inferred from "
                                      "the folder name when it is a benchmark's")
     p.add_argument("--root",
-                   help="folder holding the dataset folder (or the dataset folder itself); default $SSP_DATA_ROOT")
+                   help="folder holding the dataset folder directly or in its coop/ subfolder (or the dataset "
+                        "folder itself); default $SSP_DATA_ROOT")
     p.add_argument("--features", metavar="DIR",
                    help="run on a Tip-Adapter cache folder (keys_<K>shots.pt, values_<K>shots.pt, val_f.pt, ...) "
                         "instead of images: no backbone is loaded")
@@ -190,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=protocol_names(), default=DEFAULT_PROTOCOL,
                    help="evaluation protocol: " + "; ".join(f"{n} = {PROTOCOLS[n].title}" for n in protocol_names())
                         + " (docs/protocol.md)")
+    p.add_argument("--eval-on", nargs="+", metavar="TARGET",
+                   help="distribution shift: after fitting and searching on --dataset, score each TARGET's test split "
+                        "with the logits restricted to its classes (mapped by class id), e.g. imagenet_v2 "
+                        "imagenet_sketch imagenet_a imagenet_r (read under --root), or NAME=DIR for a folder elsewhere")
     add_common_arguments(p)
     p.add_argument("--output", default="runs", help="results folder (one JSON per run, results.md, results.png)")
     p.add_argument("--rerun", action="store_true",
@@ -278,6 +283,12 @@ def _main(argv: list[str] | None = None) -> int:
         print(table)
         print(f"\nwritten: {', '.join(str(p) for p in paths.values())}")
         return 0
+    if args.eval_on and args.protocol != DEFAULT_PROTOCOL:
+        raise SystemExit(f"{prog}: error: --eval-on scores the model fitted on every class of --dataset (protocol "
+                         f"fewshot); it does not combine with --protocol {args.protocol}")
+    if args.eval_on and args.features:
+        raise SystemExit(f"{prog}: error: --eval-on reads the targets' images through the backbone; it needs --root "
+                         "(images), not --features (a Tip-Adapter cache folder)")
     if args.features:
         from ssp.run.sources import cache_dataset_name
 
@@ -306,13 +317,15 @@ def _main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{prog}: error: --dataset is required (configs ship for: {', '.join(builtin_config_names())})")
     if not args.features and not args.root:
         raise SystemExit(f"{prog}: error: --root is required (or set $SSP_DATA_ROOT): the folder that holds the "
-                         "dataset, see datasets/README.md for the expected layouts; or --features DIR for a "
-                         "Tip-Adapter cache folder")
+                         "dataset folder (directly or in coop/); fetch one with `ssp-data download dtd --root DATA`, "
+                         "see datasets/README.md for the layouts; or --features DIR for a Tip-Adapter cache folder")
     overrides = config_overrides(args, prog)
     if args.features:
         overrides["backbone"] = None  # a label only: the cache's backbone is not loaded
     try:
         cfg = load_config(args.dataset, args.config, overrides)
+        cfg = get_protocol(args.protocol).configure(cfg, shots_given=args.shots is not None,
+                                                    methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
     from ssp.data import ImageLoadError
@@ -344,7 +357,8 @@ def _main(argv: list[str] | None = None) -> int:
                     with random_weights_banner(cfg, show=main_rank):
                         source = make_source(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
-                                             progress=not args.no_progress, split_manifest=manifest)
+                                             progress=not args.no_progress, split_manifest=manifest,
+                                             eval_on=_unique(args.eval_on, "--eval-on", prog))
                         records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                               progress=not args.no_progress, protocol=args.protocol,
                                               echo=print if main_rank else (lambda _: None))
@@ -382,7 +396,7 @@ def _main(argv: list[str] | None = None) -> int:
         raise fail(prog, err, args.debug)
     print()
     print(table)
-    print(f"\n{len(records)} runs under {Path(args.output).resolve()} (results.md, results.png, summary.json)")
+    print(f"\n{len(records)} runs under {args.output} (results.md, results.png, summary.json)")
     return 0
 
 

@@ -23,13 +23,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssp.cli._args import fail, with_cli_messages
+from ssp._checks import is_random_weights
+from ssp.cli._args import fail, random_weights_banner, with_cli_messages
 from ssp.cli.fewshot import (
     add_common_arguments,
     config_overrides,
-    random_weights_banner,
     refuse_image_flags,
 )
+from ssp.report.published import PAPER_PRESETS
 from ssp.run.config import builtin_config_names, load_config
 
 # The run stage's sources, loop and records (torch, open_clip) and the report are imported inside the
@@ -41,35 +42,67 @@ PROG = "ssp-reproduce"
 # ---------------------------------------------------------------------- published numbers
 
 
-def _preset(name: str) -> dict:
-    """The methods, shots, datasets, backbone, published sources and note of a paper's tables
-    (:data:`ssp.report.published.PAPER_PRESETS`). Methods ssp cannot run (not in the method registry)
-    are dropped and listed in ``skipped_methods``."""
+def _preset(name: str, track: str = "fewshot") -> dict:
+    """The methods, shots, datasets, backbone, published sources, protocol and note of a paper's
+    tables (``track``: fewshot, base2new, shift; :func:`ssp.report.published.paper_preset`). Methods
+    ssp cannot run (not in the method registry) are dropped and listed in ``skipped_methods``."""
     from dataclasses import asdict
 
-    from ssp.report.published import PAPER_PRESETS
-    from ssp.run.config import METHODS
+    from ssp.methods.registry import canonical_name
+    from ssp.report.published import paper_preset
 
-    if name not in PAPER_PRESETS:
-        raise ValueError(f"--paper {name!r}: choose from {', '.join(sorted(PAPER_PRESETS))}")
-    preset = asdict(PAPER_PRESETS[name])
-    preset["skipped_methods"] = [m for m in preset["methods"] if m not in METHODS]
-    preset["methods"] = [m for m in preset["methods"] if m in METHODS]
+    preset = asdict(paper_preset(name, track))
+    runnable, skipped = [], []
+    for m in preset["methods"]:
+        try:
+            runnable.append(canonical_name(m))
+        except ValueError:
+            skipped.append(m)
+    preset["methods"], preset["skipped_methods"] = runnable, skipped
     return preset
 
 
-def _published_value(preset: dict | None, dataset: str, method: str, shots: int):
-    """The published accuracy a cell is compared against (shown by ``--dry-run``): X+ssp is
+def _published_value(preset: dict | None, dataset: str, method: str, shots: int, backbone: str | None):
+    """The published accuracy a cell is compared against (shown by ``--dry-run``), for the
+    published ``backbone`` the job's runs are compared with (None: nothing compared): X+ssp is
     compared against X's published number (no SSP paper numbers are available)."""
-    if preset is None:
-        return None
+    if preset is None or backbone is None or preset.get("protocol", "fewshot") != "fewshot" or preset.get("eval_on"):
+        return None  # base-to-new / shift: compared after the runs (comparison-<protocol>.md)
     from ssp.report.published import baseline_method, published_value
 
-    return published_value(baseline_method(method), dataset, shots, backbone=preset["backbone"],
+    return published_value(baseline_method(method), dataset, shots, backbone=backbone,
                            source=tuple(preset["sources"]) or None)
 
 
-def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None) -> str:
+def _cache_backbone_check(job: "Job") -> None:
+    """A cache labelled with a backbone (``--backbones RN50``) must hold that backbone's feature
+    width: a 512-d cache labelled RN50 (1024-d) would be compared with RN50's published numbers."""
+    if not job.backbone or job.source is None:
+        return
+    try:
+        import open_clip
+
+        config = open_clip.get_model_config(job.backbone.split("@")[0])
+    except Exception:  # noqa: BLE001  (an unknown name is a free label: nothing to check)
+        config = None
+    width = (config or {}).get("embed_dim")
+    if width is not None and int(width) != int(job.source.dim):
+        raise ValueError(f"--backbones {job.backbone}: the cache folder {job.source.folder} holds "
+                         f"{job.source.dim}-d features, but {job.backbone}'s are {width}-d; label the cache "
+                         "with the backbone that made it (or leave --backbones out: nothing is then compared)")
+
+
+def _compared_backbone(job: "Job", args) -> str | None:
+    """The published backbone a job's runs are put beside (see :func:`ssp.report.published.compared_backbone`):
+    the backbone of its images, or the label of its caches (``--backbones``); None for an unlabelled cache."""
+    from ssp.report.published import compared_backbone
+
+    if args.features_root:
+        return compared_backbone(job.backbone)
+    return compared_backbone(job.backbone or (job.cfg or {}).get("backbone"))
+
+
+def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = None, track: str = "fewshot") -> str:
     """Tables and plots of the whole output tree: the per-dataset report
     (:func:`ssp.report.tables.write_report`) and the comparison with the published numbers
     (:func:`ssp.report.comparison.write_comparison`: Markdown, CSV, JSON and a PNG per backbone), one
@@ -80,6 +113,15 @@ def _suite_report(records: list[dict], output_dir: Path, *, paper: str | None = 
 
     table, _ = write_report(output_dir)
     runs = load_runs(output_dir)
+    if paper and track != "fewshot":
+        from ssp.report.protocol_comparison import write_protocol_comparison
+
+        preset = _preset(paper, track)
+        wanted = [r for r in runs if (r.get("protocol_name") == "base2new") == (track == "base2new")
+                  and bool(r.get("eval_on")) == (track == "shift")]
+        written = write_protocol_comparison(wanted, output_dir, preset["sources"][0])
+        return "\n\n".join([table, written["markdown"].read_text(),
+                             "written: " + ", ".join(str(p) for p in written.values())])
     by_protocol: dict[str, list[dict]] = {}
     for r in runs:
         by_protocol.setdefault(str(r.get("protocol_key", "")), []).append(r)
@@ -119,8 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a resumable suite of few-shot runs (datasets x backbones x shots x seeds x methods) "
                     "from images (--root) or Tip-Adapter cache folders (--features-root) into one "
                     "output tree, then write the tables and plots. Finished runs (same settings) are skipped.")
-    p.add_argument("--paper", help="select the methods, shots and datasets of a paper's tables "
-                                   "(tip-adapter, ape, ssp); --datasets / --shots / --methods still override")
+    p.add_argument("--paper", choices=sorted(PAPER_PRESETS), metavar="PAPER",
+                   help=f"select the methods, shots and datasets of a paper's tables ({', '.join(PAPER_PRESETS)}) "
+                        "and list the published value of each cell; --datasets / --shots / --methods still override")
+    p.add_argument("--track", choices=["fewshot", "base2new", "shift"], default="fewshot",
+                   help="with --paper: which of its tables (fewshot, base2new: the base-to-new protocol, shift: "
+                        "16-shot ImageNet -> ImageNet-V2 / Sketch / A / R); default fewshot")
     p.add_argument("--datasets", nargs="+", help=f"datasets (configs ship for: {', '.join(builtin_config_names())})")
     p.add_argument("--backbones", nargs="+", help="open_clip backbones for --root (default: the config's); with "
                                                   "--features-root, one label for the caches' backbone")
@@ -136,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
     overrides = config_overrides(args, PROG)
+    if args.track != "fewshot" and not preset:
+        raise ValueError(f"--track {args.track} selects a paper's table: add --paper NAME")
+    if preset and preset.get("eval_on") and args.features_root:
+        raise ValueError(f"--track {args.track} scores the ImageNet variants' images: it needs --root (images), "
+                         "not --features-root")
     for key in ("shots", "methods", "seeds"):
         if overrides.get(key) is None and preset and preset.get(key) is not None:
             overrides[key] = list(preset[key])
@@ -174,7 +225,7 @@ def _split_done(job: Job, args, methods: list[str]) -> None:
     from ssp.run.pipeline import plan_runs
     from ssp.run.records import find_run
 
-    for key, stub in plan_runs(job.cfg, job.source, methods).items():
+    for key, stub in plan_runs(job.cfg, job.source, methods, args.protocol).items():
         done = args.output is not None and find_run(args.output, stub) is not None
         (job.done if done else job.todo).append(key)
 
@@ -189,6 +240,7 @@ def _plan_features(job: Job, args) -> None:
     source = make_source(job.cfg, features=folder, test_from_val=args.test_from_val, backbone_name=job.backbone,
                          device=args.device, check_shots=False)
     job.source, job.label = source, source.label
+    _cache_backbone_check(job)
     missing = [k for k in job.cfg["shots"] if k not in source.shots]
     if missing:
         job.skipped.append(f"no keys_<K>shots.pt for shots {missing} in {folder}")
@@ -202,23 +254,35 @@ def _plan_images(job: Job, args) -> None:
     from ssp.run.sources import make_source
 
     source = make_source(job.cfg, root=args.root, store_dir=args.feature_store, device=args.device,
-                         recompute=args.recompute, progress=not args.no_progress)
+                         recompute=args.recompute, progress=not args.no_progress, eval_on=list(args.eval_on))
     job.source, job.label = source, source.label
     _split_done(job, args, source.runnable(job.cfg["methods"])[0])
 
 
-def _describe(job: Job, paper: dict | None) -> list[str]:
+def _describe(job: Job, paper: dict | None, args) -> list[str]:
     head = f"{job.dataset} | {job.label or job.backbone or '-'}"
     if job.error:
         return [f"{head}: ERROR {job.error}"]
     lines = [f"{head}: {len(job.todo)} to run, {len(job.done)} done"]
     lines += [f"  {reason}" for reason in job.skipped]
+    compared = _compared_backbone(job, args) if paper else None
+    if paper and (job.todo or job.done):
+        if compared is None:
+            lines.append(f"  published numbers ({paper['backbone']}) not compared: "
+                         + (f"the cache's backbone is not labelled ({job.source.dim}-d features); pass "
+                            f"--backbones NAME when the cache holds NAME's features"
+                            if args.features_root and job.source is not None else
+                            f"no published numbers for {job.label or job.backbone}"))
+        else:
+            lines.append(f"  compared with the published {compared} numbers"
+                         + ("" if compared == paper["backbone"] else
+                            f" (the paper's tables are {paper['backbone']}: cells it does not publish show -)"))
     for state, runs in (("run ", job.todo), ("done", job.done)):
         by_method: dict[tuple[str, int], list[int]] = {}
         for k, s, m in runs:
             by_method.setdefault((m, k), []).append(s)
         for (m, k), seeds in sorted(by_method.items(), key=lambda x: (x[0][0], x[0][1])):
-            value = _published_value(paper, job.dataset, m, k)
+            value = _published_value(paper, job.dataset, m, k, compared)
             published = "" if value is None else f"  (published {value:.2f})"
             lines.append(f"  {state} {m:<16} {k:>2}-shot seeds {sorted(seeds)}{published}")
     return lines
@@ -230,8 +294,8 @@ def _describe(job: Job, paper: dict | None) -> list[str]:
 def _execute(job: Job, args) -> list[dict]:
     from ssp.run.pipeline import run_fewshot
 
-    with random_weights_banner(job.cfg, show=args.root is not None):
-        return run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, progress=not args.no_progress)
+    return run_fewshot(job.cfg, job.source, output_dir=args.output, resume=True, progress=not args.no_progress,
+                       protocol=args.protocol)
 
 
 def _looked_for(args, jobs: list[Job]) -> str:
@@ -263,7 +327,11 @@ def _main(argv: list[str] | None = None) -> int:
     try:
         if args.output and not args.dry_run:
             check_writable(args.output)
-        preset = _preset(args.paper) if args.paper else None
+        preset = _preset(args.paper, args.track) if args.paper else None
+        if args.track != "fewshot" and not preset:
+            raise ValueError(f"--track {args.track} selects a paper's table: add --paper NAME")
+        args.protocol = preset["protocol"] if preset else "fewshot"
+        args.eval_on = tuple(preset["eval_on"]) if preset else ()
         jobs = _plan(args, preset)
     except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError) as err:
         raise fail(PROG, err, args.debug)
@@ -278,7 +346,7 @@ def _main(argv: list[str] | None = None) -> int:
         if not args.root and not args.features_root:
             print(f"[{PROG}] no --root / --features-root: listing the plan; nothing is checked for being done")
         for job in jobs:
-            print("\n".join(_describe(job, preset)))
+            print("\n".join(_describe(job, preset, args)))
         where = f" under {output}" if output else ""
         print(f"\n[{PROG}] dry run: {n_todo} run(s) to do, {n_done} already done{where}")
         if (args.root or args.features_root) and n_todo + n_done == 0:
@@ -297,37 +365,40 @@ def _main(argv: list[str] | None = None) -> int:
     if n_todo == 0:
         print(f"[{PROG}] nothing to do: all {n_done} run(s) are already done under {output} (same settings)")
         if n_done and not (output / "results.md").is_file():
-            print(_suite_report([], output, paper=args.paper))
+            print(_suite_report([], output, paper=args.paper, track=args.track))
         return 1 if any(j.error for j in jobs) else 0
     print(f"[{PROG}] {n_todo} run(s) to do, {n_done} already done under {output}")
     records: list[dict] = []
     completed = 0
     failed = [j for j in jobs if j.error]
+    # one banner for the whole suite, when a randomly initialised backbone is first loaded
+    random = args.root is not None and any(is_random_weights(j.cfg.get("pretrained")) for j in jobs if j.cfg)
     try:
-        for job in jobs:
-            if job.error or not job.todo:
-                continue
-            try:
-                job_records = _execute(job, args)
-            except Interrupted:
-                raise
-            except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
-                if args.debug:
+        with random_weights_banner(random):
+            for job in jobs:
+                if job.error or not job.todo:
+                    continue
+                try:
+                    job_records = _execute(job, args)
+                except Interrupted:
                     raise
-                job.error = str(err)
-                failed.append(job)
-                print(f"[{PROG}] {job.dataset} ({job.label}): error: {err}", file=sys.stderr)
-                continue
-            records += job_records
-            completed += len(job.todo)
+                except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+                    if args.debug:
+                        raise
+                    job.error = str(err)
+                    failed.append(job)
+                    print(f"[{PROG}] {job.dataset} ({job.label}): error: {err}", file=sys.stderr)
+                    continue
+                records += job_records
+                completed += len(job.todo)
     except Interrupted as err:
         print(f"\n[{PROG}] interrupted; {completed + err.completed} run(s) finished in this call and saved under "
               f"{output}: rerun the same command to resume", file=sys.stderr)
         return 130
-    table = _suite_report(records, output, paper=args.paper)
+    table = _suite_report(records, output, paper=args.paper, track=args.track)
     print()
     print(table)
-    print(f"\n[{PROG}] {n_todo} run(s) done now, {n_done} reused; results under {output.resolve()}")
+    print(f"\n[{PROG}] {n_todo} run(s) done now, {n_done} reused; results under {output}")
     if failed:
         print(f"[{PROG}] error: {len(failed)} dataset(s) failed: "
               + "; ".join(f"{j.dataset}: {j.error}" for j in failed), file=sys.stderr)

@@ -18,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from ssp.cli._args import with_cli_messages
+from ssp._checks import is_random_weights
+from ssp.cli._args import int_at_least, random_weights_banner, with_cli_messages
 
 # ssp.unmix.workflow (torch, open_clip) and ssp.run.sources are imported inside the commands,
 # after parsing: `ssp-unmix --help` stays fast.
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class names for plots and confusers: a text file with one name per line, or "
                         "split:FILE to read them from a CoOp split JSON (split_zhou_<Name>.json) in label order")
     a.add_argument("--projector", help="a trained projector (path without suffix): also report the MFI after it")
-    a.add_argument("--top-k", type=int, default=3, help="top confusers listed per class")
+    a.add_argument("--top-k", type=int_at_least(1), default=3, help="top confusers listed per class")
 
     t = sub.add_parser("train", help="fit the Unmix projectors; saves safetensors + JSON config")
     _common(t)
@@ -134,9 +135,11 @@ def _need(args, *names: str) -> None:
 
 
 def _backbone(args):
-    from ssp.unmix.workflow import open_backbone
+    from ssp.backbone.model import load_backbone
 
-    return open_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision)
+    with random_weights_banner(is_random_weights(args.pretrained), what="Scores"):
+        return load_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision,
+                             cache_dir=None)
 
 
 def cmd_analyze(args) -> dict:
@@ -166,7 +169,7 @@ def _single_label_source(args):
     """The support / validation / test features and the text classifier of `train` on
     classification data, through the run stage's feature source (images or a cache folder)."""
     from ssp.run.sources import cache_dataset_name, make_source
-    from ssp.unmix.workflow import UsageError, random_weights_banner
+    from ssp.unmix.workflow import UsageError
 
     quiet = lambda _: None  # noqa: E731  (the record and the summary say what was read)
     common = {"shots": [args.shots], "seeds": [args.seed]}
@@ -188,9 +191,9 @@ def _single_label_source(args):
                "batch_size": args.batch_size, "num_workers": None, "skip_bad_images": False, "prompts": "dataset"}
         source = make_source(cfg, root=args.root, store_dir=args.feature_store, device=args.device,
                              recompute=args.recompute, progress=not args.no_progress)
-        random_weights_banner(args.pretrained)
         fields, label = {}, source.dataset
-    source.open(quiet)
+    with random_weights_banner(is_random_weights(cfg.get("pretrained", "")), what="Scores"):
+        source.open(quiet)  # loads the backbone (images)
     split = source.split(args.shots, args.seed, quiet)
     if not args.features:
         fields = {"backbone": source.backbone.identity, "templates": list(source.data.templates)}

@@ -40,6 +40,7 @@ class DatasetSplits:
     ``classnames[label]`` is the class name used in prompts (CoOp label order); ``templates`` are
     prompt templates containing ``"{}"``. ``val`` is ``None`` when the dataset has no validation
     split (ImageNet): :func:`ssp.data.make_fewshot_splits` then carves one from unused train images.
+    ``train`` is empty for test-only datasets (the ImageNet variants of distribution shift).
     """
 
     name: str
@@ -49,6 +50,9 @@ class DatasetSplits:
     train: list[Sample]
     val: list[Sample] | None
     test: list[Sample]
+    #: stable class identifiers (ImageNet's WordNet ids), ``class_ids[label]``; ``None`` when the
+    #: dataset has none. A distribution-shift target is mapped onto its source's classes by them.
+    class_ids: list[str] | None = None
 
     @property
     def n_classes(self) -> int:

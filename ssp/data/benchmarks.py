@@ -146,6 +146,30 @@ BENCHMARKS: dict[str, Benchmark] = {
             _json_layout("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json",
                          "<Action_Name>/v_<Action>_gXX_cXX.jpg"),
         ),
+        Benchmark(
+            "imagenet_v2", ("imagenetv2-matched-frequency-format-val", "imagenet_v2", "imagenetv2"), "imagenet_variant",
+            "", None, IMAGENET_TEMPLATES,
+            "imagenetv2-matched-frequency-format-val/   (the MatchedFrequency release; test only)\n"
+            "    <class index 0..999>/*.jpeg   10,000 images, 10 per class",
+            markers=("0", "999")),
+        Benchmark(
+            "imagenet_sketch", ("imagenet_sketch", "sketch", "imagenet-sketch"), "imagenet_variant", "", None,
+            IMAGENET_TEMPLATES,
+            "imagenet_sketch/   (or sketch/, the release's folder; test only)\n"
+            "    <wnid>/*.JPEG   50,889 images of the 1,000 classes",
+            markers=("n01440764",)),
+        Benchmark(
+            "imagenet_a", ("imagenet-a", "imagenet_a"), "imagenet_variant", "", None, IMAGENET_TEMPLATES,
+            "imagenet-a/   (test only)\n"
+            "    <wnid>/*.jpg   7,500 images of 200 classes (ssp/data/class_subsets/imagenet_a_wnids.txt)\n"
+            "    classnames.txt   optional: '<wnid> <name>' lines, your own class list",
+            markers=("n01498041", "classnames.txt")),
+        Benchmark(
+            "imagenet_r", ("imagenet-r", "imagenet_r"), "imagenet_variant", "", None, IMAGENET_TEMPLATES,
+            "imagenet-r/   (test only)\n"
+            "    <wnid>/*.jpg   30,000 images of 200 classes (ssp/data/class_subsets/imagenet_r_wnids.txt)\n"
+            "    classnames.txt   optional: '<wnid> <name>' lines, your own class list",
+            markers=("n01443537", "classnames.txt")),
     ]
 }
 
@@ -165,7 +189,8 @@ ALIASES = {
     "flowers102": "oxford_flowers", "oxfordflowers": "oxford_flowers", "food-101": "food101", "food_101": "food101",
     "food": "food101", "aircraft": "fgvc_aircraft", "fgvcaircraft": "fgvc_aircraft", "fgvc": "fgvc_aircraft",
     "describabletextures": "dtd", "textures": "dtd", "sun": "sun397", "ucf": "ucf101", "eurosat_rgb": "eurosat",
-    "image_folder": "imagefolder",
+    "image_folder": "imagefolder", "imagenetv2": "imagenet_v2", "imagenet-v2": "imagenet_v2",
+    "imagenet-sketch": "imagenet_sketch", "imagenet-a": "imagenet_a", "imagenet-r": "imagenet_r",
 }
 
 
@@ -215,16 +240,29 @@ def dataset_markers(b: Benchmark) -> tuple[str, ...]:
     return tuple(m for m in (b.split_name, b.image_dir) if m)
 
 
+#: The one data-location rule: a data root holds the dataset folders directly or in this subfolder
+#: (``$SSP_DATA_ROOT/coop/dtd``, the layout of the CoOp benchmarks beside other data).
+COOP_SUBFOLDER = "coop"
+
+
+def data_folders(root: Path) -> list[Path]:
+    """The folders of ``root`` that may hold dataset folders: ``root`` and ``root/coop``."""
+    sub = root / COOP_SUBFOLDER
+    return [root, sub] if sub.is_dir() else [root]
+
+
 def resolve_dataset_dir(b: Benchmark, root: Path) -> Path:
-    """``root/<folder>`` when it exists, else ``root`` itself when it holds the dataset's files."""
+    """``root/<folder>`` (or ``root/coop/<folder>``) when it exists, else ``root`` itself when it
+    holds the dataset's files."""
     if not root.is_dir():
         raise _missing("data folder", root, b.name, b.layout)
-    for folder in b.folders:
-        if (root / folder).is_dir():
-            return root / folder
+    for base in data_folders(root):
+        for folder in b.folders:
+            if (base / folder).is_dir():
+                return base / folder
     if any((root / m).exists() for m in dataset_markers(b)):
         return root
-    looked = ", ".join(str(root / f) for f in b.folders)
+    looked = ", ".join(str(base / f) for base in (root, root / COOP_SUBFOLDER) for f in b.folders)
     raise _missing(
         f"dataset folder for '{b.name}'", root, b.name, b.layout,
         f"Looked for {looked}, and for {', '.join(dataset_markers(b))} directly inside {root}.",
@@ -329,8 +367,58 @@ def _read_imagenet(b: Benchmark, folder: Path, split_file: Path | None,
         splits[split] = samples
     return DatasetSplits(
         name=b.name, root=folder, classnames=[name for _, name in pairs], templates=list(b.templates),
-        train=splits["train"], val=None, test=splits["val"],
+        train=splits["train"], val=None, test=splits["val"], class_ids=[w for w, _ in pairs],
     )
+
+
+#: Test-only ImageNet variants (distribution shift): name -> (class list shipped in
+#: ssp/data/class_subsets/, image count of the official release, class folders named by index).
+IMAGENET_VARIANTS: dict[str, tuple[str, int, bool]] = {
+    "imagenet_v2": ("imagenet_wnids.txt", 10_000, True),
+    "imagenet_sketch": ("imagenet_wnids.txt", 50_889, False),
+    "imagenet_a": ("imagenet_a_wnids.txt", 7_500, False),
+    "imagenet_r": ("imagenet_r_wnids.txt", 30_000, False),
+}
+CLASS_SUBSETS = Path(__file__).resolve().parent / "class_subsets"
+
+
+def shipped_class_ids(name: str) -> list[str]:
+    """The WordNet ids of an ImageNet variant's classes, in label order (shipped with the package;
+    the source of each list is named at the top of its file)."""
+    path = CLASS_SUBSETS / IMAGENET_VARIANTS[name][0]
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _read_imagenet_variant(b: Benchmark, folder: Path, split_file: Path | None,
+                           check_files: bool = True) -> DatasetSplits:
+    """A test-only ImageNet variant: one folder of images per class (``<wnid>/``, or the class
+    index ``0..999`` for ImageNet-V2). Classes: ``classnames.txt`` (``<wnid> <name>`` lines, in the
+    folder or given as ``split_file``) when present, else the shipped list (names = the ids)."""
+    names_path = Path(split_file) if split_file is not None else folder / "classnames.txt"
+    _, _, by_index = IMAGENET_VARIANTS[b.name]
+    if names_path.is_file():
+        pairs = read_imagenet_classnames(names_path)
+    else:
+        if split_file is not None:
+            raise _missing("class-name file", names_path, b.name, b.layout)
+        pairs = [(w, w) for w in shipped_class_ids(b.name)]
+    all_ids = shipped_class_ids("imagenet_v2") if by_index else []
+    index_of = {w: i for i, w in enumerate(all_ids)}
+    present = {e.name for e in os.scandir(folder) if e.is_dir()}
+    dirs = [str(index_of.get(w, w)) if by_index else w for w, _ in pairs]
+    absent = [(w, d) for (w, _), d in zip(pairs, dirs) if d not in present]
+    if absent:
+        raise _missing(f"{len(absent)} class folder(s) (e.g. {', '.join(d for _, d in absent[:3])})", folder / absent[0][1],
+                       b.name, b.layout)
+    test = []
+    for label, ((wnid, name), d) in enumerate(zip(pairs, dirs)):
+        paths = list_images(folder / d)
+        if check_files and not paths:
+            raise DatasetNotFoundError(f"no images in {folder / d}\nExpected layout for '{b.name}':\n{b.layout}\n"
+                                       f"{_card(b.name)}")
+        test.extend(Sample(p, label, name) for p in paths)
+    return DatasetSplits(name=b.name, root=folder, classnames=[n for _, n in pairs], templates=list(b.templates),
+                         train=[], val=None, test=test, class_ids=[w for w, _ in pairs])
 
 
 def _read_fgvc(b: Benchmark, folder: Path, split_file: Path | None,
@@ -380,6 +468,7 @@ def _read_fgvc(b: Benchmark, folder: Path, split_file: Path | None,
 _READERS: dict[str, Callable[..., DatasetSplits]] = {
     "json": _read_json_benchmark,
     "imagenet": _read_imagenet,
+    "imagenet_variant": _read_imagenet_variant,
     "fgvc": _read_fgvc,
 }
 

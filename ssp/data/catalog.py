@@ -248,6 +248,43 @@ _CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
             "link its train/ and val/ as {folder}/images/train and {folder}/images/val.",
         ),
     ),
+    CatalogEntry(
+        "imagenet_v2", "imagenetv2-matched-frequency-format-val",
+        (Resource("imagenetv2-matched-frequency.tar.gz",
+                  ("https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/imagenetv2-matched-frequency.tar.gz",),
+                  moves=(("imagenetv2-matched-frequency-format-val/*", ""),),
+                  pinned_by="nobody (the release publishes no checksum; the image count is checked)"),),
+        None,
+        "no split file, test only (distribution shift): the MatchedFrequency release, 10 images per class, class folders "
+        "named by ImageNet class index 0..999 (ssp/data/class_subsets/imagenet_wnids.txt maps them to ids)",
+    ),
+    CatalogEntry(
+        "imagenet_sketch", "imagenet_sketch", (), None,
+        "no split file, test only (distribution shift): 50,889 sketches of the 1,000 classes, one folder per wnid",
+        manual=(
+            "ImageNet-Sketch (Wang et al., NeurIPS 2019, https://github.com/HaohanWang/ImageNet-Sketch) is "
+            "distributed through Google Drive and Kaggle ('wanghaohan/imagenetsketch'), which need a browser or "
+            "an account. Download ImageNet-Sketch.zip and extract it so that {folder}/<wnid>/*.JPEG exist (the "
+            "archive's sketch/ folder, moved or linked as {folder})."),
+        alternatives=("Hugging Face 'imagenet_sketch' (songweig/imagenet_sketch) holds the same images as parquet "
+                      "files: write each to {folder}/<wnid>/<name>.JPEG.",),
+    ),
+    CatalogEntry(
+        "imagenet_a", "imagenet-a",
+        (Resource("imagenet-a.tar", ("https://people.eecs.berkeley.edu/~hendrycks/imagenet-a.tar",), moves=(("imagenet-a/*", ""),),
+                  pinned_by="nobody (the release publishes no checksum; the image count is checked)"),),
+        None,
+        "no split file, test only (distribution shift): 7,500 natural adversarial images of 200 ImageNet classes "
+        "(class list shipped: ssp/data/class_subsets/imagenet_a_wnids.txt)",
+    ),
+    CatalogEntry(
+        "imagenet_r", "imagenet-r",
+        (Resource("imagenet-r.tar", ("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",), moves=(("imagenet-r/*", ""),),
+                  pinned_by="nobody (the release publishes no checksum; the image count is checked)"),),
+        None,
+        "no split file, test only (distribution shift): 30,000 renditions of 200 ImageNet classes "
+        "(class list shipped: ssp/data/class_subsets/imagenet_r_wnids.txt)",
+    ),
 ]}
 
 

@@ -44,7 +44,7 @@ from ssp.data.catalog import (
     packaged_split_file,
     resource_urls,
 )
-from ssp.data.benchmarks import BENCHMARKS
+from ssp.data.benchmarks import BENCHMARKS, data_folders
 from ssp.data.verify import verify_dataset
 
 #: Folder under the data root holding archives while they download (``.part`` files) and staging folders.
@@ -318,11 +318,15 @@ def human_size(n_bytes: int) -> str:
 
 # --------------------------------------------------------------------------------------------- datasets
 def dataset_folder(source: CatalogEntry, root: Path) -> Path:
-    """The dataset's folder under ``root``: an existing one under any accepted name, else CoOp's name."""
-    for name in BENCHMARKS[source.name].folders:
-        if (root / name).is_dir():
-            return root / name
-    return root / source.folder
+    """The dataset's folder under ``root`` (or ``root/coop``, :func:`ssp.data.benchmarks.data_folders`):
+    an existing one under any accepted name, else CoOp's name in ``root/coop`` when that exists,
+    else in ``root``."""
+    bases = data_folders(root)
+    for base in bases:
+        for name in BENCHMARKS[source.name].folders:
+            if (base / name).is_dir():
+                return base / name
+    return bases[-1] / source.folder
 
 
 def ensure_split_file(source: CatalogEntry, folder: Path, downloads: Path, *, mirror: str | None = None,

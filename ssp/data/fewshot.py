@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ssp._checks import VAL_POLICIES, check_int, option
 from ssp.data.base import DatasetSplits, Sample
 
-_STAGE_SUPPORT, _STAGE_VAL = 0, 1
+_STAGE_SUPPORT, _STAGE_VAL, _STAGE_REPLACE = 0, 1, 3  # 2: test-from-val of cache folders
 
 
 @dataclass(repr=False)
@@ -194,6 +194,49 @@ def validation_subsample(labels: Sequence[int], val_policy: str | int, shots: in
     return sorted(keep)
 
 
+def replace_unreadable_shots(splits: FewShotSplits, bad: Sequence[str],
+                             readable: Callable[[Sample], bool]) -> tuple[FewShotSplits, list[dict]]:
+    """``splits`` with each support image in ``bad`` (paths of unreadable or missing files) replaced
+    by another training image of its class, at the same place (class-major order kept).
+
+    The candidates of class ``c`` are its training images not in the support set (nor in a
+    validation set carved from train), sorted by path and permuted by their own seeded stream
+    ``numpy.random.default_rng([seed, shots, 3, c])``; the first that ``readable`` accepts (and
+    that is not in ``bad``) replaces the shot. A class that runs out of candidates keeps the
+    shots it has; :func:`check_support_after_skips` refuses one left with none.
+    Returns ``(new splits, [{"class", "classname", "replaced", "by"}, ...])``.
+    """
+    bad_set = set(bad)
+    if not bad_set & {s.path for s in splits.support}:
+        return splits, []
+    carved = splits.dataset.val is None
+    used = {s.path for s in splits.support} | ({s.path for s in splits.val} if carved else set())
+    pools: dict[int, list[Sample]] = {}
+    groups = _per_class(splits.dataset.train, splits.n_classes)
+    support, replacements = [], []
+    for s in splits.support:
+        if s.path not in bad_set:
+            support.append(s)
+            continue
+        c = s.label
+        if c not in pools:
+            candidates = [x for x in groups[c] if x.path not in used]
+            order = _rng(splits.seed, splits.shots, _STAGE_REPLACE, c).permutation(len(candidates))
+            pools[c] = [candidates[i] for i in order]
+        while pools[c]:
+            candidate = pools[c].pop(0)
+            if candidate.path not in bad_set and readable(candidate):
+                used.add(candidate.path)
+                support.append(candidate)
+                replacements.append({"class": c, "classname": splits.classnames[c], "replaced": s.path,
+                                     "by": candidate.path})
+                break
+            bad_set.add(candidate.path)
+        else:
+            support.append(s)  # nothing readable left: the shot stays out (refused if the class has none)
+    return replace(splits, support=support), replacements
+
+
 def check_support_after_skips(support: Sequence[Sample], kept: Sequence[int] | None,
                               classnames: Sequence[str]) -> None:
     """Refuse a support set that lost every shot of a class to skipped unreadable images.
@@ -219,7 +262,7 @@ def check_support_after_skips(support: Sequence[Sample], kept: Sequence[int] | N
         more = f" (and {len(lost) - 1} more class(es))" if len(lost) > 1 else ""
         files = ", ".join(skipped[c][:3]) + (" ..." if len(skipped[c]) > 3 else "")
         raise ValueError(
-            f"class {c} ({classnames[c]!r}) has no support image left{more}: its shot(s) {files} could not be "
-            f"read and were skipped; replace the unreadable image(s) or drop "
-            f"{option('skip_bad_images=True', '--skip-bad-images')}"
+            f"class {c} ({classnames[c]!r}) has no readable training image left{more}: its shot(s) {files} "
+            f"could not be read, nor any other training image of the class; replace the unreadable image(s) "
+            f"or drop {option('skip_bad_images=True', '--skip-bad-images')}"
         )

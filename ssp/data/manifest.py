@@ -51,20 +51,28 @@ def sample_entries(samples: Sequence[Sample], root: str | Path) -> list[list]:
     return [[_relative(s, root), int(s.label)] for s in samples]
 
 
-def draw_entry(splits: FewShotSplits) -> dict:
-    """One draw of a manifest (shots, seed, support and validation lists with their digests)."""
-    root = splits.dataset.root
+def draw_entry(splits: FewShotSplits, replacements: Sequence[dict] = ()) -> dict:
+    """One draw of a manifest (shots, seed, support and validation lists with their digests;
+    ``replacements``: unreadable shots replaced, see :func:`ssp.data.fewshot.replace_unreadable_shots`)."""
+    root = Path(splits.dataset.root).absolute()
     support = sample_entries(splits.support, root)
     val = None if splits.val_policy == "full" else sample_entries(splits.val, root)
-    return {"shots": int(splits.shots), "seed": int(splits.seed), "support": support,
-            "support_sha256": _sha256(support), "val": val, "val_sha256": None if val is None else _sha256(val)}
+    entry = {"shots": int(splits.shots), "seed": int(splits.seed), "support": support,
+             "support_sha256": _sha256(support), "val": val, "val_sha256": None if val is None else _sha256(val)}
+    if replacements:
+        rel = lambda path: Path(os.path.relpath(path, root)).as_posix()  # noqa: E731
+        entry["replaced_shots"] = [{"class": int(r["class"]), "replaced": rel(r["replaced"]), "by": rel(r["by"])}
+                                   for r in replacements]
+    return entry
 
 
 def make_manifest(dataset: DatasetSplits, draws: Iterable[FewShotSplits] = (), *,
-                  val_policy: str | int = "coop", split_file_sha256: str | None = None) -> dict:
-    """A manifest holding ``draws`` (each from :func:`make_fewshot_splits` on ``dataset``)."""
+                  val_policy: str | int = "coop", split_file_sha256: str | None = None,
+                  replacements: Sequence[dict] = ()) -> dict:
+    """A manifest holding ``draws`` (each from :func:`make_fewshot_splits` on ``dataset``);
+    ``replacements`` (one draw only): its unreadable shots that were replaced."""
     draws = list(draws)
-    entries = [draw_entry(d) for d in draws]
+    entries = [draw_entry(d, replacements) for d in draws]
     for d in draws:
         if d.val_policy != val_policy:
             raise ValueError(f"draw {d.shots}-shot seed {d.seed} has val_policy {d.val_policy!r}, "
@@ -234,10 +242,11 @@ def splits_from_manifest(manifest: dict, dataset: DatasetSplits, shots: int, see
                          test=list(dataset.test), val_policy=policy)
 
 
-def run_manifest(splits: FewShotSplits, *, split_file_sha256: str | None = None) -> dict:
-    """The manifest recorded in one run JSON: the run's single draw."""
+def run_manifest(splits: FewShotSplits, *, split_file_sha256: str | None = None,
+                 replacements: Sequence[dict] = ()) -> dict:
+    """The manifest recorded in one run JSON: the run's single draw (with its replaced shots)."""
     return make_manifest(splits.dataset, [splits], val_policy=splits.val_policy,
-                         split_file_sha256=split_file_sha256)
+                         split_file_sha256=split_file_sha256, replacements=replacements)
 
 
 def fewshot_splits(dataset: DatasetSplits, shots: int, seed: int, *, val_policy: str | int = "coop",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ssp._io import file_sha256
 from ssp.data.base import DatasetNotFoundError
-from ssp.data.benchmarks import BENCHMARKS, canonical_name, dataset_markers, get_dataset, resolve_dataset_dir
+from ssp.data.benchmarks import BENCHMARKS, canonical_name, data_folders, dataset_markers, get_dataset, IMAGENET_VARIANTS, resolve_dataset_dir, shipped_class_ids
 from ssp.data.catalog import catalog_entry
 
 #: How images are checked: listed files exist / their header opens / they decode fully.
@@ -100,6 +100,8 @@ def split_path(name: str, folder: Path, split_file: str | Path | None) -> Path |
     if b.kind == "json":
         return folder / b.split_name
     if b.kind == "imagenet":
+        return folder / "classnames.txt"
+    if b.kind == "imagenet_variant" and (folder / "classnames.txt").is_file():
         return folder / "classnames.txt"
     return None
 
@@ -223,11 +225,34 @@ def verify_dataset(name: str, root: str | Path, *, split_file: str | Path | None
             report.fix = ("replace the file(s) from the original archive, or run ssp-fewshot with "
                           "--skip-bad-images to leave them out (recorded in each run)")
             return report
+    if b.kind == "imagenet_variant":
+        _check_variant(report, key, ds)
+        if not report.ok:
+            return report
     if strict and report.split_official is False:
         report.status = "corrupt"
         report.problem = report.notes[-1]
         report.fix = f"move {report.split_file} away and run ssp-data download {key} --root {parent}"
     return report
+
+
+def _check_variant(report: DatasetReport, key: str, ds) -> None:
+    """An ImageNet variant: the official release's class list and image count."""
+    expected = IMAGENET_VARIANTS[key][1]
+    shipped = shipped_class_ids(key)
+    if ds.class_ids != shipped:
+        report.notes.append(f"{report.split_file.name if report.split_file else 'the class list'} lists "
+                            f"{len(ds.class_ids)} classes, not the release's {len(shipped)} "
+                            f"(ssp/data/class_subsets/{IMAGENET_VARIANTS[key][0]}): your own subset")
+    if len(ds.test) != expected:
+        counts: dict[str, int] = {}
+        for sample in ds.test:
+            counts[sample.label] = counts.get(sample.label, 0) + 1
+        empty = [ds.class_ids[c] for c in range(ds.n_classes) if c not in counts]
+        report.status = "missing"
+        report.problem = (f"{len(ds.test):,} images in {report.folder}, the release has {expected:,}"
+                          + (f"; class folder(s) without images: {', '.join(empty[:5])}" if empty else ""))
+        report.fix = f"restore the missing images (re-extract the archive), or {_fix_download(key, report.root)}"
 
 
 def _cars_hint(report: DatasetReport, folder: Path) -> None:
@@ -246,20 +271,25 @@ def verify_root(root: str | Path, names: list[str] | None = None, **kwargs) -> l
     if names:
         keys = list(dict.fromkeys(canonical_name(n) for n in names))
     else:
-        keys = [k for k, b in BENCHMARKS.items() if any((root / f).is_dir() for f in b.folders)]
+        keys = [k for k, b in BENCHMARKS.items()
+                if any((base / f).is_dir() for base in data_folders(root) for f in b.folders)]
         if not keys:  # root may be one dataset's folder itself
             keys = [k for k, b in BENCHMARKS.items() if all((root / m).exists() for m in dataset_markers(b))]
     return [verify_dataset(k, root, **kwargs) for k in keys]
 
 
-def check_dataset(name: str, root: str | Path, *, split_file: str | Path | None = None) -> DatasetReport | None:
+def check_dataset(name: str, root: str | Path, *, split_file: str | Path | None = None,
+                  missing_ok: bool = False) -> DatasetReport | None:
     """The cheap check ``ssp-fewshot`` runs before extraction: raise :class:`DatasetNotFoundError`
-    (one line + the fix) when the split definition or a listed image is missing. Returns the report
-    (``None`` for ``imagefolder``, whose own reader checks its folders)."""
+    (one line + the fix) when the split definition or a listed image is missing. ``missing_ok``
+    (``--skip-bad-images``): missing images are bad images, left out later, not an error here.
+    Returns the report (``None`` for ``imagefolder``, whose own reader checks its folders)."""
     key = canonical_name(name)
     if key not in BENCHMARKS:
         return None
     report = verify_dataset(key, root, split_file=split_file, images="exists")
+    if missing_ok and report.status == "missing" and report.missing:
+        return report
     if not report.ok:
         lines = [report.line()] + [line for line in report.details(limit=5) if not line.startswith("  note")]
         raise DatasetNotFoundError("\n".join(lines))

@@ -246,7 +246,7 @@ def sample_digest(samples: Sequence[Any]) -> str:
 
     Paths are taken relative to the samples' common folder, so moving a dataset keeps its
     cache valid, while reordering, relabelling, adding or replacing an image (size change)
-    invalidates it. A missing image raises ``FileNotFoundError`` naming it.
+    invalidates it. A missing image counts with size -1 (its encoding then fails, naming it).
     """
     paths = [os.path.abspath(os.fspath(s.path)) for s in samples]
     try:
@@ -259,7 +259,7 @@ def sample_digest(samples: Sequence[Any]) -> str:
         try:
             size = os.stat(path).st_size
         except FileNotFoundError:
-            raise FileNotFoundError(f"image file not found: {path} (sample label {s.label})") from None
+            size = -1  # missing: reading it fails later, naming it (or skips it with skip_bad_images)
         rel = os.path.relpath(path, root) if root else path
         rel = rel.replace(os.sep, "/")
         h.update(json.dumps([rel, int(s.label), size]).encode("utf-8"))

@@ -26,7 +26,7 @@ import numpy as np
 
 from ssp._checks import check_int
 
-__all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "method_names",
+__all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "canonical_name", "method_names",
            "registered_methods", "spec_for_estimator", "log_grid_builder", "SSP_SUFFIX"]
 
 SSP_SUFFIX = "+ssp"
@@ -57,6 +57,9 @@ class MethodSpec:
             reads its own keys of ``search_section`` (and checks them, naming the bad key).
         uses_views: ``fit`` also takes ``view_features`` ``[E, N, D]`` (the augmented views of
             the support images), as the fine-tuned methods do.
+        test_time: adapts while streaming over the test split, with no labelled support: runs
+            under the test-time protocol only (``fit(text_features=...)``, then ``predict`` over the
+            stream in order).
     """
 
     name: str
@@ -73,6 +76,7 @@ class MethodSpec:
     needs_text: bool = True
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
+    test_time: bool = False
 
     def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
         """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
@@ -82,6 +86,11 @@ class MethodSpec:
               device: Any = None, **extra: Any) -> Any:
         """A new, unfitted estimator configured from ``cfg`` (``extra`` overrides)."""
         kwargs = {**self.constructor_params(cfg, n_features), **extra}
+        if self.test_time:  # no labelled support: nothing to fit SSP's projector on
+            if projector is not None:
+                raise ValueError(f"{self.name} is a test-time method and takes no projector (SSP is fitted "
+                                 "on labelled support patches, which a test-time stream has none of)")
+            return self.estimator(**kwargs, device=device)
         return self.estimator(**kwargs, projector=projector, device=device)
 
     def grid(self, cfg: Mapping[str, Any] | None = None) -> dict | None:
@@ -189,6 +198,30 @@ def parse_method(name: str) -> tuple[MethodSpec, bool]:
     text = str(name)
     use_ssp = _key(text).endswith(SSP_SUFFIX)
     return get_method(text[: -len(SSP_SUFFIX)] if use_ssp else text), use_ssp
+
+
+def canonical_name(name: str) -> str:
+    """The name runs, tables and run files use for ``name``, an alias accepted everywhere a
+    method is named (``--methods``, a config's ``methods``, ``ssp-reproduce``): ``"lpp"`` ->
+    ``"lp++"``, ``"lpp+ssp"`` -> ``"lp+++ssp"``, ``"tip"`` -> ``"tip-adapter"``. Unknown names
+    raise ``ValueError`` listing the choices."""
+    try:
+        spec, use_ssp = parse_method(name)
+    except ValueError:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_help())}") from None
+    return spec.name + (SSP_SUFFIX if use_ssp else "")
+
+
+def method_help() -> list[str]:
+    """Every method for a help text or an error, each followed by its ``+ssp`` variant; a name
+    holding '+' also shows its plain alias: ``"lp++ (or lpp)"``, ``"lp+++ssp (or lpp+ssp)"``."""
+    _load()
+    out = []
+    for s in _REGISTRY.values():
+        plain = next((a for a in s.aliases if "+" in s.name and a.replace("-", "").isalnum()), None)
+        out.append(f"{s.name} (or {plain})" if plain else s.name)
+        out.append(f"{s.name}{SSP_SUFFIX} (or {plain}{SSP_SUFFIX})" if plain else s.name + SSP_SUFFIX)
+    return out
 
 
 def registered_methods() -> tuple[MethodSpec, ...]:

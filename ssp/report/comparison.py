@@ -35,9 +35,11 @@ from ssp.report.published import (
     SOURCES,
     baseline_method,
     canonical_backbone,
+    compared_backbone,
+    published_backbones,
     published_lookup,
 )
-from ssp.report.tables import mean_std, method_order
+from ssp.report.tables import is_random_backbone, mean_std, method_order
 
 __all__ = ["Comparison", "compare_with_published", "format_comparison_markdown", "comparison_csv", "comparison_json",
            "plot_comparison", "write_comparison", "is_random_backbone", "RANDOM_WEIGHTS_STAMP"]
@@ -73,20 +75,11 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
 
-def is_random_backbone(records: Iterable[dict]) -> bool:
-    """True when any record's backbone is randomly initialised (no pretrained weights)."""
-    for r in records:
-        backbone = r.get("backbone", {})
-        weights = (backbone.get("identity") or {}).get("weights") or {}
-        if weights.get("source") == "random" or str(backbone.get("name", "")).endswith("@none"):
-            return True
-    return False
-
-
-def _backbone_model(record: dict) -> str:
-    """open_clip model name of a record's backbone (``model``, else ``name`` before ``@``)."""
+def _backbone_model(record: dict) -> str | None:
+    """The published backbone a record is compared with (:func:`compared_backbone` of its
+    ``model``, else of its ``name`` before ``@``; None for an unlabelled cache)."""
     backbone = record["backbone"]
-    return canonical_backbone(backbone.get("model") or backbone["name"])
+    return compared_backbone(backbone.get("model") or backbone["name"])
 
 
 def _first(record: dict, paths: Sequence[tuple[str, ...]]) -> Any:
@@ -153,6 +146,13 @@ def compare_with_published(records: Iterable[dict], *, metric: str = "test_accur
         group = by_backbone[backbone_name]
         protocol["backbones"][backbone_name] = _protocol(group)
         model = _backbone_model(group[0])
+        protocol["backbones"][backbone_name]["published_backbone"] = model
+        if model is None:
+            notes.append(f"{backbone_name}: no published numbers are compared: the published tables are "
+                         f"for {', '.join(published_backbones())}, and these runs do not name one of them"
+                         + (" (a Tip-Adapter cache: label it with its backbone, e.g. --backbone RN50 "
+                            "or ssp-reproduce --backbones RN50, when it holds that backbone's features)"
+                            if "cache" in backbone_name else "") + ".")
         # (method, dataset, shots) -> {seed: value}
         cells: dict[tuple[str, str, int], dict[int, float]] = defaultdict(dict)
         for r in group:
@@ -161,7 +161,7 @@ def compare_with_published(records: Iterable[dict], *, metric: str = "test_accur
         for (method, dataset, shots), by_seed in cells.items():
             mean, std = mean_std([by_seed[s] for s in sorted(by_seed)])
             reference = baseline_method(method)
-            pub = published_lookup(reference, dataset, shots, model, sources)
+            pub = None if model is None else published_lookup(reference, dataset, shots, model, sources)
             dataset_rows.append({
                 "kind": "dataset", "backbone": backbone_name, "method": method, "dataset": dataset,
                 "label": dataset, "n_datasets": None, "shots": shots, "seeds": sorted(by_seed),
@@ -214,7 +214,9 @@ def _average_rows(backbone_name: str, model: str, cells: dict, sources: Sequence
         reference = baseline_method(method)
         full = set(datasets) == set(BENCHMARK_DATASETS)
         published = source = None
-        if full:
+        if model is None:
+            pass
+        elif full:
             pub = published_lookup(reference, AVERAGE, shots, model, sources)
             if pub is not None:
                 published, source = pub["accuracy"], pub["source"]
@@ -262,14 +264,18 @@ def format_comparison_markdown(comparison: Comparison) -> str:
                   f"{p['seeds']} (mean ± sample std); backbone {backbone}; text classifier: {p['text_source']}"
                   + (f"; features: {p['features_source']}" if p.get("features_source") else "")
                   + f"; validation policy: {p['val_policy']}",
-                  f"- {proto['published']} (sources, in order of preference: "
-                  f"{', '.join(SOURCE_TITLES.get(s, s) for s in proto['sources'])})", ""]
+                  (f"- {proto['published']}; compared: the published {p['published_backbone']} numbers "
+                   f"(sources, in order of preference: "
+                   f"{', '.join(SOURCE_TITLES.get(s, s) for s in proto['sources'])})"
+                   if p.get("published_backbone") else
+                   f"- published: none compared (no published numbers for backbone {backbone})"), ""]
         if p["random_weights"]:
             lines += [f"> **{RANDOM_WEIGHTS_STAMP}**", ""]
     for note in comparison.notes:
         lines += [f"> {note}", ""]
-    lines += [f"Cells: ours {metric} (%) mean ± std, then published (ours − published); "
-              "† = published number of the method without SSP; - = not run or not published.", ""]
+    lines += [f"Cells: ours {metric} (%) mean ± std / published (ours − published); "
+              "† = published number of the method without SSP; `ours / -` = no published number for "
+              "that cell; `-` = not run.", ""]
     blocks: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in comparison.rows:
         blocks[(row["backbone"], row["method"])].append(row)
@@ -392,6 +398,7 @@ def plot_comparison(comparison: Comparison, path: str | Path, *, backbone: str |
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows + 0.8), squeeze=False)
     all_shots = sorted({r["shots"] for r in rows})
+    drawn_published = False
     for ax, label in zip(axes.flat, panels):
         sub = [r for r in rows if r["label"] == label]
         for method in methods:
@@ -410,7 +417,9 @@ def plot_comparison(comparison: Comparison, path: str | Path, *, backbone: str |
                     pts[r["shots"]] = r["published"]
             if pts:
                 xs = sorted(pts)
-                ax.plot(xs, [pts[x] for x in xs], "--", marker="x", ms=4, lw=1.4, color=colours[method])
+                ax.plot(xs, [pts[x] for x in xs], "--", marker="x", ms=4, lw=1.4, color=colours[method],
+                        gid=f"published:{method}")
+                drawn_published = True
         ax.set_xscale("log", base=2)
         ax.set_xticks(all_shots)
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -423,10 +432,17 @@ def plot_comparison(comparison: Comparison, path: str | Path, *, backbone: str |
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [Line2D([], [], color=colours[m], marker="o", lw=1.8, label=m) for m in methods]
-    handles += [Line2D([], [], color="0.3", ls="--", marker="x", lw=1.4, label="published (dashed)")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
     p = comparison.protocol["backbones"][backbone]
-    fig.suptitle(f"{backbone}: ours (solid, ±std over seeds {p['seeds']}) vs published (dashed)", fontsize=11)
+    if drawn_published:
+        handles += [Line2D([], [], color="0.3", ls="--", marker="x", lw=1.4,
+                           label=f"published {p.get('published_backbone')} (dashed)")]
+        title = f"{backbone}: ours (solid, ±std over seeds {p['seeds']}) vs published (dashed)"
+    else:
+        title = (f"{backbone}: ours (±std over seeds {p['seeds']}); no published numbers for this backbone"
+                 if not p.get("published_backbone") else
+                 f"{backbone}: ours (±std over seeds {p['seeds']}); no published number for these cells")
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     if p["random_weights"]:
         fig.text(0.5, 0.5, RANDOM_WEIGHTS_STAMP, ha="center", va="center", rotation=20,

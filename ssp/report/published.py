@@ -10,7 +10,8 @@ backbone, the protocol behind the numbers). Names are ssp's: datasets as in
 :func:`ssp.data.list_datasets`, methods ``zero-shot``, ``tip-adapter``, ``tip-adapter-f``,
 ``ape``, ``ape-t``, ``gda`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
 ``tip-x``), backbones as open_clip names (``RN50``, ``RN101``, ``ViT-B-32``, ``ViT-B-16``).
-Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count.
+Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count;
+the test-time sources (TDA, DMN-ZS: no labelled shots) have ``shots`` = 0.
 Dataset :data:`AVERAGE` holds the 11-dataset means.
 
 ::
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 from importlib import resources
 
 __all__ = ["SOURCES", "SOURCE_TITLES", "AVERAGE", "BENCHMARK_DATASETS", "PaperPreset", "PAPER_PRESETS", "published_table",
+           "PROTOCOL_SOURCES", "PAPER_TRACKS", "SHIFT_TARGETS", "paper_preset", "published_protocol_summary",
            "published_value", "published_lookup", "source_provenance", "canonical_backbone",
-           "baseline_method"]
+           "baseline_method", "published_backbones", "compared_backbone"]
 
 #: Source id -> file in ``ssp/report/published_numbers/``. Order = default preference when several sources
 #: give the same (method, dataset, backbone, shots).
@@ -38,6 +40,8 @@ SOURCES: dict[str, str] = {
     "tip_adapter_exp_log": "tip_adapter_exp_log.csv",
     "ape_results_notebook": "ape_results_notebook.csv",
     "gda_exp_log": "gda_exp_log.csv",
+    "tda_readme": "tda_readme.csv",
+    "dmn_zs_log": "dmn_zs_log.csv",
 }
 
 #: Source id -> short human title (for tables).
@@ -45,6 +49,8 @@ SOURCE_TITLES: dict[str, str] = {
     "tip_adapter_exp_log": "Tip-Adapter exp.log (RN50)",
     "ape_results_notebook": "APE APE_results.ipynb",
     "gda_exp_log": "GDA exp.log (RN50, mean of 3 seeds)",
+    "tda_readme": "TDA README (RN50, test-time)",
+    "dmn_zs_log": "DMN log (ViT-B/16, test-time; memory weight searched on test)",
 }
 
 #: Dataset name of the 11-dataset mean rows.
@@ -80,6 +86,9 @@ class PaperPreset:
     backbone: str
     sources: tuple[str, ...]
     note: str
+    protocol: str = "fewshot"            # ssp.run.protocols name the runs are made under
+    eval_on: tuple[str, ...] = ()        # distribution-shift targets (ssp-fewshot --eval-on)
+    seeds: tuple[int, ...] | None = None  # None: the config's
 
 
 _SHOTS = (1, 2, 4, 8, 16)
@@ -129,6 +138,21 @@ def canonical_backbone(name: str) -> str:
     if base.endswith("-quickgelu"):
         base = base[: -len("-quickgelu")]
     return base
+
+
+def published_backbones() -> list[str]:
+    """The backbones (open_clip names) some shipped source has numbers for."""
+    return sorted({row[3] for source in SOURCES for row in _load(source)})
+
+
+def compared_backbone(model: str | None) -> str | None:
+    """The published backbone whose numbers runs of backbone ``model`` are put beside: its
+    open_clip name when a shipped source has numbers for it, else None (nothing compared).
+    A cache labelled by no one (``cache-D512``) is never compared with another backbone's numbers."""
+    if not model:
+        return None
+    name = canonical_backbone(model)
+    return name if name in published_backbones() else None
 
 
 def baseline_method(method: str) -> str:
@@ -225,3 +249,95 @@ def published_value(method: str, dataset: str, shots: int, backbone: str = "RN50
     """
     rec = published_lookup(method, dataset, shots, backbone, source)
     return None if rec is None else rec["accuracy"]
+
+
+# ---------------------------------------------------------------- base-to-new and distribution shift
+
+#: Published per-seed results of the other protocols: source id -> (protocol, file). One row per
+#: (method, dataset, backbone, shots, seed, metric): ``metric`` is a run-JSON field
+#: (``base_accuracy``, ``new_accuracy``; ``test_accuracy``, ``imagenet_r_accuracy``, ...).
+PROTOCOL_SOURCES: dict[str, tuple[str, str]] = {
+    "gda_base2new_log": ("base2new", "gda_base2new_log.csv"),
+    "gda_robustness_log": ("shift", "gda_robustness_log.csv"),
+}
+SOURCE_TITLES.update({"gda_base2new_log": "GDA logs/base2new.log (ViT-B/16, 3 seeds)",
+                      "gda_robustness_log": "GDA logs/robustness.log (3 seeds)"})
+_PROTOCOL_FIELDS = ("source", "method", "dataset", "backbone", "shots", "seed", "metric", "accuracy")
+
+#: ``--paper NAME --track TRACK`` presets of ``ssp-reproduce`` beyond the few-shot tables.
+SHIFT_TARGETS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
+PAPER_TRACKS: dict[str, dict[str, PaperPreset]] = {
+    "gda": {
+        "base2new": PaperPreset(
+            name="gda", methods=("zero-shot", "gda"), shots=(16,), datasets=BENCHMARK_DATASETS, backbone="ViT-B-16",
+            sources=("gda_base2new_log",), protocol="base2new", seeds=(1, 2, 3),
+            note="Wang et al., GDA (ICLR 2024), base-to-new table (ViT-B/16, 16 shots, seeds 1-3) from the "
+                 "repository's logs/base2new.log; harmonic mean of the seed means, as CoCoOp reports."),
+        "shift": PaperPreset(
+            name="gda", methods=("zero-shot", "gda"), shots=(16,), datasets=("imagenet",), backbone="ViT-B-16",
+            sources=("gda_robustness_log",), protocol="fewshot", eval_on=SHIFT_TARGETS, seeds=(1, 2, 3),
+            note="Wang et al., GDA (ICLR 2024), distribution-shift table (16-shot ImageNet -> V2 / Sketch / A / R, "
+                 "3 seeds) from the repository's logs/robustness.log."),
+    },
+}
+
+
+def paper_preset(paper: str, track: str = "fewshot") -> PaperPreset:
+    """The preset of ``paper``'s ``track`` table (``fewshot``: :data:`PAPER_PRESETS`)."""
+    if paper not in PAPER_PRESETS:
+        raise ValueError(f"--paper {paper!r}: choose from {', '.join(sorted(PAPER_PRESETS))}")
+    if track == "fewshot":
+        return PAPER_PRESETS[paper]
+    tracks = PAPER_TRACKS.get(paper, {})
+    if track not in tracks:
+        raise ValueError(f"--paper {paper} --track {track}: {paper} publishes "
+                         f"{', '.join(['fewshot', *tracks]) if tracks else 'few-shot tables only'}")
+    return tracks[track]
+
+
+@functools.lru_cache(maxsize=None)
+def _load_protocol(source: str) -> tuple[tuple, ...]:
+    if source not in PROTOCOL_SOURCES:
+        raise ValueError(f"unknown published source {source!r}; choose from {list(PROTOCOL_SOURCES)}")
+    name = PROTOCOL_SOURCES[source][1]
+    text = (resources.files("ssp.report") / "published_numbers" / name).read_text(encoding="utf-8")
+    reader = csv.DictReader(io.StringIO("".join(line for line in io.StringIO(text) if not line.startswith("#"))))
+    if tuple(reader.fieldnames or ()) != _PROTOCOL_FIELDS:
+        raise ValueError(f"ssp/report/published_numbers/{name}: columns {reader.fieldnames}, expected "
+                         f"{list(_PROTOCOL_FIELDS)}")
+    return tuple((r["source"], r["method"], r["dataset"], r["backbone"], int(r["shots"]), int(r["seed"]),
+                  r["metric"], float(r["accuracy"])) for r in reader)
+
+
+def published_protocol_summary(source: str, *, backbone: str | None = None) -> list[dict]:
+    """Mean and sample std over seeds of every (method, dataset, backbone, shots, metric) of a
+    protocol source. Base-to-new sources also get ``harmonic_mean`` (of the seed means, as CoCoOp
+    reports it) and, when all 11 benchmarks are there, the :data:`AVERAGE` rows (the mean of the
+    per-dataset means; its harmonic mean from the average base and new)."""
+    from statistics import mean, stdev
+
+    want = None if backbone is None else canonical_backbone(backbone)
+    cells: dict[tuple, list[float]] = {}
+    for _, method, dataset, bb, shots, _seed, metric, value in _load_protocol(source):
+        if want is None or bb == want:
+            cells.setdefault((method, dataset, bb, shots, metric), []).append(value)
+    rows = [{"source": source, "method": m, "dataset": d, "backbone": b, "shots": k, "metric": metric,
+             "mean": mean(v), "std": stdev(v) if len(v) > 1 else None, "n_seeds": len(v)}
+            for (m, d, b, k, metric), v in cells.items()]
+    if PROTOCOL_SOURCES[source][0] == "base2new":
+        by = {(r["method"], r["dataset"], r["backbone"], r["shots"], r["metric"]): r["mean"] for r in rows}
+        groups = {(m, b, k) for m, _, b, k, _ in by}
+        for m, b, k in sorted(groups):
+            datasets = sorted({d for mm, d, bb, kk, _ in by if (mm, bb, kk) == (m, b, k)})
+            for d in datasets:
+                base, new = by[(m, d, b, k, "base_accuracy")], by[(m, d, b, k, "new_accuracy")]
+                rows.append({"source": source, "method": m, "dataset": d, "backbone": b, "shots": k,
+                             "metric": "harmonic_mean", "mean": 2 * base * new / (base + new), "std": None,
+                             "n_seeds": None})
+            if set(BENCHMARK_DATASETS) <= set(datasets):
+                avg = {metric: mean(by[(m, d, b, k, metric)] for d in BENCHMARK_DATASETS)
+                       for metric in ("base_accuracy", "new_accuracy")}
+                avg["harmonic_mean"] = 2 * avg["base_accuracy"] * avg["new_accuracy"] / sum(avg.values())
+                rows += [{"source": source, "method": m, "dataset": AVERAGE, "backbone": b, "shots": k,
+                          "metric": metric, "mean": v, "std": None, "n_seeds": None} for metric, v in avg.items()]
+    return rows

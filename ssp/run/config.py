@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import re
 from importlib import resources
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import yaml
 
 from ssp._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
-from ssp.methods.registry import method_names, parse_method
+from ssp.methods.registry import canonical_name, method_help, method_names, parse_method
 
 # every runnable method name (each with its "+ssp" variant), from the method registry
 METHODS = method_names()
@@ -141,8 +142,60 @@ def load_config(dataset: str, config_file: str | Path | None = None,
         data = {k: v for k, v in overrides.items() if v is not None}
         check_keys(data, schema, "overrides")
         cfg = merge(cfg, data)
+    cfg["methods"] = canonical_methods(cfg.get("methods"))
     validate_config(cfg)
     return cfg
+
+
+def canonical_methods(methods: Any) -> Any:
+    """A list of method names with each alias replaced by its canonical name (``lpp`` ->
+    ``lp++``, ``lpp+ssp`` -> ``lp+++ssp``); unknown names and non-lists are returned as given,
+    for :func:`validate_config` to refuse."""
+    if not isinstance(methods, list):
+        return methods
+    out = []
+    for m in methods:
+        try:
+            out.append(canonical_name(m) if isinstance(m, str) else m)
+        except ValueError:
+            out.append(m)
+    return list(dict.fromkeys(out))
+
+
+#: Config values a *run* refuses although the estimator accepts them: 0 training steps would report
+#: a fine-tuned method's initialisation under its name.
+RUN_MINIMUMS = {("lpp", "epochs"): 1, ("tip_adapter_f", "epochs"): 1, ("ape_t", "epochs"): 1}
+
+#: The sane range of each log-spaced search axis (``<section>.search.<axis>``): one decade beyond
+#: the shipped grid on each side. A grid reaching further only adds search time (and numerically
+#: degenerate models); it is run, with a warning. More than :data:`MAX_SEARCH_POINTS` points too.
+SANE_SEARCH_RANGES = {("gda", "alpha"): (1e-5, 1e5), ("proker", "beta"): (0.1, 160.0),
+                      ("proker", "lam"): (1e-4, 1e3), ("linear_probe", "C"): (1e-3, 1e5)}
+MAX_SEARCH_POINTS = 50
+
+log = logging.getLogger(__name__)
+
+
+def _check_run_values(cfg: dict, methods: list[str]) -> None:
+    """:data:`RUN_MINIMUMS` refused; search grids outside :data:`SANE_SEARCH_RANGES` warned about."""
+    sections = {s for m in methods for s in (parse_method(m)[0].config_section, parse_method(m)[0].search_section)}
+    for (section, key), minimum in RUN_MINIMUMS.items():
+        value = (cfg.get(section) or {}).get(key)
+        if section in sections and isinstance(value, int) and value < minimum:
+            raise ValueError(f"config '{section}.{key}' must be >= {minimum} for a run, got {value}: "
+                             f"{value} steps would report the untrained initialisation as the method")
+    for (section, axis), (low, high) in SANE_SEARCH_RANGES.items():
+        given = ((cfg.get(section) or {}).get("search") or {}).get(axis)
+        if section not in sections or not isinstance(given, (list, tuple)) or len(given) != 3:
+            continue
+        out = [v for v in given[:2] if _is_number(v) and not low <= v <= high]
+        if out:
+            log.warning("config '%s.search.%s' %s: %s is far outside the sane range [%g, %g] (one decade "
+                        "beyond the shipped grid); such values only add search time", section, axis,
+                        list(given), ", ".join(f"{v:g}" for v in out), low, high)
+        if _is_number(given[2]) and given[2] > MAX_SEARCH_POINTS:
+            log.warning("config '%s.search.%s' %s: %s points (over %d); the search time grows with each "
+                        "point", section, axis, list(given), given[2], MAX_SEARCH_POINTS)
 
 
 def _is_number(value: Any) -> bool:
@@ -159,7 +212,7 @@ def validate_config(cfg: dict) -> None:
         raise ValueError(f"config 'methods' must be a non-empty list, got {methods!r}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(method_help())}")
     for key in ("shots", "seeds"):
         values = cfg.get(key)
         if not isinstance(values, list) or not values or not all(isinstance(v, int) for v in values):
@@ -196,6 +249,7 @@ def validate_config(cfg: dict) -> None:
                 raise ValueError(f"config '{spec.config_section}.init.{name}' must be a number, got {value!r}")
     for method in methods:
         _check_method_values(cfg, method)
+    _check_run_values(cfg, methods)
     ssp_cfg = cfg.get("ssp", {})
     for key in ("rank", "routing"):
         if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -24,22 +23,10 @@ from ssp.methods.projector import SSPProjector
 from ssp.methods.registry import parse_method
 from ssp.methods.search import validation_search
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
-from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
+from ssp.run.records import MethodResult, RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class MethodResult:
-    method: str
-    hyperparameters: dict
-    val_accuracy: float
-    test_accuracy: float
-    timings: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
-    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def accuracy(model, features: Features) -> float:
@@ -159,31 +146,47 @@ def echo_result(echo: Echo, record: dict, *, reused: bool = False) -> None:
          f"{fmt_params(record.get('hyperparameters', {}))}" + ("  (done before: reused)" if reused else ""))
 
 
+_EDGE = re.compile(r"along (?P<a>\w+) is reached at the (?P<s>largest|smallest)|"
+                   r"the chosen (?P<a2>\w+)=\S+ ties with the (?P<s2>largest|smallest)")
+
+
+def warning_kind(message: str) -> str:
+    """What a warning is about, without its numbers or the method that raised it: a search
+    optimum on a grid's edge is ``"search optimum at the largest alpha of the grid"``; any other
+    message is itself with every number replaced by ``#``."""
+    m = _EDGE.search(message)
+    if m:
+        return f"search optimum at the {m['s'] or m['s2']} {m['a'] or m['a2']} of the grid"
+    return re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", message)
+
+
 class WarningLog:
-    """Prints each warning once per method and kind (numbers ignored), counts the rest, and
-    summarises at the end: a 75-run suite prints a handful of lines, not dozens."""
+    """Prints each kind of warning (:func:`warning_kind`) once for the whole command, with the
+    method it first came from, counts the rest, and ends with one line per repeated kind naming
+    the methods it came from: a 28-run demo prints a handful of lines, not one per method."""
 
     def __init__(self, echo: Echo) -> None:
         self.echo = echo
-        self.counts: dict[tuple[str, str], int] = {}
+        self.kinds: dict[str, dict[str, int]] = {}
 
     def add(self, method: str, messages: list[str]) -> None:
         for msg in messages:
-            key = (method, re.sub(r"-?\d+(\.\d+)?(e-?\d+)?", "#", msg))
-            self.counts[key] = self.counts.get(key, 0) + 1
-            if self.counts[key] == 1:
+            by_method = self.kinds.setdefault(warning_kind(msg), {})
+            if not by_method:
                 self.echo(f"[ssp] warning ({method}): {msg}")
+            by_method[method] = by_method.get(method, 0) + 1
 
     def summary(self) -> None:
-        repeats: dict[str, int] = {}
-        for (method, _), n in self.counts.items():
+        total = sum(n for by_method in self.kinds.values() for n in by_method.values())
+        if total <= len(self.kinds):
+            return
+        self.echo(f"[ssp] {total} warning(s) in all, each kind shown once above (every run JSON lists its own "
+                  "under 'warnings'):")
+        for kind, by_method in self.kinds.items():
+            n = sum(by_method.values())
             if n > 1:
-                repeats[method] = repeats.get(method, 0) + n - 1
-        if repeats:
-            total = sum(self.counts.values())
-            self.echo(f"[ssp] {total} warning(s) in all, each kind shown once above; not shown again: "
-                      + ", ".join(f"{m} {n}" for m, n in repeats.items())
-                      + " (every run JSON lists its own under 'warnings')")
+                label = kind if len(kind) <= 70 else kind[:67] + "..."
+                self.echo(f"  {n} x {label}: " + ", ".join(f"{m} {c}" for m, c in by_method.items()))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -225,7 +228,12 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     """
     output_dir = Path(output_dir)
     spec = get_protocol(protocol)
-    methods, reasons = source.runnable(list(cfg["methods"]))
+    if spec.shots is not None and list(cfg["shots"]) != list(spec.shots):
+        raise ValueError(f"protocol {spec.name} runs with shots {list(spec.shots)}, the config says {cfg['shots']}: "
+                         f"pass the config through get_protocol({spec.name!r}).configure(cfg)")
+    methods, reasons = spec.runnable(list(cfg["methods"]))
+    methods, more = source.runnable(methods) if methods else ([], [])
+    reasons += more
     for reason in reasons:
         echo(f"[ssp] {reason}")
     if not methods:

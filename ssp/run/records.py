@@ -20,16 +20,32 @@ import platform
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from ssp import __version__, distributed
-from ssp._io import canonical_json, clean_floats, write_json_atomic
+from ssp import __version__
+from ssp._io import canonical_json, clean_floats, jsonable, write_json_atomic
 from ssp.methods.registry import parse_method
+
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
 #: The ending of every run file's name (the report stage finds runs by it).
 RUN_SUFFIX = ".run.json"
+
+
+@dataclass
+class MethodResult:
+    """What one run of one method produced: the results part of its run JSON (:func:`make_record`)."""
+
+    method: str
+    hyperparameters: dict
+    val_accuracy: float | None      # None: nothing chosen on validation (test-time protocol)
+    test_accuracy: float
+    timings: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
+    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def settings_key(settings: Any) -> str:
@@ -78,6 +94,10 @@ def _version(module: str) -> str | None:
 
 def environment(device: Any = None) -> dict:
     """The software and machine a run was made with (``world_size``: processes under torchrun)."""
+    # imported here: ssp.distributed imports torch, and `ssp-fewshot --help` reads this module
+    # (ssp.run.protocols, for the --protocol choices)
+    from ssp import distributed
+
     command = None
     if sys.argv and sys.argv[0]:
         argv0 = Path(sys.argv[0])
@@ -171,7 +191,8 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
     warnings (sampling, fitting, search)."""
     from datetime import datetime, timezone
 
-    return {
+    # the values as stored (float noise removed), so a fresh run prints what a reused one will
+    return clean_floats(jsonable({
         "ssp_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **{k: stub[k] for k in ("dataset", "method", "shots", "seed")},
@@ -184,7 +205,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "text_features": text_features,
         "seeds": seeds,
         "hyperparameters": result.hyperparameters,
-        "val_accuracy": round(result.val_accuracy, 6),
+        "val_accuracy": None if result.val_accuracy is None else round(result.val_accuracy, 6),
         "test_accuracy": round(result.test_accuracy, 6),
         "details": result.details,
         "timings": {k: round(float(v), 4) for k, v in {**timings, **result.timings}.items()},
@@ -193,7 +214,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "settings": stub["settings"],
         "config": cfg,
         **(extra or {}),
-    }
+    }))
 
 
 class RunLock:

@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from ssp import distributed
@@ -48,10 +46,10 @@ from ssp._io import file_sha256
 from ssp._utils.devices import resolve_device
 from ssp.backbone.model import load_backbone
 from ssp.backbone.weights import backbone_label
-from ssp.data import get_dataset
+from ssp.data import get_dataset, ImageLoadError, load_image
 from ssp.data.benchmarks import canonical_name
 from ssp.data.catalog import benchmark_class_count, list_sources
-from ssp.data.fewshot import check_support_after_skips, validation_subsample
+from ssp.data.fewshot import check_support_after_skips, replace_unreadable_shots, validation_subsample
 from ssp.data.manifest import check_run_manifest, fewshot_splits, run_manifest
 from ssp.data.prompts import resolve_prompts
 from ssp.data.verify import check_dataset
@@ -62,26 +60,13 @@ from ssp.features.types import Features
 from ssp.methods.registry import parse_method
 from ssp.run.config import builtin_config_names
 from ssp.run.records import sample_list_digest, settings_key
+from ssp.run.shift import shift_targets
+from ssp.run.splits import Split, split_validation, test_only_split
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "make_source", "IMAGE_ONLY_KEYS",
            "cache_dataset_name", "check_cache_dataset", "split_validation"]
 
-_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
-
-
-@dataclass
-class Split:
-    """The features of one (shots, seed) and what its run JSONs record about them."""
-
-    support: Features
-    val: Features
-    test: Features | None     # None: a cache folder without test features, opened with require_test=False
-    protocol: dict
-    seeds: dict
-    timings: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
 
 
 class FeatureSource(Protocol):
@@ -148,6 +133,18 @@ def _index_by_path(samples, kept: torch.Tensor | None = None) -> dict[str, int]:
     return {samples[i].path: row for row, i in enumerate(rows)}
 
 
+def _readable_with(load_image):
+    """``sample -> bool``: whether its image file exists and decodes."""
+    def readable(sample) -> bool:
+        try:
+            load_image(sample.path)
+        except ImageLoadError:
+            return False
+        return True
+
+    return readable
+
+
 def _skipped(samples, features: Features) -> list[str]:
     """Paths of ``samples`` that have no row in ``features`` (unreadable images left out)."""
     if features.kept is None or len(features.kept) == len(samples):
@@ -167,11 +164,15 @@ class ImageSource:
 
     def __init__(self, cfg: dict, *, root: str | Path, store_dir: str | Path | None = None,
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
-                 progress: bool = True, split_manifest: dict | None = None) -> None:
+                 progress: bool = True, split_manifest: dict | None = None,
+                 eval_on: list[str] | None = None) -> None:
         self.cfg = cfg
         # the cheap part of `ssp-data verify` (split file readable, every listed image present):
         # a broken layout stops here, in seconds, with its fix -- before any backbone or extraction
-        checked = check_dataset(cfg["dataset"], root, split_file=split_file)
+        skip_bad = cfg.get("skip_bad_images", False)
+        if not isinstance(skip_bad, bool):
+            raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
+        checked = check_dataset(cfg["dataset"], root, split_file=split_file, missing_ok=skip_bad)
         self.data = get_dataset(cfg["dataset"], root, split_file=split_file, check_files=checked is None)
         self.split_sha256 = checked.split_sha256 if checked is not None else None
         self.split_official = checked.split_official if checked is not None else None
@@ -182,9 +183,6 @@ class ImageSource:
         self.label = backbone_label(cfg["backbone"], cfg["pretrained"])
         self.store_dir, self.device, self.recompute, self.progress = store_dir, device, recompute, progress
         self.split_file = Path(split_file) if split_file is not None else None
-        skip_bad = cfg.get("skip_bad_images", False)
-        if not isinstance(skip_bad, bool):
-            raise ValueError(f"config 'skip_bad_images' must be true or false, got {skip_bad!r}")
         lists = {name: (None if samples is None else sample_list_digest(samples, self.data.root))
                  for name, samples in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
 
@@ -199,6 +197,11 @@ class ImageSource:
             self._common["prompts"] = self.prompts.record()
         if split_manifest is not None:  # the given draws, not the sampler's: another settings key
             self._common["protocol"]["split_manifest_sha256"] = split_manifest["sha256"]
+
+        self.targets = shift_targets(self.data, eval_on or [], root)
+        if self.targets:  # runs without --eval-on keep their settings keys
+            self._common["eval_on"] = {t.name: {"image_list": sample_list_digest(t.data.test, t.data.root),
+                                                "class_ids": list(t.data.class_ids)} for t in self.targets}
         self._needs_patches = False
 
     def common_settings(self) -> dict:
@@ -248,15 +251,17 @@ class ImageSource:
                                                                       class_prompts=self.prompts.sentences)},
             recompute=recompute_text)["text"]
         self.test = self._features(data.test, split="test", desc="test")
+        self.target_features = {t.name: (self._features(t.data.test, split="test", desc=f"test {t.name}",
+                                                        dataset=t.name), t.source_index) for t in self.targets}
         self.full_val = None
-        if data.val is not None:
+        if data.val is not None and any(self.cfg["shots"]):   # 0 shots only (test-time): no validation read
             self.full_val = self._features(data.val, split="val", desc="val")
             self.val_index = _index_by_path(data.val, self.full_val.kept)
         self.shared_s = time.perf_counter() - t0
         return True
 
-    def _features(self, samples, *, split: str, desc: str, **kw) -> Features:
-        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=self.data.name,
+    def _features(self, samples, *, split: str, desc: str, dataset: str | None = None, **kw) -> Features:
+        return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=dataset or self.data.name,
                                                   split=split, recompute=self.recompute, desc=desc,
                                                   **self._kw, **kw))
 
@@ -268,9 +273,11 @@ class ImageSource:
         """Every feature file the runs need, extracted by all ranks together (torchrun)."""
         data, cfg = self.data, self.cfg
         self._features(data.test, split="test", desc="test")
-        if data.val is not None:
+        for t in self.targets:
+            self._features(t.data.test, split="test", desc=f"test {t.name}", dataset=t.name)
+        if data.val is not None and any(cfg["shots"]):
             self._features(data.val, split="val", desc="val")
-        for shots in cfg["shots"]:
+        for shots in [k for k in cfg["shots"] if k > 0]:   # 0 shots (test-time): the test split only
             for seed in cfg["seeds"]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
@@ -282,6 +289,9 @@ class ImageSource:
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
         cfg = self.cfg
+        if shots == 0:
+            return test_only_split(self.test, len(self.data.classnames), seed,
+                                    extra={"skipped_images": {"test": _skipped(self.data.test, self.test)}})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             draw = self._draw(shots, seed)
@@ -294,8 +304,19 @@ class ImageSource:
             val = self.full_val.subset(torch.tensor(index, dtype=torch.long))
         else:  # ImageNet: validation carved from train images not used as shots
             val = self._features(draw.val, split="train-as-val", desc=f"val {shots}-shot seed {seed}")
+        bad_shots = _skipped(draw.support, support)
+        replacements = []
+        if bad_shots:  # each unreadable shot replaced by a readable train image of its class (seeded)
+            draw, replacements = replace_unreadable_shots(draw, bad_shots, _readable_with(load_image))
+            if replacements:
+                support = self._features(draw.support, split="train", desc=f"support {shots}-shot seed {seed}",
+                                         views=cfg["views"], with_patches=self._needs_patches, seed=seed)
+                for r in replacements:
+                    echo(f"[ssp] {shots}-shot seed {seed}: class {r['class']} ({r['classname']!r}): unreadable shot "
+                         f"{r['replaced']} replaced by {r['by']} (--skip-bad-images; seeded draw from the train split)")
         extract_s = time.perf_counter() - t0
-        skipped = {"test": _skipped(self.data.test, self.test), "support": _skipped(draw.support, support),
+        bad_shots = list(dict.fromkeys(bad_shots + _skipped(draw.support, support)))
+        skipped = {"test": _skipped(self.data.test, self.test), "support": bad_shots,
                    "val": ([p for p in (s.path for s in draw.val) if p not in self.val_index]
                            if self.full_val is not None else _skipped(draw.val, val))}
         n_skipped = sum(map(len, skipped.values()))
@@ -313,9 +334,10 @@ class ImageSource:
             seeds={"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
                    "training": seed, "random_init": identity.get("seed") if identity["source"] == "random" else None},
             timings={"shared_features_s": self.shared_s, "support_val_features_s": extract_s},
-            warnings=sampling_warnings,
-            extra={"skipped_images": skipped,
-                   "split_manifest": run_manifest(draw, split_file_sha256=self.split_sha256)})
+            warnings=sampling_warnings, targets=self.target_features,
+            extra={"skipped_images": skipped, "replaced_shots": replacements,
+                   "split_manifest": run_manifest(draw, split_file_sha256=self.split_sha256,
+                                                  replacements=replacements)})
 
     def text_classifier(self) -> torch.Tensor:
         return self.text
@@ -334,7 +356,9 @@ class ImageSource:
                                         f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",
                               "templates": list(self.prompts.templates), "prompts": self.prompts.record()},
             "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
-                                + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}"),
+                                + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}")
+                                + ("" if self.manifest is None else
+                                   f", support from split manifest {self.manifest['sha256'][:10]}"),
         }
 
     def close(self, echo: Echo) -> None:
@@ -379,25 +403,6 @@ def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> Non
         raise ValueError(f"Tip-Adapter cache folder {folder} holds {n_classes} classes, {dataset} has {expected}: "
                          f"these are not {dataset}'s features; run it with the dataset it was extracted from"
                          f"{hint}")
-
-
-def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split of validation indices into ``(search, test)``: for class ``c`` a
-    permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
-    ``round(fraction * n_c)`` indices (at least one, and at most ``n_c - 1`` when ``n_c >= 2``) go
-    to the test part. Both parts are sorted (file order)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"test_from_val must be a fraction in (0, 1), got {fraction}")
-    y = labels.cpu().numpy()
-    search, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        perm = idx[np.random.default_rng([int(seed), _STAGE_TEST_FROM_VAL, int(c)]).permutation(idx.size)]
-        n_test = int(round(fraction * idx.size))
-        n_test = min(max(n_test, 1), idx.size - 1) if idx.size >= 2 else 0
-        test.extend(perm[:n_test].tolist())
-        search.extend(perm[n_test:].tolist())
-    return torch.tensor(sorted(search), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
 
 
 class TipCacheSource:
@@ -451,7 +456,7 @@ class TipCacheSource:
         self.backbone_name = backbone_name
         self.device = resolve_device(device)
         if check_shots:
-            missing = [k for k in cfg["shots"] if k not in self.shots]
+            missing = [k for k in cfg["shots"] if k > 0 and k not in self.shots]   # 0: test split only
             if missing:
                 raise FileNotFoundError(f"{folder} has no keys_<K>shots.pt for shots {missing} "
                                         f"(shot counts present: {self.shots})")
@@ -488,10 +493,10 @@ class TipCacheSource:
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
         t0 = time.perf_counter()
-        if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots, read_text=False))  # read once, above
+        wanted = shots or self.shots[0]   # 0 shots (test-time): any cache file holds val / test
+        if self._loaded is None or self._loaded[0] != wanted:
+            self._loaded = (wanted, load_tip_adapter_cache(self.folder, wanted, read_text=False))  # read once, above
         cache = self._loaded[1]
-        support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels
         split = None
         if self.test_from_val is not None:
@@ -503,6 +508,11 @@ class TipCacheSource:
                      "n_test": int(test_idx.numel())}
         else:
             test = None if cache.test_features is None else Features(cache.test_features, cache.test_labels)
+        if shots == 0:   # test-time: the test part only (the same as the few-shot runs of this seed)
+            out = test_only_split(test, self.n_classes, seed, timings={"load_features_s": time.perf_counter() - t0})
+            out.protocol["test_from_val"], out.seeds["test_from_val_split"] = split, seed if split else None
+            return out
+        support = Features(cache.support_features, cache.support_labels)
         policy = self.cfg["val_policy"]
         keep = torch.tensor(validation_subsample(val_y.tolist(), policy, shots, seed), dtype=torch.long)
         val = Features(val_x[keep], val_y[keep])
@@ -543,7 +553,7 @@ def make_source(cfg: dict, *, root: str | Path | None = None, features: str | Pa
                 store_dir: str | Path | None = None, recompute: bool = False, progress: bool = True,
                 test_from_val: float | None = None, text_features: str | Path | None = None,
                 text_layout: str = "auto", backbone_name: str | None = None, check_shots: bool = True,
-                require_test: bool = True) -> FeatureSource:
+                require_test: bool = True, eval_on: list[str] | None = None) -> FeatureSource:
     """The one way the command-line tools build a feature source: images under ``root`` through
     the config's backbone (:class:`ImageSource`), or a Tip-Adapter cache folder ``features``
     (:class:`TipCacheSource`). Exactly one of the two; the options of the other source are
@@ -551,7 +561,8 @@ def make_source(cfg: dict, *, root: str | Path | None = None, features: str | Pa
 
     ``cfg`` holds what the source reads: ``dataset``, ``shots``, ``seeds``, ``val_policy``, and for
     images ``backbone``, ``pretrained``, ``precision``, ``views`` (``quick_gelu``, ``batch_size``,
-    ``num_workers``, ``skip_bad_images``, ``prompts`` optional).
+    ``num_workers``, ``skip_bad_images``, ``prompts`` optional). ``eval_on``: the distribution-shift
+    targets whose test sets images runs also score.
     """
     if (root is None) == (features is None):
         raise ValueError("a feature source is images (root=DATA_ROOT) or a Tip-Adapter cache folder "
@@ -559,6 +570,8 @@ def make_source(cfg: dict, *, root: str | Path | None = None, features: str | Pa
     if features is not None:
         given = [name for name, value in (("split_file", split_file), ("split_manifest", split_manifest),
                                           ("store_dir", store_dir)) if value is not None]
+        if eval_on:
+            given.append("eval_on")
         if recompute:
             given.append("recompute")
         if given:
@@ -573,4 +586,4 @@ def make_source(cfg: dict, *, root: str | Path | None = None, features: str | Pa
         raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to Tip-Adapter cache folders "
                          "(features=DIR), not to images")
     return ImageSource(cfg, root=root, store_dir=store_dir, device=device, recompute=recompute,
-                       split_file=split_file, progress=progress, split_manifest=split_manifest)
+                       split_file=split_file, progress=progress, split_manifest=split_manifest, eval_on=eval_on)

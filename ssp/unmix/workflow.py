@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import shutil
-import sys
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,10 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ssp._checks import is_random_weights
 from ssp._io import write_json_atomic
 from ssp._utils.normalize import l2_normalize
-from ssp.backbone.model import load_backbone
 from ssp.data import get_dataset, load_image
 from ssp.data.base import read_split_file
 from ssp.features.store import FeatureStore
@@ -36,7 +32,7 @@ from ssp.unmix.projector import UnmixProjector, dual_prompt_logits
 from ssp.unmix.segment import DEFAULT_BACKGROUND_PROMPTS, ZeroShotSegmenter, save_palette_mask, save_side_by_side
 
 __all__ = ["MULTILABEL_NAMES", "POSITIVE_TEMPLATE", "NEGATIVE_TEMPLATE", "UsageError", "is_multilabel", "check_multilabel",
-           "new_run", "random_weights_banner", "open_backbone", "read_classnames", "dataset_classifier", "analyze",
+           "new_run", "read_classnames", "dataset_classifier", "analyze",
            "train_multilabel", "train_single_label", "save_trained", "mlr", "segment"]
 
 MULTILABEL_NAMES = ("voc", "voc2007", "voc2012", "coco", "coco2014", "coco2017")
@@ -84,21 +80,6 @@ def new_run(output: str | Path, command: str, label: str) -> tuple[str, Path, Pa
 def _record(provenance: dict, command: str, run_id: str) -> dict:
     return {"tool": "ssp-unmix", "command": command, "run_id": run_id,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **provenance}
-
-
-def random_weights_banner(pretrained: str | None) -> None:
-    """For random weights (``pretrained='none'``): one loud banner on standard error, and the
-    per-load warning that says the same silenced."""
-    if is_random_weights(pretrained):
-        warnings.filterwarnings("ignore", message=".*RANDOMLY INITIALISED.*")
-        print("!" * 78 + "\n  --pretrained none: RANDOMLY INITIALISED backbone. Scores below are MEANINGLESS;\n"
-              "  use this only to smoke-test the pipeline.\n" + "!" * 78, file=sys.stderr)
-
-
-def open_backbone(backbone: str, pretrained: str | None, *, device=None, precision: str = "fp32"):
-    """:func:`ssp.backbone.model.load_backbone`, with :func:`random_weights_banner`."""
-    random_weights_banner(pretrained)
-    return load_backbone(backbone, pretrained, device=device, precision=precision, cache_dir=None)
 
 
 def read_classnames(spec: str | None, n: int) -> list[str] | None:

@@ -59,8 +59,11 @@ def _check_class_major(fs: FewShotSplits) -> None:
 
 
 # --------------------------------------------------------------------------------------------- registry
-def test_registry_lists_the_eleven_benchmarks_and_imagefolder():
-    assert list_datasets() == BENCHMARKS + ["imagefolder"]
+SHIFT_TARGETS = ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+
+
+def test_registry_lists_the_eleven_benchmarks_the_shift_targets_and_imagefolder():
+    assert list_datasets() == BENCHMARKS + SHIFT_TARGETS + ["imagefolder"]
     with pytest.raises(ValueError, match="unknown dataset 'mnist'.*dtd"):
         get_dataset("mnist", "/nowhere")
 
@@ -438,8 +441,8 @@ def test_support_that_lost_a_class_to_skipped_images_is_refused():
     check_support_after_skips(fs.support, None, fs.classnames)        # nothing skipped
     check_support_after_skips(fs.support, [0, 1, 2], fs.classnames)   # every shot kept
     lost = fs.support[1].path
-    with pytest.raises(ValueError, match=rf"class 1 \('class 1'\) has no support image left: its shot\(s\) "
-                                         rf"{lost} could not be read .*drop skip_bad_images=True"):
+    with pytest.raises(ValueError, match=rf"class 1 \('class 1'\) has no readable training image left: its "
+                                         rf"shot\(s\) {lost} could not be read.*drop skip_bad_images=True"):
         check_support_after_skips(fs.support, [0, 2], fs.classnames)
     two = make_fewshot_splits(_synthetic([3, 3]), 2, 1)
     check_support_after_skips(two.support, [0, 1, 3], two.classnames)  # class 1 keeps one of two shots
@@ -475,3 +478,32 @@ def test_fgvc_aircraft_official_lists(tmp_path):
     (air / "images_variant_val.txt").write_text("0003 Boeing 999\n")
     with pytest.raises(ValueError, match="images_variant_val.txt, line 1"):
         get_dataset("fgvc_aircraft", tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*no train images left for the carved validation set")
+def test_unreadable_shots_are_replaced_by_seeded_readable_train_images_of_their_class():
+    from ssp.data.fewshot import replace_unreadable_shots
+
+    ds = _synthetic([6, 6, 1])  # no validation split: validation is carved from train, never reused
+    fs = make_fewshot_splits(ds, 1, 1)
+    bad = [fs.support[0].path, fs.support[2].path]  # class 0's shot, and class 2's only image
+    unreadable = {p for p in bad}
+    tried = []
+
+    def readable(sample):
+        tried.append(sample.path)
+        return sample.path not in unreadable
+
+    new, replaced = replace_unreadable_shots(fs, bad, readable)
+    assert [r["class"] for r in replaced] == [0]  # class 2 has nothing else: its shot stays out
+    by = replaced[0]["by"]
+    assert new.support[0].path == by and new.support[0].label == 0 and new.support[1:] == fs.support[1:]
+    assert by not in {s.path for s in fs.val} and by != bad[0]
+    again, replaced_again = replace_unreadable_shots(fs, bad, lambda s: s.path not in unreadable)
+    assert replaced_again == replaced and again.support == new.support  # seeded
+    other = make_fewshot_splits(ds, 1, 2)
+    assert replace_unreadable_shots(other, [], readable) == (other, [])
+    # a candidate that cannot be read either is passed over
+    unreadable.add(by)
+    third, replaced_third = replace_unreadable_shots(fs, bad, readable)
+    assert replaced_third[0]["by"] not in (by, bad[0]) and third.support[0].label == 0

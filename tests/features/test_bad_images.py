@@ -83,6 +83,6 @@ def test_corrupt_image_error_and_skip_bad_images(data_root, tmp_path):
     assert refusing.returncode == 1, err_refuse[-2000:]
     last = err_refuse.strip().splitlines()
     line = next(x for x in last if x.startswith("ssp-fewshot: error:"))
-    assert "class 0 ('banded') has no support image left" in line and "--skip-bad-images" in line
+    assert "class 0 ('banded') has no readable training image left" in line and "--skip-bad-images" in line
     assert all(str(only_bad / "dtd/images" / rel) in line for rel, _, _ in entries["train"][:2])
     assert not list((tmp_path / "refuse/out").rglob("*.run.json"))

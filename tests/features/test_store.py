@@ -386,9 +386,11 @@ def test_sample_digest(tmp_path, samples):
     with open(moved / Path(samples[0].path).relative_to(tmp_path / "images"), "ab") as f:
         f.write(b"\x00" * 10)
     assert sample_digest(relocated) != d
-    missing = Sample(str(tmp_path / "nope.jpg"), 0, "x")
-    with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        sample_digest(samples + [missing])
+    missing = Sample(str(tmp_path / "nope.jpg"), 0, "x")  # counted as missing; reading it names it later
+    absent = sample_digest(samples + [missing])
+    assert absent != d
+    (tmp_path / "nope.jpg").write_bytes(b"")
+    assert sample_digest(samples + [missing]) != absent  # an empty file is not a missing one
 
 
 def test_cache_hit_skips_backbone_and_is_identical(store, samples):

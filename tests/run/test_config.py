@@ -40,7 +40,7 @@ def test_merge_is_recursive_and_does_not_mutate():
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"methods": ["tip"]}, "unknown method"),
+    ({"methods": ["tip-adaptr"]}, "unknown method"),
     ({"shots": [0]}, "shots must be >= 1"),
     ({"seeds": []}, "seeds"),
     ({"val_policy": "half"}, "val_policy"),

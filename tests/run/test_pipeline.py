@@ -146,7 +146,7 @@ def test_paper_preset_dry_run_lists_its_datasets_shots_and_seeds(tmp_path):
     assert re.search(r"run  ape\s+16-shot seeds \[1, 2, 3\]", done.stdout)
     assert not (tmp_path / "o").exists()
     bad = _cli("ssp.cli.reproduce", "--paper", "nope", "--output", tmp_path / "o", "--dry-run")
-    assert bad.returncode == 1 and "choose from" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "choose from" in bad.stderr and "Traceback" not in bad.stderr  # a usage error
 
 
 @pytest.fixture()

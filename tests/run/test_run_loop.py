@@ -109,9 +109,29 @@ def test_warning_log_groups_messages_that_differ_only_in_numbers():
     log.add("ape", ["n_channels=800 exceeds D=512"])
     log.add("tip-adapter", ["optimum at alpha=1.5"])
     log.summary()
-    assert lines[:3] == ["[ssp] warning (ape): optimum at alpha=2.855", "[ssp] warning (ape): n_channels=800 "
-                         "exceeds D=512", "[ssp] warning (tip-adapter): optimum at alpha=1.5"]
-    assert "5 warning(s) in all" in lines[3] and "not shown again: ape 2" in lines[3]
+    assert lines[:2] == ["[ssp] warning (ape): optimum at alpha=2.855", "[ssp] warning (ape): n_channels=800 "
+                         "exceeds D=512"]
+    assert "5 warning(s) in all" in lines[2]
+    assert lines[3:] == ["  3 x optimum at alpha=#: ape 2, tip-adapter 1", "  2 x n_channels=# exceeds D=#: ape 2"]
+
+
+def test_grid_edge_warnings_of_every_method_are_one_kind_per_axis_and_side():
+    """20 grid-edge warnings of a 28-run demo: one line per (axis, side), not one per method."""
+    lines = []
+    log = WarningLog(lines.append)
+    edge = ("validation_search: the best validation accuracy along {a} is reached at the largest value of the "
+            "given grid ({a}={v}, chosen), so the optimum may lie above the grid; extend grid")
+    tie = ("validation_search: the chosen {a}={v} ties with the smallest value of the given grid ({a}=0.1): the "
+           "validation accuracy is the same at both")
+    for i, method in enumerate(["tip-adapter", "ape", "gda", "proker", "ape+ssp", "gda+ssp"]):
+        log.add(method, [edge.format(a="alpha", v=i + 1), tie.format(a="beta", v=0.2 * i)])
+        log.add(method, [edge.format(a="alpha", v=i + 2)])
+    log.summary()
+    shown = [line for line in lines if line.startswith("[ssp] warning")]
+    assert len(shown) == 2
+    assert lines[-2] == ("  12 x search optimum at the largest alpha of the grid: tip-adapter 2, ape 2, gda 2, "
+                         "proker 2, ape+ssp 2, gda+ssp 2")
+    assert lines[-1].startswith("  6 x search optimum at the smallest beta of the grid: tip-adapter 1")
 
 
 def test_a_run_another_live_process_holds_is_left_to_it(cache, tmp_path, capsys):
