@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
-from ssp.methods.registry import method_names, registered_methods, SSP_SUFFIX
+from ssp.methods.registry import SSP_SUFFIX, registered_methods
 from ssp.report.published import canonical_backbone, published_lookup, published_table
+from ssp.report.stats import mean_std, method_order
 from ssp.run.records import RUN_SUFFIX, find_runs, run_filename
+from ssp.report.html import write_results_page
+from ssp.report.reliability import format_calibration_table
 
 
 def load_runs(output_dir: Path, *, skipped: list[Path] | None = None) -> list[dict]:
@@ -64,15 +66,6 @@ def nested_output_folders(output_dir: Path, paths: Iterable[Path]) -> list[Path]
         if folder not in folders:
             folders.append(folder)
     return folders
-
-
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # sample std, as papers report
-    return mean, math.sqrt(var)
 
 
 def _protocol_key(record: dict) -> str:
@@ -118,11 +111,6 @@ def is_random_backbone(records: Iterable[dict]) -> bool:
 
 
 RANDOM_WEIGHTS_LINE = "RANDOM WEIGHTS (--pretrained none): the accuracies are meaningless"
-
-
-def method_order(methods: Iterable[str]) -> list[str]:
-    order = {m: i for i, m in enumerate(method_names())}
-    return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))
 
 
 def format_table(summary: list[dict]) -> str:
@@ -321,10 +309,12 @@ def plot_metrics(records: list[dict], path: Path) -> Path:
     return Path(path)
 
 
-def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
+def write_report(output_dir: Path, *, page: bool = True) -> tuple[str, dict[str, Path]]:
     """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``.
     Few-shot runs get the shots x methods table and plot; runs of other protocols (base-to-new, ...)
-    a table of their own metrics per protocol."""
+    a table of their own metrics per protocol. Runs with reliability metrics add ``calibration.md``
+    (:mod:`ssp.report.reliability`); ``page`` writes the results page ``index.html`` with its
+    ``plots/`` (:mod:`ssp.report.html`)."""
     output_dir = Path(output_dir)
     skipped: list[Path] = []
     records = load_runs(output_dir, skipped=skipped)
@@ -361,4 +351,9 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
     if fewshot:
         text += f"\nValidation accuracy of the chosen hyper-parameters:\n\n```\n{format_table(summaries['val'])}\n```\n"
     write_text_atomic(paths["table"], text)
+    calibration = format_calibration_table(records)
+    if calibration:
+        paths["calibration"] = write_text_atomic(output_dir / "calibration.md", calibration + "\n")
+    if page:
+        paths["page"] = write_results_page([(output_dir / run_filename(r), r) for r in records], output_dir)
     return table, paths
