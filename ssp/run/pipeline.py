@@ -26,6 +26,7 @@ from ssp.methods.search import validation_search
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
 from ssp.run.records import MethodResult, RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
+from ssp.metrics import per_class_results, reliability
 
 Echo = Callable[[str], None]
 
@@ -48,8 +49,6 @@ def evaluate(model, val: Features, test: Features, *, alpha: float = 0.1,
              n_bins: int = 15) -> tuple[float, dict, dict]:
     """``(test accuracy %, reliability metrics, per-sample and per-class arrays)`` of a fitted model:
     test logits computed once; the validation logits are the only calibration data."""
-    from ssp.metrics import per_class_results, reliability
-
     test_logits = logits_of(model, test)
     labels = test.labels.cpu().numpy().astype(np.int64)
     prediction = test_logits.argmax(axis=1)
@@ -88,14 +87,16 @@ def training_details(model, *, views_given: bool) -> dict:
 
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None,
-               progress: bool = False) -> MethodResult:
+               progress: bool = False, prompt_features: torch.Tensor | None = None) -> MethodResult:
     """Fit ``method`` (a name of :mod:`ssp.methods.registry`, optionally ``+ssp``) on the support set,
     choose its hyper-parameters on ``val``, score ``test`` once.
 
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
     ``progress`` shows their training progress bar. Warnings raised while fitting and searching
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
-    ``MethodResult.warnings`` (those of the chosen rank rule).
+    ``MethodResult.warnings`` (those of the chosen rank rule). ``prompt_features`` ``[C, P, D]``
+    (each class's prompts encoded one by one) go to the methods that weigh prompts (TIMO); ``None``:
+    they get the text classifier as the single prompt of each class.
     """
     spec, use_ssp = parse_method(method)
     n_features = support.image_features.shape[1]
@@ -106,6 +107,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     extra: dict = {}
     if spec.uses_views:
         fit_kw["view_features"] = support.view_features
+    if spec.uses_prompts:
+        fit_kw["prompt_features"] = prompt_features
     if spec.fine_tuned:
         fit_kw.update(val_features=val.image_features, val_labels=val.labels,
                       view_features=support.view_features)
@@ -148,6 +151,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             details["n_channels"] = len(model.channels_)
         if spec.fine_tuned or spec.uses_views:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
+        if callable(getattr(model, "fit_details", None)):  # what the method reports about its fit
+            details.update(jsonable(model.fit_details()))
         candidates.append((score, model, params, details, list(dict.fromkeys(str(w.message) for w in caught))))
     # first maximum over rank rules wins (ties -> earlier candidate in the config's list)
     best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
@@ -161,6 +166,17 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     timings["test_s"] = time.perf_counter() - t0
     return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model=model,
                         reliability=metrics, samples=samples)
+
+
+def _with_prompts(prompts: torch.Tensor) -> Callable[..., MethodResult]:
+    """:func:`run_method` that also passes the per-prompt text features ``[C, P, D]``; a protocol
+    fitting on the first ``C' < C`` classes (base-to-new) gets their first ``C'`` rows."""
+
+    def fit_one(method, cfg, support, val, test, text_features, **kw):
+        return run_method(method, cfg, support, val, test, text_features,
+                          prompt_features=prompts[: int(text_features.shape[0])], **kw)
+
+    return fit_one
 
 
 def fmt_params(params: dict) -> str:
@@ -283,10 +299,12 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
             echo(f"[ssp] {len(done)} of {len(stubs)} runs already done under {output_dir} (same settings): reused")
         if not source.open(echo):
             return []
-        fields = source.record_fields()
         text = source.text_classifier()
         if spec.needs_text and text is None:
             raise ValueError(f"protocol {spec.name} needs a text classifier, and {source.dataset} has none")
+        prompts = source.prompt_features() if any(parse_method(m)[0].uses_prompts for m in methods) else None
+        fields = source.record_fields()
+        fit_one = run_method if prompts is None else _with_prompts(prompts)
         log = WarningLog(echo)
         waiting: dict[tuple[int, int, str], RunLock] = {}
         for shots in cfg["shots"]:
@@ -311,7 +329,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                     split = source.split(shots, seed, echo)
                     log.add("sampling", split.warnings)
                     for method, lock in todo:
-                        outcome = spec.evaluate(method, cfg, split, text, run_method=run_method,
+                        outcome = spec.evaluate(method, cfg, split, text, run_method=fit_one,
                                                 device=source.device, seed=seed, progress=progress)
                         res = outcome.result
                         log.add(method, res.warnings)

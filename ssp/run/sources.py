@@ -54,7 +54,7 @@ from ssp.data.manifest import check_run_manifest, fewshot_splits, run_manifest
 from ssp.data.prompts import resolve_prompts
 from ssp.data.verify import check_dataset
 from ssp.features.store import FeatureStore, cached_features
-from ssp.features.text import load_text_features
+from ssp.features.text import load_text_features, prompt_features_file, stored_prompt_features
 from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
 from ssp.features.types import Features
 from ssp.methods.registry import parse_method
@@ -97,6 +97,9 @@ class FeatureSource(Protocol):
 
     def text_classifier(self) -> torch.Tensor | None:
         """``[C, D]`` text classifier (None: none available)."""
+
+    def prompt_features(self) -> torch.Tensor | None:
+        """``[C, P, D]`` per-prompt text features (None: one prompt per class, the classifier)."""
 
     def close(self, echo: Echo) -> None:
         """Report on the work done (e.g. the feature store's reuse counts)."""
@@ -187,7 +190,7 @@ class ImageSource:
                  for name, samples in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
 
         self.prompts = resolve_prompts(cfg.get("prompts"), dataset=self.data.name,
-                                       classnames=self.data.classnames, templates=self.data.templates)
+                                       classnames=self.data.classnames, templates=self.data.templates, root=root)
         self._common = {
             "source": {"kind": "images", "image_lists": lists, "templates": list(self.data.templates)},
             "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
@@ -342,6 +345,11 @@ class ImageSource:
     def text_classifier(self) -> torch.Tensor:
         return self.text
 
+    def prompt_features(self) -> torch.Tensor | None:
+        tensor, self.prompt_info = stored_prompt_features(self.store, self.backbone, self.data.classnames,
+                                                          self.prompts, recompute=self.recompute)
+        return tensor
+
     def record_fields(self) -> dict:
         cfg, data, path = self.cfg, self.data, self.split_file
         return {
@@ -354,7 +362,8 @@ class ImageSource:
                        "extraction_world_size": self.world_size, **self._common["source"]},
             "text_features": {"source": f"computed from the backbone's text encoder ({self.prompts.source}; "
                                         f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",
-                              "templates": list(self.prompts.templates), "prompts": self.prompts.record()},
+                              "templates": list(self.prompts.templates), "prompts": self.prompts.record(),
+                              **({"prompt_features": self.prompt_info} if getattr(self, "prompt_info", None) else {})},
             "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
                                 + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}")
                                 + ("" if self.manifest is None else
@@ -420,7 +429,7 @@ class TipCacheSource:
     def __init__(self, cfg: dict, *, folder: str | Path, test_from_val: float | None = None,
                  text_features: str | Path | None = None, text_layout: str = "auto",
                  backbone_name: str | None = None, device=None, check_shots: bool = True,
-                 require_test: bool = True) -> None:
+                 require_test: bool = True, prompt_features: str | Path | None = None) -> None:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"Tip-Adapter cache folder {folder} does not exist")
@@ -447,6 +456,8 @@ class TipCacheSource:
                               "templates": "not recorded in the cache"}
         else:
             self.text, self.text_info = None, {"source": None}
+        self.prompts, prompt_info = prompt_features_file(prompt_features, self.n_classes, self.dim)  # [C, P, D]
+        self.text_info = {**self.text_info, **({"prompt_features": prompt_info} if prompt_info else {})}
         self.folder, self.cfg, self.test_from_val = folder, cfg, test_from_val
         self.has_test, self.has_val = probe.test_features is not None, probe.val_features is not None
         self.file_digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
@@ -470,6 +481,8 @@ class TipCacheSource:
         self._common = {"source": {"kind": "tip-adapter-cache", "files_digest": settings_key(self.file_digests),
                                    "text_features_sha256": self.text_info.get("sha256")},
                         "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
+        if prompt_info:  # only then: earlier runs keep their settings keys
+            self._common["source"]["prompt_features_sha256"] = prompt_info["sha256"]
         self._loaded: tuple[int, object] | None = None
 
     def common_settings(self) -> dict:
@@ -530,6 +543,9 @@ class TipCacheSource:
     def text_classifier(self) -> torch.Tensor | None:
         return self.text
 
+    def prompt_features(self) -> torch.Tensor | None:
+        return self.prompts
+
     def record_fields(self) -> dict:
         text_file = self.text_info.get("file")
         return {
@@ -551,39 +567,30 @@ class TipCacheSource:
 def make_source(cfg: dict, *, root: str | Path | None = None, features: str | Path | None = None,
                 device=None, split_file: str | Path | None = None, split_manifest: dict | None = None,
                 store_dir: str | Path | None = None, recompute: bool = False, progress: bool = True,
-                test_from_val: float | None = None, text_features: str | Path | None = None,
-                text_layout: str = "auto", backbone_name: str | None = None, check_shots: bool = True,
-                require_test: bool = True, eval_on: list[str] | None = None) -> FeatureSource:
+                eval_on: list[str] | None = None, test_from_val: float | None = None,
+                text_features: str | Path | None = None, text_layout: str = "auto",
+                prompt_features: str | Path | None = None, backbone_name: str | None = None,
+                check_shots: bool = True, require_test: bool = True) -> FeatureSource:
     """The one way the command-line tools build a feature source: images under ``root`` through
     the config's backbone (:class:`ImageSource`), or a Tip-Adapter cache folder ``features``
-    (:class:`TipCacheSource`). Exactly one of the two; the options of the other source are
-    refused (``ValueError`` naming them) rather than silently ignored.
-
-    ``cfg`` holds what the source reads: ``dataset``, ``shots``, ``seeds``, ``val_policy``, and for
-    images ``backbone``, ``pretrained``, ``precision``, ``views`` (``quick_gelu``, ``batch_size``,
-    ``num_workers``, ``skip_bad_images``, ``prompts`` optional). ``eval_on``: the distribution-shift
-    targets whose test sets images runs also score.
-    """
+    (:class:`TipCacheSource`). Exactly one of the two; the other source's options are refused
+    (``ValueError`` naming them) rather than silently ignored. ``cfg`` holds what the source reads:
+    ``dataset``, ``shots``, ``seeds``, ``val_policy``, and for images ``backbone``, ``pretrained``,
+    ``precision``, ``views`` (``quick_gelu``, ``batch_size``, ``num_workers``, ``skip_bad_images``,
+    ``prompts`` optional)."""
     if (root is None) == (features is None):
         raise ValueError("a feature source is images (root=DATA_ROOT) or a Tip-Adapter cache folder "
                          "(features=DIR): give exactly one")
-    if features is not None:
-        given = [name for name, value in (("split_file", split_file), ("split_manifest", split_manifest),
-                                          ("store_dir", store_dir)) if value is not None]
-        if eval_on:
-            given.append("eval_on")
-        if recompute:
-            given.append("recompute")
-        if given:
-            raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to images (root=...); "
-                             "a Tip-Adapter cache folder holds features already extracted")
-        return TipCacheSource(cfg, folder=features, test_from_val=test_from_val, text_features=text_features,
-                              text_layout=text_layout, backbone_name=backbone_name, device=device,
-                              check_shots=check_shots, require_test=require_test)
-    given = [name for name, value in (("test_from_val", test_from_val), ("text_features", text_features))
-             if value is not None]
+    images_only = {"split_file": split_file, "split_manifest": split_manifest, "store_dir": store_dir,
+                   "recompute": recompute or None, "eval_on": eval_on or None}
+    cache_only = {"test_from_val": test_from_val, "text_features": text_features, "prompt_features": prompt_features}
+    given = [k for k, v in (images_only if features is not None else cache_only).items() if v is not None]
     if given:
-        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to Tip-Adapter cache folders "
-                         "(features=DIR), not to images")
-    return ImageSource(cfg, root=root, store_dir=store_dir, device=device, recompute=recompute,
-                       split_file=split_file, progress=progress, split_manifest=split_manifest, eval_on=eval_on)
+        kind = "images (root=...)" if features is not None else "Tip-Adapter cache folders (features=DIR)"
+        raise ValueError(f"{', '.join(given)}: only for {kind}, not for the source given")
+    if features is not None:
+        return TipCacheSource(cfg, folder=features, device=device, test_from_val=test_from_val,
+                              text_features=text_features, text_layout=text_layout, prompt_features=prompt_features,
+                              backbone_name=backbone_name, check_shots=check_shots, require_test=require_test)
+    return ImageSource(cfg, root=root, store_dir=store_dir, device=device, recompute=recompute, split_file=split_file,
+                       progress=progress, split_manifest=split_manifest, eval_on=eval_on)
