@@ -388,12 +388,13 @@ def _main(argv: list[str] | None = None) -> int:
     from ssp.report.tables import write_report
 
     try:
-        table, _ = write_report(args.output)
+        table, written = write_report(args.output)
     except (ValueError, OSError) as err:
         raise fail(prog, err, args.debug)
     print()
     print(table)
-    print(f"\n{len(records)} runs under {args.output} (results.md, results.png, summary.json)")
+    names = sorted({Path(p).name for p in written.values()}, key=lambda n: (not n.startswith("results"), n))
+    print(f"\n{len(records)} runs under {args.output} ({', '.join(names)})")
     return 0
 
 
