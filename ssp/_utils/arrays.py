@@ -48,6 +48,8 @@ def to_tensor(
                 raise TypeError(f"{name} must hold numbers ({err})") from None
         if a.dtype.kind in "US":
             raise ValueError(f"{name} must hold numbers, got strings (dtype {a.dtype})")
+        if any(stride < 0 for stride in a.strides):  # a reversed view (x[::-1]): torch needs a copy
+            a = a.copy()
         t = torch.as_tensor(a)
     else:
         raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")

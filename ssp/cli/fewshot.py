@@ -28,7 +28,7 @@ from ssp.cli._args import fail, int_at_least, with_cli_messages
 from ssp.cli._args import random_weights_banner as _random_weights_banner
 from ssp.methods.registry import canonical_name, method_help
 from ssp.run.config import builtin_config_names, load_config
-from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, protocol_names
+from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_names
 
 
 def _rank_rule(text: str):
@@ -321,6 +321,8 @@ def _main(argv: list[str] | None = None) -> int:
         overrides["backbone"] = None  # a label only: the cache's backbone is not loaded
     try:
         cfg = load_config(args.dataset, args.config, overrides)
+        cfg = get_protocol(args.protocol).configure(cfg, shots_given=args.shots is not None,
+                                                    methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
     from ssp.data import ImageLoadError

@@ -9,6 +9,9 @@
     proker         :class:`ProKeR`, kernel ridge regression around zero-shot CLIP (training-free)
     lp_plus_plus   :class:`LPPlusPlus`, a linear probe blended with the text logits (LP++)
     linear_probe   :class:`LinearProbe`, the CLIP paper's logistic-regression probe
+    tda            :class:`TDA`, test-time positive / negative caches of the stream (no shots)
+    dmn            :class:`DMNZeroShot`, DMN-ZS's dynamic memory of the stream (no shots)
+    stream         what the test-time methods share (memory replay, the streaming base class)
     projector      :class:`SSPProjector`, the training-free vision / language subspace projector
     scoring        its exact class scoring: screens (TF32, bfloat16) with rigorous bounds, float64
                    re-scoring, `auto` by measurement
@@ -26,7 +29,10 @@ from ssp.methods import gda  # noqa: F401
 from ssp.methods import proker  # noqa: F401
 from ssp.methods import lp_plus_plus  # noqa: F401
 from ssp.methods import linear_probe  # noqa: F401
+from ssp.methods import tda  # noqa: F401
+from ssp.methods import dmn  # noqa: F401
 from ssp.methods.cache_models import APE, TipAdapter
+from ssp.methods.dmn import DMNZeroShot
 from ssp.methods.finetuned import APET, TipAdapterF
 from ssp.methods.gda import GDA
 from ssp.methods.linear_probe import LinearProbe
@@ -35,9 +41,11 @@ from ssp.methods.proker import ProKeR
 from ssp.methods.projector import SSPProjector
 from ssp.methods.registry import MethodSpec, get_method, method_names, parse_method, register_method
 from ssp.methods.search import SearchResult, make_grid, validation_search
+from ssp.methods.tda import TDA
 from ssp.methods.zero_shot import ZeroShotCLIP
 
 __all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "GDA", "ProKeR", "LPPlusPlus", "LinearProbe",
+           "TDA", "DMNZeroShot",
            "SSPProjector", "MethodSpec",
            "register_method", "get_method", "method_names", "parse_method", "validation_search",
            "SearchResult", "make_grid"]

@@ -57,6 +57,9 @@ class MethodSpec:
             reads its own keys of ``search_section`` (and checks them, naming the bad key).
         uses_views: ``fit`` also takes ``view_features`` ``[E, N, D]`` (the augmented views of
             the support images), as the fine-tuned methods do.
+        test_time: adapts while streaming over the test split, with no labelled support: runs
+            under the test-time protocol only (``fit(text_features=...)``, then ``predict`` over the
+            stream in order).
     """
 
     name: str
@@ -73,6 +76,7 @@ class MethodSpec:
     needs_text: bool = True
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
+    test_time: bool = False
 
     def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
         """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
@@ -82,6 +86,11 @@ class MethodSpec:
               device: Any = None, **extra: Any) -> Any:
         """A new, unfitted estimator configured from ``cfg`` (``extra`` overrides)."""
         kwargs = {**self.constructor_params(cfg, n_features), **extra}
+        if self.test_time:  # no labelled support: nothing to fit SSP's projector on
+            if projector is not None:
+                raise ValueError(f"{self.name} is a test-time method and takes no projector (SSP is fitted "
+                                 "on labelled support patches, which a test-time stream has none of)")
+            return self.estimator(**kwargs, device=device)
         return self.estimator(**kwargs, projector=projector, device=device)
 
     def grid(self, cfg: Mapping[str, Any] | None = None) -> dict | None:

@@ -10,7 +10,8 @@ backbone, the protocol behind the numbers). Names are ssp's: datasets as in
 :func:`ssp.data.list_datasets`, methods ``zero-shot``, ``tip-adapter``, ``tip-adapter-f``,
 ``ape``, ``ape-t``, ``gda`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
 ``tip-x``), backbones as open_clip names (``RN50``, ``RN101``, ``ViT-B-32``, ``ViT-B-16``).
-Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count.
+Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count;
+the test-time sources (TDA, DMN-ZS: no labelled shots) have ``shots`` = 0.
 Dataset :data:`AVERAGE` holds the 11-dataset means.
 
 ::
@@ -39,6 +40,8 @@ SOURCES: dict[str, str] = {
     "tip_adapter_exp_log": "tip_adapter_exp_log.csv",
     "ape_results_notebook": "ape_results_notebook.csv",
     "gda_exp_log": "gda_exp_log.csv",
+    "tda_readme": "tda_readme.csv",
+    "dmn_zs_log": "dmn_zs_log.csv",
 }
 
 #: Source id -> short human title (for tables).
@@ -46,6 +49,8 @@ SOURCE_TITLES: dict[str, str] = {
     "tip_adapter_exp_log": "Tip-Adapter exp.log (RN50)",
     "ape_results_notebook": "APE APE_results.ipynb",
     "gda_exp_log": "GDA exp.log (RN50, mean of 3 seeds)",
+    "tda_readme": "TDA README (RN50, test-time)",
+    "dmn_zs_log": "DMN log (ViT-B/16, test-time; memory weight searched on test)",
 }
 
 #: Dataset name of the 11-dataset mean rows.

@@ -255,6 +255,11 @@ def format_metrics_table(records: list[dict]) -> str:
         header = ["method"] + [m.replace("_accuracy", "").replace("_", " ") for m in metrics]
         body = [[meth] + [cell.get((meth, m), "-") for m in metrics]
                 for meth in method_order({meth for meth, _ in cell})]
+        if any(r.get("compare_published") for r in records if r["dataset"] == dataset):
+            published = [_published_cell(meth, dataset, shots, backbone) for meth, *_ in body]
+            if any(p != "-" for p in published):
+                header.append("published")
+                body = [row + [p] for row, p in zip(body, published)]
         widths = [max(len(str(row[i])) for row in [header] + body) for i in range(len(header))]
         fmt = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                                    for i, (c, w) in enumerate(zip(row, widths)))
@@ -264,6 +269,22 @@ def format_metrics_table(records: list[dict]) -> str:
                  f"{sorted(seeds)}\n  settings {protocol}: {described or 'not recorded'}")
         blocks.append("\n".join([title, fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]))
     return "\n\n".join(blocks)
+
+
+def _published_cell(method: str, dataset: str, shots: int, backbone: str) -> str:
+    """The published accuracy of ``method`` on ``dataset`` at ``shots``: the run's backbone when a
+    source has it, else the first source's backbone, named (``57.78 (RN50, tda_readme)``)."""
+    from ssp.report.published import canonical_backbone, published_lookup, published_table
+
+    name = method.split(" [")[0]
+    rec = published_lookup(name, dataset, shots, backbone=backbone.split("@", 1)[0])
+    if rec is None:
+        rows = [r for r in published_table(method=name, dataset=dataset) if r["shots"] == shots]
+        rec = rows[0] if rows else None
+    if rec is None:
+        return "-"
+    same = rec["backbone"] == canonical_backbone(backbone.split("@", 1)[0])
+    return f"{rec['accuracy']:.2f}" + ("" if same else f" ({rec['backbone']}, {rec['source']})")
 
 
 def plot_metrics(records: list[dict], path: Path) -> Path:

@@ -12,31 +12,18 @@ from __future__ import annotations
 import re
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
 from ssp._io import jsonable
 from ssp.features.types import Features
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
-from ssp.run.records import RunLock, find_run, make_record, run_stub, write_run
+from ssp.run.records import MethodResult, RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class MethodResult:
-    method: str
-    hyperparameters: dict
-    val_accuracy: float
-    test_accuracy: float
-    timings: dict = field(default_factory=dict)
-    details: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
-    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def accuracy(model, features: Features) -> float:
@@ -244,7 +231,12 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     """
     output_dir = Path(output_dir)
     spec = get_protocol(protocol)
-    methods, reasons = source.runnable(list(cfg["methods"]))
+    if spec.shots is not None and list(cfg["shots"]) != list(spec.shots):
+        raise ValueError(f"protocol {spec.name} runs with shots {list(spec.shots)}, the config says {cfg['shots']}: "
+                         f"pass the config through get_protocol({spec.name!r}).configure(cfg)")
+    methods, reasons = spec.runnable(list(cfg["methods"]))
+    methods, more = source.runnable(methods) if methods else ([], [])
+    reasons += more
     for reason in reasons:
         echo(f"[ssp] {reason}")
     if not methods:

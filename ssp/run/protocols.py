@@ -10,8 +10,11 @@ samples a method is fitted and searched on, what is scored, and which results it
                classes among base classes and those of the unseen new classes among new classes;
                ``base_accuracy``, ``new_accuracy``, ``harmonic_mean``
 
-How a protocol plugs in (e.g. a test-time protocol: no labelled shots, the test split streamed in a
-seeded order)::
+    test-time  no labelled shots: the test split streamed once in a seeded order (recorded), the
+               test-time methods (TDA, DMN-ZS) adapting along it with their published per-dataset
+               hyper-parameters, zero-shot CLIP as the baseline row (``test_accuracy``)
+
+How a protocol plugs in::
 
     register_protocol(Protocol(name="test-time", title="...", evaluate=my_evaluate,
                                settings={"name": "test-time", ...}, table_metrics=(...), ...))
@@ -37,15 +40,18 @@ seeded order)::
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 from ssp._lazy import torch
 
 __all__ = ["Protocol", "Outcome", "register_protocol", "get_protocol", "protocol_names", "PROTOCOLS",
-           "base_new_split", "harmonic_mean", "DEFAULT_PROTOCOL"]
+           "base_new_split", "harmonic_mean", "stream_order", "DEFAULT_PROTOCOL"]
 
 DEFAULT_PROTOCOL = "fewshot"
 
@@ -70,6 +76,13 @@ class Protocol:
         table_metrics: record fields the report tables show (``("test_accuracy",)`` by default).
         result_line: ``record -> str``, the results part of the console line of a run.
         needs_text: the protocol reads the text classifier (base2new: the new classes' text).
+        refusal: ``method -> reason or None``: why a method cannot run under this protocol (the
+            run loop skips it with the reason; default: test-time methods need ``test-time``).
+        shots: the shot counts this protocol runs, whatever the config says (test-time: ``(0,)``);
+            ``None``: the config's.
+        default_methods: the methods run when none are named (``None``: the config's list).
+        compare_published: the report puts published numbers of the same shot count beside
+            these runs (recorded in each run JSON as ``compare_published``).
     """
 
     name: str
@@ -79,12 +92,52 @@ class Protocol:
     table_metrics: tuple[str, ...] = ("test_accuracy",)
     result_line: Callable[[dict], str] | None = None
     needs_text: bool = False
+    refusal: Callable[[str], str | None] | None = None
+    shots: tuple[int, ...] | None = None
+    default_methods: tuple[str, ...] | None = None
+    compare_published: bool = False
 
     def record_fields(self) -> dict:
         """Fields every record of this protocol holds (none for the default protocol)."""
         if self.name == DEFAULT_PROTOCOL:
             return {}
-        return {"protocol_name": self.name, "table_metrics": list(self.table_metrics)}
+        return {"protocol_name": self.name, "table_metrics": list(self.table_metrics),
+                **({"compare_published": True} if self.compare_published else {})}
+
+    def configure(self, cfg: dict, *, shots_given: bool = False, methods_given: bool = False) -> dict:
+        """``cfg`` with this protocol's fixed shot counts and, when no methods were named
+        (``methods_given`` False), its default methods. Shot counts named on the command line
+        (``shots_given``) that differ from the protocol's are refused."""
+        cfg = dict(cfg)
+        if self.shots is not None:
+            if shots_given and list(cfg["shots"]) != list(self.shots):
+                raise ValueError(f"--protocol {self.name} runs with {list(self.shots)} labelled shots, not "
+                                 f"--shots {cfg['shots']}; drop --shots")
+            cfg["shots"] = list(self.shots)
+        if self.default_methods is not None and not methods_given:
+            cfg["methods"] = list(self.default_methods)
+        return cfg
+
+    def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
+        """``(methods that can run under this protocol, one-line reasons for the others)``."""
+        refuse = self.refusal or _refuse_test_time_methods
+        run, reasons = [], []
+        for m in methods:
+            reason = refuse(m)
+            if reason is None:
+                run.append(m)
+            else:
+                reasons.append(f"skipping {m}: {reason}")
+        return run, reasons
+
+
+def _refuse_test_time_methods(method: str) -> str | None:
+    from ssp.methods.registry import parse_method
+
+    if parse_method(method)[0].test_time:
+        return (f"{method} adapts on the test stream without labelled shots; run it with --protocol test-time "
+                "(docs/protocol.md)")
+    return None
 
 
 PROTOCOLS: dict[str, Protocol] = {}
@@ -225,3 +278,82 @@ register_protocol(Protocol(
     evaluate=_evaluate_base2new, settings={"name": "base2new", "split": "coop-subsample-classes"},
     table_metrics=("base_accuracy", "new_accuracy", "harmonic_mean"), result_line=_base2new_line,
     needs_text=True))
+
+
+# ----------------------------------------------------------------------------------- test-time
+
+_STAGE_STREAM = 4  # the random stream of the test-time order (1: validation, 2: test-from-val)
+
+
+def stream_order(n: int, seed: int) -> tuple[np.ndarray, dict]:
+    """The seeded order in which the test-time protocol streams ``n`` test samples, and its
+    record: the rule, the seed and the sha256 of the order (``int64`` little-endian bytes)."""
+    order = np.random.default_rng([int(seed), _STAGE_STREAM]).permutation(int(n))
+    digest = hashlib.sha256(order.astype("<i8").tobytes()).hexdigest()
+    return order, {"rule": f"numpy.random.default_rng([seed, {_STAGE_STREAM}]).permutation(n_test)",
+                   "seed": int(seed), "n": int(n), "sha256": digest,
+                   "note": "the test split (in the source's order) is streamed in this order, once, by every method"}
+
+
+def _refuse_needing_shots(method: str) -> str | None:
+    from ssp.methods.registry import parse_method
+
+    spec, use_ssp = parse_method(method)
+    if use_ssp:
+        return ("SSP's projector is fitted on labelled support patches (its vision and language subspaces); "
+                "the test-time protocol has no labelled image, so nothing of SSP carries over (docs/protocol.md)")
+    if not (spec.test_time or spec.name == "zero-shot"):
+        return (f"{method} learns from labelled shots, and the test-time protocol has none; run it with "
+                "--protocol fewshot")
+    return None
+
+
+def _evaluate_test_time(method: str, cfg: dict, split, text: torch.Tensor, *, run_method: Callable, device=None,
+                        seed=None, progress: bool = False) -> Outcome:
+    import warnings
+
+    from ssp.methods.registry import parse_method
+
+    spec, _ = parse_method(method)
+    reason = _refuse_needing_shots(method)
+    if reason is not None:
+        raise ValueError(reason)
+    test = split.test
+    order, record = stream_order(int(test.labels.numel()), 0 if seed is None else seed)
+    stream = test.subset(torch.as_tensor(order, dtype=torch.long, device=test.labels.device))
+    n_features = int(stream.image_features.shape[1])
+    model = spec.build(cfg, n_features=n_features, device=device)
+    details: dict = {"stream_order": record}
+    timings: dict = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        model.fit(text_features=text)
+        timings["fit_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if spec.test_time:
+            logits, details["memory"] = model.stream(stream.image_features)
+        else:
+            logits = model.decision_function(stream.image_features)
+        timings["test_s"] = time.perf_counter() - t0
+    pred = torch.as_tensor(logits).argmax(1).cpu()
+    accuracy = float((pred == stream.labels.cpu()).double().mean() * 100)
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.constructor_params(cfg, n_features).items()}
+    from ssp.run.records import MethodResult
+
+    # no validation accuracy: nothing is searched (the published hyper-parameters are used)
+    result = MethodResult(method, params, None, accuracy, timings, details,
+                          list(dict.fromkeys(str(w.message) for w in caught)))
+    return Outcome(result, {"stream_order": record})
+
+
+def _test_time_line(record: dict) -> str:
+    return f"stream {record['test_accuracy']:6.2f}  (no labels, order sha256 {record['stream_order']['sha256'][:12]})"
+
+
+register_protocol(Protocol(
+    name="test-time", title="test-time adaptation: no labelled shots; the test split streamed once in a seeded "
+                            "order (recorded); tda, dmn-zs with their published hyper-parameters, zero-shot as baseline",
+    evaluate=_evaluate_test_time, settings={"name": "test-time", "stream": "numpy default_rng([seed, 4])"},
+    result_line=_test_time_line, needs_text=True, refusal=_refuse_needing_shots, shots=(0,),
+    default_methods=("zero-shot", "tda", "dmn-zs"), compare_published=True))

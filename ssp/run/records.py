@@ -20,6 +20,7 @@ import platform
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -30,6 +31,20 @@ from ssp._io import canonical_json, clean_floats, jsonable, write_json_atomic
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
 #: The ending of every run file's name (the report stage finds runs by it).
 RUN_SUFFIX = ".run.json"
+
+
+@dataclass
+class MethodResult:
+    """What one run of one method produced: the results part of its run JSON (:func:`make_record`)."""
+
+    method: str
+    hyperparameters: dict
+    val_accuracy: float | None      # None: nothing chosen on validation (test-time protocol)
+    test_accuracy: float
+    timings: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
+    model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
 
 
 def settings_key(settings: Any) -> str:
@@ -189,7 +204,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "text_features": text_features,
         "seeds": seeds,
         "hyperparameters": result.hyperparameters,
-        "val_accuracy": round(result.val_accuracy, 6),
+        "val_accuracy": None if result.val_accuracy is None else round(result.val_accuracy, 6),
         "test_accuracy": round(result.test_accuracy, 6),
         "details": result.details,
         "timings": {k: round(float(v), 4) for k, v in {**timings, **result.timings}.items()},

@@ -35,39 +35,20 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
-import numpy as np
 import torch
 
 from ssp.data.benchmarks import canonical_name
 from ssp.features.types import Features
 from ssp.run.config import builtin_config_names
+from ssp.run.splits import Split, split_validation, test_only_split
 
 __all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
            "check_cache_dataset", "split_validation"]
 
-_STAGE_TEST_FROM_VAL = 2  # the stream of the test-from-val split (1 is validation's)
 Echo = Callable[[str], None]
-
-
-@dataclass
-class Split:
-    """The features of one (shots, seed) and what its run JSONs record about them."""
-
-    support: Features
-    val: Features
-    test: Features
-    protocol: dict
-    seeds: dict
-    timings: dict = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)   # more top-level run-JSON fields (skipped_images, ...)
-    #: distribution-shift targets: name -> (test features with target labels, [C_target] source class
-    #: index of each target class); scored by the protocol with logits restricted to those classes
-    targets: dict = field(default_factory=dict)
 
 
 class FeatureSource(Protocol):
@@ -299,7 +280,7 @@ class ImageSource:
             self._features(t.data.test, split="test", desc=f"test {t.name}", dataset=t.name)
         if data.val is not None:
             self._features(data.val, split="val", desc="val")
-        for shots in cfg["shots"]:
+        for shots in [k for k in cfg["shots"] if k > 0]:   # 0 shots (test-time): the test split only
             for seed in cfg["seeds"]:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # rank 0 reports them in the run itself
@@ -314,6 +295,9 @@ class ImageSource:
         from ssp.data.manifest import run_manifest
 
         cfg = self.cfg
+        if shots == 0:
+            return test_only_split(self.test, len(self.data.classnames), seed,
+                                    extra={"skipped_images": {"test": _skipped(self.data.test, self.test)}})
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             draw = self._draw(shots, seed)
@@ -434,25 +418,6 @@ def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> Non
                          f"{hint}")
 
 
-def split_validation(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded per-class split of validation indices into ``(search, test)``: for class ``c`` a
-    permutation from ``numpy.random.default_rng([seed, 2, c])``; its first
-    ``round(fraction * n_c)`` indices (at least one, and at most ``n_c - 1`` when ``n_c >= 2``) go
-    to the test part. Both parts are sorted (file order)."""
-    if not 0 < fraction < 1:
-        raise ValueError(f"test_from_val must be a fraction in (0, 1), got {fraction}")
-    y = labels.cpu().numpy()
-    search, test = [], []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        perm = idx[np.random.default_rng([int(seed), _STAGE_TEST_FROM_VAL, int(c)]).permutation(idx.size)]
-        n_test = int(round(fraction * idx.size))
-        n_test = min(max(n_test, 1), idx.size - 1) if idx.size >= 2 else 0
-        test.extend(perm[:n_test].tolist())
-        search.extend(perm[n_test:].tolist())
-    return torch.tensor(sorted(search), dtype=torch.long), torch.tensor(sorted(test), dtype=torch.long)
-
-
 class TipCacheSource:
     """A Tip-Adapter cache folder (``keys_<K>shots.pt``, ``values_<K>shots.pt``, ``val_f.pt``, ...).
 
@@ -507,7 +472,7 @@ class TipCacheSource:
         self.backbone_name = backbone_name
         self.device = resolve_device(device)
         if check_shots:
-            missing = [k for k in cfg["shots"] if k not in self.shots]
+            missing = [k for k in cfg["shots"] if k > 0 and k not in self.shots]   # 0: test split only
             if missing:
                 raise FileNotFoundError(f"{folder} has no keys_<K>shots.pt for shots {missing} "
                                         f"(shot counts present: {self.shots})")
@@ -547,10 +512,10 @@ class TipCacheSource:
         from ssp.features.tip_cache import load_tip_adapter_cache
 
         t0 = time.perf_counter()
-        if self._loaded is None or self._loaded[0] != shots:
-            self._loaded = (shots, load_tip_adapter_cache(self.folder, shots, read_text=False))  # read once, above
+        wanted = shots or self.shots[0]   # 0 shots (test-time): any cache file holds val / test
+        if self._loaded is None or self._loaded[0] != wanted:
+            self._loaded = (wanted, load_tip_adapter_cache(self.folder, wanted, read_text=False))  # read once, above
         cache = self._loaded[1]
-        support = Features(cache.support_features, cache.support_labels)
         val_x, val_y = cache.val_features, cache.val_labels
         split = None
         if self.test_from_val is not None:
@@ -562,6 +527,11 @@ class TipCacheSource:
                      "n_test": int(test_idx.numel())}
         else:
             test = Features(cache.test_features, cache.test_labels)
+        if shots == 0:   # test-time: the test part only (the same as the few-shot runs of this seed)
+            out = test_only_split(test, self.n_classes, seed, timings={"load_features_s": time.perf_counter() - t0})
+            out.protocol["test_from_val"], out.seeds["test_from_val_split"] = split, seed if split else None
+            return out
+        support = Features(cache.support_features, cache.support_labels)
         policy = self.cfg["val_policy"]
         keep = torch.tensor(validation_subsample(val_y.tolist(), policy, shots, seed), dtype=torch.long)
         val = Features(val_x[keep], val_y[keep])

@@ -20,6 +20,7 @@ from ssp.report.published import (
 )
 
 TIP, APE_NB, GDA = "tip_adapter_exp_log", "ape_results_notebook", "gda_exp_log"
+TDA, DMN = "tda_readme", "dmn_zs_log"
 
 # (method, dataset, backbone, shots, accuracy), typed from exp.log
 TIP_CELLS = [
@@ -143,7 +144,8 @@ def test_table_shapes():
 @pytest.mark.parametrize("source", list(SOURCES))
 def test_means_recomputed_from_the_rows(source):
     per_dataset, means = defaultdict(dict), {}
-    for r in published_table(source, backbone="RN50"):
+    backbone = "ViT-B-16" if source == DMN else "RN50"
+    for r in published_table(source, backbone=backbone):
         if r["dataset"] == AVERAGE:
             means[(r["method"], r["shots"])] = r["accuracy"]
         else:
@@ -155,8 +157,8 @@ def test_means_recomputed_from_the_rows(source):
             assert sum(rows.values()) / 11 == pytest.approx(means[key], abs=0.0051), key
             checked += 1
     # exp.log: zero-shot + 3 methods x 5 shots; notebook: zero-shot, CALIP, APE/APE-T x 5, 5 baselines at 16
-    # GDA's exp.log: zero-shot, CALIP, Tip-Adapter / Tip-X / GDA x 5
-    assert checked == {TIP: 16, APE_NB: 2 + 10 + 5, GDA: 2 + 15}[source]
+    # GDA's exp.log: zero-shot, CALIP, Tip-Adapter / Tip-X / GDA x 5; test-time: zero-shot and the method
+    assert checked == {TIP: 16, APE_NB: 2 + 10 + 5, GDA: 2 + 15, TDA: 2, DMN: 2}[source]
 
 
 def test_lookup_rules():
@@ -190,7 +192,10 @@ def test_names_and_presets():
     assert "not available" in PAPER_PRESETS["ssp"].note
     for source in SOURCES:
         text = source_provenance(source)
-        assert "github.com" in text and "test set for ImageNet" in text
+        assert "github.com" in text and ("test set for ImageNet" in text if source not in (TDA, DMN)
+                                         else "zero labelled shots (shots = 0)" in text)
+    assert "e697fb0c8078cdeff93daa56bcf8860702542069" in source_provenance(TDA)
+    assert "SEARCHED ON THE TEST SET" in source_provenance(DMN).upper()
     assert "d0e2d6f8c5feb8b6ce937b757810761f7155d4d5" in source_provenance(TIP)
     assert "70460de74d1e967f8b4d270b3419373694758536" in source_provenance(APE_NB)
     assert "c83409b5e3c29d2f49dc44fb8b361add2b49fbba" in source_provenance(GDA)
@@ -201,3 +206,17 @@ def test_gda_table_is_complete():
     assert len(rows) == 12 * (2 + 3 * 5)  # 11 datasets + the average
     assert {r["dataset"] for r in rows} == set(BENCHMARK_DATASETS) | {AVERAGE}
     assert PAPER_PRESETS["gda"].sources == (GDA,) and "gda" in PAPER_PRESETS["gda"].methods
+
+
+def test_test_time_sources_hold_shots_zero_and_the_logged_cells():
+    """Cells checked against the files they were copied from (TDA README @ e697fb0, DMN log @ c6c218c)."""
+    assert published_value("tda", "stanford_cars", 0, source=TDA) == 57.78
+    assert published_value("zero-shot", "stanford_cars", 0, source=TDA) == 55.89
+    assert published_value("tda", "imagenet", 0, source=TDA) == 61.35
+    assert published_value("dmn-zs", "stanford_cars", 0, backbone="ViT-B/16", source=DMN) == 67.765
+    assert published_value("dmn-zs", "eurosat", 0, backbone="ViT-B/16", source=DMN) == 57.37
+    assert published_value("zero-shot", "fgvc_aircraft", 0, backbone="ViT-B/16", source=DMN) == 27.213
+    assert published_value("tda", "stanford_cars", 16, source=TDA) is None   # shots 0 only
+    for source in (TDA, DMN):
+        assert {r["shots"] for r in published_table(source)} == {0}
+        assert len(published_table(source)) == 24

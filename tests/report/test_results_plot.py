@@ -33,7 +33,7 @@ def figures(monkeypatch):
 
 
 def test_every_method_has_its_own_style_even_beyond_the_registry():
-    methods = list(method_names()) + ["timo", "timo+ssp", "tda", "tda+ssp", "dmn", "dmn+ssp"]
+    methods = list(dict.fromkeys([*method_names(), "timo", "timo+ssp", "tpt", "tpt+ssp", "coop", "coop+ssp"]))
     assert len(methods) >= 20
     styles = method_styles(methods)
     keys = {(tuple(s["color"]), s["marker"], s["linestyle"]) for s in styles.values()}
