@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_projector import SIZES, _reset_peak, _status_kb, bench_kernel, make_data  # noqa: E402
 
 from ssp.methods.cache_models import APE  # noqa: E402
-from ssp.methods.projector import SSPProjector  # noqa: E402
+from ssp.methods.ssp.projector import SSPProjector  # noqa: E402
 
 T0 = time.perf_counter()
 MODES = {  # name: (score_precision, TF32 on for float32 matmuls)

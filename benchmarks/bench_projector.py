@@ -155,7 +155,7 @@ def measure(name: str, fn: Callable[[], Any], device: torch.device, record: dict
 # ------------------------------------------------------------------------ implementations
 def run_ours(data: dict, device: torch.device, record: dict, language_path: str = "auto",
              score_precision: str = "float32") -> dict[str, np.ndarray]:
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
 
     proj = SSPProjector(device=device, score_precision=score_precision)
     proj._language_path = language_path  # private switch: force the basis representation
@@ -211,15 +211,15 @@ class DenseSSP:
             kept = torch.gather(z[c], 1, s_l.indices[..., None].expand(-1, -1, dim))
             rows_l.append(torch.cat([(s_l.values[..., None] * kept).reshape(-1, dim),
                                      self.lam * w[c][None]]))
-        from ssp.methods.scoring import _lapack_threads
+        from ssp.methods.ssp.parallel import lapack_threads
 
         m_v = torch.stack(rows_v)
-        with _lapack_threads(device):
+        with lapack_threads(device):
             _, sigma, vh = torch.linalg.svd(m_v, full_matrices=True)
         r = _numerical_rank(sigma, n_classes, dim)
         self.p_vision = vh[:r].T @ vh[:r]
         stacked = torch.stack(rows_l)  # [C, R, D]
-        with _lapack_threads(device):
+        with lapack_threads(device):
             _, sigma, vh = torch.linalg.svd(stacked, full_matrices=True)  # vh: [C, D, D]
         projectors = torch.empty(n_classes, dim, dim, device=device)
         for c in range(n_classes):
@@ -246,7 +246,7 @@ class DenseSSP:
 
 
 def run_dense(data: dict, device: torch.device, record: dict) -> dict[str, np.ndarray]:
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
 
     params = SSPProjector().get_params()  # the same hyper-parameters as ours
     dense = DenseSSP(params["patch_top_k"], params["global_weight"], params["class_top_k"])
@@ -314,7 +314,7 @@ class DenseSSPAPE:
 def run_dense_ssp_ape(data: dict, device: torch.device, record: dict) -> dict[str, np.ndarray]:
     """:class:`DenseSSPAPE` end to end with the hyper-parameters of ours (``bench_ssp_ape``)."""
     from ssp.methods.cache_models import APE
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
 
     params = SSPProjector().get_params()
     ape = APE().get_params()
@@ -339,7 +339,7 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
     (APE) is not available.
     """
     from ssp.methods.cache_models import APE
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
 
     proj = SSPProjector(device=device, score_precision=score_precision)
     measure("projector fit", lambda: proj.fit(patch_features, labels, image_features=image_features,
@@ -363,7 +363,7 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
 def bench_kernel(device: torch.device, dim: int = 1024, width: int = 481) -> dict:
     """Which kernels run: CPU flags, oneDNN bf16, the ``auto`` choice, GEMM rates (GFLOP/s) of
     a ``[t, D] x [D, classes * r]`` block (the language view's scoring GEMM)."""
-    from ssp.methods.scoring import _SCREENS, _cpu_flags, _fast_bfloat16
+    from ssp.methods.ssp.scoring import _SCREENS, _cpu_flags, _fast_bfloat16
 
     flags = _cpu_flags()
     info: dict[str, Any] = dict(

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_projector import SIZES, make_data  # noqa: E402
 
-import ssp.methods.projector as P  # noqa: E402
+import ssp.methods.ssp.projector as P  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         low = P._LowPrecisionScores.build(factors, P._SCREENS[name])
         if native is not None:
             low.native, low.out_unit = native, out_unit
-        top, rescored, ties = P._select_classes(x, factors, low, kappa, complement)
+        top, rescored, ties = P.select_classes(x, factors, low, kappa, complement)
         energy, x_round = low.energies(x)
         beta = low.energy_bound(energy, x_round.norm(dim=1), (x_round - x).norm(dim=1))
         err = (energy.double() - exact).abs()

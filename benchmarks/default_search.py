@@ -52,7 +52,7 @@ import torch
 from ssp.features.tip_cache import load_tip_adapter_cache
 from ssp.methods.cache_models import APE, TipAdapter
 from ssp.methods.registry import get_method
-from ssp.methods.search import make_grid, validation_search
+from ssp.methods import make_grid, validation_search
 from ssp.run.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SSPProjector": "ssp.methods.projector",
+    "SSPProjector": "ssp.methods.ssp",
     "ZeroShotCLIP": "ssp.methods.zero_shot",
     "TipAdapter": "ssp.methods.cache_models",
     "APE": "ssp.methods.cache_models",
@@ -34,7 +34,7 @@ _LAZY = {
     "LinearProbe": "ssp.methods.linear_probe",
     "validation_search": "ssp.methods.search",
     "SearchResult": "ssp.methods.search",
-    "make_grid": "ssp.methods.search",
+    "make_grid": "ssp.methods.registry",
     "load_tip_adapter_cache": "ssp.features.tip_cache",
     "TipAdapterCache": "ssp.features.tip_cache",
     "load_backbone": "ssp.backbone.model",

@@ -186,15 +186,7 @@ def test_no_import_cycles_between_modules():
     assert cycles == [], cycles
 
 
-def _methods_pending(module: str):
-    """ssp/methods/* is being reorganised (a public base class, the SSP projector beside its
-    scoring); until that lands, its modules may still fail the two rules below."""
-    if module == "ssp.methods" or module.startswith("ssp.methods."):
-        return pytest.param(module, marks=pytest.mark.xfail(strict=False, reason="ssp/methods reorganisation pending"))
-    return module
-
-
-@pytest.mark.parametrize("module", [_methods_pending(m) for m in sorted(MODULES)])
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_private_name_is_borrowed_across_modules(module):
     path = MODULES[module]
     bad = private_imports_of(path.read_text(), module, is_package=path.name == "__init__.py")
@@ -208,7 +200,7 @@ def test_the_private_name_check_sees_relative_and_absolute_imports():
         "ssp.methods.base._CLIPFeatureClassifier (line 1)", "ssp.report.tables._mean_std (line 3)"]
 
 
-@pytest.mark.parametrize("module", [_methods_pending(m) for m in sorted(MODULES)])
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_no_module_is_over_600_lines(module):
     n = len(MODULES[module].read_text().splitlines())
     assert n <= MAX_LINES, f"{MODULES[module]} has {n} lines (at most {MAX_LINES}): split it by concept"

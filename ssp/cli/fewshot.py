@@ -47,11 +47,13 @@ def _rank_rule(text: str):
 
 
 def _method_name(text: str) -> str:
-    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``)."""
+    """A method name or alias (``lpp+ssp``) -> its canonical name (``lp+++ssp``). A name the
+    table does not know yet is kept: the config's ``method_modules`` may register it, and the
+    config check refuses it otherwise (listing the choices)."""
     try:
         return canonical_name(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+    except ValueError:
+        return text
 
 
 _positive_int = int_at_least(1)
@@ -86,7 +88,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=_positive_int, nargs="+", help="shot counts, e.g. 1 2 4 8 16")
     p.add_argument("--seeds", type=_non_negative_int, nargs="+", help="few-shot draws, e.g. 1 2 3")
     p.add_argument("--methods", nargs="+", type=_method_name, metavar="METHOD",
-                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}")
+                   help=f"methods to run (default: the config's list); choose from {', '.join(method_help())}, "
+                        "or a method of a module the config's method_modules names")
     p.add_argument("--pretrained", help="open_clip tag (openai, ...), a local checkpoint file, or 'none' "
                                         "(random weights: smoke tests only, accuracies are meaningless)")
     p.add_argument("--precision", choices=PRECISIONS, help="backbone precision")
@@ -112,14 +115,18 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-from-val", type=_fraction, metavar="FRACTION",
                    help="Tip-Adapter cache folders without test features: a seeded per-class split of the validation "
                         "features, FRACTION of them becoming the test part (e.g. 0.5)")
+    p.add_argument("--conformal-alpha", type=_fraction, metavar="ALPHA",
+                   help="split conformal prediction sets (calibrated on validation) target 1 - ALPHA coverage "
+                        "(default 0.1: 90%%)")
     p.add_argument("--text-layout", choices=["auto", "CD", "DC"], default="auto",
                    help="orientation of --text-features: auto (from C and D), CD = [classes, dim], DC = [dim, classes]")
     p.add_argument("--feature-store", metavar="DIR", default=None,
                    help="feature store folder: extracted features, reused across runs (default $SSP_FEATURE_STORE, else ~/.cache/ssp)")
     p.add_argument("--recompute", action="store_true", help="ignore cached features and extract again")
     p.add_argument("--skip-bad-images", action="store_true",
-                   help="leave unreadable (corrupt, truncated) images out instead of stopping; they are listed "
-                        "in the log and in each run JSON (skipped_images)")
+                   help="leave unreadable (corrupt, truncated, missing) images out instead of stopping; they are "
+                        "listed in the log and in each run JSON (skipped_images); a support shot left out is "
+                        "replaced by another training image of its class (seeded, recorded in replaced_shots)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
 
@@ -143,6 +150,26 @@ def refuse_image_flags(args: argparse.Namespace, prog: str, source_flag: str) ->
                          f"change nothing: drop {'it' if one else 'them'}")
 
 
+def note_ignored_config_keys(config_file: str | None, prog: str) -> None:
+    """Say which keys of the user's config file apply to images only (ignored with a Tip-Adapter
+    cache folder, and left out of the run JSONs' ``config``)."""
+    if not config_file:
+        return
+    import yaml
+
+    try:
+        given = yaml.safe_load(Path(config_file).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # load_config has read it already; nothing more to say
+    from ssp.run.sources import IMAGE_ONLY_KEYS
+
+    ignored = [k for k in IMAGE_ONLY_KEYS if isinstance(given, dict) and k in given]
+    if ignored:
+        print(f"{prog}: note: {', '.join(ignored)} of {config_file} appl{'ies' if len(ignored) == 1 else 'y'} to "
+              "images only: ignored with a Tip-Adapter cache folder (and not recorded in the run JSONs)",
+              file=sys.stderr)
+
+
 def config_overrides(args: argparse.Namespace, prog: str) -> dict:
     """The command-line values that override the YAML configs (``None`` = not given)."""
     return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
@@ -152,6 +179,7 @@ def config_overrides(args: argparse.Namespace, prog: str) -> dict:
             "val_policy": _val_policy(args.val_policy, prog), "batch_size": args.batch_size,
             "num_workers": args.num_workers, "skip_bad_images": True if args.skip_bad_images else None,
             "prompts": args.prompts,
+            "metrics": {"conformal_alpha": args.conformal_alpha} if args.conformal_alpha is not None else None,
             "ssp": {k: v for k, v in (("rank", args.ssp_rank), ("routing", args.ssp_routing),
                                       ("score_precision", args.score_precision)) if v}}
 
@@ -325,6 +353,8 @@ def _main(argv: list[str] | None = None) -> int:
                                                     methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
+    if args.features:
+        note_ignored_config_keys(args.config, prog)
     from ssp.data import ImageLoadError
     from ssp.run.pipeline import Interrupted, run_fewshot
     from ssp.run.records import check_writable

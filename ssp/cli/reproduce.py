@@ -28,6 +28,7 @@ from ssp.cli._args import fail, random_weights_banner, with_cli_messages
 from ssp.cli.fewshot import (
     add_common_arguments,
     config_overrides,
+    note_ignored_config_keys,
     refuse_image_flags,
 )
 from ssp.report.published import PAPER_PRESETS
@@ -316,6 +317,7 @@ def _main(argv: list[str] | None = None) -> int:
                          "plan needs none")
     if args.features_root:
         refuse_image_flags(args, PROG, "--features-root")
+        note_ignored_config_keys(args.config, PROG)
     if args.test_from_val is not None and not args.features_root:
         raise SystemExit(f"{PROG}: error: --test-from-val applies to Tip-Adapter cache folders; add --features-root DIR")
     for flag, folder in (("--root", args.root), ("--features-root", args.features_root)):

@@ -1,7 +1,11 @@
 """The method stage: estimators that turn features into logits, and the table that names them.
 
-    registry       the method table (:func:`register_method` decorates each estimator class)
-    base           what every CLIP-feature classifier shares (validation, routing, array kinds)
+    registry       the method table (:func:`register_method` decorates each estimator class) and
+                   the default config every default grid comes from
+    base           :class:`CLIPFeatureClassifier`, what every method shares (fit template,
+                   routing, array kinds, the search hooks)
+    params         the parameter constraint tables' validator and the fit template
+    search         validation-only hyper-parameter search (calls each method's hooks)
     zero_shot      :class:`ZeroShotCLIP`
     cache_models   training-free cache models: :class:`TipAdapter`, :class:`APE`
     finetuned      their fine-tuned variants: :class:`TipAdapterF`, :class:`APET`
@@ -12,16 +16,16 @@
     tda            :class:`TDA`, test-time positive / negative caches of the stream (no shots)
     dmn            :class:`DMNZeroShot`, DMN-ZS's dynamic memory of the stream (no shots)
     stream         what the test-time methods share (memory replay, the streaming base class)
-    projector      :class:`SSPProjector`, the training-free vision / language subspace projector
-    scoring        its exact class scoring: screens (TF32, bfloat16) with rigorous bounds, float64
-                   re-scoring, `auto` by measurement
-    search         validation-only hyper-parameter search
+    ssp            :class:`SSPProjector`, the training-free vision / language subspace projector,
+                   and its exact class scoring (a subpackage)
 
-Importing this package registers every built-in method (in this order: it is the order of
-tables and of ``--methods`` lists). Method modules import torch lazily (:mod:`ssp._lazy`).
+Importing this package registers the built-in methods in table order (the order of tables and
+of ``--methods`` lists); any other module of the package registers when the table is first read
+(:func:`ssp.methods.registry.registered_methods`), so a new method module is imported by no
+one. Method modules import torch lazily (:mod:`ssp._lazy`).
 """
 # isort: skip_file
-# registration order = table order
+# registration order = table order (other modules of the package: found by the registry)
 from ssp.methods import zero_shot  # noqa: F401
 from ssp.methods import cache_models  # noqa: F401
 from ssp.methods import finetuned  # noqa: F401
@@ -32,20 +36,21 @@ from ssp.methods import linear_probe  # noqa: F401
 from ssp.methods import tda  # noqa: F401
 from ssp.methods import dmn  # noqa: F401
 from ssp.methods.cache_models import APE, TipAdapter
-from ssp.methods.dmn import DMNZeroShot
 from ssp.methods.finetuned import APET, TipAdapterF
 from ssp.methods.gda import GDA
 from ssp.methods.linear_probe import LinearProbe
 from ssp.methods.lp_plus_plus import LPPlusPlus
 from ssp.methods.proker import ProKeR
-from ssp.methods.projector import SSPProjector
-from ssp.methods.registry import MethodSpec, get_method, method_names, parse_method, register_method
-from ssp.methods.search import SearchResult, make_grid, validation_search
+from ssp.methods.ssp import SSPProjector
+from ssp.methods.base import CLIPFeatureClassifier
+from ssp.methods.dmn import DMNZeroShot
+from ssp.methods.registry import MethodSpec, get_method, make_grid, method_names, parse_method, register_method
+from ssp.methods.search import SearchAxis, SearchResult, validation_search
 from ssp.methods.tda import TDA
 from ssp.methods.zero_shot import ZeroShotCLIP
 
 __all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "GDA", "ProKeR", "LPPlusPlus", "LinearProbe",
            "TDA", "DMNZeroShot",
-           "SSPProjector", "MethodSpec",
+           "SSPProjector", "CLIPFeatureClassifier", "MethodSpec", "SearchAxis",
            "register_method", "get_method", "method_names", "parse_method", "validation_search",
            "SearchResult", "make_grid"]

@@ -1,25 +1,22 @@
-"""(split from ssp.classifiers; see the package docstring)."""
+"""What every method shares: :class:`CLIPFeatureClassifier` (fit template, support set grouped by
+class, SSP projector routings, array kinds, the default search hook) and :class:`ClassSegments`
+(class-wise sums over the support keys)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
-from ssp._checks import ROUTINGS, check_int, check_real
+from ssp._checks import ROUTINGS, check_int
 from ssp._lazy import torch
-from ssp._utils.arrays import (
-    ArrayLike,
-    check_features,
-    check_labels,
-    check_text_features,
-    like_input,
-    to_tensor,
-)
+from ssp._utils.arrays import (ArrayLike, check_features, check_labels, check_text_features, like_input,
+                               to_tensor)
 from ssp._utils.devices import resolve_device
 from ssp._utils.fitted import check_is_fitted
 from ssp._utils.normalize import l2_normalize
+from ssp.methods.params import Options, Real, ValidatedFit, check_param
 
 # routing -> (zero-shot query view, zero-shot text, cache query view); used with a projector.
 _ROUTES = {
@@ -33,17 +30,16 @@ _NO_PROJECTOR_ROUTE = ("plain", "plain", "plain")
 
 
 # Elements of one [queries x keys] affinity chunk when chunk_size is None (64 MiB in float32).
-_AUTO_CHUNK_ELEMENTS = 1 << 24
+AUTO_CHUNK_ELEMENTS = 1 << 24
+
+# Elements of the logit block (e.g. [queries, classes] or [queries, gamma, classes]) one step of
+# the validation search evaluates at once.
+SEARCH_BLOCK_ELEMENTS = 1 << 22
 
 
-def _check_routing(routing: str) -> str:
-    if routing not in _ROUTES:
-        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-    return routing
-
-
-def _check_finite_param(value: Any, name: str) -> float:
-    return check_real(value, name)
+def check_routing(routing: str) -> str:
+    """``routing`` itself when it is one of :data:`ssp._checks.ROUTINGS` (else ``ValueError``)."""
+    return check_param(routing, "routing", [Options(ROUTINGS)])
 
 
 class ClassSegments:
@@ -119,39 +115,57 @@ def _projector_is_fitted(projector: Any) -> bool:
     return hasattr(projector, "text_features_")
 
 
-class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
-    """Common fit / routing / prediction code. Subclasses define ``__init__`` and the terms."""
+class CLIPFeatureClassifier(ValidatedFit, ClassifierMixin, BaseEstimator):
+    """The base class of every method: a scikit-learn classifier on CLIP features.
+
+    It holds what all methods share: ``fit`` (the template of :class:`ssp.methods.params.ValidatedFit`:
+    reset the fitted state, validate the parameters, fit; a failed fit leaves the model
+    unfitted), the support set grouped by class, the SSP projector and its routings, array
+    kinds in and out, ``predict`` / ``score``. A method defines ``__init__`` (keyword-only
+    parameters, stored as given), ``_parameter_constraints`` (the allowed values of each
+    parameter but ``projector`` and ``device``, which ``fit`` checks), ``_fit(image_features,
+    labels, text_features, **inputs)`` (which calls :meth:`_fit_common` first; ``inputs`` are
+    the extra keyword inputs of its ``fit``) and ``_logits(x) -> [M, C]`` for normalised queries
+    ``x``, and is registered with :func:`ssp.methods.registry.register_method`.
+
+    **Search hooks** (read by :func:`ssp.methods.search.validation_search`, which knows no
+    method):
+
+    * :meth:`search_counts` ``(val_features [M, D], val_labels [M], axes, routings)`` -> int
+      ``[R, *len(axes[a])]``: correct validation predictions at every grid point. The default
+      evaluates each point with ``set_params``; override it where a cheaper exact path exists
+      (Tip-Adapter / APE: closed form in α; GDA: two terms once per routing; ProKeR: one
+      factorisation per β). Counts must equal those of ``predict`` at each point (up to exact
+      logit ties), so the search's winner is the model's best.
+    * ``search_space``: ``{axis: SearchAxis}`` (:class:`ssp.methods.search.SearchAxis`): the
+      smallest allowed value, when a winner on the grid's lower edge is worth a warning, and,
+      for an adaptive default search (``grid=None``), each axis' coarse grid and how far it
+      may be extended. Without adaptive axes ``grid=None`` searches the registered default grid.
+    """
+
+    #: ``{axis: SearchAxis}`` for :func:`ssp.methods.search.validation_search` (``{}``: defaults).
+    search_space: Mapping[str, Any] = {}
 
     _fit_time_params: tuple[str, ...] = ("projector",)
-    # hyper-parameters that must be finite real numbers (checked by fit and again by prediction,
-    # since set_params may change them after fit)
-    _real_params: tuple[str, ...] = ("logit_scale",)
+    _parameter_constraints = {"logit_scale": [Real()], "routing": [Options(ROUTINGS)]}
     _needs_support = True
 
     # ---- fitting ------------------------------------------------------------------------
 
     def fit(self, image_features: ArrayLike | None = None, labels: ArrayLike | None = None, *,
-            text_features: ArrayLike, patch_features: ArrayLike | None = None):
+            text_features: ArrayLike, **inputs: Any):
         """Fit on support features ``[N, D]``, labels ``[N]`` and the text classifier ``[C, D]``
-        (see the subclass docstrings). A failed fit leaves the model unfitted, never half-fitted."""
-        self._reset_fitted()
-        try:
-            self._validate_params()
-            self._torch = SimpleNamespace()
-            self._fit(image_features, labels, text_features, patch_features)
-            self._publish(image_features if image_features is not None else text_features)
-        except BaseException:
-            self._reset_fitted()
-            raise
-        return self
+        (``inputs``: the method's other fit inputs, e.g. ``patch_features``; see the subclass
+        docstrings). A failed fit leaves the model unfitted, never half-fitted."""
 
-    def _validate_params(self) -> None:
-        """Check every constructor parameter; ``fit`` calls it before touching the data."""
-        _check_routing(self.routing)
-        for name in self._real_params:
-            check_real(getattr(self, name), name)
-        if hasattr(self, "chunk_size"):
-            check_int(self.chunk_size, "chunk_size", allow_none=True)
+        def fit() -> None:
+            self._torch = SimpleNamespace()
+            self._fit(image_features, labels, text_features, **inputs)
+            self._publish(image_features if image_features is not None else text_features)
+
+        return self._validated_fit(fit)
+
+    def _check_params(self) -> None:
         resolve_device(self.device)
 
     def _publish(self, reference: ArrayLike) -> None:
@@ -165,12 +179,11 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
         for name, value in vars(self._torch).items():
             setattr(self, name, None if value is None else like_input(value, reference))
 
-    def _fit(self, image_features, labels, text_features, patch_features) -> None:
+    def _fit(self, image_features, labels, text_features, patch_features=None) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
 
     def _reset_fitted(self) -> None:
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")]:
-            delattr(self, name)
+        super()._reset_fitted()
         self.__dict__.pop("_fit_snapshot", None)
         self.__dict__.pop("_torch", None)
 
@@ -283,7 +296,7 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     # ---- queries --------------------------------------------------------------------------
 
     def _route(self, routing: str | None = None) -> tuple[str, str, str]:
-        routing = _check_routing(self.routing if routing is None else routing)
+        routing = check_routing(self.routing if routing is None else routing)
         return _ROUTES[routing] if self.projector_ is not None else _NO_PROJECTOR_ROUTE
 
     def _queries(self, X: ArrayLike) -> torch.Tensor:
@@ -313,19 +326,42 @@ class _CLIPFeatureClassifier(ClassifierMixin, BaseEstimator):
     def _chunk_rows(self, n_keys: int) -> int:
         if self.chunk_size is not None:
             return check_int(self.chunk_size, "chunk_size", allow_none=True)
-        return max(1, _AUTO_CHUNK_ELEMENTS // max(n_keys, 1))
+        return max(1, AUTO_CHUNK_ELEMENTS // max(n_keys, 1))
 
-    def _terms(self, x: torch.Tensor, routing: str | None = None):
-        """``(zero-shot logits [M, C], cache affinities [M, N] or None, key log-weights [N] or
-        None)`` for normalised queries ``x`` under ``routing``: everything the logits need
-        except the searched hyper-parameters (alpha, beta, gamma). Models with trained per-key
-        value weights (APE-T) append a fourth element, the weights ``[N]`` (any sign)."""
-        raise NotImplementedError
+    # ---- search hook ------------------------------------------------------------------------
 
-    def _search_terms(self, X: ArrayLike, routing: str | None = None):
-        """:meth:`_terms` for raw queries ``X`` ``[M, D]`` (used by ``ssp.search``)."""
+    def search_counts(self, val_features: torch.Tensor, val_labels: torch.Tensor,
+                      axes: Mapping[str, np.ndarray], routings: list[str]) -> np.ndarray:
+        """The number of correct validation predictions at every grid point: int
+        ``[len(routings), *(len(axes[a]) for a in axes)]``.
+
+        ``axes`` holds every axis of the method's ``search_axes`` in that order (float64 values;
+        an axis not searched holds the model's current value). This default evaluates each point
+        with ``set_params`` and the model's own logits (query chunks of
+        :data:`SEARCH_BLOCK_ELEMENTS` logits), then restores the parameters; a method overrides
+        it with a faster exact path (see the class docstring)."""
         self._check_fitted()
-        return self._terms(self._queries(X), routing)
+        x = self._queries(val_features)
+        names = list(axes)
+        shape = (len(routings),) + tuple(len(axes[a]) for a in names)
+        correct = np.zeros(shape, dtype=np.int64)
+        rows = max(1, SEARCH_BLOCK_ELEMENTS // max(len(self.classes_), 1))
+        saved = {k: getattr(self, k) for k in names + ["routing"]}
+        try:
+            for r, routing in enumerate(routings):
+                if (routing != saved["routing"] and "routing" in self._fit_time_params
+                        and self.projector_ is not None):
+                    raise ValueError(f"{type(self).__name__} was trained under routing {saved['routing']!r}; "
+                                     f"fit again with routing={routing!r} to use that routing")
+                for index in np.ndindex(*shape[1:]):
+                    self.__dict__.update({a: float(axes[a][i]) for a, i in zip(names, index)},
+                                         routing=routing)
+                    for start in range(0, x.shape[0], rows):
+                        pred = self._logits(x[start:start + rows]).argmax(1)
+                        correct[(r,) + index] += int((pred == val_labels[start:start + rows]).sum())
+        finally:
+            self.__dict__.update(saved)
+        return correct
 
     # ---- sklearn API ----------------------------------------------------------------------
 

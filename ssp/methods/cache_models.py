@@ -38,7 +38,7 @@ routing        zero-shot term              cache term
 With a projector, APE computes its channel criterion and divergence on the projected pair
 ``(F̂, Ŵ)`` in every routing. Without a projector ``routing`` is validated but has no effect.
 
-**Estimator conventions** (shared with :class:`ssp.methods.projector.SSPProjector`):
+**Estimator conventions** (shared with :class:`ssp.methods.ssp.projector.SSPProjector`):
 
 * Constructor parameters are keyword-only and stored as given; ``fit`` validates every one of
   them (``TipAdapter(alpha="abc").fit(...)`` raises) and leaves the model unfitted on failure.
@@ -68,15 +68,21 @@ that depends only on the support set is computed once in ``fit`` (this is what
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any, Mapping, Sequence
 
-from ssp._checks import check_int, check_real
+import numpy as np
+
+from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, check_labels, check_text_features, to_tensor
 from ssp._utils.normalize import l2_normalize
 from ssp._utils.warn import warn
-from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
+from ssp.methods.base import AUTO_CHUNK_ELEMENTS, SEARCH_BLOCK_ELEMENTS, CLIPFeatureClassifier
+from ssp.methods.params import Fraction, Integer, Options, Pair, Real, check_param
 from ssp.methods.registry import register_method
+from ssp.methods.search import SearchAxis
 
 _KL_EPS = 1e-6  # the epsilon of APE's divergence, as in the reference code
 
@@ -147,8 +153,30 @@ def ape_key_divergence(keys: torch.Tensor, text: torch.Tensor, labels: torch.Ten
     return torch.log2((1.0 + _KL_EPS) / (p_true + _KL_EPS))
 
 
-class _CacheModel(_CLIPFeatureClassifier):
+# Below this β the kernel exp(−β (1 − a)) is nearly linear in the affinity a (CLIP affinities
+# lie well inside [0, 1]), and a smaller β only rescales the term's weight: a winner at such a
+# lower edge is not a sign of a too-narrow grid.
+LINEAR_KERNEL_BETA = 0.2
+
+# The adaptive default search (validation_search(grid=None)). Coarse axes: log-spaced with ratio
+# 10 ** 0.1 (26 % steps) for the scales β and α (α also gets 0: zero-shot alone), linear for γ.
+# Published per-dataset ranges reach β = 50 and α = 50 (Tip-Adapter's Flowers102 config) and
+# γ = 1.5; these start wider, and an axis whose winner sits on its edge is extended (up to
+# `limit`) until the winner is inside. α may also go down to 1e-4: APE's re-weighted cache term
+# can be orders of magnitude larger than Tip-Adapter's, so its best α can lie below 0.01.
+CACHE_SEARCH_SPACE = {
+    "beta": SearchAxis(spacing="log", low=0.1, high=100.0, points=31, limit=1e4,
+                       lower_edge_above=LINEAR_KERNEL_BETA),
+    "alpha": SearchAxis(spacing="log", low=0.01, high=100.0, points=41, limit=1e4, with_zero=True,
+                        floor=1e-4, minimum=0.0),
+    "gamma": SearchAxis(spacing="linear", low=0.0, high=2.0, points=11, limit=10.0),
+}
+
+
+class _CacheModel(CLIPFeatureClassifier):
     """Zero-shot term plus a class-wise cache term (Tip-Adapter, APE)."""
+
+    search_space = CACHE_SEARCH_SPACE
 
     def _cache_query(self, views: dict[str, torch.Tensor], routing: str | None) -> torch.Tensor:
         return views[self._route(routing)[2]]
@@ -170,6 +198,10 @@ class _CacheModel(_CLIPFeatureClassifier):
         return {zs_view, cache_view} - {"plain"}
 
     def _terms(self, x, routing=None):
+        """``(zero-shot logits [M, C], cache affinities [M, N], key log-weights [N] or None)`` for
+        normalised queries ``x`` under ``routing``: everything the logits need except the
+        searched hyper-parameters (alpha, beta, gamma). Models with trained per-key value weights
+        (APE-T) append a fourth element, the weights ``[N]`` (any sign)."""
         views = self._views(x, self._needed_views(routing))
         zero_shot = self._zero_shot_logits(views, routing)
         affinity = self._affinity(self._cache_query(views, routing))
@@ -181,11 +213,11 @@ class _CacheModel(_CLIPFeatureClassifier):
         log_weights = self._key_log_weights()
         if log_weights is None:
             return None
-        return torch.exp(_check_finite_param(self.gamma, "gamma") * log_weights)
+        return torch.exp(check_real(self.gamma, "gamma") * log_weights)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = _check_finite_param(self.alpha, "alpha")
-        beta = _check_finite_param(self.beta, "beta")
+        alpha = check_real(self.alpha, "alpha")
+        beta = check_real(self.beta, "beta")
         weights = self._value_weights()
         views = self._views(x, self._needed_views(None))
         logits = self._zero_shot_logits(views)
@@ -199,12 +231,103 @@ class _CacheModel(_CLIPFeatureClassifier):
         return logits
 
 
+    def search_counts(self, val_features, val_labels, axes, routings):
+        """Correct validation predictions ``[R, B, A(, G)]`` at every (routing, β, α(, γ)) of
+        ``axes`` (γ for APE): the whole grid at once. Per query chunk and routing the affinities
+        are computed once, ``exp`` runs once per β, the γ re-weightings are one batched matmul
+        over classes (the one-hot cache values are a class-wise segment sum, never a dense
+        ``Y``), and α is handled in closed form (:func:`_count_grid`)."""
+        self._check_fitted()
+        betas, alphas, gammas = axes["beta"], axes["alpha"], axes.get("gamma")
+        n_classes = len(self.classes_)
+        n_g = len(gammas) if gammas is not None else 1
+        correct = torch.zeros(len(routings), len(betas), len(alphas), n_g, dtype=torch.int64,
+                              device=self.device_)
+        rows = max(1, SEARCH_BLOCK_ELEMENTS // (n_g * n_classes))
+        rows = min(rows, max(1, AUTO_CHUNK_ELEMENTS // max(self._torch.keys_.shape[0], 1)))
+        alpha_t = torch.as_tensor(alphas, dtype=self.dtype_, device=self.device_)
+        x = self._queries(val_features)
+        for start in range(0, x.shape[0], rows):
+            xc, yc = x[start:start + rows], val_labels[start:start + rows]
+            for r, routing in enumerate(routings):
+                terms = self._terms(xc, routing)
+                zero_shot, affinity, log_weights = terms[:3]
+                key_weights = terms[3] if len(terms) > 3 else None
+                _count_grid(correct[r], zero_shot, affinity, yc, self.segments_, betas,
+                            alpha_t, gammas, log_weights, key_weights)
+        correct = correct.cpu().numpy()
+        return correct if gammas is not None else correct[..., 0]
+
+
+def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.Tensor,
+                labels: torch.Tensor, segments: Any, betas: np.ndarray, alphas: torch.Tensor,
+                gammas: np.ndarray | None, log_weights: torch.Tensor | None,
+                key_weights: torch.Tensor | None = None) -> None:
+    """Add, for one query chunk, the number of correct predictions at every (β, α, γ) to
+    ``correct`` ``[B, A, G]``.
+
+    zero_shot ``[m, C]``, affinity ``[m, N]`` (keys grouped by class, see ``segments``),
+    log_weights ``[N]`` (APE's δ) or None, key_weights ``[N]`` (a per-key factor of the values,
+    any sign: APE-T's trained value weights) or None, alphas ``[A]`` (>= 0); the cache values are
+    ``Y ⊙ key_weights ⊙ exp(γ log_weights)``. Logits that tie exactly
+    (equal to the last bit) may be counted either way; ``predict`` takes the lower class index.
+
+    For fixed (β, γ) the logits are lines in α, ``l_c(α) = z_c + α k_c``, so the α values at
+    which the true class ``y`` wins form one interval: ``z_y − z_c + α (k_y − k_c) > 0`` for every
+    ``c ≠ y``. The interval's ends are computed for all (query, γ) at once, and each
+    grid α is tested against them: ``O(C + A)`` per (query, β, γ) instead of evaluating and
+    arg-maxing ``A`` logit vectors (``O(A·C)``, 20x more work on the reference grids).
+    """
+    weights = None
+    if gammas is not None:
+        gamma_t = torch.as_tensor(gammas, dtype=affinity.dtype, device=affinity.device)
+        lw = log_weights if log_weights is not None else torch.zeros_like(affinity[0])
+        weights = torch.exp(gamma_t[:, None] * lw[None, :])              # [G, N]
+        if key_weights is not None:
+            weights = weights * key_weights[None, :]
+    dtype = zero_shot.dtype
+    n_rows = zero_shot.shape[0]
+    target = labels[:, None]
+    rows = torch.arange(n_rows, device=zero_shot.device)
+    # In 1/α (α > 0) the conditions "y beats c" become one-sided bounds with fixed factors:
+    #   gap_c = z_y - z_c > 0:  1/α > (k_c - k_y) / gap_c
+    #   gap_c <= 0:             1/α < (k_y - k_c) / |gap_c|   (never, if k_y <= k_c)
+    # so each (β, γ) costs one subtraction and two multiply-reduce passes over the cache
+    # block, and no division. The true class gets gap = 1 and contributes 0 / +inf (no bound).
+    # Everything is class-major ([C, m, ...]) so the reductions over classes are contiguous.
+    gap = (zero_shot.gather(1, target) - zero_shot).scatter_(1, target, 1.0).T.contiguous()
+    ahead = gap > 0
+    tiny = torch.finfo(dtype).tiny
+    inv_gap_ahead = torch.where(ahead, 1.0 / gap, 0.0)[:, :, None]       # [C, m, 1]
+    # a zero gap (a zero-shot tie) counts as a tiny deficit
+    inv_gap_behind = torch.where(ahead, 0.0, 1.0 / gap.clamp(max=-tiny))[:, :, None]
+    no_bound = torch.where(ahead, math.inf, 0.0).to(dtype)[:, :, None]
+    zero_shot_wins = ahead.all(dim=0)[:, None]                            # [m, 1]: α = 0
+    grid_alpha = alphas.to(dtype)[:, None, None]                          # [A, 1, 1]
+    alpha_zero = (alphas == 0)[:, None, None]
+    any_alpha_zero = bool(alpha_zero.any())
+    for b, beta in enumerate(betas):
+        activation = cache_kernel(affinity, float(beta))                  # [m, N]
+        if weights is None:
+            cache = segments.sum(activation, key_weights).T.contiguous()[:, :, None]  # [C, m, 1]
+        else:
+            cache = segments.sum_many(activation, weights)                # [C, m, G]
+        excess = cache.sub_(cache[labels, rows][None])                    # k_c - k_y
+        inv_alpha_low = (excess * inv_gap_ahead).amax(dim=0)             # [m, G]
+        inv_alpha_high = torch.addcmul(no_bound, excess, inv_gap_behind).amin(dim=0)
+        wins = (grid_alpha * inv_alpha_low < 1.0) & (grid_alpha * inv_alpha_high > 1.0)
+        if any_alpha_zero:
+            wins = torch.where(alpha_zero, zero_shot_wins[None], wins)
+        correct[b] += wins.sum(dim=1)                                     # [A, m, G] -> [A, G]
+
+
+
 def _tip_adapter_params(cfg: Mapping[str, Any], dim: int) -> dict:
     return dict(cfg["tip_adapter"]["init"])
 
 
 @register_method("tip-adapter", title="Tip-Adapter", config_section="tip_adapter", search_section="tip_adapter",
-                 search_axes=("beta", "alpha"), default_scale=(7.0, 3.0), default_step=(200, 20),
+                 search_axes=("beta", "alpha"),
                  params=_tip_adapter_params, aliases=("tip", "tipadapter"))
 class TipAdapter(_CacheModel):
     """Training-free Tip-Adapter (Zhang et al., Tip-Adapter, ECCV 2022): ``s · x Wᵀ + α · exp(−β(1 − x Fᵀ)) Y``.
@@ -226,7 +349,8 @@ class TipAdapter(_CacheModel):
     """
 
 
-    _real_params = ("alpha", "beta", "logit_scale")
+    _parameter_constraints = {"alpha": [Real()], "beta": [Real()], "routing": [Options(ROUTINGS)],
+                              "logit_scale": [Real()], "chunk_size": [Integer(1), None]}
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, projector: Any = None,
                  routing: str = "paper", logit_scale: float = 100.0,
@@ -247,21 +371,23 @@ class TipAdapter(_CacheModel):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    def _fit(self, image_features, labels, text_features, patch_features) -> None:
+    def _fit(self, image_features, labels, text_features, patch_features=None) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
         self._torch.keys_ = self._project_keys(self._torch.support_features_)
 
 
+# APE's channel count: a positive int (an absolute count), a float in (0, 1] (a fraction of D)
+# or None (all D channels)
+N_CHANNELS = [Integer(1), Fraction("right"), None]
+
+
 def check_n_channels(n_channels: Any, name: str = "n_channels") -> int | float | None:
-    """A channel count as configured: ``None`` (all D channels), a positive int (an absolute
-    count) or a float in ``(0, 1]`` (a fraction of D); anything else is a one-line error."""
-    if n_channels is None or isinstance(n_channels, float) and 0.0 < n_channels <= 1.0:
-        return n_channels
-    try:
-        return check_int(n_channels, name)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer (a channel count), a float in (0, 1] "
-                         f"(a fraction of the feature width D) or None (all D), got {n_channels!r}") from None
+    """A channel count as configured (:data:`N_CHANNELS`; a config names its key in ``name``),
+    an int for an integer count; anything else is a one-line error."""
+    check_param(n_channels, name, N_CHANNELS)
+    if n_channels is None or isinstance(n_channels, numbers.Integral):
+        return None if n_channels is None else int(n_channels)
+    return float(n_channels)
 
 
 def resolve_n_channels(n_channels: Any, dim: int, name: str = "n_channels") -> int:
@@ -288,8 +414,7 @@ def _ape_params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 
 @register_method("ape", title="APE", config_section="ape", search_section="ape",
-                 search_axes=("beta", "alpha", "gamma"), default_scale=(7.0, 7.0, 1.0),
-                 default_step=(200, 20, 20), params=_ape_params)
+                 search_axes=("beta", "alpha", "gamma"), grid_start=(0.1, 0.1, 0.0), params=_ape_params)
 class APE(_CacheModel):
     """Training-free APE (Zhu et al., APE, ICCV 2023) with the closed-form channel criterion.
 
@@ -317,7 +442,9 @@ class APE(_CacheModel):
     """
 
     _fit_time_params = ("projector", "n_channels", "criterion_weights")
-    _real_params = ("alpha", "beta", "gamma", "logit_scale")
+    _parameter_constraints = {**TipAdapter._parameter_constraints, "gamma": [Real()],
+                              "n_channels": N_CHANNELS,
+                              "criterion_weights": [Pair(Real(), "(w0, w1)")]}
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
                  n_channels: int | float | None = None,
@@ -341,20 +468,8 @@ class APE(_CacheModel):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        check_n_channels(self.n_channels)
-        self._criterion_weights()
-
-    def _criterion_weights(self) -> tuple[float, float]:
-        weights = self.criterion_weights
-        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__") or len(weights) != 2:
-            raise ValueError(f"criterion_weights must be a pair (w0, w1), got {weights!r}")
-        w0, w1 = (check_real(w, "criterion_weights") for w in weights)
-        return w0, w1
-
-    def _fit(self, image_features, labels, text_features, patch_features) -> None:
-        weights = self._criterion_weights()
+    def _fit(self, image_features, labels, text_features, patch_features=None) -> None:
+        weights = tuple(float(w) for w in self.criterion_weights)
         self._fit_common(image_features, labels, text_features, patch_features)
         n_classes, dim = self._torch.text_features_.shape
         missing = torch.nonzero(self._torch.class_counts_ == 0)[:, 0]

@@ -36,11 +36,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ssp._checks import check_int, check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike
 from ssp.methods.registry import register_method
-from ssp.methods.stream import BLOCK_ELEMENTS, _StreamingClassifier, replay_memory
+from ssp.methods.params import Integer, Real
+from ssp.methods.stream import BLOCK_ELEMENTS, STREAM_CONSTRAINTS, StreamingClassifier, replay_memory
 
 __all__ = ["DMNZeroShot"]
 
@@ -53,7 +53,7 @@ def _dmn_params(cfg: Mapping[str, Any], n_features: int) -> dict:
 
 @register_method("dmn-zs", title="DMN-ZS", config_section="dmn", params=_dmn_params, test_time=True,
                  aliases=("dmn", "dmn-zero-shot"))
-class DMNZeroShot(_StreamingClassifier):
+class DMNZeroShot(StreamingClassifier):
     """DMN-ZS (Zhang et al., CVPR 2024): a dynamic memory of the test stream per class, read
     with attention on each query (see the module docstring for the formulas).
 
@@ -86,10 +86,8 @@ class DMNZeroShot(_StreamingClassifier):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    def _check_stream_params(self) -> None:
-        check_int(self.memory_size, "memory_size")
-        check_real(self.beta, "beta")
-        check_real(self.memory_weight, "memory_weight", minimum=0.0)
+    _parameter_constraints = {**STREAM_CONSTRAINTS, "memory_size": [Integer(1)], "beta": [Real()],
+                              "memory_weight": [Real(0)]}
 
     def _stream(self, x: torch.Tensor) -> torch.Tensor:
         n, n_classes = x.shape[0], len(self.classes_)

@@ -1,6 +1,6 @@
-"""Fine-tuned cache adapters: Tip-Adapter-F and APE-T, trained on cached CLIP features.
+"""Fine-tuned cache models: Tip-Adapter-F and APE-T, trained on pre-extracted CLIP features.
 
-Both extend their training-free counterparts of :mod:`ssp.classifiers` with a few learnable
+Both extend their training-free counterparts of :mod:`ssp.methods.cache_models` with a few learnable
 tensors, trained by cross-entropy on the support set and selected on validation data::
 
     clf = TipAdapterF(alpha=3.0, beta=1.0, epochs=20).fit(
@@ -24,7 +24,7 @@ tensors, trained by cross-entropy on the support set and selected on validation 
 **Training inputs.** ``view_features`` ``[E, N, D]`` are the support images' augmented views
 (the cache keys are their normalised mean); epoch ``e`` (0-based) trains on view ``e mod E`` of
 every image, in a seeded random order. This replaces the published scripts' fresh augmentation
-and re-encoding per epoch by a pass over cached features. Without ``view_features`` the keys
+and re-encoding per epoch by a pass over the stored features (the feature store's views). Without ``view_features`` the keys
 themselves are the training inputs (``training_inputs_ == "keys"``). Each view's projections
 and frozen zero-shot logits are computed once and kept for the run (about ``E·N·(C + 2D)``
 floats: 1.6 GB at ImageNet size with 10 views).
@@ -50,20 +50,24 @@ from __future__ import annotations
 
 import math
 import time
-from types import SimpleNamespace
 from typing import Any, Mapping, Sequence
 
 from ssp._lazy import no_grad, torch
-from ssp._checks import check_int
 from ssp._utils.arrays import ArrayLike, to_tensor
 from ssp._utils.normalize import l2_normalize
-from ssp.methods.base import _check_finite_param
 from ssp.methods.cache_models import APE, TipAdapter, cache_kernel, check_n_channels
+from ssp.methods.base import CLIPFeatureClassifier
+from ssp.methods.params import Boolean, Integer, Real
 from ssp.methods.registry import register_method
 
 __all__ = ["TipAdapterF", "APET"]
 
 _TRAIN_PARAMS = ("epochs", "lr", "eps", "weight_decay", "batch_size", "seed")
+
+# the constraints of the training parameters (TipAdapterF and APET add them to their base's)
+_TRAIN_CONSTRAINTS = {"epochs": [Integer(0)], "lr": [Real(0)], "eps": [Real(0, closed="neither")],
+                      "weight_decay": [Real(0)], "batch_size": [Integer(1)], "seed": [Integer(0)],
+                      "progress": [Boolean()]}
 
 
 def _adamw(params: list[torch.Tensor], settings: dict[str, Any]) -> torch.optim.AdamW:
@@ -97,35 +101,18 @@ class _FineTuned:
 
         A failed fit leaves the model unfitted, never half-fitted.
         """
-        self._reset_fitted()
-        try:
-            self._validate_params()
-            settings = self._check_training_params()
-            self._torch = SimpleNamespace()
-            super()._fit(image_features, labels, text_features, patch_features)
-            inputs = self._training_inputs(view_features)
-            val = self._validation_pair(val_features, val_labels)
-            self._train(inputs, val, settings)
-            self._publish(image_features)
-        except BaseException:
-            self._reset_fitted()
-            raise
-        return self
+        return CLIPFeatureClassifier.fit(self, image_features, labels, text_features=text_features,
+                                         patch_features=patch_features, view_features=view_features,
+                                         val_features=val_features, val_labels=val_labels)
 
-    def _check_training_params(self) -> dict[str, Any]:
-        settings = {
-            "epochs": check_int(self.epochs, "epochs", minimum=0),
-            "batch_size": check_int(self.batch_size, "batch_size", minimum=1),
-            "seed": check_int(self.seed, "seed", minimum=0),
-        }
-        for name, positive in (("lr", False), ("eps", True), ("weight_decay", False)):
-            value = _check_finite_param(getattr(self, name), name)
-            if value < 0 or (positive and value == 0):
-                raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-            settings[name] = value
-        for name in self._fixed_while_training:
-            _check_finite_param(getattr(self, name), name)
-        return settings
+    def _fit(self, image_features, labels, text_features, patch_features=None, view_features=None,
+             val_features=None, val_labels=None) -> None:
+        super()._fit(image_features, labels, text_features, patch_features)
+        inputs = self._training_inputs(view_features)
+        val = self._validation_pair(val_features, val_labels)
+        settings = {name: float(getattr(self, name)) for name in ("lr", "eps", "weight_decay")}
+        settings.update({name: int(getattr(self, name)) for name in ("epochs", "batch_size", "seed")})
+        self._train(inputs, val, settings)
 
     def _training_inputs(self, view_features: ArrayLike | None) -> torch.Tensor:
         """``[E, N, D]`` normalised training inputs in the grouped (sorted) support order."""
@@ -235,8 +222,6 @@ class _FineTuned:
 
     # ---- per-method hooks (subclasses) ---------------------------------------------------
 
-    _fixed_while_training: tuple[str, ...] = ("alpha", "beta")
-
     def _initial_params(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -267,8 +252,8 @@ def _tip_adapter_f_params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 
 @register_method("tip-adapter-f", title="Tip-Adapter-F", config_section="tip_adapter_f",
-                 search_section="tip_adapter", search_axes=("beta", "alpha"), default_scale=(7.0, 3.0),
-                 default_step=(200, 20), params=_tip_adapter_f_params, fine_tuned=True,
+                 search_section="tip_adapter", search_axes=("beta", "alpha"), params=_tip_adapter_f_params,
+                 fine_tuned=True,
                  aliases=("tip-f", "tipadapterf", "tip-adapter-finetuned"))
 class TipAdapterF(_FineTuned, TipAdapter):
     """Tip-Adapter-F (Zhang et al., Tip-Adapter, ECCV 2022, Sec. 3.3): learnable cache keys.
@@ -297,6 +282,7 @@ class TipAdapterF(_FineTuned, TipAdapter):
     """
 
     _fit_time_params = ("projector",) + _TRAIN_PARAMS
+    _parameter_constraints = {**TipAdapter._parameter_constraints, **_TRAIN_CONSTRAINTS}
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, epochs: int = 20,
                  lr: float = 1e-3, eps: float = 1e-4, weight_decay: float = 0.01,
@@ -344,8 +330,8 @@ def _ape_t_params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 
 @register_method("ape-t", title="APE-T", config_section="ape_t", search_section="ape",
-                 search_axes=("beta", "alpha", "gamma"), default_scale=(7.0, 7.0, 1.0),
-                 default_step=(200, 20, 20), params=_ape_t_params, fine_tuned=True,
+                 search_axes=("beta", "alpha", "gamma"), grid_start=(0.1, 0.1, 0.0), params=_ape_t_params,
+                 fine_tuned=True,
                  aliases=("apet", "ape-trained"))
 class APET(_FineTuned, APE):
     """APE-T (Zhu et al., APE, ICCV 2023, Sec. 3.3): category residual and value weights.
@@ -375,7 +361,7 @@ class APET(_FineTuned, APE):
     """
 
     _fit_time_params = ("projector", "n_channels", "criterion_weights") + _TRAIN_PARAMS
-    _fixed_while_training = ("alpha", "beta", "gamma")
+    _parameter_constraints = {**APE._parameter_constraints, **_TRAIN_CONSTRAINTS}
 
     def __init__(self, *, alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.1,
                  n_channels: int | float | None = None, criterion_weights: Sequence[float] = (0.2, 0.8),

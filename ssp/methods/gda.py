@@ -30,24 +30,22 @@ query enters each term, as for the cache models.
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 from typing import Any, Mapping
 
 import numpy as np
 
+from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, like_input, to_tensor
 from ssp._utils.normalize import l2_normalize
 from ssp._utils.warn import warn
-from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
+from ssp.methods.base import CLIPFeatureClassifier
+from ssp.methods.params import Options, Real
 from ssp.methods.registry import log_grid_builder, register_method
+from ssp.methods.search import SearchAxis
 
-__all__ = ["GDA", "DEFAULT_GRID"]
+__all__ = ["GDA"]
 
-# The default alpha grid: decades 1e-4 .. 1e4. The paper searches 1e-4 .. 1e2; the two extra
-# decades cover views (N = 10 C K): the GDA term scales like 1 / N, so its best alpha grows with N.
-# A finer grid overfits small validation sets (docs/baselines.md).
-DEFAULT_GRID = {"alpha": (1e-4, 1e4, 9)}
 
 # Elements of one [queries, classes] logit block scored at once by the search.
 _BLOCK_ELEMENTS = 1 << 24
@@ -63,9 +61,9 @@ def _gda_params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 
 @register_method("gda", title="GDA", config_section="gda", search_section="gda", search_axes=("alpha",),
-                 params=_gda_params, uses_views=True, grid_builder=log_grid_builder(**DEFAULT_GRID),
+                 params=_gda_params, uses_views=True, grid_builder=log_grid_builder("alpha"),
                  aliases=("gaussian-discriminant-analysis",))
-class GDA(_CLIPFeatureClassifier):
+class GDA(CLIPFeatureClassifier):
     """Training-free GDA (Wang et al., ICLR 2024): ``s · x Tᵀ + α (x W + b)`` (module docstring).
 
     Args:
@@ -81,7 +79,8 @@ class GDA(_CLIPFeatureClassifier):
     (E, 0 for keys), ``n_samples_`` (the N of the formulas).
     """
 
-    _real_params = ("alpha", "logit_scale")
+    _parameter_constraints = {"alpha": [Real()], "routing": [Options(ROUTINGS)], "logit_scale": [Real()]}
+    search_space = {"alpha": SearchAxis(minimum=0.0, sane=(1e-5, 1e5))}  # one decade past the default grid
 
     def __init__(self, *, alpha: float = 1.0, projector: Any = None, routing: str = "paper",
                  logit_scale: float = 100.0, device: str | torch.device | None = None) -> None:
@@ -105,18 +104,13 @@ class GDA(_CLIPFeatureClassifier):
 
         A failed fit leaves the model unfitted, never half-fitted.
         """
-        self._reset_fitted()
-        try:
-            self._validate_params()
-            self._torch = SimpleNamespace()
-            self._fit_common(image_features, labels, text_features, patch_features)
-            self._fit_gaussian(view_features)
-            self._transfer_views = view_features  # a reference, read by new_class_logits only
-            self._publish(image_features)
-        except BaseException:
-            self._reset_fitted()
-            raise
-        return self
+        return super().fit(image_features, labels, text_features=text_features,
+                           patch_features=patch_features, view_features=view_features)
+
+    def _fit(self, image_features, labels, text_features, patch_features=None, view_features=None) -> None:
+        self._fit_common(image_features, labels, text_features, patch_features)
+        self._fit_gaussian(view_features)
+        self._transfer_views = view_features  # a reference, read by new_class_logits only
 
     # ---- fitting ------------------------------------------------------------------------
 
@@ -203,11 +197,11 @@ class GDA(_CLIPFeatureClassifier):
         return zero_shot, gda
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = _check_finite_param(self.alpha, "alpha")
+        alpha = check_real(self.alpha, "alpha")
         zero_shot, gda = self._parts(x)
         return zero_shot + alpha * gda
 
-    def _search_scores(self, val_features: torch.Tensor, val_labels: torch.Tensor,
+    def search_counts(self, val_features: torch.Tensor, val_labels: torch.Tensor,
                        axes: Mapping[str, np.ndarray], routings: list[str]) -> np.ndarray:
         """Correct validation predictions ``[R, A]`` for every routing and ``axes["alpha"]``
         (``ssp.methods.search``).
@@ -242,7 +236,7 @@ class GDA(_CLIPFeatureClassifier):
         ``s · x tᵀ + α (x W_new + b_new)`` with ``W_new, b_new`` synthesised from the base
         training samples nearest each new class's text ``[C_new, D]``."""
         self._check_fitted()
-        alpha = _check_finite_param(self.alpha, "alpha")
+        alpha = check_real(self.alpha, "alpha")
         x, text = self._new_class_inputs(X, text_features)
         means, precision, k = self._new_class_gaussians(text.to(torch.float64))
         weights = precision @ means.T

@@ -24,17 +24,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ssp._checks import check_int, check_real
+from ssp._checks import ROUTINGS, check_int
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, check_labels, like_input
-from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
+from ssp.methods.base import CLIPFeatureClassifier, check_routing
+from ssp.methods.params import Integer, Options, Real
+from ssp.methods.search import SearchAxis
 from ssp.methods.registry import log_grid_builder, register_method
 
 __all__ = ["LinearProbe"]
 
-# Default grid of C: log-spaced, 2 points per decade (the CLIP paper searched 1e-6 .. 1e6 by a
-# parametric binary search; on L2-normalised CLIP features the optimum lies well inside this range).
-DEFAULT_GRID = {"C": (1e-2, 1e4, 13)}
 
 
 def _params(cfg: Mapping[str, Any], dim: int) -> dict:
@@ -43,10 +42,9 @@ def _params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 
 @register_method("linear-probe", title="Linear probe", config_section="linear_probe",
-                 search_section="linear_probe", search_axes=("C",), default_scale=(DEFAULT_GRID["C"][1],),
-                 default_step=(DEFAULT_GRID["C"][2],), params=_params, grid_builder=log_grid_builder(**DEFAULT_GRID),
+                 search_section="linear_probe", search_axes=("C",), params=_params, grid_builder=log_grid_builder("C"),
                  aliases=("linearprobe", "linear-probe-clip", "logistic-regression"))
-class LinearProbe(_CLIPFeatureClassifier):
+class LinearProbe(CLIPFeatureClassifier):
     """Logistic regression on the image features, ``x Wᵀ + b`` (CLIP paper's linear probe).
 
     Args:
@@ -61,11 +59,13 @@ class LinearProbe(_CLIPFeatureClassifier):
     those of every CLIP-feature classifier (``classes_``, ``text_features_``, ``projector_``, ...).
     """
 
+    _fit_time_params = ("projector", "max_iter", "tol")
     new_class_rule = ("zero-shot CLIP: the probe has no text term, so classes without shots are scored by "
                       "s * x t^T with their text (vision-projected query and text with an SSP projector)")
 
-    _fit_time_params = ("projector", "max_iter", "tol")
-    _real_params = ("C", "tol")
+    search_space = {"C": SearchAxis(sane=(1e-3, 1e5))}  # one decade past the default grid on each side
+    _parameter_constraints = {"C": [Real(0, closed="neither")], "max_iter": [Integer(1)],
+                              "tol": [Real(0, closed="neither")], "routing": [Options(ROUTINGS)]}
 
     def __init__(self, *, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-4,
                  projector: Any = None, routing: str = "paper",
@@ -84,15 +84,7 @@ class LinearProbe(_CLIPFeatureClassifier):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        if check_real(self.C, "C") <= 0:
-            raise ValueError(f"C must be > 0, got {self.C!r}")
-        if check_real(self.tol, "tol") <= 0:
-            raise ValueError(f"tol must be > 0, got {self.tol!r}")
-        check_int(self.max_iter, "max_iter")
-
-    def _fit(self, image_features, labels, text_features, patch_features) -> None:
+    def _fit(self, image_features, labels, text_features, patch_features=None) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
         # the kind of the fitted arrays (numpy, or torch on the input's device): an empty tensor
         self._like = image_features[:0] if isinstance(image_features, torch.Tensor) else None
@@ -179,11 +171,7 @@ class LinearProbe(_CLIPFeatureClassifier):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self._logits_in(x)
 
-    def _terms(self, x, routing=None):
-        """(logits ``[M, C]`` at the current ``C``, None, None)."""
-        return self._logits_in(x, routing), None, None
-
-    def _search_scores(self, val_features: ArrayLike, val_labels: ArrayLike, axes: Mapping[str, Any],
+    def search_counts(self, val_features: ArrayLike, val_labels: ArrayLike, axes: Mapping[str, Any],
                        routings: str | list[str] | None = None) -> np.ndarray:
         """Correct validation predictions at every ``C`` of ``axes["C"]``: ``[len(C)]`` for one
         routing, ``[len(routings), len(C)]`` for a list (the search hook of
@@ -195,7 +183,7 @@ class LinearProbe(_CLIPFeatureClassifier):
         values = [float(c) for c in np.asarray(axes.get("C", [self.C]), dtype=np.float64).ravel()]
         correct = np.zeros((len(routings), len(values)), dtype=np.int64)
         for r, routing in enumerate(routings):
-            _check_routing(routing)
+            check_routing(routing)
             self._fit_path(self._view(routing), values)
             for i, c in enumerate(values):
                 with torch.no_grad():

@@ -1,5 +1,9 @@
 """LP++ (Huang et al., "LP++: A Surprisingly Strong Linear Probe for Few-Shot CLIP", CVPR 2024).
 
+Spelling: the method is ``lp++`` wherever a method name is typed (CLI, configs' ``methods``, run
+files, tables; ``lpp`` is accepted as an alias) and LP++ in prose; ``lpp`` is its config section,
+and :class:`LPPlusPlus` / ``lp_plus_plus`` are the Python names (``+`` is not an identifier).
+
 A linear probe on the image features whose logits are blended with the text logits through one
 learnable multiplier per class::
 
@@ -39,14 +43,14 @@ from __future__ import annotations
 
 import math
 import time
-from types import SimpleNamespace
 from typing import Any, Mapping
 
-from ssp._checks import check_int, check_real
+from ssp._checks import ROUTINGS
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, to_tensor
 from ssp._utils.normalize import l2_normalize
-from ssp.methods.base import _check_routing, _CLIPFeatureClassifier
+from ssp.methods.base import CLIPFeatureClassifier
+from ssp.methods.params import Boolean, Integer, Options, Real
 from ssp.methods.registry import register_method
 
 __all__ = ["LPPlusPlus"]
@@ -60,7 +64,7 @@ def _lpp_params(cfg: Mapping[str, Any], dim: int) -> dict:
 
 @register_method("lp++", title="LP++", config_section="lpp", params=_lpp_params, fine_tuned=True,
                  aliases=("lpp", "lp-plus-plus", "lpplusplus"))
-class LPPlusPlus(_CLIPFeatureClassifier):
+class LPPlusPlus(CLIPFeatureClassifier):
     """LP++: ``x Wᵀ + b + α ⊙ (x Tᵀ)`` trained full-batch with data-derived step sizes
     (Huang et al., CVPR 2024; the module docstring gives the initialisation and the steps).
 
@@ -84,13 +88,15 @@ class LPPlusPlus(_CLIPFeatureClassifier):
     CLIP-feature classifier (``classes_``, ``text_features_``, ``projector_``, ...).
     """
 
+    _fit_time_params = ("projector", "routing", "epochs", "alpha_every", "init_alpha_scale",
+                        "momentum", "seed")
     new_class_rule = ("zero-shot: the text term x t^T of the new classes with one common multiplier (a class "
                       "without shots has no learned alpha or W), i.e. zero-shot CLIP's ranking; with an SSP "
                       "projector query and text are vision-projected")
 
-    _fit_time_params = ("projector", "routing", "epochs", "alpha_every", "init_alpha_scale",
-                        "momentum", "seed")
-    _real_params = ("init_alpha_scale", "momentum")
+    _parameter_constraints = {"epochs": [Integer(0)], "alpha_every": [Integer(1)],
+                              "init_alpha_scale": [Real(0)], "momentum": [Real(0, 1, closed="left")],
+                              "seed": [Integer(0)], "progress": [Boolean()], "routing": [Options(ROUTINGS)]}
 
     def __init__(self, *, epochs: int = 300, alpha_every: int = 10, init_alpha_scale: float = 250.0,
                  momentum: float = 0.9, seed: int = 1, progress: bool = False, projector: Any = None,
@@ -123,34 +129,17 @@ class LPPlusPlus(_CLIPFeatureClassifier):
 
         A failed fit leaves the model unfitted, never half-fitted.
         """
-        self._reset_fitted()
-        try:
-            self._validate_params()
-            settings = self._check_training_params()
-            self._torch = SimpleNamespace()
-            self._fit_common(image_features, labels, text_features, patch_features)
-            inputs, input_labels = self._training_inputs(view_features)
-            val = self._validation_pair(val_features, val_labels)
-            self._train(inputs, input_labels, val, settings)
-            self._publish(image_features)
-        except BaseException:
-            self._reset_fitted()
-            raise
-        return self
+        return super().fit(image_features, labels, text_features=text_features, patch_features=patch_features,
+                           view_features=view_features, val_features=val_features, val_labels=val_labels)
 
-    def _check_training_params(self) -> dict[str, Any]:
-        momentum = check_real(self.momentum, "momentum")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        scale = check_real(self.init_alpha_scale, "init_alpha_scale")
-        if scale < 0:
-            raise ValueError(f"init_alpha_scale must be >= 0, got {self.init_alpha_scale!r}")
-        if not isinstance(self.progress, bool):
-            raise ValueError(f"progress must be True or False, got {self.progress!r}")
-        return {"epochs": check_int(self.epochs, "epochs", minimum=0),
-                "alpha_every": check_int(self.alpha_every, "alpha_every"),
-                "seed": check_int(self.seed, "seed", minimum=0),
-                "momentum": momentum, "init_alpha_scale": scale}
+    def _fit(self, image_features, labels, text_features, patch_features=None, view_features=None,
+             val_features=None, val_labels=None) -> None:
+        self._fit_common(image_features, labels, text_features, patch_features)
+        inputs, input_labels = self._training_inputs(view_features)
+        val = self._validation_pair(val_features, val_labels)
+        settings = {"epochs": int(self.epochs), "alpha_every": int(self.alpha_every), "seed": int(self.seed),
+                    "momentum": float(self.momentum), "init_alpha_scale": float(self.init_alpha_scale)}
+        self._train(inputs, input_labels, val, settings)
 
     def _training_inputs(self, view_features):
         """``([N', D] normalised inputs, [N'] labels)``: the views stacked, or the support keys."""
@@ -267,10 +256,3 @@ class LPPlusPlus(_CLIPFeatureClassifier):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         t = self._torch
         return self._blend((t.weights_, t.bias_, t.alpha_), self._inputs(x))
-
-    def _terms(self, x, routing=None):
-        """(logits ``[M, C]``, None, None): nothing left to search; another routing needs a refit."""
-        if routing is not None and _check_routing(routing) != self.routing and self.projector_ is not None:
-            raise ValueError(f"LP++ was trained under routing {self.routing!r}; fit again with "
-                             f"routing={routing!r} to use that routing")
-        return self._logits(x), None, None

@@ -42,16 +42,17 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ssp._checks import ROUTINGS, check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike
-from ssp.methods.base import _check_finite_param, _CLIPFeatureClassifier
+from ssp.methods.base import CLIPFeatureClassifier
+from ssp.methods.cache_models import LINEAR_KERNEL_BETA
+from ssp.methods.params import Integer, Options, Real, check_param
 from ssp.methods.registry import log_grid_builder, register_method
+from ssp.methods.search import SearchAxis
 
-__all__ = ["ProKeR", "DEFAULT_GRID", "SEARCH_SOLVERS", "search_solver_for"]
+__all__ = ["ProKeR", "SEARCH_SOLVERS", "search_solver_for"]
 
-# beta: octaves 1 .. 16 (exp(-beta (1 - cos)) at CLIP's cosines: from nearly linear to sharp);
-# lam: half-decades 1e-3 .. 1e2. Each beta builds G once (search_solver: how each lam is solved).
-DEFAULT_GRID = {"beta": (1.0, 16.0, 5), "lam": (1e-3, 1e2, 11)}
 
 # Elements of one [queries, support] kernel chunk in the search (float64: 128 MiB).
 _SEARCH_CHUNK_ELEMENTS = 1 << 24
@@ -110,8 +111,8 @@ def _ridge_solver(gram: torch.Tensor, lam: float, *, overwrite: bool) -> Callabl
 
 @register_method("proker", title="ProKeR", config_section="proker", search_section="proker",
                  search_axes=("beta", "lam"), params=_proker_params,
-                 grid_builder=log_grid_builder(**DEFAULT_GRID))
-class ProKeR(_CLIPFeatureClassifier):
+                 grid_builder=log_grid_builder("beta", "lam"))
+class ProKeR(CLIPFeatureClassifier):
     """Training-free ProKeR (Bendou et al., CVPR 2025): ``s · (x Tᵀ + k(x, X) A)`` (module docstring).
 
     Args:
@@ -130,7 +131,12 @@ class ProKeR(_CLIPFeatureClassifier):
     the kernel's support points, vision-projected with a projector).
     """
 
-    _real_params = ("beta", "lam", "logit_scale")
+    _parameter_constraints = {"beta": [Real(0)], "lam": [Real(0, closed="neither")],
+                              "routing": [Options(ROUTINGS)], "logit_scale": [Real()],
+                              "chunk_size": [Integer(1), None], "search_solver": [Options(SEARCH_SOLVERS)]}
+    # sane ranges: one decade past the default grid on each side
+    search_space = {"beta": SearchAxis(lower_edge_above=LINEAR_KERNEL_BETA, sane=(0.1, 160.0)),
+                    "lam": SearchAxis(sane=(1e-4, 1e3))}
 
     def __init__(self, *, beta: float = 1.0, lam: float = 0.1, projector: Any = None,
                  routing: str = "paper", logit_scale: float = 100.0, chunk_size: int | None = None,
@@ -152,29 +158,21 @@ class ProKeR(_CLIPFeatureClassifier):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    def _validate_params(self) -> None:
-        super()._validate_params()
-        self._hyper(self.beta, self.lam)
-        if self.search_solver not in SEARCH_SOLVERS:
-            raise ValueError(f"search_solver must be one of {', '.join(SEARCH_SOLVERS)}, "
-                             f"got {self.search_solver!r}")
+    @classmethod
+    def _hyper(cls, beta: Any, lam: Any) -> tuple[float, float]:
+        """``(β, λ)`` as floats, checked against the constraint table (set_params may change
+        them after fit, and the search passes grid values)."""
+        table = cls._parameter_constraints
+        return (float(check_param(beta, "beta", table["beta"])),
+                float(check_param(lam, "lam", table["lam"])))
 
-    @staticmethod
-    def _hyper(beta: Any, lam: Any) -> tuple[float, float]:
-        beta, lam = _check_finite_param(beta, "beta"), _check_finite_param(lam, "lam")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0 (kernel exp(-beta (1 - cos))), got {beta!r}")
-        if not lam > 0:
-            raise ValueError(f"lam must be > 0 (ridge weight), got {lam!r}")
-        return beta, lam
-
-    def _fit(self, image_features, labels, text_features, patch_features) -> None:
+    def _fit(self, image_features, labels, text_features, patch_features=None) -> None:
         self._fit_common(image_features, labels, text_features, patch_features)
         keys = self._torch.support_features_
         if self.projector_ is not None:
             keys = self._views(keys, {"vision"})["vision"]
         self._torch.keys_ = keys
-        self._solution_cache: dict = {}
+        self._solution_memo: dict = {}
 
     # ---- the ridge solution -----------------------------------------------------------------
 
@@ -199,22 +197,22 @@ class ProKeR(_CLIPFeatureClassifier):
         return residual
 
     def _solution(self, beta: float, lam: float, routing: str) -> torch.Tensor:
-        """``A = (G/λ + I)⁻¹ R = λ (G + λ I)⁻¹ R`` ``[N, C]`` in ``dtype_`` (cached for the
+        """``A = (G/λ + I)⁻¹ R = λ (G + λ I)⁻¹ R`` ``[N, C]`` in ``dtype_`` (remembered for the
         latest ``(β, λ, routing)``)."""
         key = (beta, lam, routing)
-        if key not in self._solution_cache:
+        if key not in self._solution_memo:
             keys = self._torch.keys_.to(torch.float64)
             solve = _ridge_solver(rbf_gram(keys, keys, beta), lam, overwrite=True)
             solution = solve(self._residual(routing))
-            self._solution_cache.clear()  # one entry: the latest (beta, lam, routing); memo, not state
-            self._solution_cache[key] = solution.to(self.dtype_)
-        return self._solution_cache[key]
+            self._solution_memo.clear()  # one entry: the latest (beta, lam, routing); memo, not state
+            self._solution_memo[key] = solution.to(self.dtype_)
+        return self._solution_memo[key]
 
     # ---- logits ---------------------------------------------------------------------------
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         beta, lam = self._hyper(self.beta, self.lam)
-        scale = _check_finite_param(self.logit_scale, "logit_scale")
+        scale = check_real(self.logit_scale, "logit_scale")
         routing = self.routing
         solution = self._solution(beta, lam, routing)
         views = self._views(x, self._needed_views(routing))
@@ -226,7 +224,7 @@ class ProKeR(_CLIPFeatureClassifier):
             logits[start:start + rows] += kernel @ solution
         return scale * logits
 
-    def _search_scores(self, val_features: torch.Tensor, val_labels: torch.Tensor,
+    def search_counts(self, val_features: torch.Tensor, val_labels: torch.Tensor,
                        axes: Mapping[str, np.ndarray], routings: list[str]) -> np.ndarray:
         """Correct validation predictions ``[R, B, L]`` for every routing and every
         ``(axes["beta"], axes["lam"])``.
@@ -244,7 +242,7 @@ class ProKeR(_CLIPFeatureClassifier):
         for beta in betas:
             for lam in lams:
                 self._hyper(beta, lam)
-        scale = _check_finite_param(self.logit_scale, "logit_scale")
+        scale = check_real(self.logit_scale, "logit_scale")
         x = self._queries(val_features)
         keys = self._torch.keys_.to(torch.float64)
         per_routing = []
@@ -300,6 +298,6 @@ class ProKeR(_CLIPFeatureClassifier):
         if best:  # keep the overall winner's solution (first maximum in routing order)
             top = max(v[0] for v in best.values())
             winner = min(r for r, v in best.items() if v[0] == top)
-            self._solution_cache.clear()
-            self._solution_cache[best[winner][1]] = best[winner][2]
+            self._solution_memo.clear()
+            self._solution_memo[best[winner][1]] = best[winner][2]
         return correct

@@ -10,15 +10,21 @@ parameters and its search grid come from in the merged config::
     model = spec.build(cfg, n_features=512, projector=None, device="cpu")
     grid = spec.grid(cfg)                    # {"beta": [...], "alpha": [...]} from cfg["tip_adapter"]
 
-The table holds the classes. Reading it imports :mod:`ssp.methods` (every method module);
-those modules import torch lazily (:mod:`ssp._lazy`), so ``ssp-fewshot --help`` stays fast.
-Every method also runs with an SSP projector: ``"<name>+ssp"`` (:func:`parse_method`). A new
-method is one module with a decorated class, its config section and its tests.
+The table holds the classes. Reading it imports :mod:`ssp.methods` and every other module of
+that package (a new method module needs no import anywhere), and a config's ``method_modules``
+imports methods kept outside the package (:func:`load_method_modules`). Method modules import
+torch lazily (:mod:`ssp._lazy`), so ``ssp-fewshot --help`` stays fast. Every method also runs with
+an SSP projector: ``"<name>+ssp"`` (:func:`parse_method`). A new method is one module with a
+decorated class, its config section (``configs/defaults.yaml``, the one home of every default:
+:func:`default_config`) and its tests.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import math
+import pkgutil
+from importlib import resources
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -27,7 +33,8 @@ import numpy as np
 from ssp._checks import check_int
 
 __all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "canonical_name", "method_names",
-           "registered_methods", "spec_for_estimator", "log_grid_builder", "SSP_SUFFIX"]
+           "method_help", "registered_methods", "spec_for_estimator", "log_grid_builder", "make_grid",
+           "default_config", "load_method_modules", "SSP_SUFFIX"]
 
 SSP_SUFFIX = "+ssp"
 
@@ -44,9 +51,12 @@ class MethodSpec:
         title: display name (``"Tip-Adapter"``).
         estimator: the estimator class.
         config_section: the config section its constructor parameters come from (``None``: none).
-        search_section: the config section holding ``search_scale`` / ``search_step`` of its grid.
+        search_section: the config section holding its grid (``search_scale`` / ``search_step``,
+            or ``search`` for a ``grid_builder``); without a config the section of the packaged
+            ``configs/defaults.yaml`` (:func:`default_config`), the one home of every default grid.
         search_axes: hyper-parameters searched on validation, in search order (``()``: none).
-        default_scale, default_step: the grid used when no config gives one.
+        grid_start: the first value of each axis of :func:`make_grid`'s linear grids (``()``:
+            0.1 on every axis, the reference grids' start).
         params: ``(cfg, n_features) -> kwargs`` for the constructor (``None``: no parameters).
         fine_tuned: trained by gradient descent; ``fit`` also takes validation features (epoch
             selection) and the augmented views of the support set.
@@ -68,8 +78,6 @@ class MethodSpec:
     config_section: str | None = None
     search_section: str | None = None
     search_axes: tuple[str, ...] = ()
-    default_scale: tuple[float, ...] = ()
-    default_step: tuple[int, ...] = ()
     params: ParamsFn | None = field(default=None, compare=False)
     fine_tuned: bool = False
     aliases: tuple[str, ...] = ()
@@ -77,6 +85,11 @@ class MethodSpec:
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
     test_time: bool = False
+    grid_start: tuple[float, ...] = ()
+
+    def linear_grid_start(self) -> tuple[float, ...]:
+        """The first value of each axis of :func:`make_grid`'s grids (0.1 unless ``grid_start``)."""
+        return tuple(self.grid_start) or (0.1,) * len(self.search_axes)
 
     def constructor_params(self, cfg: Mapping[str, Any], n_features: int) -> dict:
         """Constructor keyword arguments from the merged config ``cfg`` for ``n_features`` = D."""
@@ -95,29 +108,45 @@ class MethodSpec:
 
     def grid(self, cfg: Mapping[str, Any] | None = None) -> dict | None:
         """The search grid ``{axis: float64 array}``: from ``cfg[search_section]`` when given,
-        the method's default grid otherwise; ``None`` when nothing is searched."""
+        the default config's otherwise; ``None`` when nothing is searched."""
         if not self.search_axes:
             return None
         section = (cfg or {}).get(self.search_section or "", None)
+        if section is None:
+            section = default_config().get(self.search_section or "")
         if self.grid_builder is not None:
             return self.grid_builder(self, section)
         if section is None:
-            return make_grid(self.name)
+            raise ValueError(f"method {self.name!r} has no grid: give its config section "
+                             f"'{self.search_section}' search_scale and search_step")
         return make_grid(self.name, section["search_scale"], section["search_step"])
 
 
-def log_grid_builder(**defaults: tuple[float, float, int]) -> Callable[[Any, Mapping[str, Any] | None], dict]:
-    """A ``grid_builder`` of log-spaced axes: ``axis=(low, high, points)`` are the defaults; a
-    config section overrides them with ``search: {axis: [low, high, points]}`` (both ends
-    included, ``low > 0``)::
+@functools.lru_cache(maxsize=1)
+def _default_config_text() -> str:
+    return (resources.files("ssp") / "configs" / "defaults.yaml").read_text(encoding="utf-8")
+
+
+def default_config() -> dict:
+    """The packaged ``configs/defaults.yaml`` (a fresh copy): the one source of every method's
+    default grid and run settings (constructor defaults equal it; ``tests/methods/test_defaults.py``)."""
+    import yaml
+
+    return yaml.safe_load(_default_config_text())
+
+
+def log_grid_builder(*axes: str) -> Callable[[Any, Mapping[str, Any] | None], dict]:
+    """A ``grid_builder`` of log-spaced ``axes``: a config section gives each as ``search: {axis:
+    [low, high, points]}`` (both ends included, ``low > 0``); an axis it leaves out takes the
+    default config's value (:func:`default_config`)::
 
         gda:
           search: {alpha: [1.0e-4, 1.0e+4, 9]}     # 1e-4, 1e-3, ..., 1e4
     """
 
     def build(spec: Any, section: Mapping[str, Any] | None) -> dict:
-        import numpy as np
-
+        defaults = (default_config().get(spec.search_section) or {}).get("search") or {}
+        defaults = {a: defaults.get(a) for a in axes}
         given = (section or {}).get("search") or {}
         if not isinstance(given, Mapping):
             raise ValueError(f"config '{spec.search_section}.search' must map each axis to "
@@ -164,11 +193,8 @@ def register_method(name: str, **fields: Any) -> Callable[[type], type]:
 
 
 def _add(spec: MethodSpec) -> MethodSpec:
-    linear = spec.grid_builder is None  # default_scale / default_step describe make_grid's linear grids
-    if linear and (len(spec.default_scale) != len(spec.search_axes)
-                   or len(spec.default_step) != len(spec.search_axes)):
-        raise ValueError(f"method {spec.name!r}: default_scale and default_step need one value per "
-                         f"search axis {spec.search_axes}")
+    if spec.grid_builder is None and len(spec.linear_grid_start()) != len(spec.search_axes):
+        raise ValueError(f"method {spec.name!r}: grid_start needs one value per search axis {spec.search_axes}")
     keys = {_key(spec.name), *(_key(a) for a in spec.aliases)}
     taken = sorted(k for k in keys if k in _ALIASES)
     if taken or spec.name.endswith(SSP_SUFFIX):
@@ -180,8 +206,31 @@ def _add(spec: MethodSpec) -> MethodSpec:
 
 
 def _load() -> None:
-    """Import every built-in method module (each registers itself)."""
-    importlib.import_module("ssp.methods")
+    """Import every built-in method module (each registers itself): :mod:`ssp.methods` imports
+    the shipped ones in table order, then every other module of the package (a new method
+    module needs no import anywhere)."""
+    package = importlib.import_module("ssp.methods")
+    if not _DISCOVERED:
+        _DISCOVERED.append(True)
+        for info in pkgutil.iter_modules(package.__path__, "ssp.methods."):
+            importlib.import_module(info.name)
+
+
+_DISCOVERED: list[bool] = []
+
+
+def load_method_modules(modules: Sequence[str], where: str = "config 'method_modules'") -> None:
+    """Import each module of ``modules`` (dotted names on ``sys.path``): a method defined outside
+    this package registers itself on import (``@register_method``). A module that cannot be
+    imported is a one-line ``ValueError`` naming it."""
+    for name in modules:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{where} must list module names (e.g. my_package.my_method), got {name!r}")
+        try:
+            importlib.import_module(name.strip())
+        except ImportError as err:
+            raise ValueError(f"{where}: cannot import {name!r} ({type(err).__name__}: {err}); "
+                             "put the module's folder on PYTHONPATH") from None
 
 
 def get_method(name: str) -> MethodSpec:
@@ -253,16 +302,17 @@ def make_grid(method: str, search_scale: Sequence[float] | None = None,
               search_step: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """The reference search grids of a registered method (the official Tip-Adapter and APE configs; docs/protocol.md).
 
-    ``β_i = 0.1 + i (s_β − 0.1) / n_β`` and ``α_i = 0.1 + i (s_α − 0.1) / n_α`` for
-    ``i = 0 .. n − 1`` and, for APE, ``γ_i = i s_γ / n_γ``: the upper bound ``s`` is never
-    reached and γ starts at 0. Values are computed with the reference's float expression.
+    ``v_i = a + i (s − a) / n`` for ``i = 0 .. n − 1`` on each axis, with the start ``a`` the
+    method declares (``MethodSpec.grid_start``; 0.1 by default, 0 for APE's γ): e.g.
+    ``β_i = 0.1 + i (s_β − 0.1) / n_β`` and ``γ_i = i s_γ / n_γ``. The upper bound ``s`` is never
+    reached. Values are computed with the reference's float expression.
 
     Args:
         method: a registered method with searched axes ("tip-adapter", "ape", ...) or one of
             its registry aliases.
-        search_scale: ``(s_β, s_α)`` or ``(s_β, s_α, s_γ)``; default: the method's
-            ``default_scale`` in the registry.
-        search_step: ``(n_β, n_α)`` or ``(n_β, n_α, n_γ)``; default: its ``default_step``.
+        search_scale: ``(s_β, s_α)`` or ``(s_β, s_α, s_γ)``; default: ``search_scale`` of the
+            method's section in the default config (:func:`default_config`).
+        search_step: ``(n_β, n_α)`` or ``(n_β, n_α, n_γ)``; default: its ``search_step``.
 
     Returns:
         ``{"beta": [n_β], "alpha": [n_α](, "gamma": [n_γ])}`` float64 arrays.
@@ -276,19 +326,20 @@ def make_grid(method: str, search_scale: Sequence[float] | None = None,
             raise ValueError(f"{spec.name} builds its own grid (log-spaced); pass grid={{axis: values}} "
                              f"to validation_search or set '{spec.search_section}.search' in the config")
         return spec.grid_builder(spec, None)
-    scale = tuple(spec.default_scale if search_scale is None else search_scale)
-    step = tuple(spec.default_step if search_step is None else search_step)
+    section = default_config()[spec.search_section]
+    scale = tuple(section["search_scale"] if search_scale is None else search_scale)
+    step = tuple(section["search_step"] if search_step is None else search_step)
     if len(scale) != len(axes) or len(step) != len(axes):
         raise ValueError(
             f"{spec.name} needs {len(axes)} values ({', '.join(axes)}) in search_scale and "
             f"search_step, got {scale!r} and {step!r}"
         )
     grid = {}
-    for axis, s, n in zip(axes, scale, step):
+    for axis, start, s, n in zip(axes, spec.linear_grid_start(), scale, step):
         s = float(s)
         if not math.isfinite(s) or s <= 0:
             raise ValueError(f"search_scale for {axis} must be a positive number, got {s}")
         n = check_int(n, f"search_step for {axis}")
         i = np.arange(int(n), dtype=np.float64)
-        grid[axis] = i * s / int(n) if axis == "gamma" else i * (s - 0.1) / int(n) + 0.1
+        grid[axis] = i * (s - start) / int(n) + start  # start 0: exactly i s / n
     return grid

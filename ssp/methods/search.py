@@ -1,4 +1,4 @@
-"""Validation-only hyper-parameter search for the classifiers of :mod:`ssp.classifiers`.
+"""Validation-only hyper-parameter search for every registered method (:mod:`ssp.methods.registry`).
 
 ::
 
@@ -8,13 +8,13 @@
     result.best_params_   # {'beta': ..., 'alpha': ..., 'gamma': ...}; already set on `model`
     model.predict(test_features)                                 # test data: touched once
 
-The search sees validation data only; it never takes test features. It evaluates the whole
-grid at once: per query chunk and routing, the affinities are computed once, ``exp`` runs once
-per β, the γ re-weightings are one batched matmul over classes (the one-hot cache values are a
-class-wise segment sum, never a dense ``Y``), and α is handled in closed form: for fixed (β, γ)
-every logit is a line in α, so the α values at which the true class wins form an interval whose
-ends cost ``O(C)`` per query (see :func:`_count_grid`). Ties go to the first maximum in
-(routing, β, α, γ) order, like the reference loops' "first strict improvement".
+The search sees validation data only; it never takes test features. It knows no method: it asks
+the model for the number of correct validation predictions at every grid point
+(:meth:`CLIPFeatureClassifier.search_counts <ssp.methods.base.CLIPFeatureClassifier.search_counts>`,
+which a method overrides with a fast exact path, e.g. the cache models' closed form in α) and
+reads how to treat each axis from the model's ``search_space`` (:class:`SearchAxis`: bounds,
+edge rules, the adaptive default search). Ties go to the first maximum in (routing, then the
+method's ``search_axes``) order, like the reference loops' "first strict improvement".
 
 Cost (measured, ``benchmarks/stanford_cars_real_features.py``): the full APE grid 200 x 20 x 20 on
 817 validation images, N = 16 x 196 keys, C = 196, takes about 7 s of one CPU core; the
@@ -39,16 +39,44 @@ from ssp._checks import ROUTINGS
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, check_labels, to_tensor
 from ssp._utils.fitted import check_is_fitted
-from ssp.methods.base import _AUTO_CHUNK_ELEMENTS
-from ssp.methods.cache_models import cache_kernel
-from ssp.methods.registry import MethodSpec, get_method, make_grid, spec_for_estimator  # noqa: F401  (make_grid: re-exported)
+from ssp.methods.registry import MethodSpec, spec_for_estimator
 
-__all__ = ["SearchResult", "validation_search", "make_grid"]
+__all__ = ["SearchResult", "SearchAxis", "validation_search"]
 
-_AXIS_ORDER = ("routing", "beta", "alpha", "gamma")
 
-# Elements of the [queries, gamma, classes] cache block evaluated at once.
-_BLOCK_ELEMENTS = 1 << 22
+@dataclass(frozen=True)
+class SearchAxis:
+    """How :func:`validation_search` treats one numeric hyper-parameter of a method (declared in
+    the estimator class's ``search_space``; an axis not declared gets the defaults).
+
+    Attributes:
+        minimum: grid values below it are refused (``None``: any finite value).
+        lower_edge_above: a best accuracy at the grid's smallest value suggests the optimum lies
+            below the grid only when that value is above this (e.g. 0 for a weight, since 0 is a
+            true bound).
+        spacing: ``"log"`` | ``"linear"``: the axis of the adaptive default search
+            (``grid=None``); ``None``: no adaptive search on this axis. A method with no
+            adaptive axis searches its registered default grid (:meth:`MethodSpec.grid`).
+        low, high, points: the coarse grid of the adaptive search (both ends included).
+        with_zero: the coarse grid also holds 0 (e.g. α = 0: zero-shot alone).
+        limit: how far the adaptive search may push the upper edge.
+        floor: the smallest positive value the adaptive search may extend the axis down to
+            (``None``: never extended downwards).
+        sane: ``(low, high)``: values beyond it only add search time (and numerically degenerate
+            models); a configured grid reaching past it runs with a warning
+            (:func:`ssp.run.config.validate_config`). ``None``: no such range declared.
+    """
+
+    minimum: float | None = None
+    lower_edge_above: float = 0.0
+    spacing: str | None = None
+    low: float = 0.0
+    high: float = 0.0
+    points: int = 0
+    with_zero: bool = False
+    limit: float = math.inf
+    floor: float | None = None
+    sane: tuple[float, float] | None = None
 
 
 @dataclass
@@ -95,14 +123,16 @@ def _model_spec(model: Any) -> MethodSpec:
     return spec
 
 
-def _model_axes(model: Any) -> tuple[str, ...]:
-    return _model_spec(model).search_axes
+def _space(model: Any, spec: MethodSpec) -> dict[str, SearchAxis]:
+    """``{axis: SearchAxis}`` for every axis of ``spec.search_axes`` (in that order)."""
+    declared = getattr(model, "search_space", None) or {}
+    return {a: declared.get(a, SearchAxis()) for a in spec.search_axes}
 
 
-def _normalise_grid(model: Any, grid: Mapping[str, Any] | None) -> dict[str, Any]:
-    axes = _model_axes(model)
+def _normalise_grid(model: Any, spec: MethodSpec, grid: Mapping[str, Any] | None) -> dict[str, Any]:
+    axes = spec.search_axes
     if grid is None:
-        return make_grid(_model_spec(model).name) if axes else {}
+        grid = spec.grid(None) if axes else {}
     if not isinstance(grid, Mapping):
         raise TypeError(f"grid must be a dict of axis -> values, got {type(grid).__name__}")
     allowed = ("routing",) + axes
@@ -111,8 +141,9 @@ def _normalise_grid(model: Any, grid: Mapping[str, Any] | None) -> dict[str, Any
         raise ValueError(
             f"{type(model).__name__} cannot search {unknown}; its grid axes are {allowed}"
         )
+    space = _space(model, spec)
     out: dict[str, Any] = {}
-    for axis in (("routing",) + axes if _has_hook(model) else _AXIS_ORDER):
+    for axis in allowed:
         if axis not in grid:
             continue
         values = grid[axis]
@@ -135,8 +166,9 @@ def _normalise_grid(model: Any, grid: Mapping[str, Any] | None) -> dict[str, Any
                 raise ValueError(f"grid[{axis!r}] is empty")
             if not np.isfinite(arr).all():
                 raise ValueError(f"grid[{axis!r}] contains NaN or infinite values")
-            if axis == "alpha" and (arr < 0).any():
-                raise ValueError("grid['alpha'] must be >= 0 (alpha weighs the cache term)")
+            minimum = space[axis].minimum
+            if minimum is not None and (arr < minimum).any():
+                raise ValueError(f"grid[{axis!r}] must be >= {minimum:g}, got {arr.min():g}")
             out[axis] = arr
     return out
 
@@ -146,87 +178,66 @@ def validation_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike
     """Pick hyper-parameters of a fitted classifier on validation data and set them on it.
 
     Args:
-        model: a fitted estimator of a registered method (:mod:`ssp.registry`): e.g.
+        model: a fitted estimator of a registered method (:mod:`ssp.methods.registry`): e.g.
             ``TipAdapter`` / ``APE`` / ``ZeroShotCLIP``, or a trained ``TipAdapterF`` /
-            ``APET`` (``ssp.finetuned``). Its fitted state is kept; only the searched
-            parameters are changed (``set_params``).
+            ``APET``. Its fitted state is kept; only the searched parameters are changed
+            (``set_params``).
         val_features: ``[M, D]`` validation image features (never test features).
         val_labels: ``[M]`` validation labels.
         grid: axis -> values. Axes: the method's ``search_axes`` in the registry ("beta",
             "alpha" for Tip-Adapter; also "gamma" for APE) and "routing" (a list of routings,
-            only for models with a projector). Axes left out stay
-            at the model's current value. An explicit grid is searched exactly as given; a
-            ``UserWarning`` names any numeric axis along which the best accuracy is reached at
-            the grid's largest value (or its smallest positive one), since the optimum may lie
-            outside. ``None``: the adaptive default search (:func:`_default_search`: a
-            wide log-spaced coarse grid, extended while the winner sits on an edge, then
-            refined around the winner; validation data only), which assumes no dataset's
-            range; the routing stays at the model's value. For ``ZeroShotCLIP`` (no
-            hyper-parameters) ``None`` just scores the model (``scores_`` is 0-d), and
-            ``{"routing": [...]}`` picks a routing.
+            only for models with a projector). Axes left out stay at the model's current value.
+            An explicit grid is searched exactly as given; a ``UserWarning`` names any numeric
+            axis along which the best accuracy is reached at the grid's largest value (or its
+            smallest one, where :class:`SearchAxis` says that matters), since the optimum may
+            lie outside. ``None``: the method's default. For a method whose ``search_space``
+            declares an adaptive search (the cache models) that is a wide coarse grid, extended
+            while the winner sits on an edge, then refined around the winner (validation data
+            only; no dataset's range assumed; the routing stays at the model's value). For the
+            others it is the registered default grid (:meth:`MethodSpec.grid`, warned about
+            like an explicit one). For ``ZeroShotCLIP`` (no hyper-parameters) ``None`` just
+            scores the model (``scores_`` is 0-d), and ``{"routing": [...]}`` picks a routing.
 
     Returns:
         :class:`SearchResult`.
     """
     check_is_fitted(model, "text_features_")
-    if _has_hook(model):
-        return _hook_search(model, val_features, val_labels, grid)
-    if grid is None and _default_axes(model):
-        return _default_search(model, val_features, val_labels)
-    axes = _normalise_grid(model, grid)
-    result = _search_grid(model, val_features, val_labels, axes)
-    if grid is not None:
-        _warn_on_edges(result)
+    spec = _model_spec(model)
+    space = _space(model, spec)
+    if grid is None and any(a.spacing is not None for a in space.values()):
+        return _default_search(model, spec, space, val_features, val_labels)
+    axes = _normalise_grid(model, spec, grid)
+    result = _search_grid(model, spec, val_features, val_labels, axes)
+    _warn_on_edges(result, spec, space)
     return result
 
 
-def _search_grid(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
+def _search_grid(model: Any, spec: MethodSpec, val_features: ArrayLike, val_labels: ArrayLike,
                  axes: dict[str, Any]) -> SearchResult:
-    """Score every point of the normalised grid ``axes`` and set the winner on ``model``."""
-    dtype, device = model.dtype_, model.device_
+    """Score every point of the normalised grid ``axes`` (the model's ``search_counts``) and set
+    the winner on ``model``."""
+    device = model.device_
     x = to_tensor(val_features, "val_features", ndim=2, device=device)
     n_val = x.shape[0]
     if n_val == 0:
         raise ValueError("val_features is empty")
-    n_classes = len(model.classes_)
-    y = check_labels(val_labels, n_val, n_classes, name="val_labels", device=device)
-
+    y = check_labels(val_labels, n_val, len(model.classes_), name="val_labels", device=device)
     routings = axes.get("routing", [model.routing])
-    has_cache = bool(_model_axes(model))
-    fixed = {k: getattr(model, k) for k in _model_axes(model) if k not in axes}
+    numeric = {a: axes[a] if a in axes else np.array([float(getattr(model, a))], dtype=np.float64)
+               for a in spec.search_axes}
+    fixed = {k: getattr(model, k) for k in spec.search_axes if k not in axes}
     if "routing" not in axes:
         fixed["routing"] = model.routing
-    betas = axes.get("beta", np.array([model.beta])) if has_cache else None
-    alphas = axes.get("alpha", np.array([model.alpha])) if has_cache else None
-    gammas = None
-    if "gamma" in _model_axes(model):
-        gammas = axes.get("gamma", np.array([model.gamma]))
-
-    n_b = len(betas) if has_cache else 1
-    n_a = len(alphas) if has_cache else 1
-    n_g = len(gammas) if gammas is not None else 1
-    correct = torch.zeros(len(routings), n_b, n_a, n_g, dtype=torch.int64, device=device)
-    rows = max(1, _BLOCK_ELEMENTS // (n_g * n_classes))
-    if has_cache:
-        rows = min(rows, max(1, _AUTO_CHUNK_ELEMENTS // max(model.keys_.shape[0], 1)))
-        alpha_t = torch.as_tensor(alphas, dtype=dtype, device=device)
     with torch.no_grad():
-        for start in range(0, n_val, rows):
-            xc, yc = x[start:start + rows], y[start:start + rows]
-            for r, routing in enumerate(routings):
-                terms = model._search_terms(xc, routing)
-                zero_shot, affinity, log_weights = terms[:3]
-                key_weights = terms[3] if len(terms) > 3 else None
-                if not has_cache:
-                    correct[r, 0, 0, 0] += int((zero_shot.argmax(1) == yc).sum())
-                    continue
-                _count_grid(correct[r], zero_shot, affinity, yc, model.segments_, betas,
-                            alpha_t, gammas, log_weights, key_weights)
-
-    scores = correct.cpu().numpy().astype(np.float64) / n_val
-    names = tuple(a for a in _AXIS_ORDER if a in axes)
-    # axes of `scores`: routing, beta, alpha, gamma; drop the ones that are not searched
-    keep = [a in axes for a in _AXIS_ORDER]
+        correct = np.asarray(model.search_counts(x, y, numeric, list(routings)), dtype=np.int64)
+    expected = (len(routings),) + tuple(len(v) for v in numeric.values())
+    if correct.shape != expected:
+        raise RuntimeError(f"{type(model).__name__}.search_counts returned shape {correct.shape}, "
+                           f"expected {expected}")
+    scores = correct.astype(np.float64) / n_val
+    names = tuple(a for a in ("routing",) + spec.search_axes if a in axes)
+    # axes of `scores`: routing, then search_axes; drop the ones that are not searched
+    keep = ["routing" in axes] + [a in axes for a in spec.search_axes]
     scores = scores.reshape([s for s, k in zip(scores.shape, keep) if k] or [])
     return _pick(model, axes, names, scores, n_val, fixed)
 
@@ -255,186 +266,16 @@ def _pick(model: Any, axes: dict[str, Any], names: tuple[str, ...], scores: np.n
     )
 
 
-def _has_hook(model: Any) -> bool:
-    """Models that score their own grid: ``model._search_scores(val_features, val_labels, axes,
-    routings)`` -> correct counts ``[len(routings), *(len(axes[a]) for a in axes)]`` (int)."""
-    return callable(getattr(model, "_search_scores", None))
+# ----------------------------------------------------------------------------- edges
 
-
-def _hook_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike,
-                 grid: Mapping[str, Any] | None) -> SearchResult:
-    """:func:`validation_search` for a model with a ``_search_scores`` hook (GDA, ProKeR, ...).
-
-    ``grid=None`` searches the method's registered default grid (``spec.grid(None)``). The hook
-    counts the correct validation predictions for every routing and every point of the numeric
-    axes (in ``search_axes`` order, each at least the model's current value; all routings in one
-    call, so work they share is done once); ties, edge warnings
-    and the :class:`SearchResult` are those of the cache models' search. The edge warning is
-    given for the default grid too (it is fixed, not extended)."""
-    spec = _model_spec(model)
-    axes = _normalise_grid(model, spec.grid(None) if grid is None else grid)
-    device = model.device_
-    x = to_tensor(val_features, "val_features", ndim=2, device=device)
-    n_val = x.shape[0]
-    if n_val == 0:
-        raise ValueError("val_features is empty")
-    y = check_labels(val_labels, n_val, len(model.classes_), name="val_labels", device=device)
-    routings = axes.get("routing", [model.routing])
-    numeric = {a: axes[a] if a in axes else np.array([float(getattr(model, a))], dtype=np.float64)
-               for a in spec.search_axes}
-    fixed = {k: getattr(model, k) for k in spec.search_axes if k not in axes}
-    if "routing" not in axes:
-        fixed["routing"] = model.routing
-    with torch.no_grad():
-        correct = np.asarray(model._search_scores(x, y, numeric, list(routings)), dtype=np.int64)
-    expected = (len(routings),) + tuple(len(v) for v in numeric.values())
-    if correct.shape != expected:
-        raise RuntimeError(f"{type(model).__name__}._search_scores returned shape {correct.shape}, "
-                           f"expected {expected}")
-    scores = correct.astype(np.float64) / n_val
-    names = tuple(a for a in ("routing",) + spec.search_axes if a in axes)
-    keep = ["routing" in axes] + [a in axes for a in spec.search_axes]
-    scores = scores.reshape([s for s, k in zip(scores.shape, keep) if k] or [])
-    result = _pick(model, axes, names, scores, n_val, fixed)
-    _warn_on_edges(result, hint=f"or widen '{spec.search_section}.search.<axis>' in the config",
-                   stacklevel=4)
-    return result
-
-
-def _count_grid(correct: torch.Tensor, zero_shot: torch.Tensor, affinity: torch.Tensor,
-                labels: torch.Tensor, segments: Any, betas: np.ndarray, alphas: torch.Tensor,
-                gammas: np.ndarray | None, log_weights: torch.Tensor | None,
-                key_weights: torch.Tensor | None = None) -> None:
-    """Add, for one query chunk, the number of correct predictions at every (β, α, γ) to
-    ``correct`` ``[B, A, G]``.
-
-    zero_shot ``[m, C]``, affinity ``[m, N]`` (keys grouped by class, see ``segments``),
-    log_weights ``[N]`` (APE's δ) or None, key_weights ``[N]`` (a per-key factor of the values,
-    any sign: APE-T's trained value weights) or None, alphas ``[A]`` (>= 0); the cache values are
-    ``Y ⊙ key_weights ⊙ exp(γ log_weights)``. Logits that tie exactly
-    (equal to the last bit) may be counted either way; ``predict`` takes the lower class index.
-
-    For fixed (β, γ) the logits are lines in α, ``l_c(α) = z_c + α k_c``, so the α values at
-    which the true class ``y`` wins form one interval: ``z_y − z_c + α (k_y − k_c) > 0`` for every
-    ``c ≠ y``. The interval's ends are computed for all (query, γ) at once, and each
-    grid α is tested against them: ``O(C + A)`` per (query, β, γ) instead of evaluating and
-    arg-maxing ``A`` logit vectors (``O(A·C)``, 20x more work on the reference grids).
-    """
-    weights = None
-    if gammas is not None:
-        gamma_t = torch.as_tensor(gammas, dtype=affinity.dtype, device=affinity.device)
-        lw = log_weights if log_weights is not None else torch.zeros_like(affinity[0])
-        weights = torch.exp(gamma_t[:, None] * lw[None, :])              # [G, N]
-        if key_weights is not None:
-            weights = weights * key_weights[None, :]
-    dtype = zero_shot.dtype
-    n_rows = zero_shot.shape[0]
-    target = labels[:, None]
-    rows = torch.arange(n_rows, device=zero_shot.device)
-    # In 1/α (α > 0) the conditions "y beats c" become one-sided bounds with fixed factors:
-    #   gap_c = z_y - z_c > 0:  1/α > (k_c - k_y) / gap_c
-    #   gap_c <= 0:             1/α < (k_y - k_c) / |gap_c|   (never, if k_y <= k_c)
-    # so each (β, γ) costs one subtraction and two multiply-reduce passes over the cache
-    # block, and no division. The true class gets gap = 1 and contributes 0 / +inf (no bound).
-    # Everything is class-major ([C, m, ...]) so the reductions over classes are contiguous.
-    gap = (zero_shot.gather(1, target) - zero_shot).scatter_(1, target, 1.0).T.contiguous()
-    ahead = gap > 0
-    tiny = torch.finfo(dtype).tiny
-    inv_gap_ahead = torch.where(ahead, 1.0 / gap, 0.0)[:, :, None]       # [C, m, 1]
-    # a zero gap (a zero-shot tie) counts as a tiny deficit
-    inv_gap_behind = torch.where(ahead, 0.0, 1.0 / gap.clamp(max=-tiny))[:, :, None]
-    no_bound = torch.where(ahead, math.inf, 0.0).to(dtype)[:, :, None]
-    zero_shot_wins = ahead.all(dim=0)[:, None]                            # [m, 1]: α = 0
-    grid_alpha = alphas.to(dtype)[:, None, None]                          # [A, 1, 1]
-    alpha_zero = (alphas == 0)[:, None, None]
-    any_alpha_zero = bool(alpha_zero.any())
-    for b, beta in enumerate(betas):
-        activation = cache_kernel(affinity, float(beta))                  # [m, N]
-        if weights is None:
-            cache = segments.sum(activation, key_weights).T.contiguous()[:, :, None]  # [C, m, 1]
-        else:
-            cache = segments.sum_many(activation, weights)                # [C, m, G]
-        excess = cache.sub_(cache[labels, rows][None])                    # k_c - k_y
-        inv_alpha_low = (excess * inv_gap_ahead).amax(dim=0)             # [m, G]
-        inv_alpha_high = torch.addcmul(no_bound, excess, inv_gap_behind).amin(dim=0)
-        wins = (grid_alpha * inv_alpha_low < 1.0) & (grid_alpha * inv_alpha_high > 1.0)
-        if any_alpha_zero:
-            wins = torch.where(alpha_zero, zero_shot_wins[None], wins)
-        correct[b] += wins.sum(dim=1)                                     # [A, m, G] -> [A, G]
-
-
-# ----------------------------------------------------------------------------- default search
-
-# The adaptive default (grid=None). Coarse axes: log-spaced with ratio 10 ** 0.1 (26 % steps)
-# for the scales β and α (α also gets 0: zero-shot alone), linear for γ. Published per-dataset
-# ranges reach β = 50 and α = 50 (Tip-Adapter's Flowers102 config) and γ = 1.5; these start
-# wider, and an axis whose winner sits on its edge is extended until the winner is inside or
-# the limit is reached. Then one refinement grid between the winner's neighbours.
-_DEFAULT_COARSE: dict[str, tuple[str, float, float, int]] = {
-    # axis: (spacing, low, high, points)
-    "beta": ("log", 0.1, 100.0, 31),
-    "alpha": ("log", 0.01, 100.0, 41),
-    "gamma": ("linear", 0.0, 2.0, 11),
-}
-# How far the default search may push an upper edge.
-_DEFAULT_LIMITS: dict[str, float] = {"beta": 1e4, "alpha": 1e4, "gamma": 10.0}
-# ... and the smallest positive α it may reach (APE's re-weighted cache term can be orders of
-# magnitude larger than Tip-Adapter's, so its best α can lie below 0.01).
-_DEFAULT_ALPHA_FLOOR = 1e-4
-# Below this β the kernel exp(−β (1 − a)) is nearly linear in the affinity a (CLIP affinities
-# lie well inside [0, 1]), and a smaller β only rescales α: a winner at such a lower edge is not
-# a sign of a too-narrow grid.
-_LINEAR_KERNEL_BETA = 0.2
-_REFINE_POINTS = 9
-
-
-def _default_axes(model: Any) -> tuple[str, ...]:
-    """The numeric axes the default search covers ((), e.g. for zero-shot CLIP)."""
-    return tuple(a for a in _model_axes(model) if a in _DEFAULT_COARSE)
-
-
-def _coarse_axis(axis: str) -> np.ndarray:
-    spacing, low, high, n = _DEFAULT_COARSE[axis]
-    if spacing == "linear":
-        return np.linspace(low, high, n)
-    values = np.geomspace(low, high, n)
-    return np.concatenate([[0.0], values]) if axis == "alpha" else values
-
-
-def _extend_axis(axis: str, values: np.ndarray, upper: bool = True) -> np.ndarray | None:
-    """``values`` continued one span past an edge (a decade on a log axis, the axis' range on a
-    linear one), up to :data:`_DEFAULT_LIMITS` (upper) or :data:`_DEFAULT_ALPHA_FLOOR` (lower,
-    log axes: between 0, if present, and the smallest positive value); None when already there."""
-    log = _DEFAULT_COARSE[axis][0] == "log"
-    if not upper:
-        positive = values[values > 0]
-        ratio = positive[1] / positive[0]
-        steps = int(round(math.log(10.0) / math.log(ratio)))
-        new = positive[0] * ratio ** -np.arange(steps, 0, -1.0)
-        new = new[new >= _DEFAULT_ALPHA_FLOOR * (1 - 1e-9)]
-        if axis != "alpha" or new.size == 0:
-            return None
-        return np.concatenate([values[values <= 0], new, positive])
-    limit = _DEFAULT_LIMITS[axis]
-    if log:
-        positive = values[values > 0]
-        ratio = positive[1] / positive[0]
-        steps = int(round(math.log(10.0) / math.log(ratio)))
-        new = positive[-1] * ratio ** np.arange(1, steps + 1)
-    else:
-        step = values[1] - values[0]
-        new = values[-1] + step * np.arange(1, int(round((values[-1] - values[0]) / step)) + 1)
-    new = new[new <= limit * (1 + 1e-9)]
-    return None if new.size == 0 else np.concatenate([values, new])
-
-
-def _alpha_at_floor(result: SearchResult) -> bool:
-    """The winner's α is the smallest positive α searched and beats every other α (the other
-    axes at the winner's values): the default search then extends α downwards."""
-    if "alpha" not in result.param_names_:
+def _at_floor(result: SearchResult, axis: str) -> bool:
+    """The winner's ``axis`` value is the smallest positive value searched and beats every other
+    value of that axis (the other axes at the winner's values): the default search then extends
+    the axis downwards."""
+    if axis not in result.param_names_:
         return False
-    dim = result.param_names_.index("alpha")
-    values = np.asarray(result.grid_["alpha"], dtype=np.float64)
+    dim = result.param_names_.index(axis)
+    values = np.asarray(result.grid_[axis], dtype=np.float64)
     i = result.best_index_[dim]
     if not (values[i] > 0 and values[i] == values[values > 0].min()):
         return False
@@ -444,13 +285,13 @@ def _alpha_at_floor(result: SearchResult) -> bool:
     return bool(line[i] > np.delete(line, i).max())
 
 
-def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, str, float]]:
+def _edge_axes(result: SearchResult, space: Mapping[str, SearchAxis],
+               strict: bool = False) -> list[tuple[str, str, float]]:
     """``(axis, "upper" | "lower", edge value)`` for each numeric axis (of 3 or more values)
     along which the best accuracy (the other axes at the winner's values) is reached at the
-    axis' largest value, or at its smallest where going lower can matter (α, γ > 0: 0 is a true
-    bound, no cache term / no re-weighting; β > :data:`_LINEAR_KERNEL_BETA`), and the accuracy
-    is not the same everywhere on that line. ``strict``: only when the edge is the winner itself
-    and beats every other value of the line."""
+    axis' largest value, or at its smallest where going lower can matter (above the axis'
+    ``lower_edge_above``), and the accuracy is not the same everywhere on that line.
+    ``strict``: only when the edge is the winner itself and beats every other value of the line."""
     edges = []
     for dim, axis in enumerate(result.param_names_):
         if axis == "routing":
@@ -466,7 +307,7 @@ def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, st
             continue
         hi, lo = int(np.argmax(values)), int(np.argmin(values))
         for side, i in (("upper", hi), ("lower", lo)):
-            if side == "lower" and not values[i] > (_LINEAR_KERNEL_BETA if axis == "beta" else 0.0):
+            if side == "lower" and not values[i] > space.get(axis, SearchAxis()).lower_edge_above:
                 continue
             if strict:
                 hit = result.best_index_[dim] == i and line[i] > np.delete(line, i).max()
@@ -478,15 +319,16 @@ def _edge_axes(result: SearchResult, strict: bool = False) -> list[tuple[str, st
     return edges
 
 
-def _warn_on_edges(result: SearchResult, hint: str | None = None, stacklevel: int = 3) -> None:
-    """Warn when a user-given grid's best accuracy is reached on the edge of a numeric axis
-    (saying "tie" when the edge only ties the chosen value, which the first-maximum rule kept;
-    ``hint``: what to do instead of the cache models' advice)."""
-    for axis, side, edge in _edge_axes(result):
+def _warn_on_edges(result: SearchResult, spec: MethodSpec, space: Mapping[str, SearchAxis]) -> None:
+    """Warn when a grid searched as given has its best accuracy on the edge of a numeric axis
+    (saying "tie" when the edge only ties the chosen value, which the first-maximum rule kept).
+    The advice names the fix the method offers: ``make_grid``'s scales and the adaptive default
+    for a method with both, the config's ``<search_section>.search`` otherwise."""
+    adaptive = any(a.spacing is not None for a in space.values())
+    linear = spec.grid_builder is None  # make_grid's linear grids, from search_scale / search_step
+    for axis, side, edge in _edge_axes(result, space):
         where = "largest" if side == "upper" else "smallest"
         beyond = "above" if side == "upper" else "below"
-        how = ("e.g. a larger search_scale in make_grid" if side == "upper" else
-               "make_grid starts beta and alpha at 0.1: pass smaller values explicitly")
         chosen = result.best_params_[axis]
         if chosen == edge:
             what = f"the best validation accuracy along {axis} is reached at the {where} value of the given grid " \
@@ -494,48 +336,95 @@ def _warn_on_edges(result: SearchResult, hint: str | None = None, stacklevel: in
         else:
             what = f"the chosen {axis}={chosen:.4g} ties with the {where} value of the given grid ({axis}={edge:.4g}): " \
                    f"the validation accuracy is the same at both (the first maximum is kept)"
-        advice = (f"({how}) or pass grid=None for the adaptive default search" if hint is None
-                  else hint.replace("<axis>", axis))
+        if adaptive and linear:
+            starts = {a: v for a, v in zip(spec.search_axes, spec.linear_grid_start()) if v > 0}
+            how = ("e.g. a larger search_scale in make_grid" if side == "upper" else
+                   f"make_grid starts {' and '.join(starts)} at {min(starts.values(), default=0):g}: "
+                   "pass smaller values explicitly")
+            advice = f"({how}) or pass grid=None for the adaptive default search"
+        else:
+            advice = f"or widen '{spec.search_section}.search.{axis}' in the config"
         warnings.warn(
             f"validation_search: {what}, so the optimum may lie {beyond} the grid; extend grid[{axis!r}] "
             f"{beyond} {edge:.4g} {advice}",
-            UserWarning, stacklevel=stacklevel)
+            UserWarning, stacklevel=3)
 
 
-def _refine_axis(axis: str, values: np.ndarray, i: int) -> np.ndarray:
+# ----------------------------------------------------------------------------- default search
+
+_REFINE_POINTS = 9
+
+
+def _coarse_axis(axis: SearchAxis) -> np.ndarray:
+    if axis.spacing == "linear":
+        return np.linspace(axis.low, axis.high, axis.points)
+    values = np.geomspace(axis.low, axis.high, axis.points)
+    return np.concatenate([[0.0], values]) if axis.with_zero else values
+
+
+def _extend_axis(axis: SearchAxis, values: np.ndarray, upper: bool = True) -> np.ndarray | None:
+    """``values`` continued one span past an edge (a decade on a log axis, the axis' range on a
+    linear one), up to ``axis.limit`` (upper) or ``axis.floor`` (lower, log axes: between 0, if
+    present, and the smallest positive value); None when already there."""
+    log = axis.spacing == "log"
+    if not upper:
+        if axis.floor is None:
+            return None
+        positive = values[values > 0]
+        ratio = positive[1] / positive[0]
+        steps = int(round(math.log(10.0) / math.log(ratio)))
+        new = positive[0] * ratio ** -np.arange(steps, 0, -1.0)
+        new = new[new >= axis.floor * (1 - 1e-9)]
+        if new.size == 0:
+            return None
+        return np.concatenate([values[values <= 0], new, positive])
+    if log:
+        positive = values[values > 0]
+        ratio = positive[1] / positive[0]
+        steps = int(round(math.log(10.0) / math.log(ratio)))
+        new = positive[-1] * ratio ** np.arange(1, steps + 1)
+    else:
+        step = values[1] - values[0]
+        new = values[-1] + step * np.arange(1, int(round((values[-1] - values[0]) / step)) + 1)
+    new = new[new <= axis.limit * (1 + 1e-9)]
+    return None if new.size == 0 else np.concatenate([values, new])
+
+
+def _refine_axis(axis: SearchAxis, values: np.ndarray, i: int) -> np.ndarray:
     """Points between the neighbours of ``values[i]`` (which is kept exactly)."""
     lo = values[max(i - 1, 0)]
     hi = values[min(i + 1, len(values) - 1)]
-    if _DEFAULT_COARSE[axis][0] == "log" and lo > 0:
+    if axis.spacing == "log" and lo > 0:
         grid = np.geomspace(lo, hi, _REFINE_POINTS)
     else:
         grid = np.linspace(lo, hi, _REFINE_POINTS)
     return np.unique(np.concatenate([grid, [values[i]]]))
 
 
-def _default_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike) -> SearchResult:
-    """The adaptive default of :func:`validation_search` (``grid=None``), validation data only.
+def _default_search(model: Any, spec: MethodSpec, space: Mapping[str, SearchAxis],
+                    val_features: ArrayLike, val_labels: ArrayLike) -> SearchResult:
+    """The adaptive default of :func:`validation_search` (``grid=None``), validation data only,
+    on the axes whose :class:`SearchAxis` has a ``spacing``.
 
-    1. Coarse grid: β log-spaced in [0.1, 100] (31 points), α = 0 and log-spaced in
-       [0.01, 100] (41), γ (APE) linear in [0, 2] (11).
+    1. Coarse grid: each axis from ``low`` to ``high`` (``points``, log- or linearly spaced; 0
+       first when ``with_zero``).
     2. While the winner of an axis is its largest value and beats the rest of that axis, extend
-       the axis by one span (a decade for β, α; [0, 2] -> [0, 4] for γ) up to
-       :data:`_DEFAULT_LIMITS`, and search again; likewise α downwards (a decade below its
-       smallest positive value, down to :data:`_DEFAULT_ALPHA_FLOOR`) when the smallest
-       positive α wins. (γ starts at 0, and below β = 0.1 the kernel is linear in the affinity:
-       those lower ends need no extension.)
-    3. Refine: 9 points between the winner's neighbours on every axis (log-spaced for β, α).
+       the axis by one span (a decade on a log axis, the axis' range on a linear one) up to its
+       ``limit``, and search again; likewise downwards (a decade below the smallest positive
+       value, down to ``floor``) on an axis with a ``floor``, when its smallest positive value
+       wins outright.
+    3. Refine: 9 points between the winner's neighbours on every axis (log-spaced on log axes).
 
     The result is the refinement's (its score is >= the coarse winner's: the coarse winner is
     one of its points); ``stages_`` keeps every stage. Unlike the per-dataset published ranges
     (Tip-Adapter's β <= 7 for ImageNet, <= 50 for Flowers102), no range is assumed.
     """
-    names = _default_axes(model)
-    axes = {a: _coarse_axis(a) for a in names}
+    adaptive = {a: v for a, v in space.items() if v.spacing is not None}
+    axes = {a: _coarse_axis(v) for a, v in adaptive.items()}
     stages: list[dict[str, Any]] = []
 
     def run(grid: dict[str, np.ndarray]) -> SearchResult:
-        result = _search_grid(model, val_features, val_labels, dict(grid))
+        result = _search_grid(model, spec, val_features, val_labels, dict(grid))
         stages.append({"grid": {k: v.copy() for k, v in grid.items()},
                        "best_params": dict(result.best_params_), "best_score": result.best_score_})
         return result
@@ -543,20 +432,22 @@ def _default_search(model: Any, val_features: ArrayLike, val_labels: ArrayLike) 
     result = run(axes)
     while True:
         extended = False
-        for axis, side, _ in _edge_axes(result, strict=True):
-            new = _extend_axis(axis, axes[axis]) if side == "upper" else None
+        for axis, side, _ in _edge_axes(result, space, strict=True):
+            new = _extend_axis(adaptive[axis], axes[axis]) if side == "upper" else None
             if new is not None:
                 axes[axis] = new
                 extended = True
-        if _alpha_at_floor(result):
-            new = _extend_axis("alpha", axes["alpha"], upper=False)
-            if new is not None:
-                axes["alpha"] = new
-                extended = True
+        for axis, declared in adaptive.items():
+            if declared.floor is not None and _at_floor(result, axis):
+                new = _extend_axis(declared, axes[axis], upper=False)
+                if new is not None:
+                    axes[axis] = new
+                    extended = True
         if not extended:
             break
         result = run(axes)
-    refined = {a: _refine_axis(a, axes[a], result.best_index_[k]) for k, a in enumerate(result.param_names_)}
+    refined = {a: _refine_axis(adaptive[a], axes[a], result.best_index_[k])
+               for k, a in enumerate(result.param_names_)}
     result = run(refined)
     result.stages_ = stages
     return result

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssp._checks import check_int, check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, like_input
-from ssp._utils.devices import resolve_device
-from ssp.methods.base import _CLIPFeatureClassifier
+from ssp.methods.base import CLIPFeatureClassifier
+from ssp.methods.params import Integer, Real
 
-__all__ = ["replay_memory", "Replay", "BLOCK_ELEMENTS"]
+__all__ = ["replay_memory", "Replay", "BLOCK_ELEMENTS", "STREAM_CONSTRAINTS", "StreamingClassifier"]
 
 #: Elements of the largest intermediate of one block of queries (64 MiB in float32).
 BLOCK_ELEMENTS = 1 << 24
+
+#: The constraints every streaming method's table starts from.
+STREAM_CONSTRAINTS = {"logit_scale": [Real()], "chunk_size": [Integer(1), None]}
 
 
 class Replay:
@@ -97,7 +99,7 @@ def entropy(probs: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return -torch.special.xlogy(probs, probs).sum(dim=1)
 
 
-class _StreamingClassifier(_CLIPFeatureClassifier):
+class StreamingClassifier(CLIPFeatureClassifier):
     """A classifier that adapts while it streams over its queries (no labelled support).
 
     ``fit`` learns the text classifier only. :meth:`decision_function` / :meth:`predict` stream
@@ -105,7 +107,8 @@ class _StreamingClassifier(_CLIPFeatureClassifier):
     order gives the same output, and a different order may not. :meth:`stream` also returns what
     the memories did (sizes, evictions); nothing of a stream is kept on the model. No projector: SSP's projector is
     fitted on labelled support patches, which a test-time stream does not have.
-    Subclasses define ``_stream(x) -> (logits, summary)`` and ``_check_stream_params()``.
+    Subclasses define ``_stream(x) -> (logits, summary)`` and their ``_parameter_constraints``
+    (starting from :data:`STREAM_CONSTRAINTS`).
     """
 
     _needs_support = False
@@ -121,15 +124,6 @@ class _StreamingClassifier(_CLIPFeatureClassifier):
             raise ValueError(f"{type(self).__name__} takes no patch_features: it has no SSP projector "
                              "(SSP is fitted on labelled support patches, a test-time stream has none)")
         return super().fit(image_features, labels, text_features=text_features)
-
-    def _validate_params(self) -> None:
-        check_real(self.logit_scale, "logit_scale")
-        check_int(getattr(self, "chunk_size", None), "chunk_size", allow_none=True)
-        self._check_stream_params()
-        resolve_device(self.device)
-
-    def _check_stream_params(self) -> None:
-        raise NotImplementedError
 
     def _zero_shot(self, x: torch.Tensor) -> torch.Tensor:
         """``logit_scale · x Wᵀ`` ``[M, C]`` for normalised queries ``x``."""

@@ -34,11 +34,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ssp._checks import check_int, check_real
+from ssp._checks import check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike
 from ssp.methods.registry import register_method
-from ssp.methods.stream import BLOCK_ELEMENTS, _StreamingClassifier, replay_memory
+from ssp.methods.params import Integer, Options, Real
+from ssp.methods.stream import BLOCK_ELEMENTS, STREAM_CONSTRAINTS, StreamingClassifier, replay_memory
 
 __all__ = ["TDA"]
 
@@ -63,7 +64,7 @@ def _check_bounds(value: Any, name: str) -> tuple[float, float]:
 
 
 @register_method("tda", title="TDA", config_section="tda", params=_tda_params, test_time=True)
-class TDA(_StreamingClassifier):
+class TDA(StreamingClassifier):
     """TDA (Karmanov et al., CVPR 2024): positive and negative caches of the test stream (see
     the module docstring for the formulas).
 
@@ -114,15 +115,14 @@ class TDA(_StreamingClassifier):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    def _check_stream_params(self) -> None:
-        for name in ("pos_shot_capacity", "neg_shot_capacity"):
-            check_int(getattr(self, name), name, minimum=0)
-        for name in ("pos_alpha", "pos_beta", "neg_alpha", "neg_beta"):
-            check_real(getattr(self, name), name)
+    _parameter_constraints = {**STREAM_CONSTRAINTS, "pos_shot_capacity": [Integer(0)], "neg_shot_capacity": [Integer(0)],
+                              "pos_alpha": [Real()], "pos_beta": [Real()], "neg_alpha": [Real()], "neg_beta": [Real()],
+                              "entropy_norm": [Options(ENTROPY_NORMS)]}
+
+    def _check_params(self) -> None:
+        super()._check_params()
         _check_bounds(self.neg_entropy_bounds, "neg_entropy_bounds")
         _check_bounds(self.neg_mask_bounds, "neg_mask_bounds")
-        if self.entropy_norm not in ENTROPY_NORMS:
-            raise ValueError(f"entropy_norm must be one of {ENTROPY_NORMS}, got {self.entropy_norm!r}")
 
     def _stream(self, x: torch.Tensor) -> torch.Tensor:
         n, n_classes = x.shape[0], len(self.classes_)

@@ -1,17 +1,17 @@
-"""(split from ssp.classifiers; see the package docstring)."""
+"""Zero-shot CLIP, the method every other one adds a term to (:class:`ZeroShotCLIP`)."""
 from __future__ import annotations
 
 from typing import Any
 
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike
-from ssp.methods.base import _CLIPFeatureClassifier
+from ssp.methods.base import CLIPFeatureClassifier
 from ssp.methods.registry import register_method
 
 
 @register_method("zero-shot", title="Zero-shot CLIP",
                  aliases=("zs", "zeroshot", "zero-shot-clip", "zeroshotclip"))
-class ZeroShotCLIP(_CLIPFeatureClassifier):
+class ZeroShotCLIP(CLIPFeatureClassifier):
     """Zero-shot CLIP: ``logit_scale · x Wᵀ`` (Radford et al., CLIP, ICML 2021; docs/method.md).
 
     With a projector and ``routing="paper"`` the logits are ``logit_scale · x^L Ŵᵀ``; routings
@@ -44,10 +44,7 @@ class ZeroShotCLIP(_CLIPFeatureClassifier):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    def _terms(self, x, routing=None):
-        zs_view = self._route(routing)[0]
-        views = self._views(x, {zs_view} - {"plain"})
-        return self._zero_shot_logits(views, routing), None, None
-
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self._terms(x)[0]
+        zs_view = self._route()[0]
+        views = self._views(x, {zs_view} - {"plain"})
+        return self._zero_shot_logits(views)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
+from ssp.report.stats import mean_std, method_order
 from ssp.run.records import RUN_SUFFIX, find_runs, run_filename
 
 
@@ -64,15 +64,6 @@ def nested_output_folders(output_dir: Path, paths: Iterable[Path]) -> list[Path]
     return folders
 
 
-def mean_std(values: list[float]) -> tuple[float, float | None]:
-    """Mean and sample std; the std of a single seed is undefined (``None``), not 0."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)  # sample std, as papers report
-    return mean, math.sqrt(var)
-
-
 def _protocol_key(record: dict) -> str:
     return str(record.get("protocol_key") or "-")
 
@@ -116,13 +107,6 @@ def is_random_backbone(records: Iterable[dict]) -> bool:
 
 
 RANDOM_WEIGHTS_LINE = "RANDOM WEIGHTS (--pretrained none): the accuracies are meaningless"
-
-
-def method_order(methods: Iterable[str]) -> list[str]:
-    from ssp.methods.registry import method_names
-
-    order = {m: i for i, m in enumerate(method_names())}
-    return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))
 
 
 def format_table(summary: list[dict]) -> str:
@@ -324,10 +308,15 @@ def plot_metrics(records: list[dict], path: Path) -> Path:
     return Path(path)
 
 
-def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
+def write_report(output_dir: Path, *, page: bool = True) -> tuple[str, dict[str, Path]]:
     """Aggregate every run under ``output_dir``; write ``summary.json``, ``results.md``, ``results.png``.
     Few-shot runs get the shots x methods table and plot; runs of other protocols (base-to-new, ...)
-    a table of their own metrics per protocol."""
+    a table of their own metrics per protocol. Runs with reliability metrics add ``calibration.md``
+    (:mod:`ssp.report.reliability`); ``page`` writes the results page ``index.html`` with its
+    ``plots/`` (:mod:`ssp.report.html`)."""
+    from ssp.report.html import write_results_page
+    from ssp.report.reliability import format_calibration_table
+
     output_dir = Path(output_dir)
     skipped: list[Path] = []
     records = load_runs(output_dir, skipped=skipped)
@@ -364,4 +353,9 @@ def write_report(output_dir: Path) -> tuple[str, dict[str, Path]]:
     if fewshot:
         text += f"\nValidation accuracy of the chosen hyper-parameters:\n\n```\n{format_table(summaries['val'])}\n```\n"
     write_text_atomic(paths["table"], text)
+    calibration = format_calibration_table(records)
+    if calibration:
+        paths["calibration"] = write_text_atomic(output_dir / "calibration.md", calibration + "\n")
+    if page:
+        paths["page"] = write_results_page([(output_dir / run_filename(r), r) for r in records], output_dir)
     return table, paths

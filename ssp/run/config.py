@@ -16,10 +16,12 @@ from typing import Any
 import yaml
 
 from ssp._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
-from ssp.methods.registry import canonical_name, method_help, method_names, parse_method
+from ssp.methods.params import validate_params
+from ssp.methods.registry import (canonical_name, load_method_modules, method_help, method_names, parse_method,
+                                  registered_methods)
 
 # every runnable method name (each with its "+ssp" variant), from the method registry
-METHODS = method_names()
+METHODS = method_names()  # the built-in methods (a config's method_modules may register more)
 
 
 def _read_yaml(path: Path | Any) -> dict:
@@ -135,6 +137,7 @@ def load_config(dataset: str, config_file: str | Path | None = None,
         cfg = merge(cfg, data)
     if config_file is not None:
         data = _read_yaml(Path(config_file))
+        _add_method_modules(data, schema, f"config file {config_file}")
         check_keys(data, schema, f"config file {config_file}")
         cfg = merge(cfg, data)
     cfg["dataset"] = dataset
@@ -145,6 +148,20 @@ def load_config(dataset: str, config_file: str | Path | None = None,
     cfg["methods"] = canonical_methods(cfg.get("methods"))
     validate_config(cfg)
     return cfg
+
+
+def _add_method_modules(data: dict, schema: dict, where: str) -> None:
+    """Import the modules ``data['method_modules']`` names (methods defined outside ssp register
+    on import) and accept their config sections, which ``defaults.yaml`` does not hold (their
+    values are checked by the estimators' constraint tables)."""
+    modules = data.get("method_modules") or []
+    if not isinstance(modules, list):
+        raise ValueError(f"{where}: config key 'method_modules' must be a list of module names, got {modules!r}")
+    load_method_modules(modules, f"{where}: 'method_modules'")
+    for spec in registered_methods():
+        for section in (spec.config_section, spec.search_section):
+            if section and section not in schema and isinstance(data.get(section), dict):
+                schema[section] = copy.deepcopy(data[section])
 
 
 def canonical_methods(methods: Any) -> Any:
@@ -166,36 +183,37 @@ def canonical_methods(methods: Any) -> Any:
 #: a fine-tuned method's initialisation under its name.
 RUN_MINIMUMS = {("lpp", "epochs"): 1, ("tip_adapter_f", "epochs"): 1, ("ape_t", "epochs"): 1}
 
-#: The sane range of each log-spaced search axis (``<section>.search.<axis>``): one decade beyond
-#: the shipped grid on each side. A grid reaching further only adds search time (and numerically
-#: degenerate models); it is run, with a warning. More than :data:`MAX_SEARCH_POINTS` points too.
-SANE_SEARCH_RANGES = {("gda", "alpha"): (1e-5, 1e5), ("proker", "beta"): (0.1, 160.0),
-                      ("proker", "lam"): (1e-4, 1e3), ("linear_probe", "C"): (1e-3, 1e5)}
+#: Grid points per axis beyond which a configured search runs with a warning.
 MAX_SEARCH_POINTS = 50
 
 log = logging.getLogger(__name__)
 
 
 def _check_run_values(cfg: dict, methods: list[str]) -> None:
-    """:data:`RUN_MINIMUMS` refused; search grids outside :data:`SANE_SEARCH_RANGES` warned about."""
+    """:data:`RUN_MINIMUMS` refused; configured search grids beyond the sane range each method
+    declares per axis (``SearchAxis.sane`` in its ``search_space``) warned about."""
     sections = {s for m in methods for s in (parse_method(m)[0].config_section, parse_method(m)[0].search_section)}
     for (section, key), minimum in RUN_MINIMUMS.items():
         value = (cfg.get(section) or {}).get(key)
         if section in sections and isinstance(value, int) and value < minimum:
             raise ValueError(f"config '{section}.{key}' must be >= {minimum} for a run, got {value}: "
                              f"{value} steps would report the untrained initialisation as the method")
-    for (section, axis), (low, high) in SANE_SEARCH_RANGES.items():
-        given = ((cfg.get(section) or {}).get("search") or {}).get(axis)
-        if section not in sections or not isinstance(given, (list, tuple)) or len(given) != 3:
-            continue
-        out = [v for v in given[:2] if _is_number(v) and not low <= v <= high]
-        if out:
-            log.warning("config '%s.search.%s' %s: %s is far outside the sane range [%g, %g] (one decade "
-                        "beyond the shipped grid); such values only add search time", section, axis,
-                        list(given), ", ".join(f"{v:g}" for v in out), low, high)
-        if _is_number(given[2]) and given[2] > MAX_SEARCH_POINTS:
-            log.warning("config '%s.search.%s' %s: %s points (over %d); the search time grows with each "
-                        "point", section, axis, list(given), given[2], MAX_SEARCH_POINTS)
+    for spec in dict.fromkeys(parse_method(m)[0] for m in methods):
+        section = (cfg.get(spec.search_section) or {}).get("search") if spec.search_section else None
+        for axis, declared in getattr(spec.estimator, "search_space", {}).items():
+            given = section.get(axis) if isinstance(section, dict) else None
+            if not isinstance(given, (list, tuple)) or len(given) != 3:
+                continue
+            where = f"config '{spec.search_section}.search.{axis}' {list(given)}"
+            sane = getattr(declared, "sane", None)
+            out = [v for v in given[:2] if sane and _is_number(v) and not sane[0] <= v <= sane[1]]
+            if out:
+                log.warning("%s: %s is far outside %s's sane range [%g, %g] (one decade beyond the shipped "
+                            "grid); such values only add search time", where, ", ".join(f"{v:g}" for v in out),
+                            spec.name, *sane)
+            if _is_number(given[2]) and given[2] > MAX_SEARCH_POINTS:
+                log.warning("%s: %s points (over %d); the search time grows with each point", where, given[2],
+                            MAX_SEARCH_POINTS)
 
 
 def _is_number(value: Any) -> bool:
@@ -210,7 +228,9 @@ def validate_config(cfg: dict) -> None:
     methods = cfg.get("methods")
     if not isinstance(methods, list) or not methods:
         raise ValueError(f"config 'methods' must be a non-empty list, got {methods!r}")
-    unknown = [m for m in methods if m not in METHODS]
+    load_method_modules(cfg.get("method_modules") or [])
+    known = method_names()
+    unknown = [m for m in methods if m not in known]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(method_help())}")
     for key in ("shots", "seeds"):
@@ -250,6 +270,13 @@ def validate_config(cfg: dict) -> None:
     for method in methods:
         _check_method_values(cfg, method)
     _check_run_values(cfg, methods)
+    metrics = cfg.get("metrics") or {}
+    alpha = metrics.get("conformal_alpha", 0.1)
+    if not (_is_number(alpha) and 0 < alpha < 1):
+        raise ValueError(f"config 'metrics.conformal_alpha' must be a number in (0, 1) (0.1: 90% coverage), got {alpha!r}")
+    bins = metrics.get("calibration_bins", 15)
+    if not (isinstance(bins, int) and not isinstance(bins, bool) and bins >= 1):
+        raise ValueError(f"config 'metrics.calibration_bins' must be an integer >= 1, got {bins!r}")
     ssp_cfg = cfg.get("ssp", {})
     for key in ("rank", "routing"):
         if not isinstance(ssp_cfg.get(key), list) or not ssp_cfg[key]:
@@ -290,10 +317,6 @@ def _check_method_values(cfg: dict, method: str) -> None:
         return ValueError(f"config '{key}' (method {spec.name}): {text}")
 
     try:
-        model = spec.estimator(**spec.constructor_params(cfg, 1024))
-        for check in ("_validate_params", "_check_training_params"):
-            fn = getattr(model, check, None)
-            if fn is not None:
-                fn()
+        validate_params(spec.estimator(**spec.constructor_params(cfg, 1024)))
     except (TypeError, ValueError, KeyError) as err:
         raise refuse(err) from None

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ssp._io import jsonable
@@ -30,6 +31,31 @@ def accuracy(model, features: Features) -> float:
     """Top-1 accuracy in percent."""
     pred = torch.as_tensor(model.predict(features.image_features))
     return float((pred.cpu() == features.labels.cpu()).double().mean() * 100)
+
+
+def logits_of(model, features: Features) -> np.ndarray:
+    """The model's logits ``[M, C]`` on ``features`` as a float64 numpy array."""
+    logits = model.decision_function(features.image_features)
+    if isinstance(logits, torch.Tensor):
+        logits = logits.detach().cpu().numpy()
+    return np.asarray(logits, dtype=np.float64)
+
+
+def evaluate(model, val: Features, test: Features, *, alpha: float = 0.1,
+             n_bins: int = 15) -> tuple[float, dict, dict]:
+    """``(test accuracy %, reliability metrics, per-sample and per-class arrays)`` of a fitted model:
+    test logits computed once; the validation logits are the only calibration data."""
+    from ssp.metrics import per_class_results, reliability
+
+    test_logits = logits_of(model, test)
+    labels = test.labels.cpu().numpy().astype(np.int64)
+    prediction = test_logits.argmax(axis=1)
+    test_acc = float(np.mean(prediction == labels) * 100)
+    metrics, samples = reliability(test_logits, labels, logits_of(model, val),
+                                   val.labels.cpu().numpy().astype(np.int64), alpha=alpha, n_bins=n_bins)
+    per_class = per_class_results(labels, prediction, test_logits.shape[1])
+    samples.update({f"class_{k}": v for k, v in per_class.items()})
+    return test_acc, metrics, samples
 
 
 def _ssp_details(model) -> dict:
@@ -68,7 +94,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
     ``MethodResult.warnings`` (those of the chosen rank rule).
     """
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
     from ssp.methods.registry import parse_method
     from ssp.methods.search import validation_search
 
@@ -130,9 +156,12 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     if use_ssp and len(candidates) > 1:
         details["val_accuracy_per_rank_rule"] = {str(c[2]["rank"]): c[0] for c in candidates}
     t0 = time.perf_counter()
-    test_acc = accuracy(model, test)
+    m = cfg.get("metrics") or {}
+    test_acc, metrics, samples = evaluate(model, val, test, alpha=m.get("conformal_alpha", 0.1),
+                                          n_bins=m.get("calibration_bins", 15))
     timings["test_s"] = time.perf_counter() - t0
-    return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model)
+    return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model=model,
+                        reliability=metrics, samples=samples)
 
 
 def fmt_params(params: dict) -> str:
@@ -294,7 +323,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                                              warnings=split.warnings + res.warnings, cfg=source.recorded_config(cfg),
                                              device=source.device,
                                              extra={**split.extra, **spec.record_fields(), **outcome.fields})
-                        write_run(output_dir, record)
+                        write_run(output_dir, record, samples=res.samples)
                         lock.release()
                         completed += 1
                         records.append(record)

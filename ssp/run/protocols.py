@@ -338,6 +338,8 @@ def _evaluate_test_time(method: str, cfg: dict, split, text: torch.Tensor, *, ru
         timings["test_s"] = time.perf_counter() - t0
     pred = torch.as_tensor(logits).argmax(1).cpu()
     accuracy = float((pred == stream.labels.cpu()).double().mean() * 100)
+    # calibration, selective prediction and conformal sets are calibrated on labelled validation data
+    details["reliability"] = "not computed: no labelled validation data to calibrate on under this protocol"
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.constructor_params(cfg, n_features).items()}
     from ssp.run.records import MethodResult
 

@@ -7,8 +7,9 @@
 * :func:`environment` -- command line, ssp version and git commit, library versions, platform.
 * :func:`sample_list_digest` -- a digest of an image list.
 * :func:`run_filename`, :func:`find_run`, :func:`write_run`, :func:`find_runs` -- where a run's file
-  lives (``*`` :data:`RUN_SUFFIX`), reading a finished one back (resume), writing one atomically,
-  the paths of every run file under a folder.
+  lives (``*`` :data:`RUN_SUFFIX`), reading a finished one back (resume), writing one atomically
+  (with its per-sample / per-class arrays in a compressed ``.samples.npz`` beside it, named in the
+  JSON with its SHA-256), the paths of every run file under a folder.
 * :class:`RunLock` -- a per-run lock file, so that parallel invocations share the work.
 """
 from __future__ import annotations
@@ -26,11 +27,15 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ssp import __version__
-from ssp._io import canonical_json, clean_floats, jsonable, write_json_atomic
+from ssp._io import atomic_path, canonical_json, clean_floats, file_sha256, jsonable, write_json_atomic
 
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
 #: The ending of every run file's name (the report stage finds runs by it).
 RUN_SUFFIX = ".run.json"
+#: The reliability settings of defaults.yaml (``metrics``): runs under them keep their pre-metrics keys.
+DEFAULT_METRICS = {"conformal_alpha": 0.1, "calibration_bins": 15}
+#: The ending of a run's per-sample / per-class arrays file, beside its JSON.
+SAMPLES_SUFFIX = ".samples.npz"
 
 
 @dataclass
@@ -45,6 +50,8 @@ class MethodResult:
     details: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)   # raised while fitting and searching
     model: Any = field(default=None, repr=False)        # the fitted estimator (not recorded)
+    reliability: dict | None = None     # ssp.metrics.reliability's metrics of the test logits
+    samples: dict | None = field(default=None, repr=False)   # per-sample / per-class arrays, saved beside the JSON
 
 
 def settings_key(settings: Any) -> str:
@@ -153,8 +160,21 @@ def find_run(output_dir: Path, record: dict) -> dict | None:
     return existing
 
 
-def write_run(output_dir: Path, record: dict) -> Path:
-    return write_json_atomic(Path(output_dir) / run_filename(record), record)
+def write_run(output_dir: Path, record: dict, samples: dict | None = None) -> Path:
+    """Write ``record`` atomically; ``samples`` (name -> numpy array) go first into
+    ``<run>.samples.npz`` beside it, which the record's ``samples`` field names with its SHA-256
+    and array shapes (the JSON is the run's completion mark, so it is written last)."""
+    import numpy as np
+
+    path = Path(output_dir) / run_filename(record)
+    if samples:
+        npz = path.with_name(path.name[: -len(RUN_SUFFIX)] + SAMPLES_SUFFIX)
+        npz.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **samples)
+        record["samples"] = {"file": npz.name, "sha256": file_sha256(npz), "format": "npz",
+                             "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in samples.items()}}
+    return write_json_atomic(path, record)
 
 
 def find_runs(output_dir: str | os.PathLike[str]) -> list[Path]:
@@ -176,7 +196,11 @@ def run_stub(*, dataset: str, backbone: str, method: str, shots: int, seed: int,
              cfg: dict) -> dict:
     """The coordinates and settings of one run: enough to find its file (:func:`find_run`).
     ``common`` holds the settings shared by every method (source, backbone, protocol)."""
-    settings = clean_floats({**common, "method": method_settings(cfg, method)})
+    metrics = {**DEFAULT_METRICS, **(cfg.get("metrics") or {})}
+    # the reliability settings join the key only when they differ from the defaults, so runs made
+    # before reliability metrics existed keep their keys (and report with empty reliability cells)
+    settings = clean_floats({**common, "method": method_settings(cfg, method),
+                             **({"metrics": metrics} if metrics != DEFAULT_METRICS else {})})
     return {"dataset": dataset, "backbone": {"name": backbone}, "method": method, "shots": int(shots),
             "seed": int(seed), "settings_key": settings_key(settings), "protocol_key": settings_key(common),
             "settings": settings}
@@ -206,6 +230,7 @@ def make_record(stub: dict, result: Any, *, backbone: dict, protocol: dict, prot
         "hyperparameters": result.hyperparameters,
         "val_accuracy": None if result.val_accuracy is None else round(result.val_accuracy, 6),
         "test_accuracy": round(result.test_accuracy, 6),
+        **({"reliability": result.reliability} if getattr(result, "reliability", None) is not None else {}),
         "details": result.details,
         "timings": {k: round(float(v), 4) for k, v in {**timings, **result.timings}.items()},
         "warnings": list(warnings),

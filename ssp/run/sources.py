@@ -253,7 +253,7 @@ class ImageSource:
         self.target_features = {t.name: (self._features(t.data.test, split="test", desc=f"test {t.name}",
                                                         dataset=t.name), t.source_index) for t in self.targets}
         self.full_val = None
-        if data.val is not None:
+        if data.val is not None and any(self.cfg["shots"]):   # 0 shots only (test-time): no validation read
             self.full_val = self._features(data.val, split="val", desc="val")
             self.val_index = _index_by_path(data.val, self.full_val.kept)
         self.shared_s = time.perf_counter() - t0
@@ -278,7 +278,7 @@ class ImageSource:
         self._features(data.test, split="test", desc="test")
         for t in self.targets:
             self._features(t.data.test, split="test", desc=f"test {t.name}", dataset=t.name)
-        if data.val is not None:
+        if data.val is not None and any(cfg["shots"]):
             self._features(data.val, split="val", desc="val")
         for shots in [k for k in cfg["shots"] if k > 0]:   # 0 shots (test-time): the test split only
             for seed in cfg["seeds"]:

@@ -39,7 +39,11 @@ def test_unknown_device_is_one_line_with_the_fix(tmp_path):
 
 
 def test_prompts_folder_says_it_is_a_folder(data_root, tmp_path):
-    done = run_cli("ssp.cli.fewshot", "--dataset", "dtd", "--root", data_root / "coop", "--prompts", tmp_path, *FAST,
+    from _dtd_subset import dtd_subset
+
+    split = dtd_subset(data_root, tmp_path / "split", classes=2, train=1, val=1, test=1)
+    done = run_cli("ssp.cli.fewshot", "--dataset", "dtd", "--root", data_root / "coop", "--split-file", split,
+                   "--prompts", tmp_path, *FAST,
                    "--output", tmp_path / "out", "--pretrained", "none", "--device", "cpu")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert f"prompts {tmp_path} is a folder" in done.stderr and "not found" not in done.stderr

@@ -13,7 +13,7 @@ from ssp.features.tip_cache import (
     load_tip_adapter_cache,
 )
 from ssp.methods.cache_models import APE, TipAdapter
-from ssp.methods.search import make_grid, validation_search
+from ssp.methods import make_grid, validation_search
 from ssp.methods.zero_shot import ZeroShotCLIP
 
 
@@ -197,7 +197,7 @@ def test_stanford_cars_ssp_on_real_features(tip_cache_root):
     global feature stands in for its local features (L = 1, the case measured in docs/method.md).
     At the numerical rank every text row lies in its own class subspace (P_c w_c = w_c), and the
     routing chosen on validation must not lose to plain Tip-Adapter on held-out data."""
-    from ssp.methods.projector import SSPProjector
+    from ssp.methods.ssp.projector import SSPProjector
 
     cache = load_tip_adapter_cache(tip_cache_root / "stanford_cars", 4)
     search_idx, held_idx = _half_split(cache.val_labels.shape[0])

@@ -348,7 +348,7 @@ def test_without_projector_routing_has_no_effect():
 
 
 def test_with_the_real_ssp_projector():
-    import ssp.methods.projector as projector_module
+    import ssp.methods.ssp.projector as projector_module
     text, support, labels, queries, qy = make_data(n_classes=4, dim=16, shots=(3, 2, 3, 2),
                                                    seed=13)
     rng = np.random.default_rng(0)
@@ -475,7 +475,7 @@ def test_n_channels_is_a_count_or_a_fraction_of_d():
     with pytest.warns(UserWarning, match="n_channels=600 exceeds the feature width D=512; using all 512"):
         assert resolve_n_channels(600, 512) == 512
     for bad in (0.0, 1.5, -0.5, True, "0.5", 0, float("nan")):
-        with pytest.raises(ValueError, match="n_channels must be a positive integer .* a float in \\(0, 1\\]"):
+        with pytest.raises(ValueError, match="n_channels must be a positive integer, a float in \\(0, 1\\] or None"):
             resolve_n_channels(bad, 512)
 
 

@@ -6,16 +6,15 @@ import warnings
 import numpy as np
 import pytest
 
-from ssp.methods.cache_models import APE, TipAdapter
-from ssp.methods.search import (
-    SearchResult,
-    _alpha_at_floor,
-    _coarse_axis,
-    _edge_axes,
-    _extend_axis,
-    make_grid,
-    validation_search,
-)
+from ssp.methods import make_grid
+from ssp.methods.cache_models import APE, CACHE_SEARCH_SPACE, TipAdapter
+from ssp.methods.search import SearchResult, _at_floor, _coarse_axis, _edge_axes, _extend_axis, validation_search
+
+SPACE = CACHE_SEARCH_SPACE
+
+
+def _alpha_at_floor(result):
+    return _at_floor(result, "alpha")
 
 
 def sharp_kernel_task(n_queries=60, dim=256, n_classes=4, near=0.99, far=(0.60, 0.90), n_far=10, seed=0):
@@ -104,24 +103,24 @@ def _result(scores, grid):
 def test_edge_rules():
     grid = {"beta": [1.0, 2.0, 4.0], "alpha": [0.0, 1.0, 2.0]}
     upper = [[1, 2, 1], [1, 3, 1], [1, 2, 5]]
-    assert _edge_axes(_result(upper, grid)) == [("beta", "upper", 4.0), ("alpha", "upper", 2.0)]
-    assert _edge_axes(_result(upper, grid), strict=True) == [("beta", "upper", 4.0), ("alpha", "upper", 2.0)]
-    assert _edge_axes(_result([[1, 2, 1], [1, 9, 1], [1, 2, 1]], grid)) == []
+    assert _edge_axes(_result(upper, grid), SPACE) == [("beta", "upper", 4.0), ("alpha", "upper", 2.0)]
+    assert _edge_axes(_result(upper, grid), SPACE, strict=True) == [("beta", "upper", 4.0), ("alpha", "upper", 2.0)]
+    assert _edge_axes(_result([[1, 2, 1], [1, 9, 1], [1, 2, 1]], grid), SPACE) == []
     # a plateau reaching the upper edge: the first maximum is inside, the optimum may be beyond
     plateau = [[1, 1, 1], [1, 7, 7], [1, 1, 1]]
-    assert _edge_axes(_result(plateau, grid)) == [("alpha", "upper", 2.0)]
-    assert _edge_axes(_result(plateau, grid), strict=True) == []
+    assert _edge_axes(_result(plateau, grid), SPACE) == [("alpha", "upper", 2.0)]
+    assert _edge_axes(_result(plateau, grid), SPACE, strict=True) == []
     # a flat line says nothing; alpha = 0 is a true bound (zero-shot alone): no warning there
-    assert _edge_axes(_result([[1, 1, 1], [9, 1, 1], [1, 1, 1]], grid)) == []
+    assert _edge_axes(_result([[1, 1, 1], [9, 1, 1], [1, 1, 1]], grid), SPACE) == []
     # a smallest positive alpha warns
     low_alpha = {"beta": [1.0, 2.0, 4.0], "alpha": [0.5, 1.0, 2.0]}
-    assert _edge_axes(_result([[1, 1, 1], [9, 1, 1], [1, 1, 1]], low_alpha)) == [("alpha", "lower", 0.5)]
+    assert _edge_axes(_result([[1, 1, 1], [9, 1, 1], [1, 1, 1]], low_alpha), SPACE) == [("alpha", "lower", 0.5)]
     # beta: a lower edge at 0.1 (linear-kernel regime) is not an edge; at 2.0 it is
-    assert _edge_axes(_result([[9, 1, 1], [1, 1, 1], [1, 1, 1]], {"beta": [0.1, 1, 2], "alpha": [0, 1, 2]})) == []
-    assert _edge_axes(_result([[1, 9, 1], [1, 1, 1], [1, 1, 1]], {"beta": [2, 3, 4], "alpha": [0, 1, 2]})) == \
+    assert _edge_axes(_result([[9, 1, 1], [1, 1, 1], [1, 1, 1]], {"beta": [0.1, 1, 2], "alpha": [0, 1, 2]}), SPACE) == []
+    assert _edge_axes(_result([[1, 9, 1], [1, 1, 1], [1, 1, 1]], {"beta": [2, 3, 4], "alpha": [0, 1, 2]}), SPACE) == \
         [("beta", "lower", 2.0)]
     # two-value axes are deliberate comparisons: no warning
-    assert _edge_axes(_result([[1, 2], [3, 4]], {"beta": [1.0, 2.0], "alpha": [1.0, 2.0]})) == []
+    assert _edge_axes(_result([[1, 2], [3, 4]], {"beta": [1.0, 2.0], "alpha": [1.0, 2.0]}), SPACE) == []
 
 
 def test_explicit_grid_warns_and_is_searched_as_given():
@@ -141,19 +140,19 @@ def test_explicit_grid_warns_and_is_searched_as_given():
 
 
 def test_alpha_extends_downwards():
-    alpha = _coarse_axis("alpha")                   # 0, 0.01 ... 100
+    alpha = _coarse_axis(SPACE["alpha"])                   # 0, 0.01 ... 100
     grid = {"beta": [1.0, 2.0, 4.0], "alpha": alpha}
     scores = np.zeros((3, alpha.size))
     scores[1, 1] = 9.0                              # the smallest positive alpha wins outright
     assert _alpha_at_floor(_result(scores, grid))
     scores[1, 2] = 9.0                              # a tie with the next alpha: no extension
     assert not _alpha_at_floor(_result(scores, grid))
-    lower = _extend_axis("alpha", alpha, upper=False)
+    lower = _extend_axis(SPACE["alpha"], alpha, upper=False)
     assert lower[0] == 0.0 and lower[1] == pytest.approx(1e-3) and np.all(np.diff(lower) > 0)
     assert lower.size == alpha.size + 10
-    assert _extend_axis("alpha", np.array([0.0, 1e-4, 1.26e-4]), upper=False) is None   # the floor
-    assert _extend_axis("beta", _coarse_axis("beta"), upper=False) is None
-    upper = _extend_axis("beta", _coarse_axis("beta"))
+    assert _extend_axis(SPACE["alpha"], np.array([0.0, 1e-4, 1.26e-4]), upper=False) is None   # the floor
+    assert _extend_axis(SPACE["beta"], _coarse_axis(SPACE["beta"]), upper=False) is None
+    upper = _extend_axis(SPACE["beta"], _coarse_axis(SPACE["beta"]))
     assert upper.max() == pytest.approx(1000.0) and np.all(np.diff(upper) > 0)
 
 

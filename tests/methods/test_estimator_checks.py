@@ -14,7 +14,7 @@ import torch
 from _doubles import CLASSES_ARE_TEXT_ROWS, CLASSIFIER_SKIPS, make_data, sklearn_checked
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from ssp.methods.projector import SSPProjector
+from ssp.methods.ssp.projector import SSPProjector
 from ssp.methods.registry import registered_methods
 from ssp.unmix.projector import UnmixProjector
 
@@ -263,8 +263,8 @@ def test_a_subclass_setting_a_public_fitted_tensor_is_used_and_published():
     from ssp.methods.cache_models import TipAdapter
 
     class ShiftedKeys(TipAdapter):
-        def _fit(self, *args):
-            super()._fit(*args)
+        def _fit(self, *args, **inputs):
+            super()._fit(*args, **inputs)
             self.keys_ = -self._torch.keys_  # flipped keys: a different cache term
 
     data = _data()

@@ -15,9 +15,10 @@ import pytest
 import torch
 from _doubles import structured_projector_data as _structured
 
-import ssp.methods.projector as projector_module
-import ssp.methods.scoring as scoring_module
-from ssp.methods.projector import SSPProjector
+import ssp.methods.ssp.projector as projector_module
+import ssp.methods.ssp.scoring as scoring_module
+import ssp.methods.ssp.subspaces as subspaces_module
+from ssp.methods.ssp.projector import SSPProjector
 
 SCREENS = ["bfloat16", "tfloat32"]
 
@@ -274,8 +275,8 @@ def test_gpu_code_paths_run_on_cpu(path, monkeypatch):
     low = fit(patches, labels, images, text, path, score_precision="bfloat16", **kw)
     x = np.concatenate([queries, _near_tie_queries(p32, queries[:6].astype(np.float64), 3, n_steps=10)])
     want = _selection(low, x), low.transform(x, view="language"), p32.transform(x, view="language")
-    monkeypatch.setattr(projector_module, "_PER_CLASS_DEVICES", ())
-    monkeypatch.setattr(scoring_module, "_PER_CLASS_DEVICES", ())
+    monkeypatch.setattr(subspaces_module, "PER_CLASS_DEVICES", ())
+    monkeypatch.setattr(scoring_module, "PER_CLASS_DEVICES", ())
     real_mm = torch.mm
 
     def mm(a, b, *, out=None, out_dtype=None):  # CUDA's bf16 x bf16 -> float32: exact products

@@ -14,7 +14,7 @@ from ssp._checks import ROUTINGS
 from ssp.methods.cache_models import APE, TipAdapter
 from ssp.methods.finetuned import APET, TipAdapterF
 from ssp.methods.registry import get_method
-from ssp.methods.search import make_grid, validation_search
+from ssp.methods import make_grid, validation_search
 
 
 def make_data(n_classes=5, dim=12, shots=(3, 1, 4, 2, 3), n_views=3, n_val=60, seed=0,
@@ -239,7 +239,7 @@ def test_bad_inputs_leave_the_model_unfitted():
         model.fit(keys, labels, text_features=text, val_features=val)
     with pytest.raises(ValueError, match="epochs must be an integer >= 0"):
         TipAdapterF(epochs=-1).fit(keys, labels, text_features=text)
-    with pytest.raises(ValueError, match="eps must be > 0"):
+    with pytest.raises(ValueError, match="eps must be a finite real number > 0"):
         APET(eps=0.0).fit(keys, labels, text_features=text)
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         APET(batch_size=2.5).fit(keys, labels, text_features=text)

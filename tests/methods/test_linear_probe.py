@@ -117,8 +117,8 @@ def test_routing_search_fits_each_view():
     assert result.scores_[1, 0] == pytest.approx(np.mean(ref == query_labels[:70]))
     # the hook answers one routing or a list of them (all at once)
     numeric = {"C": np.array([0.3, 3.0])}
-    both = model._search_scores(queries[:70], query_labels[:70], numeric, ["paper", "reference"])
-    one = model._search_scores(queries[:70], query_labels[:70], numeric, "reference")
+    both = model.search_counts(queries[:70], query_labels[:70], numeric, ["paper", "reference"])
+    one = model.search_counts(queries[:70], query_labels[:70], numeric, "reference")
     assert both.shape == (2, 2) and (both[1] == one).all()
 
 

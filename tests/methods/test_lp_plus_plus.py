@@ -10,6 +10,7 @@ import torch
 from _doubles import LinearProjectorDouble, _unit, make_data
 
 from ssp.methods.lp_plus_plus import LPPlusPlus
+from ssp.methods.search import validation_search
 from ssp.methods.zero_shot import ZeroShotCLIP
 
 
@@ -134,7 +135,7 @@ def test_paper_routing_trains_on_the_projected_views():
     q_v, q_l = _unit(_unit(queries) @ a_v.T), _unit(_unit(queries) @ a_l.T)
     assert _rel(model.decision_function(queries), q_v @ w.T + b + alpha * (q_l @ t_l.T)) < 1e-10
     with pytest.raises(ValueError, match="trained under routing 'paper'"):
-        model._search_terms(queries, "vision")
+        validation_search(model, queries, np.zeros(len(queries), dtype=int), {"routing": ["paper", "vision"]})
 
 
 def test_clearly_beats_zero_shot_on_real_features(tip_cache_root):

@@ -10,8 +10,8 @@ from _doubles import structured_projector_data as _structured
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-import ssp.methods.projector as projector_module
-from ssp.methods.projector import SSPProjector
+import ssp.methods.ssp.projector as projector_module
+from ssp.methods.ssp.projector import SSPProjector
 
 
 def _norm(a: np.ndarray) -> np.ndarray:
@@ -314,10 +314,14 @@ def test_chunking_does_not_change_results(path, monkeypatch):
         for view in ("vision", "language"):
             np.testing.assert_allclose(proj.transform(queries, view=view), expected[view], atol=1e-12)
     # a tiny memory budget: one class per fit chunk, one query per chunk, one class per group
-    import ssp.methods.scoring as scoring_module
+    import ssp.methods.ssp.scoring as scoring_module
+    import ssp.methods.ssp.parallel as parallel_module
+    import ssp.methods.ssp.subspaces as subspaces_module
 
-    monkeypatch.setattr(projector_module, "_BLOCK_BUDGET_BYTES", 1)
-    monkeypatch.setattr(scoring_module, "_BLOCK_BUDGET_BYTES", 1)
+    monkeypatch.setattr(projector_module, "BLOCK_BUDGET_BYTES", 1)
+    monkeypatch.setattr(scoring_module, "BLOCK_BUDGET_BYTES", 1)
+    monkeypatch.setattr(subspaces_module, "BLOCK_BUDGET_BYTES", 1)
+    monkeypatch.setattr(parallel_module, "BLOCK_BUDGET_BYTES", 1)
     monkeypatch.setattr(scoring_module, "_SCORE_BLOCK_BYTES", 1)  # one class per score block
     tiny = fit(patches, labels, images, text, path, patch_top_k=3, class_top_k=3)
     np.testing.assert_array_equal(tiny.class_ranks_, base.class_ranks_)
@@ -417,11 +421,12 @@ def test_bad_inputs_give_clear_errors():
     np.testing.assert_allclose(listed.transform(queries), proj.transform(queries), atol=1e-12)
     SSPProjector(patch_top_k=3).fit(np.round(10 * patches).astype(int), labels, image_features=images,
                                     text_features=text)
-    # a failed fit leaves a fitted projector untouched
-    before = proj.transform(queries, view="language")
+    # a failed fit leaves the projector unfitted (the fit template of every estimator), never
+    # half-fitted nor silently keeping the previous fit
     with pytest.raises(ValueError):
         proj.fit(patches, np.where(labels == 3, 0, labels), image_features=images, text_features=text)
-    np.testing.assert_array_equal(proj.transform(queries, view="language"), before)
+    with pytest.raises(NotFittedError):
+        proj.transform(queries, view="language")
 
 
 # ------------------------------------------------------------------ structured data

@@ -52,7 +52,7 @@ def test_hyper_parameters_change_without_refitting(data):
     model.set_params(beta=3.0, lam=1.0)
     expected = proker_reference(support, labels, text, queries, 3.0, 1.0)
     assert _rel_err(model.decision_function(queries), expected) < 1e-10
-    for bad, match in (({"lam": 0.0}, "lam must be > 0"), ({"beta": -1.0}, "beta must be >= 0")):
+    for bad, match in (({"lam": 0.0}, "lam must be a finite real number > 0"), ({"beta": -1.0}, "beta must be a finite real number >= 0")):
         with pytest.raises(ValueError, match=match):
             ProKeR(**bad).fit(support, labels, text_features=text)
 
@@ -90,7 +90,7 @@ def test_search_scores_every_point_like_predict(data, solver):
     assert result.best_params_ == {"beta": grid["beta"][b], "lam": grid["lam"][i]}
     expected = proker_reference(support, labels, text, queries, grid["beta"][b], grid["lam"][i])
     assert _rel_err(best, expected) < 1e-8
-    with pytest.raises(ValueError, match="lam must be > 0"):
+    with pytest.raises(ValueError, match="lam must be a finite real number > 0"):
         validation_search(model, queries, query_labels, {"lam": [0.0, 1.0]})
 
 

@@ -10,8 +10,8 @@ from sklearn.exceptions import NotFittedError
 
 from ssp._checks import ROUTINGS
 from ssp.methods.cache_models import APE, TipAdapter
-from ssp.methods.registry import get_method
-from ssp.methods.search import make_grid, validation_search
+from ssp.methods.registry import default_config, get_method
+from ssp.methods import make_grid, validation_search
 from ssp.methods.zero_shot import ZeroShotCLIP
 
 
@@ -48,7 +48,7 @@ def test_make_grid_reproduces_the_reference_lists():
     tip = make_grid("tip_adapter", (20, 10), (200, 20))
     assert list(tip) == ["beta", "alpha"] and tip["alpha"][0] == pytest.approx(0.1)
     default = make_grid("tip")
-    assert len(default["beta"]) == get_method("tip-adapter").default_step[0]
+    assert len(default["beta"]) == default_config()["tip_adapter"]["search_step"][0]
     assert make_grid("Tip-Adapter")["beta"].tolist() == default["beta"].tolist()  # one table, many spellings
 
 
@@ -190,7 +190,7 @@ def test_search_errors():
 
 
 def test_routing_search_with_the_real_ssp_projector():
-    import ssp.methods.projector as projector_module
+    import ssp.methods.ssp.projector as projector_module
     text, support, labels, val, val_labels = make_data(seed=7, dim=12)
     rng = np.random.default_rng(0)
     patches = support[:, None, :] + 0.5 * rng.normal(size=(len(labels), 5, text.shape[1]))

@@ -76,6 +76,7 @@ def test_test_time_on_a_cache_streams_the_recorded_order(tmp_path, capsys):
     cfg = load_config("dtd")
     for r in records:
         assert r["shots"] == 0 and r["val_accuracy"] is None and r["protocol"]["n_support"] == 0
+        assert r.get("reliability") is None and "no labelled validation" in r["details"]["reliability"]
         order, expected = stream_order(len(y), r["seed"])
         assert r["stream_order"] == expected == r["details"]["stream_order"]
         xs, ys = x[order], y[order]
@@ -137,5 +138,5 @@ def test_test_time_from_images(data_root, tmp_path, capsys):
     for record in runs.values():
         assert record["shots"] == 0 and record["protocol"]["n_test"] == 9 == record["stream_order"]["n"]
         assert record["skipped_images"] == {"test": []}
-    # the test and validation splits only: a support draw would be a third feature file
-    assert len(list((tmp_path / "store" / "features").rglob("*.safetensors"))) == 2
+    # the test split only: neither validation nor a support draw is extracted
+    assert len(list((tmp_path / "store" / "features").rglob("*.safetensors"))) == 1

@@ -32,7 +32,7 @@ How it scales (never a ``D x D`` projector per class, never a ``C x D x T`` tens
   ``||P x||^2 = ||x||^2 - ||B_perp x||^2``, ``P x = x - B_perp^T B_perp x``.
 * The class scores may come from a bfloat16 or TF32 screen whose rigorous per-class, per-query
   error bound leaves only the classes near each query's top-``kappa`` boundary to re-score in
-  float64 (:func:`_select_classes`): the selection is exact either way.
+  float64 (:func:`select_classes`): the selection is exact either way.
 """
 from __future__ import annotations
 
@@ -43,29 +43,17 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ssp._checks import SCORE_PRECISIONS, check_int, check_real
+from ssp._checks import SCORE_PRECISIONS
 from ssp._lazy import torch
-from ssp._utils.arrays import (
-    ArrayLike,
-    check_features,
-    check_labels,
-    check_text_features,
-    like_input,
-    to_tensor,
-)
+from ssp._utils.arrays import (ArrayLike, check_features, check_labels, check_text_features, like_input,
+                               to_tensor)
 from ssp._utils.devices import resolve_device
 from ssp._utils.fitted import check_is_fitted
 from ssp._utils.normalize import l2_normalize
-from ssp.methods.scoring import (
-    _BLOCK_BUDGET_BYTES,
-    _PER_CLASS_DEVICES,
-    _choose_scoring,
-    _class_groups,
-    _class_ranges,
-    _lapack_threads,
-    _select_classes,
-    _split_classes,
-)
+from ssp.methods.params import Fraction, Integer, Options, Real, ValidatedFit
+from ssp.methods.ssp.parallel import BLOCK_BUDGET_BYTES, lapack_threads
+from ssp.methods.ssp.scoring import choose_scoring, select_classes
+from ssp.methods.ssp.subspaces import batched_lapack, grouped_project, orthogonal_complements
 
 __all__ = ["SSPProjector"]
 
@@ -74,7 +62,7 @@ _VIEWS = ("vision", "language")
 _LANGUAGE_PATHS = ("auto", "basis", "complement")
 
 
-class SSPProjector(TransformerMixin, BaseEstimator):
+class SSPProjector(ValidatedFit, TransformerMixin, BaseEstimator):
     """Selective vision and language subspace projection (SSP) of CLIP features.
 
     Parameters
@@ -106,7 +94,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         rule out of the top ``class_top_k``: the exact top classes, ties (equal within float64
         rounding) going to the lower class index. Where the device has no native GEMMs for
         the format it is emulated (exact, not faster). ``"auto"``: fit times float32 and the
-        natively supported screens on the support features and keeps the fastest (cached per
+        natively supported screens on the support features and keeps the fastest (remembered per
         device and size; never an emulated screen, so float32 without any timing on CPUs
         without bfloat16 instructions). What ran: ``score_precision_used_``.
     device : str, torch.device or None
@@ -136,6 +124,13 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     _language_path: str = "auto"
     # Private hook for benchmarks: a list that collects the language view's top classes per chunk.
     _record_top: list | None = None
+
+    # ``rank`` has the shape of PCA's ``n_components``: None, a count or a share of the energy
+    _parameter_constraints = {
+        "patch_top_k": [Integer(1)], "class_top_k": [Integer(1)], "global_weight": [Real(0)],
+        "rank": [None, Integer(1), Fraction()], "rank_tol": [None, Real(0)], "chunk_size": [Integer(1)],
+        "score_precision": [Options(SCORE_PRECISIONS)],
+    }
 
     def __init__(
         self,
@@ -175,8 +170,13 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         labels : ``[N]`` integer classes in ``0..C-1``, any order, any number of shots per class.
         image_features : ``[N, D]`` global features of the same images.
         text_features : ``[C, D]`` text classifier, one row per class.
+
+        A failed fit leaves the projector unfitted (:class:`~ssp.methods.params.ValidatedFit`).
         """
-        self._validate_params()
+        return self._validated_fit(lambda: self._fit(patch_features, labels, image_features, text_features))
+
+    def _fit(self, patch_features: ArrayLike, labels: ArrayLike, image_features: ArrayLike,
+             text_features: ArrayLike) -> None:
         device = resolve_device(self.device)
         image = check_features(image_features, "image_features")
         patches = _raw_tensor(patch_features, "patch_features", ndim=3)
@@ -222,9 +222,9 @@ class SSPProjector(TransformerMixin, BaseEstimator):
 
         path = self._choose_language_path(class_ranks, dim)
         if path == "complement":
-            factors = _orthogonal_complements(factors, class_ranks)
+            factors = orthogonal_complements(factors, class_ranks)
         kappa = min(int(self.class_top_k), n_classes)
-        precision, low_precision, timings = _choose_scoring(
+        precision, low_precision, timings = choose_scoring(
             self.score_precision, factors, image, kappa, path == "complement", device, dtype
         )
 
@@ -245,7 +245,6 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         self.class_ranks_ = class_ranks.cpu().numpy().astype(np.int64)
         self.vision_basis_ = like_input(vision_basis, image_features)
         self.text_features_ = like_input(text_projected, image_features)
-        return self
 
     def _fit_language_and_vision_sums(
         self,
@@ -271,13 +270,13 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         max_shots = max(counts_list)
         max_rows = max_shots * k + 1
         gram_size = min(max_rows, dim)
-        rank_cap = self.rank if _is_positive_int(self.rank) else None
+        rank_cap = self.rank if _is_count(self.rank) else None
         rank_bound = min(gram_size, rank_cap) if rank_cap is not None else gram_size
 
         per_class = itemsize * (max_shots * (2 * n_patches + k) * dim + (max_rows + gram_size) * dim)
         per_class += 8 * (max_rows * dim + gram_size * dim + 3 * gram_size * gram_size)
         in_flight = max(1, torch.get_num_threads()) if device.type == "cpu" else 1  # chunks at once
-        classes_per_chunk = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // (per_class * in_flight))))
+        classes_per_chunk = int(max(1, min(n_classes, BLOCK_BUDGET_BYTES // (per_class * in_flight))))
 
         class_sums = torch.zeros(n_classes, dim, dtype=dtype, device=device)
         factors = torch.zeros(n_classes, rank_bound, dim, dtype=dtype, device=device)
@@ -338,7 +337,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             for c0 in chunks:
                 fit_chunk(c0)
         else:
-            with _lapack_threads(device), ThreadPoolExecutor(threads) as pool:
+            with lapack_threads(device), ThreadPoolExecutor(threads) as pool:
                 list(pool.map(fit_chunk, chunks))
 
         r_max = int(class_ranks.max())
@@ -363,7 +362,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         dtype = stacked.dtype
         device = stacked.device
         if dtype == torch.float64:
-            _, sigma, vh = _batched_lapack(lambda a: torch.linalg.svd(a, full_matrices=False), stacked)
+            _, sigma, vh = batched_lapack(lambda a: torch.linalg.svd(a, full_matrices=False), stacked)
             ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
             r = int(ranks.max())
             keep = torch.arange(r, device=device)[None, :] < ranks[:, None]  # [c, r]
@@ -375,7 +374,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             basis = self._full_rank_bases(wide, gram, rows_per_class, eps)
             if basis is not None:
                 return basis.to(dtype).contiguous(), rows_per_class.clone()
-        eigval, eigvec = _batched_lapack(torch.linalg.eigh, gram)
+        eigval, eigvec = batched_lapack(torch.linalg.eigh, gram)
         sigma = eigval.flip(-1).clamp_min(0).sqrt()  # descending singular values
         ranks = self._select_ranks(sigma, rows_per_class, dim, eps)
         r = int(ranks.max())
@@ -412,7 +411,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             chol, info = torch.linalg.cholesky_ex(g)
             return torch.linalg.solve_triangular(chol, eye.expand(g.shape[0], -1, -1), upper=False), info
 
-        inverse, info = _batched_lapack(factor, padded)  # L^{-1}
+        inverse, info = batched_lapack(factor, padded)  # L^{-1}
         if bool((info != 0).any()):
             return None
         inv_fro_sq = inverse.square().sum((1, 2)) - pad.sum(1)  # without the identity block
@@ -431,7 +430,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     def _fit_vision(self, class_means: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
         """Economy SVD of ``M_V`` ``[C, D]`` -> orthonormal basis ``[r_V, D]`` and ``r_V``."""
         n_classes, dim = class_means.shape
-        with _lapack_threads(class_means.device):
+        with lapack_threads(class_means.device):
             _, sigma, vh = torch.linalg.svd(class_means, full_matrices=False)
         rows = torch.tensor([n_classes], device=class_means.device)
         r = int(self._select_ranks(sigma[None].double(), rows, dim, torch.finfo(dtype).eps)[0])
@@ -450,7 +449,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         numerical = (sigma > (rel_tol * sigma_max)[:, None]).sum(1)
         if self.rank is None:
             return numerical
-        if _is_positive_int(self.rank):
+        if _is_count(self.rank):
             return numerical.clamp_max(int(self.rank))
         energy = torch.cumsum(sigma**2, dim=1)
         reached = energy >= float(self.rank) * energy[:, -1:]
@@ -495,7 +494,7 @@ class SSPProjector(TransformerMixin, BaseEstimator):
             # [t, C] blocks held at once (4-byte units): 3 (scores, selection), 10 with a screen
             # (energies, bounds, ends, candidate mask, float64 exact scores)
             held = 3 if self._low_precision is None else 10
-            budget_rows = _BLOCK_BUDGET_BYTES // max(1, held * n_classes * 4)
+            budget_rows = BLOCK_BUDGET_BYTES // max(1, held * n_classes * 4)
             chunk = int(max(1, min(int(self.chunk_size), budget_rows)))
             self._scoring_stats = dict(queries=0, rescored_pairs=0, ties=0)  # diagnostics
             for t0 in range(0, x.shape[0], chunk):
@@ -506,22 +505,22 @@ class SSPProjector(TransformerMixin, BaseEstimator):
     def _language_chunk(self, x: torch.Tensor) -> torch.Tensor:
         """Language view of one chunk of unit queries ``[t, D]``.
 
-        Selects each query's ``class_top_k`` classes (:func:`_select_classes`: every class scored
+        Selects each query's ``class_top_k`` classes (:func:`select_classes`: every class scored
         in blocks of classes, so no ``[t, C, r]`` tensor is held; with a screen, exactly
         re-scored where it matters), then projects onto those classes only
-        (:func:`_grouped_project`).
+        (:func:`grouped_project`).
         """
         factors = self._language_factors  # [C, w, D]: bases or complements
         kappa = min(int(self.class_top_k), factors.shape[0])
         complement = self.language_path_ == "complement"
-        top, rescored, ties = _select_classes(x, factors, self._low_precision, kappa, complement)
+        top, rescored, ties = select_classes(x, factors, self._low_precision, kappa, complement)
         stats = self.__dict__.setdefault("_scoring_stats", dict(queries=0, rescored_pairs=0, ties=0))
         stats["queries"] += x.shape[0]
         stats["rescored_pairs"] += rescored
         stats["ties"] += ties
         if self._record_top is not None:  # benchmarks compare the selections of both paths
             self._record_top.append(top.cpu())
-        summed = _grouped_project(x, top, factors)  # sum_c F_c^T F_c x
+        summed = grouped_project(x, top, factors)  # sum_c F_c^T F_c x
         return l2_normalize(kappa * x - summed if complement else summed)
 
     def fit_transform(
@@ -545,39 +544,11 @@ class SSPProjector(TransformerMixin, BaseEstimator):
         self.fit(patch_features, labels, image_features=image_features, text_features=text_features)
         return self.transform(image_features, view=view)
 
-    # ------------------------------------------------------------------------------ checks
-    def _validate_params(self) -> None:
-        for name in ("patch_top_k", "class_top_k", "chunk_size"):
-            check_int(getattr(self, name), name)
-        check_real(self.global_weight, "global_weight", minimum=0.0)
-        rank = self.rank
-        if not (rank is None or _is_positive_int(rank) or _is_fraction(rank)):
-            raise ValueError(
-                f"rank must be None (numerical rank), a positive int (cap) or a float in (0, 1) "
-                f"(fraction of spectral energy); got {rank!r}"
-            )
-        if self.score_precision not in SCORE_PRECISIONS:
-            raise ValueError(
-                f"score_precision must be one of {SCORE_PRECISIONS}, got {self.score_precision!r}"
-            )
-        tol = self.rank_tol
-        if tol is not None and (
-            isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not np.isfinite(tol) or tol < 0
-        ):
-            raise ValueError(f"rank_tol must be None or a finite float >= 0, got {tol!r}")
-
 
 # -------------------------------------------------------------------------------- helpers
-def _is_positive_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1
-
-
-def _is_fraction(value: Any) -> bool:
-    return (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, (bool, numbers.Integral))
-        and 0.0 < float(value) < 1.0
-    )
+def _is_count(rank: Any) -> bool:
+    """``rank`` (validated) caps the rank at a count (else None or a share of the energy)."""
+    return isinstance(rank, numbers.Integral)
 
 
 def _take_rows(patches: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -586,27 +557,6 @@ def _take_rows(patches: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     if bool((idx == torch.arange(start, start + idx.numel(), device=idx.device)).all()):
         return patches[start : start + idx.numel()]
     return patches[idx.to(patches.device)]  # advanced indexing: much faster than index_select on 3-D
-
-
-def _batched_lapack(fn: Any, batch: torch.Tensor) -> Any:
-    """``fn(batch)`` for a batched decomposition, on CPU split over the batch across
-    ``torch.get_num_threads()`` Python threads that each run single-threaded LAPACK.
-
-    Batched LAPACK in torch loops over the batch calling multi-threaded MKL per small matrix,
-    which gains little on an idle machine and collapses under load (measured: batched ``eigh``
-    of ``[20, 481, 481]`` 150-260 ms per matrix on 1 thread, 3,200-4,600 ms on 2 with the cores
-    shared). Independent halves of the batch keep both cores busy without that synchronisation.
-    ``fn`` returns a tensor or a tuple of tensors, batched along dim 0.
-    """
-    threads = min(torch.get_num_threads(), batch.shape[0]) if batch.device.type == "cpu" else 1
-    with _lapack_threads(batch.device):
-        if threads <= 1:
-            return fn(batch)
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(fn, batch.tensor_split(threads)))
-    if isinstance(parts[0], tuple):
-        return tuple(torch.cat(items) for items in zip(*parts))
-    return torch.cat(parts)
 
 
 def _raw_tensor(x: ArrayLike, name: str, *, ndim: int) -> torch.Tensor:
@@ -631,69 +581,3 @@ def _working_dtype(*inputs: Any) -> torch.dtype:
         if dt in (torch.float64, np.float64):
             return torch.float64
     return torch.float32
-
-
-def _orthogonal_complements(bases: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """Orthonormal complements of padded bases ``[C, r_max, D]`` -> ``[C, D - r_min, D]``.
-
-    Householder QR of ``B_c^T`` (complete mode): columns ``r_c..D-1`` of ``Q`` span the
-    complement of the first ``r_c`` columns; zero rows beyond ``r_c`` do not disturb them.
-    """
-    n_classes, r_max, dim = bases.shape
-    width = dim - int(ranks.min())
-    itemsize = bases.element_size()
-    per_class = 3 * dim * dim * itemsize
-    step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // per_class)))
-    out = torch.zeros(n_classes, width, dim, dtype=bases.dtype, device=bases.device)
-    cols = torch.arange(width, device=bases.device)
-    for c0 in range(0, n_classes, step):
-        c1 = min(n_classes, c0 + step)
-        with _lapack_threads(bases.device):
-            q, _ = torch.linalg.qr(bases[c0:c1].mT, mode="complete")  # [c, D, D]
-        r = ranks[c0:c1, None]
-        index = (r + cols[None, :]).clamp_max(dim - 1)  # [c, width]
-        valid = (cols[None, :] < dim - r).to(bases.dtype)
-        comp = torch.gather(q, 2, index[:, None, :].expand(-1, dim, -1)) * valid[:, None, :]
-        out[c0:c1] = comp.mT
-    return out
-
-
-def _grouped_project(x: torch.Tensor, classes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """``out[t] = sum_j F_c^T F_c x_t`` with ``c = classes[t, j]``, touching only picked classes.
-
-    ``x`` ``[t, D]``, ``classes`` ``[t, kappa]``, ``factors`` ``[C, w, D]`` -> ``[t, D]``.
-    ``4 * pairs * w * D`` flops at most, ``2 kappa / C`` of the scoring cost. On CPU one pair of
-    GEMMs per picked class writing its rows contiguously, summed per query by ``kappa`` gathers
-    (BLAS runs these faster than padded batches, and CPU scatter-adds are slow); elsewhere pairs
-    are grouped by class into padded batched matmuls (:func:`_class_groups`: few launches).
-    """
-    t, kappa = classes.shape
-    n_classes, width, dim = factors.shape
-    out = torch.zeros(t, dim, dtype=x.dtype, device=x.device)
-    flat = classes.reshape(-1)
-    if x.device.type in _PER_CLASS_DEVICES:  # each class's rows land contiguously: no scatter-add
-        order = torch.argsort(flat, stable=True)
-        rows = x[order // kappa]  # [P, D], class by class
-
-        def project(ranges: list[tuple[int, int, int]]) -> None:
-            for c, start, stop in ranges:
-                torch.mm(rows[start:stop] @ factors[c].T, factors[c], out=rows[start:stop])
-
-        _split_classes(project, list(_class_ranges(flat, n_classes)))
-        position = torch.empty_like(order)
-        position[order] = torch.arange(order.numel(), device=x.device)
-        position = position.view(t, kappa)
-        for j in range(kappa):  # kappa [t, D] gathers: no second [t kappa, D] buffer
-            out += rows[position[:, j]]
-        return out
-    for group, pairs, rows, slots, most in _class_groups(flat, n_classes, width, dim, x.element_size()):
-        queries = pairs // kappa
-        padded = torch.zeros(group.numel(), most, dim, dtype=x.dtype, device=x.device)
-        padded[rows, slots] = x[queries]
-        group_factors = factors[group]  # [g, w, D]
-        coef = torch.bmm(padded, group_factors.mT)  # [g, most, w]
-        recon = torch.bmm(coef, group_factors)  # [g, most, D]
-        out.index_add_(0, queries, recon[rows, slots])
-    return out
-
-

@@ -1,13 +1,13 @@
 """Exact class scoring for the SSP projector's language view.
 
 Per query, the energy of its projection onto every class's language subspace decides the top-κ
-classes (:func:`_select_classes`). Scoring every class is a ``[T, C·r] x D`` product; a TF32 or
+classes (:func:`select_classes`). Scoring every class is a ``[T, C·r] x D`` product; a TF32 or
 bfloat16 *screen* computes it faster with a rigorous per-class, per-query bound on its rounding
 error (:class:`_LowPrecisionScores`), and the classes the bound cannot rule out are re-scored in
 float64, so the selected classes equal the exact ones (ties: the lower class index).
 ``score_precision="auto"`` times float32 and the screens the device runs natively and keeps the
-fastest (:func:`_choose_scoring`; cached per device and size). Per-class work is split over
-threads on CPU (:func:`_split_classes`).
+fastest (:func:`choose_scoring`; remembered per device and size). Per-class work is split over
+threads on CPU (:func:`split_classes`).
 """
 from __future__ import annotations
 
@@ -18,20 +18,18 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from ssp._lazy import torch
-
-# Memory budget (bytes) for the largest temporary block of one step: a class chunk at fit time,
-# the [chunk, C] score block and the gathered bases of the language transform.
-_BLOCK_BUDGET_BYTES = 512 * 2**20
-
+from ssp.methods.ssp.parallel import (
+    BLOCK_BUDGET_BYTES,
+    PER_CLASS_DEVICES,
+    class_groups,
+    class_ranges,
+    lapack_threads,
+    split_classes,
+)
 
 # Budget for one [chunk, classes, r] coefficient block while scoring the language view: small
 # enough to stay cache-friendly and to never hold all C classes' coefficients at once.
 _SCORE_BLOCK_BYTES = 64 * 2**20
-
-
-# Devices where the projection and the float64 re-scoring run one GEMM pair per picked class
-# (elsewhere: padded batched matmuls over groups of classes, few kernel launches).
-_PER_CLASS_DEVICES = ("cpu",)
 
 
 # ------------------------------------------------------------------ exact low-precision scoring
@@ -270,7 +268,7 @@ class _LowPrecisionScores:
             operand = factors.reshape(n_classes * width, dim).T  # a view
         rho, norm, fro_low = (torch.empty(n_classes, dtype=torch.float64, device=device) for _ in range(3))
         per_class = 4 * factors.element_size() * (2 * width * dim + 2 * width * width)
-        step = int(max(1, min(n_classes, _BLOCK_BUDGET_BYTES // max(per_class, 1))))  # width 0: no rows
+        step = int(max(1, min(n_classes, BLOCK_BUDGET_BYTES // max(per_class, 1))))  # width 0: no rows
         for c0 in range(0, n_classes, step):
             c1 = min(n_classes, c0 + step)
             block = factors[c0:c1]
@@ -396,7 +394,7 @@ def _top_classes(scores: torch.Tensor, kappa: int, tol: float = 0.0) -> tuple[to
     return indices, tied
 
 
-def _select_classes(
+def select_classes(
     x: torch.Tensor,
     factors: torch.Tensor,
     low: "_LowPrecisionScores | None",
@@ -441,7 +439,7 @@ def _select_classes(
     return top, int(query.numel()), int(tied.numel())
 
 
-def _choose_scoring(
+def choose_scoring(
     requested: str,
     factors: torch.Tensor,
     probe: torch.Tensor,
@@ -453,7 +451,7 @@ def _choose_scoring(
     """What the language view's class selection runs: ``(name, screen or None, timings)``.
 
     ``"auto"`` times the class selection of ``probe`` (unit support features, standing in for
-    queries) with every native candidate, cached per device and problem size; ``timings``
+    queries) with every native candidate, remembered per device and problem size; ``timings``
     holds seconds per 1,000 queries (empty when nothing was measured).
     """
     built: dict[str, _LowPrecisionScores] = {}
@@ -497,7 +495,7 @@ def _choose_scoring(
                     timings[name] = 1000.0 * gemm / rows
                     continue
             low = screen_for(name)
-            timings[name] = 1000.0 * seconds(lambda: _select_classes(x, factors, low, kappa, complement)) / rows
+            timings[name] = 1000.0 * seconds(lambda: select_classes(x, factors, low, kappa, complement)) / rows
         _store_calibration(key, timings)
         return dict(timings)
 
@@ -508,25 +506,6 @@ def _choose_scoring(
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def _lapack_threads(device: torch.device) -> Iterator[None]:
-    """Run CPU LAPACK decompositions single-threaded.
-
-    Batched eigh/svd/qr loop over small matrices; their multi-threaded BLAS gains little on an
-    idle machine and collapses (10-50x slower, measured) when the cores are shared with other
-    processes. The previous thread count is restored afterwards.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _class_energies(
@@ -569,84 +548,13 @@ def _class_energies(
             blocks = coef.view(t, c1 - c0, width).to(out_dtype)
             energy[:, c0:c1] = torch.linalg.vector_norm(blocks, dim=2).square_()
 
-    threads = min(torch.get_num_threads(), len(starts)) if x.device.type in _PER_CLASS_DEVICES else 1
+    threads = min(torch.get_num_threads(), len(starts)) if x.device.type in PER_CLASS_DEVICES else 1
     if threads <= 1:
         run(starts)
     else:  # CPU: independent single-threaded GEMMs per Python thread (no barrier between cores)
-        with _lapack_threads(x.device), ThreadPoolExecutor(threads) as pool:
+        with lapack_threads(x.device), ThreadPoolExecutor(threads) as pool:
             list(pool.map(run, [starts[i::threads] for i in range(threads)]))
     return energy
-
-
-def _class_groups(
-    pair_class: torch.Tensor, n_classes: int, width: int, dim: int, itemsize: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]]:
-    """Group (query, class) pairs by class for padded batched matmuls.
-
-    Classes picked a similar number of times (within a factor 2) share one group, so the padded
-    work is at most twice the pairs' own. Yields ``(classes [g], pairs, rows, slots, most)``:
-    pair ``pairs[i]`` goes to row ``slots[i]`` of group member ``rows[i]``, ``most`` rows each.
-    """
-    device = pair_class.device
-    n_pairs = pair_class.numel()
-    order = torch.argsort(pair_class, stable=True)
-    sorted_class = pair_class[order]
-    counts = torch.bincount(sorted_class, minlength=n_classes)
-    slot = torch.arange(n_pairs, device=device) - (torch.cumsum(counts, 0) - counts)[sorted_class]
-    present = counts.nonzero().flatten()
-    present_counts, perm = counts[present].sort(descending=True)
-    present = present[perm]
-    counts_list = present_counts.tolist()
-    local = torch.full((n_classes,), -1, dtype=torch.long, device=device)
-    i = 0
-    while i < len(counts_list):
-        most = counts_list[i]
-        per_class = (width * dim + most * (width + 2 * dim)) * itemsize
-        limit = max(1, _BLOCK_BUDGET_BYTES // per_class)
-        j = i + 1
-        while j < len(counts_list) and j - i < limit and 2 * counts_list[j] > most:
-            j += 1
-        group = present[i:j]
-        local[group] = torch.arange(j - i, device=device)
-        pair_local = local[sorted_class]
-        sel = (pair_local >= 0).nonzero().flatten()
-        yield group, order[sel], pair_local[sel], slot[sel], most
-        local[group] = -1
-        i = j
-
-
-def _class_ranges(pair_class: torch.Tensor, n_classes: int) -> Iterator[tuple[int, int, int]]:
-    """``(c, start, stop)`` for every class ``c`` picked by some pair: its pairs are
-    ``argsort(pair_class, stable=True)[start:stop]``."""
-    start = 0
-    for c, n in enumerate(torch.bincount(pair_class, minlength=n_classes).tolist()):
-        if n:
-            yield c, start, start + n
-            start += n
-
-
-def _split_classes(fn: Any, ranges: list[tuple[int, int, int]]) -> None:
-    """``fn(part)`` on contiguous parts of ``ranges`` (``(c, start, stop)``, balanced by pairs)
-    across ``torch.get_num_threads()`` Python threads running single-threaded BLAS (CPU).
-
-    Per-class GEMMs are small: one multi-threaded BLAS call each pays a thread wake-up that costs
-    more than the GEMM when the cores are shared (measured ~20 ms per call under load); parts
-    of the class list in parallel keep the cores busy without it. ``fn`` writes disjoint rows.
-    """
-    threads = min(torch.get_num_threads(), len(ranges))
-    if threads <= 1:
-        fn(ranges)
-        return
-    total = sum(stop - start for _, start, stop in ranges)
-    parts: list[list[tuple[int, int, int]]] = [[]]
-    done = 0
-    for item in ranges:
-        if done >= total * len(parts) / threads and len(parts) < threads:
-            parts.append([])
-        parts[-1].append(item)
-        done += item[2] - item[1]
-    with _lapack_threads(torch.device("cpu")), ThreadPoolExecutor(len(parts)) as pool:
-        list(pool.map(fn, parts))
 
 
 def _pair_energies(
@@ -660,7 +568,7 @@ def _pair_energies(
     n_classes, width, dim = factors.shape
     out = torch.empty(query.numel(), dtype=torch.float64, device=x.device)
     x = x.double()
-    if x.device.type in _PER_CLASS_DEVICES:  # one GEMM per class (as in _grouped_project)
+    if x.device.type in PER_CLASS_DEVICES:  # one GEMM per class (as in grouped_project)
         order = torch.argsort(cls, stable=True)
         rows = x[query[order]]  # [P, D], class by class
         energy = torch.empty(order.numel(), dtype=torch.float64, device=x.device)
@@ -669,10 +577,10 @@ def _pair_energies(
             for c, start, stop in ranges:
                 energy[start:stop] = torch.linalg.vector_norm(rows[start:stop] @ factors[c].double().T, dim=1)
 
-        _split_classes(score, list(_class_ranges(cls, n_classes)))
+        split_classes(score, list(class_ranges(cls, n_classes)))
         out[order] = energy.square_()
         return out
-    for group, pairs, rows, slots, most in _class_groups(cls, n_classes, width, dim, 8):
+    for group, pairs, rows, slots, most in class_groups(cls, n_classes, width, dim, 8):
         padded = torch.zeros(group.numel(), most, dim, dtype=torch.float64, device=x.device)
         padded[rows, slots] = x[query[pairs]]
         coef = torch.bmm(padded, factors[group].double().mT)  # [g, most, w]

@@ -1,0 +1,70 @@
+"""Split conformal prediction sets (Vovk et al. 2005; Angelopoulos & Bates, 2021).
+
+A non-conformity score ``s(x, y)`` is computed on a calibration split of ``n`` samples; its
+finite-sample quantile ``q = the ceil((n + 1)(1 - alpha))``-th smallest score (``inf`` when that
+rank exceeds ``n``) gives, for an exchangeable test sample, ``P(y in C(x)) >= 1 - alpha`` with
+``C(x) = {c : s(x, c) <= q}``. Scores (on softmax probabilities ``p``):
+
+* ``lac``  -- least ambiguous classifier (Sadinle et al., 2019): ``1 - p_y``;
+* ``aps``  -- adaptive prediction sets (Romano et al., 2020), non-randomised: the total probability
+  of the classes ranked at or above ``y`` (by decreasing ``p``, ties by class index).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+CONFORMAL_SCORES = ("lac", "aps")
+
+
+def _probs(probs) -> np.ndarray:
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be [M, C], got shape {p.shape}")
+    return p
+
+
+def _check_score(score: str) -> str:
+    if score not in CONFORMAL_SCORES:
+        raise ValueError(f"conformal score must be one of {CONFORMAL_SCORES}, got {score!r}")
+    return score
+
+
+def _aps_all(p: np.ndarray) -> np.ndarray:
+    """``[M, C]`` APS score of every class: the cumulative probability down to its rank."""
+    order = np.argsort(-p, axis=1, kind="stable")
+    cumulative = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+    out = np.empty_like(p)
+    np.put_along_axis(out, order, cumulative, axis=1)
+    return out
+
+
+def conformal_scores(probs, labels, score: str = "lac") -> np.ndarray:
+    """Score ``[M]`` of each sample's true label (``labels`` ``[M]``)."""
+    p = _probs(probs)
+    y = np.asarray(labels, dtype=np.int64)
+    rows = np.arange(len(y))
+    if _check_score(score) == "lac":
+        return 1.0 - p[rows, y]
+    return _aps_all(p)[rows, y]
+
+
+def conformal_quantile(scores, alpha: float) -> float:
+    """The ``ceil((n + 1)(1 - alpha))``-th smallest of ``scores`` ``[n]`` (``inf`` when ``n`` is too
+    small for ``alpha``)."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if s.ndim != 1 or not len(s):
+        raise ValueError("conformal calibration needs a non-empty [n] score array")
+    rank = math.ceil((len(s) + 1) * (1.0 - alpha) - 1e-9)
+    return float(s[rank - 1]) if rank <= len(s) else math.inf
+
+
+def prediction_sets(probs, threshold: float, score: str = "lac") -> np.ndarray:
+    """Boolean sets ``[M, C]``: class ``c`` is in sample ``i``'s set when its score ``<= threshold``."""
+    p = _probs(probs)
+    if _check_score(score) == "lac":
+        return (1.0 - p) <= threshold
+    return _aps_all(p) <= threshold

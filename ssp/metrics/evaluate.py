@@ -1,0 +1,127 @@
+"""Every reliability metric of a run at once, per-class results, and the per-sample table.
+
+:func:`reliability` takes a method's test and validation logits; the validation split is the only
+data fitted on (the temperature, the conformal thresholds), the test split is scored once.
+Conventions (also in the run JSON's ``reliability.definitions``):
+
+* probabilities are the softmax of the method's own logits (``raw``) or of ``logits / T`` with the
+  temperature ``T`` fitted on validation (``temperature_scaled``);
+* ``ece`` / ``mce``: fractions, ``n_bins`` equal-width bins on the top-1 confidence; ``nll`` in nats;
+  ``brier``: the multi-class Brier score in [0, 2];
+* selective prediction ranks test samples by raw top-1 confidence (temperature scaling keeps
+  that order); ``aurc`` is a fraction, ``accuracy_at_coverage`` in percent like ``test_accuracy``;
+* conformal sets are built on the raw probabilities, calibrated on validation with the
+  finite-sample quantile; ``coverage`` is a fraction, ``mean_set_size`` in classes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ssp.metrics.calibration import (
+    TEMPERATURE_BOUNDS,
+    as_labels,
+    as_logits,
+    brier_score,
+    calibration_errors,
+    fit_temperature,
+    negative_log_likelihood,
+    softmax,
+)
+from ssp.metrics.conformal import CONFORMAL_SCORES, conformal_quantile, conformal_scores, prediction_sets
+from ssp.metrics.selective import accuracy_at_coverage, aurc
+
+COVERAGES = (0.8, 0.5)
+DEFINITIONS = {
+    "ece": "expected calibration error (fraction), equal-width bins on the top-1 softmax confidence",
+    "mce": "maximum calibration error (fraction) over the non-empty bins",
+    "nll": "mean negative log-likelihood of the true class (nats)",
+    "brier": "multi-class Brier score, mean over samples of sum_c (p_c - [y = c])^2, in [0, 2]",
+    "temperature": "one scalar T fitted on the validation split (minimum NLL of logits / T)",
+    "aurc": "area under the risk-coverage curve (fraction), samples ranked by top-1 confidence",
+    "accuracy_at_coverage": "accuracy (%) of the given fraction of most confident test samples",
+    "conformal": "split conformal sets on softmax probabilities, threshold = the ceil((n+1)(1-alpha))-th "
+                 "smallest validation score; lac: 1 - p_y, aps: total probability of the classes ranked at "
+                 "or above y (not randomised)",
+}
+
+
+def _calibration(logits: np.ndarray, labels: np.ndarray, n_bins: int) -> dict:
+    probs = softmax(logits)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    ece, mce = calibration_errors(confidence, correct, n_bins)
+    return {"ece": ece, "mce": mce, "nll": negative_log_likelihood(logits, labels),
+            "brier": brier_score(probs, labels)}
+
+
+def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: float = 0.1,
+                n_bins: int = 15) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(metrics, samples)`` of a method's test logits ``[M, C]`` / labels ``[M]`` with its
+    validation logits ``[V, C]`` / labels ``[V]`` as the only calibration data.
+
+    ``metrics`` is JSON-ready (see the module docstring); ``samples`` is :func:`sample_table`'s
+    per-sample arrays, from which ECE, accuracy and conformal coverage can be recomputed."""
+    z = as_logits(test_logits)
+    y = as_labels(test_labels, z.shape[0], z.shape[1])
+    zv = as_logits(val_logits)
+    yv = as_labels(val_labels, zv.shape[0], zv.shape[1])
+    if zv.shape[1] != z.shape[1]:
+        raise ValueError(f"validation logits have C={zv.shape[1]} classes, test logits C={z.shape[1]}")
+    if not len(y) or not len(yv):
+        raise ValueError("reliability metrics need non-empty test and validation splits")
+    temperature = fit_temperature(zv, yv)
+    probs, val_probs = softmax(z), softmax(zv)
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y
+    conformal: dict = {"alpha": alpha, "calibration": "validation", "n_calibration": int(len(yv)),
+                       "probabilities": "raw"}
+    thresholds = {}
+    for score in CONFORMAL_SCORES:
+        q = conformal_quantile(conformal_scores(val_probs, yv, score), alpha)
+        sets = prediction_sets(probs, q, score)
+        thresholds[score] = q
+        conformal[score] = {"threshold": q if np.isfinite(q) else None,
+                            "coverage": float(sets[np.arange(len(y)), y].mean()),
+                            "mean_set_size": float(sets.sum(axis=1).mean()),
+                            "empty_sets": float((sets.sum(axis=1) == 0).mean())}
+    metrics = {
+        "n_test": int(len(y)), "n_val": int(len(yv)), "n_bins": int(n_bins),
+        "raw": _calibration(z, y, n_bins),
+        "temperature": temperature,
+        "temperature_on_bound": bool(np.isclose(temperature, TEMPERATURE_BOUNDS, rtol=1e-4).any()),
+        "temperature_scaled": _calibration(z / temperature, y, n_bins),
+        "aurc": aurc(confidence, correct),
+        "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c) for c in COVERAGES},
+        "conformal": conformal,
+    }
+    return metrics, sample_table(probs, y, thresholds)
+
+
+def sample_table(probs, labels, thresholds: dict[str, float]) -> dict[str, np.ndarray]:
+    """Per-sample arrays ``[M]`` of probabilities ``[M, C]``: ``label``, ``prediction``,
+    ``confidence`` (top-1 probability), and per conformal score its true-label score
+    (``<score>_score``: covered when ``<= <score>_threshold``, a 0-d array at full precision) and
+    set size (``<score>_set_size``)."""
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    index = np.int16 if p.shape[1] <= np.iinfo(np.int16).max else np.int32
+    out = {"label": y.astype(index), "prediction": p.argmax(axis=1).astype(index),
+           "confidence": p.max(axis=1)}
+    for score, q in thresholds.items():
+        out[f"{score}_threshold"] = np.float64(q)
+        out[f"{score}_score"] = conformal_scores(p, y, score)
+        out[f"{score}_set_size"] = prediction_sets(p, q, score).sum(axis=1).astype(index)
+    return out
+
+
+def per_class_results(labels, predictions, n_classes: int) -> dict[str, np.ndarray]:
+    """``confusion`` ``[C, C]`` (rows: true class, columns: predicted; ``sklearn.metrics.
+    confusion_matrix``), ``accuracy`` ``[C]`` per true class in percent (NaN for a class with no
+    sample) and ``support`` ``[C]`` (samples per class)."""
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(np.asarray(labels), np.asarray(predictions), labels=np.arange(n_classes))
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = 100.0 * np.diag(cm) / support
+    return {"confusion": cm.astype(np.int32), "accuracy": accuracy, "support": support.astype(np.int64)}

@@ -1,0 +1,214 @@
+"""ssp.metrics against small dense float64 references written the slow, obvious way."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ssp.metrics import (
+    accuracy_at_coverage,
+    aurc,
+    brier_score,
+    calibration_errors,
+    conformal_quantile,
+    conformal_scores,
+    fit_temperature,
+    negative_log_likelihood,
+    per_class_results,
+    prediction_sets,
+    reliability,
+    risk_coverage,
+    softmax,
+)
+
+
+def _data(m=300, c=7, scale=3.0, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, m)
+    z = rng.normal(size=(m, c)) * scale
+    z[np.arange(m), y] += scale  # informative logits
+    return z, y
+
+
+def _dense_probs(z):
+    out = []
+    for row in z:
+        e = [math.exp(v - max(row)) for v in row]
+        out.append([v / sum(e) for v in e])
+    return np.array(out)
+
+
+def _dense_ece_mce(conf, correct, n_bins):
+    gaps, weights = [], []
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        members = [i for i in range(len(conf)) if (lo < conf[i] <= hi) or (b == 0 and conf[i] == 0)]
+        if members:
+            acc = sum(correct[i] for i in members) / len(members)
+            mean_conf = sum(conf[i] for i in members) / len(members)
+            gaps.append(abs(acc - mean_conf))
+            weights.append(len(members) / len(conf))
+    return sum(g * w for g, w in zip(gaps, weights)), max(gaps)
+
+
+def test_softmax_nll_brier_match_dense():
+    z, y = _data()
+    p = _dense_probs(z)
+    np.testing.assert_allclose(softmax(z), p, rtol=1e-12)
+    nll = -sum(math.log(p[i, y[i]]) for i in range(len(y))) / len(y)
+    assert negative_log_likelihood(z, y) == pytest.approx(nll, rel=1e-10)
+    brier = sum(sum((p[i, c] - (c == y[i])) ** 2 for c in range(p.shape[1])) for i in range(len(y))) / len(y)
+    assert brier_score(p, y) == pytest.approx(brier, rel=1e-10)
+    from sklearn.metrics import log_loss
+
+    assert negative_log_likelihood(z, y) == pytest.approx(log_loss(y, p, labels=range(7)), rel=1e-8)
+
+
+@pytest.mark.parametrize("n_bins", [1, 5, 15])
+def test_ece_mce_match_dense(n_bins):
+    z, y = _data(seed=n_bins)
+    p = softmax(z)
+    conf, correct = p.max(1), p.argmax(1) == y
+    conf[:3] = [0.0, 1.0, 1.0 / n_bins]  # the edges: 0 in bin 0, an edge in the bin below it
+    ece, mce = calibration_errors(conf, correct, n_bins)
+    ref_ece, ref_mce = _dense_ece_mce(conf.tolist(), correct.tolist(), n_bins)
+    assert ece == pytest.approx(ref_ece, abs=1e-12)
+    assert mce == pytest.approx(ref_mce, abs=1e-12)
+
+
+def test_perfectly_calibrated_bins_have_zero_ece():
+    conf = np.array([0.5, 0.5, 1.0, 1.0])
+    assert calibration_errors(conf, np.array([True, False, True, True]), 15) == (0.0, 0.0)
+    ece, mce = calibration_errors(np.array([0.9, 0.9]), np.array([False, False]), 15)
+    assert ece == pytest.approx(0.9) and mce == pytest.approx(0.9)
+
+
+def test_temperature_minimises_nll_over_a_dense_grid():
+    z, y = _data(scale=6.0)  # over-confident logits: T > 1
+    t = fit_temperature(z, y)
+    grid = np.exp(np.linspace(np.log(0.05), np.log(50), 4001))
+    nlls = [negative_log_likelihood(z / g, y) for g in grid]
+    assert t == pytest.approx(grid[int(np.argmin(nlls))], rel=5e-3)
+    assert negative_log_likelihood(z / t, y) <= min(nlls) + 1e-9
+    assert t > 1
+
+
+def test_temperature_bounds_are_reachable():
+    z = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert fit_temperature(z, np.array([1, 0])) == pytest.approx(1e2)  # always wrong: as flat as allowed
+
+
+def _dense_risk(conf, correct):
+    order = sorted(range(len(conf)), key=lambda i: -conf[i])  # Python's sort is stable
+    risks = []
+    for k in range(1, len(conf) + 1):
+        kept = order[:k]
+        risks.append(1 - sum(correct[i] for i in kept) / k)
+    return order, risks
+
+
+def test_risk_coverage_aurc_and_accuracy_at_coverage_match_dense():
+    z, y = _data(m=97)
+    p = softmax(z)
+    conf, correct = p.max(1), p.argmax(1) == y
+    conf[10:20] = conf[10]  # ties keep input order
+    order, risks = _dense_risk(conf.tolist(), correct.tolist())
+    cov, risk = risk_coverage(conf, correct)
+    np.testing.assert_allclose(risk, risks, atol=1e-12)
+    np.testing.assert_allclose(cov, np.arange(1, 98) / 97)
+    assert aurc(conf, correct) == pytest.approx(sum(risks) / len(risks), abs=1e-12)
+    for c in (0.5, 0.8, 1.0):
+        k = math.ceil(c * 97)
+        assert accuracy_at_coverage(conf, correct, c) == pytest.approx(sum(correct[i] for i in order[:k]) / k)
+
+
+def _dense_aps_score(p_row, label):
+    order = sorted(range(len(p_row)), key=lambda c: (-p_row[c], c))
+    total = 0.0
+    for c in order:
+        total += p_row[c]
+        if c == label:
+            return total
+
+
+def test_conformal_scores_quantile_and_sets_match_dense():
+    z, y = _data(m=50, c=6)
+    p = softmax(z)
+    lac = conformal_scores(p, y, "lac")
+    aps = conformal_scores(p, y, "aps")
+    np.testing.assert_allclose(lac, [1 - p[i, y[i]] for i in range(50)], atol=1e-15)
+    np.testing.assert_allclose(aps, [_dense_aps_score(p[i].tolist(), y[i]) for i in range(50)], atol=1e-12)
+    for alpha in (0.05, 0.1, 0.3):
+        q = conformal_quantile(lac, alpha)
+        rank = math.ceil(51 * (1 - alpha))   # the rank-th smallest of the 50 scores
+        assert q == sorted(lac)[rank - 1]
+        for score, s in (("lac", lac), ("aps", aps)):
+            q = conformal_quantile(s, alpha)
+            sets = prediction_sets(p, q, score)
+            all_scores = np.array([[(1 - p[i, c]) if score == "lac" else _dense_aps_score(p[i].tolist(), c)
+                                    for c in range(6)] for i in range(50)])
+            clear = np.abs(all_scores - q) > 1e-12   # float summation order decides exact ties only
+            np.testing.assert_array_equal(sets[clear], (all_scores <= q)[clear])
+            # on its own calibration data, the set holds the true label at least ceil(51(1-a)) times
+            assert sets[np.arange(50), y].sum() >= rank
+    assert conformal_quantile(lac[:5], 0.1) == math.inf  # ceil(6 * 0.9) = 6 > 5 scores
+
+
+def test_split_conformal_covers_on_exchangeable_data():
+    """Average test coverage over many random calibration/test splits is at least 1 - alpha."""
+    z, y = _data(m=4000, c=10, scale=1.5, seed=3)
+    p = softmax(z)
+    rng = np.random.default_rng(0)
+    for score in ("lac", "aps"):
+        covs = []
+        for _ in range(40):
+            perm = rng.permutation(4000)
+            cal, test = perm[:200], perm[200:]
+            q = conformal_quantile(conformal_scores(p[cal], y[cal], score), 0.1)
+            covs.append(prediction_sets(p[test], q, score)[np.arange(3800), y[test]].mean())
+        assert 0.895 <= np.mean(covs) <= 0.93, (score, np.mean(covs))
+
+
+def test_per_class_results_against_a_loop():
+    y = np.array([0, 0, 1, 1, 1, 3])
+    pred = np.array([0, 1, 1, 1, 0, 3])
+    res = per_class_results(y, pred, 4)
+    cm = np.zeros((4, 4), int)
+    for t, q in zip(y, pred):
+        cm[t, q] += 1
+    np.testing.assert_array_equal(res["confusion"], cm)
+    np.testing.assert_allclose(res["accuracy"], [50.0, 200 / 3, np.nan, 100.0])
+    np.testing.assert_array_equal(res["support"], [2, 3, 0, 1])
+
+
+def test_reliability_fits_on_validation_only_and_samples_recompute():
+    z, y = _data(m=400, scale=5.0, seed=1)
+    zv, yv = _data(m=200, scale=5.0, seed=2)
+    metrics, samples = reliability(z, y, zv, yv, alpha=0.1)
+    assert metrics["temperature"] == pytest.approx(fit_temperature(zv, yv))
+    assert metrics["temperature_scaled"]["nll"] == pytest.approx(negative_log_likelihood(z / metrics["temperature"], y))
+    ece, _ = calibration_errors(samples["confidence"], samples["label"] == samples["prediction"], 15)
+    assert metrics["raw"]["ece"] == ece
+    for score in ("lac", "aps"):
+        c = metrics["conformal"][score]
+        assert c["threshold"] == samples[f"{score}_threshold"]
+        assert c["coverage"] == np.mean(samples[f"{score}_score"] <= c["threshold"])
+        assert c["mean_set_size"] == pytest.approx(samples[f"{score}_set_size"].mean())
+    # changing the test labels changes no validation-fitted quantity
+    metrics2, _ = reliability(z, (y + 1) % 7, zv, yv, alpha=0.1)
+    assert metrics2["temperature"] == metrics["temperature"]
+    assert metrics2["conformal"]["lac"]["threshold"] == metrics["conformal"]["lac"]["threshold"]
+
+
+def test_bad_inputs_say_what_is_wrong():
+    with pytest.raises(ValueError, match=r"\[M, C\]"):
+        softmax(np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        negative_log_likelihood(np.array([[np.nan, 0.0]]), np.array([0]))
+    with pytest.raises(ValueError, match="0..1"):
+        negative_log_likelihood(np.zeros((1, 2)), np.array([2]))
+    with pytest.raises(ValueError, match="alpha"):
+        conformal_quantile(np.ones(3), 1.5)
+    with pytest.raises(ValueError, match="score"):
+        conformal_scores(np.ones((1, 2)) / 2, np.array([0]), "raps")
