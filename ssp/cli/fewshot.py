@@ -425,8 +425,8 @@ def _main(argv: list[str] | None = None) -> int:
         raise fail(prog, err, args.debug)
     print()
     print(table)
-    names = sorted({Path(p).name for p in written.values()}, key=lambda n: (not n.startswith("results"), n))
-    print(f"\n{len(records)} runs under {args.output} ({', '.join(names)})")
+    plots = sorted(Path(path).name for key, path in written.items() if key.startswith("plot"))
+    print(f"\n{len(records)} runs under {args.output} ({', '.join(['results.md', *plots, 'summary.json'])})")
     return 0
 
 
