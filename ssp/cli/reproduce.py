@@ -188,6 +188,8 @@ def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
     for key in ("shots", "methods", "seeds"):
         if overrides.get(key) is None and preset and preset.get(key) is not None:
             overrides[key] = list(preset[key])
+    if preset and preset.get("prompts") and overrides.get("prompts") is None and args.root:
+        overrides["prompts"] = preset["prompts"]   # the paper's text (images only)
     datasets = args.datasets or (list(preset["datasets"]) if preset else None)
     if not datasets:
         raise ValueError("choose the datasets: --datasets NAME ... or --paper NAME")

@@ -67,6 +67,8 @@ class MethodSpec:
             reads its own keys of ``search_section`` (and checks them, naming the bad key).
         uses_views: ``fit`` also takes ``view_features`` ``[E, N, D]`` (the augmented views of
             the support images), as the fine-tuned methods do.
+        uses_prompts: ``fit`` also takes ``prompt_features`` ``[C, P, D]`` (each class's prompts
+            encoded one by one) when the source has them (TIMO weighs them).
         test_time: adapts while streaming over the test split, with no labelled support: runs
             under the test-time protocol only (``fit(text_features=...)``, then ``predict`` over the
             stream in order).
@@ -84,6 +86,7 @@ class MethodSpec:
     needs_text: bool = True
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
+    uses_prompts: bool = False
     test_time: bool = False
     grid_start: tuple[float, ...] = ()
 
