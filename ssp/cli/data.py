@@ -8,6 +8,8 @@ Examples::
     ssp-data verify --root DATA dtd --images decode   # decode every image too
     ssp-data splits --dataset dtd --root DATA --shots 1 2 4 8 16 --seeds 1 2 3 -o dtd_splits.json
     ssp-data list                                     # what can be fetched, split files and their digests
+    ssp-data download prompts cupl --root DATA        # a prompt library (cupl, dclip, waffle): DATA/prompts/cupl/
+    ssp-data verify prompts --root DATA               # the prompt files against their pinned sha256
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("download", help="fetch datasets (resume + checksum) and lay them out; manual steps "
                                         "for those no library can fetch")
-    d.add_argument("names", nargs="+", metavar="NAME", help="benchmarks, e.g. dtd oxford_pets (see `ssp-data list`)")
+    d.add_argument("names", nargs="+", metavar="NAME", help="benchmarks, e.g. dtd oxford_pets (see `ssp-data list`); "
+                                                            "or `prompts cupl dclip waffle` (prompt libraries)")
     d.add_argument("--root", default=_data_root(), required=_data_root() is None,
                    help="data folder that receives <dataset>/ folders (in its coop/ subfolder when it has one); "
                         "default $SSP_DATA_ROOT")
@@ -45,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check datasets on disk: found / absent / missing / corrupt, counts, "
                                       "the split file against the official one")
-    v.add_argument("names", nargs="*", metavar="NAME", help="benchmarks (default: every one found under --root)")
+    v.add_argument("names", nargs="*", metavar="NAME", help="benchmarks (default: every one found under --root); "
+                                                            "or `prompts [LIBRARY ...]`")
     v.add_argument("--root", default=_data_root(), required=_data_root() is None,
                    help="data folder holding <dataset>/ folders directly or in its coop/ subfolder (or one dataset "
                         "folder with one NAME); default $SSP_DATA_ROOT")
@@ -71,6 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="the download table: what is fetched, split files and their digests")
     return p
+
+
+def _prompt_libraries(names: list[str]) -> list[str]:
+    from ssp.data.prompt_library import library_names
+
+    wanted = list(dict.fromkeys(n.lower() for n in names[1:])) or list(library_names())
+    unknown = [n for n in wanted if n not in library_names()]
+    if unknown:
+        raise SystemExit(f"{PROG}: error: unknown prompt library {unknown[0]!r}; choose from "
+                         f"{', '.join(library_names())}")
+    return wanted
+
+
+def _download_prompts(args) -> int:
+    from ssp.data.download import DownloadError
+    from ssp.data.prompt_library import download_prompts
+
+    failed = 0
+    for name in _prompt_libraries(args.names):
+        try:
+            folder, notes = download_prompts(name, args.root, mirror=args.mirror, progress=not args.no_progress)
+        except (DownloadError, ValueError, OSError) as err:
+            print(f"{PROG}: prompts {name}: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        for note in notes:
+            print(f"  note: {note}")
+        print(f"prompts {name}: ready in {folder} (each file checked against its pinned sha256)")
+    return 1 if failed else 0
 
 
 def _output_file(path: str, flag: str) -> None:
@@ -100,6 +133,8 @@ def _download(args) -> int:
         mirror_url(args.mirror)
     except ValueError as err:
         raise SystemExit(f"{PROG}: error: {err}")
+    if args.names[0].lower() == "prompts":
+        return _download_prompts(args)
     failed = 0
     for name in dict.fromkeys(args.names):
         try:
@@ -127,6 +162,16 @@ def _verify(args) -> int:
     root = Path(args.root).expanduser()
     if not root.is_dir():
         raise SystemExit(f"{PROG}: error: --root {root}: no such folder")
+    if args.names and args.names[0].lower() == "prompts":
+        from ssp.data.prompt_library import verify_prompts
+
+        reports = verify_prompts(root, _prompt_libraries(args.names) if len(args.names) > 1 else None)
+        if not reports:
+            raise SystemExit(f"{PROG}: error: no prompt library under {root}/prompts; fetch one: "
+                             f"ssp-data download prompts cupl --root {root}")
+        for _, _, line in reports:
+            print(line)
+        return 0 if all(ok for _, ok, _ in reports) else 1
     if args.json:
         _output_file(args.json, "--json")
     kw = {"images": args.images, "strict": args.strict, "progress": not args.no_progress}

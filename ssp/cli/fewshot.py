@@ -150,6 +150,26 @@ def refuse_image_flags(args: argparse.Namespace, prog: str, source_flag: str) ->
                          f"change nothing: drop {'it' if one else 'them'}")
 
 
+def note_ignored_config_keys(config_file: str | None, prog: str) -> None:
+    """Say which keys of the user's config file apply to images only (ignored with a Tip-Adapter
+    cache folder, and left out of the run JSONs' ``config``)."""
+    if not config_file:
+        return
+    import yaml
+
+    try:
+        given = yaml.safe_load(Path(config_file).expanduser().read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return  # load_config has read it already; nothing more to say
+    from ssp.run.sources import IMAGE_ONLY_KEYS
+
+    ignored = [k for k in IMAGE_ONLY_KEYS if isinstance(given, dict) and k in given]
+    if ignored:
+        print(f"{prog}: note: {', '.join(ignored)} of {config_file} appl{'ies' if len(ignored) == 1 else 'y'} to "
+              "images only: ignored with a Tip-Adapter cache folder (and not recorded in the run JSONs)",
+              file=sys.stderr)
+
+
 def config_overrides(args: argparse.Namespace, prog: str) -> dict:
     """The command-line values that override the YAML configs (``None`` = not given)."""
     return {"shots": _unique(args.shots, "--shots", prog), "seeds": _unique(args.seeds, "--seeds", prog),
@@ -187,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of images: no backbone is loaded")
     p.add_argument("--text-features", metavar="FILE",
                    help="text classifier for --features caches without one: [C, D] or [D, C], .pt/.npy/.safetensors")
+    p.add_argument("--prompt-features", metavar="FILE",
+                   help="per-prompt text features for --features caches, [C, P, D] (.pt/.npy/.safetensors): the "
+                        "prompts TIMO weighs (from images, --prompts gives them)")
     p.add_argument("--split-file", help="read the split JSON from this file instead of the dataset folder")
     p.add_argument("--split-manifest", metavar="FILE",
                    help="use the exact support / validation images of a split manifest (from `ssp-data splits`, "
@@ -313,8 +336,9 @@ def _main(argv: list[str] | None = None) -> int:
             if not args.dataset:
                 raise SystemExit(f"{prog}: error: cannot tell the dataset of --features {args.features} from its "
                                  f"folder name; pass --dataset (configs ship for: {', '.join(builtin_config_names())})")
-    elif args.text_features or args.test_from_val is not None:
-        flag = "--text-features" if args.text_features else "--test-from-val"
+    elif args.text_features or args.prompt_features or args.test_from_val is not None:
+        flag = ("--text-features" if args.text_features else
+                "--prompt-features" if args.prompt_features else "--test-from-val")
         raise SystemExit(f"{prog}: error: {flag} applies to Tip-Adapter cache folders; add --features DIR")
     else:
         args.root = args.root or os.environ.get("SSP_DATA_ROOT")
@@ -333,6 +357,8 @@ def _main(argv: list[str] | None = None) -> int:
                                                     methods_given=args.methods is not None)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"{prog}: error: {err}")
+    if args.features:
+        note_ignored_config_keys(args.config, prog)
     from ssp.data import ImageLoadError
     from ssp.run.pipeline import Interrupted, run_fewshot
     from ssp.run.records import check_writable
@@ -346,7 +372,8 @@ def _main(argv: list[str] | None = None) -> int:
 
                 source = TipCacheSource(cfg, folder=args.features, test_from_val=args.test_from_val,
                                         text_features=args.text_features, text_layout=args.text_layout,
-                                        backbone_name=args.backbone, device=args.device)
+                                        backbone_name=args.backbone, device=args.device,
+                                        prompt_features=args.prompt_features)
                 records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                       progress=not args.no_progress, protocol=args.protocol)
             else:

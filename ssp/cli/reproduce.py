@@ -28,6 +28,7 @@ from ssp.cli._args import fail, random_weights_banner, with_cli_messages
 from ssp.cli.fewshot import (
     add_common_arguments,
     config_overrides,
+    note_ignored_config_keys,
     refuse_image_flags,
 )
 from ssp.report.published import PAPER_PRESETS
@@ -187,6 +188,8 @@ def _plan(args: argparse.Namespace, preset: dict | None) -> list[Job]:
     for key in ("shots", "methods", "seeds"):
         if overrides.get(key) is None and preset and preset.get(key) is not None:
             overrides[key] = list(preset[key])
+    if preset and preset.get("prompts") and overrides.get("prompts") is None and args.root:
+        overrides["prompts"] = preset["prompts"]   # the paper's text (images only)
     datasets = args.datasets or (list(preset["datasets"]) if preset else None)
     if not datasets:
         raise ValueError("choose the datasets: --datasets NAME ... or --paper NAME")
@@ -316,6 +319,7 @@ def _main(argv: list[str] | None = None) -> int:
                          "plan needs none")
     if args.features_root:
         refuse_image_flags(args, PROG, "--features-root")
+        note_ignored_config_keys(args.config, PROG)
     if args.test_from_val is not None and not args.features_root:
         raise SystemExit(f"{PROG}: error: --test-from-val applies to Tip-Adapter cache folders; add --features-root DIR")
     for flag, folder in (("--root", args.root), ("--features-root", args.features_root)):

@@ -17,8 +17,11 @@ Names (:data:`PROMPT_SETS`):
                    the repository's data/prompts.md); ImageNet and datasets without a list: the
                    80 ImageNet templates that open_clip ships (``OPENAI_IMAGENET_TEMPLATES``)
     FILE.json      per-class sentences in the CuPL format (Pratt et al., ICCV 2023):
-                   ``{"class name": ["sentence", ...], ...}``
-    NAME+FILE.json a template set and a file together (APE's text: templates + CuPL sentences)
+                   ``{"class name": ["sentence", ...], ...}`` (docs/prompts.md)
+    cupl, dclip,   a prompt library's file for the dataset, under the data root
+    waffle         (``ssp-data download prompts cupl``; :mod:`ssp.data.prompt_library`)
+    NAME+FILE.json a template set and a file (or a library) together (APE's and TIMO's text:
+                   templates + CuPL sentences, ``dataset+cupl``)
 """
 from __future__ import annotations
 
@@ -117,7 +120,8 @@ def prompt_choices() -> str:
     """One line per choice, for ``--help``."""
     lines = [f"{name}: {p.description}" for name, p in PROMPT_SETS.items()]
     return "; ".join(lines + ["a JSON file of per-class sentences (CuPL format)",
-                              "NAME+FILE.json: both, averaged together"])
+                              "cupl, dclip, waffle: a prompt library (ssp-data download prompts NAME)",
+                              "NAME+FILE.json or NAME+LIBRARY: both, averaged together"])
 
 
 @dataclass
@@ -201,9 +205,12 @@ def read_class_prompts(path: str | Path, classnames: Sequence[str]) -> list[list
 
 
 def resolve_prompts(spec: str | None, *, dataset: str, classnames: Sequence[str],
-                    templates: Sequence[str]) -> Prompts:
+                    templates: Sequence[str], root: str | Path | None = None) -> Prompts:
     """The per-class sentences of prompt choice ``spec`` (see the module docstring) for a
-    dataset named ``dataset`` whose own templates are ``templates``. ``None`` = ``"dataset"``."""
+    dataset named ``dataset`` whose own templates are ``templates``. ``None`` = ``"dataset"``.
+    ``root``: the data root holding the prompt libraries (``<root>/prompts/<library>/``)."""
+    from ssp.data.prompt_library import library_file, library_names
+
     spec = "dataset" if spec is None else str(spec).strip()
     if not spec:
         raise ValueError("prompts must be a prompt set name or a JSON file, got ''")
@@ -213,11 +220,15 @@ def resolve_prompts(spec: str | None, *, dataset: str, classnames: Sequence[str]
         name = spec
     elif plus and head in PROMPT_SETS:
         name, file = head, rest
-    elif spec.lower().endswith(".json") or Path(spec).expanduser().exists():
+    elif spec.lower().endswith(".json") or Path(spec).expanduser().exists() or spec.lower() in library_names():
         file = spec
     else:
-        raise ValueError(f"unknown prompts {spec!r}; choose {', '.join(PROMPT_SETS)}, a JSON file of "
-                         "per-class sentences, or NAME+FILE.json")
+        raise ValueError(f"unknown prompts {spec!r}; choose {', '.join(PROMPT_SETS)}, a prompt library "
+                         f"({', '.join(library_names())}), a JSON file of per-class sentences, or NAME+FILE.json")
+    library = None
+    if file is not None and file.lower() in library_names() and not Path(file).expanduser().exists():
+        library = file.lower()
+        file = str(library_file(library, dataset, root))
     used: list[str] = []
     source = []
     if name is not None:
@@ -232,6 +243,7 @@ def resolve_prompts(spec: str | None, *, dataset: str, classnames: Sequence[str]
         path = Path(file).expanduser()
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         file = str(path.resolve())
-        source.append(f"per-class sentences from {path.name}")
+        source.append(f"per-class sentences from {path.name}"
+                      + (f" (prompt library {library})" if library else ""))
     return Prompts(spec=spec, sentences=sentences, templates=used, source=" + ".join(source),
                    file=file, file_sha256=digest)

@@ -2,6 +2,11 @@
 ``.safetensors`` file, read as ``[C, D]`` float32 and checked by the rule every estimator applies
 (:func:`ssp._utils.arrays.check_text_features`). ``ssp-fewshot --text-features`` and
 ``ssp-unmix analyze --text-features`` both read through :func:`load_text_features`.
+
+Per-prompt text features ``[C, P, D]`` (each class's prompts encoded one by one, for methods that
+weigh prompts: TIMO) come from :func:`encode_prompts` (kept in the feature store, keyed on the
+prompts and the prompt file's sha256) or from a file (:func:`load_prompt_features`,
+``ssp-fewshot --prompt-features``).
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from ssp._utils.arrays import check_text_features, TEXT_LAYOUTS
 from ssp._utils.normalize import unit_norm_axis
 from ssp._utils.torch_files import load_torch_file
 
-__all__ = ["load_text_features", "KNOWN_WIDTHS"]
+__all__ = ["load_text_features", "KNOWN_WIDTHS", "encode_prompts", "prompt_tensor", "load_prompt_features",
+           "prompt_features_file", "stored_prompt_features"]
 
 _TEXT_SUFFIXES = (".pt", ".pth", ".npy", ".safetensors")
 #: Embedding widths D of the CLIP models ssp knows; with neither C nor D given, the side of a
@@ -134,3 +140,94 @@ def load_text_features(path: str | Path, n_classes: int | None = None, dim: int 
         raise ValueError(f"text-features file {path} read as layout {layout} gives [C, D] = "
                          f"{list(out.shape)}, expected C = {n_classes}, D = {dim}; use the other layout")
     return (out, layout) if return_layout else out
+
+
+# ---------------------------------------------------------------------------- per-prompt features
+
+def encode_prompts(backbone, sentences: list[list[str]], batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """Every prompt of every class encoded on its own and L2-normalised (no averaging):
+    ``{"prompts": [S, D] float32, "counts": [C] int64}`` (class ``c``'s prompts are the next
+    ``counts[c]`` rows), what the feature store keeps for methods that weigh prompts (TIMO)."""
+    flat = [s for class_sentences in sentences for s in class_sentences]
+    embeddings = backbone.encode_text(flat, batch_size=batch_size).float()
+    embeddings = embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    counts = torch.tensor([len(s) for s in sentences], dtype=torch.int64)
+    return {"prompts": embeddings.cpu().contiguous(), "counts": counts}
+
+
+def prompt_tensor(prompts: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """``[S, D]`` prompts with per-class ``counts`` ``[C]`` -> ``([C, P, D], info)`` with ``P`` the
+    smallest count: every class keeps its first ``P`` prompts (the released TIMO code's rule for
+    classes with unequal numbers of sentences); ``info`` records ``P`` and what was left out."""
+    counts_list = [int(c) for c in counts]
+    if not counts_list or min(counts_list) < 1:
+        raise ValueError("every class needs at least one prompt")
+    n_min = min(counts_list)
+    offsets = [0]
+    for c in counts_list[:-1]:
+        offsets.append(offsets[-1] + c)
+    out = torch.stack([prompts[o:o + n_min] for o in offsets])
+    info = {"prompts_per_class": n_min, "prompts_per_class_max": max(counts_list),
+            "prompts_left_out": sum(counts_list) - n_min * len(counts_list)}
+    return out, info
+
+
+def load_prompt_features(path: str | Path, n_classes: int, dim: int) -> torch.Tensor:
+    """A ``[C, P, D]`` per-prompt text-feature file (``.pt`` / ``.npy`` / ``.safetensors``, one
+    tensor, or one named ``prompt_features``) as float32 with unit prompts; one-line errors name
+    the file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt-features file {path} not found")
+    if path.suffix.lower() not in _TEXT_SUFFIXES:
+        raise ValueError(f"prompt-features file {path}: use one of {', '.join(_TEXT_SUFFIXES)}")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:
+            raise ValueError(f"{path} is not a safetensors file ({type(err).__name__})") from None
+        t = tensors.get("prompt_features", next(iter(tensors.values())) if len(tensors) == 1 else None)
+        if t is None:
+            raise ValueError(f"prompt-features file {path} holds {sorted(tensors)}; save one tensor or name it "
+                             "'prompt_features'")
+    else:
+        t = _read_any(path)
+    if t.ndim != 3 or t.shape[0] != n_classes or t.shape[2] != dim or t.shape[1] < 1:
+        raise ValueError(f"prompt-features file {path} has shape {tuple(t.shape)}; expected [C, P, D] = "
+                         f"[{n_classes}, P, {dim}] (C classes and D of the features, P >= 1 prompts per class)")
+    t = t.to(torch.float32)
+    norms = t.norm(dim=2)
+    bad = ~torch.isfinite(norms) | (norms == 0)
+    if bool(bad.any()):
+        c, p = torch.nonzero(bad)[0].tolist()
+        raise ValueError(f"prompt-features file {path}: prompt [{c}, {p}] is zero or not finite")
+    return (t / norms[:, :, None]).contiguous()
+
+
+def prompt_features_file(path: str | Path | None, n_classes: int, dim: int) -> tuple[torch.Tensor | None, dict | None]:
+    """:func:`load_prompt_features` and what a run records about the file (path, sha256, ``P``);
+    ``(None, None)`` for no file."""
+    from ssp._io import file_sha256
+
+    if path is None:
+        return None, None
+    path = Path(path).expanduser()
+    tensor = load_prompt_features(path, n_classes, dim)
+    return tensor, {"file": str(path.resolve()), "sha256": file_sha256(path), "prompts_per_class": int(tensor.shape[1])}
+
+
+def stored_prompt_features(store, backbone, classnames, prompts, *, recompute: bool = False
+                           ) -> tuple[torch.Tensor | None, dict | None]:
+    """Each class's prompts (a resolved :class:`ssp.data.prompts.Prompts`) encoded one by one
+    through the feature ``store``, keyed on the backbone, the sentences and the prompt file's
+    sha256: ``([C, P, D], info)`` (:func:`prompt_tensor`), or ``(None, None)`` when every class
+    has a single prompt."""
+    if max(len(s) for s in prompts.sentences) < 2:
+        return None, None
+    key = {"kind": "prompt_features", "backbone": backbone.identity, "classnames": list(classnames),
+           "prompts": prompts.spec if prompts.file is None else None, "file_sha256": prompts.file_sha256,
+           "sentences": prompts.sentences}
+    stored = store.get_or_compute(key, lambda: encode_prompts(backbone, prompts.sentences), recompute=recompute)
+    return prompt_tensor(stored["prompts"], stored["counts"])

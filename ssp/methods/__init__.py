@@ -11,6 +11,7 @@
     finetuned      their fine-tuned variants: :class:`TipAdapterF`, :class:`APET`
     gda            :class:`GDA`, Gaussian discriminant analysis (training-free)
     proker         :class:`ProKeR`, kernel ridge regression around zero-shot CLIP (training-free)
+    timo           :class:`TIMO`, :class:`TIMOS`: GDA with image-guided text and text-guided image
     lp_plus_plus   :class:`LPPlusPlus`, a linear probe blended with the text logits (LP++)
     linear_probe   :class:`LinearProbe`, the CLIP paper's logistic-regression probe
     tda            :class:`TDA`, test-time positive / negative caches of the stream (no shots)
@@ -31,6 +32,7 @@ from ssp.methods import cache_models  # noqa: F401
 from ssp.methods import finetuned  # noqa: F401
 from ssp.methods import gda  # noqa: F401
 from ssp.methods import proker  # noqa: F401
+from ssp.methods import timo  # noqa: F401
 from ssp.methods import lp_plus_plus  # noqa: F401
 from ssp.methods import linear_probe  # noqa: F401
 from ssp.methods import tda  # noqa: F401
@@ -47,10 +49,11 @@ from ssp.methods.dmn import DMNZeroShot
 from ssp.methods.registry import MethodSpec, get_method, make_grid, method_names, parse_method, register_method
 from ssp.methods.search import SearchAxis, SearchResult, validation_search
 from ssp.methods.tda import TDA
+from ssp.methods.timo import TIMO, TIMOS
 from ssp.methods.zero_shot import ZeroShotCLIP
 
-__all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "GDA", "ProKeR", "LPPlusPlus", "LinearProbe",
-           "TDA", "DMNZeroShot",
+__all__ = ["ZeroShotCLIP", "TipAdapter", "APE", "TipAdapterF", "APET", "GDA", "ProKeR", "TIMO", "TIMOS", "LPPlusPlus",
+           "LinearProbe", "TDA", "DMNZeroShot",
            "SSPProjector", "CLIPFeatureClassifier", "MethodSpec", "SearchAxis",
            "register_method", "get_method", "method_names", "parse_method", "validation_search",
            "SearchResult", "make_grid"]

@@ -44,7 +44,7 @@ from ssp.methods.params import Options, Real
 from ssp.methods.registry import log_grid_builder, register_method
 from ssp.methods.search import SearchAxis
 
-__all__ = ["GDA"]
+__all__ = ["GDA", "ClassMoments", "shared_gaussian", "linear_discriminant"]
 
 
 # Elements of one [queries, classes] logit block scored at once by the search.
@@ -54,6 +54,63 @@ _BLOCK_ELEMENTS = 1 << 24
 # each new class's text embedding, and how many copies of the text embedding join them in its mean.
 NEW_CLASS_NEIGHBOURS = 64
 NEW_CLASS_TEXT_COPIES = 16
+
+
+class ClassMoments:
+    """Running float64 class sums ``[C, D]``, second moment ``[D, D]`` and counts ``[C]`` of
+    labelled samples: what :func:`shared_gaussian` estimates the Gaussians from. Samples are
+    added as they are (no normalisation), in blocks: ``moments.add(x [n, D], y [n])``."""
+
+    def __init__(self, sums: torch.Tensor, second_moment: torch.Tensor, counts: torch.Tensor) -> None:
+        self.sums, self.second_moment, self.counts = sums, second_moment, counts
+
+    @classmethod
+    def zeros(cls, n_classes: int, dim: int, *, device: Any = None) -> "ClassMoments":
+        f64 = dict(dtype=torch.float64, device=device)
+        return cls(torch.zeros(n_classes, dim, **f64), torch.zeros(dim, dim, **f64),
+                   torch.zeros(n_classes, **f64))
+
+    def add(self, samples: torch.Tensor, labels: torch.Tensor) -> "ClassMoments":
+        """Add samples ``[n, D]`` of classes ``labels`` ``[n]``; returns self."""
+        x = samples.to(torch.float64)
+        self.sums.index_add_(0, labels, x)
+        self.second_moment.addmm_(x.T, x)
+        self.counts += torch.bincount(labels, minlength=self.counts.shape[0]).to(torch.float64)
+        return self
+
+    def __add__(self, other: "ClassMoments") -> "ClassMoments":
+        return ClassMoments(self.sums + other.sums, self.second_moment + other.second_moment,
+                            self.counts + other.counts)
+
+
+def shared_gaussian(moments: ClassMoments) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """GDA's Gaussians from sample moments: ``(class means μ [C, D], precision P [D, D],
+    degenerate)``, float64 (module docstring: ``S`` the unbiased covariance of the samples
+    minus their class means, ``P = D · pinv((N − 1) S + tr(S) I)``). ``degenerate``: the
+    covariance is zero up to rounding (``P = 0``, no GDA term). Every class needs a sample."""
+    counts = moments.counts
+    means = moments.sums / counts[:, None]
+    n = float(counts.sum())
+    dim = means.shape[1]
+    # the centred samples have mean 0, so their unbiased covariance is scatter / (n - 1), with
+    # scatter = sum x x^T - sum_k n_k mu_k mu_k^T
+    scatter = moments.second_moment - (means.T * counts) @ means
+    scatter = (scatter + scatter.T) / 2
+    covariance = scatter / (n - 1) if n > 1 else torch.zeros_like(scatter)
+    trace = float(torch.trace(covariance))
+    if not trace > 1e-12 * float(torch.trace(moments.second_moment)) / max(n, 1.0):  # zero up to rounding
+        return means, torch.zeros_like(covariance), True
+    # (N-1) S + tr(S) I is positive definite: its pseudo-inverse is the inverse, from a
+    # Cholesky factor (a general pinv / SVD of a 1024 x 1024 matrix is ~100x slower)
+    shrunk = (n - 1) * covariance
+    shrunk.diagonal().add_(trace)
+    return means, dim * torch.cholesky_inverse(torch.linalg.cholesky(shrunk)), False
+
+
+def linear_discriminant(means: torch.Tensor, precision: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GDA's linear classifier ``(W = P μᵀ [D, C], b [C])`` with ``b_k = log(1/C) − μ_k P μ_kᵀ / 2``."""
+    n_classes = means.shape[0]
+    return precision @ means.T, math.log(1.0 / n_classes) - 0.5 * ((means @ precision) * means).sum(1)
 
 
 def _gda_params(cfg: Mapping[str, Any], dim: int) -> dict:
@@ -80,7 +137,7 @@ class GDA(CLIPFeatureClassifier):
     """
 
     _parameter_constraints = {"alpha": [Real()], "routing": [Options(ROUTINGS)], "logit_scale": [Real()]}
-    search_space = {"alpha": SearchAxis(minimum=0.0)}
+    search_space = {"alpha": SearchAxis(minimum=0.0, sane=(1e-5, 1e5))}  # one decade past the default grid
 
     def __init__(self, *, alpha: float = 1.0, projector: Any = None, routing: str = "paper",
                  logit_scale: float = 100.0, device: str | torch.device | None = None) -> None:
@@ -139,48 +196,28 @@ class GDA(CLIPFeatureClassifier):
         labels = self._torch.support_labels_
         n_classes, dim = len(self.classes_), self.n_features_in_
         self.training_inputs_ = "keys" if view_features is None else "views"
-        # one pass over the samples (no [E, N, D] copy): class sums and the second moment; the
-        # scatter of the centred samples is then sum x x^T - sum_k n_k mu_k mu_k^T (float64)
-        sums = torch.zeros(n_classes, dim, dtype=torch.float64, device=self.device_)
-        second_moment = torch.zeros(dim, dim, dtype=torch.float64, device=self.device_)
+        # one pass over the samples (no [E, N, D] copy): class sums and the second moment
+        moments = ClassMoments.zeros(n_classes, dim, device=self.device_)
         n_views = 0
         for block in self._samples(view_features):
-            sums.index_add_(0, labels, block)
-            second_moment.addmm_(block.T, block)
+            moments.add(block, labels)
             n_views += 1
-        counts = torch.bincount(labels, minlength=n_classes).to(torch.float64) * n_views
-        if bool((counts == 0).any()):
-            missing = torch.nonzero(counts == 0)[:, 0].tolist()
+        if bool((moments.counts == 0).any()):
+            missing = torch.nonzero(moments.counts == 0)[:, 0].tolist()
             raise ValueError(f"GDA needs support samples of every class; classes {missing[:10]} have "
                              "none (pass at least one labelled feature per class of text_features)")
-        means = sums / counts[:, None]
-        n = int(counts.sum())
-        # the centred samples have mean 0, so their unbiased covariance is scatter / (n - 1)
-        scatter = second_moment - (means.T * counts) @ means
-        scatter = (scatter + scatter.T) / 2
-        covariance = scatter / (n - 1) if n > 1 else torch.zeros_like(scatter)
-        trace = float(torch.trace(covariance))
-        if not trace > 1e-12 * float(torch.trace(second_moment)) / n:  # zero up to rounding
-            covariance.zero_()
-            trace = 0.0
+        means, precision, degenerate = shared_gaussian(moments)
+        n = int(moments.counts.sum())
+        if degenerate:
             warn(f"GDA: the within-class covariance is zero (each class's samples are identical, e.g. one "
                  f"sample per class; N = {n}), "
                  "so the GDA term is the same for every class and the logits equal zero-shot CLIP's; "
                  "pass view_features=[E, N, D] (augmented views of the support images) or use more shots")
-        if trace > 0:
-            # (N-1) S + tr(S) I is positive definite: its pseudo-inverse is the inverse, from a
-            # Cholesky factor (a general pinv / SVD of a 1024 x 1024 matrix is ~100x slower)
-            shrunk = (n - 1) * covariance
-            shrunk.diagonal().add_(trace)
-            precision = dim * torch.cholesky_inverse(torch.linalg.cholesky(shrunk))
-        else:  # pinv(0) = 0: no GDA term
-            precision = torch.zeros_like(covariance)
         self.n_views_ = n_views if view_features is not None else 0
         self.n_samples_ = n
         self._torch.class_means_ = means
         self._torch.precision_ = precision
-        self._torch.weights_ = precision @ means.T
-        self._torch.bias_ = math.log(1.0 / n_classes) - 0.5 * ((means @ precision) * means).sum(1)
+        self._torch.weights_, self._torch.bias_ = linear_discriminant(means, precision)
 
     # ---- logits ---------------------------------------------------------------------------
 

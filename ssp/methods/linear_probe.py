@@ -29,6 +29,7 @@ from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, check_labels, like_input
 from ssp.methods.base import CLIPFeatureClassifier, check_routing
 from ssp.methods.params import Integer, Options, Real
+from ssp.methods.search import SearchAxis
 from ssp.methods.registry import log_grid_builder, register_method
 
 __all__ = ["LinearProbe"]
@@ -62,6 +63,7 @@ class LinearProbe(CLIPFeatureClassifier):
     new_class_rule = ("zero-shot CLIP: the probe has no text term, so classes without shots are scored by "
                       "s * x t^T with their text (vision-projected query and text with an SSP projector)")
 
+    search_space = {"C": SearchAxis(sane=(1e-3, 1e5))}  # one decade past the default grid on each side
     _parameter_constraints = {"C": [Real(0, closed="neither")], "max_iter": [Integer(1)],
                               "tol": [Real(0, closed="neither")], "routing": [Options(ROUTINGS)]}
 

@@ -134,7 +134,9 @@ class ProKeR(CLIPFeatureClassifier):
     _parameter_constraints = {"beta": [Real(0)], "lam": [Real(0, closed="neither")],
                               "routing": [Options(ROUTINGS)], "logit_scale": [Real()],
                               "chunk_size": [Integer(1), None], "search_solver": [Options(SEARCH_SOLVERS)]}
-    search_space = {"beta": SearchAxis(lower_edge_above=LINEAR_KERNEL_BETA)}
+    # sane ranges: one decade past the default grid on each side
+    search_space = {"beta": SearchAxis(lower_edge_above=LINEAR_KERNEL_BETA, sane=(0.1, 160.0)),
+                    "lam": SearchAxis(sane=(1e-4, 1e3))}
 
     def __init__(self, *, beta: float = 1.0, lam: float = 0.1, projector: Any = None,
                  routing: str = "paper", logit_scale: float = 100.0, chunk_size: int | None = None,

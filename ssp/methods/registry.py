@@ -10,10 +10,13 @@ parameters and its search grid come from in the merged config::
     model = spec.build(cfg, n_features=512, projector=None, device="cpu")
     grid = spec.grid(cfg)                    # {"beta": [...], "alpha": [...]} from cfg["tip_adapter"]
 
-The table holds the classes. Reading it imports :mod:`ssp.methods` (every method module);
-those modules import torch lazily (:mod:`ssp._lazy`), so ``ssp-fewshot --help`` stays fast.
-Every method also runs with an SSP projector: ``"<name>+ssp"`` (:func:`parse_method`). A new
-method is one module with a decorated class, its config section and its tests.
+The table holds the classes. Reading it imports :mod:`ssp.methods` and every other module of
+that package (a new method module needs no import anywhere), and a config's ``method_modules``
+imports methods kept outside the package (:func:`load_method_modules`). Method modules import
+torch lazily (:mod:`ssp._lazy`), so ``ssp-fewshot --help`` stays fast. Every method also runs with
+an SSP projector: ``"<name>+ssp"`` (:func:`parse_method`). A new method is one module with a
+decorated class, its config section (``configs/defaults.yaml``, the one home of every default:
+:func:`default_config`) and its tests.
 """
 from __future__ import annotations
 
@@ -64,6 +67,8 @@ class MethodSpec:
             reads its own keys of ``search_section`` (and checks them, naming the bad key).
         uses_views: ``fit`` also takes ``view_features`` ``[E, N, D]`` (the augmented views of
             the support images), as the fine-tuned methods do.
+        uses_prompts: ``fit`` also takes ``prompt_features`` ``[C, P, D]`` (each class's prompts
+            encoded one by one) when the source has them (TIMO weighs them).
         test_time: adapts while streaming over the test split, with no labelled support: runs
             under the test-time protocol only (``fit(text_features=...)``, then ``predict`` over the
             stream in order).
@@ -81,6 +86,7 @@ class MethodSpec:
     needs_text: bool = True
     grid_builder: Callable[[Any, Mapping[str, Any] | None], dict] | None = field(default=None, compare=False)
     uses_views: bool = False
+    uses_prompts: bool = False
     test_time: bool = False
     grid_start: tuple[float, ...] = ()
 

@@ -62,6 +62,9 @@ class SearchAxis:
         limit: how far the adaptive search may push the upper edge.
         floor: the smallest positive value the adaptive search may extend the axis down to
             (``None``: never extended downwards).
+        sane: ``(low, high)``: values beyond it only add search time (and numerically degenerate
+            models); a configured grid reaching past it runs with a warning
+            (:func:`ssp.run.config.validate_config`). ``None``: no such range declared.
     """
 
     minimum: float | None = None
@@ -73,6 +76,7 @@ class SearchAxis:
     with_zero: bool = False
     limit: float = math.inf
     floor: float | None = None
+    sane: tuple[float, float] | None = None
 
 
 @dataclass

@@ -247,7 +247,7 @@ function showDetails(id){ const d=DATA.details[id], row=DATA.rows[id], box=docum
   box.appendChild(el("h2",{},row.method+" | "+row.dataset+" | "+row.backbone+" | "+row.shots+"-shot | settings "+row.protocol));
   box.appendChild(el("p",{"class":"meta"},row.protocol_summary));
   for(const run of d.runs){ const det=el("details",{"class":"run"}); const p=run.provenance;
-    det.appendChild(el("summary",{},"seed "+run.seed+": test "+p.test_accuracy+"%, val "+p.val_accuracy+"% \u2014 "+run.file));
+    det.appendChild(el("summary",{},"seed "+run.seed+": test "+p.test_accuracy+"%"+(p.val_accuracy==null? "" : ", val "+p.val_accuracy+"%")+" \u2014 "+run.file));
     det.appendChild(el("pre",{},JSON.stringify({reliability:run.reliability, ...p},null,1))); box.appendChild(det); }
   const pc=d.per_class;
   if(pc && pc.accuracy){ box.appendChild(el("h2",{},"Per-class accuracy (mean over seeds), worst first"));

@@ -8,7 +8,7 @@ One CSV per source in ``ssp/report/published_numbers/`` (package data), long for
 Each file starts with ``#`` lines giving its provenance (paper, repository, file, commit,
 backbone, the protocol behind the numbers). Names are ssp's: datasets as in
 :func:`ssp.data.list_datasets`, methods ``zero-shot``, ``tip-adapter``, ``tip-adapter-f``,
-``ape``, ``ape-t``, ``gda`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
+``ape``, ``ape-t``, ``gda``, ``timo``, ``timo-s`` (and the baselines the sources list: ``clip-adapter``, ``calip``, ``coop``,
 ``tip-x``), backbones as open_clip names (``RN50``, ``RN101``, ``ViT-B-32``, ``ViT-B-16``).
 Shot-independent methods (zero-shot, CALIP) have ``shots`` = None: one value for every shot count;
 the test-time sources (TDA, DMN-ZS: no labelled shots) have ``shots`` = 0.
@@ -40,6 +40,7 @@ SOURCES: dict[str, str] = {
     "tip_adapter_exp_log": "tip_adapter_exp_log.csv",
     "ape_results_notebook": "ape_results_notebook.csv",
     "gda_exp_log": "gda_exp_log.csv",
+    "timo_outputs": "timo_outputs.csv",
     "tda_readme": "tda_readme.csv",
     "dmn_zs_log": "dmn_zs_log.csv",
 }
@@ -49,6 +50,7 @@ SOURCE_TITLES: dict[str, str] = {
     "tip_adapter_exp_log": "Tip-Adapter exp.log (RN50)",
     "ape_results_notebook": "APE APE_results.ipynb",
     "gda_exp_log": "GDA exp.log (RN50, mean of 3 seeds)",
+    "timo_outputs": "TIMO outputs/TIMO*.txt (RN50, mean of 3 seeds)",
     "tda_readme": "TDA README (RN50, test-time)",
     "dmn_zs_log": "DMN log (ViT-B/16, test-time; memory weight searched on test)",
 }
@@ -77,6 +79,8 @@ class PaperPreset:
         backbone: open_clip name of the tables' backbone.
         sources: published sources compared against, in order of preference.
         note: one line said beside the results (what the comparison is, and is not).
+        prompts: the ``--prompts`` choice of the paper's text when run from images (``None``: the
+            config's); Tip-Adapter cache folders keep their own text classifier.
     """
 
     name: str
@@ -86,6 +90,7 @@ class PaperPreset:
     backbone: str
     sources: tuple[str, ...]
     note: str
+    prompts: str | None = None
     protocol: str = "fewshot"            # ssp.run.protocols name the runs are made under
     eval_on: tuple[str, ...] = ()        # distribution-shift targets (ssp-fewshot --eval-on)
     seeds: tuple[int, ...] | None = None  # None: the config's
@@ -118,6 +123,16 @@ PAPER_PRESETS: dict[str, PaperPreset] = {p.name: p for p in (
         note="Wang et al., GDA (ICLR 2024), Figure 1 numbers from the repository's exp.log (mean of seeds "
              "1-3; its Tip-Adapter rows are Tip-Adapter's exp.log; CLIP's zero-shot row there used the "
              "dataset templates).",
+    ),
+    PaperPreset(
+        name="timo",
+        methods=("zero-shot", "gda", "timo", "timo-s"),
+        shots=_SHOTS, datasets=BENCHMARK_DATASETS, backbone="RN50",
+        sources=("timo_outputs", "gda_exp_log"),
+        note="Li et al., TIMO (AAAI 2025), per-seed numbers of the repository's outputs/TIMO.txt and "
+             "outputs/TIMO_S.txt (mean of seeds 1-3; text: dataset templates + CuPL sentences, run with "
+             "--prompts dataset+cupl); GDA's and zero-shot's rows from GDA's exp.log.",
+        prompts="dataset+cupl",
     ),
     PaperPreset(
         name="ssp",

@@ -183,36 +183,37 @@ def canonical_methods(methods: Any) -> Any:
 #: a fine-tuned method's initialisation under its name.
 RUN_MINIMUMS = {("lpp", "epochs"): 1, ("tip_adapter_f", "epochs"): 1, ("ape_t", "epochs"): 1}
 
-#: The sane range of each log-spaced search axis (``<section>.search.<axis>``): one decade beyond
-#: the shipped grid on each side. A grid reaching further only adds search time (and numerically
-#: degenerate models); it is run, with a warning. More than :data:`MAX_SEARCH_POINTS` points too.
-SANE_SEARCH_RANGES = {("gda", "alpha"): (1e-5, 1e5), ("proker", "beta"): (0.1, 160.0),
-                      ("proker", "lam"): (1e-4, 1e3), ("linear_probe", "C"): (1e-3, 1e5)}
+#: Grid points per axis beyond which a configured search runs with a warning.
 MAX_SEARCH_POINTS = 50
 
 log = logging.getLogger(__name__)
 
 
 def _check_run_values(cfg: dict, methods: list[str]) -> None:
-    """:data:`RUN_MINIMUMS` refused; search grids outside :data:`SANE_SEARCH_RANGES` warned about."""
+    """:data:`RUN_MINIMUMS` refused; configured search grids beyond the sane range each method
+    declares per axis (``SearchAxis.sane`` in its ``search_space``) warned about."""
     sections = {s for m in methods for s in (parse_method(m)[0].config_section, parse_method(m)[0].search_section)}
     for (section, key), minimum in RUN_MINIMUMS.items():
         value = (cfg.get(section) or {}).get(key)
         if section in sections and isinstance(value, int) and value < minimum:
             raise ValueError(f"config '{section}.{key}' must be >= {minimum} for a run, got {value}: "
                              f"{value} steps would report the untrained initialisation as the method")
-    for (section, axis), (low, high) in SANE_SEARCH_RANGES.items():
-        given = ((cfg.get(section) or {}).get("search") or {}).get(axis)
-        if section not in sections or not isinstance(given, (list, tuple)) or len(given) != 3:
-            continue
-        out = [v for v in given[:2] if _is_number(v) and not low <= v <= high]
-        if out:
-            log.warning("config '%s.search.%s' %s: %s is far outside the sane range [%g, %g] (one decade "
-                        "beyond the shipped grid); such values only add search time", section, axis,
-                        list(given), ", ".join(f"{v:g}" for v in out), low, high)
-        if _is_number(given[2]) and given[2] > MAX_SEARCH_POINTS:
-            log.warning("config '%s.search.%s' %s: %s points (over %d); the search time grows with each "
-                        "point", section, axis, list(given), given[2], MAX_SEARCH_POINTS)
+    for spec in dict.fromkeys(parse_method(m)[0] for m in methods):
+        section = (cfg.get(spec.search_section) or {}).get("search") if spec.search_section else None
+        for axis, declared in getattr(spec.estimator, "search_space", {}).items():
+            given = section.get(axis) if isinstance(section, dict) else None
+            if not isinstance(given, (list, tuple)) or len(given) != 3:
+                continue
+            where = f"config '{spec.search_section}.search.{axis}' {list(given)}"
+            sane = getattr(declared, "sane", None)
+            out = [v for v in given[:2] if sane and _is_number(v) and not sane[0] <= v <= sane[1]]
+            if out:
+                log.warning("%s: %s is far outside %s's sane range [%g, %g] (one decade beyond the shipped "
+                            "grid); such values only add search time", where, ", ".join(f"{v:g}" for v in out),
+                            spec.name, *sane)
+            if _is_number(given[2]) and given[2] > MAX_SEARCH_POINTS:
+                log.warning("%s: %s points (over %d); the search time grows with each point", where, given[2],
+                            MAX_SEARCH_POINTS)
 
 
 def _is_number(value: Any) -> bool:

@@ -85,14 +85,16 @@ def training_details(model, *, views_given: bool) -> dict:
 
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None,
-               progress: bool = False) -> MethodResult:
+               progress: bool = False, prompt_features: torch.Tensor | None = None) -> MethodResult:
     """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
     choose its hyper-parameters on ``val``, score ``test`` once.
 
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
     ``progress`` shows their training progress bar. Warnings raised while fitting and searching
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
-    ``MethodResult.warnings`` (those of the chosen rank rule).
+    ``MethodResult.warnings`` (those of the chosen rank rule). ``prompt_features`` ``[C, P, D]``
+    (each class's prompts encoded one by one) go to the methods that weigh prompts (TIMO); ``None``:
+    they get the text classifier as the single prompt of each class.
     """
     from ssp.methods.ssp.projector import SSPProjector
     from ssp.methods.registry import parse_method
@@ -107,6 +109,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     extra: dict = {}
     if spec.uses_views:
         fit_kw["view_features"] = support.view_features
+    if spec.uses_prompts:
+        fit_kw["prompt_features"] = prompt_features
     if spec.fine_tuned:
         fit_kw.update(val_features=val.image_features, val_labels=val.labels,
                       view_features=support.view_features)
@@ -149,6 +153,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             details["n_channels"] = len(model.channels_)
         if spec.fine_tuned or spec.uses_views:
             details["training"] = training_details(model, views_given=fit_kw.get("view_features") is not None)
+        if callable(getattr(model, "fit_details", None)):  # what the method reports about its fit
+            details.update(jsonable(model.fit_details()))
         candidates.append((score, model, params, details, list(dict.fromkeys(str(w.message) for w in caught))))
     # first maximum over rank rules wins (ties -> earlier candidate in the config's list)
     best = max(range(len(candidates)), key=lambda i: (candidates[i][0], -i))
@@ -162,6 +168,17 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     timings["test_s"] = time.perf_counter() - t0
     return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model=model,
                         reliability=metrics, samples=samples)
+
+
+def _with_prompts(prompts: torch.Tensor) -> Callable[..., MethodResult]:
+    """:func:`run_method` that also passes the per-prompt text features ``[C, P, D]``; a protocol
+    fitting on the first ``C' < C`` classes (base-to-new) gets their first ``C'`` rows."""
+
+    def fit_one(method, cfg, support, val, test, text_features, **kw):
+        return run_method(method, cfg, support, val, test, text_features,
+                          prompt_features=prompts[: int(text_features.shape[0])], **kw)
+
+    return fit_one
 
 
 def fmt_params(params: dict) -> str:
@@ -258,6 +275,8 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     Returns the records of every run of ``cfg`` (``[]`` on a torchrun rank other than 0); the
     tables are the report stage's (:func:`ssp.report.tables.write_report` on ``output_dir``).
     """
+    from ssp.methods.registry import parse_method
+
     output_dir = Path(output_dir)
     spec = get_protocol(protocol)
     if spec.shots is not None and list(cfg["shots"]) != list(spec.shots):
@@ -286,10 +305,12 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
             echo(f"[ssp] {len(done)} of {len(stubs)} runs already done under {output_dir} (same settings): reused")
         if not source.open(echo):
             return []
-        fields = source.record_fields()
         text = source.text_classifier()
         if spec.needs_text and text is None:
             raise ValueError(f"protocol {spec.name} needs a text classifier, and {source.dataset} has none")
+        prompts = source.prompt_features() if any(parse_method(m)[0].uses_prompts for m in methods) else None
+        fields = source.record_fields()
+        fit_one = run_method if prompts is None else _with_prompts(prompts)
         log = WarningLog(echo)
         waiting: dict[tuple[int, int, str], RunLock] = {}
         for shots in cfg["shots"]:
@@ -314,7 +335,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                     split = source.split(shots, seed, echo)
                     log.add("sampling", split.warnings)
                     for method, lock in todo:
-                        outcome = spec.evaluate(method, cfg, split, text, run_method=run_method,
+                        outcome = spec.evaluate(method, cfg, split, text, run_method=fit_one,
                                                 device=source.device, seed=seed, progress=progress)
                         res = outcome.result
                         log.add(method, res.warnings)

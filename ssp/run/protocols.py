@@ -249,6 +249,14 @@ def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run
     t0 = time.perf_counter()
     logits = torch.as_tensor(model.new_class_logits(test_new.image_features, text[n_base:]))
     new_acc = float((logits.argmax(1).cpu() == test_new.labels.cpu()).double().mean() * 100)
+    new_reliability = None
+    if result.reliability is not None:   # the new classes' calibration, with the base validation's temperature
+        from ssp.metrics import transferred_reliability
+
+        m = cfg.get("metrics") or {}
+        new_reliability = transferred_reliability(
+            logits.detach().cpu().double().numpy(), test_new.labels.cpu().numpy().astype("int64"),
+            temperature=result.reliability["temperature"], n_bins=m.get("calibration_bins", 15))
     result.timings["test_new_s"] = time.perf_counter() - t0
     base_acc = result.test_accuracy
     _, use_ssp = parse_method(method)
@@ -256,6 +264,7 @@ def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run
     fields = {
         "base_accuracy": round(base_acc, 6), "new_accuracy": round(new_acc, 6),
         "harmonic_mean": round(harmonic_mean(base_acc, new_acc), 6),
+        **({"reliability_new": new_reliability} if new_reliability is not None else {}),
         "class_split": {"rule": "CoOp subsample_classes: the first ceil(C/2) labels are base, the rest new; "
                                 "each half relabelled from 0",
                         "n_classes": n_classes, "base": [0, n_base], "new": [n_base, n_classes],

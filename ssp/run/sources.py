@@ -41,6 +41,7 @@ from typing import Callable, Protocol
 import torch
 
 from ssp.data.benchmarks import canonical_name
+from ssp.features.text import load_text_features, prompt_features_file, stored_prompt_features
 from ssp.features.types import Features
 from ssp.run.config import builtin_config_names
 from ssp.run.splits import Split, split_validation, test_only_split
@@ -79,6 +80,9 @@ class FeatureSource(Protocol):
 
     def text_classifier(self) -> torch.Tensor | None:
         """``[C, D]`` text classifier (None: none available)."""
+
+    def prompt_features(self) -> torch.Tensor | None:
+        """``[C, P, D]`` per-prompt text features (None: one prompt per class, the classifier)."""
 
     def close(self, echo: Echo) -> None:
         """Report on the work done (e.g. the feature store's reuse counts)."""
@@ -180,7 +184,7 @@ class ImageSource:
         from ssp.data.prompts import resolve_prompts
 
         self.prompts = resolve_prompts(cfg.get("prompts"), dataset=self.data.name,
-                                       classnames=self.data.classnames, templates=self.data.templates)
+                                       classnames=self.data.classnames, templates=self.data.templates, root=root)
         self._common = {
             "source": {"kind": "images", "image_lists": lists, "templates": list(self.data.templates)},
             "backbone": {"model": cfg["backbone"], "pretrained": str(cfg["pretrained"]),
@@ -351,6 +355,11 @@ class ImageSource:
     def text_classifier(self) -> torch.Tensor:
         return self.text
 
+    def prompt_features(self) -> torch.Tensor | None:
+        tensor, self.prompt_info = stored_prompt_features(self.store, self.backbone, self.data.classnames,
+                                                          self.prompts, recompute=self.recompute)
+        return tensor
+
     def record_fields(self) -> dict:
         from ssp._io import file_sha256
 
@@ -365,7 +374,8 @@ class ImageSource:
                        "extraction_world_size": self.world_size, **self._common["source"]},
             "text_features": {"source": f"computed from the backbone's text encoder ({self.prompts.source}; "
                                         f"{len(self.prompts.sentences[0])} sentence(s) for the first class)",
-                              "templates": list(self.prompts.templates), "prompts": self.prompts.record()},
+                              "templates": list(self.prompts.templates), "prompts": self.prompts.record(),
+                              **({"prompt_features": self.prompt_info} if getattr(self, "prompt_info", None) else {})},
             "protocol_summary": f"images, val {cfg['val_policy']}, {cfg['views']} view(s), {cfg['precision']}"
                                 + ("" if self.prompts.spec == "dataset" else f", prompts {self.prompts.spec}")
                                 + ("" if self.manifest is None else
@@ -430,10 +440,10 @@ class TipCacheSource:
 
     def __init__(self, cfg: dict, *, folder: str | Path, test_from_val: float | None = None,
                  text_features: str | Path | None = None, text_layout: str = "auto",
-                 backbone_name: str | None = None, device=None, check_shots: bool = True) -> None:
+                 backbone_name: str | None = None, device=None, check_shots: bool = True,
+                 prompt_features: str | Path | None = None) -> None:
         from ssp._io import file_sha256
         from ssp._utils.devices import resolve_device
-        from ssp.features.text import load_text_features
         from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
         from ssp.run.records import settings_key
 
@@ -463,6 +473,8 @@ class TipCacheSource:
                               "templates": "not recorded in the cache"}
         else:
             self.text, self.text_info = None, {"source": None}
+        self.prompts, prompt_info = prompt_features_file(prompt_features, self.n_classes, self.dim)  # [C, P, D]
+        self.text_info = {**self.text_info, **({"prompt_features": prompt_info} if prompt_info else {})}
         self.folder, self.cfg, self.test_from_val = folder, cfg, test_from_val
         self.has_test, self.has_val = probe.test_features is not None, probe.val_features is not None
         self.file_digests = {p.name: file_sha256(p) for p in sorted(folder.iterdir())
@@ -486,6 +498,8 @@ class TipCacheSource:
         self._common = {"source": {"kind": "tip-adapter-cache", "files_digest": settings_key(self.file_digests),
                                    "text_features_sha256": self.text_info.get("sha256")},
                         "protocol": {"val_policy": cfg["val_policy"], "test_from_val": test_from_val}}
+        if prompt_info:  # only then: earlier runs keep their settings keys
+            self._common["source"]["prompt_features_sha256"] = prompt_info["sha256"]
         self._loaded: tuple[int, object] | None = None
 
     def common_settings(self) -> dict:
@@ -548,6 +562,9 @@ class TipCacheSource:
 
     def text_classifier(self) -> torch.Tensor | None:
         return self.text
+
+    def prompt_features(self) -> torch.Tensor | None:
+        return self.prompts
 
     def record_fields(self) -> dict:
         text_file = self.text_info.get("file")

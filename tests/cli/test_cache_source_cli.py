@@ -61,3 +61,16 @@ def test_a_cache_run_records_no_image_only_setting(tmp_path):
     for key in ("views", "precision", "quick_gelu", "pretrained", "batch_size", "num_workers", "skip_bad_images",
                 "prompts"):
         assert key not in config, key
+
+
+def test_image_only_keys_of_a_config_file_are_reported_as_ignored(tmp_path):
+    cache = write_tip_cache(tmp_path / "dtd")
+    config = tmp_path / "c.yaml"
+    config.write_text("views: 4\nprecision: fp16\ntip_adapter: {init: {alpha: 2.0, beta: 1.0}}\n")
+    done = run_cli("ssp.cli.fewshot", "--features", cache, "--config", config, *FAST, "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert f"note: precision, views of {config} apply to images only: ignored" in done.stderr
+    (path,) = (tmp_path / "out").rglob("*.run.json")
+    recorded = json.loads(path.read_text())["config"]
+    assert "views" not in recorded and "precision" not in recorded
+    assert recorded["tip_adapter"]["init"]["alpha"] == 2.0  # the keys that apply are recorded as used

@@ -32,7 +32,7 @@ def test_a_search_grid_far_outside_the_sane_range_is_warned_about(tmp_path, capl
         done = run_cli("ssp.cli.fewshot", "--features", cache, "--config", config, "--methods", "gda", *FAST,
                        "--output", tmp_path / "out")
     assert done.returncode == 0, done.stderr
-    assert "config 'gda.search.alpha'" in caplog.text and "1e+06 is far outside the sane range [1e-05, 100000]" \
+    assert "config 'gda.search.alpha'" in caplog.text and "1e+06 is far outside gda's sane range [1e-05, 100000]" \
         in caplog.text
     (path,) = (tmp_path / "out").rglob("*.run.json")
     assert json.loads(path.read_text())["config"]["gda"]["search"]["alpha"] == [1e-4, 1e6, 3]  # run as asked
@@ -47,3 +47,19 @@ def test_unmix_analyze_refuses_a_negative_top_k(tmp_path):
     done = run_cli("ssp.cli.unmix", "analyze", "--top-k", "-3", "--output", tmp_path / "out")
     assert done.returncode == 2 and "--top-k" in done.stderr and "must be a positive integer" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_log_grid_axis_declares_a_sane_range_holding_its_shipped_grid():
+    from ssp.methods.registry import registered_methods
+    from ssp.run.config import load_config
+
+    cfg = load_config("dtd")
+    checked = 0
+    for spec in registered_methods():
+        grid = (cfg.get(spec.search_section or "") or {}).get("search") or {}
+        for axis, (low, high, _) in grid.items():
+            sane = spec.estimator.search_space[axis].sane
+            assert sane is not None and sane[0] < low <= high < sane[1], (spec.name, axis)
+            checked += 1
+    assert checked >= 4  # gda alpha, proker beta and lam, linear-probe C
+

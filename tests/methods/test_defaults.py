@@ -47,7 +47,9 @@ def test_default_grid_is_the_default_config(spec):
     grid = spec.grid(None)
     assert list(grid) == list(spec.search_axes)
     for axis, values in grid.items():
-        if spec.grid_builder is not None:        # log-spaced [low, high, points]
+        if spec.grid_builder is not None and len(section["search"][axis]) != 3:  # a list of values (TIMO-S)
+            np.testing.assert_array_equal(values, np.asarray(section["search"][axis], dtype=np.float64))
+        elif spec.grid_builder is not None:      # log-spaced [low, high, points]
             low, high, points = section["search"][axis]
             np.testing.assert_array_equal(values, np.geomspace(low, high, points))
         else:                                    # make_grid's linear grids

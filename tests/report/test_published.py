@@ -157,8 +157,21 @@ def test_means_recomputed_from_the_rows(source):
             assert sum(rows.values()) / 11 == pytest.approx(means[key], abs=0.0051), key
             checked += 1
     # exp.log: zero-shot + 3 methods x 5 shots; notebook: zero-shot, CALIP, APE/APE-T x 5, 5 baselines at 16
-    # GDA's exp.log: zero-shot, CALIP, Tip-Adapter / Tip-X / GDA x 5; test-time: zero-shot and the method
-    assert checked == {TIP: 16, APE_NB: 2 + 10 + 5, GDA: 2 + 15, TDA: 2, DMN: 2}[source]
+    # GDA's exp.log: zero-shot, CALIP, Tip-Adapter / Tip-X / GDA x 5; test-time: zero-shot and the method;
+    # TIMO's outputs: TIMO / TIMO-S x 5
+    assert checked == {TIP: 16, APE_NB: 2 + 10 + 5, GDA: 2 + 15, TDA: 2, DMN: 2, "timo_outputs": 10}[source]
+
+
+def test_timo_outputs_are_the_mean_of_the_three_seeds_and_give_the_published_averages():
+    """outputs/TIMO.txt: caltech101_1_1/2/3 = 90.4665, 89.6146, 90.9533 -> 90.3448; the 11-dataset means
+    the issue quotes from the released files."""
+    assert published_value("timo", "caltech101", 1, source="timo_outputs") == 90.3448
+    assert [published_value("timo", AVERAGE, k, source="timo_outputs") for k in (1, 2, 4, 8, 16)] == \
+        [66.43, 68.15, 71.20, 73.55, 76.61]
+    assert [published_value("timo-s", AVERAGE, k, source="timo_outputs") for k in (1, 2, 4, 8, 16)] == \
+        [66.80, 68.73, 71.60, 74.20, 76.83]
+    assert "75eca4cf1fab9255e3e1997e6b846da1549af475" in source_provenance("timo_outputs")
+    assert PAPER_PRESETS["timo"].prompts == "dataset+cupl"
 
 
 def test_lookup_rules():
@@ -182,7 +195,7 @@ def test_names_and_presets():
     assert baseline_method("ape-t+ssp") == "ape-t" and baseline_method("ape") == "ape"
     from ssp.data import list_datasets
     assert set(BENCHMARK_DATASETS) <= set(list_datasets())
-    assert set(PAPER_PRESETS) == {"tip-adapter", "ape", "ssp", "gda"}
+    assert set(PAPER_PRESETS) == {"tip-adapter", "ape", "ssp", "gda", "timo"}
     for preset in PAPER_PRESETS.values():
         assert preset.datasets == BENCHMARK_DATASETS and preset.shots == (1, 2, 4, 8, 16)
         assert set(preset.sources) <= set(SOURCES)

@@ -97,6 +97,14 @@ def test_base2new_through_the_cli_matches_dense_numpy(tmp_path, capsys):
     assert zs["base_accuracy"] == round(zs_base, 6) and zs["new_accuracy"] == round(zs_new, 6)
     assert zs["harmonic_mean"] == round(harmonic_mean(zs_base, zs_new), 6)
     assert zs["class_split"]["base"] == [0, 24] and zs["class_split"]["new"] == [24, 47]
+    # the new classes' reliability: the base validation's temperature, computed like this dense NLL
+    z = 100 * x[new] @ w[n_base:].T
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    nll = -logp[np.arange(int(new.sum())), y[new] - n_base].mean()
+    assert zs["reliability_new"]["raw"]["nll"] == pytest.approx(nll, rel=1e-6)
+    assert zs["reliability_new"]["temperature"] == zs["reliability"]["temperature"]
+    assert zs["reliability"]["n_test"] == int(base.sum()) and "conformal" not in zs["reliability_new"]
     assert zs["class_split"]["n_test_base"] == int(base.sum()) and zs["class_split"]["n_support"] == 2 * n_base
     for method, record in runs.items():
         assert record["protocol_name"] == "base2new" and record["new_classes"]["rule"]
