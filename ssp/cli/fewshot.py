@@ -425,12 +425,13 @@ def _main(argv: list[str] | None = None) -> int:
     from ssp.report.tables import write_report
 
     try:
-        table, _ = write_report(args.output)
+        table, written = write_report(args.output)
     except (ValueError, OSError) as err:
         raise fail(prog, err, args.debug)
     print()
     print(table)
-    print(f"\n{len(records)} runs under {args.output} (results.md, results.png, summary.json)")
+    plots = sorted(Path(path).name for key, path in written.items() if key.startswith("plot"))
+    print(f"\n{len(records)} runs under {args.output} ({', '.join(['results.md', *plots, 'summary.json'])})")
     return 0
 
 
