@@ -162,3 +162,17 @@ def test_base2new_from_images_with_ssp(data_root, tmp_path, capsys):
         assert 0 <= record["new_accuracy"] <= 100
     assert runs["zero-shot+ssp"]["new_classes"]["ssp"] is True
     assert "vision projector" in runs["gda+ssp"]["new_classes"]["rule"]
+
+
+def test_every_method_declares_and_documents_its_new_class_rule():
+    """The base-to-new table of docs/protocol.md names every registered method; each estimator
+    class declares its rule (recorded in run JSONs)."""
+    from ssp.methods.registry import registered_methods
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    table = doc[doc.index("| method | classes without shots |"):]
+    table = table[:table.index("\n\n")]
+    for spec in registered_methods():
+        assert isinstance(spec.estimator.new_class_rule, str) and len(spec.estimator.new_class_rule) > 20
+        assert f"`{spec.name}`" in table, spec.name
+    assert "`X+ssp`" in table and "vision projector carries over" in table
