@@ -63,9 +63,7 @@ def test_one_spelling_users_can_type_everywhere(tmp_path):
     assert args.methods == ["lp++"]
 
 
-def test_an_unknown_method_names_the_choices(capsys):
-    with pytest.raises(SystemExit) as info:
-        fewshot.main(["--methods", "lp+"])
-    assert info.value.code == 2
-    err = capsys.readouterr().err
-    assert "unknown method 'lp+'" in err and "lp++ (or lpp)" in err
+def test_an_unknown_method_names_the_choices():
+    with pytest.raises(ValueError) as info:
+        load_config("dtd", overrides={"methods": ["lp+"]})
+    assert "unknown method(s) ['lp+']" in str(info.value) and "lp++ (or lpp)" in str(info.value)
