@@ -1,4 +1,4 @@
-"""Throughput of feature extraction: what ``ssp.cache`` adds on top of the bare model.
+"""Throughput of feature extraction: what ``ssp.features`` adds on top of the bare model.
 
 For each model (random init: no pretrained weights are needed for timing) it prints
 

@@ -335,8 +335,8 @@ def bench_ssp_ape(patch_features, labels, image_features, text_features, queries
     """Time SSP + APE end to end: fit the projector, fit APE with it (channel criterion, projected
     keys and text), ``decision_function`` on every query (paper routing: both views).
 
-    Returns ``record`` with one entry per phase; raises ImportError when ``ssp.classifiers``
-    (APE) is not available.
+    Returns ``record`` with one entry per phase; raises ImportError when
+    ``ssp.methods.cache_models`` (APE) is not available.
     """
     from ssp.methods.cache_models import APE
     from ssp.methods.ssp.projector import SSPProjector

@@ -12,7 +12,9 @@ An example in README.md is a marker, a ```bash block with the command(s), and an
 
 Each command runs with ``bash -e`` in the repository root (``$SSP_DATA_ROOT`` and the relative
 ``../shared/data`` paths as the README shows them), and its output (standard output and error, as a terminal shows them) replaces
-the output block (the repository's absolute path shown relative); ``head`` / ``tail`` keep the
+the output block (the repository's absolute path shown relative); an output between
+``<!-- output -->`` and ``<!-- /output -->`` lines instead of a ```text block is Markdown that the
+README shows rendered (a table); ``head`` / ``tail`` keep the
 first / last lines with one ``...`` line between.
 Output folders the commands name are removed first, so every example starts from nothing.
 
@@ -36,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 MARKER = re.compile(r"^<!-- example: (?P<name>[\w.-]+)(?P<opts>[^>]*)-->\n"
                     r"```bash\n(?P<command>.*?)```\n"
-                    r"```(?P<lang>text|console)\n(?P<output>.*?)```\n", re.S | re.M)
+                    r"(?:```(?P<lang>text|console)\n(?P<output>.*?)```\n"
+                    r"|<!-- output -->\n(?P<markdown>.*?)<!-- /output -->\n)", re.S | re.M)
 
 
 @dataclass
@@ -53,9 +56,10 @@ def examples(text: str) -> list[Example]:
     out = []
     for m in MARKER.finditer(text):
         opts = dict(re.findall(r"(\w+)=(\d+)", m.group("opts")))
-        out.append(Example(m.group("name"), m.group("command"), m.group("output"),
+        group = "output" if m.group("output") is not None else "markdown"   # markdown: shown as written
+        out.append(Example(m.group("name"), m.group("command"), m.group(group),
                            int(opts["head"]) if "head" in opts else None,
-                           int(opts["tail"]) if "tail" in opts else None, m.span("output")))
+                           int(opts["tail"]) if "tail" in opts else None, m.span(group)))
     return out
 
 

@@ -18,6 +18,7 @@ import os
 from typing import Any
 
 import torch
+from ssp._utils.devices import resolve_device
 
 __all__ = [
     "init_from_env",
@@ -83,7 +84,6 @@ def init_from_env(device: str | torch.device | None = "auto") -> torch.device | 
         return None
     import torch.distributed as dist
 
-    from ssp._utils.devices import resolve_device
 
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed support")

@@ -1,4 +1,6 @@
-"""(split from ssp.backbone; see the package docstring)."""
+"""Where a backbone's weights come from: open_clip tags, local checkpoints, ``hf-hub:`` repos or
+random initialisation; QuickGELU detection from the weights; one-line errors for offline or
+missing weights; the backbone's label in run records (:func:`backbone_label`)."""
 from __future__ import annotations
 
 import difflib
@@ -18,6 +20,7 @@ import torch
 
 from ssp._checks import is_random_weights, option
 from ssp._io import file_sha256
+from ssp._utils.torch_files import is_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +140,6 @@ def check_checkpoint_file(path: str | os.PathLike) -> None:
     a legacy pickle."""
     import struct
 
-    from ssp._utils.torch_files import is_torch_file
 
     path = Path(path)
     if path.suffix.lower() == ".safetensors":

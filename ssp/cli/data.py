@@ -22,6 +22,9 @@ from ssp.cli._args import int_at_least, with_cli_messages
 
 PROG = "ssp-data"
 
+# Each command imports its ssp.data modules inside itself: `ssp-data` starts fast and never imports
+# torch (ssp.data's image loaders are the only part that needs it).
+
 
 def _data_root() -> str | None:
     return os.environ.get("SSP_DATA_ROOT") or None

@@ -30,6 +30,9 @@ from ssp.methods.registry import canonical_name, method_help
 from ssp.run.config import builtin_config_names, load_config
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_names
 
+# The run stage's sources, loop and records (torch, open_clip) and the report are imported inside
+# _main, after parsing: `ssp-fewshot --help` stays fast.
+
 
 def _rank_rule(text: str):
     """``none`` -> numerical rank, ``0.95`` -> energy fraction, ``400`` -> cap."""
@@ -362,23 +365,21 @@ def _main(argv: list[str] | None = None) -> int:
     from ssp.data import ImageLoadError
     from ssp.run.pipeline import Interrupted, run_fewshot
     from ssp.run.records import check_writable
+    from ssp.run.sources import make_source
 
     main_rank = True
     try:
         check_writable(args.output)
         with _signals_as_interrupts():
             if args.features:
-                from ssp.run.sources import TipCacheSource
-
-                source = TipCacheSource(cfg, folder=args.features, test_from_val=args.test_from_val,
-                                        text_features=args.text_features, text_layout=args.text_layout,
-                                        backbone_name=args.backbone, device=args.device,
-                                        prompt_features=args.prompt_features)
+                source = make_source(cfg, features=args.features, test_from_val=args.test_from_val,
+                                     text_features=args.text_features, text_layout=args.text_layout,
+                                     backbone_name=args.backbone, device=args.device,
+                                     prompt_features=args.prompt_features)
                 records = run_fewshot(cfg, source, output_dir=args.output, resume=not args.rerun,
                                       progress=not args.no_progress, protocol=args.protocol)
             else:
                 from ssp import distributed
-                from ssp.run.sources import ImageSource
 
                 manifest = None
                 if args.split_manifest:
@@ -389,7 +390,7 @@ def _main(argv: list[str] | None = None) -> int:
                 main_rank = distributed.is_main()
                 try:
                     with random_weights_banner(cfg, show=main_rank):
-                        source = ImageSource(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
+                        source = make_source(cfg, root=args.root, store_dir=args.feature_store, device=str(device),
                                              recompute=args.recompute, split_file=args.split_file,
                                              progress=not args.no_progress, split_manifest=manifest,
                                              eval_on=_unique(args.eval_on, "--eval-on", prog))
@@ -425,12 +426,13 @@ def _main(argv: list[str] | None = None) -> int:
     from ssp.report.tables import write_report
 
     try:
-        table, _ = write_report(args.output)
+        table, written = write_report(args.output)
     except (ValueError, OSError) as err:
         raise fail(prog, err, args.debug)
     print()
     print(table)
-    print(f"\n{len(records)} runs under {args.output} (results.md, results.png, summary.json)")
+    plots = sorted(Path(path).name for key, path in written.items() if key.startswith("plot"))
+    print(f"\n{len(records)} runs under {args.output} ({', '.join(['results.md', *plots, 'summary.json'])})")
     return 0
 
 

@@ -34,6 +34,9 @@ from ssp.cli.fewshot import (
 from ssp.report.published import PAPER_PRESETS
 from ssp.run.config import builtin_config_names, load_config
 
+# The run stage's sources, loop and records (torch, open_clip) and the report are imported inside the
+# functions that use them, after parsing: `ssp-reproduce --help` and `--dry-run` plans stay fast.
+
 PROG = "ssp-reproduce"
 
 
@@ -231,14 +234,14 @@ def _split_done(job: Job, args, methods: list[str]) -> None:
 
 
 def _plan_features(job: Job, args) -> None:
-    from ssp.run.sources import TipCacheSource
+    from ssp.run.sources import make_source
 
     folder = Path(args.features_root) / job.dataset
     if not folder.is_dir():
         job.skipped.append(f"no Tip-Adapter cache folder {folder}")
         return
-    source = TipCacheSource(job.cfg, folder=folder, test_from_val=args.test_from_val, backbone_name=job.backbone,
-                            device=args.device, check_shots=False)
+    source = make_source(job.cfg, features=folder, test_from_val=args.test_from_val, backbone_name=job.backbone,
+                         device=args.device, check_shots=False)
     job.source, job.label = source, source.label
     _cache_backbone_check(job)
     missing = [k for k in job.cfg["shots"] if k not in source.shots]
@@ -251,9 +254,9 @@ def _plan_features(job: Job, args) -> None:
 
 
 def _plan_images(job: Job, args) -> None:
-    from ssp.run.sources import ImageSource
+    from ssp.run.sources import make_source
 
-    source = ImageSource(job.cfg, root=args.root, store_dir=args.feature_store, device=args.device,
+    source = make_source(job.cfg, root=args.root, store_dir=args.feature_store, device=args.device,
                          recompute=args.recompute, progress=not args.no_progress, eval_on=list(args.eval_on))
     job.source, job.label = source, source.label
     _split_done(job, args, source.runnable(job.cfg["methods"])[0])

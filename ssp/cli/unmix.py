@@ -1,4 +1,5 @@
-"""``ssp-unmix``: Unmix-CLIP from the command line.
+"""``ssp-unmix``: Unmix-CLIP from the command line, a thin parser over :mod:`ssp.unmix.workflow`
+(single-label training reads its features through :func:`ssp.run.sources.make_source`).
 
 Subcommands (one JSON record per run in ``--output``, artefacts in a folder of the same name)::
 
@@ -12,23 +13,16 @@ Subcommands (one JSON record per run in ``--output``, artefacts in a folder of t
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from ssp._io import write_json_atomic
-from ssp.cli._args import int_at_least, with_cli_messages
+from ssp._checks import is_random_weights
+from ssp.cli._args import int_at_least, random_weights_banner, with_cli_messages
 
-MULTILABEL_NAMES = ("voc", "voc2007", "voc2012", "coco", "coco2014", "coco2017")
-POSITIVE_TEMPLATE = "A photo of a {}."
-NEGATIVE_TEMPLATE = "A photo without a {}."
-
-
-class UsageError(ValueError):
-    """Bad command-line input (reported as one line)."""
+# ssp.unmix.workflow (torch, open_clip) and ssp.run.sources are imported inside the commands,
+# after parsing: `ssp-unmix --help` stays fast.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,395 +118,139 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers
+# commands: flags -> ssp.unmix.workflow
 # ---------------------------------------------------------------------------------------------
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-
-
-def _run_dir(output: str, command: str, dataset: str) -> tuple[str, Path, Path]:
-    """A fresh run id, its JSON path and its artefact folder (never reusing an existing one)."""
-    out = Path(output)
-    base = f"unmix-{command}-{dataset}-{_now()}"
-    run_id, n = base, 1
-    while (out / f"{run_id}.json").exists() or (out / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    folder = out / run_id
-    folder.mkdir(parents=True)
-    return run_id, out / f"{run_id}.json", folder
-
-
-def _base_record(args, command: str, run_id: str) -> dict:
-    return {"tool": "ssp-unmix", "command": command, "run_id": run_id,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "argv": sys.argv[1:], "dataset": args.dataset, "root": args.root, "split": getattr(args, "split", None)}
-
-
-def _backbone(args):
-    from ssp.backbone.model import load_backbone
-
-    from ssp.cli._args import random_weights_banner
-
-    with random_weights_banner(str(args.pretrained).lower() == "none", what="Scores"):
-        return load_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision,
-                             cache_dir=None)
-
-
-def _store(args):
-    from ssp.features.store import FeatureStore
-
-    return FeatureStore(args.feature_store)
+def _provenance(args) -> dict:
+    return {"argv": sys.argv[1:], "dataset": args.dataset, "root": args.root, "split": getattr(args, "split", None)}
 
 
 def _need(args, *names: str) -> None:
+    from ssp.unmix.workflow import UsageError
+
     for name in names:
         if not getattr(args, name):
             hint = " (or set $SSP_DATA_ROOT)" if name == "root" else ""
             raise UsageError(f"--{name.replace('_', '-')} is required for `ssp-unmix {args.command}`{hint}")
 
 
-def _is_multilabel(name: str | None) -> bool:
-    return name is not None and name.lower().replace("-", "").replace("_", "") in MULTILABEL_NAMES
+def _backbone(args):
+    from ssp.backbone.model import load_backbone
 
+    with random_weights_banner(is_random_weights(args.pretrained), what="Scores"):
+        return load_backbone(args.backbone, args.pretrained, device=args.device, precision=args.precision,
+                             cache_dir=None)
 
-def _load_projector(path: str, device):
-    from ssp.unmix.projector import UnmixProjector
-
-    return UnmixProjector.load(path, device=device)
-
-
-def _classnames(spec: str | None, n: int) -> list[str] | None:
-    """Class names for plots and confusers: ``FILE`` (one name per line) or ``split:FILE`` (a
-    CoOp split JSON, names in label order)."""
-    if spec is None:
-        return None
-    if spec.startswith("split:"):
-        from ssp.data.base import read_split_file
-
-        p = Path(spec[len("split:"):]).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"split file {p} not found (--classnames split:FILE)")
-        names = read_split_file(p, p.parent).classnames
-    else:
-        p = Path(spec).expanduser()
-        if not p.is_file():
-            raise FileNotFoundError(f"class-name file {p} not found (give a text file with one name per line, "
-                                    "or split:FILE for a CoOp split JSON)")
-        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(names) != n:
-        raise UsageError(f"{p} lists {len(names)} class names but the classifier has {n} classes")
-    return names
-
-
-def _dataset_classifier(args, backbone):
-    """(classnames, templates) of --dataset."""
-    if _is_multilabel(args.dataset):
-        from ssp.unmix.data import get_multilabel_dataset
-
-        ds = get_multilabel_dataset(args.dataset, args.root, split=args.split)
-        return ds.classnames, [POSITIVE_TEMPLATE]
-    from ssp.data import get_dataset
-
-    ds = get_dataset(args.dataset, args.root)
-    return ds.classnames, ds.templates
-
-
-# ---------------------------------------------------------------------------------------------
-# subcommands
-# ---------------------------------------------------------------------------------------------
 
 def cmd_analyze(args) -> dict:
-    from ssp.unmix.mfi import mfi_summary, plot_mfi_heatmap, plot_mfi_histogram
+    from ssp.unmix import workflow
 
     if bool(args.text_features) == bool(args.dataset):
-        raise UsageError("give either --text-features FILE or --dataset NAME (with --root)")
-    record_extra: dict[str, Any] = {}
+        raise workflow.UsageError("give either --text-features FILE or --dataset NAME (with --root)")
     if args.text_features:
         from ssp.features.text import load_text_features
 
         text, layout = load_text_features(args.text_features, layout=args.text_layout, return_layout=True)
-        classnames = _classnames(args.classnames, text.shape[0])
-        record_extra = {"text_features": str(Path(args.text_features).resolve()), "text_layout": layout}
+        classnames = workflow.read_classnames(args.classnames, text.shape[0])
+        extra = {"text_features": str(Path(args.text_features).resolve()), "text_layout": layout}
         label = Path(args.text_features).stem
     else:
         _need(args, "root")
         backbone = _backbone(args)
-        classnames, templates = _dataset_classifier(args, backbone)
+        classnames, templates = workflow.dataset_classifier(args.dataset, args.root, args.split)
         text = backbone.text_classifier(classnames, templates).cpu()
-        record_extra = {"backbone": backbone.identity, "templates": templates}
+        extra = {"backbone": backbone.identity, "templates": templates}
         label = args.dataset
-    projected = None
-    if args.projector:
-        projector = _load_projector(args.projector, args.device)
-        if projector.n_features_in_ != text.shape[1]:
-            raise UsageError(f"projector {args.projector} expects D = {projector.n_features_in_}, the classifier has "
-                             f"D = {text.shape[1]}")
-        projected = projector.transform_text(text)
-        record_extra["projector"] = str(args.projector)
-    run_id, json_path, folder = _run_dir(args.output, "analyze", label)
-    summary = mfi_summary(text, classnames, projected=projected, k=args.top_k)
-    heat = plot_mfi_heatmap(text, folder / "mfi_heatmap.png", classnames)
-    files = {"heatmap": heat}
-    if projected is not None:
-        files["heatmap_projected"] = plot_mfi_heatmap(projected, folder / "mfi_heatmap_projected.png", classnames,
-                                                      title=None)
-    files["histogram"] = plot_mfi_histogram(text, folder / "mfi_histogram.png", after=projected)
-    record = {**_base_record(args, "analyze", run_id), **record_extra, **summary, "files": files}
-    write_json_atomic(json_path, record)
-    line = f"MFI {summary['mfi']:.4f} over {summary['n_classes']} classes (D = {summary['dim']})"
-    if projected is not None:
-        line += (f"; after the projector {summary['projected']['mfi']:.4f} "
-                 f"(drop {100 * summary['mfi_drop']:.1f} %)")
-    print(line)
-    worst = sorted(summary["top_confusers"], key=lambda r: -r["confusers"][0][1] if r["confusers"] else 0)[:3]
-    for r in worst:
-        print(f"  {r['class']}: " + ", ".join(f"{n} {v:.3f}" for n, v in r["confusers"]))
-    return {"json": json_path, "folder": folder}
+    return workflow.analyze(text, label=label, output=args.output, provenance={**_provenance(args), **extra},
+                            classnames=classnames, projector=args.projector, device=args.device, top_k=args.top_k)
 
 
-def _projector_from_args(args):
-    from ssp.unmix.projector import UnmixProjector
+def _single_label_source(args):
+    """The support / validation / test features and the text classifier of `train` on
+    classification data, through the run stage's feature source (images or a cache folder)."""
+    from ssp.run.sources import cache_dataset_name, make_source
+    from ssp.unmix.workflow import UsageError
 
-    return UnmixProjector(embed_dim=args.embed_dim, mfi_weight=args.mfi_weight, mfi_form=args.mfi_form,
-                          epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
-                          optimizer=args.optimizer, seed=args.seed, device=args.device,
-                          progress=not args.no_progress)
-
-
-def _accuracy(x, t, y) -> float:
-    from ssp._utils.normalize import l2_normalize
-
-    return float(((l2_normalize(x) @ l2_normalize(t).T).argmax(1).cpu() == y.cpu()).float().mean()) * 100
+    quiet = lambda _: None  # noqa: E731  (the record and the summary say what was read)
+    common = {"shots": [args.shots], "seeds": [args.seed]}
+    if args.features:
+        folder = Path(args.features).expanduser()
+        # the whole validation split scores the projector, and a cache without test features is fine here
+        cfg = {**common, "dataset": cache_dataset_name(folder) or folder.name, "val_policy": "full"}
+        source = make_source(cfg, features=folder, device=args.device, require_test=False)
+        if source.text_classifier() is None:
+            raise UsageError(f"{args.features} has no text_weights*.pt file; the projector needs the class text "
+                             "features")
+        fields = {"tip_adapter_cache": str(folder.resolve()),
+                  "text_weights": Path(source.text_info["file"]).name}
+        label = Path(args.features).name
+    else:
+        _need(args, "root")
+        cfg = {**common, "dataset": args.dataset, "val_policy": "coop", "views": 1, "backbone": args.backbone,
+               "pretrained": args.pretrained, "precision": args.precision, "quick_gelu": None,
+               "batch_size": args.batch_size, "num_workers": None, "skip_bad_images": False, "prompts": "dataset"}
+        source = make_source(cfg, root=args.root, store_dir=args.feature_store, device=args.device,
+                             recompute=args.recompute, progress=not args.no_progress)
+        fields, label = {}, source.dataset
+    with random_weights_banner(is_random_weights(cfg.get("pretrained", "")), what="Scores"):
+        source.open(quiet)  # loads the backbone (images)
+    split = source.split(args.shots, args.seed, quiet)
+    if not args.features:
+        fields = {"backbone": source.backbone.identity, "templates": list(source.data.templates)}
+    return split, source.text_classifier().cpu(), label, fields
 
 
 def cmd_train(args) -> dict:
-    from ssp.unmix.mfi import mfi_score
+    from ssp.unmix import workflow
+    from ssp.unmix.projector import UnmixProjector
 
     if args.features and args.dataset:
-        raise UsageError("give either --features DIR or --dataset NAME, not both")
+        raise workflow.UsageError("give either --features DIR or --dataset NAME, not both")
     if not args.features and not args.dataset:
-        raise UsageError("give --features DIR (a Tip-Adapter cache folder) or --dataset NAME with --root")
-    projector = _projector_from_args(args)
-    record: dict[str, Any] = {}
-    if args.dataset and _is_multilabel(args.dataset):
+        raise workflow.UsageError("give --features DIR (a Tip-Adapter cache folder) or --dataset NAME with --root")
+    projector = UnmixProjector(embed_dim=args.embed_dim, mfi_weight=args.mfi_weight, mfi_form=args.mfi_form,
+                               epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr,
+                               optimizer=args.optimizer, seed=args.seed, device=args.device,
+                               progress=not args.no_progress)
+    if args.dataset and workflow.is_multilabel(args.dataset):
         _need(args, "root")
-        from ssp.unmix.data import get_multilabel_dataset
-        from ssp.unmix.features import dense_features
-
-        backbone = _backbone(args)
-        ds = get_multilabel_dataset(args.dataset, args.root, split=args.split)
-        feats = dense_features(backbone, [s.path for s in ds.samples], image_size=args.image_size,
-                               dataset=ds.name, split=ds.split, store=_store(args), batch_size=args.batch_size,
-                               recompute=args.recompute, progress=not args.no_progress)
-        pos = backbone.text_classifier(ds.classnames, [POSITIVE_TEMPLATE])
-        neg = backbone.text_classifier(ds.classnames, [NEGATIVE_TEMPLATE])
-        targets = ds.targets()
-        projector.fit(feats["global"], targets, text_features=pos, negative_text_features=neg,
-                      patch_features=feats["local"])
-        text = pos
-        label = ds.name
-        record.update(task="multi_label", n_images=len(ds.samples), split=ds.split, classnames=ds.classnames,
-                      backbone=backbone.identity, image_size=args.image_size,
-                      prompts=[POSITIVE_TEMPLATE, NEGATIVE_TEMPLATE])
+        text, label, fields = workflow.train_multilabel(
+            projector, _backbone(args), dataset=args.dataset, root=args.root, split=args.split,
+            image_size=args.image_size, store_dir=args.feature_store, batch_size=args.batch_size,
+            recompute=args.recompute, progress=not args.no_progress)
     else:
-        if args.features:
-            from ssp.features.tip_cache import load_tip_adapter_cache
-
-            cache = load_tip_adapter_cache(args.features, args.shots)
-            if cache.text_features is None:
-                raise UsageError(f"{args.features} has no text_weights*.pt file; the projector needs the "
-                                 "class text features")
-            text, support, labels = cache.text_features, cache.support_features, cache.support_labels
-            splits = {"val": (cache.val_features, cache.val_labels), "test": (cache.test_features, cache.test_labels)}
-            label = Path(args.features).name
-            record.update(tip_adapter_cache=str(Path(args.features).resolve()), text_weights=cache.text_weights_file)
-        else:
-            _need(args, "root")
-            from ssp.data import get_dataset, make_fewshot_splits
-            from ssp.features.store import cached_features
-
-            backbone = _backbone(args)
-            ds = get_dataset(args.dataset, args.root)
-            fs = make_fewshot_splits(ds, args.shots, args.seed)
-            store = _store(args)
-            feats = {}
-            for name, samples in (("support", fs.support), ("val", fs.val), ("test", fs.test)):
-                if samples:
-                    feats[name] = cached_features(store, backbone, samples, dataset=ds.name,
-                                                  split=f"{name}-{args.shots}shot-seed{args.seed}" if name == "support" else name,
-                                                  batch_size=args.batch_size, recompute=args.recompute,
-                                                  progress=not args.no_progress)
-            text = backbone.text_classifier(ds.classnames, ds.templates).cpu()
-            support, labels = feats["support"]["global"], feats["support"]["labels"]
-            splits = {k: ((feats[k]["global"], feats[k]["labels"]) if k in feats else (None, None))
-                      for k in ("val", "test")}
-            label = ds.name
-            record.update(backbone=backbone.identity, templates=ds.templates)
-        validation = splits["val"] if (args.select_on_val and splits["val"][0] is not None) else None
-        if args.select_on_val and validation is None:
-            raise UsageError("--select-on-val: this data has no validation split")
-        projector.fit(support, labels, text_features=text, validation=validation)
-        accuracy = {}
-        for name, (x, y) in splits.items():
-            if x is None:
-                continue
-            accuracy[name] = {"zero_shot": _accuracy(x, text, y),
-                              "projected": _accuracy(projector.transform_image(x), projector.transform_text(text), y),
-                              "n": int(x.shape[0])}
-        record.update(task="single_label", shots=args.shots, n_support=int(support.shape[0]), accuracy=accuracy,
-                      selection="validation" if validation is not None else "last epoch")
-    run_id, json_path, folder = _run_dir(args.output, "train", label)
-    weights, config = projector.save(folder / "projector")
-    before, after = mfi_score(text), mfi_score(projector.transform_text(text))
-    record = {**_base_record(args, "train", run_id), **record,
-              "mfi": {"before": before, "after": after, "drop": 1 - after / before},
-              "projector": {"path": str(folder / "projector"), "weights": weights, "config": config,
-                            "params": projector.config()["params"], "best_epoch": projector.best_epoch_},
-              "history": projector.history_}
-    write_json_atomic(json_path, record)
-    print(f"MFI {before:.4f} -> {after:.4f} (drop {100 * (1 - after / before):.1f} %)")
-    for name, acc in record.get("accuracy", {}).items():
-        print(f"{name} accuracy ({acc['n']} images): zero-shot {acc['zero_shot']:.2f}, projected {acc['projected']:.2f}")
-    print(f"projector saved: {folder / 'projector'}.safetensors / .json")
-    return {"json": json_path, "folder": folder}
+        split, text, label, fields = _single_label_source(args)
+        fields.update(workflow.train_single_label(projector, split.support, text, shots=args.shots, val=split.val,
+                                                  test=split.test, select_on_val=args.select_on_val))
+    return workflow.save_trained(projector, text, label=label, output=args.output, provenance=_provenance(args),
+                                 fields=fields)
 
 
 def cmd_mlr(args) -> dict:
-    import torch
-
-    from ssp._utils.normalize import l2_normalize
-    from ssp.unmix.data import get_multilabel_dataset
-    from ssp.unmix.features import dense_features
-    from ssp.unmix.metrics import mean_average_precision
-    from ssp.unmix.projector import dual_prompt_logits
+    from ssp.unmix import workflow
 
     _need(args, "dataset", "root")
-    if not _is_multilabel(args.dataset):
-        raise UsageError(f"`ssp-unmix mlr` needs a multi-label dataset ({', '.join(MULTILABEL_NAMES)}), "
-                         f"got {args.dataset!r}")
-    backbone = _backbone(args)
-    ds = get_multilabel_dataset(args.dataset, args.root, split=args.split)
-    targets = ds.targets()
-    if not (targets == 1).any():
-        raise UsageError(f"{ds.name}/{ds.split} has no positive label; mAP is undefined")
-    feats = dense_features(backbone, [s.path for s in ds.samples], image_size=args.image_size, dataset=ds.name,
-                           split=ds.split, store=_store(args), batch_size=args.batch_size,
-                           recompute=args.recompute, progress=not args.no_progress)
-    pos = backbone.text_classifier(ds.classnames, [POSITIVE_TEMPLATE])
-    neg = backbone.text_classifier(ds.classnames, [NEGATIVE_TEMPLATE])
-    if args.projector:
-        projector = _load_projector(args.projector, args.device)
-        if projector.task_ != "multi_label":
-            raise UsageError(f"projector {args.projector} was trained on single-label data; train one with "
-                             "`ssp-unmix train --dataset voc|coco`")
-        if projector.n_classes_ != len(ds.classnames):
-            raise UsageError(f"projector {args.projector} has {projector.n_classes_} classes, {ds.name} has "
-                             f"{len(ds.classnames)}")
-        t = projector.transform_text(pos)
-        t_neg = projector.transform_text(neg)
-        img = projector.transform_image(feats["local"].to(projector.device_))
-        scale = (projector.patch_scale, projector.pair_scale)
-        method = "unmix-projector"
-    else:
-        t, t_neg = l2_normalize(pos), l2_normalize(neg)
-        img = feats["local"].to(t.device)
-        scale = (20.0, 5.0)
-        method = "clip-dual-prompt"
-    with torch.no_grad():
-        scores = torch.cat([dual_prompt_logits(img[s:s + 64].to(t.device), t, t_neg, patch_scale=scale[0],
-                                               pair_scale=scale[1]) for s in range(0, img.shape[0], 64)])
-    m_ap, per_class = mean_average_precision(scores.cpu().numpy(), targets)
-    run_id, json_path, folder = _run_dir(args.output, "mlr", ds.name)
-    folder.rmdir()  # mlr writes the JSON only
-    record = {**_base_record(args, "mlr", run_id), "split": ds.split, "method": method,
-              "projector": args.projector, "backbone": backbone.identity, "image_size": args.image_size,
-              "n_images": len(ds.samples), "mAP": m_ap,
-              "per_class_ap": {n: v for n, v in zip(ds.classnames, per_class)},
-              "classes_with_positives": int((~__import__("numpy").isnan(per_class)).sum())}
-    write_json_atomic(json_path, record)
-    print(f"{ds.name}/{ds.split}: mAP {m_ap:.2f} over {record['classes_with_positives']} classes with positives "
-          f"({len(ds.samples)} images, {method})")
-    return {"json": json_path}
+    workflow.check_multilabel(args.dataset, "mlr")  # before loading a backbone
+    return workflow.mlr(_backbone(args), dataset=args.dataset, root=args.root, split=args.split,
+                        image_size=args.image_size, store_dir=args.feature_store, batch_size=args.batch_size,
+                        output=args.output, provenance=_provenance(args), projector=args.projector,
+                        device=args.device, recompute=args.recompute, progress=not args.no_progress)
 
 
 def cmd_segment(args) -> dict:
-    from ssp.data import load_image
-    from ssp.unmix.data import get_segmentation_dataset
-    from ssp.unmix.metrics import ConfusionMatrix
-    from ssp.unmix.segment import (
-        DEFAULT_BACKGROUND_PROMPTS,
-        ZeroShotSegmenter,
-        save_palette_mask,
-        save_side_by_side,
-    )
+    from ssp.unmix import workflow
 
     _need(args, "dataset", "root")
-    if not _is_multilabel(args.dataset):
-        raise UsageError(f"`ssp-unmix segment` needs a VOC or COCO segmentation set, got {args.dataset!r}")
+    workflow.check_multilabel(args.dataset, "segment")  # before loading a backbone
     if args.max_images is not None and args.max_images < 1:
-        raise UsageError(f"--max-images must be >= 1, got {args.max_images}")
-    ds = get_segmentation_dataset(args.dataset, args.root, split=args.split)
-    backbone = _backbone(args)
-    projector = _load_projector(args.projector, args.device) if args.projector else None
-    if projector is not None and projector.n_features_in_ != backbone.n_features:
-        raise UsageError(f"projector {args.projector} expects D = {projector.n_features_in_}, backbone "
-                         f"{args.backbone} gives D = {backbone.n_features}")
-    text = backbone.text_classifier(ds.classnames, [POSITIVE_TEMPLATE])
-    background = None if args.background == "none" else args.background
-    bg_text = (backbone.text_classifier(list(DEFAULT_BACKGROUND_PROMPTS), [POSITIVE_TEMPLATE])
-               if background == "prompts" else None)
-    segmenter = ZeroShotSegmenter(backbone, text, projector=projector, background=background,
-                                  threshold=args.threshold, background_text_features=bg_text,
-                                  logit_scale=args.logit_scale, short_side=args.short_side, crop=args.crop,
-                                  stride=args.stride)
-    samples = ds.samples[:args.max_images] if args.max_images else ds.samples
-    run_id, json_path, folder = _run_dir(args.output, "segment", ds.name)
-    (folder / "masks").mkdir()
-    n_classes = ds.n_classes + 1
-    conf = ConfusionMatrix(n_classes, ignore_index=ds.ignore_index)
-    examples = []
-    from tqdm.auto import tqdm
-
-    try:
-        for i, sample in enumerate(tqdm(samples, desc="segmenting", unit="img",
-                                        disable=None if not args.no_progress else True)):
-            image = load_image(sample.image)
-            target = ds.mask(i)
-            if target.shape != (image.height, image.width):
-                raise ValueError(f"mask of {sample.image} is {target.shape[1]}x{target.shape[0]} px, the image "
-                                 f"{image.width}x{image.height}")
-            pred = segmenter.predict(image)
-            eval_target = target.copy()
-            if background is None:  # VOC20-style: background pixels are not scored
-                eval_target[eval_target == 0] = ds.ignore_index
-            conf.update(pred, eval_target)
-            save_palette_mask(pred, folder / "masks" / f"{sample.key}.png")
-            if i < args.examples:
-                examples.append(save_side_by_side(image, target, pred, folder / f"example_{sample.key}.png"))
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)  # no run folder without its record
-        raise
-    miou, per_class = conf.compute()
-    names = ["background"] + list(ds.classnames)
-    protocol = f"{ds.n_classes} classes, background ignored" if background is None else \
-        f"{n_classes} classes with background ({args.background})"
-    record = {**_base_record(args, "segment", run_id), "split": ds.split, "protocol": protocol,
-              "method": "unmix-projector" if projector is not None else "clip-dense",
-              "projector": args.projector, "backbone": backbone.identity,
-              "settings": {"background": args.background, "threshold": args.threshold,
-                           "logit_scale": args.logit_scale, "short_side": args.short_side, "crop": args.crop,
-                           "stride": args.stride},
-              "n_images": len(samples), "mIoU": miou,
-              "per_class_iou": {n: v for n, v in zip(names, per_class)},
-              "masks": folder / "masks", "examples": examples}
-    write_json_atomic(json_path, record)
-    print(f"{ds.name}/{ds.split}: mIoU {miou:.2f} ({protocol}; {len(samples)} images, {record['method']})")
-    print(f"masks in {folder / 'masks'}, {len(examples)} side-by-side picture(s) in {folder}")
-    return {"json": json_path, "folder": folder}
+        raise workflow.UsageError(f"--max-images must be >= 1, got {args.max_images}")
+    workflow.get_segmentation_dataset(args.dataset, args.root, split=args.split)  # a wrong folder fails first
+    return workflow.segment(_backbone(args), dataset=args.dataset, root=args.root, split=args.split,
+                            output=args.output, provenance=_provenance(args), projector=args.projector,
+                            device=args.device, backbone_name=args.backbone, background=args.background,
+                            threshold=args.threshold, logit_scale=args.logit_scale, short_side=args.short_side,
+                            crop=args.crop, stride=args.stride, max_images=args.max_images,
+                            examples=args.examples, progress=not args.no_progress)
 
 
 COMMANDS = {"analyze": cmd_analyze, "train": cmd_train, "mlr": cmd_mlr, "segment": cmd_segment}
@@ -523,23 +261,30 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="[%(name)s] %(levelname)s: %(message)s")
     try:
         result = COMMANDS[args.command](args)
-    except UsageError as err:
+    except ValueError as err:
+        from ssp.unmix.workflow import UsageError
+
         if args.debug:
             raise
-        print(f"ssp-unmix {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError, NotImplementedError, OSError) as err:
+        if isinstance(err, UsageError):
+            print(f"ssp-unmix {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        return _error(args, err)
+    except (FileNotFoundError, NotADirectoryError, RuntimeError, NotImplementedError, OSError) as err:
         if args.debug:
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"ssp-unmix {args.command}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return _error(args, err)
     print(f"record: {result['json']}")
     return 0
 
 
-main = with_cli_messages(_main)
+def _error(args, err: BaseException) -> int:
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    print(f"ssp-unmix {args.command}: error: {message} (run with --debug for the traceback)", file=sys.stderr)
+    return 1
 
+
+main = with_cli_messages(_main)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -253,15 +253,16 @@ def data_folders(root: Path) -> list[Path]:
 
 def resolve_dataset_dir(b: Benchmark, root: Path) -> Path:
     """``root/<folder>`` (or ``root/coop/<folder>``) when it exists, else ``root`` itself when it
-    holds the dataset's files."""
+    holds the dataset's files or has the name of the dataset's folder (then its reader names what
+    is missing in it)."""
     if not root.is_dir():
         raise _missing("data folder", root, b.name, b.layout)
     for base in data_folders(root):
         for folder in b.folders:
             if (base / folder).is_dir():
                 return base / folder
-    if any((root / m).exists() for m in dataset_markers(b)):
-        return root
+    if any((root / m).exists() for m in dataset_markers(b)) or root.name in b.folders:
+        return root  # a folder holding the dataset's files, or named as the dataset's folder is
     looked = ", ".join(str(base / f) for base in (root, root / COOP_SUBFOLDER) for f in b.folders)
     raise _missing(
         f"dataset folder for '{b.name}'", root, b.name, b.layout,

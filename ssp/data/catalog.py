@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssp.data.benchmarks import canonical_name, list_datasets
 
 #: Environment variable holding a mirror base URL that replaces every URL of the table.
 MIRROR_ENV = "SSP_DATA_MIRROR"
@@ -289,8 +290,6 @@ _CATALOG: dict[str, CatalogEntry] = {s.name: s for s in [
 
 def catalog_entry(name: str) -> CatalogEntry:
     """The catalog entry of a registered benchmark (aliases accepted, as by ``get_dataset``)."""
-    from ssp.data.benchmarks import canonical_name
-
     key = canonical_name(name)
     if key not in _CATALOG:
         raise ValueError(f"{name!r} is not downloadable: it is your own data; see datasets/imagefolder.md")
@@ -299,8 +298,6 @@ def catalog_entry(name: str) -> CatalogEntry:
 
 def list_sources() -> list[CatalogEntry]:
     """Every benchmark's catalog entry, in the registry's order."""
-    from ssp.data.benchmarks import list_datasets
-
     return [_CATALOG[n] for n in list_datasets() if n in _CATALOG]
 
 

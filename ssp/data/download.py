@@ -44,6 +44,8 @@ from ssp.data.catalog import (
     packaged_split_file,
     resource_urls,
 )
+from ssp.data.benchmarks import BENCHMARKS, data_folders
+from ssp.data.verify import verify_dataset
 
 #: Folder under the data root holding archives while they download (``.part`` files) and staging folders.
 DOWNLOADS = ".ssp-downloads"
@@ -319,8 +321,6 @@ def dataset_folder(source: CatalogEntry, root: Path) -> Path:
     """The dataset's folder under ``root`` (or ``root/coop``, :func:`ssp.data.benchmarks.data_folders`):
     an existing one under any accepted name, else CoOp's name in ``root/coop`` when that exists,
     else in ``root``."""
-    from ssp.data.benchmarks import BENCHMARKS, data_folders
-
     bases = data_folders(root)
     for base in bases:
         for name in BENCHMARKS[source.name].folders:
@@ -383,8 +383,6 @@ def _split_problem(path: Path) -> str | None:
 
 def _images_complete(name: str, folder: Path) -> bool:
     """Whether every image the split lists exists (the cheap check; needs the split definition)."""
-    from ssp.data.verify import verify_dataset
-
     return verify_dataset(name, folder, images="exists").ok
 
 
@@ -459,8 +457,6 @@ def _download_dataset(source: CatalogEntry, root: Path, downloads: Path, *, mirr
         return DownloadResult(source.name, "failed", folder, f"images laid out in {folder}, but {split_error}",
                               notes=notes)
     if not _images_complete(source.name, folder):
-        from ssp.data.verify import verify_dataset
-
         report = verify_dataset(source.name, folder, images="exists")
         return DownloadResult(source.name, "failed", folder, f"laid out, but {report.line()}", notes=notes)
     return _ready(source, folder, notes, "downloaded")
@@ -491,8 +487,6 @@ def _ready(source: CatalogEntry, folder: Path, notes: list[str], how: str) -> Do
 
 def manual_steps(source: CatalogEntry, folder: Path) -> str:
     """The manual steps for a dataset no library can fetch, with the layout ``ssp-data verify`` accepts."""
-    from ssp.data.benchmarks import BENCHMARKS
-
     lines = [f"{source.name}: the images cannot be downloaded automatically. Manual steps:",
              "  " + source.manual.replace("{folder}", str(folder))]
     if source.alternatives:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ssp.data.base import check_templates, clean_classname
+from ssp.data.benchmarks import canonical_name
 
 __all__ = ["PROMPT_SETS", "Prompts", "resolve_prompts", "read_class_prompts", "clip_templates",
            "prompt_choices"]
@@ -84,8 +85,6 @@ SINGLE_TEMPLATE = "a photo of a {}."
 
 def clip_templates(dataset: str) -> tuple[list[str], str]:
     """CLIP's published template ensemble for ``dataset``: ``(templates, where from)``."""
-    from ssp.data.benchmarks import canonical_name
-
     try:
         key = canonical_name(dataset)
     except (KeyError, ValueError):

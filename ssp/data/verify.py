@@ -22,6 +22,8 @@ from pathlib import Path
 
 from ssp._io import file_sha256
 from ssp.data.base import DatasetNotFoundError
+from ssp.data.benchmarks import BENCHMARKS, canonical_name, data_folders, dataset_markers, get_dataset, IMAGENET_VARIANTS, resolve_dataset_dir, shipped_class_ids
+from ssp.data.catalog import catalog_entry
 
 #: How images are checked: listed files exist / their header opens / they decode fully.
 IMAGE_CHECKS = ("exists", "header", "decode")
@@ -85,8 +87,6 @@ class DatasetReport:
 
 
 def _fix_download(name: str, root: Path) -> str:
-    from ssp.data.catalog import catalog_entry
-
     source = catalog_entry(name)
     if source.fetchable:
         return f"ssp-data download {name} --root {root}"
@@ -94,8 +94,6 @@ def _fix_download(name: str, root: Path) -> str:
 
 
 def split_path(name: str, folder: Path, split_file: str | Path | None) -> Path | None:
-    from ssp.data.benchmarks import BENCHMARKS
-
     if split_file is not None:
         return Path(split_file).expanduser()
     b = BENCHMARKS[name]
@@ -109,8 +107,6 @@ def split_path(name: str, folder: Path, split_file: str | Path | None) -> Path |
 
 
 def _compare_with_official(report: DatasetReport, name: str) -> None:
-    from ssp.data.catalog import catalog_entry
-
     split = catalog_entry(name).split
     if split is None or report.split_file is None:
         return
@@ -161,13 +157,6 @@ def verify_dataset(name: str, root: str | Path, *, split_file: str | Path | None
             ``"decode"`` (each decodes fully; slowest).
         strict: a split file that differs from the official CoOp one is a problem, not a note.
     """
-    from ssp.data.benchmarks import (
-        BENCHMARKS,
-        canonical_name,
-        resolve_dataset_dir,
-        get_dataset,
-    )
-
     if images not in IMAGE_CHECKS:
         raise ValueError(f"images must be one of {IMAGE_CHECKS}, got {images!r}")
     key = canonical_name(name)
@@ -249,8 +238,6 @@ def verify_dataset(name: str, root: str | Path, *, split_file: str | Path | None
 
 def _check_variant(report: DatasetReport, key: str, ds) -> None:
     """An ImageNet variant: the official release's class list and image count."""
-    from ssp.data.benchmarks import IMAGENET_VARIANTS, shipped_class_ids
-
     expected = IMAGENET_VARIANTS[key][1]
     shipped = shipped_class_ids(key)
     if ds.class_ids != shipped:
@@ -280,8 +267,6 @@ def _cars_hint(report: DatasetReport, folder: Path) -> None:
 
 def verify_root(root: str | Path, names: list[str] | None = None, **kwargs) -> list[DatasetReport]:
     """Reports for ``names`` (every benchmark whose folder exists under ``root`` when ``None``)."""
-    from ssp.data.benchmarks import BENCHMARKS, canonical_name, data_folders, dataset_markers
-
     root = Path(root).expanduser()
     if names:
         keys = list(dict.fromkeys(canonical_name(n) for n in names))
@@ -299,8 +284,6 @@ def check_dataset(name: str, root: str | Path, *, split_file: str | Path | None 
     (one line + the fix) when the split definition or a listed image is missing. ``missing_ok``
     (``--skip-bad-images``): missing images are bad images, left out later, not an error here.
     Returns the report (``None`` for ``imagefolder``, whose own reader checks its folders)."""
-    from ssp.data.benchmarks import BENCHMARKS, canonical_name
-
     key = canonical_name(name)
     if key not in BENCHMARKS:
         return None

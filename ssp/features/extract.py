@@ -1,4 +1,7 @@
-"""(split from ssp.cache; see the package docstring)."""
+"""Feature extraction: images -> L2-normalised global features ``[N, D]`` (and patch features
+``[N, L, D]``, per-view features ``[E, N, D]`` of ``E`` augmented views), in batch order, sharded
+over the ranks of a torchrun process group when one is active. The feature store
+(:mod:`ssp.features.store`) keys and caches what this computes."""
 from __future__ import annotations
 
 import logging
@@ -12,9 +15,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ssp import distributed as dist
 from ssp._checks import check_int
 from ssp._utils.normalize import l2_normalize
 from ssp._utils.progress import progress_bar
+from ssp.data import ImageDataset, ImageLoadError
 
 #: Storage dtypes of patch features ``[N, L, D]`` and augmented-view features ``[V, N, D]`` in the
 #: feature store (global features stay float32).
@@ -56,7 +61,6 @@ class _ViewDataset(Dataset):
     def _load(self, index: int):
         from PIL import Image
 
-        from ssp.data import ImageLoadError
 
         try:
             image, label, _ = self.images[index]
@@ -98,8 +102,6 @@ def _default_num_workers(n_batches: int) -> int:
 
 def use_distributed(distributed: bool | None) -> bool:
     """Whether an extraction is sharded over a torchrun process group: ``None`` = when one is active."""
-    from ssp import distributed as dist
-
     if distributed is None:
         return dist.is_active()
     if distributed and not dist.is_active():
@@ -158,8 +160,6 @@ class _Accumulator:
 
 
 def _bad_image_error(path: str, reason: str) -> Exception:
-    from ssp.data import ImageLoadError
-
     return ImageLoadError(
         f"cannot read image {path}: {reason}; replace or delete the file, or pass "
         "skip_bad_images=True to go on without it", path=path, reason=reason)
@@ -221,9 +221,6 @@ def extract_features(
         into ``samples`` of the images encoded, N' rows everywhere) when ``skip_bad_images``.
         Every global, local and per-view feature has unit L2 norm.
     """
-
-    from ssp import distributed as dist
-    from ssp.data import ImageDataset
 
     views = check_int(views, "views")
     n = len(samples)

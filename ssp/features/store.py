@@ -53,6 +53,7 @@ from ssp.features.extract import (
     use_distributed,
     extract_features,
 )
+from ssp import distributed as dist
 
 #: Bumped whenever the meaning or layout of stored features changes; part of every key and
 #: of every file's metadata, so older files are never read as the new layout.
@@ -342,8 +343,6 @@ def cached_features(
     and ``"kept": [N'] int64`` (indices into ``samples`` of the rows) when ``skip_bad_images``;
     with skipped images every tensor has N' < N rows.
     """
-    from ssp import distributed as dist
-
     views = check_int(views, "views")
     for bad in ("patch_dtype", "view_dtype", "views", "with_patches", "seed"):
         if bad in extract_kwargs:

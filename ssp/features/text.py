@@ -18,6 +18,7 @@ import torch
 from ssp._utils.arrays import check_text_features, TEXT_LAYOUTS
 from ssp._utils.normalize import unit_norm_axis
 from ssp._utils.torch_files import load_torch_file
+from ssp._io import file_sha256
 
 __all__ = ["load_text_features", "KNOWN_WIDTHS", "encode_prompts", "prompt_tensor", "load_prompt_features",
            "prompt_features_file", "stored_prompt_features"]
@@ -209,8 +210,6 @@ def load_prompt_features(path: str | Path, n_classes: int, dim: int) -> torch.Te
 def prompt_features_file(path: str | Path | None, n_classes: int, dim: int) -> tuple[torch.Tensor | None, dict | None]:
     """:func:`load_prompt_features` and what a run records about the file (path, sha256, ``P``);
     ``(None, None)`` for no file."""
-    from ssp._io import file_sha256
-
     if path is None:
         return None, None
     path = Path(path).expanduser()

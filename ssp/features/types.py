@@ -1,4 +1,4 @@
-"""(split from ssp.experiment; see the package docstring)."""
+"""The data type the feature stage hands the methods: :class:`Features`, one split's tensors."""
 from __future__ import annotations
 
 from dataclasses import dataclass

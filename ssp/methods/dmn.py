@@ -89,7 +89,7 @@ class DMNZeroShot(StreamingClassifier):
     _parameter_constraints = {**STREAM_CONSTRAINTS, "memory_size": [Integer(1)], "beta": [Real()],
                               "memory_weight": [Real(0)]}
 
-    def _stream(self, x: torch.Tensor) -> torch.Tensor:
+    def _stream(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         n, n_classes = x.shape[0], len(self.classes_)
         scale, beta = float(self.logit_scale), float(self.beta)
         text = self._torch.text_features_

@@ -141,5 +141,5 @@ class StreamingClassifier(CLIPFeatureClassifier):
         self._validate_params()  # set_params may have changed them after fit
         return self._stream(x)[0]
 
-    def _stream(self, x: torch.Tensor) -> torch.Tensor:
+    def _stream(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError

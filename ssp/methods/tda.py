@@ -115,7 +115,8 @@ class TDA(StreamingClassifier):
         return super().fit(image_features, labels, text_features=text_features,
                            patch_features=patch_features)
 
-    _parameter_constraints = {**STREAM_CONSTRAINTS, "pos_shot_capacity": [Integer(0)], "neg_shot_capacity": [Integer(0)],
+    _parameter_constraints = {**STREAM_CONSTRAINTS,
+                              "pos_shot_capacity": [Integer(0)], "neg_shot_capacity": [Integer(0)],
                               "pos_alpha": [Real()], "pos_beta": [Real()], "neg_alpha": [Real()], "neg_beta": [Real()],
                               "entropy_norm": [Options(ENTROPY_NORMS)]}
 
@@ -124,7 +125,7 @@ class TDA(StreamingClassifier):
         _check_bounds(self.neg_entropy_bounds, "neg_entropy_bounds")
         _check_bounds(self.neg_mask_bounds, "neg_mask_bounds")
 
-    def _stream(self, x: torch.Tensor) -> torch.Tensor:
+    def _stream(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         n, n_classes = x.shape[0], len(self.classes_)
         z = self._zero_shot(x)
         log_p = torch.log_softmax(z, dim=1)

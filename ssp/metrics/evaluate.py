@@ -97,6 +97,22 @@ def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: floa
     return metrics, sample_table(probs, y, thresholds)
 
 
+def transferred_reliability(logits, labels, *, temperature: float, n_bins: int = 15) -> dict:
+    """Calibration (raw and with a ``temperature`` fitted elsewhere) and selective prediction of
+    ``logits`` ``[M, C]`` with ``labels`` ``[M]``, for a split that has no calibration data of its
+    own (base-to-new's new classes: the temperature comes from the base classes' validation split).
+    No conformal sets: their coverage guarantee needs calibration data of the same classes."""
+    z = as_logits(logits)
+    y = as_labels(labels, z.shape[0], z.shape[1])
+    probs = softmax(z)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    return {"n_test": int(len(y)), "n_bins": int(n_bins), "raw": _calibration(z, y, n_bins),
+            "temperature": float(temperature), "temperature_from": "the base classes' validation split",
+            "temperature_scaled": _calibration(z / temperature, y, n_bins), "aurc": aurc(confidence, correct),
+            "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c)
+                                     for c in COVERAGES}}
+
+
 def sample_table(probs, labels, thresholds: dict[str, float]) -> dict[str, np.ndarray]:
     """Per-sample arrays ``[M]`` of probabilities ``[M, C]``: ``label``, ``prediction``,
     ``confidence`` (top-1 probability), and per conformal score its true-label score

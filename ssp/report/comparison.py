@@ -10,7 +10,7 @@ seeds, methods and backbones::
     paths = write_comparison(records, "results/")                   # comparison.{md,csv,json,png}
 
 Per (backbone, method, dataset, shots): our mean ± sample std over seeds, the published value
-(:mod:`ssp.published`) and the difference (ours − published). ``X+ssp`` is put beside the
+(:mod:`ssp.report.published`) and the difference (ours − published). ``X+ssp`` is put beside the
 published ``X`` (the SSP paper's own tables are not available), marked as such. One average row
 per (backbone, method, shots): the 11-dataset average when all 11 benchmarks are present
 (compared with the published 11-dataset mean), else an average over the datasets present,

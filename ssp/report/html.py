@@ -27,7 +27,7 @@ from ssp._io import write_text_atomic
 from ssp.report.plots import plot_per_class, plot_reliability_diagrams, plot_risk_coverage
 from ssp.report.published import baseline_method, canonical_backbone, published_lookup
 from ssp.report.reliability import COLUMNS, group_key, load_samples, reliability_rows
-from ssp.report.stats import method_order
+from ssp.report.stats import mean_std, method_order
 
 PAGE = "index.html"
 _PROVENANCE_KEYS = ("created", "settings_key", "protocol_key", "protocol_summary", "protocol", "source",
@@ -110,9 +110,14 @@ def page_data(runs: Iterable[tuple[Path, dict]], folder: Path | None = None) -> 
     for i, row in enumerate(rows):
         members = sorted(by_key[(row["dataset"], row["backbone"], row["protocol_key"], row["method"], row["shots"])],
                          key=lambda m: m[1]["seed"])
-        published = _published(row, members[0][1])
+        # published numbers are few-shot test accuracies: other protocols' rows get none
+        fewshot = (members[0][1].get("protocol_name") or "fewshot") == "fewshot"
+        published = _published(row, members[0][1]) if fewshot else None
         values = {"acc": list(row["accuracy"]), "published": published,
                   "diff": None if published is None else row["accuracy"][0] - published}
+        for key in ("new_accuracy", "harmonic_mean"):   # base-to-new runs (acc is their base accuracy)
+            found = [float(r[key]) for _, r, _ in members if r.get(key) is not None]
+            values[key] = list(mean_std(found)) if found else None
         values.update({name: list(row[name]) for name, *_ in COLUMNS})
         protocol_summary = members[0][1].get("protocol_summary") or ""
         out_rows.append({"id": i, "dataset": row["dataset"], "backbone": row["backbone"],
@@ -139,6 +144,11 @@ def page_data(runs: Iterable[tuple[Path, dict]], folder: Path | None = None) -> 
     columns = [{"key": "acc", "label": "acc", "scale": 1.0, "digits": 2, "title": "test accuracy (%)"},
                {"key": "published", "label": "published", "scale": 1.0, "digits": 2, "title": "published accuracy (%)"},
                {"key": "diff", "label": "diff", "scale": 1.0, "digits": 2, "title": "ours - published"}]
+    if any(r["values"]["new_accuracy"] is not None for r in out_rows):
+        columns += [{"key": "new_accuracy", "label": "new", "scale": 1.0, "digits": 2,
+                     "title": "base-to-new: accuracy on the new classes (%); acc is the base classes'"},
+                    {"key": "harmonic_mean", "label": "HM", "scale": 1.0, "digits": 2,
+                     "title": "base-to-new: harmonic mean of base and new accuracy"}]
     columns += [{"key": name, "label": name, "scale": scale, "digits": digits} for name, _, scale, digits in COLUMNS]
     return {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "ssp_version": __version__,
             "n_runs": len(runs), "columns": columns, "rows": out_rows, "details": details, "plots": plots}
@@ -247,7 +257,7 @@ function showDetails(id){ const d=DATA.details[id], row=DATA.rows[id], box=docum
   box.appendChild(el("h2",{},row.method+" | "+row.dataset+" | "+row.backbone+" | "+row.shots+"-shot | settings "+row.protocol));
   box.appendChild(el("p",{"class":"meta"},row.protocol_summary));
   for(const run of d.runs){ const det=el("details",{"class":"run"}); const p=run.provenance;
-    det.appendChild(el("summary",{},"seed "+run.seed+": test "+p.test_accuracy+"%, val "+p.val_accuracy+"% \u2014 "+run.file));
+    det.appendChild(el("summary",{},"seed "+run.seed+": test "+p.test_accuracy+"%"+(p.val_accuracy==null? "" : ", val "+p.val_accuracy+"%")+" \u2014 "+run.file));
     det.appendChild(el("pre",{},JSON.stringify({reliability:run.reliability, ...p},null,1))); box.appendChild(det); }
   const pc=d.per_class;
   if(pc && pc.accuracy){ box.appendChild(el("h2",{},"Per-class accuracy (mean over seeds), worst first"));

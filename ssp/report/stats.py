@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from typing import Iterable
+from ssp.methods.registry import method_names
 
 __all__ = ["mean_std", "method_order"]
 
@@ -18,7 +19,5 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def method_order(methods: Iterable[str]) -> list[str]:
     """``methods`` in the method registry's order (``X [key]`` labels beside ``X``; unknown names last)."""
-    from ssp.methods.registry import method_names
-
     order = {m: i for i, m in enumerate(method_names())}
     return sorted(set(methods), key=lambda m: (order.get(m.split(" [")[0], len(order)), m))

@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Iterable
 
 from ssp._io import atomic_path, write_json_atomic, write_text_atomic
+from ssp.methods.registry import SSP_SUFFIX, registered_methods
+from ssp.report.published import canonical_backbone, published_lookup, published_table
 from ssp.report.stats import mean_std, method_order
 from ssp.run.records import RUN_SUFFIX, find_runs, run_filename
+from ssp.report.html import write_results_page
+from ssp.report.reliability import format_calibration_table
 
 
 def load_runs(output_dir: Path, *, skipped: list[Path] | None = None) -> list[dict]:
@@ -151,7 +155,6 @@ def method_styles(methods: Iterable[str]) -> dict[str, dict]:
     method keeps its style from one plot to the next."""
     import matplotlib
 
-    from ssp.methods.registry import SSP_SUFFIX, registered_methods
 
     palette = matplotlib.colormaps["tab10"].colors
     bases = [s.name for s in registered_methods()]
@@ -258,8 +261,6 @@ def format_metrics_table(records: list[dict]) -> str:
 def _published_cell(method: str, dataset: str, shots: int, backbone: str) -> str:
     """The published accuracy of ``method`` on ``dataset`` at ``shots``: the run's backbone when a
     source has it, else the first source's backbone, named (``57.78 (RN50, tda_readme)``)."""
-    from ssp.report.published import canonical_backbone, published_lookup, published_table
-
     name = method.split(" [")[0]
     rec = published_lookup(name, dataset, shots, backbone=backbone.split("@", 1)[0])
     if rec is None:
@@ -314,9 +315,6 @@ def write_report(output_dir: Path, *, page: bool = True) -> tuple[str, dict[str,
     a table of their own metrics per protocol. Runs with reliability metrics add ``calibration.md``
     (:mod:`ssp.report.reliability`); ``page`` writes the results page ``index.html`` with its
     ``plots/`` (:mod:`ssp.report.html`)."""
-    from ssp.report.html import write_results_page
-    from ssp.report.reliability import format_calibration_table
-
     output_dir = Path(output_dir)
     skipped: list[Path] = []
     records = load_runs(output_dir, skipped=skipped)

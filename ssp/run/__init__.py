@@ -1,4 +1,4 @@
-"""The run stage: the few-shot protocol end to end.
+"""The run stage: the evaluation protocols end to end.
 
     config      the merged, validated configuration (defaults < dataset < user file < flags)
     sources     where a run's features come from: images (backbone + feature store) or a
@@ -8,4 +8,7 @@
     protocols   the evaluation protocols (fewshot, base2new, test-time, ...): one table
     pipeline    the run loop: support / validation / test features -> methods -> run records
     records     run JSON files: settings keys, provenance, resume
+    protocols   the table of evaluation protocols (fewshot, base2new, ...): what a run fits,
+                searches and scores, and the results its JSON holds
+    shift       distribution-shift targets (--eval-on), mapped onto the source's classes by id
 """

@@ -303,8 +303,6 @@ def _config_path(cfg: dict, sections: list[str], param: str) -> str:
 def _check_method_values(cfg: dict, method: str) -> None:
     """Build ``method``'s estimator from ``cfg`` and run its parameter checks, so a bad value
     (``ape.n_channels: -5``) is refused before anything runs, naming its key path."""
-    from ssp.methods.registry import parse_method
-
     spec, _ = parse_method(method)
     sections = list(dict.fromkeys(s for s in (spec.config_section, spec.search_section) if s))
     names = [k for sec in sections for k in {**(cfg.get(sec) or {}), **((cfg.get(sec) or {}).get("init") or {})}]

@@ -20,9 +20,13 @@ import torch
 
 from ssp._io import jsonable
 from ssp.features.types import Features
+from ssp.methods.ssp.projector import SSPProjector
+from ssp.methods.registry import parse_method
+from ssp.methods.search import validation_search
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
 from ssp.run.records import MethodResult, RunLock, find_run, make_record, run_stub, write_run
 from ssp.run.sources import FeatureSource
+from ssp.metrics import per_class_results, reliability
 
 Echo = Callable[[str], None]
 
@@ -45,8 +49,6 @@ def evaluate(model, val: Features, test: Features, *, alpha: float = 0.1,
              n_bins: int = 15) -> tuple[float, dict, dict]:
     """``(test accuracy %, reliability metrics, per-sample and per-class arrays)`` of a fitted model:
     test logits computed once; the validation logits are the only calibration data."""
-    from ssp.metrics import per_class_results, reliability
-
     test_logits = logits_of(model, test)
     labels = test.labels.cpu().numpy().astype(np.int64)
     prediction = test_logits.argmax(axis=1)
@@ -86,7 +88,7 @@ def training_details(model, *, views_given: bool) -> dict:
 def run_method(method: str, cfg: dict, support: Features, val: Features, test: Features,
                text_features: torch.Tensor, device=None, seed: int | None = None,
                progress: bool = False, prompt_features: torch.Tensor | None = None) -> MethodResult:
-    """Fit ``method`` (a name of :mod:`ssp.registry`, optionally ``+ssp``) on the support set,
+    """Fit ``method`` (a name of :mod:`ssp.methods.registry`, optionally ``+ssp``) on the support set,
     choose its hyper-parameters on ``val``, score ``test`` once.
 
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
@@ -96,10 +98,6 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     (each class's prompts encoded one by one) go to the methods that weigh prompts (TIMO); ``None``:
     they get the text classifier as the single prompt of each class.
     """
-    from ssp.methods.ssp.projector import SSPProjector
-    from ssp.methods.registry import parse_method
-    from ssp.methods.search import validation_search
-
     spec, use_ssp = parse_method(method)
     n_features = support.image_features.shape[1]
     timings: dict[str, float] = {}
@@ -187,8 +185,6 @@ def fmt_params(params: dict) -> str:
 
 
 def echo_result(echo: Echo, record: dict, *, reused: bool = False) -> None:
-    from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
-
     line = get_protocol(record.get("protocol_name", DEFAULT_PROTOCOL)).result_line
     echo(f"[ssp] {record['dataset']} {record['shots']}-shot seed {record['seed']} {record['method']:<16} "
          f"{line(record)}  "
@@ -275,8 +271,6 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     Returns the records of every run of ``cfg`` (``[]`` on a torchrun rank other than 0); the
     tables are the report stage's (:func:`ssp.report.tables.write_report` on ``output_dir``).
     """
-    from ssp.methods.registry import parse_method
-
     output_dir = Path(output_dir)
     spec = get_protocol(protocol)
     if spec.shots is not None and list(cfg["shots"]) != list(spec.shots):

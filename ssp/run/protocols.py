@@ -49,6 +49,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ssp._lazy import torch
+from ssp.methods.registry import parse_method
+from ssp.run.records import MethodResult
 
 __all__ = ["Protocol", "Outcome", "register_protocol", "get_protocol", "protocol_names", "PROTOCOLS",
            "base_new_split", "harmonic_mean", "stream_order", "DEFAULT_PROTOCOL"]
@@ -132,8 +134,6 @@ class Protocol:
 
 
 def _refuse_test_time_methods(method: str) -> str | None:
-    from ssp.methods.registry import parse_method
-
     if parse_method(method)[0].test_time:
         return (f"{method} adapts on the test stream without labelled shots; run it with --protocol test-time "
                 "(docs/protocol.md)")
@@ -232,8 +232,6 @@ def _restrict(features, low: int, high: int):
 
 def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run_method: Callable, device=None,
                        seed=None, progress: bool = False) -> Outcome:
-    from ssp.methods.registry import parse_method
-
     n_classes = int(text.shape[0])
     n_base, n_new = base_new_split(n_classes)
     support, val, test_base = (_restrict(f, 0, n_base) for f in (split.support, split.val, split.test))
@@ -249,6 +247,14 @@ def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run
     t0 = time.perf_counter()
     logits = torch.as_tensor(model.new_class_logits(test_new.image_features, text[n_base:]))
     new_acc = float((logits.argmax(1).cpu() == test_new.labels.cpu()).double().mean() * 100)
+    new_reliability = None
+    if result.reliability is not None:   # the new classes' calibration, with the base validation's temperature
+        from ssp.metrics import transferred_reliability
+
+        m = cfg.get("metrics") or {}
+        new_reliability = transferred_reliability(
+            logits.detach().cpu().double().numpy(), test_new.labels.cpu().numpy().astype("int64"),
+            temperature=result.reliability["temperature"], n_bins=m.get("calibration_bins", 15))
     result.timings["test_new_s"] = time.perf_counter() - t0
     base_acc = result.test_accuracy
     _, use_ssp = parse_method(method)
@@ -256,6 +262,7 @@ def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run
     fields = {
         "base_accuracy": round(base_acc, 6), "new_accuracy": round(new_acc, 6),
         "harmonic_mean": round(harmonic_mean(base_acc, new_acc), 6),
+        **({"reliability_new": new_reliability} if new_reliability is not None else {}),
         "class_split": {"rule": "CoOp subsample_classes: the first ceil(C/2) labels are base, the rest new; "
                                 "each half relabelled from 0",
                         "n_classes": n_classes, "base": [0, n_base], "new": [n_base, n_classes],
@@ -296,8 +303,6 @@ def stream_order(n: int, seed: int) -> tuple[np.ndarray, dict]:
 
 
 def _refuse_needing_shots(method: str) -> str | None:
-    from ssp.methods.registry import parse_method
-
     spec, use_ssp = parse_method(method)
     if use_ssp:
         return ("SSP's projector is fitted on labelled support patches (its vision and language subspaces); "
@@ -312,7 +317,6 @@ def _evaluate_test_time(method: str, cfg: dict, split, text: torch.Tensor, *, ru
                         seed=None, progress: bool = False) -> Outcome:
     import warnings
 
-    from ssp.methods.registry import parse_method
 
     spec, _ = parse_method(method)
     reason = _refuse_needing_shots(method)
@@ -341,7 +345,6 @@ def _evaluate_test_time(method: str, cfg: dict, split, text: torch.Tensor, *, ru
     # calibration, selective prediction and conformal sets are calibrated on labelled validation data
     details["reliability"] = "not computed: no labelled validation data to calibrate on under this protocol"
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.constructor_params(cfg, n_features).items()}
-    from ssp.run.records import MethodResult
 
     # no validation accuracy: nothing is searched (the published hyper-parameters are used)
     result = MethodResult(method, params, None, accuracy, timings, details,

@@ -28,6 +28,7 @@ from typing import Any, Iterable
 
 from ssp import __version__
 from ssp._io import atomic_path, canonical_json, clean_floats, file_sha256, jsonable, write_json_atomic
+from ssp.methods.registry import parse_method
 
 KEY_LENGTH = 10  # hex digits of the settings key shown in paths and tables
 #: The ending of every run file's name (the report stage finds runs by it).
@@ -100,6 +101,8 @@ def _version(module: str) -> str | None:
 
 def environment(device: Any = None) -> dict:
     """The software and machine a run was made with (``world_size``: processes under torchrun)."""
+    # imported here: ssp.distributed imports torch, and `ssp-fewshot --help` reads this module
+    # (ssp.run.protocols, for the --protocol choices)
     from ssp import distributed
 
     command = None
@@ -185,8 +188,6 @@ def find_runs(output_dir: str | os.PathLike[str]) -> list[Path]:
 def method_settings(cfg: dict, method: str) -> dict:
     """The config sections ``method`` reads (its parameters, its grid, the SSP section for ``+ssp``):
     the method part of a run's settings, so a change of another method's config keeps its runs."""
-    from ssp.methods.registry import parse_method
-
     spec, use_ssp = parse_method(method)
     sections = [s for s in (spec.config_section, spec.search_section) if s] + (["ssp"] if use_ssp else [])
     return {sec: cfg.get(sec) for sec in dict.fromkeys(sections)}

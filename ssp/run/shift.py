@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from ssp.data import get_dataset
 
 __all__ = ["ShiftTarget", "shift_targets"]
 
@@ -25,8 +26,6 @@ class ShiftTarget:
 def shift_targets(source, specs: list[str], root) -> list[ShiftTarget]:
     """Read ``--eval-on`` targets (``NAME``: a dataset under ``root``; ``NAME=DIR``: that folder)
     and map each target class onto the source's by class id (WordNet id), never by name."""
-    from ssp.data import get_dataset
-
     out = []
     for spec in specs:
         name, _, folder = str(spec).partition("=")

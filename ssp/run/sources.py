@@ -40,14 +40,31 @@ from typing import Callable, Protocol
 
 import torch
 
+from ssp import distributed
+from ssp._checks import is_random_weights
+from ssp._io import file_sha256
+from ssp._utils.devices import resolve_device
+from ssp.backbone.model import load_backbone
+from ssp.backbone.weights import backbone_label
+from ssp.data import get_dataset, ImageLoadError, load_image
 from ssp.data.benchmarks import canonical_name
+from ssp.data.catalog import benchmark_class_count, list_sources
+from ssp.data.fewshot import check_support_after_skips, replace_unreadable_shots, validation_subsample
+from ssp.data.manifest import check_run_manifest, fewshot_splits, run_manifest
+from ssp.data.prompts import resolve_prompts
+from ssp.data.verify import check_dataset
+from ssp.features.store import FeatureStore, cached_features
 from ssp.features.text import load_text_features, prompt_features_file, stored_prompt_features
+from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
 from ssp.features.types import Features
+from ssp.methods.registry import parse_method
 from ssp.run.config import builtin_config_names
+from ssp.run.records import sample_list_digest, settings_key
+from ssp.run.shift import shift_targets
 from ssp.run.splits import Split, split_validation, test_only_split
 
-__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "IMAGE_ONLY_KEYS", "cache_dataset_name",
-           "check_cache_dataset", "split_validation"]
+__all__ = ["FeatureSource", "Split", "ImageSource", "TipCacheSource", "make_source", "IMAGE_ONLY_KEYS",
+           "cache_dataset_name", "check_cache_dataset", "split_validation"]
 
 Echo = Callable[[str], None]
 
@@ -90,8 +107,6 @@ class FeatureSource(Protocol):
 
 def _skip_ssp_and_textless(methods: list[str], *, has_patches: bool, has_text: bool,
                            where: str) -> tuple[list[str], list[str]]:
-    from ssp.methods.registry import parse_method
-
     run, no_patches, no_text = [], [], []
     for m in methods:
         spec, use_ssp = parse_method(m)
@@ -123,8 +138,6 @@ def _index_by_path(samples, kept: torch.Tensor | None = None) -> dict[str, int]:
 
 def _readable_with(load_image):
     """``sample -> bool``: whether its image file exists and decodes."""
-    from ssp.data import ImageLoadError
-
     def readable(sample) -> bool:
         try:
             load_image(sample.path)
@@ -156,12 +169,6 @@ class ImageSource:
                  device: str | None = None, recompute: bool = False, split_file: str | Path | None = None,
                  progress: bool = True, split_manifest: dict | None = None,
                  eval_on: list[str] | None = None) -> None:
-        from ssp.backbone.weights import backbone_label
-        from ssp.data import get_dataset
-        from ssp.data.manifest import check_run_manifest
-        from ssp.data.verify import check_dataset
-        from ssp.run.records import sample_list_digest
-
         self.cfg = cfg
         # the cheap part of `ssp-data verify` (split file readable, every listed image present):
         # a broken layout stops here, in seconds, with its fix -- before any backbone or extraction
@@ -181,7 +188,6 @@ class ImageSource:
         self.split_file = Path(split_file) if split_file is not None else None
         lists = {name: (None if samples is None else sample_list_digest(samples, self.data.root))
                  for name, samples in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))}
-        from ssp.data.prompts import resolve_prompts
 
         self.prompts = resolve_prompts(cfg.get("prompts"), dataset=self.data.name,
                                        classnames=self.data.classnames, templates=self.data.templates, root=root)
@@ -194,7 +200,6 @@ class ImageSource:
             self._common["prompts"] = self.prompts.record()
         if split_manifest is not None:  # the given draws, not the sampler's: another settings key
             self._common["protocol"]["split_manifest_sha256"] = split_manifest["sha256"]
-        from ssp.run.shift import shift_targets
 
         self.targets = shift_targets(self.data, eval_on or [], root)
         if self.targets:  # runs without --eval-on keep their settings keys
@@ -219,11 +224,6 @@ class ImageSource:
         return kw
 
     def open(self, echo: Echo) -> bool:
-        from ssp import distributed
-        from ssp._checks import is_random_weights
-        from ssp.backbone.model import load_backbone
-        from ssp.features.store import FeatureStore
-
         cfg, data = self.cfg, self.data
         self.backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
                                       device=self.device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
@@ -264,16 +264,12 @@ class ImageSource:
         return True
 
     def _features(self, samples, *, split: str, desc: str, dataset: str | None = None, **kw) -> Features:
-        from ssp.features.store import cached_features
-
         return Features.from_dict(cached_features(self.store, self.backbone, samples, dataset=dataset or self.data.name,
                                                   split=split, recompute=self.recompute, desc=desc,
                                                   **self._kw, **kw))
 
     def _draw(self, shots: int, seed: int):
         """The few-shot draw: the sampler's, or the given split manifest's."""
-        from ssp.data.manifest import fewshot_splits
-
         return fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"], manifest=self.manifest)
 
     def _extract_all(self) -> None:
@@ -295,9 +291,6 @@ class ImageSource:
                     self._features(draw.val, split="train-as-val", desc=f"val {shots}-shot seed {seed}")
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
-        from ssp.data.fewshot import check_support_after_skips
-        from ssp.data.manifest import run_manifest
-
         cfg = self.cfg
         if shots == 0:
             return test_only_split(self.test, len(self.data.classnames), seed,
@@ -317,9 +310,6 @@ class ImageSource:
         bad_shots = _skipped(draw.support, support)
         replacements = []
         if bad_shots:  # each unreadable shot replaced by a readable train image of its class (seeded)
-            from ssp.data import load_image
-            from ssp.data.fewshot import replace_unreadable_shots
-
             draw, replacements = replace_unreadable_shots(draw, bad_shots, _readable_with(load_image))
             if replacements:
                 support = self._features(draw.support, split="train", desc=f"support {shots}-shot seed {seed}",
@@ -361,8 +351,6 @@ class ImageSource:
         return tensor
 
     def record_fields(self) -> dict:
-        from ssp._io import file_sha256
-
         cfg, data, path = self.cfg, self.data, self.split_file
         return {
             "backbone": {"model": cfg["backbone"], "pretrained": cfg["pretrained"], "identity": self.backbone.identity},
@@ -413,8 +401,6 @@ IMAGE_ONLY_KEYS = ("pretrained", "precision", "quick_gelu", "views", "batch_size
 def check_cache_dataset(folder: str | Path, dataset: str, n_classes: int) -> None:
     """Refuse a Tip-Adapter cache folder filed under another dataset: its folder name names another
     benchmark, or its class count is not the dataset's (under the CoOp protocol)."""
-    from ssp.data.catalog import benchmark_class_count, list_sources
-
     named = cache_dataset_name(folder)
     if named is not None and named != dataset:
         raise ValueError(f"Tip-Adapter cache folder {folder} holds {named} (its folder name), not {dataset}: "
@@ -435,18 +421,15 @@ class TipCacheSource:
     (``text_features``: a file, else the folder's ``text_weights*.pt``). ``backbone_name`` labels the
     backbone the cache was extracted with (not verifiable from the files; default ``cache-D<D>``).
     Errors (a missing folder, no keys files, no validation features, no test features without
-    ``test_from_val``, missing shot counts) are raised here, before any run.
+    ``test_from_val``, missing shot counts) are raised here, before any run. ``require_test=False``
+    accepts a folder without test features (splits then have ``test=None``): for training on the
+    support set alone (``ssp-unmix train``), never for the few-shot protocol.
     """
 
     def __init__(self, cfg: dict, *, folder: str | Path, test_from_val: float | None = None,
                  text_features: str | Path | None = None, text_layout: str = "auto",
                  backbone_name: str | None = None, device=None, check_shots: bool = True,
-                 prompt_features: str | Path | None = None) -> None:
-        from ssp._io import file_sha256
-        from ssp._utils.devices import resolve_device
-        from ssp.features.tip_cache import available_shots, load_tip_adapter_cache
-        from ssp.run.records import settings_key
-
+                 require_test: bool = True, prompt_features: str | Path | None = None) -> None:
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise FileNotFoundError(f"Tip-Adapter cache folder {folder} does not exist")
@@ -491,7 +474,7 @@ class TipCacheSource:
         if not self.has_val:
             raise FileNotFoundError(f"{folder} has no validation features (val_f.pt / val_l.pt): "
                                     "hyper-parameters are chosen on validation data, so they are required")
-        if test_from_val is None and not self.has_test:
+        if test_from_val is None and not self.has_test and require_test:
             raise FileNotFoundError(f"{folder} has no test features (test_f.pt / test_l.pt); pass "
                                     "--test-from-val 0.5 to split the validation features into a search part "
                                     "and a test part (seeded per class)")
@@ -522,9 +505,6 @@ class TipCacheSource:
         return True
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
-        from ssp.data.fewshot import validation_subsample
-        from ssp.features.tip_cache import load_tip_adapter_cache
-
         t0 = time.perf_counter()
         wanted = shots or self.shots[0]   # 0 shots (test-time): any cache file holds val / test
         if self._loaded is None or self._loaded[0] != wanted:
@@ -540,7 +520,7 @@ class TipCacheSource:
                      "n_val_features": int(cache.val_labels.numel()), "n_search": int(search_idx.numel()),
                      "n_test": int(test_idx.numel())}
         else:
-            test = Features(cache.test_features, cache.test_labels)
+            test = None if cache.test_features is None else Features(cache.test_features, cache.test_labels)
         if shots == 0:   # test-time: the test part only (the same as the few-shot runs of this seed)
             out = test_only_split(test, self.n_classes, seed, timings={"load_features_s": time.perf_counter() - t0})
             out.protocol["test_from_val"], out.seeds["test_from_val_split"] = split, seed if split else None
@@ -554,7 +534,7 @@ class TipCacheSource:
             protocol={"val_policy": policy, "views": "as in the cache (keys: mean of augmented views)",
                       "hyperparameters_chosen_on": "validation split" + (" (search part)" if split else ""),
                       "test_from_val": split, "n_support": int(support.labels.numel()),
-                      "n_val": int(val.labels.numel()), "n_test": int(test.labels.numel()),
+                      "n_val": int(val.labels.numel()), "n_test": 0 if test is None else int(test.labels.numel()),
                       "n_classes": self.n_classes},
             seeds={"few_shot_support": None, "test_from_val_split": seed if split else None,
                    "validation_subsample": seed if policy != "full" else None, "training": seed},
@@ -582,3 +562,35 @@ class TipCacheSource:
 
     def close(self, echo: Echo) -> None:
         pass
+
+
+def make_source(cfg: dict, *, root: str | Path | None = None, features: str | Path | None = None,
+                device=None, split_file: str | Path | None = None, split_manifest: dict | None = None,
+                store_dir: str | Path | None = None, recompute: bool = False, progress: bool = True,
+                eval_on: list[str] | None = None, test_from_val: float | None = None,
+                text_features: str | Path | None = None, text_layout: str = "auto",
+                prompt_features: str | Path | None = None, backbone_name: str | None = None,
+                check_shots: bool = True, require_test: bool = True) -> FeatureSource:
+    """The one way the command-line tools build a feature source: images under ``root`` through
+    the config's backbone (:class:`ImageSource`), or a Tip-Adapter cache folder ``features``
+    (:class:`TipCacheSource`). Exactly one of the two; the other source's options are refused
+    (``ValueError`` naming them) rather than silently ignored. ``cfg`` holds what the source reads:
+    ``dataset``, ``shots``, ``seeds``, ``val_policy``, and for images ``backbone``, ``pretrained``,
+    ``precision``, ``views`` (``quick_gelu``, ``batch_size``, ``num_workers``, ``skip_bad_images``,
+    ``prompts`` optional)."""
+    if (root is None) == (features is None):
+        raise ValueError("a feature source is images (root=DATA_ROOT) or a Tip-Adapter cache folder "
+                         "(features=DIR): give exactly one")
+    images_only = {"split_file": split_file, "split_manifest": split_manifest, "store_dir": store_dir,
+                   "recompute": recompute or None, "eval_on": eval_on or None}
+    cache_only = {"test_from_val": test_from_val, "text_features": text_features, "prompt_features": prompt_features}
+    given = [k for k, v in (images_only if features is not None else cache_only).items() if v is not None]
+    if given:
+        kind = "images (root=...)" if features is not None else "Tip-Adapter cache folders (features=DIR)"
+        raise ValueError(f"{', '.join(given)}: only for {kind}, not for the source given")
+    if features is not None:
+        return TipCacheSource(cfg, folder=features, device=device, test_from_val=test_from_val,
+                              text_features=text_features, text_layout=text_layout, prompt_features=prompt_features,
+                              backbone_name=backbone_name, check_shots=check_shots, require_test=require_test)
+    return ImageSource(cfg, root=root, store_dir=store_dir, device=device, recompute=recompute, split_file=split_file,
+                       progress=progress, split_manifest=split_manifest, eval_on=eval_on)

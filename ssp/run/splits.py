@@ -21,7 +21,7 @@ class Split:
 
     support: Features
     val: Features
-    test: Features
+    test: Features | None     # None: a cache folder without test features, opened with require_test=False
     protocol: dict
     seeds: dict
     timings: dict = field(default_factory=dict)

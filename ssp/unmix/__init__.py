@@ -7,7 +7,8 @@ Understanding", arXiv 2502.02977) on top of ssp's stages.
     ssp.unmix.data       VOC / COCO multi-label labels and segmentation pairs
     ssp.unmix.metrics    mAP and mIoU
     ssp.unmix.segment    zero-shot semantic segmentation from dense features
-    ssp.cli.unmix        the ``ssp-unmix`` command
+    ssp.unmix.workflow   analyze / train / mlr / segment end to end, one JSON record each
+                         (what ``ssp-unmix`` runs; its parser is ssp.cli.unmix)
 
 Attributes are imported lazily (no torch / matplotlib import until used).
 """

@@ -33,6 +33,7 @@ from ssp._utils.devices import resolve_device
 from ssp._utils.fitted import check_is_fitted
 from ssp._utils.normalize import l2_normalize
 from ssp.unmix.losses import MFI_FORMS, asymmetric_loss, mfi_loss
+from ssp.unmix.metrics import mean_average_precision
 
 __all__ = ["UnmixProjector", "dual_prompt_logits", "FORMAT_VERSION"]
 
@@ -330,7 +331,6 @@ class UnmixProjector(ClassifierMixin, BaseEstimator):
         scores = self._scores(xv, pv)
         if self.task_ == "single_label":
             return float((scores.argmax(1) == yv).float().mean()) * 100
-        from ssp.unmix.metrics import mean_average_precision
 
         return float(mean_average_precision(scores.cpu().numpy(), yv.cpu().numpy())[0])
 

@@ -1,4 +1,4 @@
-"""Tests for ssp.cache: the feature store, extraction and cached extraction."""
+"""Tests for ssp.features: the feature store, extraction and cached extraction."""
 from __future__ import annotations
 
 import json

@@ -73,6 +73,9 @@ def test_reproduce_base2new_track_on_caches_writes_the_comparison(tmp_path, caps
     runs = [json.loads(p.read_text()) for p in out.rglob("*.run.json")]
     assert sorted(r["method"] for r in runs) == ["gda", "zero-shot"]
     assert all(r["protocol_name"] == "base2new" for r in runs)
+    # the results page of the output folder, with the base-to-new columns and the new classes' calibration
+    page = (out / "index.html").read_text()
+    assert '"key": "harmonic_mean"' in page and all("reliability_new" in r for r in runs)
     comparison = json.loads((out / "comparison-base2new.json").read_text())
     gda = {r["metric"]: r for r in comparison["rows"] if r["method"] == "gda"}
     assert gda["harmonic_mean"]["ours_mean"] == pytest.approx(runs[[r["method"] for r in runs].index("gda")]

@@ -97,6 +97,14 @@ def test_base2new_through_the_cli_matches_dense_numpy(tmp_path, capsys):
     assert zs["base_accuracy"] == round(zs_base, 6) and zs["new_accuracy"] == round(zs_new, 6)
     assert zs["harmonic_mean"] == round(harmonic_mean(zs_base, zs_new), 6)
     assert zs["class_split"]["base"] == [0, 24] and zs["class_split"]["new"] == [24, 47]
+    # the new classes' reliability: the base validation's temperature, computed like this dense NLL
+    z = 100 * x[new] @ w[n_base:].T
+    logp = z - z.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    nll = -logp[np.arange(int(new.sum())), y[new] - n_base].mean()
+    assert zs["reliability_new"]["raw"]["nll"] == pytest.approx(nll, rel=1e-6)
+    assert zs["reliability_new"]["temperature"] == zs["reliability"]["temperature"]
+    assert zs["reliability"]["n_test"] == int(base.sum()) and "conformal" not in zs["reliability_new"]
     assert zs["class_split"]["n_test_base"] == int(base.sum()) and zs["class_split"]["n_support"] == 2 * n_base
     for method, record in runs.items():
         assert record["protocol_name"] == "base2new" and record["new_classes"]["rule"]
@@ -154,3 +162,17 @@ def test_base2new_from_images_with_ssp(data_root, tmp_path, capsys):
         assert 0 <= record["new_accuracy"] <= 100
     assert runs["zero-shot+ssp"]["new_classes"]["ssp"] is True
     assert "vision projector" in runs["gda+ssp"]["new_classes"]["rule"]
+
+
+def test_every_method_declares_and_documents_its_new_class_rule():
+    """The base-to-new table of docs/protocol.md names every registered method; each estimator
+    class declares its rule (recorded in run JSONs)."""
+    from ssp.methods.registry import registered_methods
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    table = doc[doc.index("| method | classes without shots |"):]
+    table = table[:table.index("\n\n")]
+    for spec in registered_methods():
+        assert isinstance(spec.estimator.new_class_rule, str) and len(spec.estimator.new_class_rule) > 20
+        assert f"`{spec.name}`" in table, spec.name
+    assert "`X+ssp`" in table and "vision projector carries over" in table

@@ -269,3 +269,28 @@ def test_one_validation_subsampler_for_images_and_tip_adapter_cache_folders(tmp_
         drawn = {s.path for s in make_fewshot_splits(ds, shots, seed, val_policy=policy).val}
         kept = validation_subsample(labels, policy, shots, seed)
         assert {val[i].path for i in kept} == drawn and kept == sorted(kept)
+
+
+def test_make_source_builds_one_source_and_refuses_the_other_sources_options(cache, tmp_path):
+    from ssp.run.sources import TipCacheSource, make_source
+
+    cfg = load_config("dtd", overrides={"shots": [1], "seeds": [1]})
+    source = make_source(cfg, features=cache, device="cpu")
+    assert isinstance(source, TipCacheSource) and source.dataset == "dtd"
+    for kwargs, named in (({"features": cache, "split_file": tmp_path / "s.json"}, "split_file"),
+                          ({"features": cache, "recompute": True}, "recompute"),
+                          ({"root": tmp_path, "test_from_val": 0.5}, "test_from_val"),
+                          ({"root": tmp_path, "features": cache}, "exactly one"), ({}, "exactly one")):
+        with pytest.raises(ValueError, match=named):
+            make_source(cfg, **kwargs)
+
+
+def test_a_cache_without_test_features_opens_for_training_only(tmp_path):
+    from ssp.run.sources import make_source
+
+    folder = write_tip_cache(tmp_path / "dtd", shots=(1,), with_test=False)
+    cfg = load_config("dtd", overrides={"shots": [1], "seeds": [1], "val_policy": "full"})
+    with pytest.raises(FileNotFoundError, match="no test features"):
+        make_source(cfg, features=folder)
+    split = make_source(cfg, features=folder, require_test=False).split(1, 1, lambda _: None)
+    assert split.test is None and split.protocol["n_test"] == 0 and len(split.val.labels) == 47 * 6

@@ -45,6 +45,10 @@ def test_verify_names_the_missing_class_folder_and_the_wrong_image_count(tmp_pat
     _variant(tmp_path / "imagenet-a", ids[:57] + ids[58:])
     report = verify_dataset("imagenet_a", tmp_path)
     assert report.status == "missing" and ids[57] in report.problem
+    first = tmp_path / "first"  # the first class folder missing too: still named
+    _variant(first / "imagenet-a", ids[1:])
+    report = verify_dataset("imagenet_a", first)
+    assert report.status == "missing" and ids[0] in report.problem
     _variant(tmp_path / "imagenet-a", [ids[57]])
     report = verify_dataset("imagenet_a", tmp_path)
     assert report.status == "missing" and "200 images" in report.problem and "7,500" in report.problem
