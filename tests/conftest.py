@@ -35,6 +35,23 @@ def tip_cache_root(data_root: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def voc_root(data_root: Path) -> Path:
+    """The 17 real VOC 2012 images with masks (``voc_tiny``)."""
+    root = data_root / "voc_tiny"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    return root
+
+
+@pytest.fixture(scope="session")
+def coco_root(data_root: Path) -> Path:
+    root = data_root / "coco_tiny"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    return root
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Small tensors: intra-op threads only add contention (and oversubscribe shared CI runners)."""

@@ -8,16 +8,12 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from _cli import run_cli, run_ok
 
 from ssp.cli.fewshot import main
 from ssp.run.config import load_config
 
 ASSETS = Path(__file__).parents[1] / "assets"
-
-
-def _run(capsys, *args: str) -> str:
-    assert main(list(args)) == 0
-    return capsys.readouterr().out
 
 
 def _common(tmp_path: Path, backbone: str = "tiny-rn.json") -> list[str]:
@@ -33,7 +29,7 @@ def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, 
     args = ["--dataset", "dtd", "--root", str(data_root / "coop"), "--shots", "1", "2", "--seeds", "1",
             *_common(tmp_path)]
     filters = list(warnings.filters)
-    out = _run(capsys, *args)
+    out = run_ok("ssp.cli.fewshot", *args)
     assert warnings.filters == filters  # cli.main leaves the process-wide warning filters alone
 
     runs = sorted((tmp_path / "out").rglob("*.run.json"))
@@ -63,10 +59,10 @@ def test_dtd_end_to_end_writes_runs_table_and_reuses_cache(data_root, tmp_path, 
 
     # the same command again: every run is reused (resume by default), nothing is recomputed
     before = {p.name: json.loads(p.read_text())["test_accuracy"] for p in runs}
-    out_resume = _run(capsys, *args)
+    out_resume = run_ok("ssp.cli.fewshot", *args)
     assert f"all {len(runs)} runs already done" in out_resume and "extracted" not in out_resume
     # --rerun: every run again, every feature file from the feature store, results identical
-    out2 = _run(capsys, *args, "--rerun")
+    out2 = run_ok("ssp.cli.fewshot", *args, "--rerun")
     assert "0 extracted" in out2 and "0 file(s) reused" not in out2
     after = {p.name: json.loads(p.read_text())["test_accuracy"] for p in (tmp_path / "out").rglob("*.run.json")}
     assert after == before
@@ -77,7 +73,7 @@ def test_imagenet_layout_end_to_end(data_root, tmp_path, capsys):
     root = data_root / "imagenet_tiny"
     if not root.is_dir():
         pytest.skip(f"{root} not found")
-    out = _run(capsys, "--dataset", "imagenet", "--root", str(root), "--shots", "1", "--seeds", "1", "2",
+    out = run_ok("ssp.cli.fewshot", "--dataset", "imagenet", "--root", str(root), "--shots", "1", "--seeds", "1", "2",
                "--methods", "zero-shot", "tip-adapter+ssp", *_common(tmp_path, "tiny-vit.json"))
     runs = sorted((tmp_path / "out").rglob("*.run.json"))
     assert len(runs) == 4
@@ -98,11 +94,11 @@ def test_missing_dataset_folder_is_a_clear_error(tmp_path, capsys):
 def test_bad_values_are_rejected_before_any_work(data_root, tmp_path):
     """A real dataset root: without the up-front checks these runs would start and write files."""
     root = data_root / "coop"
-    base = [sys.executable, "-m", "ssp.cli.fewshot", "--dataset", "dtd", "--root", str(root), *_common(tmp_path)]
+    base = ["--dataset", "dtd", "--root", root, *_common(tmp_path)]
     for bad, flag in ((["--shots", "0"], "--shots"), (["--ssp-rank", "1.5"], "--ssp-rank"),
                       (["--batch-size", "0"], "--batch-size"), (["--num-workers", "-1"], "--num-workers"),
                       (["--val-policy", "half"], "--val-policy")):
-        done = subprocess.run(base + bad, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+        done = run_cli("ssp.cli.fewshot", *base, *bad)
         assert done.returncode != 0 and flag in done.stderr and "Traceback" not in done.stderr, bad
         assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists(), bad
     with pytest.raises(SystemExit, match="--dataset is required"):
@@ -130,7 +126,7 @@ def test_report_only_rebuilds_table_from_jsons(tmp_path, capsys):
     for seed, acc in ((1, 60.0), (2, 62.0)):
         write_run(tmp_path, {"dataset": "dtd", "backbone": {"name": "RN50@openai"}, "method": "ape",
                              "shots": 4, "seed": seed, "val_accuracy": acc, "test_accuracy": acc})
-    out = _run(capsys, "--report-only", "--output", str(tmp_path))
+    out = run_ok("ssp.cli.fewshot", "--report-only", "--output", str(tmp_path))
     assert "61.00 ± 1.41" in out and (tmp_path / "results.md").is_file()
 
 

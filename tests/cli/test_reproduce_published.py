@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
+from _cli import run_cli
 from _tip_cache_folder import write_tip_cache
 
 from ssp.cli import reproduce
@@ -14,12 +15,6 @@ from ssp.report.published import published_value
 
 FAST = ["--shots", "1", "2", "--seeds", "1", "--methods", "zero-shot", "tip-adapter", "--no-progress",
         "--device", "cpu", "--paper", "tip-adapter", "--datasets", "dtd"]
-
-
-def _run(argv, capsys):
-    code = reproduce.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture()
@@ -39,11 +34,11 @@ def _dashed(fig) -> int:
 def test_unlabelled_cache_is_compared_with_nothing_and_says_so(tmp_path, capsys, figures):
     matplotlib.use("Agg")
     caches = write_tip_cache(tmp_path / "caches" / "dtd", dim=8).parent
-    code, text, _ = _run(["--features-root", caches, *FAST, "--dry-run"], capsys)
+    code, text, _ = run_cli(reproduce, "--features-root", caches, *FAST, "--dry-run")
     assert code == 0
     assert "published numbers (RN50) not compared: the cache's backbone is not labelled (8-d features)" in text
     assert "(published " not in text          # the dry run lists no number the report would not show
-    code, text, _ = _run(["--features-root", caches, *FAST, "--output", tmp_path / "out"], capsys)
+    code, text, _ = run_cli(reproduce, "--features-root", caches, *FAST, "--output", tmp_path / "out")
     assert code == 0
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "published: none compared (no published numbers for backbone cache-D8)" in md
@@ -59,11 +54,11 @@ def test_unlabelled_cache_is_compared_with_nothing_and_says_so(tmp_path, capsys,
 def test_labelled_cache_is_compared_and_the_plot_draws_the_dashed_line(tmp_path, capsys, figures):
     matplotlib.use("Agg")
     caches = write_tip_cache(tmp_path / "caches" / "dtd", dim=1024).parent
-    code, text, _ = _run(["--features-root", caches, *FAST, "--backbones", "RN50", "--dry-run"], capsys)
+    code, text, _ = run_cli(reproduce, "--features-root", caches, *FAST, "--backbones", "RN50", "--dry-run")
     assert code == 0 and "compared with the published RN50 numbers" in text
     assert f"(published {published_value('tip-adapter', 'dtd', 2):.2f})" in text
-    code, text, _ = _run(["--features-root", caches, *FAST, "--backbones", "RN50", "--output", tmp_path / "out"],
-                         capsys)
+    code, text, _ = run_cli(reproduce, "--features-root", caches, *FAST, "--backbones", "RN50", "--output",
+                            tmp_path / "out")
     assert code == 0
     md = (tmp_path / "out" / "comparison.md").read_text()
     assert "compared: the published RN50 numbers" in md
@@ -76,7 +71,7 @@ def test_labelled_cache_is_compared_and_the_plot_draws_the_dashed_line(tmp_path,
 
 def test_a_cache_labelled_with_a_backbone_of_another_width_is_refused(tmp_path, capsys):
     caches = write_tip_cache(tmp_path / "caches" / "dtd", dim=8).parent
-    code, text, _ = _run(["--features-root", caches, *FAST, "--backbones", "RN50", "--dry-run"], capsys)
+    code, text, _ = run_cli(reproduce, "--features-root", caches, *FAST, "--backbones", "RN50", "--dry-run")
     assert code == 1
     assert "--backbones RN50: the cache folder" in text and "holds 8-d features, but RN50's are 1024-d" in text
 

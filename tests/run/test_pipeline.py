@@ -21,10 +21,6 @@ SMALL_GRIDS = "tip_adapter: {search_step: [20, 5]}\nape: {search_step: [20, 5, 4
 NOISE = re.compile(r"\d\.\d{9,}")  # float noise such as 2.8600000000000003
 
 
-def _cli(module: str, *args) -> subprocess.CompletedProcess:
-    return run_cli(module, *args)
-
-
 def _subprocess_cli(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
@@ -100,7 +96,7 @@ def test_rerun_with_other_settings_never_overwrites_and_tables_keep_them_apart(f
     out, first = features_run
     assert first.returncode == 0
     before = {p: (out / p).read_bytes() for p in _runs(out)}
-    done = _cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
+    done = run_cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
                 "--methods", "zero-shot", "--val-policy", "full", "--config", small, "--output", out)
     assert done.returncode == 0, done.stderr
     after = _runs(out)
@@ -117,7 +113,7 @@ def test_suite_resumes_and_a_second_run_does_no_work(cars, small, tmp_path):
     args = ["--features-root", root, "--datasets", "stanford_cars", "caltech101", "--shots", "1",
             "--seeds", "1", "2", "2", "--methods", "zero-shot", "tip-adapter", "--test-from-val", "0.5",
             "--config", small, "--output", tmp_path / "suite"]
-    first = _cli("ssp.cli.reproduce", *args)
+    first = run_cli("ssp.cli.reproduce", *args)
     assert first.returncode == 0, first.stderr + first.stdout
     assert "repeats" in first.stderr  # --seeds 1 2 2 -> 1 2, said once
     # caltech101's cache has no text classifier: skipped with the reason and the option
@@ -127,25 +123,25 @@ def test_suite_resumes_and_a_second_run_does_no_work(cars, small, tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in runs}
     assert (tmp_path / "suite" / "results.md").is_file()
 
-    second = _cli("ssp.cli.reproduce", *args)
+    second = run_cli("ssp.cli.reproduce", *args)
     assert second.returncode == 0, second.stderr
     assert "nothing to do: all 4 run(s) are already done" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in sorted((tmp_path / "suite").rglob("*.run.json"))} == stamps
 
-    dry = _cli("ssp.cli.reproduce", *args, "--shots", "1", "2", "--dry-run")  # the last --shots wins
+    dry = run_cli("ssp.cli.reproduce", *args, "--shots", "1", "2", "--dry-run")  # the last --shots wins
     assert dry.returncode == 0, dry.stderr
     assert "4 to run, 4 done" in dry.stdout and re.search(r"run\s+tip-adapter\s+2-shot seeds \[1, 2\]", dry.stdout)
     assert len(sorted((tmp_path / "suite").rglob("*.run.json"))) == 4  # a dry run writes nothing
 
 
 def test_paper_preset_dry_run_lists_its_datasets_shots_and_seeds(tmp_path):
-    done = _cli("ssp.cli.reproduce", "--paper", "ape", "--output", tmp_path / "o", "--dry-run")
+    done = run_cli("ssp.cli.reproduce", "--paper", "ape", "--output", tmp_path / "o", "--dry-run")
     assert done.returncode == 0, done.stderr
     blocks = re.findall(r"^(\w+) \| RN50: (\d+) to run, 0 done$", done.stdout, re.M)
     assert len(blocks) == 11  # the 11 benchmarks
     assert re.search(r"run  ape\s+16-shot seeds \[1, 2, 3\]", done.stdout)
     assert not (tmp_path / "o").exists()
-    bad = _cli("ssp.cli.reproduce", "--paper", "nope", "--output", tmp_path / "o", "--dry-run")
+    bad = run_cli("ssp.cli.reproduce", "--paper", "nope", "--output", tmp_path / "o", "--dry-run")
     assert bad.returncode == 2 and "choose from" in bad.stderr and "Traceback" not in bad.stderr  # a usage error
 
 
@@ -168,14 +164,14 @@ def test_text_features_file_in_either_orientation_and_format(cars, textless_cach
     save_file({"text_features": text_dc.T.contiguous()}, str(tmp_path / "text_cd.safetensors"))
     common = ["--test-from-val", "0.5", "--shots", "1", "--seeds", "1", "--methods", "zero-shot",
               "--dataset", "stanford_cars"]
-    missing = _cli("ssp.cli.fewshot", "--features", textless_cache, *common, "--output", tmp_path / "none")
+    missing = run_cli("ssp.cli.fewshot", "--features", textless_cache, *common, "--output", tmp_path / "none")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
     assert "text_weights" in missing.stderr and "--text-features" in missing.stderr
     assert not (tmp_path / "none").exists()
 
     accs = []
     for name in ("text_dc.npy", "text_cd.safetensors"):
-        done = _cli("ssp.cli.fewshot", "--features", textless_cache, "--text-features", tmp_path / name, *common,
+        done = run_cli("ssp.cli.fewshot", "--features", textless_cache, "--text-features", tmp_path / name, *common,
                     "--output", tmp_path / name.split(".")[0])
         assert done.returncode == 0, done.stderr
         (run,) = _runs(tmp_path / name.split(".")[0]).values()
@@ -214,7 +210,7 @@ def test_split_validation_is_seeded_stratified_and_disjoint():
 def test_config_errors_through_the_cli(cars, tmp_path, text, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text(text)
-    done = _cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
+    done = run_cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
                 "--methods", "zero-shot", "--config", bad, "--output", tmp_path / "out")
     assert done.returncode == 1 and message in done.stderr and "bad.yaml" in done.stderr
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("ssp-fewshot: error:")
@@ -227,25 +223,25 @@ def test_config_errors_through_the_cli(cars, tmp_path, text, message):
     (["--test-from-val", "1.5"], "--test-from-val: must be a fraction in (0, 1)"),
 ])
 def test_bad_values_are_rejected_up_front(cars, tmp_path, args, message):
-    done = _cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
+    done = run_cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
                 "--methods", "zero-shot", *args, "--output", tmp_path / "out")
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_test_split_and_report_only_without_runs_are_clean_errors(cars, tmp_path):
-    done = _cli("ssp.cli.fewshot", "--features", cars, "--shots", "1", "--seeds", "1", "--methods", "zero-shot",
+    done = run_cli("ssp.cli.fewshot", "--features", cars, "--shots", "1", "--seeds", "1", "--methods", "zero-shot",
                 "--output", tmp_path / "out")
     assert done.returncode == 1 and "no test features" in done.stderr and "--test-from-val 0.5" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
     (tmp_path / "empty").mkdir()
-    report = _cli("ssp.cli.fewshot", "--report-only", "--output", tmp_path / "empty")
+    report = run_cli("ssp.cli.fewshot", "--report-only", "--output", tmp_path / "empty")
     assert report.returncode == 1 and "ssp-fewshot: error: --report-only: no run results" in report.stderr
     assert list((tmp_path / "empty").iterdir()) == []
 
 
 def test_duplicate_seeds_are_removed_up_front(cars, tmp_path):
-    done = _cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1", "1",
+    done = run_cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1", "1",
                 "--methods", "zero-shot", "--output", tmp_path / "out")
     assert done.returncode == 0, done.stderr
     assert "--seeds 1 1 has repeats; using 1" in done.stderr
@@ -261,10 +257,10 @@ def test_suite_from_images_plans_the_paths_it_writes(data_root, tmp_path):
             "--methods", "zero-shot", "tip-adapter", "--config", tmp_path / "small.yaml", "--no-progress",
             "--feature-store", tmp_path / "cache", "--output", tmp_path / "suite"]
     (tmp_path / "small.yaml").write_text(SMALL_GRIDS)
-    first = _cli("ssp.cli.reproduce", *args)
+    first = run_cli("ssp.cli.reproduce", *args)
     assert first.returncode == 0, first.stderr + first.stdout
     assert len(_runs(tmp_path / "suite")) == 2
-    second = _cli("ssp.cli.reproduce", *args)
+    second = run_cli("ssp.cli.reproduce", *args)
     assert second.returncode == 0 and "nothing to do: all 2 run(s) are already done" in second.stdout
 
 
@@ -272,7 +268,7 @@ def test_a_clamped_n_channels_is_printed_and_the_value_used_recorded(cars, tmp_p
     """The published configs ask for 800 APE channels; a D = 512 backbone cannot honour that: the
     CLI says so and the run JSON records the 512 channels used, next to the configured 800."""
     (tmp_path / "c.yaml").write_text("ape: {n_channels: 800, search_step: [20, 5, 4]}\n")
-    done = _cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
+    done = run_cli("ssp.cli.fewshot", "--features", cars, "--test-from-val", "0.5", "--shots", "1", "--seeds", "1",
                 "--methods", "ape", "--config", tmp_path / "c.yaml", "--device", "cpu", "--no-progress",
                 "--output", tmp_path / "out")
     assert done.returncode == 0, done.stderr + done.stdout

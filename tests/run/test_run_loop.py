@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import cli_error, run_cli
 from _tip_cache_folder import write_tip_cache
 
 from ssp.cli import fewshot, reproduce
@@ -28,35 +29,19 @@ def cache(tmp_path) -> Path:
     return write_tip_cache(tmp_path / "caches" / "dtd")
 
 
-def _main(module, argv, capsys):
-    code = module.main([str(a) for a in argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def _fail(module, argv, capsys) -> str:
-    with pytest.raises(SystemExit) as info:
-        module.main([str(a) for a in argv])
-    capsys.readouterr()
-    assert info.value.code not in (0, None)
-    message = str(info.value.code)
-    assert "Traceback" not in message and len(message.strip().splitlines()) <= 2, message
-    return message
-
-
 def _runs(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.rglob("*.run.json"))]
 
 
 def test_resume_is_the_default_and_rerun_redoes(cache, tmp_path, capsys):
     out = tmp_path / "out"
-    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--output", out], capsys)
+    code, text, _ = run_cli(fewshot, "--features", cache, *FAST, "--output", out)
     assert code == 0 and len(_runs(out)) == 4
     first = {r["method"] + str(r["shots"]): r["created"] for r in _runs(out)}
-    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--output", out], capsys)
+    code, text, _ = run_cli(fewshot, "--features", cache, *FAST, "--output", out)
     assert code == 0 and "all 4 runs already done" in text
     assert {r["method"] + str(r["shots"]): r["created"] for r in _runs(out)} == first
-    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--output", out, "--rerun"], capsys)
+    code, text, _ = run_cli(fewshot, "--features", cache, *FAST, "--output", out, "--rerun")
     assert code == 0 and "already done" not in text and len(_runs(out)) == 4
 
 
@@ -72,17 +57,15 @@ def test_interrupt_reports_the_runs_finished_in_this_call(cache, tmp_path, capsy
 
     monkeypatch.setattr(pipeline, "run_method", interrupt_third)
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as info:
-        fewshot.main([str(a) for a in ["--features", cache, *FAST, "--output", out]])
-    assert info.value.code == 130
-    err = capsys.readouterr().err
+    code, _, err = run_cli(fewshot, "--features", cache, *FAST, "--output", out)
+    assert code == 130
     assert "2 run(s) finished in this call" in err and "rerun the same command to resume" in err
     assert len(_runs(out)) == 2
     # the suite says the same
     monkeypatch.setattr(pipeline, "run_method", interrupt_third)
     calls["n"] = 0
-    code, _, err = _main(reproduce, ["--features-root", cache.parent, "--datasets", "dtd", *FAST,
-                                     "--output", tmp_path / "suite"], capsys)
+    code, _, err = run_cli(reproduce, "--features-root", cache.parent, "--datasets", "dtd", *FAST,
+                           "--output", tmp_path / "suite")
     assert code == 130 and "2 run(s) finished in this call" in err
 
 
@@ -91,8 +74,8 @@ def test_warnings_live_in_one_place_and_print_once(cache, tmp_path, capsys):
     # more APE channels than the 8 feature dimensions: clamped, with a warning in every run
     cfg_file.write_text("ape: {n_channels: 50, search_step: [5, 3, 3]}\n")
     out = tmp_path / "out"
-    code, text, _ = _main(fewshot, ["--features", cache, *FAST, "--seeds", "1", "2", "--methods", "ape",
-                                    "--config", cfg_file, "--output", out], capsys)
+    code, text, _ = run_cli(fewshot, "--features", cache, *FAST, "--seeds", "1", "2", "--methods", "ape",
+                                    "--config", cfg_file, "--output", out)
     assert code == 0
     records = _runs(out)
     with_warnings = [r for r in records if r["warnings"]]
@@ -170,7 +153,7 @@ def test_run_lock_acquire_release():
 
 
 def test_conflicting_and_missing_flags_are_refused_before_any_work(cache, tmp_path, capsys):
-    msg = _fail(fewshot, ["--features", cache, "--root", tmp_path, *FAST, "--output", tmp_path / "o"], capsys)
+    msg = cli_error(fewshot, "--features", cache, "--root", tmp_path, *FAST, "--output", tmp_path / "o")
     assert "--root and --features" in msg
     assert not (tmp_path / "o").exists()
 
@@ -178,12 +161,12 @@ def test_conflicting_and_missing_flags_are_refused_before_any_work(cache, tmp_pa
 def test_unwritable_output_is_one_line_before_any_work(cache, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    msg = _fail(fewshot, ["--features", cache, *FAST, "--output", blocker / "out"], capsys)
+    msg = cli_error(fewshot, "--features", cache, *FAST, "--output", blocker / "out")
     assert "is a file, not a folder" in msg and "--output" in msg
-    msg = _fail(fewshot, ["--features", cache, *FAST, "--output", "/proc/ssp-out"], capsys)
+    msg = cli_error(fewshot, "--features", cache, *FAST, "--output", "/proc/ssp-out")
     assert "cannot write to output folder /proc/ssp-out" in msg and "writable --output" in msg
-    msg = _fail(reproduce, ["--features-root", cache.parent, "--datasets", "dtd", *FAST, "--output",
-                            blocker / "suite"], capsys)
+    msg = cli_error(reproduce, "--features-root", cache.parent, "--datasets", "dtd", *FAST, "--output",
+                            blocker / "suite")
     assert "is a file, not a folder" in msg
 
 
@@ -196,8 +179,8 @@ def test_bad_config_value_is_refused_before_any_run_naming_the_key(cache, tmp_pa
     bad = tmp_path / "bad.yaml"
     bad.write_text("ape:\n  n_channels: -5\n")
     out = tmp_path / "out"
-    msg = _fail(fewshot, ["--features", cache, *FAST, "--methods", "zero-shot", "ape", "--config", bad,
-                          "--output", out], capsys)
+    msg = cli_error(fewshot, "--features", cache, *FAST, "--methods", "zero-shot", "ape", "--config", bad,
+                          "--output", out)
     assert "config 'ape.n_channels'" in msg and "-5" in msg
     assert not out.exists()  # zero-shot did not run first
 
@@ -205,7 +188,7 @@ def test_bad_config_value_is_refused_before_any_run_naming_the_key(cache, tmp_pa
 def test_yaml_syntax_error_names_file_line_column(cache, tmp_path, capsys):
     bad = tmp_path / "broken.yaml"
     bad.write_text("shots: [1, 2\nseeds: [1]\n")
-    msg = _fail(fewshot, ["--features", cache, *FAST, "--config", bad, "--output", tmp_path / "o"], capsys)
+    msg = cli_error(fewshot, "--features", cache, *FAST, "--config", bad, "--output", tmp_path / "o")
     assert f"{bad}:2:" in msg and "not valid YAML" in msg and len(msg.splitlines()) == 1
 
 
@@ -218,7 +201,7 @@ def test_tip_adapter_cache_folder_names(tmp_path, name, expected):
 
 
 def test_reproduce_dry_run_needs_no_output(capsys):
-    code, text, _ = _main(reproduce, ["--paper", "ape", "--dry-run"], capsys)
+    code, text, _ = run_cli(reproduce, "--paper", "ape", "--dry-run")
     assert code == 0 and "dry run:" in text and "run(s) to do" in text
 
 
@@ -230,13 +213,13 @@ def test_reproduce_with_nothing_found_is_an_error(tmp_path, capsys, layout):
     if layout == "wrong":
         (root / "not_a_dataset").mkdir()
     argv = ["--features-root", root, "--datasets", "dtd", "oxford_pets", *FAST, "--output", tmp_path / "o"]
-    msg = _fail(reproduce, argv, capsys)
+    msg = cli_error(reproduce, *argv)
     assert ("no such folder" in msg) if layout == "missing" else ("no runs planned" in msg and "dtd" in msg)
 
 
 def test_world_size_is_recorded(cache, tmp_path, capsys):
     out = tmp_path / "out"
-    assert _main(fewshot, ["--features", cache, *FAST, "--output", out], capsys)[0] == 0
+    assert run_cli(fewshot, "--features", cache, *FAST, "--output", out)[0] == 0
     assert all(r["environment"]["world_size"] == 1 for r in _runs(out))
 
 

@@ -26,22 +26,6 @@ VOC_TINY_LABELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def voc_root(data_root):
-    root = data_root / "voc_tiny"
-    if not root.is_dir():
-        pytest.skip("voc_tiny not found")
-    return root
-
-
-@pytest.fixture(scope="module")
-def coco_root(data_root):
-    root = data_root / "coco_tiny"
-    if not root.is_dir():
-        pytest.skip("coco_tiny not found")
-    return root
-
-
 def test_voc_tiny_labels_from_masks(voc_root):
     ds = get_multilabel_dataset("voc", voc_root)
     assert ds.name == "voc2012" and ds.split == "val" and ds.source == "masks" and ds.n_classes == 20
