@@ -153,7 +153,7 @@ class TIMO(CLIPFeatureClassifier):
 
     _parameter_constraints = {"alpha": [Real()], "gamma": [Real()], "text_fraction": [Real(0.0, 1.0), None],
                               "routing": [Options(ROUTINGS)], "logit_scale": [Real()]}
-    search_space = {"alpha": SearchAxis(minimum=0.0)}
+    search_space = {"alpha": SearchAxis(minimum=0.0, sane=(1e-3, 1e7))}  # one decade past the default grid
 
     def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  projector: Any = None, routing: str = "paper", logit_scale: float = 100.0,
@@ -392,7 +392,7 @@ class TIMOS(TIMO):
 
     _parameter_constraints = {**TIMO._parameter_constraints, "gamma_selection": [Options(GAMMA_SELECTIONS)]}
     search_space = {"gamma": SearchAxis(minimum=0.0), "text_fraction": SearchAxis(minimum=0.0),
-                    "alpha": SearchAxis(minimum=0.0)}
+                    "alpha": TIMO.search_space["alpha"]}
 
     def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  gamma_selection: str = "zero-shot", projector: Any = None, routing: str = "paper",
