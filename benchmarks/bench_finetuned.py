@@ -143,6 +143,9 @@ def imagenet_size(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ssp._utils.warn import one_line_warnings
+
+    one_line_warnings()  # the message, not Python's file:line and source line
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path,
                         default=Path(os.environ.get("SSP_DATA_ROOT", REPO.parent / "shared" / "data")))

@@ -105,6 +105,9 @@ def run_one(method: str, args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ssp._utils.warn import one_line_warnings
+
+    one_line_warnings()  # the message, not Python's file:line and source line
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--shots", type=int, default=16)

@@ -16,3 +16,13 @@ def warn(message: str, category: type[Warning] = UserWarning) -> None:
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)
+
+
+def one_line_warnings() -> None:
+    """Show warnings as one line, ``warning: <message>``, without the file name and the source
+    line Python prints by default (scripts such as the benchmarks, whose readers want the message)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"warning: {message}", file=file if file is not None else sys.stderr)
+
+    warnings.showwarning = show

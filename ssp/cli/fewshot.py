@@ -26,7 +26,7 @@ from ssp._checks import (
 )
 from ssp.cli._args import fail, int_at_least, with_cli_messages
 from ssp.cli._args import random_weights_banner as _random_weights_banner
-from ssp.methods.registry import canonical_name, method_help
+from ssp.methods.registry import canonical_name, method_help, registered_methods
 from ssp.run.config import builtin_config_names, load_config
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol, protocol_names
 
@@ -104,9 +104,10 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ssp-rank", type=_rank_rule, nargs="+", metavar="RULE",
                    help="SSP rank rules searched on validation: none (numerical rank), an int cap, a fraction")
     p.add_argument("--score-precision", choices=SCORE_PRECISIONS,
-                   help="SSP language-view scoring: auto (bfloat16 where the hardware has bfloat16 GEMMs), "
-                        "float32, or bfloat16 (exact: an error bound and float32 re-scoring of the classes it "
-                        "cannot rule out)")
+                   help="SSP language-view scoring: auto (default: times float32 and the screens the device "
+                        "runs natively on the support features at fit and keeps the fastest; never an emulated "
+                        "screen), float32, or a bfloat16 / tfloat32 screen (exact: an error bound, and float64 "
+                        "re-scoring of the classes it cannot rule out); the run JSON records what ran")
     p.add_argument("--ssp-routing", nargs="+", choices=ROUTINGS,
                    help="SSP routings searched on validation")
     p.add_argument("--prompts", metavar="SET",
@@ -195,8 +196,8 @@ def random_weights_banner(cfg: dict, show: bool = True):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ssp-fewshot",
-        description="Training-free few-shot CLIP (zero-shot, Tip-Adapter, APE, each with and without SSP) "
-                    "under the CoOp protocol: hyper-parameters chosen on validation, test scored once, "
+        description=f"Few-shot CLIP ({', '.join(s.title for s in registered_methods())}; each with and "
+                    "without SSP) under the CoOp protocol: hyper-parameters chosen on validation, test scored once, "
                     "mean ± std over seeds. Values default to configs/defaults.yaml and configs/<dataset>.yaml. "
                     "Multi-process feature extraction: torchrun --nproc_per_node N -m ssp.cli.fewshot ... (gloo on CPU, "
                     "NCCL with one GPU per process; rank 0 runs the methods and writes every file).")

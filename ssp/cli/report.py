@@ -12,6 +12,8 @@ from ssp.cli._args import with_cli_messages
 
 PROG = "ssp-report"
 
+# The report stage (matplotlib) is imported inside _main, after parsing: `ssp-report --help` stays fast.
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ssp._io import write_json_atomic
 from ssp.data.catalog import resource_urls
+from ssp.data.download import check_file, fetch
 
 __all__ = ["LIBRARIES", "PromptLibrary", "TIMO_COMMIT", "library_names", "library_file", "download_prompts",
            "verify_prompts", "PROMPTS_FOLDER"]
@@ -144,8 +145,6 @@ def download_prompts(name: str, root: str | Path, *, datasets: list[str] | None 
     (``.part`` while incomplete, resumed by a Range request); files already there and intact are
     not fetched again. Writes ``.ssp-download.json`` (source commit, URLs, digests). Returns
     ``(folder, notes)``. Raises :class:`ssp.data.download.DownloadError` on a failed file."""
-    from ssp.data.download import check_file, fetch
-
     lib = _library(name)
     folder = library_folder(lib.name, root)
     wanted = list(lib.sha256) if datasets is None else list(datasets)
@@ -179,8 +178,6 @@ def verify_prompts(root: str | Path, names: list[str] | None = None) -> list[tup
     """``(library, ok, one line)`` for every library folder found under ``<root>/prompts`` (or
     ``names``): each file present is checked against its pinned sha256 and must parse as
     ``{"class": ["sentence", ...]}``; a library folder with none of its files is reported absent."""
-    from ssp.data.download import check_file
-
     out = []
     for name in (names or [n for n in LIBRARIES if library_folder(n, root).is_dir()]):
         lib = _library(name)

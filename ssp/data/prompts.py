@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 from ssp.data.base import check_templates, clean_classname
 from ssp.data.benchmarks import canonical_name
+from ssp.data.prompt_library import library_file, library_names
 
 __all__ = ["PROMPT_SETS", "Prompts", "resolve_prompts", "read_class_prompts", "clip_templates",
            "prompt_choices"]
@@ -208,8 +209,6 @@ def resolve_prompts(spec: str | None, *, dataset: str, classnames: Sequence[str]
     """The per-class sentences of prompt choice ``spec`` (see the module docstring) for a
     dataset named ``dataset`` whose own templates are ``templates``. ``None`` = ``"dataset"``.
     ``root``: the data root holding the prompt libraries (``<root>/prompts/<library>/``)."""
-    from ssp.data.prompt_library import library_file, library_names
-
     spec = "dataset" if spec is None else str(spec).strip()
     if not spec:
         raise ValueError("prompts must be a prompt set name or a JSON file, got ''")

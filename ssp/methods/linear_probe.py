@@ -117,6 +117,10 @@ class LinearProbe(CLIPFeatureClassifier):
         model = LogisticRegression(C=todo[0], max_iter=check_int(self.max_iter, "max_iter"),
                                    tol=float(self.tol), warm_start=True)
         n_classes = len(self.classes_)
+        from ssp._utils.progress import step_bar
+
+        bar = step_bar(len(todo), f"linear probe C path ({view} view)" if view != "plain" else "linear probe C path",
+                       "C")
         for c in todo:
             model.set_params(C=c)
             with warnings.catch_warnings():
@@ -136,6 +140,8 @@ class LinearProbe(CLIPFeatureClassifier):
                 torch.as_tensor(full_coef, dtype=self.dtype_, device=self.device_),
                 torch.as_tensor(full_intercept, dtype=self.dtype_, device=self.device_),
                 int(np.max(model.n_iter_)))
+            bar.update(1)
+        bar.close()
 
     def _use(self, view: str, c: float) -> None:
         coef, intercept, n_iter = self._weights[(view, c)]

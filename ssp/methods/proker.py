@@ -264,6 +264,9 @@ class ProKeR(CLIPFeatureClassifier):
                 best[r] = (int(correct[r, b, i]), (betas[b], lams[i], routings[r]),
                            solution().to(self.dtype_))
 
+        from ssp._utils.progress import step_bar
+
+        bar = step_bar(len(betas) * len(lams), "ProKeR search", "point")
         for b, beta in enumerate(betas):
             gram = rbf_gram(keys, keys, beta)
             if solver == "eigh":
@@ -283,6 +286,7 @@ class ProKeR(CLIPFeatureClassifier):
                     keep_if_best(r, b, i, lambda: vectors @ (shrink[i][:, None] * projected))
                     del projected
                 del vectors
+                bar.update(len(lams))
             else:
                 for i, lam in enumerate(lams):
                     solve = _ridge_solver(gram, lam, overwrite=False)
@@ -294,7 +298,9 @@ class ProKeR(CLIPFeatureClassifier):
                         keep_if_best(r, b, i, lambda: solution)
                         del solution
                     del solve
+                    bar.update(1)
                 del gram
+        bar.close()
         if best:  # keep the overall winner's solution (first maximum in routing order)
             top = max(v[0] for v in best.values())
             winner = min(r for r, v in best.items() if v[0] == top)

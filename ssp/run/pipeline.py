@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ssp._io import jsonable
+from ssp._utils.progress import step_progress
 from ssp.features.types import Features
 from ssp.methods.ssp.projector import SSPProjector
 from ssp.methods.registry import parse_method
@@ -92,7 +93,8 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     choose its hyper-parameters on ``val``, score ``test`` once.
 
     ``seed`` seeds the training of fine-tuned methods (the few-shot seed in ``run_fewshot``);
-    ``progress`` shows their training progress bar. Warnings raised while fitting and searching
+    ``progress`` shows their training progress bar, and the progress of long searches (ProKeR's
+    search, the linear probe's C path). Warnings raised while fitting and searching
     (e.g. a clamped ``n_channels``, a winner on the grid's edge) are returned in
     ``MethodResult.warnings`` (those of the chosen rank rule). ``prompt_features`` ``[C, P, D]``
     (each class's prompts encoded one by one) go to the methods that weigh prompts (TIMO); ``None``:
@@ -130,7 +132,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
             grid["routing"] = list(routings)
         details: dict = {}
         # warnings of fit and search (a clamped n_channels, a winner on the grid's edge) go into the record
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, step_progress(progress):
             warnings.simplefilter("always")
             t0 = time.perf_counter()
             model.fit(support.image_features, support.labels, text_features=text_features, **fit_kw)

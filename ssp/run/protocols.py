@@ -50,6 +50,7 @@ import numpy as np
 
 from ssp._lazy import torch
 from ssp.methods.registry import parse_method
+from ssp.metrics import transferred_reliability
 from ssp.run.records import MethodResult
 
 __all__ = ["Protocol", "Outcome", "register_protocol", "get_protocol", "protocol_names", "PROTOCOLS",
@@ -249,7 +250,6 @@ def _evaluate_base2new(method: str, cfg: dict, split, text: torch.Tensor, *, run
     new_acc = float((logits.argmax(1).cpu() == test_new.labels.cpu()).double().mean() * 100)
     new_reliability = None
     if result.reliability is not None:   # the new classes' calibration, with the base validation's temperature
-        from ssp.metrics import transferred_reliability
 
         m = cfg.get("metrics") or {}
         new_reliability = transferred_reliability(

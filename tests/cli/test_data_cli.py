@@ -57,6 +57,9 @@ def test_quick_start_download_then_fewshot(tmp_path, monkeypatch, capsys):
     assert tip2["split_manifest"]["draws"] == manifest["draws"]
     assert tip2["test_accuracy"] == tip["test_accuracy"] and tip2["val_accuracy"] == tip["val_accuracy"]
     assert tip2["source"]["split_manifest_given"] == manifest["sha256"]
+    # the table header tells a manifest run from a drawn one (issue 27, item 9)
+    assert f"support from split manifest {manifest['sha256'][:10]}" in tip2["protocol_summary"]
+    assert "split manifest" not in tip["protocol_summary"]
 
     # a hand-made manifest (the other train image of each class) is used as given, not the sampler's draw
     from ssp.data import get_dataset
