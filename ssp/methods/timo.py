@@ -153,7 +153,7 @@ class TIMO(CLIPFeatureClassifier):
 
     _parameter_constraints = {"alpha": [Real()], "gamma": [Real()], "text_fraction": [Real(0.0, 1.0), None],
                               "routing": [Options(ROUTINGS)], "logit_scale": [Real()]}
-    search_space = {"alpha": SearchAxis(minimum=0.0)}
+    search_space = {"alpha": SearchAxis(minimum=0.0, sane=(1e-3, 1e7))}  # one decade past the default grid
 
     def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  projector: Any = None, routing: str = "paper", logit_scale: float = 100.0,
@@ -302,14 +302,19 @@ class TIMO(CLIPFeatureClassifier):
 
     # ---- logits ---------------------------------------------------------------------------
 
-    def _parts(self, x: torch.Tensor, state: dict, routing: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s · x t̃ᵀ, x W + b)`` ``[M, C]`` in ``dtype_`` for normalised queries ``x``."""
+    def _parts(self, x: torch.Tensor, state: dict, routing: str | None = None,
+               zero_shot: bool = True, gda: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(s · x t̃ᵀ, x W + b)`` ``[M, C]`` in ``dtype_`` for normalised queries ``x`` (``None``
+        for a term not asked for)."""
         zs_view, text_kind, gda_view = self._route(routing)
-        views = self._views(x, {zs_view, gda_view} - {"plain"})
-        head = state["projected"] if text_kind == "projected" else state["plain"]
-        zero_shot = float(self.logit_scale) * (views[zs_view] @ head.to(self.dtype_).T)
-        gda = (views[gda_view].to(torch.float64) @ state["weights_"] + state["bias_"]).to(self.dtype_)
-        return zero_shot, gda
+        views = self._views(x, (({zs_view} if zero_shot else set()) | ({gda_view} if gda else set())) - {"plain"})
+        zs_term = gda_term = None
+        if zero_shot:
+            head = state["projected"] if text_kind == "projected" else state["plain"]
+            zs_term = float(self.logit_scale) * (views[zs_view] @ head.to(self.dtype_).T)
+        if gda:
+            gda_term = (views[gda_view].to(torch.float64) @ state["weights_"] + state["bias_"]).to(self.dtype_)
+        return zs_term, gda_term
 
     def _current_state(self) -> dict:
         self._validate_params()  # gamma / text_fraction may have been set after fit
@@ -326,13 +331,14 @@ class TIMO(CLIPFeatureClassifier):
     def search_counts(self, val_features: torch.Tensor, val_labels: torch.Tensor,
                        axes: Mapping[str, np.ndarray], routings: list[str]) -> np.ndarray:
         """Correct validation predictions ``[R, *axes]`` for every routing and grid point
-        (``ssp.methods.search``): one Gaussian per β, one head per γ, each α an arg-max."""
+        (``ssp.methods.search``): one Gaussian per β, one head per γ, all α in one arg-max."""
         self._check_fitted()
         gammas = [float(g) for g in axes.get("gamma", [self.gamma])]
         fractions = [float(b) for b in axes["text_fraction"]] if "text_fraction" in axes else [self.text_fraction]
         alphas = [float(a) for a in axes["alpha"]]
         x = self._queries(val_features)
-        rows = max(1, _BLOCK_ELEMENTS // max(len(self.classes_), 1))
+        alpha_t = torch.tensor(alphas, dtype=self.dtype_, device=self.device_)[:, None, None]
+        rows = max(1, _BLOCK_ELEMENTS // max(len(self.classes_) * len(alphas), 1))
         correct = np.zeros((len(routings), len(gammas), len(fractions), len(alphas)), dtype=np.int64)
         head_correct = np.zeros((len(routings), len(gammas)), dtype=np.int64)
         states = [[self._state(gamma, text_fraction) for text_fraction in fractions] for gamma in gammas]
@@ -340,13 +346,13 @@ class TIMO(CLIPFeatureClassifier):
             for start in range(0, x.shape[0], rows):
                 chunk, truth = x[start:start + rows], val_labels[start:start + rows]
                 # the zero-shot term depends on gamma only, the GDA term on text_fraction only
-                zero_shots = [self._parts(chunk, states[g][0], routing)[0] for g in range(len(gammas))]
-                gdas = [self._parts(chunk, states[0][b], routing)[1] for b in range(len(fractions))]
-                for g, zero_shot in enumerate(zero_shots):
+                gdas = [self._parts(chunk, states[0][b], routing, zero_shot=False)[1] for b in range(len(fractions))]
+                for g in range(len(gammas)):
+                    zero_shot = self._parts(chunk, states[g][0], routing, gda=False)[0]
                     head_correct[r, g] += int((zero_shot.argmax(1) == truth).sum())
-                    for b, gda in enumerate(gdas):
-                        for a, alpha in enumerate(alphas):
-                            correct[r, g, b, a] += int(((zero_shot + alpha * gda).argmax(1) == truth).sum())
+                    for b, gda in enumerate(gdas):   # every alpha at once: [A, m, C], the predict expression
+                        hits = ((zero_shot[None] + alpha_t * gda[None]).argmax(2) == truth[None]).sum(1)
+                        correct[r, g, b] += hits.cpu().numpy()
         if self._selection() == "zero-shot" and len(gammas) > 1:
             # the released code's choice: gamma by the IGT head's own validation accuracy; other
             # gammas are no candidates (scored -1)
@@ -386,7 +392,7 @@ class TIMOS(TIMO):
 
     _parameter_constraints = {**TIMO._parameter_constraints, "gamma_selection": [Options(GAMMA_SELECTIONS)]}
     search_space = {"gamma": SearchAxis(minimum=0.0), "text_fraction": SearchAxis(minimum=0.0),
-                    "alpha": SearchAxis(minimum=0.0)}
+                    "alpha": TIMO.search_space["alpha"]}
 
     def __init__(self, *, alpha: float = 1.0, gamma: float = 50.0, text_fraction: float | None = None,
                  gamma_selection: str = "zero-shot", projector: Any = None, routing: str = "paper",

@@ -57,9 +57,12 @@ def test_every_log_grid_axis_declares_a_sane_range_holding_its_shipped_grid():
     checked = 0
     for spec in registered_methods():
         grid = (cfg.get(spec.search_section or "") or {}).get("search") or {}
-        for axis, (low, high, _) in grid.items():
+        for axis in spec.search_axes:
+            if not (isinstance(grid.get(axis), list) and len(grid[axis]) == 3):
+                continue  # not log-spaced [low, high, points]: a value list (TIMO-S's gamma, text_fraction)
+            low, high, _ = grid[axis]
             sane = spec.estimator.search_space[axis].sane
             assert sane is not None and sane[0] < low <= high < sane[1], (spec.name, axis)
             checked += 1
-    assert checked >= 4  # gda alpha, proker beta and lam, linear-probe C
+    assert checked >= 6  # gda alpha, proker beta and lam, linear-probe C, timo and timo-s alpha
 

@@ -106,7 +106,7 @@ def test_library_prompts_feed_timo_from_images(tmp_path, monkeypatch):
         assert main(["download", "dtd", "--root", str(data), "--mirror", server.url, "--no-progress"]) == 0
         assert main(["download", "prompts", "cupl", "--root", str(data), "--mirror", server.url, "--no-progress"]) == 0
     args = ["--dataset", "dtd", "--root", str(data), "--backbone", str(ASSETS / "tiny-vit.json"),
-            "--pretrained", "none", "--views", "2", "--shots", "2", "--seeds", "1", "--methods", "timo",
+            "--pretrained", "none", "--views", "1", "--shots", "1", "--seeds", "1", "--methods", "timo",
             "--prompts", "dataset+cupl", "--device", "cpu", "--feature-store", str(tmp_path / "store"),
             "--no-progress"]
     assert fewshot([*args, "--output", str(tmp_path / "out")]) == 0
