@@ -16,7 +16,7 @@ from ssp._utils.arrays import (ArrayLike, check_features, check_labels, check_te
 from ssp._utils.devices import resolve_device
 from ssp._utils.fitted import check_is_fitted
 from ssp._utils.normalize import l2_normalize
-from ssp.methods.params import Options, Real, ValidatedFit, check_param
+from ssp._utils.params import Options, Real, ValidatedFit, check_param
 
 # routing -> (zero-shot query view, zero-shot text, cache query view); used with a projector.
 _ROUTES = {
@@ -118,7 +118,7 @@ def _projector_is_fitted(projector: Any) -> bool:
 class CLIPFeatureClassifier(ValidatedFit, ClassifierMixin, BaseEstimator):
     """The base class of every method: a scikit-learn classifier on CLIP features.
 
-    It holds what all methods share: ``fit`` (the template of :class:`ssp.methods.params.ValidatedFit`:
+    It holds what all methods share: ``fit`` (the template of :class:`ssp._utils.params.ValidatedFit`:
     reset the fitted state, validate the parameters, fit; a failed fit leaves the model
     unfitted), the support set grouped by class, the SSP projector and its routings, array
     kinds in and out, ``predict`` / ``score``. A method defines ``__init__`` (keyword-only

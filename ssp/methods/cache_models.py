@@ -80,7 +80,7 @@ from ssp._utils.arrays import ArrayLike, check_labels, check_text_features, to_t
 from ssp._utils.normalize import l2_normalize
 from ssp._utils.warn import warn
 from ssp.methods.base import AUTO_CHUNK_ELEMENTS, SEARCH_BLOCK_ELEMENTS, CLIPFeatureClassifier
-from ssp.methods.params import Fraction, Integer, Options, Pair, Real, check_param
+from ssp._utils.params import Fraction, Integer, Options, Pair, Real, check_param
 from ssp.methods.registry import register_method
 from ssp.methods.search import SearchAxis
 

@@ -39,7 +39,7 @@ import numpy as np
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike
 from ssp.methods.registry import register_method
-from ssp.methods.params import Integer, Real
+from ssp._utils.params import Integer, Real
 from ssp.methods.stream import BLOCK_ELEMENTS, STREAM_CONSTRAINTS, StreamingClassifier, replay_memory
 
 __all__ = ["DMNZeroShot"]

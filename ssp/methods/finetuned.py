@@ -57,7 +57,7 @@ from ssp._utils.arrays import ArrayLike, to_tensor
 from ssp._utils.normalize import l2_normalize
 from ssp.methods.cache_models import APE, TipAdapter, cache_kernel, check_n_channels
 from ssp.methods.base import CLIPFeatureClassifier
-from ssp.methods.params import Boolean, Integer, Real
+from ssp._utils.params import Boolean, Integer, Real
 from ssp.methods.registry import register_method
 
 __all__ = ["TipAdapterF", "APET"]

@@ -40,7 +40,7 @@ from ssp._utils.arrays import ArrayLike, like_input, to_tensor
 from ssp._utils.normalize import l2_normalize
 from ssp._utils.warn import warn
 from ssp.methods.base import CLIPFeatureClassifier
-from ssp.methods.params import Options, Real
+from ssp._utils.params import Options, Real
 from ssp.methods.registry import log_grid_builder, register_method
 from ssp.methods.search import SearchAxis
 

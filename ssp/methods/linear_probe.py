@@ -28,7 +28,7 @@ from ssp._checks import ROUTINGS, check_int
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, check_labels, like_input
 from ssp.methods.base import CLIPFeatureClassifier, check_routing
-from ssp.methods.params import Integer, Options, Real
+from ssp._utils.params import Integer, Options, Real
 from ssp.methods.search import SearchAxis
 from ssp.methods.registry import log_grid_builder, register_method
 

@@ -50,7 +50,7 @@ from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, to_tensor
 from ssp._utils.normalize import l2_normalize
 from ssp.methods.base import CLIPFeatureClassifier
-from ssp.methods.params import Boolean, Integer, Options, Real
+from ssp._utils.params import Boolean, Integer, Options, Real
 from ssp.methods.registry import register_method
 
 __all__ = ["LPPlusPlus"]

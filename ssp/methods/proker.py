@@ -47,7 +47,7 @@ from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike
 from ssp.methods.base import CLIPFeatureClassifier
 from ssp.methods.cache_models import LINEAR_KERNEL_BETA
-from ssp.methods.params import Integer, Options, Real, check_param
+from ssp._utils.params import Integer, Options, Real, check_param
 from ssp.methods.registry import log_grid_builder, register_method
 from ssp.methods.search import SearchAxis
 

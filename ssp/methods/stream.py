@@ -14,7 +14,7 @@ import numpy as np
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike, like_input
 from ssp.methods.base import CLIPFeatureClassifier
-from ssp.methods.params import Integer, Real
+from ssp._utils.params import Integer, Real
 
 __all__ = ["replay_memory", "Replay", "BLOCK_ELEMENTS", "STREAM_CONSTRAINTS", "StreamingClassifier"]
 

@@ -38,7 +38,7 @@ from ssp._checks import check_real
 from ssp._lazy import torch
 from ssp._utils.arrays import ArrayLike
 from ssp.methods.registry import register_method
-from ssp.methods.params import Integer, Options, Real
+from ssp._utils.params import Integer, Options, Real
 from ssp.methods.stream import BLOCK_ELEMENTS, STREAM_CONSTRAINTS, StreamingClassifier, replay_memory
 
 __all__ = ["TDA"]

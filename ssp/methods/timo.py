@@ -52,7 +52,7 @@ from ssp._utils.normalize import l2_normalize
 from ssp._utils.warn import warn
 from ssp.methods.base import CLIPFeatureClassifier
 from ssp.methods.gda import ClassMoments, linear_discriminant, shared_gaussian
-from ssp.methods.params import Options, Real
+from ssp._utils.params import Options, Real
 from ssp.methods.registry import default_config, register_method
 from ssp.methods.search import SearchAxis
 

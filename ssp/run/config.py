@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ssp._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
-from ssp.methods.params import validate_params
+from ssp._utils.params import validate_params
 from ssp.methods.registry import (canonical_name, load_method_modules, method_help, method_names, parse_method,
                                   registered_methods)
 

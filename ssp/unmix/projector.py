@@ -32,6 +32,7 @@ from ssp._utils.arrays import (
 from ssp._utils.devices import resolve_device
 from ssp._utils.fitted import check_is_fitted
 from ssp._utils.normalize import l2_normalize
+from ssp._utils.params import Boolean, Integer, Options, Real, ValidatedFit
 from ssp.unmix.losses import MFI_FORMS, asymmetric_loss, mfi_loss
 from ssp.unmix.metrics import mean_average_precision
 
@@ -67,7 +68,7 @@ def dual_prompt_logits(patches: torch.Tensor, positive: torch.Tensor, negative: 
     return pair_scale * (w * (o_pos - o_neg)).sum(dim=1)
 
 
-class UnmixProjector(ClassifierMixin, BaseEstimator):
+class UnmixProjector(ValidatedFit, ClassifierMixin, BaseEstimator):
     """Learned projectors ``h_text`` / ``h_img`` on frozen CLIP features (a scikit-learn
     estimator: ``get_params`` / ``set_params`` / ``clone`` from ``BaseEstimator``; ``predict`` and
     ``score`` for single-label projectors).
@@ -95,6 +96,18 @@ class UnmixProjector(ClassifierMixin, BaseEstimator):
     (per-epoch loss and ``val_score_pct``: validation accuracy or mAP, in percent),
     ``best_epoch_``, ``device_``.
     """
+
+    _parameter_constraints = {
+        **{name: [Integer(1)] for name in ("embed_dim", "hidden_dim", "epochs", "batch_size")},
+        **{name: [Real(0)] for name in ("mfi_lambda", "logit_scale", "patch_scale", "pair_scale", "gamma_neg",
+                                        "gamma_pos", "asl_margin", "momentum", "weight_decay")},
+        "lr": [Real(0, closed="neither")],
+        "mfi_weight": [Real(0), None],
+        "mfi_form": [Options(MFI_FORMS)],
+        "optimizer": [Options(_OPTIMIZERS)],
+        "seed": [Integer(None)],
+        "progress": [Boolean()],
+    }
 
     def __init__(self, *, embed_dim: int = 256, hidden_dim: int = 384, mfi_weight: float | None = None,
                  mfi_form: str = "class", mfi_lambda: float = 0.2, logit_scale: float = 50.0,
@@ -124,27 +137,6 @@ class UnmixProjector(ClassifierMixin, BaseEstimator):
         self.device = device
         self.progress = progress
 
-    def _validate_params(self) -> None:
-        for name in ("embed_dim", "hidden_dim", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("mfi_lambda", "logit_scale", "patch_scale", "pair_scale", "gamma_neg",
-                     "gamma_pos", "asl_margin", "lr", "momentum", "weight_decay"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.mfi_weight is not None and (not isinstance(self.mfi_weight, (int, float)) or self.mfi_weight < 0):
-            raise ValueError(f"mfi_weight must be None or a number >= 0, got {self.mfi_weight!r}")
-        if self.mfi_form not in MFI_FORMS:
-            raise ValueError(f"mfi_form must be one of {MFI_FORMS}, got {self.mfi_form!r}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-
     def _effective_mfi_weight(self, task: str) -> float:
         if self.mfi_weight is not None:
             return float(self.mfi_weight)
@@ -172,7 +164,14 @@ class UnmixProjector(ClassifierMixin, BaseEstimator):
         Returns:
             self
         """
-        self._validate_params()
+        return self._validated_fit(lambda: self._fit(
+            image_features, labels, text_features=text_features, negative_text_features=negative_text_features,
+            patch_features=patch_features, validation=validation))
+
+    def _fit(self, image_features: ArrayLike, labels: ArrayLike, *, text_features: ArrayLike,
+             negative_text_features: ArrayLike | None = None, patch_features: ArrayLike | None = None,
+             validation: tuple | None = None) -> None:
+        """:meth:`fit`'s work, run by the shared fit template after the parameters are validated."""
         device = resolve_device(self.device)
         x = l2_normalize(check_features(image_features, "image_features", device=device, dtype=torch.float32))
         text = l2_normalize(check_text_features(text_features, device=device, dtype=torch.float32))

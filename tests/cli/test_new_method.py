@@ -20,7 +20,7 @@ TOY_MODULE = '''
 from ssp._checks import ROUTINGS
 from ssp._lazy import torch
 from ssp.methods.base import CLIPFeatureClassifier
-from ssp.methods.params import Options, Real
+from ssp._utils.params import Options, Real
 from ssp.methods.registry import log_grid_builder, register_method
 
 

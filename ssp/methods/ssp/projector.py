@@ -50,7 +50,7 @@ from ssp._utils.arrays import (ArrayLike, check_features, check_labels, check_te
 from ssp._utils.devices import resolve_device
 from ssp._utils.fitted import check_is_fitted
 from ssp._utils.normalize import l2_normalize
-from ssp.methods.params import Fraction, Integer, Options, Real, ValidatedFit
+from ssp._utils.params import Fraction, Integer, Options, Real, ValidatedFit
 from ssp.methods.ssp.parallel import BLOCK_BUDGET_BYTES, lapack_threads
 from ssp.methods.ssp.scoring import choose_scoring, select_classes
 from ssp.methods.ssp.subspaces import batched_lapack, grouped_project, orthogonal_complements
@@ -171,7 +171,7 @@ class SSPProjector(ValidatedFit, TransformerMixin, BaseEstimator):
         image_features : ``[N, D]`` global features of the same images.
         text_features : ``[C, D]`` text classifier, one row per class.
 
-        A failed fit leaves the projector unfitted (:class:`~ssp.methods.params.ValidatedFit`).
+        A failed fit leaves the projector unfitted (:class:`~ssp._utils.params.ValidatedFit`).
         """
         return self._validated_fit(lambda: self._fit(patch_features, labels, image_features, text_features))
 
