@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ssp.metrics import per_class_results, reliability
+from ssp.run.pipeline import with_class_names
 from ssp.run.records import write_run
 
 ACCURACY_SCALE = {"zero-shot": 1.0, "tip-adapter": 2.5, "gda": 4.0}
@@ -30,7 +31,7 @@ def write_fake_runs(folder: Path, *, datasets=("dtd", "eurosat"), methods=("zero
 
                     z, y = logits(n_test)
                     zv, yv = logits(n_val)
-                    metrics, samples = reliability(z, y, zv, yv, alpha=0.1)
+                    metrics, samples = reliability(z, y, zv, yv, alpha=0.1, seed=seed)
                     samples.update({f"class_{a}": b for a, b in per_class_results(y, z.argmax(1), n_classes).items()})
                     record = {
                         "dataset": dataset, "backbone": {"name": "RN50@openai", "model": "RN50"}, "method": method,
@@ -40,6 +41,8 @@ def write_fake_runs(folder: Path, *, datasets=("dtd", "eurosat"), methods=("zero
                         "test_accuracy": float(np.mean(z.argmax(1) == y) * 100), "reliability": metrics,
                         "environment": {"ssp_version": "test", "device": "cpu"}, "timings": {"fit_s": 0.1},
                     }
-                    write_run(folder, record, samples=samples)
+                    # dtd's runs name their classes, eurosat's do not (a source that does not know them)
+                    names = [f"{dataset} class {c}" for c in range(n_classes)] if dataset == "dtd" else None
+                    write_run(folder, record, samples=with_class_names(samples, names))
                     records.append(record)
     return records

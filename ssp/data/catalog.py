@@ -335,6 +335,32 @@ def packaged_split_file(filename: str) -> Path | None:
     return None
 
 
+def official_classnames(name: str) -> list[str] | None:
+    """The class names, in label order, of a benchmark whose official CoOp split file ships with
+    the package (read the way the image datasets read it: renames applied, names cleaned);
+    ``None`` for any other dataset. Lets runs on feature caches, which hold labels only, name
+    their classes."""
+    import gzip
+    import json
+
+    from ssp.data.base import Sample, classnames_from_samples, clean_classname
+    from ssp.data.benchmarks import BENCHMARKS
+
+    try:
+        bench = BENCHMARKS[canonical_name(name)]
+    except (KeyError, ValueError):
+        return None
+    path = packaged_split_file(bench.split_name) if bench.kind == "json" and bench.split_name else None
+    if path is None:
+        return None
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+        content = json.load(f)
+    rename = bench.rename or {}
+    splits = {k: [Sample(str(rel), int(label), clean_classname(rename.get(c, c))) for rel, label, c in content[k]]
+              for k in ("train", "val", "test")}
+    return classnames_from_samples(splits, str(path))
+
+
 def official_split(filename: str) -> SplitFile | None:
     """The table entry of a split file, by file name (``None`` for an unknown name)."""
     for source in _CATALOG.values():

@@ -24,10 +24,18 @@ from ssp.metrics.conformal import (
     conformal_scores,
     prediction_sets,
 )
-from ssp.metrics.evaluate import per_class_results, reliability, sample_table, transferred_reliability
+from ssp.metrics.evaluate import (
+    RELIABILITY_VERSION,
+    aps_uniforms,
+    per_class_results,
+    reliability,
+    sample_table,
+    transferred_reliability,
+    uncalibrated_reliability,
+)
 from ssp.metrics.selective import accuracy_at_coverage, aurc, risk_coverage
 
 __all__ = ["softmax", "calibration_bins", "calibration_errors", "negative_log_likelihood", "brier_score",
            "fit_temperature", "CONFORMAL_SCORES", "conformal_quantile", "conformal_scores", "prediction_sets",
            "risk_coverage", "aurc", "accuracy_at_coverage", "reliability", "per_class_results", "sample_table",
-           "transferred_reliability"]
+           "transferred_reliability", "uncalibrated_reliability", "aps_uniforms", "RELIABILITY_VERSION"]

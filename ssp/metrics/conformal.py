@@ -6,8 +6,13 @@ rank exceeds ``n``) gives, for an exchangeable test sample, ``P(y in C(x)) >= 1 
 ``C(x) = {c : s(x, c) <= q}``. Scores (on softmax probabilities ``p``):
 
 * ``lac``  -- least ambiguous classifier (Sadinle et al., 2019): ``1 - p_y``;
-* ``aps``  -- adaptive prediction sets (Romano et al., 2020), non-randomised: the total probability
-  of the classes ranked at or above ``y`` (by decreasing ``p``, ties by class index).
+* ``aps``  -- adaptive prediction sets (Romano et al., 2020): the total probability of the classes
+  ranked above ``y`` (by decreasing ``p``, ties by class index) plus ``u * p_y``. With ``u`` drawn
+  uniform on [0, 1) per sample (one draw per sample, shared by its classes) this is Romano et al.'s
+  randomised score, whose coverage is exact: between ``1 - alpha`` and ``1 - alpha + 1 / (n + 1)``.
+  ``u = 1`` (the default when no ``u`` is given) is the deterministic variant: conservative, and
+  its sets are empty whenever the top class alone holds more than ``q``, which for confident
+  models is a large share of the images the model gets right.
 """
 from __future__ import annotations
 
@@ -31,23 +36,37 @@ def _check_score(score: str) -> str:
     return score
 
 
-def _aps_all(p: np.ndarray) -> np.ndarray:
-    """``[M, C]`` APS score of every class: the cumulative probability down to its rank."""
+def _uniforms(u, m: int) -> np.ndarray:
+    """``[M, 1]`` per-sample APS randomisation (``None``: 1, the deterministic score)."""
+    if u is None:
+        return np.ones((m, 1))
+    u = np.asarray(u, dtype=np.float64)
+    if u.shape != (m,):
+        raise ValueError(f"APS randomisation u must be [M] = [{m}], got shape {u.shape}")
+    if not np.all((u >= 0.0) & (u <= 1.0)):
+        raise ValueError("APS randomisation u must lie in [0, 1]")
+    return u[:, None]
+
+
+def _aps_all(p: np.ndarray, u=None) -> np.ndarray:
+    """``[M, C]`` APS score of every class: the probability ranked above it plus ``u`` times its own."""
     order = np.argsort(-p, axis=1, kind="stable")
-    cumulative = np.cumsum(np.take_along_axis(p, order, axis=1), axis=1)
+    ranked = np.take_along_axis(p, order, axis=1)
+    cumulative = np.cumsum(ranked, axis=1) - (1.0 - _uniforms(u, p.shape[0])) * ranked
     out = np.empty_like(p)
     np.put_along_axis(out, order, cumulative, axis=1)
     return out
 
 
-def conformal_scores(probs, labels, score: str = "lac") -> np.ndarray:
-    """Score ``[M]`` of each sample's true label (``labels`` ``[M]``)."""
+def conformal_scores(probs, labels, score: str = "lac", *, u=None) -> np.ndarray:
+    """Score ``[M]`` of each sample's true label (``labels`` ``[M]``); ``u`` ``[M]`` in [0, 1]:
+    the APS randomisation (ignored by ``lac``; ``None``: deterministic APS)."""
     p = _probs(probs)
     y = np.asarray(labels, dtype=np.int64)
     rows = np.arange(len(y))
     if _check_score(score) == "lac":
         return 1.0 - p[rows, y]
-    return _aps_all(p)[rows, y]
+    return _aps_all(p, u)[rows, y]
 
 
 def conformal_quantile(scores, alpha: float) -> float:
@@ -62,9 +81,10 @@ def conformal_quantile(scores, alpha: float) -> float:
     return float(s[rank - 1]) if rank <= len(s) else math.inf
 
 
-def prediction_sets(probs, threshold: float, score: str = "lac") -> np.ndarray:
-    """Boolean sets ``[M, C]``: class ``c`` is in sample ``i``'s set when its score ``<= threshold``."""
+def prediction_sets(probs, threshold: float, score: str = "lac", *, u=None) -> np.ndarray:
+    """Boolean sets ``[M, C]``: class ``c`` is in sample ``i``'s set when its score ``<= threshold``
+    (``u`` ``[M]``: the APS randomisation of the test samples, as in :func:`conformal_scores`)."""
     p = _probs(probs)
     if _check_score(score) == "lac":
         return (1.0 - p) <= threshold
-    return _aps_all(p) <= threshold
+    return _aps_all(p, u) <= threshold

@@ -11,7 +11,12 @@ Conventions (also in the run JSON's ``reliability.definitions``):
 * selective prediction ranks test samples by raw top-1 confidence (temperature scaling keeps
   that order); ``aurc`` is a fraction, ``accuracy_at_coverage`` in percent like ``test_accuracy``;
 * conformal sets are built on the raw probabilities, calibrated on validation with the
-  finite-sample quantile; ``coverage`` is a fraction, ``mean_set_size`` in classes.
+  finite-sample quantile; ``coverage`` is a fraction, ``mean_set_size`` in classes; APS is
+  randomised (Romano et al.) with one uniform per sample from ``numpy.random.default_rng([seed,
+  5])``: ``n_val`` draws for the validation samples, then ``n_test`` for the test samples.
+
+:data:`RELIABILITY_VERSION` numbers these definitions; a run record holding another version was
+computed under other definitions (the run stage re-runs it rather than mix the two).
 """
 from __future__ import annotations
 
@@ -31,6 +36,9 @@ from ssp.metrics.conformal import CONFORMAL_SCORES, conformal_quantile, conforma
 from ssp.metrics.selective import accuracy_at_coverage, aurc
 
 COVERAGES = (0.8, 0.5)
+#: The version of the definitions below, recorded as ``reliability.version`` (1: deterministic APS).
+RELIABILITY_VERSION = 2
+_STAGE_APS = 5  # the random stream of the APS uniforms (0-4: support, validation, test-from-val, ...)
 DEFINITIONS = {
     "ece": "expected calibration error (fraction), equal-width bins on the top-1 softmax confidence",
     "mce": "maximum calibration error (fraction) over the non-empty bins",
@@ -40,8 +48,8 @@ DEFINITIONS = {
     "aurc": "area under the risk-coverage curve (fraction), samples ranked by top-1 confidence",
     "accuracy_at_coverage": "accuracy (%) of the given fraction of most confident test samples",
     "conformal": "split conformal sets on softmax probabilities, threshold = the ceil((n+1)(1-alpha))-th "
-                 "smallest validation score; lac: 1 - p_y, aps: total probability of the classes ranked at "
-                 "or above y (not randomised)",
+                 "smallest validation score; lac: 1 - p_y, aps: total probability of the classes ranked "
+                 "above y plus u * p_y, u uniform on [0, 1) per sample (randomised, Romano et al. 2020)",
 }
 
 
@@ -54,10 +62,17 @@ def _calibration(logits: np.ndarray, labels: np.ndarray, n_bins: int) -> dict:
             "brier": brier_score(probs, labels)}
 
 
+def aps_uniforms(seed: int, n_val: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """The APS randomisation ``(u_val [n_val], u_test [n_test])`` of a run with ``seed``."""
+    rng = np.random.default_rng([int(seed), _STAGE_APS])
+    return rng.random(int(n_val)), rng.random(int(n_test))
+
+
 def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: float = 0.1,
-                n_bins: int = 15) -> tuple[dict, dict[str, np.ndarray]]:
+                n_bins: int = 15, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     """``(metrics, samples)`` of a method's test logits ``[M, C]`` / labels ``[M]`` with its
-    validation logits ``[V, C]`` / labels ``[V]`` as the only calibration data.
+    validation logits ``[V, C]`` / labels ``[V]`` as the only calibration data; ``seed`` seeds the
+    APS randomisation (:func:`aps_uniforms`; the run's seed, so every method of a run shares it).
 
     ``metrics`` is JSON-ready (see the module docstring); ``samples`` is :func:`sample_table`'s
     per-sample arrays, from which ECE, accuracy and conformal coverage can be recomputed."""
@@ -73,19 +88,22 @@ def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: floa
     probs, val_probs = softmax(z), softmax(zv)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == y
+    u_val, u_test = aps_uniforms(seed, len(yv), len(y))
     conformal: dict = {"alpha": alpha, "calibration": "validation", "n_calibration": int(len(yv)),
-                       "probabilities": "raw"}
+                       "probabilities": "raw",
+                       "aps_randomisation": {"seed": int(seed), "rule": f"numpy.random.default_rng([seed, {_STAGE_APS}])"
+                                             ".random(n_val), then .random(n_test)"}}
     thresholds = {}
     for score in CONFORMAL_SCORES:
-        q = conformal_quantile(conformal_scores(val_probs, yv, score), alpha)
-        sets = prediction_sets(probs, q, score)
+        q = conformal_quantile(conformal_scores(val_probs, yv, score, u=u_val), alpha)
+        sets = prediction_sets(probs, q, score, u=u_test)
         thresholds[score] = q
         conformal[score] = {"threshold": q if np.isfinite(q) else None,
                             "coverage": float(sets[np.arange(len(y)), y].mean()),
                             "mean_set_size": float(sets.sum(axis=1).mean()),
                             "empty_sets": float((sets.sum(axis=1) == 0).mean())}
     metrics = {
-        "n_test": int(len(y)), "n_val": int(len(yv)), "n_bins": int(n_bins),
+        "version": RELIABILITY_VERSION, "n_test": int(len(y)), "n_val": int(len(yv)), "n_bins": int(n_bins),
         "raw": _calibration(z, y, n_bins),
         "temperature": temperature,
         "temperature_on_bound": bool(np.isclose(temperature, TEMPERATURE_BOUNDS, rtol=1e-4).any()),
@@ -94,7 +112,26 @@ def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: floa
         "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c) for c in COVERAGES},
         "conformal": conformal,
     }
-    return metrics, sample_table(probs, y, thresholds)
+    return metrics, sample_table(probs, y, thresholds, u=u_test)
+
+
+def uncalibrated_reliability(logits, labels, *, n_bins: int = 15) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(metrics, samples)`` of ``logits`` ``[M, C]`` with ``labels`` ``[M]`` for a run that has no
+    labelled calibration data (the test-time protocol): raw calibration, AURC and accuracy at
+    coverage, which need nothing fitted; no temperature and no conformal sets, which do.
+    ``samples``: :func:`sample_table` without conformal scores."""
+    z = as_logits(logits)
+    y = as_labels(labels, z.shape[0], z.shape[1])
+    if not len(y):
+        raise ValueError("reliability metrics need a non-empty test split")
+    probs = softmax(z)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    metrics = {"version": RELIABILITY_VERSION, "n_test": int(len(y)), "n_bins": int(n_bins),
+               "raw": _calibration(z, y, n_bins), "aurc": aurc(confidence, correct),
+               "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c)
+                                        for c in COVERAGES},
+               "not_computed": "temperature scaling and conformal sets: no labelled calibration data"}
+    return metrics, sample_table(probs, y, {})
 
 
 def transferred_reliability(logits, labels, *, temperature: float, n_bins: int = 15) -> dict:
@@ -102,22 +139,20 @@ def transferred_reliability(logits, labels, *, temperature: float, n_bins: int =
     ``logits`` ``[M, C]`` with ``labels`` ``[M]``, for a split that has no calibration data of its
     own (base-to-new's new classes: the temperature comes from the base classes' validation split).
     No conformal sets: their coverage guarantee needs calibration data of the same classes."""
+    metrics, _ = uncalibrated_reliability(logits, labels, n_bins=n_bins)
+    metrics.pop("not_computed")
     z = as_logits(logits)
     y = as_labels(labels, z.shape[0], z.shape[1])
-    probs = softmax(z)
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
-    return {"n_test": int(len(y)), "n_bins": int(n_bins), "raw": _calibration(z, y, n_bins),
-            "temperature": float(temperature), "temperature_from": "the base classes' validation split",
-            "temperature_scaled": _calibration(z / temperature, y, n_bins), "aurc": aurc(confidence, correct),
-            "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c)
-                                     for c in COVERAGES}}
+    return {**metrics, "temperature": float(temperature), "temperature_from": "the base classes' validation split",
+            "temperature_scaled": _calibration(z / temperature, y, n_bins)}
 
 
-def sample_table(probs, labels, thresholds: dict[str, float]) -> dict[str, np.ndarray]:
+def sample_table(probs, labels, thresholds: dict[str, float], *, u=None) -> dict[str, np.ndarray]:
     """Per-sample arrays ``[M]`` of probabilities ``[M, C]``: ``label``, ``prediction``,
     ``confidence`` (top-1 probability), and per conformal score its true-label score
     (``<score>_score``: covered when ``<= <score>_threshold``, a 0-d array at full precision) and
-    set size (``<score>_set_size``)."""
+    set size (``<score>_set_size``); ``u`` ``[M]``: the test samples' APS randomisation (reproducible
+    from its recorded rule, so not saved)."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     index = np.int16 if p.shape[1] <= np.iinfo(np.int16).max else np.int32
@@ -125,8 +160,8 @@ def sample_table(probs, labels, thresholds: dict[str, float]) -> dict[str, np.nd
            "confidence": p.max(axis=1)}
     for score, q in thresholds.items():
         out[f"{score}_threshold"] = np.float64(q)
-        out[f"{score}_score"] = conformal_scores(p, y, score)
-        out[f"{score}_set_size"] = prediction_sets(p, q, score).sum(axis=1).astype(index)
+        out[f"{score}_score"] = conformal_scores(p, y, score, u=u)
+        out[f"{score}_set_size"] = prediction_sets(p, q, score, u=u).sum(axis=1).astype(index)
     return out
 
 

@@ -131,7 +131,8 @@ def page_data(runs: Iterable[tuple[Path, dict]], folder: Path | None = None) -> 
             confusion = sum(s["class_confusion"] for s in with_samples if "class_confusion" in s)
             per_class = {"accuracy": None if acc is None else [None if np.isnan(a) else round(float(a), 3) for a in acc],
                          "support": with_samples[0]["class_support"].tolist() if "class_support" in with_samples[0] else None,
-                         "top_confusions": _top_confusions(np.asarray(confusion)) if np.ndim(confusion) == 2 else []}
+                         "top_confusions": _top_confusions(np.asarray(confusion)) if np.ndim(confusion) == 2 else [],
+                         "names": with_samples[0]["class_names"].tolist() if "class_names" in with_samples[0] else None}
         details[i] = {"runs": [{"seed": r["seed"], "file": _relative(path, folder),
                                 "provenance": {k: r[k] for k in _PROVENANCE_KEYS if k in r},
                                 "reliability": r.get("reliability")} for path, r, _ in members],
@@ -263,11 +264,12 @@ function showDetails(id){ const d=DATA.details[id], row=DATA.rows[id], box=docum
   if(pc && pc.accuracy){ box.appendChild(el("h2",{},"Per-class accuracy (mean over seeds), worst first"));
     const t=el("table",{"class":"per-class"}); t.appendChild(el("tr",{})).append(el("th",{"class":"text"},"class"),el("th",{},"accuracy (%)"),el("th",{},"test samples"));
     const order=pc.accuracy.map((a,i)=>i).sort((i,j)=>(pc.accuracy[i]??1e9)-(pc.accuracy[j]??1e9));
-    for(const c of order){ const tr=el("tr",{}); tr.append(el("td",{"class":"text"},String(c)), el("td",{},pc.accuracy[c]===null?"-":pc.accuracy[c].toFixed(1)), el("td",{},pc.support? String(pc.support[c]):"-")); t.appendChild(tr);}
+    const cname=c=>pc.names&&pc.names[c]!=null? c+" "+pc.names[c] : String(c);
+    for(const c of order){ const tr=el("tr",{}); tr.append(el("td",{"class":"text"},cname(c)), el("td",{},pc.accuracy[c]===null?"-":pc.accuracy[c].toFixed(1)), el("td",{},pc.support? String(pc.support[c]):"-")); t.appendChild(tr);}
     const wrap=el("div",{"class":"wrap"}); wrap.style.maxHeight="20em"; wrap.appendChild(t); box.appendChild(wrap);
     box.appendChild(el("h2",{},"Most frequent confusions (summed over seeds)"));
     const tc=el("table",{"class":"confusions"}); tc.appendChild(el("tr",{})).append(el("th",{"class":"text"},"true class"),el("th",{"class":"text"},"predicted"),el("th",{},"count"));
-    for(const [a,b,n] of pc.top_confusions){ const tr=el("tr",{}); tr.append(el("td",{"class":"text"},String(a)),el("td",{"class":"text"},String(b)),el("td",{},String(n))); tc.appendChild(tr);} box.appendChild(tc);
+    for(const [a,b,n] of pc.top_confusions){ const tr=el("tr",{}); tr.append(el("td",{"class":"text"},cname(a)),el("td",{"class":"text"},cname(b)),el("td",{},String(n))); tc.appendChild(tr);} box.appendChild(tc);
   } else box.appendChild(el("p",{"class":"meta"},"no per-class results recorded for these runs (made before ssp recorded them)")); }
 const plots=document.getElementById("plots"); let group=null, flex=null;
 for(const p of DATA.plots){ if(p.group!==group){ group=p.group; plots.appendChild(el("h3",{},group)); flex=el("div",{"class":"plots"}); plots.appendChild(flex);}

@@ -25,7 +25,15 @@ from ssp.methods.ssp.projector import SSPProjector
 from ssp.methods.registry import parse_method
 from ssp.methods.search import validation_search
 from ssp.run.protocols import DEFAULT_PROTOCOL, get_protocol
-from ssp.run.records import MethodResult, RunLock, find_run, make_record, run_stub, write_run
+from ssp.run.records import (
+    MethodResult,
+    RunLock,
+    find_run,
+    make_record,
+    reliability_is_current,
+    run_stub,
+    write_run,
+)
 from ssp.run.sources import FeatureSource
 from ssp.metrics import per_class_results, reliability
 
@@ -47,18 +55,30 @@ def logits_of(model, features: Features) -> np.ndarray:
 
 
 def evaluate(model, val: Features, test: Features, *, alpha: float = 0.1,
-             n_bins: int = 15) -> tuple[float, dict, dict]:
+             n_bins: int = 15, seed: int = 0) -> tuple[float, dict, dict]:
     """``(test accuracy %, reliability metrics, per-sample and per-class arrays)`` of a fitted model:
-    test logits computed once; the validation logits are the only calibration data."""
+    test logits computed once; the validation logits are the only calibration data; ``seed``: the
+    run's seed (the APS randomisation, :func:`ssp.metrics.aps_uniforms`)."""
     test_logits = logits_of(model, test)
     labels = test.labels.cpu().numpy().astype(np.int64)
     prediction = test_logits.argmax(axis=1)
     test_acc = float(np.mean(prediction == labels) * 100)
     metrics, samples = reliability(test_logits, labels, logits_of(model, val),
-                                   val.labels.cpu().numpy().astype(np.int64), alpha=alpha, n_bins=n_bins)
+                                   val.labels.cpu().numpy().astype(np.int64), alpha=alpha, n_bins=n_bins,
+                                   seed=seed)
     per_class = per_class_results(labels, prediction, test_logits.shape[1])
     samples.update({f"class_{k}": v for k, v in per_class.items()})
     return test_acc, metrics, samples
+
+
+def with_class_names(samples: dict | None, names: list[str] | None) -> dict | None:
+    """``samples`` with ``class_names`` ``[C']`` added: the first ``C'`` of ``names`` (``[C]``, label
+    order), ``C'`` the length of its per-class arrays (a protocol scoring the first classes only,
+    as base-to-new does, keeps their labels)."""
+    if not samples or not names or "class_accuracy" not in samples:
+        return samples
+    n = len(samples["class_accuracy"])
+    return {**samples, "class_names": np.array([str(c) for c in names[:n]])} if n <= len(names) else samples
 
 
 def _ssp_details(model) -> dict:
@@ -164,7 +184,7 @@ def run_method(method: str, cfg: dict, support: Features, val: Features, test: F
     t0 = time.perf_counter()
     m = cfg.get("metrics") or {}
     test_acc, metrics, samples = evaluate(model, val, test, alpha=m.get("conformal_alpha", 0.1),
-                                          n_bins=m.get("calibration_bins", 15))
+                                          n_bins=m.get("calibration_bins", 15), seed=0 if seed is None else seed)
     timings["test_s"] = time.perf_counter() - t0
     return MethodResult(method, params, score, test_acc, timings, details, fit_warnings, model=model,
                         reliability=metrics, samples=samples)
@@ -286,8 +306,12 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
     if not methods:
         raise ValueError(f"nothing to run on {source.dataset}: " + "; ".join(reasons))
     stubs = plan_runs(cfg, source, methods, protocol)
-    done = {k: r for k, r in ((k, find_run(output_dir, st)) for k, st in stubs.items()) if r is not None} \
-        if resume else {}
+    found = {k: r for k, r in ((k, find_run(output_dir, st, outdated_ok=True)) for k, st in stubs.items())
+             if r is not None} if resume else {}
+    done = {k: r for k, r in found.items() if reliability_is_current(r)}
+    if len(found) > len(done):
+        echo(f"[ssp] {len(found) - len(done)} run(s) under {output_dir} hold reliability metrics of an older "
+             "definition (deterministic APS): running them again, their files are replaced")
     records: list[dict] = []
     completed = 0
     try:
@@ -306,6 +330,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
             raise ValueError(f"protocol {spec.name} needs a text classifier, and {source.dataset} has none")
         prompts = source.prompt_features() if any(parse_method(m)[0].uses_prompts for m in methods) else None
         fields = source.record_fields()
+        names = source.class_names()
         fit_one = run_method if prompts is None else _with_prompts(prompts)
         log = WarningLog(echo)
         waiting: dict[tuple[int, int, str], RunLock] = {}
@@ -340,7 +365,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
                                              warnings=split.warnings + res.warnings, cfg=source.recorded_config(cfg),
                                              device=source.device,
                                              extra={**split.extra, **spec.record_fields(), **outcome.fields})
-                        write_run(output_dir, record, samples=res.samples)
+                        write_run(output_dir, record, samples=with_class_names(res.samples, names))
                         lock.release()
                         completed += 1
                         records.append(record)
@@ -362,7 +387,7 @@ def _read_back(output_dir: Path, stubs: dict, waiting: dict, timeout: float, ech
     deadline = time.monotonic() + timeout
     for key, lock in waiting.items():
         while True:
-            record = find_run(output_dir, stubs[key])
+            record = find_run(output_dir, stubs[key], outdated_ok=True)
             if record is not None:
                 out.append(record)
                 echo_result(echo, record, reused=True)

@@ -146,10 +146,22 @@ def run_filename(record: dict) -> str:
     return f"{record['dataset']}/{backbone}/{method}_{record['shots']}shot_seed{record['seed']}{RUN_SUFFIX}"
 
 
-def find_run(output_dir: Path, record: dict) -> dict | None:
+def reliability_is_current(record: dict) -> bool:
+    """Whether ``record``'s reliability metrics follow today's definitions
+    (:data:`ssp.metrics.RELIABILITY_VERSION`); a record without any (made before they existed) is
+    kept as it is and reports with empty reliability cells."""
+    from ssp.metrics import RELIABILITY_VERSION  # here: this module loads for --help, numpy-free
+
+    rel = record.get("reliability")
+    return not isinstance(rel, dict) or rel.get("version", 1) == RELIABILITY_VERSION
+
+
+def find_run(output_dir: Path, record: dict, *, outdated_ok: bool = False) -> dict | None:
     """The finished run under ``output_dir`` with ``record``'s coordinates and the same settings
     (``record`` needs dataset, backbone name, method, shots, seed, settings_key, settings), or None.
-    A file under the same key with different settings (a hash collision) is an error."""
+    A file under the same key with different settings (a hash collision) is an error. A run whose
+    reliability metrics follow older definitions (:func:`reliability_is_current`) counts as not
+    done, so it is run again and its file replaced, unless ``outdated_ok``."""
     path = Path(output_dir) / run_filename(record)
     if not path.is_file():
         return None
@@ -160,7 +172,7 @@ def find_run(output_dir: Path, record: dict) -> dict | None:
     if existing.get("settings") != json.loads(json.dumps(record.get("settings"), default=str)):
         raise ValueError(f"results file {path} holds other settings under the same key "
                          f"{record.get('settings_key')}; move it away to re-run")
-    return existing
+    return existing if outdated_ok or reliability_is_current(existing) else None
 
 
 def write_run(output_dir: Path, record: dict, samples: dict | None = None) -> Path:

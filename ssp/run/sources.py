@@ -19,17 +19,15 @@ Protocol on a Tip-Adapter cache folder (decisions, recorded in every run JSON):
   split per class with a seeded permutation (``numpy.random.default_rng([seed, 2, c])`` for class
   ``c``), a fraction ``F`` of each class becoming the test part and the rest the search part.
   With ``test_from_val`` the cache's own test files, if any, are not used.
-* **Validation policy.** The same ``val_policy`` as the images path, applied to the (search
-  part of the) validation features: ``coop`` keeps min(K, 4) per class, an int that many,
-  ``full`` everything (what the Tip-Adapter / APE scripts use). Per class, the kept features are
-  the first ones of a seeded permutation (``default_rng([seed, K, 1, c])``), in file order.
+* **Validation policy.** The images path's ``val_policy`` on the (search part of the) validation
+  features: ``coop`` keeps min(K, 4) per class, an int that many, ``full`` all (as the Tip-Adapter
+  / APE scripts); per class, the first of a seeded permutation (``default_rng([seed, K, 1, c])``).
 * **Text classifier.** ``text_weights*.pt`` in the folder, or a file given with
   ``text_features`` (``[C, D]`` or ``[D, C]``, ``.pt`` / ``.npy`` / ``.safetensors``). Without one
   the methods that need text are skipped with a message.
-* **SSP.** Tip-Adapter cache folders hold no patch features, so ``+ssp`` methods are skipped
-  with a message.
-* **Fine-tuned methods** train on the cache keys (no per-view features exist in a cache); the
-  run JSON says so (``details.training.training_inputs``).
+* **No patches, no views.** ``+ssp`` methods are skipped with a message; fine-tuned methods train
+  on the cache keys (the run JSON says so in ``details.training.training_inputs``).
+* **Class names** (per-class results): those of the CoOp split file shipped for the benchmark.
 """
 from __future__ import annotations
 
@@ -48,7 +46,7 @@ from ssp.backbone.model import load_backbone
 from ssp.backbone.weights import backbone_label
 from ssp.data import get_dataset, ImageLoadError, load_image
 from ssp.data.benchmarks import canonical_name
-from ssp.data.catalog import benchmark_class_count, list_sources
+from ssp.data.catalog import benchmark_class_count, list_sources, official_classnames
 from ssp.data.fewshot import check_support_after_skips, replace_unreadable_shots, validation_subsample
 from ssp.data.manifest import check_run_manifest, fewshot_splits, run_manifest
 from ssp.data.prompts import resolve_prompts
@@ -95,6 +93,9 @@ class FeatureSource(Protocol):
     def record_fields(self) -> dict:
         """``backbone``, ``source``, ``text_features`` and ``protocol_summary`` of the run JSONs."""
 
+    def class_names(self) -> list[str] | None:
+        """The class names in label order (None: the source does not know them)."""
+
     def text_classifier(self) -> torch.Tensor | None:
         """``[C, D]`` text classifier (None: none available)."""
 
@@ -107,15 +108,9 @@ class FeatureSource(Protocol):
 
 def _skip_ssp_and_textless(methods: list[str], *, has_patches: bool, has_text: bool,
                            where: str) -> tuple[list[str], list[str]]:
-    run, no_patches, no_text = [], [], []
-    for m in methods:
-        spec, use_ssp = parse_method(m)
-        if use_ssp and not has_patches:
-            no_patches.append(m)
-        elif spec.needs_text and not has_text:
-            no_text.append(m)
-        else:
-            run.append(m)
+    no_patches = [m for m in methods if parse_method(m)[1] and not has_patches]
+    no_text = [m for m in methods if m not in no_patches and parse_method(m)[0].needs_text and not has_text]
+    run = [m for m in methods if m not in no_patches and m not in no_text]
     reasons = []
     if no_patches:
         reasons.append(f"skipping {', '.join(no_patches)}: SSP needs patch features, and a Tip-Adapter cache "
@@ -350,6 +345,9 @@ class ImageSource:
                                                           self.prompts, recompute=self.recompute)
         return tensor
 
+    def class_names(self) -> list[str] | None:
+        return list(self.data.classnames)
+
     def record_fields(self) -> dict:
         cfg, data, path = self.cfg, self.data, self.split_file
         return {
@@ -546,13 +544,18 @@ class TipCacheSource:
     def prompt_features(self) -> torch.Tensor | None:
         return self.prompts
 
+    def class_names(self) -> list[str] | None:
+        names = official_classnames(self.dataset)   # Tip-Adapter builds its caches in that file's order
+        return names if names is not None and len(names) == self.n_classes else None
+
     def record_fields(self) -> dict:
         text_file = self.text_info.get("file")
         return {
             "backbone": {"model": self.backbone_name, "pretrained": None,
                          "note": "features read from a Tip-Adapter cache folder; backbone as labelled by the user"},
             "source": {"kind": "tip-adapter-cache", "folder": str(self.folder.resolve()), "files_sha256": self.file_digests,
-                       "support_draw": "fixed by the cache (one draw per shot count; the seed does not change it)"},
+                       "support_draw": "fixed by the cache (one draw per shot count; the seed does not change it)",
+                       "class_names": f"CoOp split file shipped with ssp for {self.dataset}" if self.class_names() else None},
             "text_features": self.text_info,
             "protocol_summary": (f"Tip-Adapter cache folder {self.folder.name}, val {self.cfg['val_policy']}, "
                                  + (f"test = {self.test_from_val:g} of val per class (seeded)" if self.test_from_val

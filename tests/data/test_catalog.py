@@ -108,3 +108,25 @@ def test_the_shipped_split_files_are_the_official_ones():
         counts = tuple(len(content[k]) for k in ("train", "val", "test"))
         assert counts + (len({e[1] for e in content["train"]}),) == split.counts, name
         assert split.sha256 in credit, name
+
+
+def test_official_classnames_are_the_ones_the_image_datasets_read(data_root):
+    """The names a cache run gets for its classes are, in label order, those an image run of the
+    same benchmark reads from the official split file (renames and cleaning included)."""
+    from ssp.data import read_split_file
+    from ssp.data.benchmarks import BENCHMARKS
+    from ssp.data.catalog import official_classnames
+
+    assert official_classnames("imagenet") is None and official_classnames("food101") is None  # no shipped file
+    assert official_classnames("no-such-dataset") is None
+    folder = data_root / "splits"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    checked = 0
+    for bench in BENCHMARKS.values():
+        path = folder / str(bench.split_name)
+        if bench.kind == "json" and path.is_file():
+            expected = read_split_file(path, folder, rename=bench.rename).classnames
+            assert official_classnames(bench.name) == expected, bench.name
+            checked += 1
+    assert checked == 7 and len(official_classnames("stanford_cars")) == 196

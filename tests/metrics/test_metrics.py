@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from ssp.metrics import (
+    RELIABILITY_VERSION,
     accuracy_at_coverage,
+    aps_uniforms,
     aurc,
     brier_score,
     calibration_errors,
@@ -123,13 +125,14 @@ def test_risk_coverage_aurc_and_accuracy_at_coverage_match_dense():
         assert accuracy_at_coverage(conf, correct, c) == pytest.approx(sum(correct[i] for i in order[:k]) / k)
 
 
-def _dense_aps_score(p_row, label):
+def _dense_aps_score(p_row, label, u=1.0):
+    """Romano et al.'s score: the probability ranked above ``label`` plus ``u`` times its own."""
     order = sorted(range(len(p_row)), key=lambda c: (-p_row[c], c))
-    total = 0.0
+    above = 0.0
     for c in order:
-        total += p_row[c]
         if c == label:
-            return total
+            return above + u * p_row[c]
+        above += p_row[c]
 
 
 def test_conformal_scores_quantile_and_sets_match_dense():
@@ -153,6 +156,54 @@ def test_conformal_scores_quantile_and_sets_match_dense():
             # on its own calibration data, the set holds the true label at least ceil(51(1-a)) times
             assert sets[np.arange(50), y].sum() >= rank
     assert conformal_quantile(lac[:5], 0.1) == math.inf  # ceil(6 * 0.9) = 6 > 5 scores
+
+
+def test_randomised_aps_matches_dense_scores_and_sets():
+    z, y = _data(m=40, c=6, seed=5)
+    p = softmax(z)
+    u = np.random.default_rng(9).random(40)
+    aps = conformal_scores(p, y, "aps", u=u)
+    np.testing.assert_allclose(aps, [_dense_aps_score(p[i].tolist(), y[i], u[i]) for i in range(40)], atol=1e-12)
+    # u = 1 is the deterministic score; LAC ignores u
+    np.testing.assert_array_equal(conformal_scores(p, y, "aps", u=np.ones(40)), conformal_scores(p, y, "aps"))
+    np.testing.assert_array_equal(conformal_scores(p, y, "lac", u=u), conformal_scores(p, y, "lac"))
+    q = conformal_quantile(aps, 0.2)
+    sets = prediction_sets(p, q, "aps", u=u)
+    dense = np.array([[_dense_aps_score(p[i].tolist(), c, u[i]) for c in range(6)] for i in range(40)])
+    clear = np.abs(dense - q) > 1e-12
+    np.testing.assert_array_equal(sets[clear], (dense <= q)[clear])
+    # the randomised sets are nested prefixes of the ranking (one u per sample, shared by its classes)
+    ranked = np.take_along_axis(sets, np.argsort(-p, axis=1, kind="stable"), axis=1)
+    assert np.all(ranked[:, :-1] >= ranked[:, 1:])
+    # u <= 1: at the same threshold a randomised set holds every class of the deterministic one
+    assert np.all(sets[prediction_sets(p, q, "aps")])
+    with pytest.raises(ValueError, match=r"\[M\] = \[40\]"):
+        conformal_scores(p, y, "aps", u=u[:3])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        prediction_sets(p, q, "aps", u=u + 1.5)
+
+
+def test_randomised_aps_coverage_is_exact_where_deterministic_aps_is_not():
+    """On confident logits the deterministic APS score of a right, confident image is its top
+    probability, so its sets are empty for many of them; the randomised score's coverage is exact:
+    in [1 - alpha, 1 - alpha + 1/(n + 1)] on average over calibration / test splits."""
+    z, y = _data(m=3000, c=20, scale=6.0, seed=4)
+    z[np.arange(3000), y] += 12.0   # about 84 % right, with top probabilities close to 1
+    p = softmax(z)
+    rng = np.random.default_rng(1)
+    cov = {"det": [], "rand": []}
+    empty = {"det": [], "rand": []}
+    for _ in range(60):
+        perm = rng.permutation(3000)
+        cal, test = perm[:300], perm[300:]
+        uc, ut = rng.random(300), rng.random(2700)
+        for kind, (a, b) in (("det", (None, None)), ("rand", (uc, ut))):
+            q = conformal_quantile(conformal_scores(p[cal], y[cal], "aps", u=a), 0.1)
+            sets = prediction_sets(p[test], q, "aps", u=b)
+            cov[kind].append(sets[np.arange(2700), y[test]].mean())
+            empty[kind].append((sets.sum(1) == 0).mean())
+    assert 0.895 <= np.mean(cov["rand"]) <= 0.9 + 1 / 301 + 0.005, np.mean(cov["rand"])
+    assert np.mean(empty["det"]) > 0.05 > np.mean(empty["rand"]), (np.mean(empty["det"]), np.mean(empty["rand"]))
 
 
 def test_split_conformal_covers_on_exchangeable_data():
@@ -195,6 +246,16 @@ def test_reliability_fits_on_validation_only_and_samples_recompute():
         assert c["threshold"] == samples[f"{score}_threshold"]
         assert c["coverage"] == np.mean(samples[f"{score}_score"] <= c["threshold"])
         assert c["mean_set_size"] == pytest.approx(samples[f"{score}_set_size"].mean())
+    # APS is randomised with the recorded stream: the validation draws first, then the test draws
+    assert metrics["version"] == RELIABILITY_VERSION and metrics["conformal"]["aps_randomisation"]["seed"] == 0
+    u_val, u_test = aps_uniforms(0, 200, 400)
+    q = conformal_quantile(conformal_scores(softmax(zv), yv, "aps", u=u_val), 0.1)
+    assert metrics["conformal"]["aps"]["threshold"] == q
+    np.testing.assert_array_equal(samples["aps_score"], conformal_scores(softmax(z), y, "aps", u=u_test))
+    again, _ = reliability(z, y, zv, yv, alpha=0.1)
+    other, _ = reliability(z, y, zv, yv, alpha=0.1, seed=2)
+    assert again == metrics and other["conformal"]["aps"]["threshold"] != q
+    assert other["conformal"]["lac"] == metrics["conformal"]["lac"]
     # changing the test labels changes no validation-fitted quantity
     metrics2, _ = reliability(z, (y + 1) % 7, zv, yv, alpha=0.1)
     assert metrics2["temperature"] == metrics["temperature"]

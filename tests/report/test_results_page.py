@@ -42,6 +42,9 @@ def test_page_data_rows_average_seeds_and_name_files(runs_dir):
     assert [r["seed"] for r in details["runs"]] == [1, 2]
     assert details["runs"][0]["provenance"]["protocol"]["split_manifest_sha256"] == "ab" * 32
     assert len(details["per_class"]["accuracy"]) == 5
+    assert details["per_class"]["names"] == [f"dtd class {c}" for c in range(5)]
+    other = next(r for r in data["rows"] if r["dataset"] == "eurosat")
+    assert data["details"][other["id"]]["per_class"]["names"] is None
 
 
 def test_samples_file_is_checked_against_its_sha256(runs_dir, tmp_path):
@@ -119,6 +122,8 @@ class _Rows(HTMLParser):
         self.headers: list[dict] = []
         self._cell: list[str] | None = None
         self.details_hidden = True
+        self.per_class: list[str] = []   # the cells of the opened row's per-class table
+        self._table: str | None = None
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -126,16 +131,24 @@ class _Rows(HTMLParser):
             self.rows.append({**a, "cells": []})
         elif tag == "th" and "data-key" in a:
             self.headers.append(a)
-        elif tag == "td" and self.rows and self._cell is None:
+        elif tag == "td" and self._table == "per-class":
+            self.per_class.append("")
+        elif tag == "td" and self.rows and self._cell is None and self._table is None:
             self._cell = []
         elif tag == "div" and a.get("id") == "details":
             self.details_hidden = "hidden" in a
+        elif tag == "table":
+            self._table = a.get("class")
 
     def handle_data(self, data):
         if self._cell is not None:
             self._cell.append(data)
+        elif self._table == "per-class" and self.per_class:
+            self.per_class[-1] += data
 
     def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
         if tag == "td" and self._cell is not None:
             self.rows[-1]["cells"].append("".join(self._cell))
             self._cell = None
@@ -165,6 +178,13 @@ def test_page_in_chromium_sorts_filters_and_opens_a_row(page, tmp_path):
     assert {(r["data-method"], r["data-shots"]) for r in visible} == {("gda", "4")} and len(visible) == 2
     assert not state.details_hidden
     assert "split_manifest_sha256" in dom and "Per-class accuracy" in dom
+    # the per-class table names the classes where the runs recorded names, else gives their numbers
+    for dataset in ("dtd", "eurosat"):
+        row = next(r for r in plain.rows if r["data-dataset"] == dataset)
+        opened = _rows(_browse(url + f"#row={row['data-row']}", tmp_path)).per_class
+        classes = opened[0::3]
+        assert len(classes) == 5, opened
+        assert all((f"dtd class {c.split()[0]}" in c) == (dataset == "dtd") for c in classes), classes
 
 
 def test_page_screenshot_is_not_blank(page, tmp_path):

@@ -45,6 +45,47 @@ def test_resume_is_the_default_and_rerun_redoes(cache, tmp_path, capsys):
     assert code == 0 and "already done" not in text and len(_runs(out)) == 4
 
 
+def test_a_run_with_older_reliability_definitions_is_run_again(cache, tmp_path, capsys):
+    """A record computed under older metric definitions (version 1: deterministic APS) is not
+    reused beside new ones: it is run again, its file replaced, and the log says so."""
+    out = tmp_path / "out"
+    assert run_cli(fewshot, "--features", cache, *FAST, "--output", out)[0] == 0
+    path = sorted(out.rglob("*.run.json"))[0]
+    old = json.loads(path.read_text())
+    old["reliability"].pop("version")
+    old["created"] = "2026-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(old))
+    code, text, _ = run_cli(fewshot, "--features", cache, *FAST, "--output", out)
+    assert code == 0 and "1 run(s) under" in text and "older definition" in text
+    assert "3 of 4 runs already done" in text
+    new = json.loads(path.read_text())
+    assert new["reliability"]["version"] == 2 and new["created"] != old["created"]
+    assert new["test_accuracy"] == old["test_accuracy"]
+    # a record made before reliability metrics existed is kept as it is (empty reliability cells)
+    new.pop("reliability")
+    path.write_text(json.dumps(new))
+    code, text, _ = run_cli(fewshot, "--features", cache, *FAST, "--output", out)
+    assert code == 0 and "all 4 runs already done" in text
+
+
+def test_cache_runs_name_their_classes_from_the_shipped_split_file(cache, tmp_path, capsys):
+    import numpy as np
+
+    from ssp.data.catalog import official_classnames
+
+    out = tmp_path / "out"
+    assert run_cli(fewshot, "--features", cache, *FAST, "--output", out)[0] == 0
+    record = _runs(out)[0]
+    path = next(out.rglob(record["samples"]["file"]))
+    names = np.load(path)["class_names"].tolist()
+    assert names == official_classnames("dtd") and len(names) == 47
+    assert "split file shipped with ssp for dtd" in record["source"]["class_names"]
+    # a benchmark without a shipped split file: its cache runs record no names
+    food = TipCacheSource(load_config("food101", overrides={"shots": [1]}), test_from_val=0.5,
+                          folder=write_tip_cache(tmp_path / "food101", n_classes=101))
+    assert food.class_names() is None and food.record_fields()["source"]["class_names"] is None
+
+
 def test_interrupt_reports_the_runs_finished_in_this_call(cache, tmp_path, capsys, monkeypatch):
     real = pipeline.run_method
     calls = {"n": 0}

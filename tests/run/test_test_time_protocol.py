@@ -14,6 +14,7 @@ from _tip_cache_folder import write_tip_cache
 
 from ssp.cli import fewshot
 from ssp.methods import TDA, DMNZeroShot
+from ssp.metrics import calibration_errors
 from ssp.run.config import load_config
 from ssp.run.pipeline import run_fewshot
 from ssp.run.protocols import get_protocol, stream_order
@@ -67,16 +68,22 @@ def test_test_time_on_a_cache_streams_the_recorded_order(tmp_path, capsys):
                          "--device", "cpu", "--no-progress", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     assert "test-time, 0-shot" in text and "published" in text
-    records = [json.loads(p.read_text()) for p in sorted(out.rglob("*.run.json"))]
+    paths = sorted(out.rglob("*.run.json"))
+    records = [json.loads(p.read_text()) for p in paths]
     assert {(r["method"], r["seed"]) for r in records} == {(m, s) for m in ("zero-shot", "tda", "dmn-zs")
                                                            for s in (1, 2)}
     x = torch.load(folder / "test_f.pt").double()
     y = torch.load(folder / "test_l.pt")
     w = torch.load(folder / "text_weights.pt").T.double()
     cfg = load_config("dtd")
-    for r in records:
+    for path, r in zip(paths, records):
         assert r["shots"] == 0 and r["val_accuracy"] is None and r["protocol"]["n_support"] == 0
-        assert r.get("reliability") is None and "no labelled validation" in r["details"]["reliability"]
+        # raw calibration and selective prediction; nothing fitted on labels (no temperature, no sets)
+        rel = r["reliability"]
+        assert rel["n_test"] == len(y) and "temperature" not in rel and "conformal" not in rel
+        samples = np.load(path.with_name(r["samples"]["file"]))
+        ece, _ = calibration_errors(samples["confidence"], samples["label"] == samples["prediction"], 15)
+        assert rel["raw"]["ece"] == pytest.approx(ece, abs=1e-12)
         order, expected = stream_order(len(y), r["seed"])
         assert r["stream_order"] == expected == r["details"]["stream_order"]
         xs, ys = x[order], y[order]
@@ -89,6 +96,9 @@ def test_test_time_on_a_cache_streams_the_recorded_order(tmp_path, capsys):
             pred = torch.as_tensor(model.fit(text_features=w).predict(xs))
             assert r["details"]["memory"]["queries"] == len(y)
         assert r["test_accuracy"] == pytest.approx(100 * float((pred == ys).double().mean()), abs=1e-6)
+        # the per-sample table is in the stream's order
+        np.testing.assert_array_equal(samples["label"], ys.numpy())
+        np.testing.assert_array_equal(samples["prediction"], pred.numpy())
     assert records[0]["hyperparameters"] or records[-1]["hyperparameters"]
 
 
