@@ -249,7 +249,11 @@ def parse_method(name: str) -> tuple[MethodSpec, bool]:
     """``"ape+ssp"`` -> (the APE entry, True); ``"tip-adapter"`` -> (the Tip-Adapter entry, False)."""
     text = str(name)
     use_ssp = _key(text).endswith(SSP_SUFFIX)
-    return get_method(text[: -len(SSP_SUFFIX)] if use_ssp else text), use_ssp
+    spec = get_method(text[: -len(SSP_SUFFIX)] if use_ssp else text)
+    if use_ssp and spec.test_time:
+        raise ValueError(f"{text}: {spec.name} is a test-time method (no labelled image), and SSP's projector is "
+                         f"fitted on labelled support patches, so nothing of SSP carries over; run {spec.name}")
+    return spec, use_ssp
 
 
 def canonical_name(name: str) -> str:
@@ -257,10 +261,12 @@ def canonical_name(name: str) -> str:
     method is named (``--methods``, a config's ``methods``, ``ssp-reproduce``): ``"lpp"`` ->
     ``"lp++"``, ``"lpp+ssp"`` -> ``"lp+++ssp"``, ``"tip"`` -> ``"tip-adapter"``. Unknown names
     raise ``ValueError`` listing the choices."""
+    text = str(name)
     try:
-        spec, use_ssp = parse_method(name)
+        get_method(text[: -len(SSP_SUFFIX)] if _key(text).endswith(SSP_SUFFIX) else text)
     except ValueError:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_help())}") from None
+    spec, use_ssp = parse_method(name)   # a name that exists but cannot be, says why
     return spec.name + (SSP_SUFFIX if use_ssp else "")
 
 
@@ -272,7 +278,8 @@ def method_help() -> list[str]:
     for s in _REGISTRY.values():
         plain = next((a for a in s.aliases if "+" in s.name and a.replace("-", "").isalnum()), None)
         out.append(f"{s.name} (or {plain})" if plain else s.name)
-        out.append(f"{s.name}{SSP_SUFFIX} (or {plain}{SSP_SUFFIX})" if plain else s.name + SSP_SUFFIX)
+        if not s.test_time:
+            out.append(f"{s.name}{SSP_SUFFIX} (or {plain}{SSP_SUFFIX})" if plain else s.name + SSP_SUFFIX)
     return out
 
 
@@ -283,11 +290,11 @@ def registered_methods() -> tuple[MethodSpec, ...]:
 
 
 def method_names(*, fine_tuned: bool | None = None) -> tuple[str, ...]:
-    """Every runnable method name, each followed by its ``+ssp`` variant; ``fine_tuned``
-    filters (``None``: all)."""
+    """Every runnable method name, each followed by its ``+ssp`` variant (test-time methods have
+    none); ``fine_tuned`` filters (``None``: all)."""
     _load()
     return tuple(n for s in _REGISTRY.values() if fine_tuned is None or s.fine_tuned == fine_tuned
-                 for n in (s.name, s.name + SSP_SUFFIX))
+                 for n in ((s.name,) if s.test_time else (s.name, s.name + SSP_SUFFIX)))
 
 
 def spec_for_estimator(estimator: Any) -> MethodSpec | None:

@@ -21,6 +21,16 @@ from scipy.special import softmax as _softmax
 
 #: Bounds of a fitted temperature (a temperature on a bound is recorded as such by the caller).
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
+#: Elements of one ``[rows, C]`` float64 temporary (32 MiB): the metrics of a large test split go
+#: in row blocks (:func:`row_blocks`), so ImageNet's 50,000 x 1,000 needs no full-size temporaries.
+BLOCK_ELEMENTS = 1 << 22
+
+
+def row_blocks(m: int, c: int, block_elements: int | None = None) -> list[slice]:
+    """Slices over ``m`` rows of ``c`` columns, each at most ``block_elements`` elements (default
+    :data:`BLOCK_ELEMENTS`; at least one row)."""
+    step = max(1, (block_elements or BLOCK_ELEMENTS) // max(c, 1))
+    return [slice(i, min(i + step, m)) for i in range(0, m, step)]
 
 
 def as_logits(logits) -> np.ndarray:

@@ -20,6 +20,8 @@ import math
 
 import numpy as np
 
+from ssp.metrics.calibration import row_blocks
+
 CONFORMAL_SCORES = ("lac", "aps")
 
 
@@ -66,7 +68,11 @@ def conformal_scores(probs, labels, score: str = "lac", *, u=None) -> np.ndarray
     rows = np.arange(len(y))
     if _check_score(score) == "lac":
         return 1.0 - p[rows, y]
-    return _aps_all(p, u)[rows, y]
+    u = _uniforms(u, p.shape[0])[:, 0]
+    out = np.empty(len(y))
+    for b in row_blocks(*p.shape):
+        out[b] = _aps_all(p[b], u[b])[rows[: b.stop - b.start], y[b]]
+    return out
 
 
 def conformal_quantile(scores, alpha: float) -> float:
@@ -85,6 +91,9 @@ def prediction_sets(probs, threshold: float, score: str = "lac", *, u=None) -> n
     """Boolean sets ``[M, C]``: class ``c`` is in sample ``i``'s set when its score ``<= threshold``
     (``u`` ``[M]``: the APS randomisation of the test samples, as in :func:`conformal_scores`)."""
     p = _probs(probs)
-    if _check_score(score) == "lac":
-        return (1.0 - p) <= threshold
-    return _aps_all(p, u) <= threshold
+    lac = _check_score(score) == "lac"
+    u = _uniforms(u, p.shape[0])[:, 0]
+    out = np.empty(p.shape, dtype=bool)
+    for b in row_blocks(*p.shape):   # bounded temporaries
+        out[b] = ((1.0 - p[b]) if lac else _aps_all(p[b], u[b])) <= threshold
+    return out

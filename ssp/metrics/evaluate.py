@@ -30,6 +30,7 @@ from ssp.metrics.calibration import (
     calibration_errors,
     fit_temperature,
     negative_log_likelihood,
+    row_blocks,
     softmax,
 )
 from ssp.metrics.conformal import CONFORMAL_SCORES, conformal_quantile, conformal_scores, prediction_sets
@@ -53,13 +54,20 @@ DEFINITIONS = {
 }
 
 
-def _calibration(logits: np.ndarray, labels: np.ndarray, n_bins: int) -> dict:
-    probs = softmax(logits)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
+def _calibration(logits: np.ndarray, labels: np.ndarray, n_bins: int, temperature: float = 1.0) -> dict:
+    """ECE / MCE / NLL / Brier of ``logits / temperature``, row block by row block (bounded
+    temporaries; the per-row numbers are those of the whole array)."""
+    m = len(labels)
+    confidence, correct = np.empty(m), np.empty(m, dtype=bool)
+    nll = brier = 0.0
+    for b in row_blocks(*logits.shape):
+        z = logits[b] / temperature
+        probs = softmax(z)
+        confidence[b], correct[b] = probs.max(axis=1), probs.argmax(axis=1) == labels[b]
+        nll += negative_log_likelihood(z, labels[b]) * len(z)
+        brier += brier_score(probs, labels[b]) * len(z)
     ece, mce = calibration_errors(confidence, correct, n_bins)
-    return {"ece": ece, "mce": mce, "nll": negative_log_likelihood(logits, labels),
-            "brier": brier_score(probs, labels)}
+    return {"ece": ece, "mce": mce, "nll": nll / m, "brier": brier / m}
 
 
 def aps_uniforms(seed: int, n_val: int, n_test: int) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +115,7 @@ def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: floa
         "raw": _calibration(z, y, n_bins),
         "temperature": temperature,
         "temperature_on_bound": bool(np.isclose(temperature, TEMPERATURE_BOUNDS, rtol=1e-4).any()),
-        "temperature_scaled": _calibration(z / temperature, y, n_bins),
+        "temperature_scaled": _calibration(z, y, n_bins, temperature),
         "aurc": aurc(confidence, correct),
         "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c) for c in COVERAGES},
         "conformal": conformal,
@@ -144,7 +152,7 @@ def transferred_reliability(logits, labels, *, temperature: float, n_bins: int =
     z = as_logits(logits)
     y = as_labels(labels, z.shape[0], z.shape[1])
     return {**metrics, "temperature": float(temperature), "temperature_from": "the base classes' validation split",
-            "temperature_scaled": _calibration(z / temperature, y, n_bins)}
+            "temperature_scaled": _calibration(z, y, n_bins, temperature)}
 
 
 def sample_table(probs, labels, thresholds: dict[str, float], *, u=None) -> dict[str, np.ndarray]:

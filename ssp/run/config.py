@@ -232,6 +232,9 @@ def validate_config(cfg: dict) -> None:
     known = method_names()
     unknown = [m for m in methods if m not in known]
     if unknown:
+        for m in unknown:   # a name that exists but cannot be (tda+ssp) says why
+            if m.lower().endswith("+ssp") and m[:-4] in known:
+                parse_method(m)
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(method_help())}")
     for key in ("shots", "seeds"):
         values = cfg.get(key)

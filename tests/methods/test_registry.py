@@ -24,12 +24,20 @@ def test_every_method_has_an_ssp_variant_and_the_cli_config_and_report_share_the
     names = [s.name for s in registered_methods()]
     assert {"zero-shot", "tip-adapter", "ape"} <= set(names)
     assert METHODS == method_names()
-    assert all(n in METHODS and n + "+ssp" in METHODS for n in names)
+    # every method but the test-time ones (no labelled support to fit SSP's projector on) has +ssp
+    assert all(n in METHODS and (n + "+ssp" in METHODS) != s.test_time for n, s in zip(names, registered_methods()))
     from ssp.cli.fewshot import build_parser
 
     action = next(a for a in build_parser()._actions if a.dest == "methods")
     assert all(n in action.help for n in METHODS)           # the help lists the table
+    assert "tda+ssp" not in action.help and "dmn-zs+ssp" not in action.help
     assert action.type("lpp+ssp") == "lp+++ssp" and action.type("tip") == "tip-adapter"
+    from ssp.methods.registry import canonical_name
+
+    with pytest.raises(ValueError, match="tda is a test-time method .* nothing of SSP carries over"):
+        canonical_name("tda+ssp")
+    with pytest.raises(ValueError, match="unknown method 'nope\\+ssp'"):
+        canonical_name("nope+ssp")
 
 
 @pytest.mark.parametrize("spelling, name", [

@@ -273,3 +273,34 @@ def test_bad_inputs_say_what_is_wrong():
         conformal_quantile(np.ones(3), 1.5)
     with pytest.raises(ValueError, match="score"):
         conformal_scores(np.ones((1, 2)) / 2, np.array([0]), "raps")
+
+
+def test_row_blocks_equal_one_block(monkeypatch):
+    """Conformal scores, sets and every reliability number computed block by block (bounded
+    temporaries) equal the whole-array ones."""
+    import ssp.metrics.calibration as calibration
+
+    z, y = _data(m=203, c=9, seed=7)
+    p = softmax(z)
+    u = np.random.default_rng(3).random(203)
+    zv, yv = _data(m=50, c=9, seed=8)
+
+    def everything():
+        return (conformal_scores(p, y, "aps", u=u), prediction_sets(p, 0.7, "aps", u=u), conformal_scores(p, y, "aps"),
+                prediction_sets(p, 0.7, "lac"), reliability(z, y, zv, yv))
+
+    monkeypatch.setattr(calibration, "BLOCK_ELEMENTS", 1 << 40)
+    whole = everything()
+    monkeypatch.setattr(calibration, "BLOCK_ELEMENTS", 9 * 4 + 2)   # 4 rows a block, the last one short
+    assert [(b.start, b.stop) for b in calibration.row_blocks(203, 9)][-2:] == [(196, 200), (200, 203)]
+    blocks = everything()
+    for a, b in zip(whole[:4], blocks[:4]):
+        np.testing.assert_array_equal(a, b)
+    (m1, s1), (m2, s2) = whole[4], blocks[4]
+    for part in ("raw", "temperature_scaled"):
+        assert m1[part]["ece"] == m2[part]["ece"] and m1[part]["mce"] == m2[part]["mce"]
+        assert m2[part]["nll"] == pytest.approx(m1[part]["nll"], rel=1e-13)
+        assert m2[part]["brier"] == pytest.approx(m1[part]["brier"], rel=1e-13)
+    assert m1["conformal"] == m2["conformal"]
+    for key in s1:
+        np.testing.assert_array_equal(s1[key], s2[key])

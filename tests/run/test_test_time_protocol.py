@@ -15,6 +15,7 @@ from _tip_cache_folder import write_tip_cache
 from ssp.cli import fewshot
 from ssp.methods import TDA, DMNZeroShot
 from ssp.metrics import calibration_errors
+from ssp.methods.registry import parse_method
 from ssp.run.config import load_config
 from ssp.run.pipeline import run_fewshot
 from ssp.run.protocols import get_protocol, stream_order
@@ -39,10 +40,12 @@ def test_stream_order_is_seeded_and_its_digest_is_the_order():
 
 def test_which_methods_run_under_which_protocol():
     test_time, few = get_protocol("test-time"), get_protocol("fewshot")
-    run, reasons = test_time.runnable(["zero-shot", "tda", "dmn-zs", "tip-adapter", "tda+ssp", "zero-shot+ssp"])
+    run, reasons = test_time.runnable(["zero-shot", "tda", "dmn-zs", "tip-adapter", "zero-shot+ssp"])
     assert run == ["zero-shot", "tda", "dmn-zs"]
     assert any("tip-adapter learns from labelled shots" in r for r in reasons)
-    assert sum("nothing of SSP carries over" in r for r in reasons) == 2
+    assert sum("nothing of SSP carries over" in r for r in reasons) == 1
+    with pytest.raises(ValueError, match="nothing of SSP carries over"):   # not a method at all
+        parse_method("tda+ssp")
     run, reasons = few.runnable(["zero-shot", "tda"])
     assert run == ["zero-shot"] and "--protocol test-time" in reasons[0]
     assert get_protocol("base2new").runnable(["dmn-zs"])[0] == []
