@@ -15,6 +15,7 @@ Each setting runs in its own process, so the peak resident memory is its own; si
 The input logits alone are ``M x C x 8`` bytes (400 MB at the defaults).
 
     python benchmarks/bench_reliability.py [--test 50000] [--val 4000] [--classes 1000] [--threads 2]
+        [--json out.json]
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def main() -> None:
     p.add_argument("--val", type=int, default=4_000)
     p.add_argument("--classes", type=int, default=1_000)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", help="also write the rows to this JSON file")
     p.add_argument("--one-block", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -80,13 +82,18 @@ def main() -> None:
     print(f"{'rows':<10} {'time (s)':>9} {'peak RSS (GiB)':>15} {'added (GiB)':>12} {'LAC cov':>8} {'APS cov':>8}")
     common = [sys.executable, __file__, "--child", "--test", str(args.test), "--val", str(args.val),
               "--classes", str(args.classes), "--threads", str(args.threads)]
+    rows = []
     for label, extra in (("blocks", []), ("one block", ["--one-block"])):
         done = subprocess.run(common + extra, capture_output=True, text=True)
         if done.returncode:
             sys.exit(f"{label}: failed\n{done.stderr[-2000:]}")
         r = json.loads(done.stdout.strip().splitlines()[-1])
+        rows.append({"rows": label, **r})
         print(f"{label:<10} {r['seconds']:9.1f} {r['peak_gib']:15.2f} {r['added_gib']:12.2f} "
               f"{100 * r['lac']:7.2f}% {100 * r['aps']:7.2f}%")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"test": args.test, "val": args.val, "classes": args.classes,
+                                               "threads": args.threads, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

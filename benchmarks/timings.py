@@ -18,6 +18,8 @@ before and after):
 * ``demo``: README command 2 from an empty feature store (temporary output and store folders).
 * ``cars``: ``benchmarks/stanford_cars_real_features.py --split numpy --threads 2`` (every shot
   count): the per-method fit / search / predict seconds it reports, and its own wall / CPU time.
+* ``reliability``: ``benchmarks/bench_reliability.py --threads 2`` (the reliability metrics of an
+  ImageNet-size test split, in row blocks and in one block): seconds and peak memory.
 
 The figures go to ``docs/timings.json`` (committed: the single source of every stated time), and
 every block of README.md and docs/*.md is rendered from it. Wall time depends on what else the
@@ -48,6 +50,7 @@ DATA = os.environ.get("SSP_DATA_ROOT", str(REPO.parent / "shared" / "data"))
 DEMO = ["-m", "ssp.cli.fewshot", "--dataset", "dtd", "--root", f"{DATA}/coop", "--shots", "1", "2", "--seeds", "1",
         "--backbone", "ViT-B-32", "--pretrained", "none", "--device", "cpu", "--views", "2", "--no-progress"]
 CARS = ["benchmarks/stanford_cars_real_features.py", "--split", "numpy", "--threads", "2"]
+RELIABILITY = ["benchmarks/bench_reliability.py", "--threads", "2"]
 
 
 # ------------------------------------------------------------------------------------- measuring
@@ -118,7 +121,18 @@ def measure_cars(shots: list[int] | None = None) -> dict:
     return out
 
 
-MEASURE = {"demo": measure_demo, "cars": measure_cars}
+def measure_reliability() -> dict:
+    with tempfile.TemporaryDirectory(prefix="ssp-timings-") as tmp:
+        out = timed([*RELIABILITY, "--json", f"{tmp}/rel.json"], label="reliability")
+        result = json.loads(Path(tmp, "rel.json").read_text())
+    out.pop("stdout")
+    out["command"] = out["command"].split(" --json")[0]
+    out.update({k: result[k] for k in ("test", "val", "classes")})
+    out["rows"] = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in result["rows"]]
+    return out
+
+
+MEASURE = {"demo": measure_demo, "cars": measure_cars, "reliability": measure_reliability}
 
 
 # ------------------------------------------------------------------------------------- rendering
@@ -182,8 +196,20 @@ def render_ape_grid(figures: dict) -> str:
             f"{_s(r['ape_search_s'])} ({machine_line(figures, run)}).\n")
 
 
+def render_reliability(figures: dict) -> str:
+    run = figures["reliability"]
+    lines = [f"`{run['command']}` ({run['test']:,} test and {run['val']:,} validation images, {run['classes']:,} "
+             f"classes, synthetic logits; each setting in its own process; {machine_line(figures, run)}):", "",
+             "| rows | time | peak RSS | added by the metrics |", "|---|---|---|---|"]
+    names = {"blocks": "in blocks (default)", "one block": "one block (the whole array at once)"}
+    for r in run["rows"]:
+        lines.append(f"| {names.get(r['rows'], r['rows'])} | {_s(r['seconds'])} | {r['peak_gib']:.2f} GiB "
+                     f"| {r['added_gib']:.2f} GiB |")
+    return "\n".join(lines) + "\n"
+
+
 RENDER = {"demo": render_demo, "cars": render_cars, "cars-baselines": render_cars_baselines,
-          "ape-grid": render_ape_grid}
+          "ape-grid": render_ape_grid, "reliability": render_reliability}
 
 
 def render_pages(figures: dict, pages: list[Path] | None = None) -> dict[Path, str]:

@@ -39,12 +39,14 @@ def test_every_timings_block_is_what_the_stored_figures_render():
 
 def test_the_stored_figures_come_from_real_runs():
     figures = json.loads(_timings().STORE.read_text())
-    for name in ("demo", "cars"):
+    for name in ("demo", "cars", "reliability"):
         run = figures[name]
         assert run["wall_s"] > 0 and run["cpu_s"] > 0 and run["machine"]["cores"] >= 1
         assert run["machine"]["cpu"] and len(run["load_before"]) == 3
     assert "ssp.cli.fewshot --dataset dtd" in figures["demo"]["command"]
     assert 16 in [r["shots"] for r in figures["cars"]["rows"]]
+    blocks, whole = figures["reliability"]["rows"]
+    assert (blocks["rows"], whole["rows"]) == ("blocks", "one block") and blocks["lac"] == whole["lac"]
 
 
 def test_the_demo_command_is_readme_command_2():
