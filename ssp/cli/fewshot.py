@@ -165,7 +165,7 @@ def note_ignored_config_keys(config_file: str | None, prog: str) -> None:
         given = yaml.safe_load(Path(config_file).expanduser().read_text()) or {}
     except (OSError, yaml.YAMLError):
         return  # load_config has read it already; nothing more to say
-    from ssp.run.sources import IMAGE_ONLY_KEYS
+    from ssp.run.cache_source import IMAGE_ONLY_KEYS
 
     ignored = [k for k in IMAGE_ONLY_KEYS if isinstance(given, dict) and k in given]
     if ignored:
@@ -322,7 +322,7 @@ def _main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{prog}: error: --eval-on reads the targets' images through the backbone; it needs --root "
                          "(images), not --features (a Tip-Adapter cache folder)")
     if args.features:
-        from ssp.run.sources import cache_dataset_name
+        from ssp.run.cache_source import cache_dataset_name
 
         refuse_image_flags(args, prog, "--features")
         if args.split_manifest:

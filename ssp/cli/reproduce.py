@@ -13,7 +13,7 @@ whose JSON exists with the same settings is skipped, so an interrupted suite res
 stopped and a second identical call does no work. Runs with other settings go to other keys:
 nothing is overwritten. Two suites started on one output folder share the work (a lock file per
 run). Each (dataset, backbone) is one :func:`ssp.run.pipeline.run_fewshot` call on an
-:class:`~ssp.run.sources.ImageSource` or a :class:`~ssp.run.sources.TipCacheSource`.
+:class:`~ssp.run.sources.ImageSource` or a :class:`~ssp.run.cache_source.TipCacheSource`.
 """
 from __future__ import annotations
 
@@ -148,7 +148,7 @@ class Job:
     dataset: str
     backbone: str | None              # images: the open_clip model; caches: a label or None
     cfg: dict | None = None
-    source: object | None = None      # ssp.run.sources.ImageSource / TipCacheSource
+    source: object | None = None      # ssp.run.sources.ImageSource / ssp.run.cache_source.TipCacheSource
     label: str = ""
     todo: list[tuple[int, int, str]] = field(default_factory=list)
     done: list[tuple[int, int, str]] = field(default_factory=list)

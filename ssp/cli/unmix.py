@@ -168,7 +168,8 @@ def cmd_analyze(args) -> dict:
 def _single_label_source(args):
     """The support / validation / test features and the text classifier of `train` on
     classification data, through the run stage's feature source (images or a cache folder)."""
-    from ssp.run.sources import cache_dataset_name, make_source
+    from ssp.run.cache_source import cache_dataset_name
+    from ssp.run.sources import make_source
     from ssp.unmix.workflow import UsageError
 
     quiet = lambda _: None  # noqa: E731  (the record and the summary say what was read)

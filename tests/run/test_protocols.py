@@ -17,7 +17,7 @@ from ssp.report.tables import write_report
 from ssp.run.config import load_config
 from ssp.run.pipeline import plan_runs, run_fewshot
 from ssp.run.protocols import DEFAULT_PROTOCOL, PROTOCOLS, base_new_split, get_protocol, harmonic_mean, protocol_names
-from ssp.run.sources import TipCacheSource
+from ssp.run.cache_source import TipCacheSource
 
 ASSETS = Path(__file__).parents[1] / "assets"
 

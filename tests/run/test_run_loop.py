@@ -18,7 +18,7 @@ from ssp.run import pipeline
 from ssp.run.config import load_config
 from ssp.run.pipeline import WarningLog, run_fewshot
 from ssp.run.records import RunLock, check_writable
-from ssp.run.sources import TipCacheSource, cache_dataset_name
+from ssp.run.cache_source import TipCacheSource, cache_dataset_name
 
 FAST = ["--shots", "1", "2", "--seeds", "1", "--methods", "zero-shot", "tip-adapter", "--no-progress",
         "--device", "cpu"]
@@ -296,7 +296,8 @@ def test_one_validation_subsampler_for_images_and_tip_adapter_cache_folders(tmp_
 
 
 def test_make_source_builds_one_source_and_refuses_the_other_sources_options(cache, tmp_path):
-    from ssp.run.sources import TipCacheSource, make_source
+    from ssp.run.cache_source import TipCacheSource
+    from ssp.run.sources import make_source
 
     cfg = load_config("dtd", overrides={"shots": [1], "seeds": [1]})
     source = make_source(cfg, features=cache, device="cpu")
