@@ -182,7 +182,8 @@ class TipCacheSource:
         return _skip_ssp_and_textless(list(methods), has_patches=False, has_text=self.text is not None,
                                       where=str(self.folder))
 
-    def open(self, echo: Echo) -> bool:
+    def open(self, echo: Echo, *, support_classes=None) -> bool:
+        # support_classes: a cache holds every class's keys already; the protocol takes what it needs
         if self.test_from_val is not None and self.has_test:
             echo(f"[ssp] --test-from-val {self.test_from_val}: the test part is carved from validation; "
                  f"{self.folder}/test_f.pt is not used")

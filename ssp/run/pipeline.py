@@ -323,7 +323,7 @@ def run_fewshot(cfg: dict, source: FeatureSource, *, output_dir: str | Path, ech
             return [done[k] for k in stubs]
         if done:
             echo(f"[ssp] {len(done)} of {len(stubs)} runs already done under {output_dir} (same settings): reused")
-        if not source.open(echo):
+        if not source.open(echo, support_classes=spec.support_classes):
             return []
         text = source.text_classifier()
         if spec.needs_text and text is None:

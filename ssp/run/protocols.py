@@ -86,6 +86,8 @@ class Protocol:
         default_methods: the methods run when none are named (``None``: the config's list).
         compare_published: the report puts published numbers of the same shot count beside
             these runs (recorded in each run JSON as ``compare_published``).
+        support_classes: ``C -> n``: only the first ``n`` classes need support and validation
+            images (base-to-new: the base half), so a source extracts no others; ``None``: all.
     """
 
     name: str
@@ -99,6 +101,7 @@ class Protocol:
     shots: tuple[int, ...] | None = None
     default_methods: tuple[str, ...] | None = None
     compare_published: bool = False
+    support_classes: Callable[[int], int] | None = None
 
     def record_fields(self) -> dict:
         """Fields every record of this protocol holds (none for the default protocol)."""
@@ -284,7 +287,7 @@ register_protocol(Protocol(
                            "and unseen new classes separately, harmonic mean",
     evaluate=_evaluate_base2new, settings={"name": "base2new", "split": "coop-subsample-classes"},
     table_metrics=("base_accuracy", "new_accuracy", "harmonic_mean"), result_line=_base2new_line,
-    needs_text=True))
+    needs_text=True, support_classes=lambda n_classes: base_new_split(n_classes)[0]))
 
 
 # ----------------------------------------------------------------------------------- test-time

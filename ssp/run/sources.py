@@ -57,9 +57,11 @@ class FeatureSource(Protocol):
     def runnable(self, methods: list[str]) -> tuple[list[str], list[str]]:
         """``(methods that can run here, one-line reasons for those skipped)``."""
 
-    def open(self, echo: Echo) -> bool:
+    def open(self, echo: Echo, *, support_classes: Callable[[int], int] | None = None) -> bool:
         """Load what every split shares (backbone, text classifier, test features); False when this
-        process has nothing more to do (a torchrun rank other than 0, after extraction)."""
+        process has nothing more to do (a torchrun rank other than 0, after extraction).
+        ``support_classes``: ``C -> n``, the splits need support / validation images of the first
+        ``n`` classes only (a protocol's :attr:`~ssp.run.protocols.Protocol.support_classes`)."""
 
     def split(self, shots: int, seed: int, echo: Echo) -> Split:
         """The support / validation / test features of one (shots, seed)."""
@@ -176,8 +178,9 @@ class ImageSource:
         kw.update(progress=self.progress, skip_bad_images=cfg.get("skip_bad_images", False))
         return kw
 
-    def open(self, echo: Echo) -> bool:
+    def open(self, echo: Echo, *, support_classes: Callable[[int], int] | None = None) -> bool:
         cfg, data = self.cfg, self.data
+        self.support_count = None if support_classes is None else int(support_classes(len(data.classnames)))
         self.backbone = load_backbone(cfg["backbone"], None if is_random_weights(cfg["pretrained"]) else cfg["pretrained"],
                                       device=self.device, precision=cfg["precision"], quick_gelu=cfg.get("quick_gelu"))
         self.device = self.backbone.device
@@ -222,8 +225,14 @@ class ImageSource:
                                                   **self._kw, **kw))
 
     def _draw(self, shots: int, seed: int):
-        """The few-shot draw: the sampler's, or the given split manifest's."""
-        return fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"], manifest=self.manifest)
+        """The few-shot draw: the sampler's, or the given split manifest's (support and validation
+        images of the first ``support_count`` classes only, when :meth:`open` was given a rule)."""
+        draw = fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"], manifest=self.manifest)
+        n = getattr(self, "support_count", None)
+        if n is not None:  # each class draws from its own seeded stream: the kept classes' shots are unchanged
+            draw.support = [x for x in draw.support if x.label < n]
+            draw.val = [x for x in draw.val if x.label < n]
+        return draw
 
     def _extract_all(self) -> None:
         """Every feature file the runs need, extracted by all ranks together (torchrun)."""
@@ -286,7 +295,8 @@ class ImageSource:
             protocol={"val_policy": cfg["val_policy"], "views": cfg["views"],
                       "hyperparameters_chosen_on": "validation split",
                       "n_support": len(support.labels), "n_val": len(val.labels),
-                      "n_test": len(self.test.labels), "n_classes": len(self.data.classnames)},
+                      "n_test": len(self.test.labels), "n_classes": len(self.data.classnames),
+                      **({} if self.support_count is None else {"support_of_first_classes": self.support_count})},
             seeds={"few_shot_support": seed, "validation_subsample": seed, "augmented_views": seed,
                    "training": seed, "random_init": identity.get("seed") if identity["source"] == "random" else None},
             timings={"shared_features_s": self.shared_s, "support_val_features_s": extract_s},

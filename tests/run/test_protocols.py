@@ -160,6 +160,9 @@ def test_base2new_from_images_with_ssp(data_root, tmp_path, capsys):
     for record in runs.values():
         assert record["class_split"]["base"] == [0, 2] and record["class_split"]["n_test_new"] == 6
         assert 0 <= record["new_accuracy"] <= 100
+        # only the base classes' shots and validation images were drawn and encoded
+        assert record["protocol"]["support_of_first_classes"] == 2
+        assert record["protocol"]["n_support"] == 2 * 2 and record["protocol"]["n_val"] == 2 * 2
     assert runs["zero-shot+ssp"]["new_classes"]["ssp"] is True
     assert "vision projector" in runs["gda+ssp"]["new_classes"]["rule"]
 
