@@ -8,7 +8,7 @@ Each method runs in its own process, so the peak resident memory (``ru_maxrss``)
 
     python benchmarks/bench_training_free.py [--classes 1000] [--shots 16] [--dim 1024] [--views 10]
                                              [--n-test 10000] [--threads N] [--only gda|proker] [--beta 4]
-                                             [--search-solver auto eigh cholesky]
+                                             [--search-solver auto eigh cholesky] [--json out.json]
 
 ``--search-solver`` runs ProKeR once per solver named (each in its own process), side by side.
 """
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="ProKeR's search solver(s); several: one ProKeR row each")
     parser.add_argument("--beta", type=float, nargs="+", default=None,
                         help="ProKeR: search only these betas (with the default lam axis)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     for method, solver in jobs:
         cmd = [sys.executable, __file__, "--only", method, "--search-solver", solver] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-            if k not in ("only", "beta", "search_solver", "methods") and v is not None]
+            if k not in ("only", "beta", "search_solver", "methods", "json") and v is not None]
         cmd += ["--beta", *map(str, args.beta)] if args.beta else []
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout  # stderr shown
         row = json.loads(out.strip().splitlines()[-1])
@@ -150,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['method']} | {r['n_samples']} | {r['fit_s']:.1f} | {r['search_s']:.1f} ({r['grid_points']}) "
               f"| {r['predict_s']:.1f} | {r['peak_rss_gib']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"classes": args.classes, "shots": args.shots, "dim": args.dim,
+                                               "views": args.views, "n_test": args.n_test, "rows": rows},
+                                              indent=2, default=str) + "\n")
     return 0
 
 

@@ -18,6 +18,9 @@ before and after):
 * ``demo``: README command 2 from an empty feature store (temporary output and store folders).
 * ``cars``: ``benchmarks/stanford_cars_real_features.py --split numpy --threads 2`` (every shot
   count): the per-method fit / search / predict seconds it reports, and its own wall / CPU time.
+* ``imagenet-baselines``: ``benchmarks/bench_training_free.py --threads 2`` (GDA and ProKeR at
+  ImageNet size, synthetic data: fit, the full default search, predict, peak memory; ~18 min).
+* ``proker-solvers``: the same with one β, ProKeR's two search solvers side by side (~8 min).
 * ``reliability``: ``benchmarks/bench_reliability.py --threads 2`` (the reliability metrics of an
   ImageNet-size test split, in row blocks and in one block): seconds and peak memory.
 
@@ -51,6 +54,8 @@ DEMO = ["-m", "ssp.cli.fewshot", "--dataset", "dtd", "--root", f"{DATA}/coop", "
         "--backbone", "ViT-B-32", "--pretrained", "none", "--device", "cpu", "--views", "2", "--no-progress"]
 CARS = ["benchmarks/stanford_cars_real_features.py", "--split", "numpy", "--threads", "2"]
 RELIABILITY = ["benchmarks/bench_reliability.py", "--threads", "2"]
+IMAGENET = ["benchmarks/bench_training_free.py", "--threads", "2"]
+SOLVERS = [*IMAGENET, "--methods", "proker", "--beta", "1", "--search-solver", "eigh", "cholesky"]
 
 
 # ------------------------------------------------------------------------------------- measuring
@@ -132,7 +137,21 @@ def measure_reliability() -> dict:
     return out
 
 
-MEASURE = {"demo": measure_demo, "cars": measure_cars, "reliability": measure_reliability}
+def _measure_bench(argv: list[str], label: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="ssp-timings-") as tmp:
+        out = timed([*argv, "--json", f"{tmp}/bench.json"], label=label)
+        result = json.loads(Path(tmp, "bench.json").read_text())
+    out.pop("stdout")
+    out["command"] = out["command"].split(" --json")[0]
+    keep = ("method", "n_samples", "grid_points", "best_params", "fit_s", "search_s", "predict_s", "n_test",
+            "peak_rss_gib", "data_rss_gib")
+    out["rows"] = [{k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keep} for r in result["rows"]]
+    return out
+
+
+MEASURE = {"demo": measure_demo, "cars": measure_cars, "reliability": measure_reliability,
+           "imagenet-baselines": lambda: _measure_bench(IMAGENET, "imagenet-baselines"),
+           "proker-solvers": lambda: _measure_bench(SOLVERS, "proker-solvers")}
 
 
 # ------------------------------------------------------------------------------------- rendering
@@ -208,7 +227,36 @@ def render_reliability(figures: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDER = {"demo": render_demo, "cars": render_cars, "cars-baselines": render_cars_baselines,
+def render_imagenet_baselines(figures: dict) -> str:
+    run = figures["imagenet-baselines"]
+    lines = [f"`{run['command']}` ({_s(run['wall_s'])} in all; {machine_line(figures, run)}):", "",
+             "| method | N (samples) | fit s | full default search s (points) | predict s (10,000 queries) "
+             "| peak RSS GiB (data alone) |", "|---|---|---|---|---|---|"]
+    for r in run["rows"]:
+        name = {"gda": "GDA (10 views)"}.get(r["method"], r["method"].replace("proker", "ProKeR"))
+        lines.append(f"| {name} | {r['n_samples']:,} | {r['fit_s']:.1f} | {r['search_s']:.1f} ({r['grid_points']}) "
+                     f"| {r['predict_s']:.1f} | {r['peak_rss_gib']:.2f} ({r['data_rss_gib']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def render_proker_solvers(figures: dict) -> str:
+    run = figures["proker-solvers"]
+    eigh, chol = (next(r for r in run["rows"] if f"({name})" in r["method"]) for name in ("eigh", "cholesky"))
+    return (f"Side by side in one run, one β and the default 11 λ (`{run['command']}`; "
+            f"{machine_line(figures, run)}): `eigh` {_s(eigh['search_s'])} and {eigh['peak_rss_gib']:.2f} GiB, "
+            f"`cholesky` {_s(chol['search_s'])} and {chol['peak_rss_gib']:.2f} GiB "
+            f"(**{eigh['search_s'] / chol['search_s']:.2f}x faster, "
+            f"{eigh['peak_rss_gib'] - chol['peak_rss_gib']:.1f} GiB less**), "
+            + (f"both choosing {_params(chol['best_params'])}" if eigh["best_params"] == chol["best_params"] else
+               f"choosing {_params(eigh['best_params'])} and {_params(chol['best_params'])}") + ".\n")
+
+
+def _params(params: dict) -> str:
+    return ", ".join(f"{k} = {v:g}" if isinstance(v, (int, float)) else f"{k} = {v}" for k, v in params.items())
+
+
+RENDER = {"demo": render_demo, "imagenet-baselines": render_imagenet_baselines,
+          "proker-solvers": render_proker_solvers, "cars": render_cars, "cars-baselines": render_cars_baselines,
           "ape-grid": render_ape_grid, "reliability": render_reliability}
 
 
