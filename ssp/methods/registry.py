@@ -32,7 +32,8 @@ import numpy as np
 
 from ssp._checks import check_int
 
-__all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "canonical_name", "method_names",
+__all__ = ["MethodSpec", "register_method", "get_method", "parse_method", "split_ssp_suffix", "canonical_name",
+           "method_names",
            "method_help", "registered_methods", "spec_for_estimator", "log_grid_builder", "make_grid",
            "default_config", "load_method_modules", "SSP_SUFFIX"]
 
@@ -245,11 +246,18 @@ def get_method(name: str) -> MethodSpec:
     return _REGISTRY[canonical]
 
 
+def split_ssp_suffix(name: str) -> tuple[str, bool]:
+    """``"ape+ssp"`` -> ``("ape", True)``; ``"ape"`` -> ``("ape", False)`` (no lookup)."""
+    text = str(name)
+    use_ssp = _key(text).endswith(SSP_SUFFIX)
+    return (text[: -len(SSP_SUFFIX)] if use_ssp else text), use_ssp
+
+
 def parse_method(name: str) -> tuple[MethodSpec, bool]:
     """``"ape+ssp"`` -> (the APE entry, True); ``"tip-adapter"`` -> (the Tip-Adapter entry, False)."""
     text = str(name)
-    use_ssp = _key(text).endswith(SSP_SUFFIX)
-    spec = get_method(text[: -len(SSP_SUFFIX)] if use_ssp else text)
+    base, use_ssp = split_ssp_suffix(text)
+    spec = get_method(base)
     if use_ssp and spec.test_time:
         raise ValueError(f"{text}: {spec.name} is a test-time method (no labelled image), and SSP's projector is "
                          f"fitted on labelled support patches, so nothing of SSP carries over; run {spec.name}")
@@ -261,9 +269,8 @@ def canonical_name(name: str) -> str:
     method is named (``--methods``, a config's ``methods``, ``ssp-reproduce``): ``"lpp"`` ->
     ``"lp++"``, ``"lpp+ssp"`` -> ``"lp+++ssp"``, ``"tip"`` -> ``"tip-adapter"``. Unknown names
     raise ``ValueError`` listing the choices."""
-    text = str(name)
     try:
-        get_method(text[: -len(SSP_SUFFIX)] if _key(text).endswith(SSP_SUFFIX) else text)
+        get_method(split_ssp_suffix(name)[0])
     except ValueError:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(method_help())}") from None
     spec, use_ssp = parse_method(name)   # a name that exists but cannot be, says why

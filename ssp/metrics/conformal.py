@@ -39,22 +39,22 @@ def _check_score(score: str) -> str:
 
 
 def _uniforms(u, m: int) -> np.ndarray:
-    """``[M, 1]`` per-sample APS randomisation (``None``: 1, the deterministic score)."""
+    """``[M]`` per-sample APS randomisation (``None``: 1, the deterministic score)."""
     if u is None:
-        return np.ones((m, 1))
+        return np.ones(m)
     u = np.asarray(u, dtype=np.float64)
     if u.shape != (m,):
         raise ValueError(f"APS randomisation u must be [M] = [{m}], got shape {u.shape}")
     if not np.all((u >= 0.0) & (u <= 1.0)):
         raise ValueError("APS randomisation u must lie in [0, 1]")
-    return u[:, None]
+    return u
 
 
-def _aps_all(p: np.ndarray, u=None) -> np.ndarray:
-    """``[M, C]`` APS score of every class: the probability ranked above it plus ``u`` times its own."""
+def _aps_all(p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """``[M, C]`` APS score of every class: the probability ranked above it plus ``u`` ``[M]`` times its own."""
     order = np.argsort(-p, axis=1, kind="stable")
     ranked = np.take_along_axis(p, order, axis=1)
-    cumulative = np.cumsum(ranked, axis=1) - (1.0 - _uniforms(u, p.shape[0])) * ranked
+    cumulative = np.cumsum(ranked, axis=1) - (1.0 - u[:, None]) * ranked
     out = np.empty_like(p)
     np.put_along_axis(out, order, cumulative, axis=1)
     return out
@@ -68,7 +68,7 @@ def conformal_scores(probs, labels, score: str = "lac", *, u=None) -> np.ndarray
     rows = np.arange(len(y))
     if _check_score(score) == "lac":
         return 1.0 - p[rows, y]
-    u = _uniforms(u, p.shape[0])[:, 0]
+    u = _uniforms(u, p.shape[0])
     out = np.empty(len(y))
     for b in row_blocks(*p.shape):
         out[b] = _aps_all(p[b], u[b])[rows[: b.stop - b.start], y[b]]
@@ -92,7 +92,7 @@ def prediction_sets(probs, threshold: float, score: str = "lac", *, u=None) -> n
     (``u`` ``[M]``: the APS randomisation of the test samples, as in :func:`conformal_scores`)."""
     p = _probs(probs)
     lac = _check_score(score) == "lac"
-    u = _uniforms(u, p.shape[0])[:, 0]
+    u = _uniforms(u, p.shape[0])
     out = np.empty(p.shape, dtype=bool)
     for b in row_blocks(*p.shape):   # bounded temporaries
         out[b] = ((1.0 - p[b]) if lac else _aps_all(p[b], u[b])) <= threshold

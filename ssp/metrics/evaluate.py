@@ -94,33 +94,37 @@ def reliability(test_logits, test_labels, val_logits, val_labels, *, alpha: floa
         raise ValueError("reliability metrics need non-empty test and validation splits")
     temperature = fit_temperature(zv, yv)
     probs, val_probs = softmax(z), softmax(zv)
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y
     u_val, u_test = aps_uniforms(seed, len(yv), len(y))
+    thresholds = {score: conformal_quantile(conformal_scores(val_probs, yv, score, u=u_val), alpha)
+                  for score in CONFORMAL_SCORES}
+    samples = sample_table(probs, y, thresholds, u=u_test)
     conformal: dict = {"alpha": alpha, "calibration": "validation", "n_calibration": int(len(yv)),
                        "probabilities": "raw",
                        "aps_randomisation": {"seed": int(seed), "rule": f"numpy.random.default_rng([seed, {_STAGE_APS}])"
                                              ".random(n_val), then .random(n_test)"}}
-    thresholds = {}
-    for score in CONFORMAL_SCORES:
-        q = conformal_quantile(conformal_scores(val_probs, yv, score, u=u_val), alpha)
-        sets = prediction_sets(probs, q, score, u=u_test)
-        thresholds[score] = q
+    for score, q in thresholds.items():   # a set holds the true label exactly when its score is <= q
+        size = samples[f"{score}_set_size"]
         conformal[score] = {"threshold": q if np.isfinite(q) else None,
-                            "coverage": float(sets[np.arange(len(y)), y].mean()),
-                            "mean_set_size": float(sets.sum(axis=1).mean()),
-                            "empty_sets": float((sets.sum(axis=1) == 0).mean())}
+                            "coverage": float(np.mean(samples[f"{score}_score"] <= q)),
+                            "mean_set_size": float(size.mean()), "empty_sets": float(np.mean(size == 0))}
     metrics = {
         "version": RELIABILITY_VERSION, "n_test": int(len(y)), "n_val": int(len(yv)), "n_bins": int(n_bins),
         "raw": _calibration(z, y, n_bins),
         "temperature": temperature,
         "temperature_on_bound": bool(np.isclose(temperature, TEMPERATURE_BOUNDS, rtol=1e-4).any()),
         "temperature_scaled": _calibration(z, y, n_bins, temperature),
-        "aurc": aurc(confidence, correct),
-        "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c) for c in COVERAGES},
+        **_selective(samples),
         "conformal": conformal,
     }
-    return metrics, sample_table(probs, y, thresholds, u=u_test)
+    return metrics, samples
+
+
+def _selective(samples: dict[str, np.ndarray]) -> dict:
+    """AURC and accuracy at coverage of a :func:`sample_table`."""
+    confidence, correct = samples["confidence"], samples["prediction"] == samples["label"]
+    return {"aurc": aurc(confidence, correct),
+            "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c)
+                                     for c in COVERAGES}}
 
 
 def uncalibrated_reliability(logits, labels, *, n_bins: int = 15) -> tuple[dict, dict[str, np.ndarray]]:
@@ -132,14 +136,11 @@ def uncalibrated_reliability(logits, labels, *, n_bins: int = 15) -> tuple[dict,
     y = as_labels(labels, z.shape[0], z.shape[1])
     if not len(y):
         raise ValueError("reliability metrics need a non-empty test split")
-    probs = softmax(z)
-    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    samples = sample_table(softmax(z), y, {})
     metrics = {"version": RELIABILITY_VERSION, "n_test": int(len(y)), "n_bins": int(n_bins),
-               "raw": _calibration(z, y, n_bins), "aurc": aurc(confidence, correct),
-               "accuracy_at_coverage": {f"{c:g}": 100.0 * accuracy_at_coverage(confidence, correct, c)
-                                        for c in COVERAGES},
+               "raw": _calibration(z, y, n_bins), **_selective(samples),
                "not_computed": "temperature scaling and conformal sets: no labelled calibration data"}
-    return metrics, sample_table(probs, y, {})
+    return metrics, samples
 
 
 def transferred_reliability(logits, labels, *, temperature: float, n_bins: int = 15) -> dict:
@@ -150,9 +151,8 @@ def transferred_reliability(logits, labels, *, temperature: float, n_bins: int =
     metrics, _ = uncalibrated_reliability(logits, labels, n_bins=n_bins)
     metrics.pop("not_computed")
     z = as_logits(logits)
-    y = as_labels(labels, z.shape[0], z.shape[1])
     return {**metrics, "temperature": float(temperature), "temperature_from": "the base classes' validation split",
-            "temperature_scaled": _calibration(z, y, n_bins, temperature)}
+            "temperature_scaled": _calibration(z, as_labels(labels, *z.shape), n_bins, temperature)}
 
 
 def sample_table(probs, labels, thresholds: dict[str, float], *, u=None) -> dict[str, np.ndarray]:
@@ -160,7 +160,8 @@ def sample_table(probs, labels, thresholds: dict[str, float], *, u=None) -> dict
     ``confidence`` (top-1 probability), and per conformal score its true-label score
     (``<score>_score``: covered when ``<= <score>_threshold``, a 0-d array at full precision) and
     set size (``<score>_set_size``); ``u`` ``[M]``: the test samples' APS randomisation (reproducible
-    from its recorded rule, so not saved)."""
+    from its recorded rule, so not saved); and :func:`per_class_results` as ``class_confusion``
+    ``[C, C]``, ``class_accuracy`` ``[C]``, ``class_support`` ``[C]``."""
     p = np.asarray(probs, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
     index = np.int16 if p.shape[1] <= np.iinfo(np.int16).max else np.int32
@@ -170,6 +171,7 @@ def sample_table(probs, labels, thresholds: dict[str, float], *, u=None) -> dict
         out[f"{score}_threshold"] = np.float64(q)
         out[f"{score}_score"] = conformal_scores(p, y, score, u=u)
         out[f"{score}_set_size"] = prediction_sets(p, q, score, u=u).sum(axis=1).astype(index)
+    out.update({f"class_{k}": v for k, v in per_class_results(y, out["prediction"], p.shape[1]).items()})
     return out
 
 

@@ -18,7 +18,7 @@ import yaml
 from ssp._checks import ROUTINGS, SCORE_PRECISIONS, VAL_POLICIES, check_int
 from ssp._utils.params import validate_params
 from ssp.methods.registry import (canonical_name, load_method_modules, method_help, method_names, parse_method,
-                                  registered_methods)
+                                  registered_methods, split_ssp_suffix)
 
 # every runnable method name (each with its "+ssp" variant), from the method registry
 METHODS = method_names()  # the built-in methods (a config's method_modules may register more)
@@ -233,7 +233,8 @@ def validate_config(cfg: dict) -> None:
     unknown = [m for m in methods if m not in known]
     if unknown:
         for m in unknown:   # a name that exists but cannot be (tda+ssp) says why
-            if m.lower().endswith("+ssp") and m[:-4] in known:
+            base, use_ssp = split_ssp_suffix(m)
+            if use_ssp and base in known:
                 parse_method(m)
         raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(method_help())}")
     for key in ("shots", "seeds"):

@@ -35,7 +35,7 @@ from ssp.run.records import (
     write_run,
 )
 from ssp.run.sources import FeatureSource
-from ssp.metrics import per_class_results, reliability
+from ssp.metrics import reliability
 
 Echo = Callable[[str], None]
 
@@ -66,8 +66,6 @@ def evaluate(model, val: Features, test: Features, *, alpha: float = 0.1,
     metrics, samples = reliability(test_logits, labels, logits_of(model, val),
                                    val.labels.cpu().numpy().astype(np.int64), alpha=alpha, n_bins=n_bins,
                                    seed=seed)
-    per_class = per_class_results(labels, prediction, test_logits.shape[1])
-    samples.update({f"class_{k}": v for k, v in per_class.items()})
     return test_acc, metrics, samples
 
 

@@ -50,7 +50,7 @@ import numpy as np
 
 from ssp._lazy import torch
 from ssp.methods.registry import parse_method
-from ssp.metrics import per_class_results, transferred_reliability, uncalibrated_reliability
+from ssp.metrics import transferred_reliability, uncalibrated_reliability
 from ssp.run.records import MethodResult
 
 __all__ = ["Protocol", "Outcome", "register_protocol", "get_protocol", "protocol_names", "PROTOCOLS",
@@ -349,8 +349,6 @@ def _evaluate_test_time(method: str, cfg: dict, split, text: torch.Tensor, *, ru
     # raw calibration and selective prediction need no labels to fit; temperature and conformal sets do
     m = cfg.get("metrics") or {}
     metrics, samples = uncalibrated_reliability(logits, labels, n_bins=m.get("calibration_bins", 15))
-    per_class = per_class_results(labels, samples["prediction"], logits.shape[1])
-    samples.update({f"class_{k}": v for k, v in per_class.items()})
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.constructor_params(cfg, n_features).items()}
 
     # no validation accuracy: nothing is searched (the published hyper-parameters are used)

@@ -161,6 +161,7 @@ class ImageSource:
             self._common["eval_on"] = {t.name: {"image_list": sample_list_digest(t.data.test, t.data.root),
                                                 "class_ids": list(t.data.class_ids)} for t in self.targets}
         self._needs_patches = False
+        self.support_count: int | None = None   # set by open(): support of the first classes only
 
     def common_settings(self) -> dict:
         return self._common
@@ -228,7 +229,7 @@ class ImageSource:
         """The few-shot draw: the sampler's, or the given split manifest's (support and validation
         images of the first ``support_count`` classes only, when :meth:`open` was given a rule)."""
         draw = fewshot_splits(self.data, shots, seed, val_policy=self.cfg["val_policy"], manifest=self.manifest)
-        n = getattr(self, "support_count", None)
+        n = self.support_count
         if n is not None:  # each class draws from its own seeded stream: the kept classes' shots are unchanged
             draw.support = [x for x in draw.support if x.label < n]
             draw.val = [x for x in draw.val if x.label < n]
